@@ -1,0 +1,124 @@
+"""Platform configuration: what the platform team sets once for the whole operator.
+
+Loaded from a YAML file (env `OPENMODEL_CONFIG`, mounted from a ConfigMap by the Helm
+chart). Every key is optional:
+
+```yaml
+engineImages: {vllm: "vllm/vllm-openai:v0.11.0", tgi: "..."}
+accelerators:            # added to / overriding the built-in catalog
+  amd-mi300x:
+    memoryGiB: 192
+    nodeLabel: amd.com/gpu.product-name
+    nodeLabelValues: [AMD_Instinct_MI300X_OAM]
+    resourceName: amd.com/gpu
+    tolerations: [{key: amd.com/gpu, operator: Exists}]
+autoscaler:
+  pollSeconds: 5
+  tolerance: 0.1
+startupBudgetSeconds: 1800
+clusterDomain: cluster.local
+```
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from openmodel.accelerators import AcceleratorCatalog, AcceleratorConfigError
+
+DEFAULT_ENGINE_IMAGES: Mapping[str, str] = {
+    "vllm": "vllm/vllm-openai:v0.11.0",
+    "tgi": "ghcr.io/huggingface/text-generation-inference:3.3.6",
+}
+
+
+class ConfigError(ValueError):
+    """The platform config file is malformed; the message names the key."""
+
+
+@dataclass(frozen=True)
+class AutoscalerConfig:
+    poll_seconds: float = 5.0
+    tolerance: float = 0.1
+    scrape_timeout_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
+class PlatformConfig:
+    engine_images: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_ENGINE_IMAGES))
+    accelerators: AcceleratorCatalog = field(default_factory=AcceleratorCatalog)
+    autoscaler: AutoscalerConfig = field(default_factory=AutoscalerConfig)
+    # Loading a 70B model from a cold cache can take well over 20 minutes.
+    startup_budget_seconds: int = 1800
+    cluster_domain: str = "cluster.local"
+
+
+def _number(raw: Mapping[str, Any], key: str, where: str, default: float) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"{where}.{key} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def parse_config(raw: Mapping[str, Any]) -> PlatformConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError("the platform config must be a YAML mapping")
+    images_raw = raw.get("engineImages", {})
+    if not isinstance(images_raw, Mapping) or not all(
+        isinstance(v, str) and v for v in images_raw.values()
+    ):
+        raise ConfigError("engineImages must map engine names to image strings")
+    images = {**DEFAULT_ENGINE_IMAGES, **images_raw}
+    acc_raw = raw.get("accelerators", {})
+    if not isinstance(acc_raw, Mapping):
+        raise ConfigError("accelerators must be a mapping of name to entry")
+    try:
+        catalog = AcceleratorCatalog().extended(acc_raw)
+    except AcceleratorConfigError as e:
+        raise ConfigError(str(e)) from None
+    auto_raw = raw.get("autoscaler", {})
+    if not isinstance(auto_raw, Mapping):
+        raise ConfigError("autoscaler must be a mapping")
+    defaults = AutoscalerConfig()
+    autoscaler = AutoscalerConfig(
+        poll_seconds=_number(auto_raw, "pollSeconds", "autoscaler", defaults.poll_seconds),
+        tolerance=float(auto_raw.get("tolerance", defaults.tolerance)),
+        scrape_timeout_seconds=_number(
+            auto_raw, "scrapeTimeoutSeconds", "autoscaler", defaults.scrape_timeout_seconds
+        ),
+    )
+    budget = raw.get("startupBudgetSeconds", 1800)
+    if not isinstance(budget, int) or budget < 10:
+        raise ConfigError("startupBudgetSeconds must be an integer >= 10")
+    domain = raw.get("clusterDomain", "cluster.local")
+    if not isinstance(domain, str) or not domain:
+        raise ConfigError("clusterDomain must be a non-empty string")
+    return PlatformConfig(
+        engine_images=images,
+        accelerators=catalog,
+        autoscaler=autoscaler,
+        startup_budget_seconds=budget,
+        cluster_domain=domain,
+    )
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> PlatformConfig:
+    """Load the platform config from `path`, or env OPENMODEL_CONFIG, or defaults."""
+    chosen = path or os.environ.get("OPENMODEL_CONFIG")
+    if not chosen:
+        return PlatformConfig()
+    try:
+        text = Path(chosen).read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read platform config {chosen}: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"platform config {chosen} is not valid YAML: {e}") from None
+    return parse_config(raw)

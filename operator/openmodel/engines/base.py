@@ -1,0 +1,89 @@
+"""What every inference engine provides to the renderer.
+
+Adding an engine (e.g. SGLang) means one module implementing `Engine` and one line in
+`openmodel.engines.ENGINES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from openmodel.api import ModelDeploymentSpec, SpecError
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the engine loads weights from, as the container sees it."""
+
+    # What the engine is told to load: a repo id, or a path inside the container.
+    reference: str
+    # A PVC holding the weights, mounted read-only at `mount_path`.
+    pvc_claim: str | None = None
+    mount_path: str | None = None
+    # s3:// or gs:// URIs are streamed by the engine itself.
+    object_store: bool = False
+
+
+MODEL_MOUNT_ROOT = "/models"
+
+
+def model_source(model: str) -> ModelSource:
+    """Interpret `spec.model`: a Hugging Face repo id or a pvc://, s3://, gs:// URI."""
+    if model.startswith("pvc://"):
+        rest = model.removeprefix("pvc://")
+        claim, _, path = rest.partition("/")
+        if not claim:
+            raise SpecError("spec.model", "pvc:// URI needs a claim name: pvc://<claim>/<path>")
+        mount = f"{MODEL_MOUNT_ROOT}/{claim}"
+        return ModelSource(
+            reference=f"{mount}/{path}".rstrip("/"), pvc_claim=claim, mount_path=mount
+        )
+    if model.startswith(("s3://", "gs://")):
+        return ModelSource(reference=model, object_store=True)
+    if "://" in model:
+        raise SpecError(
+            "spec.model", f"unsupported URI scheme in {model!r}: use pvc://, s3://, gs:// or a repo id"
+        )
+    return ModelSource(reference=model)
+
+
+def served_model_name(spec: ModelDeploymentSpec) -> str:
+    """The name clients put in `model`: the stated one, else the repo id or path tail."""
+    if spec.served_model_name:
+        return spec.served_model_name
+    if "://" in spec.model:
+        return spec.model.rstrip("/").rsplit("/", 1)[-1]
+    return spec.model
+
+
+class Engine(Protocol):
+    name: str
+    port: int
+    health_path: str
+    metrics_path: str
+    # The gauge of requests waiting for a slot, the autoscaler's signal.
+    queue_metric: str
+    # Where the engine keeps its Hugging Face cache (HF_HOME).
+    hf_home: str
+    shm_size: str
+    # spec.quantization value -> the engine's own flag value (absent = unsupported).
+    quantizations: Mapping[str, str | None]
+
+    def command(self) -> list[str]: ...
+
+    def args(self, spec: ModelDeploymentSpec, gpu_count: int) -> list[str]: ...
+
+
+def quantization_flag(engine: Engine, spec: ModelDeploymentSpec) -> str | None:
+    """The engine's value for spec.quantization, or SpecError naming both."""
+    if spec.quantization not in engine.quantizations:
+        supported = ", ".join(sorted(engine.quantizations))
+        raise SpecError(
+            "spec.quantization",
+            f"quantization {spec.quantization!r} cannot run on engine {engine.name!r} "
+            f"(supported: {supported})",
+            reason="UnsupportedQuantization",
+        )
+    return engine.quantizations[spec.quantization]

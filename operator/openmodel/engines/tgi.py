@@ -1,0 +1,61 @@
+"""Hugging Face text-generation-inference (maintenance mode upstream, still supported)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from openmodel.api import ModelDeploymentSpec, SpecError
+from openmodel.engines.base import model_source, quantization_flag
+
+# gguf is not supported by TGI; `none` passes no flag.
+TGI_QUANTIZATIONS: Mapping[str, str | None] = {
+    "none": None,
+    "awq": "awq",
+    "gptq": "gptq",
+    "fp8": "fp8",
+    "bitsandbytes": "bitsandbytes",
+    "compressed-tensors": "compressed-tensors",
+}
+
+
+@dataclass(frozen=True)
+class TGI:
+    name: str = "tgi"
+    # The image sets PORT=80; we pass --port explicitly as well.
+    port: int = 80
+    health_path: str = "/health"
+    metrics_path: str = "/metrics"
+    queue_metric: str = "tgi_queue_size"
+    hf_home: str = "/data"
+    shm_size: str = "1Gi"
+    quantizations: Mapping[str, str | None] = field(default_factory=lambda: TGI_QUANTIZATIONS)
+
+    def command(self) -> list[str]:
+        return ["text-generation-launcher"]
+
+    def args(self, spec: ModelDeploymentSpec, gpu_count: int) -> list[str]:
+        source = model_source(spec.model)
+        if source.object_store:
+            raise SpecError(
+                "spec.model",
+                "engine 'tgi' cannot stream weights from s3:// or gs://; use engine vllm, "
+                "a Hugging Face repo id or a pvc:// URI",
+                reason="UnsupportedModelSource",
+            )
+        out = [
+            "--model-id", source.reference,
+            "--hostname", "0.0.0.0",
+            "--port", str(self.port),
+            "--num-shard", str(gpu_count),
+        ]
+        quantization = quantization_flag(self, spec)
+        if quantization is not None:
+            out += ["--quantize", quantization]
+        if spec.max_model_len is not None:
+            # TGI needs input < total; the whole window is the user's max length.
+            out += [
+                "--max-input-tokens", str(max(1, spec.max_model_len - 1)),
+                "--max-total-tokens", str(spec.max_model_len),
+            ]
+        return out

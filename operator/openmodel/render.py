@@ -1,0 +1,242 @@
+"""Pure rendering: a ModelDeployment and the platform config -> the child objects.
+
+No API calls, no clock, no globals: `render_children` is a function of its arguments,
+so `openmodel render` prints exactly what the operator applies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from openmodel import placement
+from openmodel.accelerators import Accelerator
+from openmodel.api import API_VERSION, KIND, OWNER_LABEL, ModelDeployment, SpecError
+from openmodel.config import PlatformConfig
+from openmodel.engines import engine_for
+from openmodel.engines.base import Engine, model_source
+
+SERVICE_PORT = 8000
+CONTAINER_NAME = "engine"
+MANAGED_BY = "openmodel"
+
+
+@dataclass(frozen=True)
+class Children:
+    deployment: dict[str, Any]
+    service: dict[str, Any]
+    pvc: dict[str, Any] | None
+
+    def all(self) -> list[dict[str, Any]]:
+        return [o for o in (self.pvc, self.deployment, self.service) if o is not None]
+
+
+def child_labels(md: ModelDeployment) -> dict[str, str]:
+    # Deliberately not app.kubernetes.io/instance: Argo CD tracks apps by that label,
+    # and children must not look like members of an Argo CD application.
+    return {
+        OWNER_LABEL: md.name,
+        "app.kubernetes.io/name": "openmodel-engine",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+
+
+def selector_labels(md: ModelDeployment) -> dict[str, str]:
+    return {OWNER_LABEL: md.name}
+
+
+def label_selector(md: ModelDeployment) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(md).items()))
+
+
+def cache_claim_name(md: ModelDeployment) -> str:
+    return f"{md.name}-cache"
+
+
+def endpoint(md: ModelDeployment, config: PlatformConfig) -> str:
+    return f"http://{md.name}.{md.namespace}.svc.{config.cluster_domain}:{SERVICE_PORT}/v1"
+
+
+def owner_reference(md: ModelDeployment) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": md.name,
+        "uid": md.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(md: ModelDeployment, name: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": md.namespace, "labels": child_labels(md)}
+    if md.uid:
+        meta["ownerReferences"] = [owner_reference(md)]
+    return meta
+
+
+def image_for(md: ModelDeployment, config: PlatformConfig) -> str:
+    return md.spec.image or config.engine_images[md.spec.engine]
+
+
+def _probes(engine: Engine, config: PlatformConfig) -> dict[str, Any]:
+    def http(period: int, failures: int) -> dict[str, Any]:
+        return {
+            "httpGet": {"path": engine.health_path, "port": "http"},
+            "periodSeconds": period,
+            "failureThreshold": failures,
+            "timeoutSeconds": 5,
+        }
+
+    startup_period = 10
+    # The HTTP server only listens once the weights are loaded: the startup probe
+    # carries the whole loading budget, so liveness never kills a loading pod.
+    startup_failures = max(1, -(-config.startup_budget_seconds // startup_period))
+    return {
+        "startupProbe": http(startup_period, startup_failures),
+        "readinessProbe": http(5, 3),
+        "livenessProbe": http(10, 6),
+    }
+
+
+def _env(md: ModelDeployment, engine: Engine) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [{"name": "HF_HOME", "value": engine.hf_home}]
+    ref = md.spec.hf_token_secret_ref
+    if ref is not None:
+        env.append(
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+            }
+        )
+    # User env comes last, so it can override what we generate.
+    env.extend(dict(e) for e in md.spec.env)
+    return env
+
+
+def _volumes(md: ModelDeployment, engine: Engine) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": engine.shm_size}}
+    ]
+    mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    if md.spec.cache is not None:
+        volumes.append(
+            {"name": "hf-cache", "persistentVolumeClaim": {"claimName": cache_claim_name(md)}}
+        )
+        mounts.append({"name": "hf-cache", "mountPath": engine.hf_home})
+    source = model_source(md.spec.model)
+    if source.pvc_claim is not None and source.mount_path is not None:
+        volumes.append(
+            {
+                "name": "model-weights",
+                "persistentVolumeClaim": {"claimName": source.pvc_claim, "readOnly": True},
+            }
+        )
+        mounts.append({"name": "model-weights", "mountPath": source.mount_path, "readOnly": True})
+    return volumes, mounts
+
+
+def render_deployment(
+    md: ModelDeployment,
+    config: PlatformConfig,
+    accelerator: Accelerator,
+    gpu_count: int,
+    replicas: int,
+) -> dict[str, Any]:
+    engine = engine_for(md.spec.engine)
+    volumes, mounts = _volumes(md, engine)
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": image_for(md, config),
+        "command": engine.command(),
+        "args": engine.args(md.spec, gpu_count) + list(md.spec.args),
+        "ports": [{"name": "http", "containerPort": engine.port, "protocol": "TCP"}],
+        "env": _env(md, engine),
+        "resources": {"limits": placement.gpu_limits(accelerator, gpu_count)},
+        "volumeMounts": mounts,
+        **_probes(engine, config),
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(md, md.name),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector_labels(md)},
+            "template": {
+                "metadata": {
+                    "labels": child_labels(md),
+                    "annotations": {"openmodel.dev/engine": engine.name},
+                },
+                "spec": {
+                    "affinity": placement.node_affinity(accelerator),
+                    "tolerations": placement.tolerations(accelerator),
+                    "containers": [container],
+                    "volumes": volumes,
+                    # Engines shut down slowly while draining in-flight requests.
+                    "terminationGracePeriodSeconds": 60,
+                },
+            },
+        },
+    }
+
+
+def render_service(md: ModelDeployment) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(md, md.name),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(md),
+            "ports": [
+                {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def render_pvc(md: ModelDeployment) -> dict[str, Any] | None:
+    cache = md.spec.cache
+    if cache is None:
+        return None
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": cache.size}},
+    }
+    if cache.storage_class_name is not None:
+        spec["storageClassName"] = cache.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _metadata(md, cache_claim_name(md)),
+        "spec": spec,
+    }
+
+
+def resolve_accelerator(md: ModelDeployment, config: PlatformConfig) -> Accelerator:
+    accelerator = config.accelerators.get(md.spec.gpu.type)
+    if accelerator is None:
+        raise SpecError(
+            "spec.gpu.type",
+            f"unknown accelerator {md.spec.gpu.type!r}; known: "
+            f"{', '.join(config.accelerators.names())} (platform teams add more in the "
+            "operator config)",
+            reason="UnknownAccelerator",
+        )
+    return accelerator
+
+
+def render_children(
+    md: ModelDeployment,
+    config: PlatformConfig,
+    gpu_count: int,
+    replicas: int,
+) -> Children:
+    """Everything the operator applies for `md`; raises SpecError for what it cannot serve."""
+    accelerator = resolve_accelerator(md, config)
+    return Children(
+        deployment=render_deployment(md, config, accelerator, gpu_count, replicas),
+        service=render_service(md),
+        pvc=render_pvc(md),
+    )

@@ -140,9 +140,7 @@ def _parse_autoscaling(raw: Any) -> AutoscalingSpec | None:
     if max_r is None:
         raise SpecError(f"{path}.maxReplicas", "is required when autoscaling is set")
     if min_r > max_r:
-        raise SpecError(
-            f"{path}.minReplicas", f"must be <= maxReplicas ({min_r} > {max_r})"
-        )
+        raise SpecError(f"{path}.minReplicas", f"must be <= maxReplicas ({min_r} > {max_r})")
     target = _get(raw, "targetQueueDepth", path, (int, float))
     target = 4 if target is None else target
     if target <= 0:
@@ -182,7 +180,9 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
     """Parse and check a ModelDeployment spec; raises SpecError naming the field."""
     model = _get(raw, "model", "spec", str)
     if not model:
-        raise SpecError("spec.model", "is required: a Hugging Face repo id or a pvc://, s3://, gs:// URI")
+        raise SpecError(
+            "spec.model", "is required: a Hugging Face repo id or a pvc://, s3://, gs:// URI"
+        )
     engine = _get(raw, "engine", "spec", str) or "vllm"
     if engine not in ENGINES:
         raise SpecError("spec.engine", f"must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -236,8 +236,9 @@ def parse_model_deployment(body: Mapping[str, Any]) -> ModelDeployment:
     """Parse a whole ModelDeployment object (as from the API server or a YAML file)."""
     if body.get("kind") != KIND or body.get("apiVersion") != API_VERSION:
         raise SpecError(
-            "kind", f"expected apiVersion {API_VERSION} kind {KIND}, got "
-            f"{body.get('apiVersion')} {body.get('kind')}"
+            "kind",
+            f"expected apiVersion {API_VERSION} kind {KIND}, got "
+            f"{body.get('apiVersion')} {body.get('kind')}",
         )
     meta = body.get("metadata") or {}
     name = meta.get("name")

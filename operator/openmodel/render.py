@@ -114,7 +114,9 @@ def _env(md: ModelDeployment, engine: Engine) -> list[dict[str, Any]]:
     return env
 
 
-def _volumes(md: ModelDeployment, engine: Engine) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _volumes(
+    md: ModelDeployment, engine: Engine
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     volumes: list[dict[str, Any]] = [
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": engine.shm_size}}
     ]

@@ -44,7 +44,8 @@ def model_source(model: str) -> ModelSource:
         return ModelSource(reference=model, object_store=True)
     if "://" in model:
         raise SpecError(
-            "spec.model", f"unsupported URI scheme in {model!r}: use pvc://, s3://, gs:// or a repo id"
+            "spec.model",
+            f"unsupported URI scheme in {model!r}: use pvc://, s3://, gs:// or a repo id",
         )
     return ModelSource(reference=model)
 

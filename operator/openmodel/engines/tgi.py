@@ -44,10 +44,14 @@ class TGI:
                 reason="UnsupportedModelSource",
             )
         out = [
-            "--model-id", source.reference,
-            "--hostname", "0.0.0.0",
-            "--port", str(self.port),
-            "--num-shard", str(gpu_count),
+            "--model-id",
+            source.reference,
+            "--hostname",
+            "0.0.0.0",
+            "--port",
+            str(self.port),
+            "--num-shard",
+            str(gpu_count),
         ]
         quantization = quantization_flag(self, spec)
         if quantization is not None:
@@ -55,7 +59,9 @@ class TGI:
         if spec.max_model_len is not None:
             # TGI needs input < total; the whole window is the user's max length.
             out += [
-                "--max-input-tokens", str(max(1, spec.max_model_len - 1)),
-                "--max-total-tokens", str(spec.max_model_len),
+                "--max-input-tokens",
+                str(max(1, spec.max_model_len - 1)),
+                "--max-total-tokens",
+                str(spec.max_model_len),
             ]
         return out

@@ -38,11 +38,16 @@ class VLLM:
     def args(self, spec: ModelDeploymentSpec, gpu_count: int) -> list[str]:
         source = model_source(spec.model)
         out = [
-            "--model", source.reference,
-            "--served-model-name", served_model_name(spec),
-            "--host", "0.0.0.0",
-            "--port", str(self.port),
-            "--tensor-parallel-size", str(gpu_count),
+            "--model",
+            source.reference,
+            "--served-model-name",
+            served_model_name(spec),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(self.port),
+            "--tensor-parallel-size",
+            str(gpu_count),
         ]
         quantization = quantization_flag(self, spec)
         if quantization is not None:

@@ -1,0 +1,129 @@
+"""Thin, typed access to the Kubernetes API: server-side apply, get, list.
+
+The generated client has no server-side apply for arbitrary objects, so `apply`
+issues the PATCH itself. Everything here is I/O; the decisions live elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from openmodel.api import API_VERSION, KIND, PLURAL
+
+FIELD_MANAGER = "openmodel"
+AUTOSCALER_FIELD_MANAGER = "openmodel-autoscaler"
+
+_COLLECTIONS: Mapping[tuple[str, str], str] = {
+    ("apps/v1", "Deployment"): "/apis/apps/v1/namespaces/{ns}/deployments",
+    ("v1", "Service"): "/api/v1/namespaces/{ns}/services",
+    ("v1", "PersistentVolumeClaim"): "/api/v1/namespaces/{ns}/persistentvolumeclaims",
+    ("v1", "Pod"): "/api/v1/namespaces/{ns}/pods",
+    ("v1", "Event"): "/api/v1/namespaces/{ns}/events",
+    (API_VERSION, KIND): f"/apis/{API_VERSION}/namespaces/{{ns}}/{PLURAL}",
+}
+
+
+def make_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """An ApiClient from a kubeconfig file, in-cluster credentials, or the default."""
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig)
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def collection_path(api_version: str, kind: str, namespace: str) -> str:
+    return _COLLECTIONS[(api_version, kind)].format(ns=namespace)
+
+
+def object_path(api_version: str, kind: str, namespace: str, name: str) -> str:
+    return f"{collection_path(api_version, kind, namespace)}/{name}"
+
+
+def _call(
+    api: client.ApiClient,
+    method: str,
+    path: str,
+    *,
+    body: str | None = None,
+    content_type: str = "application/json",
+    query: list[tuple[str, str]] | None = None,
+) -> dict[str, Any]:
+    response = api.call_api(
+        path,
+        method,
+        query_params=query or [],
+        header_params={"Accept": "application/json", "Content-Type": content_type},
+        body=body,
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+        _return_http_data_only=True,
+    )
+    data = response.data
+    return json.loads(data) if data else {}
+
+
+def apply(
+    api: client.ApiClient,
+    obj: Mapping[str, Any],
+    field_manager: str = FIELD_MANAGER,
+    subresource: str | None = None,
+) -> dict[str, Any]:
+    """Server-side apply `obj` as `field_manager`, taking over conflicting fields.
+
+    Forcing is right for an operator: it is the declared owner of what it renders,
+    and a hand edit of those fields is exactly what must be put back.
+    """
+    meta = obj["metadata"]
+    path = object_path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+    if subresource:
+        path = f"{path}/{subresource}"
+    return _call(
+        api,
+        "PATCH",
+        path,
+        body=json.dumps(obj),
+        content_type="application/apply-patch+yaml",
+        query=[("fieldManager", field_manager), ("force", "true")],
+    )
+
+
+def get(
+    api: client.ApiClient, api_version: str, kind: str, namespace: str, name: str
+) -> dict[str, Any] | None:
+    try:
+        return _call(api, "GET", object_path(api_version, kind, namespace, name))
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def list_objects(
+    api: client.ApiClient,
+    api_version: str,
+    kind: str,
+    namespace: str,
+    label_selector: str | None = None,
+) -> list[dict[str, Any]]:
+    query = [("labelSelector", label_selector)] if label_selector else []
+    result = _call(api, "GET", collection_path(api_version, kind, namespace), query=query)
+    items: list[dict[str, Any]] = result.get("items", [])
+    return items
+
+
+def list_all_model_deployments(api: client.ApiClient) -> list[dict[str, Any]]:
+    result = _call(api, "GET", f"/apis/{API_VERSION}/{PLURAL}")
+    items: list[dict[str, Any]] = result.get("items", [])
+    for item in items:
+        # List responses omit each item's apiVersion/kind.
+        item.setdefault("apiVersion", API_VERSION)
+        item.setdefault("kind", KIND)
+    return items

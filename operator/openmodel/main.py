@@ -1,0 +1,66 @@
+"""The kopf entry module: wires Kubernetes events to the domain code, nothing else.
+
+Every ModelDeployment event, and every event of a Deployment or Pod it owns, runs the
+same level-based `Reconciler.reconcile`. Handlers are `kopf.on.event` only: kopf then
+stores no progress on the object, adds no finalizer, and a converged cluster sees no
+writes. A resync loop repairs what an event-time error left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from openmodel import kube
+from openmodel.api import GROUP, OWNER_LABEL, PLURAL, VERSION
+from openmodel.config import load_config
+from openmodel.reconcile import Reconciler
+from openmodel.resync import resync_forever
+
+log = logging.getLogger(__name__)
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.execution.max_workers = 16
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.posting.level = logging.WARNING
+    config = load_config()
+    api = kube.make_api_client()
+    memo.config = config
+    memo.reconciler = Reconciler(api, config)
+    memo.tasks = [asyncio.create_task(resync_forever(memo.reconciler))]
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    for task in getattr(memo, "tasks", []):
+        task.cancel()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def model_deployment_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    if type == "DELETED":
+        # Children go with their owner reference; only local state is left to drop.
+        memo.reconciler.locks.forget((body.metadata.namespace, body.metadata.name))
+        return
+    memo.reconciler.reconcile(body)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={OWNER_LABEL: kopf.PRESENT})
+def deployment_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.reconciler.reconcile_by_name(body.metadata.namespace, body.metadata.labels[OWNER_LABEL])
+
+
+@kopf.on.event("", "v1", "pods", labels={OWNER_LABEL: kopf.PRESENT})
+def pod_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.reconciler.reconcile_by_name(body.metadata.namespace, body.metadata.labels[OWNER_LABEL])
+
+
+@kopf.on.event("", "v1", "services", labels={OWNER_LABEL: kopf.PRESENT})
+def service_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.reconciler.reconcile_by_name(body.metadata.namespace, body.metadata.labels[OWNER_LABEL])

@@ -1,0 +1,58 @@
+"""What the operator wants for one ModelDeployment: GPU count, replicas and children.
+
+Pure: a function of the ModelDeployment, the platform config and the replicas the
+Deployment has now (which the autoscaler owns when autoscaling is on).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from openmodel.api import ModelDeployment
+from openmodel.config import PlatformConfig
+from openmodel.render import Children, render_children, resolve_accelerator
+from openmodel.sizing_bridge import GpuChoice, choose_gpu_count
+
+SKIP_FIT_CHECK_ANNOTATION = "openmodel.dev/skip-fit-check"
+
+
+@dataclass(frozen=True)
+class Plan:
+    children: Children
+    replicas: int
+    gpu: GpuChoice
+
+
+def desired_replicas(md: ModelDeployment, current: int | None) -> int:
+    """Replicas to apply: the spec's, or (autoscaling) the current count kept in bounds.
+
+    With autoscaling on, the autoscaler owns the number; applying the value it already
+    set keeps both field managers in agreement instead of fighting over the field.
+    """
+    auto = md.spec.autoscaling
+    if auto is None:
+        return md.spec.replicas
+    value = auto.min_replicas if current is None else current
+    return max(auto.min_replicas, min(auto.max_replicas, value))
+
+
+def make_plan(
+    md: ModelDeployment,
+    config: PlatformConfig,
+    current_replicas: int | None,
+    annotations: Mapping[str, Any] | None = None,
+) -> Plan:
+    """Raises SpecError (with a CamelCase reason) for a spec that cannot be served.
+
+    More GPUs per replica than a node has is not refused here: the scheduler is the
+    authority on what fits a node, and its Unschedulable reason is reported as is.
+    """
+    accelerator = resolve_accelerator(md, config)
+    skip = (annotations or {}).get(SKIP_FIT_CHECK_ANNOTATION) == "true"
+    gpu = choose_gpu_count(md.spec, accelerator, config, skip_fit_check=skip)
+    replicas = desired_replicas(md, current_replicas)
+    return Plan(
+        children=render_children(md, config, gpu.count, replicas), replicas=replicas, gpu=gpu
+    )

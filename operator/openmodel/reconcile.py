@@ -1,0 +1,187 @@
+"""The level-based reconcile: observe, plan, apply what differs, rebuild status.
+
+One function serves create, update, resume, child drift and periodic resync. It never
+writes a ModelDeployment's spec, and it writes nothing when the world already matches.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from openmodel import kube
+from openmodel.api import API_VERSION, KIND, OWNER_LABEL, SpecError, parse_model_deployment
+from openmodel.config import PlatformConfig
+from openmodel.drift import object_holds
+from openmodel.events import post_event
+from openmodel.plan import make_plan
+from openmodel.render import endpoint
+from openmodel.status import DEGRADED, READY, Observation, Problem, build_status, needs_write
+
+log = logging.getLogger(__name__)
+
+ObjectKey = tuple[str, str]
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class KeyedLocks:
+    """One lock per (namespace, name): a parent event and a child event for the same
+    ModelDeployment arrive on different kopf workers and must not interleave."""
+
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+    _locks: dict[ObjectKey, threading.Lock] = field(default_factory=dict)
+
+    @contextmanager
+    def hold(self, key: ObjectKey) -> Iterator[None]:
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            yield
+
+    def forget(self, key: ObjectKey) -> None:
+        with self._guard:
+            self._locks.pop(key, None)
+
+
+@dataclass
+class ReconcileResult:
+    applied: list[str]
+    status_written: bool
+    problem: Problem | None
+
+
+def _label_selector(name: str) -> str:
+    # Same string as render.label_selector, without needing a parsed spec.
+    return f"{OWNER_LABEL}={name}"
+
+
+class Reconciler:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        config: PlatformConfig,
+        clock: Callable[[], str] = utc_now,
+    ) -> None:
+        self.api = api
+        self.config = config
+        self.clock = clock
+        self.locks = KeyedLocks()
+
+    def reconcile_by_name(self, namespace: str, name: str) -> ReconcileResult | None:
+        with self.locks.hold((namespace, name)):
+            body = kube.get(self.api, API_VERSION, KIND, namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return None
+            return self._reconcile(body)
+
+    def reconcile(self, body: Mapping[str, Any]) -> ReconcileResult | None:
+        meta = body["metadata"]
+        with self.locks.hold((meta["namespace"], meta["name"])):
+            # The event's body may be older than what a child-triggered pass just saw;
+            # reading it again keeps every pass level-based on the newest object.
+            fresh = kube.get(self.api, API_VERSION, KIND, meta["namespace"], meta["name"])
+            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                return None
+            return self._reconcile(fresh)
+
+    def _reconcile(self, body: Mapping[str, Any]) -> ReconcileResult:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        deployment = kube.get(self.api, "apps/v1", "Deployment", namespace, name)
+        problem: Problem | None = None
+        applied: list[str] = []
+        gpu_text: str | None = None
+        sizing: dict[str, Any] | None = None
+        desired_replicas: int | None = None
+        md_endpoint: str | None = None
+        try:
+            md = parse_model_deployment(body)
+            md_endpoint = endpoint(md, self.config)
+            current = (deployment or {}).get("spec", {}).get("replicas")
+            plan = make_plan(md, self.config, current, meta.get("annotations"))
+            gpu_text = f"{md.spec.gpu.type}x{plan.gpu.count}"
+            sizing = plan.gpu.estimate
+            desired_replicas = plan.replicas
+            for obj in plan.children.all():
+                observed = (
+                    deployment
+                    if obj["kind"] == "Deployment"
+                    else kube.get(
+                        self.api, obj["apiVersion"], obj["kind"], namespace, obj["metadata"]["name"]
+                    )
+                )
+                if object_holds(obj, observed):
+                    continue
+                try:
+                    result = kube.apply(self.api, obj)
+                except ApiException as e:
+                    if e.status in (400, 422):
+                        raise SpecError(
+                            "spec",
+                            f"the API server refused the {obj['kind']}: {_api_message(e)}",
+                            reason="ApplyRejected",
+                        ) from None
+                    raise
+                applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
+                if obj["kind"] == "Deployment":
+                    deployment = result
+        except SpecError as e:
+            problem = Problem(e.reason, f"{e.field}: {e.message}")
+
+        pods = kube.list_objects(self.api, "v1", "Pod", namespace, _label_selector(name))
+        obs = Observation(
+            generation=int(meta.get("generation") or 0),
+            name=name,
+            label_selector=_label_selector(name),
+            endpoint=md_endpoint,
+            desired_replicas=desired_replicas,
+            deployment=deployment,
+            pods=pods,
+            problem=problem,
+            gpu=gpu_text,
+            sizing=sizing,
+        )
+        update = build_status(obs, body.get("status"), self.clock())
+        written = False
+        if needs_write(update.status, body.get("status")):
+            status_body = {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "metadata": {"name": name, "namespace": namespace},
+                "status": update.status,
+            }
+            try:
+                kube.apply(self.api, status_body, subresource="status")
+                written = True
+            except ApiException as e:
+                if e.status != 404:  # deleted meanwhile: nothing left to report on
+                    raise
+        if applied:
+            log.info("applied %s for %s/%s", ", ".join(applied), namespace, name)
+            post_event(self.api, body, "Applied", f"applied {', '.join(applied)}")
+        for t in update.transitions:
+            if t.condition == DEGRADED and t.status == "True":
+                post_event(self.api, body, t.reason, t.message, "Warning")
+            elif t.condition == READY and t.status == "True":
+                post_event(self.api, body, "Ready", t.message)
+        return ReconcileResult(applied=applied, status_written=written, problem=problem)
+
+
+def _api_message(e: ApiException) -> str:
+    try:
+        return str(json.loads(e.body or "{}").get("message") or e.reason)
+    except ValueError:
+        return str(e.reason)

@@ -1,0 +1,208 @@
+"""Status rebuilt from the world: a pure function of what was observed.
+
+Conditions (metav1.Condition shape) owned by the reconciler:
+- `Ready`: the engine pods serve the current spec.
+- `Progressing`: a rollout or scale is under way.
+- `Degraded`: the spec cannot be served as written; the reason says why
+  (UnknownAccelerator, Unschedulable, InsufficientGPUMemory, ...).
+The autoscaler owns `status.autoscaler` and its own condition type, written under a
+different field manager, so the two never overwrite each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+READY = "Ready"
+PROGRESSING = "Progressing"
+DEGRADED = "Degraded"
+RECONCILER_CONDITIONS = (READY, PROGRESSING, DEGRADED)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why the spec cannot be served: a CamelCase reason and a message a person can act on."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Observation:
+    generation: int
+    name: str
+    label_selector: str
+    endpoint: str | None
+    desired_replicas: int | None
+    deployment: Mapping[str, Any] | None
+    pods: Sequence[Mapping[str, Any]] = ()
+    problem: Problem | None = None
+    gpu: str | None = None
+    sizing: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    condition: str
+    status: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    status: dict[str, Any]
+    transitions: list[Transition] = field(default_factory=list)
+
+
+def _condition(type_: str, ok: bool, reason: str, message: str, generation: int) -> dict[str, Any]:
+    return {
+        "type": type_,
+        "status": "True" if ok else "False",
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+    }
+
+
+def unschedulable_message(pods: Sequence[Mapping[str, Any]]) -> str | None:
+    """The scheduler's own words for the first Pending pod it could not place."""
+    stuck = []
+    for pod in pods:
+        if (pod.get("status") or {}).get("phase") != "Pending":
+            continue
+        for cond in (pod.get("status") or {}).get("conditions") or []:
+            if (
+                cond.get("type") == "PodScheduled"
+                and cond.get("status") == "False"
+                and cond.get("reason") == "Unschedulable"
+            ):
+                stuck.append(cond.get("message") or "no message from the scheduler")
+    if not stuck:
+        return None
+    return f"{len(stuck)} pod(s) cannot be scheduled: {stuck[0]}"
+
+
+def _deployment_counts(deployment: Mapping[str, Any] | None) -> tuple[int, int, int, int, bool]:
+    """(spec replicas, replicas, ready, updated, deployment controller caught up)."""
+    if deployment is None:
+        return 0, 0, 0, 0, False
+    spec = deployment.get("spec") or {}
+    st = deployment.get("status") or {}
+    meta = deployment.get("metadata") or {}
+    caught_up = st.get("observedGeneration", 0) >= meta.get("generation", 0)
+    return (
+        int(spec.get("replicas", 1)),
+        int(st.get("replicas", 0)),
+        int(st.get("readyReplicas", 0)),
+        int(st.get("updatedReplicas", 0)),
+        caught_up,
+    )
+
+
+def desired_conditions(obs: Observation) -> list[dict[str, Any]]:
+    g = obs.generation
+    want, _, ready, updated, caught_up = _deployment_counts(obs.deployment)
+    if obs.desired_replicas is not None:
+        want = obs.desired_replicas
+    problem = obs.problem
+    if problem is None:
+        stuck = unschedulable_message(obs.pods)
+        if stuck is not None:
+            problem = Problem("Unschedulable", stuck)
+
+    rolled_out = obs.deployment is not None and caught_up and updated >= want and ready >= want
+    if obs.deployment is None:
+        ready_c = _condition(READY, False, "NotDeployed", "no engine Deployment exists yet", g)
+    elif rolled_out and want == 0:
+        ready_c = _condition(READY, True, "ScaledToZero", "scaled to zero replicas", g)
+    elif rolled_out:
+        ready_c = _condition(READY, True, "Ready", f"{ready}/{want} replicas ready", g)
+    else:
+        ready_c = _condition(READY, False, "WaitingForPods", f"{ready}/{want} replicas ready", g)
+
+    if obs.problem is not None:
+        progressing_c = _condition(
+            PROGRESSING, False, "SpecRejected", "the latest spec was not applied; see Degraded", g
+        )
+    elif rolled_out:
+        progressing_c = _condition(
+            PROGRESSING, False, "RolloutComplete", f"{want} replicas up to date", g
+        )
+    else:
+        progressing_c = _condition(
+            PROGRESSING, True, "RollingOut", f"{updated}/{want} updated, {ready}/{want} ready", g
+        )
+
+    if problem is not None:
+        degraded_c = _condition(DEGRADED, True, problem.reason, problem.message, g)
+    else:
+        degraded_c = _condition(DEGRADED, False, "AsExpected", "the spec can be served", g)
+    return [ready_c, progressing_c, degraded_c]
+
+
+def build_status(
+    obs: Observation, observed_status: Mapping[str, Any] | None, now: str
+) -> StatusUpdate:
+    """The status to write, keeping lastTransitionTime of conditions that did not change."""
+    previous = {
+        c.get("type"): c for c in (observed_status or {}).get("conditions") or [] if c.get("type")
+    }
+    conditions = []
+    transitions = []
+    for cond in desired_conditions(obs):
+        before = previous.get(cond["type"])
+        if before is not None and before.get("status") == cond["status"]:
+            cond["lastTransitionTime"] = before.get("lastTransitionTime") or now
+        else:
+            cond["lastTransitionTime"] = now
+        if (
+            before is None
+            or before.get("status") != cond["status"]
+            or (before.get("reason") != cond["reason"])
+        ):
+            transitions.append(
+                Transition(cond["type"], cond["status"], cond["reason"], cond["message"])
+            )
+        conditions.append(cond)
+    _, replicas, ready, _, _ = _deployment_counts(obs.deployment)
+    status: dict[str, Any] = {
+        "observedGeneration": obs.generation,
+        "replicas": replicas,
+        "readyReplicas": ready,
+        "labelSelector": obs.label_selector,
+        "conditions": conditions,
+    }
+    if obs.endpoint is not None:
+        status["endpoint"] = obs.endpoint
+    if obs.gpu is not None:
+        status["gpu"] = obs.gpu
+    if obs.sizing is not None:
+        status["sizing"] = dict(obs.sizing)
+    return StatusUpdate(status=status, transitions=transitions)
+
+
+def needs_write(desired: Mapping[str, Any], observed: Mapping[str, Any] | None) -> bool:
+    """True when the observed status lacks something we would write.
+
+    Conditions are compared by type, so conditions owned by the autoscaler do not
+    make the reconciler rewrite its own.
+    """
+    observed = observed or {}
+    for key, value in desired.items():
+        if key == "conditions":
+            continue
+        if observed.get(key) != value:
+            return True
+    have = {c.get("type"): c for c in observed.get("conditions") or []}
+    for cond in desired.get("conditions", []):
+        before = have.get(cond["type"])
+        if before is None:
+            return True
+        for k in ("status", "reason", "message", "observedGeneration", "lastTransitionTime"):
+            if before.get(k) != cond.get(k):
+                return True
+    # Fields we used to write and no longer do (e.g. sizing for an unknown model).
+    return any(k in observed for k in ("endpoint", "gpu", "sizing") if k not in desired)

@@ -1,0 +1,55 @@
+"""Spec parsing gives the same field-naming errors the API server gives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from openmodel.api import SpecError, parse_model_deployment, parse_spec
+
+GOOD: dict[str, Any] = {"model": "org/m", "gpu": {"type": "nvidia-l4", "count": 1}}
+
+
+def test_defaults() -> None:
+    spec = parse_spec(GOOD)
+    assert spec.engine == "vllm"
+    assert spec.quantization == "none"
+    assert spec.replicas == 1
+    assert spec.autoscaling is None
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"engine": "sglang"}, "spec.engine"),
+        ({"replicas": -1}, "spec.replicas"),
+        ({"gpu": {"type": "nvidia-l4", "count": 0}}, "spec.gpu.count"),
+        ({"model": ""}, "spec.model"),
+        ({"autoscaling": {"minReplicas": 3, "maxReplicas": 2}}, "spec.autoscaling.minReplicas"),
+        (
+            {"autoscaling": {"maxReplicas": 2, "targetQueueDepth": 0}},
+            "spec.autoscaling.targetQueueDepth",
+        ),
+        ({"quantization": "int3"}, "spec.quantization"),
+        ({"gpu": None}, "spec.gpu"),
+        ({"replicas": True}, "spec.replicas"),
+        ({"env": [{"value": "x"}]}, "spec.env[0].name"),
+    ],
+)
+def test_bad_values_name_their_field(patch: dict[str, Any], field: str) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_spec({**GOOD, **patch})
+    assert err.value.field == field
+
+
+def test_missing_model() -> None:
+    with pytest.raises(SpecError) as err:
+        parse_spec({"gpu": GOOD["gpu"]})
+    assert err.value.field == "spec.model"
+
+
+def test_wrong_kind() -> None:
+    with pytest.raises(SpecError) as err:
+        parse_model_deployment({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}})
+    assert err.value.field == "kind"

@@ -10,6 +10,8 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from openmodel import kube
+
 log = logging.getLogger(__name__)
 COMPONENT = "openmodel"
 
@@ -44,7 +46,7 @@ def post_event(
         "count": 1,
     }
     try:
-        client.CoreV1Api(api).create_namespaced_event(meta["namespace"], event)
+        kube.create(api, event)
     except ApiException as e:
         # Events are best effort by design in Kubernetes; losing one must not block
         # reconciliation, but it must be visible.

@@ -52,21 +52,28 @@ def _call(
     method: str,
     path: str,
     *,
-    body: str | None = None,
+    body: Mapping[str, Any] | None = None,
     content_type: str = "application/json",
     query: list[tuple[str, str]] | None = None,
+    timeout: float = 30.0,
 ) -> dict[str, Any]:
-    response = api.call_api(
-        path,
+    """One request; raises ApiException (with status and body) on a non-2xx answer."""
+    method, url, headers, serialized, _ = api.param_serialize(
         method,
+        path,
         query_params=query or [],
         header_params={"Accept": "application/json", "Content-Type": content_type},
         body=body,
         auth_settings=["BearerToken"],
-        _preload_content=False,
-        _return_http_data_only=True,
     )
-    data = response.data
+    response = api.call_api(
+        method, url, header_params=headers, body=serialized, _request_timeout=timeout
+    )
+    data = response.read()
+    if not 200 <= response.status <= 299:
+        raise ApiException.from_response(
+            http_resp=response, body=data.decode("utf-8", "replace") if data else None, data=None
+        )
     return json.loads(data) if data else {}
 
 
@@ -89,9 +96,17 @@ def apply(
         api,
         "PATCH",
         path,
-        body=json.dumps(obj),
+        body=obj,
+        # JSON is YAML: the client serializes the mapping as JSON for +yaml types.
         content_type="application/apply-patch+yaml",
         query=[("fieldManager", field_manager), ("force", "true")],
+    )
+
+
+def create(api: client.ApiClient, obj: Mapping[str, Any]) -> dict[str, Any]:
+    meta = obj["metadata"]
+    return _call(
+        api, "POST", collection_path(obj["apiVersion"], obj["kind"], meta["namespace"]), body=obj
     )
 
 

@@ -60,17 +60,27 @@ def served_model_name(spec: ModelDeploymentSpec) -> str:
 
 
 class Engine(Protocol):
-    name: str
-    port: int
-    health_path: str
-    metrics_path: str
-    # The gauge of requests waiting for a slot, the autoscaler's signal.
-    queue_metric: str
-    # Where the engine keeps its Hugging Face cache (HF_HOME).
-    hf_home: str
-    shm_size: str
-    # spec.quantization value -> the engine's own flag value (absent = unsupported).
-    quantizations: Mapping[str, str | None]
+    @property
+    def name(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def health_path(self) -> str: ...
+    @property
+    def metrics_path(self) -> str: ...
+    @property
+    def queue_metric(self) -> str:
+        """The gauge of requests waiting for a slot: the autoscaler's signal."""
+
+    @property
+    def hf_home(self) -> str:
+        """Where the engine keeps its Hugging Face cache (HF_HOME)."""
+
+    @property
+    def shm_size(self) -> str: ...
+    @property
+    def quantizations(self) -> Mapping[str, str | None]:
+        """spec.quantization value -> the engine's own flag value (absent = unsupported)."""
 
     def command(self) -> list[str]: ...
 

@@ -1,0 +1,138 @@
+"""`openmodel`: the operator's own code, on the command line.
+
+- `openmodel render -f md.yaml` prints the objects the operator would apply (GitOps review, CI).
+- `openmodel validate -f md.yaml` runs every check the operator runs; exit 1 on a problem.
+- `openmodel size MODEL --gpu TYPE [--quantization Q]` prints the memory estimate and
+  the GPU counts that work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from openmodel.api import SpecError, parse_model_deployment
+from openmodel.config import ConfigError, PlatformConfig, load_config
+from openmodel.plan import Plan, make_plan
+
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+
+
+class InputError(Exception):
+    """A file that cannot be read as ModelDeployments; the message says where."""
+
+
+def read_documents(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(`file: document N`, body) for each non-empty YAML document; '-' is stdin."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: not valid YAML: {e}") from None
+    found = False
+    for i, doc in enumerate(docs, start=1):
+        if doc is None:
+            continue
+        if not isinstance(doc, dict):
+            raise InputError(f"{path}: document {i}: expected a mapping, got {type(doc).__name__}")
+        found = True
+        yield f"{path}: document {i}", doc
+    if not found:
+        raise InputError(f"{path}: no YAML documents found")
+
+
+def plan_document(body: dict[str, Any], config: PlatformConfig) -> Plan:
+    md = parse_model_deployment(body)
+    annotations = (body.get("metadata") or {}).get("annotations")
+    return make_plan(md, config, current_replicas=None, annotations=annotations)
+
+
+def cmd_render(args: argparse.Namespace, config: PlatformConfig, out: TextIO) -> int:
+    objects: list[dict[str, Any]] = []
+    for where, body in read_documents(args.file):
+        try:
+            objects.extend(plan_document(body, config).children.all())
+        except SpecError as e:
+            print(f"{where}: {e.field}: {e.message} ({e.reason})", file=sys.stderr)
+            return EXIT_INVALID
+    yaml.safe_dump_all(objects, out, sort_keys=False)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace, config: PlatformConfig, out: TextIO) -> int:
+    status = 0
+    for where, body in read_documents(args.file):
+        try:
+            plan = plan_document(body, config)
+        except SpecError as e:
+            print(f"{where}: {e.field}: {e.message} ({e.reason})", file=out)
+            status = EXIT_INVALID
+            continue
+        name = (body.get("metadata") or {}).get("name")
+        print(f"{where}: {name}: valid ({plan.gpu.count} GPU(s) per replica)", file=out)
+    return status
+
+
+def cmd_size(args: argparse.Namespace, config: PlatformConfig, out: TextIO) -> int:
+    from openmodel.sizing_bridge import size_report_text
+
+    try:
+        out.write(
+            size_report_text(
+                args.model,
+                args.gpu,
+                args.quantization,
+                config,
+                max_model_len=args.max_model_len,
+                engine=args.engine,
+            )
+        )
+    except SpecError as e:
+        print(f"{e.field}: {e.message} ({e.reason})", file=sys.stderr)
+        return EXIT_INVALID
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="openmodel", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--config", help="platform config YAML (default: $OPENMODEL_CONFIG or built-ins)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    render = sub.add_parser("render", help="print the objects the operator would apply")
+    render.add_argument("-f", "--file", required=True, help="ModelDeployment YAML ('-' = stdin)")
+    validate = sub.add_parser("validate", help="run every check the operator runs")
+    validate.add_argument("-f", "--file", required=True, help="ModelDeployment YAML ('-' = stdin)")
+    size = sub.add_parser("size", help="memory estimate and the GPU counts that fit")
+    size.add_argument("model", help="Hugging Face repo id, e.g. meta-llama/Llama-3.1-70B-Instruct")
+    size.add_argument("--gpu", required=True, help="accelerator name, e.g. nvidia-h100-80gb")
+    size.add_argument("--quantization", default="none")
+    size.add_argument("--max-model-len", type=int, default=None)
+    size.add_argument("--engine", default="vllm", choices=["vllm", "tgi"])
+    return parser
+
+
+COMMANDS = {"render": cmd_render, "validate": cmd_validate, "size": cmd_size}
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        return COMMANDS[args.command](args, config, out or sys.stdout)
+    except (InputError, ConfigError) as e:
+        print(f"openmodel: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

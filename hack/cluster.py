@@ -1,0 +1,145 @@
+"""Run the e2e test cluster for manual use, in the background.
+
+    .venv/bin/python hack/cluster.py up       # start (or report it is already up)
+    .venv/bin/python hack/cluster.py status   # components, API readiness, nodes
+    .venv/bin/python hack/cluster.py down     # stop every process it started
+
+The cluster is the one the e2e tests use (local control plane + KWOK GPU node
+pool from tests/e2e/gpu-nodes.yaml); its files live in .cluster/ in the repo.
+Pods get loopback IPs from 127.96.0.0/16 instead of the tests' 127.64.0.0/16,
+so simulated engines of a manual cluster and of a test session never collide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
+
+from harness import (  # noqa: E402
+    ControlPlane,
+    apply_node_pool,
+    load_node_pool,
+    stop_from_state,
+    wait_nodes_ready,
+)
+from harness.health import client_tls, probe  # noqa: E402
+from harness.process import process_matches  # noqa: E402
+from kubernetes import client, config  # noqa: E402
+
+STATE_DIR = REPO / ".cluster"
+STATE_FILE = STATE_DIR / "state.json"
+POD_NETWORK = ipaddress.IPv4Network("127.96.0.0/16")
+
+
+def _read_state() -> dict | None:
+    if not STATE_FILE.exists():
+        return None
+    return json.loads(STATE_FILE.read_text())
+
+
+def _dead_components(state: dict) -> list[str]:
+    return [
+        c["name"] for c in state["components"] if not process_matches(c["pid"], c["executable"])
+    ]
+
+
+def _export_line(state: dict) -> str:
+    return f"export KUBECONFIG={state['kubeconfig']}"
+
+
+def up() -> int:
+    state = _read_state()
+    if state is not None:
+        dead = _dead_components(state)
+        if not dead:
+            print(f"already up ({state['server']})", file=sys.stderr)
+            print(_export_line(state))
+            return 0
+        print(f"stale cluster state ({', '.join(dead)} not running): cleaning up", file=sys.stderr)
+        _down(state)
+    started = time.monotonic()
+    pool = dataclasses.replace(load_node_pool(), pod_network=POD_NETWORK)
+    plane = ControlPlane.start(STATE_DIR, owned=False)
+    try:
+        with config.new_client_from_config(config_file=str(plane.kubeconfig)) as api:
+            wait_nodes_ready(api, apply_node_pool(api, pool))
+    except BaseException:
+        plane.stop()
+        raise
+    plane.save_state(STATE_FILE)
+    print(
+        f"up in {time.monotonic() - started:.1f}s: {len(pool.node_names())} KWOK nodes, "
+        f"logs in {plane.logs_dir}",
+        file=sys.stderr,
+    )
+    print(_export_line(plane.state()))
+    return 0
+
+
+def _down(state: dict) -> list[str]:
+    stopped = stop_from_state(state)
+    STATE_FILE.unlink(missing_ok=True)
+    for entry in STATE_DIR.iterdir():
+        if entry.name != "logs":
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    return stopped
+
+
+def down() -> int:
+    state = _read_state()
+    if state is None:
+        print("not up (no .cluster/state.json)", file=sys.stderr)
+        return 0
+    stopped = _down(state)
+    print(f"stopped: {', '.join(stopped) or 'nothing was running'}", file=sys.stderr)
+    return 0
+
+
+def status() -> int:
+    state = _read_state()
+    if state is None:
+        print("down")
+        return 1
+    for component in state["components"]:
+        alive = process_matches(component["pid"], component["executable"])
+        print(f"{component['name']:<25} pid {component['pid']:<8} {'running' if alive else 'DEAD'}")
+    pki = STATE_DIR / "pki"
+    code, body = probe(
+        f"{state['server']}/readyz",
+        client_tls(pki / "ca.crt", pki / "admin.crt", pki / "admin.key"),
+    )
+    print(f"kube-apiserver /readyz: {code} {body.strip()[:80]}")
+    if code != 200:
+        return 1
+    with config.new_client_from_config(config_file=state["kubeconfig"]) as api:
+        nodes = client.CoreV1Api(api).list_node().items
+        ready = [
+            n
+            for n in nodes
+            if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
+        ]
+    print(f"nodes: {len(ready)}/{len(nodes)} Ready")
+    print(_export_line(state))
+    return 0 if not _dead_components(state) else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("command", choices=["up", "down", "status"])
+    command = parser.parse_args().command
+    return {"up": up, "down": down, "status": status}[command]()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

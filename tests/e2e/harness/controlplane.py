@@ -1,0 +1,323 @@
+"""A real Kubernetes control plane as local processes: etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler and kwok (which plays every node).
+
+    with ControlPlane.start(workdir) as cp:
+        subprocess.run([cp.bin_dir / "kubectl", "--kubeconfig", cp.kubeconfig, "get", "ns"])
+
+Each component logs to ``<workdir>/logs/<name>.log``. A component that fails
+to start or dies raises ComponentError naming it, with its last log lines.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from . import binaries
+from .certs import Pki, create_pki
+from .health import client_tls, self_signed_tls
+from .kubeconfig import write_cert_kubeconfig
+from .launcher import Launch, launch
+from .nodepool import KWOK_ANNOTATION
+from .process import Component, stop_detached
+
+SERVICE_CIDR = "10.0.0.0/24"
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+# Pods on KWOK nodes without their own spec.podCIDR also get loopback addresses.
+KWOK_DEFAULT_CIDR = "127.65.0.0/16"
+KWOK_DEFAULT_NODE_IP = "127.63.255.254"
+STATE_FILE = "state.json"
+
+
+class ControlPlane:
+    """A running local control plane; use ``ControlPlane.start``."""
+
+    def __init__(self, workdir: Path, bin_dir: Path, *, owned: bool) -> None:
+        self.workdir = workdir
+        self.bin_dir = bin_dir
+        self.owned = owned
+        self.logs_dir = workdir / "logs"
+        self.kubeconfig = workdir / "admin.kubeconfig"
+        self.components: dict[str, Component] = {}
+        self.ports: dict[str, list[int]] = {}
+        self.server = ""
+        self.pki: Pki | None = None
+        self.etcd_data_dir: Path | None = None
+        self.startup_seconds: dict[str, float] = {}
+
+    # -- lifecycle -------------------------------------------------------
+
+    @classmethod
+    def start(
+        cls, workdir: Path, *, bin_dir: Path | None = None, owned: bool = True
+    ) -> ControlPlane:
+        """Start every component and wait until each reports healthy.
+
+        ``owned=False`` lets the processes outlive this Python process (for
+        ``hack/cluster.py up``); stop them later with ``stop_from_state``.
+        """
+        workdir = workdir.resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        plane = cls(workdir, bin_dir or binaries.require_bin_dir(), owned=owned)
+        try:
+            plane._start_all()
+        except BaseException:
+            plane.stop()
+            raise
+        return plane
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop every component (SIGTERM, then SIGKILL) and delete etcd's data."""
+        running = list(reversed(self.components.values()))
+        for component in running:
+            component.terminate()
+        for component in running:
+            component.stop()
+        if self.etcd_data_dir is not None:
+            shutil.rmtree(self.etcd_data_dir, ignore_errors=True)
+
+    def check_alive(self) -> None:
+        """Raise ComponentError for the first component that has exited."""
+        for component in self.components.values():
+            component.raise_if_exited()
+
+    # -- startup ---------------------------------------------------------
+
+    def _start_all(self) -> None:
+        started = time.monotonic()
+        self.pki = create_pki(self.workdir / "pki")
+        self.etcd_data_dir = Path(tempfile.mkdtemp(prefix="openmodel-etcd-", dir=_scratch_dir()))
+        self._launch([self._etcd()])
+        self.startup_seconds["etcd"] = time.monotonic() - started
+        self._launch([self._apiserver()])
+        self.startup_seconds["kube-apiserver"] = time.monotonic() - started
+        self.server = f"https://127.0.0.1:{self.ports['kube-apiserver'][0]}"
+        pki = self.pki
+        write_cert_kubeconfig(
+            self.kubeconfig,
+            self.server,
+            pki.ca.cert,
+            pki.admin.cert,
+            pki.admin.key,
+            "openmodel-admin",
+        )
+        kubeconfigs = self.workdir / "kubeconfigs"
+        write_cert_kubeconfig(
+            kubeconfigs / "controller-manager.kubeconfig",
+            self.server,
+            pki.ca.cert,
+            pki.controller_manager.cert,
+            pki.controller_manager.key,
+            "system:kube-controller-manager",
+        )
+        write_cert_kubeconfig(
+            kubeconfigs / "scheduler.kubeconfig",
+            self.server,
+            pki.ca.cert,
+            pki.scheduler.cert,
+            pki.scheduler.key,
+            "system:kube-scheduler",
+        )
+        self._launch([self._controller_manager(), self._scheduler(), self._kwok()])
+        self.startup_seconds["all"] = time.monotonic() - started
+
+    def _launch(self, launches: Sequence[Launch]) -> None:
+        def track(component: Component) -> None:
+            self.components[component.name] = component
+
+        started = launch(launches, self.logs_dir, owned=self.owned, on_start=track)
+        self.ports |= {name: item.ports for name, item in started.items()}
+
+    def _exe(self, name: str) -> str:
+        return str(self.bin_dir / name)
+
+    def _etcd(self) -> Launch:
+        def argv(ports: list[int]) -> list[str]:
+            client_url, peer_url = (f"http://127.0.0.1:{p}" for p in ports)
+            return [
+                self._exe("etcd"),
+                "--name=default",
+                f"--data-dir={self.etcd_data_dir}",
+                f"--listen-client-urls={client_url}",
+                f"--advertise-client-urls={client_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=default={peer_url}",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ]
+
+        return Launch("etcd", 2, argv, lambda p: f"http://127.0.0.1:{p[0]}/health", None)
+
+    def _apiserver(self) -> Launch:
+        pki = self._pki()
+        etcd = f"http://127.0.0.1:{self.ports['etcd'][0]}"
+
+        def argv(ports: list[int]) -> list[str]:
+            return [
+                self._exe("kube-apiserver"),
+                f"--etcd-servers={etcd}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={ports[0]}",
+                "--endpoint-reconciler-type=none",
+                f"--tls-cert-file={pki.apiserver.cert}",
+                f"--tls-private-key-file={pki.apiserver.key}",
+                f"--client-ca-file={pki.ca.cert}",
+                "--authorization-mode=Node,RBAC",
+                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+                f"--service-account-key-file={pki.service_account_public}",
+                f"--service-account-signing-key-file={pki.service_account_private}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--allow-privileged=true",
+                f"--cert-dir={self.workdir / 'apiserver'}",
+                "--profiling=false",
+            ]
+
+        tls = client_tls(pki.ca.cert, pki.admin.cert, pki.admin.key)
+        return Launch("kube-apiserver", 1, argv, lambda p: f"https://127.0.0.1:{p[0]}/readyz", tls)
+
+    def _controller_manager(self) -> Launch:
+        pki = self._pki()
+        kubeconfig = self.workdir / "kubeconfigs" / "controller-manager.kubeconfig"
+
+        def argv(ports: list[int]) -> list[str]:
+            return [
+                self._exe("kube-controller-manager"),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ports[0]}",
+                f"--cert-dir={self.workdir / 'controller-manager'}",
+                "--leader-elect=false",
+                "--controllers=*",
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={pki.service_account_private}",
+                f"--root-ca-file={pki.ca.cert}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--cluster-signing-cert-file={pki.ca.cert}",
+                f"--cluster-signing-key-file={pki.ca.key}",
+                "--profiling=false",
+            ]
+
+        return Launch(
+            "kube-controller-manager",
+            1,
+            argv,
+            lambda p: f"https://127.0.0.1:{p[0]}/healthz",
+            self_signed_tls(),
+        )
+
+    def _scheduler(self) -> Launch:
+        kubeconfig = self.workdir / "kubeconfigs" / "scheduler.kubeconfig"
+
+        def argv(ports: list[int]) -> list[str]:
+            return [
+                self._exe("kube-scheduler"),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ports[0]}",
+                f"--cert-dir={self.workdir / 'scheduler'}",
+                "--leader-elect=false",
+                "--profiling=false",
+            ]
+
+        return Launch(
+            "kube-scheduler",
+            1,
+            argv,
+            lambda p: f"https://127.0.0.1:{p[0]}/healthz",
+            self_signed_tls(),
+        )
+
+    def _kwok(self) -> Launch:
+        return kwok_launch(self.bin_dir, self.kubeconfig)
+
+    def _pki(self) -> Pki:
+        if self.pki is None:
+            raise RuntimeError("PKI not created yet")
+        return self.pki
+
+    # -- use -------------------------------------------------------------
+
+    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run kubectl against this control plane as the admin."""
+        return subprocess.run(
+            [self._exe("kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=60,
+        )
+
+    def state(self) -> dict[str, Any]:
+        """What ``stop_from_state`` needs to stop detached components later."""
+        return {
+            "kubeconfig": str(self.kubeconfig),
+            "server": self.server,
+            "logs_dir": str(self.logs_dir),
+            "etcd_data_dir": str(self.etcd_data_dir),
+            "components": [
+                {"name": c.name, "pid": c.pid, "executable": c.argv[0]}
+                for c in self.components.values()
+            ],
+        }
+
+    def save_state(self, path: Path) -> None:
+        path.write_text(json.dumps(self.state(), indent=2))
+
+
+def kwok_launch(bin_dir: Path, kubeconfig: Path) -> Launch:
+    """kwok managing only nodes annotated kwok.x-k8s.io/node=fake (usable against any cluster)."""
+    selector = f"{KWOK_ANNOTATION[0]}={KWOK_ANNOTATION[1]}"
+
+    def argv(ports: list[int]) -> list[str]:
+        return [
+            str(bin_dir / "kwok"),
+            f"--kubeconfig={kubeconfig}",
+            f"--config={bin_dir / 'kwok-stage' / 'fast'}",
+            "--manage-all-nodes=false",
+            f"--manage-nodes-with-annotation-selector={selector}",
+            f"--cidr={KWOK_DEFAULT_CIDR}",
+            f"--node-ip={KWOK_DEFAULT_NODE_IP}",
+            f"--server-address=127.0.0.1:{ports[0]}",
+        ]
+
+    return Launch("kwok", 1, argv, lambda p: f"http://127.0.0.1:{p[0]}/healthz", None)
+
+
+def stop_from_state(state: dict[str, Any]) -> list[str]:
+    """Stop the components recorded by ``ControlPlane.save_state``; names of those stopped."""
+    stopped = []
+    for entry in reversed(state["components"]):
+        if stop_detached(entry["pid"], entry["executable"]):
+            stopped.append(entry["name"])
+    if state.get("etcd_data_dir"):
+        shutil.rmtree(state["etcd_data_dir"], ignore_errors=True)
+    return stopped
+
+
+def _scratch_dir() -> str | None:
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and shutil.disk_usage(shm).free > 1 << 30 else None

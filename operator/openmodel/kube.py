@@ -47,7 +47,7 @@ def object_path(api_version: str, kind: str, namespace: str, name: str) -> str:
     return f"{collection_path(api_version, kind, namespace)}/{name}"
 
 
-def _call(
+def call(
     api: client.ApiClient,
     method: str,
     path: str,
@@ -92,7 +92,7 @@ def apply(
     path = object_path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
     if subresource:
         path = f"{path}/{subresource}"
-    return _call(
+    return call(
         api,
         "PATCH",
         path,
@@ -105,7 +105,7 @@ def apply(
 
 def create(api: client.ApiClient, obj: Mapping[str, Any]) -> dict[str, Any]:
     meta = obj["metadata"]
-    return _call(
+    return call(
         api, "POST", collection_path(obj["apiVersion"], obj["kind"], meta["namespace"]), body=obj
     )
 
@@ -114,7 +114,7 @@ def get(
     api: client.ApiClient, api_version: str, kind: str, namespace: str, name: str
 ) -> dict[str, Any] | None:
     try:
-        return _call(api, "GET", object_path(api_version, kind, namespace, name))
+        return call(api, "GET", object_path(api_version, kind, namespace, name))
     except ApiException as e:
         if e.status == 404:
             return None
@@ -129,13 +129,13 @@ def list_objects(
     label_selector: str | None = None,
 ) -> list[dict[str, Any]]:
     query = [("labelSelector", label_selector)] if label_selector else []
-    result = _call(api, "GET", collection_path(api_version, kind, namespace), query=query)
+    result = call(api, "GET", collection_path(api_version, kind, namespace), query=query)
     items: list[dict[str, Any]] = result.get("items", [])
     return items
 
 
 def list_all_model_deployments(api: client.ApiClient) -> list[dict[str, Any]]:
-    result = _call(api, "GET", f"/apis/{API_VERSION}/{PLURAL}")
+    result = call(api, "GET", f"/apis/{API_VERSION}/{PLURAL}")
     items: list[dict[str, Any]] = result.get("items", [])
     for item in items:
         # List responses omit each item's apiVersion/kind.

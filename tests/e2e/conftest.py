@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from harness import Cluster, create_namespace, delete_namespace, provide_cluster
 from kubernetes import client
+from openmodel_fixtures import crd, operator  # noqa: F401  (fixtures for the operator tests)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,92 @@
+"""Lease-based leader election (coordination.k8s.io/v1), for the autoscaler.
+
+With several operator replicas, only the holder of the Lease scales: two writers of the
+same replicas is a failure mode seen elsewhere. Updates use the Lease's
+resourceVersion, so two candidates can never both win the same round.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from openmodel import kube
+
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _format(t: dt.datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@dataclass
+class LeaseElector:
+    api: client.ApiClient
+    namespace: str
+    name: str
+    identity: str
+    lease_seconds: int = 15
+    clock: Callable[[], dt.datetime] = _now
+
+    def _body(self, resource_version: str | None, acquire: str) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
+        if resource_version is not None:
+            meta["resourceVersion"] = resource_version
+        return {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": meta,
+            "spec": {
+                "holderIdentity": self.identity,
+                "leaseDurationSeconds": self.lease_seconds,
+                "acquireTime": acquire,
+                "renewTime": _format(self.clock()),
+            },
+        }
+
+    def try_acquire_or_renew(self) -> bool:
+        """True when this candidate holds the lease after the call."""
+        path = LEASES.format(ns=self.namespace)
+        try:
+            lease = kube.call(self.api, "GET", f"{path}/{self.name}")
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            try:
+                kube.call(self.api, "POST", path, body=self._body(None, _format(self.clock())))
+            except ApiException as create_error:
+                if create_error.status == 409:
+                    return False
+                raise
+            return True
+        spec = lease.get("spec") or {}
+        holder = spec.get("holderIdentity")
+        renewed = _parse(spec.get("renewTime"))
+        duration = int(spec.get("leaseDurationSeconds") or self.lease_seconds)
+        expired = renewed is None or self.clock() > renewed + dt.timedelta(seconds=duration)
+        if holder not in (None, "", self.identity) and not expired:
+            return False
+        acquire = spec.get("acquireTime") if holder == self.identity else _format(self.clock())
+        body = self._body(lease["metadata"]["resourceVersion"], acquire or _format(self.clock()))
+        try:
+            kube.call(self.api, "PUT", f"{path}/{self.name}", body=body)
+        except ApiException as e:
+            if e.status == 409:  # someone else renewed or took it first
+                return False
+            raise
+        return True

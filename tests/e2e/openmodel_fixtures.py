@@ -1,0 +1,141 @@
+"""Fixtures that install the CRD and run the operator as a real process.
+
+Imported by conftest.py. One operator process serves the whole session (tests use
+their own namespaces); its log is printed when a test fails to start it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from harness import Cluster, NotYet, wait_for
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_FILE = REPO / "crds" / "modeldeployment.yaml"
+EXAMPLES = REPO / "examples"
+GROUP, VERSION, PLURAL = "openmodel.dev", "v1alpha1", "modeldeployments"
+
+
+def install_crd(api: client.ApiClient) -> None:
+    body = yaml.safe_load(CRD_FILE.read_text())
+    ext = client.ApiextensionsV1Api(api)
+    try:
+        existing = ext.read_custom_resource_definition(body["metadata"]["name"])
+        body["metadata"]["resourceVersion"] = existing.metadata.resource_version
+        ext.replace_custom_resource_definition(body["metadata"]["name"], body)
+    except ApiException as e:
+        if e.status != 404:
+            raise
+        ext.create_custom_resource_definition(body)
+
+    def established() -> bool | NotYet:
+        crd = ext.read_custom_resource_definition(body["metadata"]["name"])
+        conds = {c.type: c.status for c in (crd.status.conditions or [])}
+        return conds.get("Established") == "True" or NotYet(conds)
+
+    wait_for(established, 30, "the ModelDeployment CRD to be Established")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class OperatorProcess:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    liveness_url: str
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+
+
+def start_operator(
+    kubeconfig: Path, workdir: Path, extra_env: dict[str, str] | None = None, name: str = "operator"
+) -> OperatorProcess:
+    port = free_port()
+    log_path = workdir / f"{name}.log"
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "OPENMODEL_LIVENESS": f"http://127.0.0.1:{port}/healthz",
+        "OPENMODEL_RESYNC_SECONDS": "10",
+        "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
+    }
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "openmodel"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    op = OperatorProcess(process, log_path, f"http://127.0.0.1:{port}/healthz")
+
+    def live() -> bool | NotYet:
+        if not op.alive():
+            raise AssertionError(f"operator exited with {process.returncode}:\n{op.log_tail()}")
+        try:
+            with urllib.request.urlopen(op.liveness_url, timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, ConnectionError) as e:
+            return NotYet(str(e))
+
+    try:
+        wait_for(live, 60, lambda: f"operator liveness; log:\n{op.log_tail()}", interval=0.3)
+    except BaseException:
+        op.stop()
+        raise
+    return op
+
+
+@pytest.fixture(scope="session")
+def crd(api_client: client.ApiClient) -> None:
+    install_crd(api_client)
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster, crd: None) -> Iterator[OperatorProcess]:
+    op = start_operator(cluster.kubeconfig, cluster.workdir)
+    yield op
+    op.stop()
+    sys.stderr.write(f"operator log: {op.log_path}\n")
+
+
+def load_example(name: str, namespace: str, **spec_overrides: Any) -> dict[str, Any]:
+    body = yaml.safe_load((EXAMPLES / name).read_text())
+    body = copy.deepcopy(body)
+    body["metadata"]["namespace"] = namespace
+    body["spec"].update(spec_overrides)
+    return body  # type: ignore[no-any-return]

@@ -1,0 +1,326 @@
+"""The fit check: the GPU count for a ModelDeployment, chosen or checked, with reasons.
+
+`resolve_gpu_count(spec, accelerator, catalog)` is what the operator and the CLI call:
+- gpu.count omitted, model known (catalogue or spec.modelInfo): the smallest valid
+  tensor-parallel count that fits; none fits → SpecError `InsufficientGPUMemory`;
+- gpu.count omitted, model unknown → SpecError `UnknownModelSize`;
+- gpu.count given, model unknown → accepted as is, no estimate;
+- gpu.count given, model known: refused with `InvalidTensorParallelSize` when it
+  cannot shard the model, `InsufficientGPUMemory` when it does not fit; the message
+  carries the numbers and what would fit (another count, GPU type, quantization or a
+  shorter maxModelLen).
+
+Context: with spec.maxModelLen (or --max-model-len / --max-total-tokens in spec.args)
+that is what must fit. Without it the check requires min(model max, 8192) tokens, and
+`SizingResult.max_model_len` says what to start the engine with: the model's full
+context when that fits at the chosen count, else that 8192 cap. The renderer must
+pass it (vLLM `--max-model-len`, TGI `--max-total-tokens`) when the spec does not,
+because left alone vLLM uses the full context and refuses to start when its KV cache
+cannot hold one such sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from openmodel.accelerators import Accelerator, AcceleratorCatalog
+from openmodel.api import ModelDeploymentSpec, SpecError
+from openmodel.sizing.catalogue import Architecture, ResolvedModel, resolve_model
+from openmodel.sizing.formats import (
+    WeightFormat,
+    conflicts,
+    implied_quantization,
+    weight_format,
+    with_quantization,
+)
+from openmodel.sizing.memory import (
+    DEFAULT_MAX_MODEL_LEN,
+    EngineSettings,
+    Estimate,
+    engine_settings,
+    estimate_memory,
+)
+from openmodel.sizing.parallelism import candidate_counts, tp_violations, valid_tp_sizes
+
+# A shorter maxModelLen is only worth suggesting if it leaves a usable context.
+MIN_USEFUL_CONTEXT = 2048
+MAX_GPU_TYPE_SUGGESTIONS = 3
+# Built-in accelerators older than Ampere: vLLM has no fp8 weight kernels for them, so
+# "use fp8" would be bad advice. (The catalog does not record compute capability.)
+NO_FP8_WEIGHTS = frozenset({"nvidia-t4"})
+
+
+@dataclass(frozen=True)
+class SizingResult:
+    """The GPU count to run with, and the estimate behind it when the model is known."""
+
+    gpu_count: int
+    auto_sized: bool  # True when gpu.count was omitted and chosen here
+    model: ResolvedModel | None  # None: not in the catalogue and no spec.modelInfo
+    weight_format: WeightFormat
+    estimate: Estimate | None
+    # The engine's max_model_len: pass it when the spec does not set one (None: leave
+    # the engine's default, because the KV cache could not be estimated).
+    max_model_len: int | None
+    notes: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        how = "chosen" if self.auto_sized else "as requested"
+        if self.estimate is None:
+            head = f"{self.gpu_count} GPU(s) {how}; model size unknown, memory not checked"
+        else:
+            head = f"{self.gpu_count} GPU(s) {how}. {self.estimate.summary()}"
+        return " ".join((head, *self.notes))
+
+    def to_status(self) -> dict[str, Any] | None:
+        """status.sizing content, or None when there is no estimate."""
+        if self.estimate is None:
+            return None
+        out = self.estimate.to_status()
+        if self.max_model_len is not None:
+            out["maxModelLen"] = self.max_model_len
+        return out
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """Everything an estimate depends on, bar the accelerator, count and format."""
+
+    arch: Architecture
+    settings: EngineSettings
+    context: int  # tokens one sequence must be able to hold
+
+    def estimate(self, fmt: WeightFormat, accelerator: Accelerator, count: int) -> Estimate:
+        return estimate_memory(self.arch, fmt, accelerator, count, self.context, self.settings)
+
+    def smallest_fit(self, fmt: WeightFormat, accelerator: Accelerator) -> Estimate | None:
+        for count in candidate_counts(self.arch, fmt, accelerator.max_per_node):
+            est = self.estimate(fmt, accelerator, count)
+            if est.fits:
+                return est
+        return None
+
+
+def required_context(arch: Architecture, requested: int | None) -> int:
+    """Tokens one sequence must fit: the requested maxModelLen, else min(model max, 8192)."""
+    if requested is not None:
+        return requested
+    if arch.max_context_length is None:
+        return DEFAULT_MAX_MODEL_LEN
+    return min(arch.max_context_length, DEFAULT_MAX_MODEL_LEN)
+
+
+def _engine_context(problem: _Problem, requested: int | None, est: Estimate) -> int | None:
+    if requested is not None:
+        return requested
+    if not est.kv_known:
+        return None
+    full = problem.arch.max_context_length
+    if full is not None and est.max_fitting_context is not None and est.max_fitting_context >= full:
+        return full
+    return problem.context
+
+
+def _counts(values: Iterable[int]) -> str:
+    return ", ".join(str(v) for v in values) or "none"
+
+
+def _per_gpu(est: Estimate) -> str:
+    return f"{est.total_gib:.1f} of {est.budget_gib:.1f} GiB per GPU"
+
+
+def _shortfall(model: str, est: Estimate) -> str:
+    kv = (
+        f"KV cache {est.kv_cache_gib:.1f} for {est.context_tokens} tokens"
+        if est.kv_known
+        else f"KV cache reserve {est.kv_cache_gib:.1f}"
+    )
+    return (
+        f"{model} ({est.model}, {est.quantization}) needs about {est.total_gib:.1f} GiB per GPU "
+        f"on {est.gpu_count} x {est.accelerator} (weights {est.weights_gib:.1f} + {kv} + "
+        f"overhead {est.overhead_gib:.1f}), more than the {est.budget_gib:.1f} GiB budget "
+        f"({est.fraction_text} x {est.memory_gib:g} GiB)"
+    )
+
+
+def _suggestions(
+    problem: _Problem,
+    fmt: WeightFormat,
+    accelerator: Accelerator,
+    catalog: AcceleratorCatalog | None,
+    given_count: int | None,
+) -> list[str]:
+    """What would fit instead, most local change first."""
+    out: list[str] = []
+    counts = candidate_counts(problem.arch, fmt, accelerator.max_per_node)
+    # Another count of the same GPU.
+    if given_count is not None:
+        fitting = [e for n in counts if (e := problem.estimate(fmt, accelerator, n)).fits]
+        if fitting:
+            out.append(
+                "gpu.count " + " or ".join(f"{e.gpu_count} ({_per_gpu(e)})" for e in fitting[:2])
+            )
+    # A shorter context on the given count (or the smallest count that allows one).
+    for n in (given_count,) if given_count is not None else counts:
+        est = problem.estimate(fmt, accelerator, n)
+        longest = est.max_fitting_context
+        if (
+            est.kv_known
+            and longest is not None
+            and MIN_USEFUL_CONTEXT <= longest < est.context_tokens
+        ):
+            where = "" if given_count is not None else f" with gpu.count {n}"
+            out.append(f"spec.maxModelLen <= {longest}{where}")
+            break
+    # A smaller weight format on the same GPU.
+    options: list[tuple[WeightFormat, str]] = []
+    if fmt.bits > 8 and accelerator.name not in NO_FP8_WEIGHTS:
+        options.append(
+            (with_quantization("fp8"), "spec.quantization: fp8 (quantized at load time)")
+        )
+    if fmt.bits > 4:
+        options.append((with_quantization("awq"), "a 4-bit AWQ/GPTQ checkpoint of the model"))
+    for alt, label in options:
+        fit = problem.smallest_fit(alt, accelerator)
+        if fit is not None:
+            out.append(f"{label} with gpu.count {fit.gpu_count} ({_per_gpu(fit)})")
+    # Another GPU type from the catalog, least total memory first.
+    if catalog is not None:
+        others = [
+            fit
+            for name in catalog.names()
+            if name != accelerator.name
+            and (other := catalog.get(name)) is not None
+            and (fit := problem.smallest_fit(fmt, other)) is not None
+        ]
+        others.sort(key=lambda e: (e.gpu_count * e.memory_gib, e.accelerator))
+        out.extend(
+            f"gpu.type {e.accelerator} with gpu.count {e.gpu_count} ({_per_gpu(e)})"
+            for e in others[:MAX_GPU_TYPE_SUGGESTIONS]
+        )
+    return out
+
+
+def _does_not_fit(
+    field: str,
+    head: str,
+    problem: _Problem,
+    fmt: WeightFormat,
+    accelerator: Accelerator,
+    catalog: AcceleratorCatalog | None,
+    given_count: int | None,
+) -> SpecError:
+    options = _suggestions(problem, fmt, accelerator, catalog, given_count)
+    tail = (
+        "Would fit: " + "; ".join(options) + "."
+        if options
+        else "Nothing tried fits (other counts, fp8/4-bit weights, other GPU types on one node)."
+    )
+    return SpecError(field, f"{head}. {tail}", "InsufficientGPUMemory")
+
+
+def _notes(
+    spec: ModelDeploymentSpec, model: ResolvedModel | None, fmt: WeightFormat, requested: int | None
+) -> tuple[str, ...]:
+    notes: list[str] = []
+    implied = implied_quantization(spec.model)
+    if conflicts(spec.quantization, implied):
+        notes.append(
+            f"spec.quantization is {spec.quantization} but the repo name suggests {implied}; "
+            f"sized as {spec.quantization}."
+        )
+    elif fmt.source == "repo name":
+        notes.append(f"Sized as {fmt.label}, as the repo name suggests.")
+    if model is None:
+        return tuple(notes)
+    arch = model.architecture
+    limit = arch.max_context_length
+    if requested is not None and limit is not None and requested > limit:
+        notes.append(
+            f"maxModelLen {requested} exceeds the model's {limit}-token context; the engine "
+            "refuses that unless RoPE scaling is configured."
+        )
+    if not arch.kv_known:
+        notes.append(
+            "KV cache not computed (spec.modelInfo lacks layers, kvHeads or headDim); "
+            "a share of the budget is reserved for it instead."
+        )
+    if model.source == "modelInfo" and fmt.bits < 16 and not fmt.quantizes_embeddings:
+        notes.append("Embedding size unknown: 16-bit embeddings are counted at the quantized rate.")
+    return tuple(notes)
+
+
+def resolve_gpu_count(
+    spec: ModelDeploymentSpec,
+    accelerator: Accelerator,
+    catalog: AcceleratorCatalog | None = None,
+) -> SizingResult:
+    """Choose or check spec.gpu.count on `accelerator`.
+
+    `catalog`, when given, lets an InsufficientGPUMemory message suggest other GPU
+    types. Raises SpecError with reason UnknownModelSize, InvalidTensorParallelSize,
+    InsufficientGPUMemory or InvalidEngineArgs.
+    """
+    settings = engine_settings(spec.engine, spec.args)
+    requested = settings.max_model_len_arg or spec.max_model_len
+    model = resolve_model(spec.model, spec.model_info)
+    fmt = weight_format(spec.quantization, spec.model)
+    notes = _notes(spec, model, fmt, requested)
+    count = spec.gpu.count
+
+    if model is None:
+        if count is None:
+            raise SpecError(
+                "spec.gpu.count",
+                f"is required for {spec.model}: the model is not in the sizing catalogue, so "
+                "the GPU count cannot be computed. Set spec.gpu.count, or describe the model "
+                "in spec.modelInfo (parametersBillions; layers, kvHeads and headDim for the "
+                "KV cache; attentionHeads for the tensor-parallel check)",
+                "UnknownModelSize",
+            )
+        return SizingResult(count, False, None, fmt, None, requested, notes)
+
+    arch = model.architecture
+    problem = _Problem(arch, settings, required_context(arch, requested))
+
+    if count is None:
+        for n in candidate_counts(arch, fmt, accelerator.max_per_node):
+            est = problem.estimate(fmt, accelerator, n)
+            if est.fits:
+                context = _engine_context(problem, requested, est)
+                return SizingResult(n, True, model, fmt, est, context, notes)
+        tried = candidate_counts(arch, fmt, accelerator.max_per_node)
+        largest = max(tried, default=1)
+        head = (
+            f"no valid GPU count of {accelerator.name} fits (tried {_counts(tried)}); at "
+            f"{largest}: " + _shortfall(spec.model, problem.estimate(fmt, accelerator, largest))
+        )
+        raise _does_not_fit("spec.gpu.type", head, problem, fmt, accelerator, catalog, None)
+
+    valid = valid_tp_sizes(arch, fmt, accelerator.max_per_node)
+    if count not in valid:
+        if count > accelerator.max_per_node:
+            why = (
+                f"a replica is one pod on one node and a {accelerator.name} node has at most "
+                f"{accelerator.max_per_node} GPUs (platform config maxPerNode)"
+            )
+        else:
+            why = "; ".join(tp_violations(arch, count, fmt))
+        fitting = [n for n in valid if problem.estimate(fmt, accelerator, n).fits]
+        raise SpecError(
+            "spec.gpu.count",
+            f"{count} GPUs cannot run {arch.name} ({fmt.label}) with tensor parallelism: {why}. "
+            f"Valid counts on {accelerator.name}: {_counts(valid)}; of these, fit in memory: "
+            f"{_counts(fitting)}",
+            "InvalidTensorParallelSize",
+        )
+    est = problem.estimate(fmt, accelerator, count)
+    if not est.fits:
+        raise _does_not_fit(
+            "spec.gpu.count", _shortfall(spec.model, est), problem, fmt, accelerator, catalog, count
+        )
+    return SizingResult(
+        count, False, model, fmt, est, _engine_context(problem, requested, est), notes
+    )

@@ -1,0 +1,287 @@
+"""Per-GPU memory estimate: weights + KV cache + runtime overhead against the engine's budget.
+
+The model is what vLLM does at start-up: load the weights (split over tensor-parallel
+ranks), run a profile batch to find the activation peak, then give the rest of
+`gpu_memory_utilization x GPU memory` to the KV cache, and refuse to start when that
+cannot hold one `max_model_len` sequence. So "fits" means
+
+    weights/GPU + overhead/GPU + KV(max_model_len)/GPU <= budget/GPU.
+
+Overhead per GPU (a deliberate, slightly pessimistic constant plus a computed peak):
+- 1.5 GiB fixed: CUDA context (~0.5 GiB), cuBLAS/attention workspaces, CUDA graphs;
+- 0.5 GiB more with tensor parallelism: NCCL and custom all-reduce buffers;
+- the profile batch's activation peak: 8192 batched tokens (vLLM's default
+  max_num_batched_tokens for the API server on large GPUs) x the widest tensors alive
+  in one layer (residual, norm, attention out ≈ 4 x hidden; gate+up ≈ 2 x intermediate
+  / tp per active expert) x 2 bytes, plus the sampler's fp32 logits and probabilities
+  for 256 sequences (max_num_seqs) x vocabulary. When the width is not known
+  (spec.modelInfo) a flat 1 GiB stands in.
+For Llama 3.1 8B on one GPU that is 1.5 + 0.69 + 0.24 ≈ 2.4 GiB; vLLM reports about
+1.5-2 GiB there, so the estimate errs on the side of "does not fit".
+
+Budget: vLLM `--gpu-memory-utilization` (default 0.9) x memory. TGI gives its KV cache
+93 % of what is free after loading and warm-up (`TGI_WIGGLE_ROOM`), times
+`--cuda-memory-fraction` (default 1.0); its effective share is 0.93-0.98 of the card
+depending on how much the weights take, so 0.95 x fraction x memory is used.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from openmodel.accelerators import Accelerator
+from openmodel.api import SpecError
+from openmodel.sizing.catalogue import Architecture
+from openmodel.sizing.formats import WeightFormat
+
+GIB = 1024**3
+# When the user does not set maxModelLen and the model's full context does not fit,
+# this is the context sizing requires and the engine should be started with: long
+# enough for chat and RAG prompts, short enough for a 7-8B model on a 24 GB card.
+DEFAULT_MAX_MODEL_LEN = 8192
+BASE_OVERHEAD_GIB = 1.5
+TENSOR_PARALLEL_OVERHEAD_GIB = 0.5
+PROFILE_BATCH_TOKENS = 8192
+MAX_NUM_SEQS = 256
+ACTIVATION_FALLBACK_GIB = 1.0
+# Without the architecture the KV cache cannot be computed: require this share of the
+# budget to be left for it (4 GiB on an L4, 14 GiB on an H100).
+UNKNOWN_KV_RESERVE = 0.2
+# vLLM allocates the KV cache in blocks of 16 tokens.
+KV_BLOCK_TOKENS = 16
+
+VLLM_DEFAULT_UTILIZATION = 0.9
+TGI_DEFAULT_MEMORY_FRACTION = 1.0
+TGI_EFFECTIVE_SHARE = 0.95
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """The engine knobs that change the estimate, read from defaults and spec.args."""
+
+    engine: str
+    memory_fraction: float  # vLLM --gpu-memory-utilization / TGI share of the card
+    fraction_text: str  # for messages, e.g. "vLLM --gpu-memory-utilization 0.90"
+    kv_cache_bytes: int  # bytes per KV element: 2 (model dtype) or 1 (fp8)
+    max_model_len_arg: int | None  # --max-model-len / --max-total-tokens in spec.args
+
+
+def _flag_value(args: Sequence[str], flag: str) -> str | None:
+    """The last value of `--flag value` or `--flag=value` (argparse keeps the last)."""
+    value: str | None = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg[len(flag) + 1 :]
+    return value
+
+
+def _fraction(args: Sequence[str], flag: str, default: float) -> float:
+    raw = _flag_value(args, flag)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise SpecError(
+            "spec.args", f"{flag} must be a number in (0, 1], got {raw!r}", "InvalidEngineArgs"
+        )
+    return value
+
+
+def _tokens(args: Sequence[str], flag: str) -> int | None:
+    raw = _flag_value(args, flag)
+    if raw is None:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise SpecError(
+            "spec.args", f"{flag} must be a positive integer, got {raw!r}", "InvalidEngineArgs"
+        )
+    return int(raw)
+
+
+def engine_settings(engine: str, args: Sequence[str] = ()) -> EngineSettings:
+    """Defaults for `engine`, overridden by the matching flags in spec.args."""
+    kv_dtype = _flag_value(args, "--kv-cache-dtype") or "auto"
+    kv_bytes = 1 if kv_dtype.startswith("fp8") else 2
+    if engine == "tgi":
+        fraction = _fraction(args, "--cuda-memory-fraction", TGI_DEFAULT_MEMORY_FRACTION)
+        return EngineSettings(
+            engine="tgi",
+            memory_fraction=fraction * TGI_EFFECTIVE_SHARE,
+            fraction_text=f"TGI --cuda-memory-fraction {fraction:.2f} x {TGI_EFFECTIVE_SHARE}",
+            kv_cache_bytes=kv_bytes,
+            max_model_len_arg=_tokens(args, "--max-total-tokens"),
+        )
+    utilization = _fraction(args, "--gpu-memory-utilization", VLLM_DEFAULT_UTILIZATION)
+    return EngineSettings(
+        engine=engine,
+        memory_fraction=utilization,
+        fraction_text=f"vLLM --gpu-memory-utilization {utilization:.2f}",
+        kv_cache_bytes=kv_bytes,
+        max_model_len_arg=_tokens(args, "--max-model-len"),
+    )
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Memory per GPU for one model, format, accelerator, GPU count and context."""
+
+    model: str
+    quantization: str
+    accelerator: str
+    gpu_count: int
+    context_tokens: int  # the max_model_len the KV cache is sized for
+    weights_gib: float
+    kv_cache_gib: float  # the reserve share of the budget when not kv_known
+    kv_known: bool
+    overhead_gib: float
+    budget_gib: float
+    memory_gib: float
+    fraction_text: str
+    kv_bytes_per_token: int | None  # per GPU
+    kv_capacity_tokens: int | None  # tokens the KV room holds (any number of sequences)
+    max_fitting_context: int | None  # capacity capped at the model's max context
+
+    @property
+    def total_gib(self) -> float:
+        return self.weights_gib + self.kv_cache_gib + self.overhead_gib
+
+    @property
+    def fits(self) -> bool:
+        return self.total_gib <= self.budget_gib
+
+    @property
+    def weights_fit(self) -> bool:
+        """True when weights and overhead leave any room at all for the KV cache."""
+        return self.weights_gib + self.overhead_gib < self.budget_gib
+
+    def summary(self) -> str:
+        kv = (
+            f"KV cache {self.kv_cache_gib:.1f} for {self.context_tokens} tokens"
+            if self.kv_known
+            else f"KV cache reserve {self.kv_cache_gib:.1f} (architecture not known)"
+        )
+        verdict = "fits" if self.fits else "does not fit"
+        text = (
+            f"{self.model}, {self.quantization} on {self.gpu_count} x {self.accelerator}: "
+            f"{self.total_gib:.1f} GiB per GPU (weights {self.weights_gib:.1f} + {kv} + "
+            f"overhead {self.overhead_gib:.1f}) against a {self.budget_gib:.1f} GiB budget "
+            f"({self.fraction_text} x {self.memory_gib:g} GiB): {verdict}"
+        )
+        if self.max_fitting_context is not None:
+            text += f"; longest context that fits: {self.max_fitting_context} tokens"
+        return text
+
+    def to_status(self) -> dict[str, Any]:
+        """A JSON-ready summary for status.sizing; rounded so rewrites happen only on change."""
+        return {
+            "model": self.model,
+            "quantization": self.quantization,
+            "gpuCount": self.gpu_count,
+            "contextTokens": self.context_tokens,
+            "weightsGiBPerGPU": round(self.weights_gib, 1),
+            "kvCacheGiBPerGPU": round(self.kv_cache_gib, 1),
+            "overheadGiBPerGPU": round(self.overhead_gib, 1),
+            "totalGiBPerGPU": round(self.total_gib, 1),
+            "budgetGiBPerGPU": round(self.budget_gib, 1),
+            "fits": self.fits,
+            **(
+                {"maxFittingContext": self.max_fitting_context}
+                if self.max_fitting_context is not None
+                else {}
+            ),
+        }
+
+
+def weight_bytes(arch: Architecture, fmt: WeightFormat) -> float:
+    """Bytes of all weights, embeddings at 16-bit when the format leaves them so."""
+    params = arch.parameters_billions * 1e9
+    embeddings = arch.embedding_parameters
+    if fmt.quantizes_embeddings or embeddings is None or embeddings >= params:
+        # Embedding size unknown (modelInfo): the body rate for everything. This
+        # under-counts small quantized models a little; the summary says so.
+        return params * fmt.body_bytes_per_param
+    return (params - embeddings) * fmt.body_bytes_per_param + embeddings * 2.0
+
+
+def kv_heads_per_rank(arch: Architecture, tp: int) -> int | None:
+    """KV heads each rank holds; heads are replicated when tp exceeds them."""
+    heads = arch.kv_heads if arch.kv_heads is not None else arch.attention_heads
+    if heads is None:
+        return None
+    return max(1, math.ceil(heads / tp))
+
+
+def kv_bytes_per_token(arch: Architecture, tp: int, kv_cache_bytes: int) -> int | None:
+    """Per-GPU KV bytes per token: K and V x layers x heads on this rank x head_dim x dtype."""
+    heads = kv_heads_per_rank(arch, tp)
+    if heads is None or arch.layers is None or arch.head_dim is None:
+        return None
+    return 2 * arch.layers * heads * arch.head_dim * kv_cache_bytes
+
+
+def activation_gib(arch: Architecture, tp: int) -> float:
+    """The profile batch's activation peak plus the sampler's logits, per GPU."""
+    if arch.hidden_size is None or arch.intermediate_size is None or arch.vocab_size is None:
+        return ACTIVATION_FALLBACK_GIB
+    width = 4 * arch.hidden_size + 2 * arch.experts_per_token * arch.intermediate_size / tp
+    layer_peak = PROFILE_BATCH_TOKENS * width * 2
+    sampler = MAX_NUM_SEQS * arch.vocab_size * 4 * 2
+    return (layer_peak + sampler) / GIB
+
+
+def overhead_gib(arch: Architecture, tp: int) -> float:
+    comms = TENSOR_PARALLEL_OVERHEAD_GIB if tp > 1 else 0.0
+    return BASE_OVERHEAD_GIB + comms + activation_gib(arch, tp)
+
+
+def estimate_memory(
+    arch: Architecture,
+    fmt: WeightFormat,
+    accelerator: Accelerator,
+    gpu_count: int,
+    context_tokens: int,
+    settings: EngineSettings,
+) -> Estimate:
+    """The per-GPU estimate for `gpu_count` tensor-parallel ranks and one sequence of
+    `context_tokens` (what the engine requires of `max_model_len`)."""
+    weights = weight_bytes(arch, fmt) / gpu_count / GIB
+    overhead = overhead_gib(arch, gpu_count)
+    budget = accelerator.memory_gib * settings.memory_fraction
+    per_token = kv_bytes_per_token(arch, gpu_count, settings.kv_cache_bytes)
+    room = budget - weights - overhead
+    if per_token is None:
+        kv = budget * UNKNOWN_KV_RESERVE
+        capacity = None
+        max_context = None
+    else:
+        kv = context_tokens * per_token / GIB
+        blocks = math.floor(max(0.0, room) * GIB / (per_token * KV_BLOCK_TOKENS))
+        capacity = blocks * KV_BLOCK_TOKENS
+        max_context = capacity
+        if arch.max_context_length is not None:
+            max_context = min(capacity, arch.max_context_length)
+    return Estimate(
+        model=arch.name,
+        quantization=fmt.label,
+        accelerator=accelerator.name,
+        gpu_count=gpu_count,
+        context_tokens=context_tokens,
+        weights_gib=weights,
+        kv_cache_gib=kv,
+        kv_known=per_token is not None,
+        overhead_gib=overhead,
+        budget_gib=budget,
+        memory_gib=accelerator.memory_gib,
+        fraction_text=settings.fraction_text,
+        kv_bytes_per_token=per_token,
+        kv_capacity_tokens=capacity,
+        max_fitting_context=max_context,
+    )

@@ -1,0 +1,129 @@
+"""The CLI's sizing report: the estimate at every valid GPU count, and which fit.
+
+report = size_report("meta-llama/Llama-3.1-70B-Instruct", "nvidia-h100-80gb", "none",
+                     AcceleratorCatalog())
+print(format_size_report(report))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from openmodel.accelerators import AcceleratorCatalog
+from openmodel.api import ModelInfo, SpecError
+from openmodel.sizing.catalogue import ResolvedModel, resolve_model
+from openmodel.sizing.fit import required_context
+from openmodel.sizing.formats import WeightFormat, weight_format
+from openmodel.sizing.memory import Estimate, engine_settings, estimate_memory
+from openmodel.sizing.parallelism import tp_violations, valid_tp_sizes
+
+
+@dataclass(frozen=True)
+class SizeReport:
+    model: str
+    resolved: ResolvedModel
+    weight_format: WeightFormat
+    accelerator: str
+    context_tokens: int
+    context_source: str  # "maxModelLen" or "default"
+    rows: tuple[Estimate, ...]  # one per valid count, ascending
+    invalid: tuple[tuple[int, str], ...]  # count, why it cannot shard the model
+
+    @property
+    def smallest_fit(self) -> int | None:
+        return next((row.gpu_count for row in self.rows if row.fits), None)
+
+
+def size_report(
+    model: str,
+    accelerator_name: str,
+    quantization: str,
+    catalog: AcceleratorCatalog,
+    max_model_len: int | None = None,
+    engine: str = "vllm",
+    model_info: ModelInfo | None = None,
+    args: Sequence[str] = (),
+) -> SizeReport:
+    """Estimates for `model` at every valid count of `accelerator_name`.
+
+    Raises SpecError `UnknownAccelerator` or `UnknownModelSize`.
+    """
+    accelerator = catalog.get(accelerator_name)
+    if accelerator is None:
+        raise SpecError(
+            "spec.gpu.type",
+            f"unknown accelerator {accelerator_name!r}; known: {', '.join(catalog.names())}",
+            "UnknownAccelerator",
+        )
+    resolved = resolve_model(model, model_info)
+    if resolved is None:
+        raise SpecError(
+            "spec.model",
+            f"{model} is not in the sizing catalogue; state its size with spec.modelInfo",
+            "UnknownModelSize",
+        )
+    arch = resolved.architecture
+    fmt = weight_format(quantization, model)
+    settings = engine_settings(engine, args)
+    requested = settings.max_model_len_arg or max_model_len
+    context = required_context(arch, requested)
+    valid = valid_tp_sizes(arch, fmt, accelerator.max_per_node)
+    invalid = tuple(
+        (n, "; ".join(tp_violations(arch, n, fmt)))
+        for n in range(1, accelerator.max_per_node + 1)
+        if n not in valid
+    )
+    rows = tuple(estimate_memory(arch, fmt, accelerator, n, context, settings) for n in valid)
+    return SizeReport(
+        model=model,
+        resolved=resolved,
+        weight_format=fmt,
+        accelerator=accelerator.name,
+        context_tokens=context,
+        context_source="maxModelLen" if requested is not None else "default",
+        rows=rows,
+        invalid=invalid,
+    )
+
+
+def format_size_report(report: SizeReport) -> str:
+    """A plain-text table, one line per valid GPU count."""
+    arch = report.resolved.architecture
+    fmt = report.weight_format
+    lines = [
+        f"Model:   {report.model} -> {arch.name} ({report.resolved.source}), "
+        f"{arch.parameters_billions:g}B parameters",
+        f"Weights: {fmt.label} (from {fmt.source})",
+        f"Context: {report.context_tokens} tokens ({report.context_source}; "
+        f"model max {arch.max_context_length or 'unknown'})",
+    ]
+    if report.rows:
+        first = report.rows[0]
+        lines.append(
+            f"GPU:     {report.accelerator}, {first.memory_gib:g} GiB, budget "
+            f"{first.budget_gib:.1f} GiB ({first.fraction_text})"
+        )
+    lines.append("")
+    lines.append("GPUs  weights  KV cache  overhead   total  budget  fits  max context")
+    for row in report.rows:
+        longest = "-" if row.max_fitting_context is None else str(row.max_fitting_context)
+        kv = f"{row.kv_cache_gib:8.1f}" + ("" if row.kv_known else "*")
+        lines.append(
+            f"{row.gpu_count:4d}  {row.weights_gib:7.1f}  {kv:<8}  {row.overhead_gib:8.1f}  "
+            f"{row.total_gib:6.1f}  {row.budget_gib:6.1f}  {'yes' if row.fits else 'no':>4}  "
+            f"{longest:>11}"
+        )
+    lines.append("(GiB per GPU)")
+    if any(not row.kv_known for row in report.rows):
+        lines.append("* KV cache not computable: a reserve share of the budget is shown.")
+    smallest = report.smallest_fit
+    lines.append(
+        f"Smallest count that fits: {smallest}"
+        if smallest is not None
+        else "No valid count fits on one node."
+    )
+    if report.invalid:
+        lines.append("Not valid:")
+        lines.extend(f"  {n}: {why}" for n, why in report.invalid)
+    return "\n".join(lines)

@@ -98,7 +98,7 @@ def test_example_is_reconciled_onto_h100(
         f"http://llama70b-awq.{namespace}.svc.cluster.local:8000/v1"
     )
     assert md["status"]["labelSelector"] == "openmodel.dev/model-deployment=llama70b-awq"
-    assert md["status"]["gpu"] == "nvidia-h100-80gb x2".replace(" ", "")
+    assert md["status"]["gpu"] == "nvidia-h100-80gb×2"
     placed = pods_by_product(api_client, namespace, "llama70b-awq")
     assert list(placed.values()) == [H100], placed
     dep = apps.read_namespaced_deployment("llama70b-awq", namespace)

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, then runs lint, types and every test
+# (unit + e2e against the real local control plane). Extra args go to pytest.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+bash hack/bootstrap.sh
+.venv/bin/ruff check operator tests hack
+.venv/bin/mypy
+exec .venv/bin/pytest -q -p no:cacheprovider "$@"

@@ -17,9 +17,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
+from kubernetes import config  # noqa: E402
+
 from harness import ControlPlane, apply_node_pool, load_node_pool, wait_nodes_ready  # noqa: E402
 from harness.process import rss_bytes  # noqa: E402
-from kubernetes import config  # noqa: E402
 
 SETTLE_SECONDS = 10.0  # let controllers finish their initial sync before reading RSS
 

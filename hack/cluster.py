@@ -24,6 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
+from kubernetes import client, config  # noqa: E402
+
 from harness import (  # noqa: E402
     ControlPlane,
     apply_node_pool,
@@ -33,7 +35,6 @@ from harness import (  # noqa: E402
 )
 from harness.health import client_tls, probe  # noqa: E402
 from harness.process import process_matches  # noqa: E402
-from kubernetes import client, config  # noqa: E402
 
 STATE_DIR = REPO / ".cluster"
 STATE_FILE = STATE_DIR / "state.json"

@@ -7,7 +7,7 @@ Deployment has now (which the autoscaler owns when autoscaling is on).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from openmodel.api import ModelDeployment
@@ -46,13 +46,18 @@ def make_plan(
 ) -> Plan:
     """Raises SpecError (with a CamelCase reason) for a spec that cannot be served.
 
-    More GPUs per replica than a node has is not refused here: the scheduler is the
-    authority on what fits a node, and its Unschedulable reason is reported as is.
+    For a known model, a count above the accelerator's `maxPerNode` is refused by the
+    tensor-parallel check (one replica is one pod on one node). For a model the sizing
+    catalogue does not know, the scheduler judges the count and its Unschedulable
+    reason is reported as is.
     """
     accelerator = resolve_accelerator(md, config)
     skip = (annotations or {}).get(SKIP_FIT_CHECK_ANNOTATION) == "true"
     gpu = choose_gpu_count(md.spec, accelerator, config, skip_fit_check=skip)
     replicas = desired_replicas(md, current_replicas)
+    if md.spec.max_model_len is None and gpu.max_model_len is not None:
+        # Without it the engine takes the model's full context, which may not fit.
+        md = replace(md, spec=replace(md.spec, max_model_len=gpu.max_model_len))
     return Plan(
         children=render_children(md, config, gpu.count, replicas), replicas=replicas, gpu=gpu
     )

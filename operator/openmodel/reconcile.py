@@ -112,7 +112,7 @@ class Reconciler:
             md_endpoint = endpoint(md, self.config)
             current = (deployment or {}).get("spec", {}).get("replicas")
             plan = make_plan(md, self.config, current, meta.get("annotations"))
-            gpu_text = f"{md.spec.gpu.type}×{plan.gpu.count}"
+            gpu_text = f"{plan.gpu.count}x {md.spec.gpu.type}"
             sizing = plan.gpu.estimate
             desired_replicas = plan.replicas
             for obj in plan.children.all():

@@ -12,8 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Cluster, create_namespace, delete_namespace, provide_cluster
 from kubernetes import client
+
+from harness import Cluster, create_namespace, delete_namespace, provide_cluster
 from openmodel_fixtures import crd, operator  # noqa: F401  (fixtures for the operator tests)
 
 

@@ -21,9 +21,10 @@ from typing import Any
 
 import pytest
 import yaml
-from harness import Cluster, NotYet, wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
+from harness import Cluster, NotYet, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "modeldeployment.yaml"

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
 from harness import (
     GPU_RESOURCE,
     Cluster,
@@ -25,8 +28,6 @@ from harness import (
     wait_for,
 )
 from harness.launcher import Launch, launch
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 
 pytestmark = pytest.mark.cluster
 

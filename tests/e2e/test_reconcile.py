@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from harness import NotYet, describe_namespace, wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
+from harness import NotYet, describe_namespace, wait_for
 from openmodel_fixtures import GROUP, PLURAL, VERSION, OperatorProcess, load_example
 
 pytestmark = pytest.mark.cluster
@@ -98,7 +99,7 @@ def test_example_is_reconciled_onto_h100(
         f"http://llama70b-awq.{namespace}.svc.cluster.local:8000/v1"
     )
     assert md["status"]["labelSelector"] == "openmodel.dev/model-deployment=llama70b-awq"
-    assert md["status"]["gpu"] == "nvidia-h100-80gb×2"
+    assert md["status"]["gpu"] == "2x nvidia-h100-80gb"
     placed = pods_by_product(api_client, namespace, "llama70b-awq")
     assert list(placed.values()) == [H100], placed
     dep = apps.read_namespaced_deployment("llama70b-awq", namespace)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from openmodel.api import SpecError, parse_model_deployment, parse_spec
 
 GOOD: dict[str, Any] = {"model": "org/m", "gpu": {"type": "nvidia-l4", "count": 1}}

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from openmodel.api import QUANTIZATIONS, SpecError, parse_model_deployment
 from openmodel.config import DEFAULT_ENGINE_IMAGES, PlatformConfig, parse_config
 from openmodel.render import render_children

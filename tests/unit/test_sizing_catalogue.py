@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from openmodel.api import ModelInfo
 from openmodel.sizing import catalogue as c
 from openmodel.sizing.catalogue import Architecture, recognise, resolve_model

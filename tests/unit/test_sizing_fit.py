@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from openmodel.accelerators import AcceleratorCatalog
 from openmodel.api import ModelDeploymentSpec, SpecError, parse_spec
 from openmodel.sizing import SizingResult, resolve_gpu_count

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from openmodel.accelerators import BUILTIN_ACCELERATORS
 from openmodel.api import SpecError
 from openmodel.sizing import catalogue as c

@@ -6,6 +6,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from openmodel.accelerators import AcceleratorCatalog
 from openmodel.api import QUANTIZATIONS, ModelInfo, SpecError, parse_spec
 from openmodel.sizing import catalogue as c

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from openmodel.accelerators import AcceleratorCatalog
 from openmodel.api import SpecError
 from openmodel.sizing import format_size_report, size_report

@@ -1,0 +1,92 @@
+"""The openmodel CLI: render, validate, size, and clear errors for bad files."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import yaml
+
+from openmodel.cli import main
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def run(argv: list[str]) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(argv, out=out)
+    return code, out.getvalue()
+
+
+def test_render_prints_deployment_service_and_pvc() -> None:
+    code, text = run(["render", "-f", str(EXAMPLES / "qwen7b-l4.yaml")])
+    assert code == 0
+    kinds = [d["kind"] for d in yaml.safe_load_all(text)]
+    assert kinds == ["PersistentVolumeClaim", "Deployment", "Service"]
+
+
+def test_render_fills_max_model_len_from_sizing(tmp_path: Path) -> None:
+    body = yaml.safe_load((EXAMPLES / "llama70b-awq.yaml").read_text())
+    del body["spec"]["maxModelLen"]
+    del body["spec"]["gpu"]["count"]
+    f = tmp_path / "md.yaml"
+    f.write_text(yaml.safe_dump(body))
+    code, text = run(["render", "-f", str(f)])
+    assert code == 0
+    dep = next(d for d in yaml.safe_load_all(text) if d["kind"] == "Deployment")
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--max-model-len" in args
+    assert args[args.index("--tensor-parallel-size") + 1] == "1"  # AWQ 70B fits one H100
+
+
+def test_validate_reports_each_document(tmp_path: Path) -> None:
+    good = yaml.safe_load((EXAMPLES / "llama70b-awq.yaml").read_text())
+    bad = yaml.safe_load((EXAMPLES / "llama70b-awq.yaml").read_text())
+    bad["spec"]["gpu"] = {"type": "nvidia-h100-80gb", "count": 3}
+    f = tmp_path / "two.yaml"
+    f.write_text(yaml.safe_dump_all([good, bad]))
+    code, text = run(["validate", "-f", str(f)])
+    assert code == 1
+    lines = text.splitlines()
+    assert "document 1: llama70b-awq: valid (2 GPU(s) per replica)" in lines[0]
+    assert "document 2: spec.gpu.count" in lines[1]
+    assert "InvalidTensorParallelSize" in lines[1]
+
+
+def test_size_lists_counts(capsys: pytest.CaptureFixture[str]) -> None:
+    code, text = run(["size", "meta-llama/Llama-3.1-70B-Instruct", "--gpu", "nvidia-h100-80gb"])
+    assert code == 0
+    assert "Llama 3.1 70B" in text
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ("a: [unclosed", "not valid YAML"),
+        ("", "no YAML documents"),
+        ("- 1\n- 2\n", "expected a mapping"),
+    ],
+)
+def test_bad_files_are_clear_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, words: str
+) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text(content)
+    code, _ = run(["validate", "-f", str(f)])
+    assert code == 2
+    assert words in capsys.readouterr().err
+
+
+def test_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = run(["render", "-f", "/nonexistent/md.yaml"])
+    assert code == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_wrong_kind_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "pod.yaml"
+    f.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\n")
+    code, _ = run(["render", "-f", str(f)])
+    assert code == 1
+    assert "expected apiVersion openmodel.dev/v1alpha1" in capsys.readouterr().err

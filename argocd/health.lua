@@ -1,0 +1,51 @@
+-- Argo CD health check for openmodel.dev/ModelDeployment.
+-- Install: argocd-cm key resource.customizations.health.openmodel.dev_ModelDeployment
+-- (argocd/argocd-cm.yaml is generated from this file; see docs/gitops.md).
+--
+-- Order matters: a status written for an older generation says nothing about the
+-- spec Argo CD just synced, so it is "waiting for the operator" whatever it holds.
+-- Degraded (the spec cannot be served) wins over Ready: the previous version may
+-- still be serving, but what Git asks for is not what runs.
+local hs = {}
+
+local function condition(conditions, wanted)
+  if conditions == nil then
+    return nil
+  end
+  for _, c in ipairs(conditions) do
+    if c.type == wanted then
+      return c
+    end
+  end
+  return nil
+end
+
+local status = obj.status
+if status == nil or status.observedGeneration == nil
+    or (obj.metadata.generation ~= nil and obj.metadata.generation > status.observedGeneration) then
+  hs.status = "Progressing"
+  hs.message = "waiting for the operator"
+  return hs
+end
+
+local degraded = condition(status.conditions, "Degraded")
+if degraded ~= nil and degraded.status == "True" then
+  hs.status = "Degraded"
+  hs.message = degraded.message or degraded.reason or "Degraded"
+  return hs
+end
+
+local ready = condition(status.conditions, "Ready")
+if ready ~= nil and ready.status == "True" then
+  hs.status = "Healthy"
+  hs.message = ready.message or "Ready"
+  return hs
+end
+
+hs.status = "Progressing"
+if ready ~= nil and ready.message ~= nil then
+  hs.message = ready.message
+else
+  hs.message = "waiting for the Ready condition"
+end
+return hs

@@ -1,0 +1,57 @@
+"""``python -m openmodel.simulator``: run one simulated engine until SIGTERM or SIGINT.
+
+Prints one line, ``listening on http://HOST:PORT``, once the socket accepts connections
+(with ``--port 0`` that is how a caller learns the port).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from openmodel.simulator.server import ENGINES, start_simulator
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m openmodel.simulator", description="A simulated vLLM or TGI engine."
+    )
+    parser.add_argument("--engine", choices=ENGINES, default="vllm")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    parser.add_argument("--slots", type=int, default=4, help="requests served at once")
+    parser.add_argument(
+        "--service-time", type=float, default=0.5, help="seconds each request holds a slot"
+    )
+    parser.add_argument("--model", default="simulated/model", help="the served model name")
+    return parser
+
+
+async def _run(args: argparse.Namespace) -> None:
+    handle = await start_simulator(
+        args.engine, args.host, args.port, args.slots, args.service_time, args.model
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    print(f"listening on {handle.url}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await handle.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.slots < 1 or args.service_time < 0:
+        print("--slots must be >= 1 and --service-time >= 0", file=sys.stderr)
+        return 2
+    asyncio.run(_run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -26,14 +26,16 @@ from .health import client_tls, self_signed_tls
 from .kubeconfig import write_cert_kubeconfig
 from .launcher import Launch, launch
 from .nodepool import KWOK_ANNOTATION
-from .process import Component, stop_detached
+from .process import Component, process_matches, stop_detached
 
 SERVICE_CIDR = "10.0.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 # Pods on KWOK nodes without their own spec.podCIDR also get loopback addresses.
 KWOK_DEFAULT_CIDR = "127.65.0.0/16"
 KWOK_DEFAULT_NODE_IP = "127.63.255.254"
-STATE_FILE = "state.json"
+ETCD_DIR_PREFIX = "openmodel-etcd-"
+ETCD_PID_FILE = "etcd.pid"
+ORPHAN_AGE_SECONDS = 600
 
 
 class ControlPlane:
@@ -104,8 +106,11 @@ class ControlPlane:
     def _start_all(self) -> None:
         started = time.monotonic()
         self.pki = create_pki(self.workdir / "pki")
-        self.etcd_data_dir = Path(tempfile.mkdtemp(prefix="openmodel-etcd-", dir=_scratch_dir()))
+        scratch = _scratch_dir()
+        _remove_orphaned_etcd_dirs(scratch)
+        self.etcd_data_dir = Path(tempfile.mkdtemp(prefix=ETCD_DIR_PREFIX, dir=scratch))
         self._launch([self._etcd()])
+        (self.etcd_data_dir / ETCD_PID_FILE).write_text(str(self.components["etcd"].pid))
         self.startup_seconds["etcd"] = time.monotonic() - started
         self._launch([self._apiserver()])
         self.startup_seconds["kube-apiserver"] = time.monotonic() - started
@@ -155,7 +160,7 @@ class ControlPlane:
             return [
                 self._exe("etcd"),
                 "--name=default",
-                f"--data-dir={self.etcd_data_dir}",
+                f"--data-dir={self.etcd_data_dir / 'data'}",
                 f"--listen-client-urls={client_url}",
                 f"--advertise-client-urls={client_url}",
                 f"--listen-peer-urls={peer_url}",
@@ -318,6 +323,21 @@ def stop_from_state(state: dict[str, Any]) -> list[str]:
     return stopped
 
 
-def _scratch_dir() -> str | None:
+def _scratch_dir() -> Path:
     shm = Path("/dev/shm")
-    return str(shm) if shm.is_dir() and shutil.disk_usage(shm).free > 1 << 30 else None
+    if shm.is_dir() and shutil.disk_usage(shm).free > 1 << 30:
+        return shm
+    return Path(tempfile.gettempdir())
+
+
+def _remove_orphaned_etcd_dirs(scratch: Path) -> None:
+    """Delete etcd data left by a control plane whose owner was SIGKILLed (no
+    teardown ran): its etcd is gone, or it never recorded one long ago."""
+    for directory in scratch.glob(f"{ETCD_DIR_PREFIX}*"):
+        pid_file = directory / ETCD_PID_FILE
+        try:
+            orphaned = not process_matches(int(pid_file.read_text()), "etcd", by_name=True)
+        except (FileNotFoundError, ValueError):
+            orphaned = time.time() - directory.stat().st_mtime > ORPHAN_AGE_SECONDS
+        if orphaned:
+            shutil.rmtree(directory, ignore_errors=True)

@@ -187,13 +187,16 @@ def _install_signal_handlers() -> None:
             signal.signal(sig, _raise_interrupt)
 
 
-def process_matches(pid: int, executable: str) -> bool:
-    """True when ``pid`` runs ``executable`` (guards against recycled pids)."""
+def process_matches(pid: int, executable: str, *, by_name: bool = False) -> bool:
+    """True when ``pid`` runs ``executable`` (guards against recycled pids);
+    ``by_name`` compares only the file name."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
     except (FileNotFoundError, ProcessLookupError):
         return False
-    return bool(cmdline) and cmdline[0].decode(errors="replace") == executable
+    if by_name:
+        return Path(program).name == executable
+    return program == executable
 
 
 def stop_detached(pid: int, executable: str, timeout: float = 10.0) -> bool:

@@ -1,0 +1,96 @@
+"""crds/ is the single source of truth; manifests/crds/ and charts/openmodel/crds/ are
+byte-identical copies made by hack/sync-crds.sh."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SYNC = REPO / "hack" / "sync-crds.sh"
+SOURCES = sorted((REPO / "crds").glob("*.yaml"))
+COPY_DIRS = ("manifests/crds", "charts/openmodel/crds")
+FIX = "run `bash hack/sync-crds.sh`"
+
+
+def test_there_is_a_crd_to_copy():
+    assert [p.name for p in SOURCES] == ["modeldeployment.yaml"]
+    crd = yaml.safe_load(SOURCES[0].read_text())
+    assert crd["metadata"]["name"] == "modeldeployments.openmodel.dev"
+
+
+@pytest.mark.parametrize("copy_dir", COPY_DIRS)
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
+def test_copy_is_byte_identical(source, copy_dir):
+    copy = REPO / copy_dir / source.name
+    assert copy.is_file(), f"{copy_dir}/{source.name} is missing: {FIX}"
+    assert copy.read_bytes() == source.read_bytes(), (
+        f"{copy_dir}/{source.name} differs from crds/: {FIX}"
+    )
+
+
+@pytest.mark.parametrize("copy_dir", COPY_DIRS)
+def test_no_copy_without_a_source(copy_dir):
+    copies = {p.name for p in (REPO / copy_dir).glob("*.yaml")}
+    assert copies == {p.name for p in SOURCES}, FIX
+
+
+def run_sync(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(SYNC), *args],
+        env={**os.environ, "OPENMODEL_REPO_ROOT": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_sync_check_passes_on_the_repository():
+    result = run_sync(REPO, "--check")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Path:
+    for directory in ("crds", *COPY_DIRS):
+        shutil.copytree(REPO / directory, tmp_path / directory)
+    return tmp_path
+
+
+def test_sync_check_names_a_stale_copy_and_sync_repairs_it(scratch):
+    stale = scratch / "charts/openmodel/crds/modeldeployment.yaml"
+    stale.write_text(stale.read_text().replace("maxLength: 512", "maxLength: 513"))
+
+    check = run_sync(scratch, "--check")
+    assert check.returncode == 1
+    assert "charts/openmodel/crds/modeldeployment.yaml differs" in check.stderr
+    assert "manifests/crds" not in check.stderr
+
+    fix = run_sync(scratch)
+    assert fix.returncode == 0, fix.stderr
+    assert stale.read_bytes() == (scratch / "crds/modeldeployment.yaml").read_bytes()
+    assert run_sync(scratch, "--check").returncode == 0
+
+
+def test_sync_removes_a_copy_whose_source_is_gone(scratch):
+    orphan = scratch / "manifests/crds/oldkind.yaml"
+    orphan.write_text("kind: CustomResourceDefinition\n")
+    check = run_sync(scratch, "--check")
+    assert check.returncode == 1
+    assert "manifests/crds/oldkind.yaml has no source" in check.stderr
+    assert orphan.exists()
+    assert run_sync(scratch).returncode == 0
+    assert not orphan.exists()
+
+
+def test_sync_creates_missing_copies(scratch):
+    (scratch / "manifests/crds/modeldeployment.yaml").unlink()
+    assert run_sync(scratch, "--check").returncode == 1
+    assert run_sync(scratch).returncode == 0
+    assert run_sync(scratch, "--check").returncode == 0

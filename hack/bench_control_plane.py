@@ -17,27 +17,25 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
-from kubernetes import config  # noqa: E402
-
-from harness import ControlPlane, apply_node_pool, load_node_pool, wait_nodes_ready  # noqa: E402
+from harness import start_local_cluster  # noqa: E402
 from harness.process import rss_bytes  # noqa: E402
 
 SETTLE_SECONDS = 10.0  # let controllers finish their initial sync before reading RSS
 
 
 def one_run(workdir: Path) -> tuple[dict[str, float], dict[str, int]]:
-    pool = load_node_pool()
     started = time.monotonic()
-    with ControlPlane.start(workdir) as plane:
-        components_ready = time.monotonic() - started
-        with config.new_client_from_config(config_file=str(plane.kubeconfig)) as api:
-            wait_nodes_ready(api, apply_node_pool(api, pool))
-        all_ready = time.monotonic() - started
+    cluster = start_local_cluster(workdir)
+    all_ready = time.monotonic() - started
+    plane = cluster.control_plane
+    assert plane is not None
+    try:
         time.sleep(SETTLE_SECONDS)
         rss = {name: rss_bytes(c.pid) for name, c in plane.components.items()}
-        timings = {f"{name} ready": t for name, t in plane.startup_seconds.items()}
-        timings["components ready"] = components_ready
-        timings[f"+ {len(pool.node_names())} nodes Ready"] = all_ready
+    finally:
+        cluster.stop()
+    timings = {f"{name} healthy": t for name, t in plane.startup_seconds.items()}
+    timings[f"+ {len(cluster.pool.node_names())} nodes Ready"] = all_ready
     return timings, rss
 
 

@@ -6,15 +6,14 @@
 
 The cluster is the one the e2e tests use (local control plane + KWOK GPU node
 pool from tests/e2e/gpu-nodes.yaml); its files live in .cluster/ in the repo.
-Pods get loopback IPs from 127.96.0.0/16 instead of the tests' 127.64.0.0/16,
-so simulated engines of a manual cluster and of a test session never collide.
+Pods get loopback IPs from a /16 in 127.64.0.0/10 that no other live cluster
+holds (127.64.0.0/16 when free), so simulated engines of a manual cluster and
+of a test session never collide; `status` shows which.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import ipaddress
 import json
 import shutil
 import sys
@@ -26,19 +25,12 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
 from kubernetes import client, config  # noqa: E402
 
-from harness import (  # noqa: E402
-    ControlPlane,
-    apply_node_pool,
-    load_node_pool,
-    stop_from_state,
-    wait_nodes_ready,
-)
+from harness import start_local_cluster, stop_from_state  # noqa: E402
 from harness.health import client_tls, probe  # noqa: E402
 from harness.process import process_matches  # noqa: E402
 
 STATE_DIR = REPO / ".cluster"
 STATE_FILE = STATE_DIR / "state.json"
-POD_NETWORK = ipaddress.IPv4Network("127.96.0.0/16")
 
 
 def _read_state() -> dict | None:
@@ -68,18 +60,13 @@ def up() -> int:
         print(f"stale cluster state ({', '.join(dead)} not running): cleaning up", file=sys.stderr)
         _down(state)
     started = time.monotonic()
-    pool = dataclasses.replace(load_node_pool(), pod_network=POD_NETWORK)
-    plane = ControlPlane.start(STATE_DIR, owned=False)
-    try:
-        with config.new_client_from_config(config_file=str(plane.kubeconfig)) as api:
-            wait_nodes_ready(api, apply_node_pool(api, pool))
-    except BaseException:
-        plane.stop()
-        raise
+    cluster = start_local_cluster(STATE_DIR, owned=False)
+    plane = cluster.control_plane
+    assert plane is not None
     plane.save_state(STATE_FILE)
     print(
-        f"up in {time.monotonic() - started:.1f}s: {len(pool.node_names())} KWOK nodes, "
-        f"logs in {plane.logs_dir}",
+        f"up in {time.monotonic() - started:.1f}s: {len(cluster.pool.node_names())} KWOK nodes, "
+        f"pod IPs from {plane.pod_network}, logs in {plane.logs_dir}",
         file=sys.stderr,
     )
     print(_export_line(plane.state()))
@@ -128,7 +115,7 @@ def status() -> int:
             for n in nodes
             if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
         ]
-    print(f"nodes: {len(ready)}/{len(nodes)} Ready")
+    print(f"nodes: {len(ready)}/{len(nodes)} Ready, pod IPs from {state.get('pod_network')}")
     print(_export_line(state))
     return 0 if not _dead_components(state) else 1
 

@@ -8,7 +8,7 @@ Typical use from a test (fixtures live in tests/e2e/conftest.py):
     def test_x(api_client, namespace): ...
 """
 
-from .cluster import Cluster, Mode, choose_mode, provide_cluster
+from .cluster import Cluster, Mode, choose_mode, provide_cluster, start_local_cluster
 from .controlplane import ControlPlane, stop_from_state
 from .k8s import (
     create_namespace,
@@ -49,6 +49,7 @@ __all__ = [
     "provide_cluster",
     "service_account_kubeconfig",
     "service_account_token",
+    "start_local_cluster",
     "stop_from_state",
     "wait_for",
     "wait_nodes_ready",

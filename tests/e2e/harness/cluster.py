@@ -36,6 +36,7 @@ from .nodepool import (
     load_node_pool,
     wait_nodes_ready,
 )
+from .podnet import lease_pod_network
 from .process import Component
 
 Mode = Literal["local", "kind", "existing"]
@@ -57,6 +58,11 @@ class Cluster:
     def api_client(self) -> client.ApiClient:
         """A new kubernetes-client ApiClient for the admin kubeconfig."""
         return config.new_client_from_config(config_file=str(self.kubeconfig))
+
+    def stop(self) -> None:
+        """Stop what this harness started (local mode: the whole control plane)."""
+        if self.control_plane is not None:
+            self.control_plane.stop()
 
     def check_alive(self) -> None:
         """Raise ComponentError if a process of this harness has died."""
@@ -100,16 +106,38 @@ def provide_cluster(
     pool = load_node_pool(pool_file)
     workdir.mkdir(parents=True, exist_ok=True)
     if mode == "local":
-        with ControlPlane.start(workdir) as plane:
-            cluster = Cluster(mode, plane.kubeconfig, pool, workdir, control_plane=plane)
-            _create_pool(cluster)
+        cluster = start_local_cluster(workdir, pool_file=pool_file)
+        try:
             yield cluster
+        finally:
+            cluster.stop()
     elif mode == "kind":
         with _kind_cluster(workdir) as kubeconfig:
             yield from _with_external_pool(mode, kubeconfig, pool, workdir)
     else:
         kubeconfig = _kubeconfig_from_env()
         yield from _with_external_pool(mode, kubeconfig, pool, workdir)
+
+
+def start_local_cluster(
+    workdir: Path, *, owned: bool = True, pool_file: Path = DEFAULT_POOL_FILE
+) -> Cluster:
+    """Start the local control plane and its node pool (Ready) on a free pod network."""
+    pool = load_node_pool(pool_file)
+    plane = ControlPlane.start(workdir, owned=owned, pod_network=pool.pod_network)
+    cluster = Cluster(
+        "local",
+        plane.kubeconfig,
+        pool.with_pod_network(plane.pod_network),
+        workdir,
+        control_plane=plane,
+    )
+    try:
+        _create_pool(cluster)
+    except BaseException:
+        plane.stop()
+        raise
+    return cluster
 
 
 def _create_pool(cluster: Cluster) -> None:
@@ -121,11 +149,12 @@ def _create_pool(cluster: Cluster) -> None:
 def _with_external_pool(
     mode: Mode, kubeconfig: Path, pool: NodePool, workdir: Path
 ) -> Iterator[Cluster]:
-    cluster = Cluster(mode, kubeconfig, pool, workdir)
+    lease = lease_pod_network(pool.pod_network)
+    cluster = Cluster(mode, kubeconfig, pool.with_pod_network(lease.network), workdir)
     try:
         if os.environ.get("OPENMODEL_KWOK") != "external":
             launch(
-                [kwok_launch(binaries.require_bin_dir(), kubeconfig)],
+                [kwok_launch(binaries.require_bin_dir(), kubeconfig, lease)],
                 workdir / "logs",
                 owned=True,
                 on_start=cluster.extra_components.append,
@@ -134,9 +163,10 @@ def _with_external_pool(
         yield cluster
     finally:
         with contextlib.suppress(Exception), cluster.api_client() as api:
-            delete_node_pool(api, pool)
+            delete_node_pool(api, cluster.pool)
         for component in cluster.extra_components:
             component.stop()
+        lease.release()
 
 
 def _kubeconfig_from_env() -> Path:

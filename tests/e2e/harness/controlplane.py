@@ -10,6 +10,7 @@ to start or dies raises ComponentError naming it, with its last log lines.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shutil
 import subprocess
@@ -26,12 +27,12 @@ from .health import client_tls, self_signed_tls
 from .kubeconfig import write_cert_kubeconfig
 from .launcher import Launch, launch
 from .nodepool import KWOK_ANNOTATION
+from .podnet import PodNetworkLease, lease_pod_network
 from .process import Component, process_matches, stop_detached
 
 SERVICE_CIDR = "10.0.0.0/24"
+DEFAULT_POD_NETWORK = ipaddress.IPv4Network("127.64.0.0/16")
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
-# Pods on KWOK nodes without their own spec.podCIDR also get loopback addresses.
-KWOK_DEFAULT_CIDR = "127.65.0.0/16"
 KWOK_DEFAULT_NODE_IP = "127.63.255.254"
 ETCD_DIR_PREFIX = "openmodel-etcd-"
 ETCD_PID_FILE = "etcd.pid"
@@ -41,7 +42,9 @@ ORPHAN_AGE_SECONDS = 600
 class ControlPlane:
     """A running local control plane; use ``ControlPlane.start``."""
 
-    def __init__(self, workdir: Path, bin_dir: Path, *, owned: bool) -> None:
+    def __init__(
+        self, workdir: Path, bin_dir: Path, *, owned: bool, pod_network: ipaddress.IPv4Network
+    ) -> None:
         self.workdir = workdir
         self.bin_dir = bin_dir
         self.owned = owned
@@ -53,21 +56,31 @@ class ControlPlane:
         self.pki: Pki | None = None
         self.etcd_data_dir: Path | None = None
         self.startup_seconds: dict[str, float] = {}
+        self.preferred_pod_network = pod_network
+        self.pod_network_lease: PodNetworkLease | None = None
 
     # -- lifecycle -------------------------------------------------------
 
     @classmethod
     def start(
-        cls, workdir: Path, *, bin_dir: Path | None = None, owned: bool = True
+        cls,
+        workdir: Path,
+        *,
+        bin_dir: Path | None = None,
+        owned: bool = True,
+        pod_network: ipaddress.IPv4Network = DEFAULT_POD_NETWORK,
     ) -> ControlPlane:
         """Start every component and wait until each reports healthy.
 
         ``owned=False`` lets the processes outlive this Python process (for
         ``hack/cluster.py up``); stop them later with ``stop_from_state``.
+        Pod IPs come from ``pod_network`` or, when another live cluster holds
+        it, the next free network of its size (``self.pod_network``).
         """
         workdir = workdir.resolve()
         workdir.mkdir(parents=True, exist_ok=True)
-        plane = cls(workdir, bin_dir or binaries.require_bin_dir(), owned=owned)
+        binaries_dir = bin_dir or binaries.require_bin_dir()
+        plane = cls(workdir, binaries_dir, owned=owned, pod_network=pod_network)
         try:
             plane._start_all()
         except BaseException:
@@ -95,6 +108,15 @@ class ControlPlane:
             component.stop()
         if self.etcd_data_dir is not None:
             shutil.rmtree(self.etcd_data_dir, ignore_errors=True)
+        if self.pod_network_lease is not None:
+            self.pod_network_lease.release()
+
+    @property
+    def pod_network(self) -> ipaddress.IPv4Network:
+        """The pod network this control plane's nodes must take their podCIDRs from."""
+        if self.pod_network_lease is None:
+            raise RuntimeError("control plane not started")
+        return self.pod_network_lease.network
 
     def check_alive(self) -> None:
         """Raise ComponentError for the first component that has exited."""
@@ -105,6 +127,7 @@ class ControlPlane:
 
     def _start_all(self) -> None:
         started = time.monotonic()
+        self.pod_network_lease = lease_pod_network(self.preferred_pod_network)
         self.pki = create_pki(self.workdir / "pki")
         scratch = _scratch_dir()
         _remove_orphaned_etcd_dirs(scratch)
@@ -142,7 +165,7 @@ class ControlPlane:
             "system:kube-scheduler",
         )
         self._launch([self._controller_manager(), self._scheduler(), self._kwok()])
-        self.startup_seconds["all"] = time.monotonic() - started
+        self.startup_seconds["all components"] = time.monotonic() - started
 
     def _launch(self, launches: Sequence[Launch]) -> None:
         def track(component: Component) -> None:
@@ -257,7 +280,10 @@ class ControlPlane:
         )
 
     def _kwok(self) -> Launch:
-        return kwok_launch(self.bin_dir, self.kubeconfig)
+        lease = self.pod_network_lease
+        if lease is None:
+            raise RuntimeError("pod network not leased yet")
+        return kwok_launch(self.bin_dir, self.kubeconfig, lease)
 
     def _pki(self) -> Pki:
         if self.pki is None:
@@ -283,6 +309,7 @@ class ControlPlane:
             "server": self.server,
             "logs_dir": str(self.logs_dir),
             "etcd_data_dir": str(self.etcd_data_dir),
+            "pod_network": str(self.pod_network),
             "components": [
                 {"name": c.name, "pid": c.pid, "executable": c.argv[0]}
                 for c in self.components.values()
@@ -293,9 +320,13 @@ class ControlPlane:
         path.write_text(json.dumps(self.state(), indent=2))
 
 
-def kwok_launch(bin_dir: Path, kubeconfig: Path) -> Launch:
-    """kwok managing only nodes annotated kwok.x-k8s.io/node=fake (usable against any cluster)."""
+def kwok_launch(bin_dir: Path, kubeconfig: Path, lease: PodNetworkLease) -> Launch:
+    """kwok managing only nodes annotated kwok.x-k8s.io/node=fake (usable against any
+    cluster). It inherits the pod network lease, so the lease lives as long as kwok."""
     selector = f"{KWOK_ANNOTATION[0]}={KWOK_ANNOTATION[1]}"
+    # Pods on a KWOK node without spec.podCIDR: the lease's last /24 (the pool's
+    # nodes take /24s from the start).
+    fallback_cidr = list(lease.network.subnets(new_prefix=24))[-1]
 
     def argv(ports: list[int]) -> list[str]:
         return [
@@ -304,12 +335,12 @@ def kwok_launch(bin_dir: Path, kubeconfig: Path) -> Launch:
             f"--config={bin_dir / 'kwok-stage' / 'fast'}",
             "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={selector}",
-            f"--cidr={KWOK_DEFAULT_CIDR}",
+            f"--cidr={fallback_cidr}",
             f"--node-ip={KWOK_DEFAULT_NODE_IP}",
             f"--server-address=127.0.0.1:{ports[0]}",
         ]
 
-    return Launch("kwok", 1, argv, lambda p: f"http://127.0.0.1:{p[0]}/healthz", None)
+    return Launch("kwok", 1, argv, lambda p: f"http://127.0.0.1:{p[0]}/healthz", None, (lease.fd,))
 
 
 def stop_from_state(state: dict[str, Any]) -> list[str]:

@@ -32,6 +32,7 @@ class Launch:
     argv: Callable[[list[int]], list[str]]
     health_url: Callable[[list[int]], str]
     tls: ssl.SSLContext | None = None
+    pass_fds: tuple[int, ...] = ()  # e.g. a pod network lease the process keeps alive
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def launch(
         for item in pending:
             ports = [free_port() for _ in range(item.port_count)]
             component = Component(item.name, item.argv(ports), logs_dir / f"{item.name}.log")
-            component.start(owned=owned)
+            component.start(owned=owned, pass_fds=item.pass_fds)
             on_start(component)
             running.append((item, Started(component, ports)))
         retry = []

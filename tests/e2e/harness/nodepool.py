@@ -4,6 +4,7 @@ KWOK-managed Node manifests, create them and wait until KWOK reports them Ready.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,10 @@ class NodePool:
     node_network: ipaddress.IPv4Network
     gpu_taint: Taint
     groups: tuple[NodeGroup, ...]
+
+    def with_pod_network(self, network: ipaddress.IPv4Network) -> NodePool:
+        """The same nodes with pod CIDRs taken from ``network``."""
+        return dataclasses.replace(self, pod_network=network)
 
     def node_names(self, group: str | None = None) -> list[str]:
         return [

@@ -74,7 +74,13 @@ class Component:
             raise RuntimeError(f"{self.name} was not started")
         return self._process.pid
 
-    def start(self, *, owned: bool = True, env: dict[str, str] | None = None) -> None:
+    def start(
+        self,
+        *,
+        owned: bool = True,
+        env: dict[str, str] | None = None,
+        pass_fds: tuple[int, ...] = (),
+    ) -> None:
         """Start the process in a new process group, logging to ``log_path``."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
@@ -90,6 +96,7 @@ class Component:
                     start_new_session=True,
                     preexec_fn=_die_with_parent if owned else None,
                     env=env,
+                    pass_fds=pass_fds,
                 )
             except OSError as error:
                 raise ComponentError(

@@ -182,9 +182,21 @@ def test_kopf_can_list_and_watch_every_resource_it_has_handlers_for():
         assert {"list", "watch"} <= verbs_on(role, group, resource), (group, resource)
 
 
+def _api_paths() -> list[str]:
+    """Every API path kube.py keeps in a module-level table (_COLLECTIONS, ...)."""
+    return [
+        path
+        for value in vars(kube).values()
+        if isinstance(value, Mapping)
+        for path in value.values()
+        if isinstance(path, str) and path.startswith(("/api/", "/apis/"))
+    ]
+
+
 def test_every_resource_the_operator_calls_is_granted():
     role = M[("ClusterRole", OPERATOR)]
-    for path in kube._COLLECTIONS.values():
+    assert len(_api_paths()) >= len(kube._COLLECTIONS)
+    for path in _api_paths():
         group, resource = _resource_of(path)
         assert verbs_on(role, group, resource), f"{path}: no rule for {group}/{resource}"
     # Children are applied (create + patch) and read back for drift.
@@ -198,7 +210,7 @@ def test_every_resource_the_operator_calls_is_granted():
 
 def test_no_rule_for_a_resource_nobody_uses():
     role = M[("ClusterRole", OPERATOR)]
-    used = {_resource_of(p) for p in kube._COLLECTIONS.values()} | _kopf_watched()
+    used = {_resource_of(p) for p in _api_paths()} | _kopf_watched()
     used |= {
         ("openmodel.dev", "modeldeployments/status"),  # kube.apply(subresource="status")
         ("apiextensions.k8s.io", "customresourcedefinitions"),  # kopf's resource scanning
@@ -280,6 +292,14 @@ def test_liveness_probe_is_kopfs_endpoint_at_the_operators_default():
         http = container(M)[probe]["httpGet"]
         assert http["path"] == "/healthz"
         assert named_port(M, http["port"]) == 8080
+
+
+def test_every_env_var_set_for_the_operator_is_read_by_it():
+    source = "\n".join(p.read_text() for p in (REPO / "operator" / "openmodel").rglob("*.py"))
+    for name in env(M):
+        assert re.search(rf"[\"']{name}[\"']", source), (
+            f"{name} is set in manifests/deployment.yaml but no operator code reads it"
+        )
 
 
 def test_metrics_port_matches_the_telemetry_default_and_the_service():

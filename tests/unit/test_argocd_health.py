@@ -216,7 +216,7 @@ def _operator_status_shape() -> tuple[set[str], set[str]]:
         endpoint="http://x.ns.svc.cluster.local:8000/v1",
         desired_replicas=1,
         deployment=deployment,
-        gpu="nvidia-l4\u00d71",
+        gpu="1x nvidia-l4",
         problem=Problem("Unschedulable", "m"),
     )
     status = build_status(obs, None, "2025-01-01T00:00:00Z").status
@@ -236,6 +236,35 @@ def test_testdata_statuses_have_the_operators_shape(case):
     for cond in status["conditions"]:
         assert set(cond) == condition_keys
         assert cond["status"] in ("True", "False")
+
+
+def _unknown_fields(value: Any, schema: Mapping[str, Any], path: str) -> list[str]:
+    """Fields of `value` the CRD's structural schema does not declare."""
+    if isinstance(value, Mapping) and "properties" in schema:
+        out = []
+        for key, child in value.items():
+            if key not in schema["properties"]:
+                out.append(f"{path}.{key}")
+            else:
+                out += _unknown_fields(child, schema["properties"][key], f"{path}.{key}")
+        return out
+    if isinstance(value, list) and "items" in schema:
+        return [
+            f
+            for i, v in enumerate(value)
+            for f in _unknown_fields(v, schema["items"], f"{path}[{i}]")
+        ]
+    return []
+
+
+@pytest.mark.parametrize("case", CASES, ids=[Path(c["inputPath"]).stem for c in CASES])
+def test_testdata_objects_fit_the_crd_schema(case):
+    crd = yaml.safe_load((REPO / "crds" / "modeldeployment.yaml").read_text())
+    (version,) = crd["spec"]["versions"]
+    schema = version["schema"]["openAPIV3Schema"]
+    obj = load(case["inputPath"])
+    assert obj["apiVersion"] == f"{crd['spec']['group']}/{version['name']}"
+    assert _unknown_fields({k: obj[k] for k in ("spec", "status") if k in obj}, schema, "") == []
 
 
 def test_argocd_cm_snippet_is_exactly_health_lua():

@@ -142,3 +142,13 @@ def list_all_model_deployments(api: client.ApiClient) -> list[dict[str, Any]]:
         item.setdefault("apiVersion", API_VERSION)
         item.setdefault("kind", KIND)
     return items
+
+
+_CLUSTER_WIDE = {"deployments": "/apis/apps/v1/deployments", "pods": "/api/v1/pods"}
+
+
+def list_cluster_wide(api: client.ApiClient, resource: str, label_key: str) -> list[dict[str, Any]]:
+    """Every `resource` in the cluster carrying the label `label_key` (one request)."""
+    result = call(api, "GET", _CLUSTER_WIDE[resource], query=[("labelSelector", label_key)])
+    items: list[dict[str, Any]] = result.get("items", [])
+    return items

@@ -8,6 +8,8 @@ resourceVersion, so two candidates can never both win the same round.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -90,3 +92,16 @@ class LeaseElector:
                 return False
             raise
         return True
+
+
+def leader_elector(api: client.ApiClient) -> LeaseElector | None:
+    """An elector when OPENMODEL_LEADER_ELECTION=true (several replicas), else None.
+
+    The Lease lives in the operator's namespace (OPENMODEL_POD_NAMESPACE, from the
+    downward API); the identity is the pod name plus the process id.
+    """
+    if os.environ.get("OPENMODEL_LEADER_ELECTION", "").lower() != "true":
+        return None
+    namespace = os.environ.get("OPENMODEL_POD_NAMESPACE", "openmodel-system")
+    identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}-{os.getpid()}"
+    return LeaseElector(api, namespace, "openmodel-autoscaler", identity)

@@ -14,9 +14,11 @@ from typing import Any
 
 import kopf
 
-from openmodel import kube
+from openmodel import kube, telemetry
 from openmodel.api import GROUP, OWNER_LABEL, PLURAL, VERSION
+from openmodel.autoscaling_loop import AutoscalerLoop
 from openmodel.config import load_config
+from openmodel.leader import leader_elector
 from openmodel.reconcile import Reconciler
 from openmodel.resync import resync_forever
 
@@ -33,7 +35,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     api = kube.make_api_client()
     memo.config = config
     memo.reconciler = Reconciler(api, config)
-    memo.tasks = [asyncio.create_task(resync_forever(memo.reconciler))]
+    port = telemetry.metrics_port()
+    if port is not None:
+        telemetry.start_metrics_server(port)
+    autoscaler = AutoscalerLoop(api, config, elector=leader_elector(api))
+    memo.tasks = [
+        asyncio.create_task(resync_forever(memo.reconciler)),
+        asyncio.create_task(autoscaler.run_forever()),
+    ]
 
 
 @kopf.on.cleanup()
@@ -47,6 +56,7 @@ def model_deployment_event(type: str | None, body: kopf.Body, memo: kopf.Memo, *
     if type == "DELETED":
         # Children go with their owner reference; only local state is left to drop.
         memo.reconciler.locks.forget((body.metadata.namespace, body.metadata.name))
+        telemetry.forget(str(body.metadata.namespace), str(body.metadata.name))
         return
     memo.reconciler.reconcile(body)
 

@@ -30,6 +30,11 @@ REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "modeldeployment.yaml"
 EXAMPLES = REPO / "examples"
 GROUP, VERSION, PLURAL = "openmodel.dev", "v1alpha1", "modeldeployments"
+# The tests' platform config: a fast autoscaler poll, so the closed loop runs in seconds.
+AUTOSCALER_POLL_SECONDS = 1.0
+TEST_PLATFORM_CONFIG = {
+    "autoscaler": {"pollSeconds": AUTOSCALER_POLL_SECONDS, "scrapeTimeoutSeconds": 0.5}
+}
 
 
 def install_crd(api: client.ApiClient) -> None:
@@ -63,6 +68,7 @@ class OperatorProcess:
     process: subprocess.Popen[bytes]
     log_path: Path
     liveness_url: str
+    metrics_url: str
 
     def log_tail(self, lines: int = 60) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -86,10 +92,15 @@ def start_operator(
 ) -> OperatorProcess:
     port = free_port()
     log_path = workdir / f"{name}.log"
+    config_path = workdir / f"{name}-config.yaml"
+    config_path.write_text(yaml.safe_dump(TEST_PLATFORM_CONFIG))
+    metrics_port = free_port()
     env = {
         **os.environ,
         "KUBECONFIG": str(kubeconfig),
         "OPENMODEL_LIVENESS": f"http://127.0.0.1:{port}/healthz",
+        "OPENMODEL_METRICS_PORT": str(metrics_port),
+        "OPENMODEL_CONFIG": str(config_path),
         "OPENMODEL_RESYNC_SECONDS": "10",
         "PYTHONUNBUFFERED": "1",
         **(extra_env or {}),
@@ -102,7 +113,9 @@ def start_operator(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    op = OperatorProcess(process, log_path, f"http://127.0.0.1:{port}/healthz")
+    op = OperatorProcess(
+        process, log_path, f"http://127.0.0.1:{port}/healthz", f"http://127.0.0.1:{metrics_port}"
+    )
 
     def live() -> bool | NotYet:
         if not op.alive():

@@ -31,6 +31,11 @@ The rules, in the order they apply:
    ``current_replicas``, which includes them (and pods the ReplicaSet has not created
    yet). That is what stops the cascade seen with per-pod averages, where the same
    queue seen by fewer reporting pods multiplies into more replicas every cycle.
+   With ``pod_capacity`` (what one saturated pod serves at once, learned by the
+   caller), ``needed`` is at least ``ceil((waiting + running) / (capacity + target))``:
+   the replicas that keep every request in flight within target. Under steady load the
+   queue drains to 0 once there is enough capacity; without this floor that 0 would read
+   as "no demand" and the count would oscillate.
 5. Tolerance (HPA's): if ``|total / (target * bounded current) - 1| <= tolerance`` the
    recommendation is the bounded current. Measured against current replicas rather
    than counted pods so that rollout surge pods and pods not created yet do not move it.
@@ -170,11 +175,14 @@ class Observation:
     waiting: Mapping[str, float] = field(default_factory=dict)
     failed: Mapping[str, str] = field(default_factory=dict)
     starting: frozenset[str] = frozenset()
+    # Requests being served, for the Ready pods that report it (optional).
+    running: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Private read-only copies: the caller's dicts may change after the call.
         object.__setattr__(self, "waiting", MappingProxyType(dict(self.waiting)))
         object.__setattr__(self, "failed", MappingProxyType(dict(self.failed)))
+        object.__setattr__(self, "running", MappingProxyType(dict(self.running)))
         object.__setattr__(self, "starting", frozenset(self.starting))
         overlap = (
             (self.waiting.keys() & self.failed.keys())
@@ -194,12 +202,25 @@ class Observation:
         """Build from ``Scraper.scrape`` results for the Ready pods."""
         waiting: dict[str, float] = {}
         failed: dict[str, str] = {}
+        running: dict[str, float] = {}
         for pod, result in ready.items():
             if isinstance(result, QueueReading):
                 waiting[pod] = result.waiting
+                if result.running is not None and math.isfinite(result.running):
+                    running[pod] = max(0.0, result.running)
             else:
                 failed[pod] = str(result)
-        return cls(waiting=waiting, failed=failed, starting=frozenset(starting))
+        return cls(waiting=waiting, failed=failed, starting=frozenset(starting), running=running)
+
+    def saturated_capacity(self) -> float | None:
+        """Requests one pod serves at once, seen on the pods that have a queue.
+
+        A pod with waiting requests is serving all it can, so its running count is its
+        concurrency capacity. None when no pod is saturated now.
+        """
+        full = [self.running[p] for p, w in self.waiting.items() if w > 0 and p in self.running]
+        full = [r for r in full if r > 0]
+        return math.fsum(full) / len(full) if full else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,8 +332,17 @@ def decide(
     policy: ScalingPolicy,
     history: ScalingHistory,
     now: float,
+    pod_capacity: float | None = None,
 ) -> Decision:
-    """Desired replicas for one ModelDeployment; see the module docstring for the rules."""
+    """Desired replicas for one ModelDeployment; see the module docstring for the rules.
+
+    `pod_capacity` (requests one pod serves at once, learned from saturated pods by the
+    caller, see `Observation.saturated_capacity`) adds a floor that keeps steady load from
+    flapping: with it, the replicas needed to hold every request in flight (running plus
+    waiting) at `capacity + target` per pod are never scaled away. Without it a queue
+    that drains to 0 under steady load reads as "no demand", the next scale-down
+    re-creates the queue, and the count oscillates.
+    """
     if observation.failed:
         return _hold(
             DecisionReason.METRICS_UNAVAILABLE,
@@ -342,6 +372,14 @@ def decide(
         pods += f" + {len(observation.starting)} starting"
     notes = _bounds_note(current_replicas, bounded, policy)
     notes.append(f"queue {total:g} over {pods}, target {target:g} → {needed}")
+    if pod_capacity is not None and pod_capacity > 0:
+        in_flight = total + math.fsum(observation.running.values())
+        by_load = _needed(in_flight, pod_capacity + target)
+        if by_load > needed:
+            needed = by_load
+            notes.append(
+                f"{in_flight:g} in flight at {pod_capacity:g} per pod + target → {by_load}"
+            )
 
     ratio = total / (target * bounded)
     # The epsilon makes the documented boundary inclusive despite float rounding

@@ -1,0 +1,291 @@
+"""The autoscaler loop: every poll, scrape each autoscaled ModelDeployment's ready pods,
+decide, and write the Deployment's replicas and the ModelDeployment's autoscaler status.
+
+It writes the Deployment's `spec.replicas` only, under its own field manager, and never
+the ModelDeployment's spec. Three cluster-wide list calls per cycle, whatever the number
+of ModelDeployments. With leader election on, only the Lease holder runs cycles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from openmodel import kube, telemetry
+from openmodel.api import API_VERSION, KIND, OWNER_LABEL, SpecError, parse_model_deployment
+from openmodel.autoscaler import (
+    METRIC_NAMES,
+    Decision,
+    DecisionReason,
+    Observation,
+    ScalingHistory,
+    ScalingPolicy,
+    Scraper,
+    ScrapeTarget,
+    decide,
+)
+from openmodel.config import PlatformConfig
+from openmodel.engines import engine_for
+from openmodel.events import post_event
+from openmodel.leader import LeaseElector
+from openmodel.reconcile import utc_now
+
+log = logging.getLogger(__name__)
+
+SCALING_ACTIVE = "ScalingActive"
+ObjectKey = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class PodSets:
+    ready: dict[str, str]  # pod name -> pod IP
+    starting: frozenset[str]
+
+
+def classify_pods(pods: Sequence[Mapping[str, Any]]) -> PodSets:
+    """Ready pods with an IP are scraped; other live pods are capacity on the way.
+    Pods being deleted are neither: they are leaving, whatever they report."""
+    ready: dict[str, str] = {}
+    starting: set[str] = set()
+    for pod in pods:
+        meta, status = pod["metadata"], pod.get("status") or {}
+        if meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
+            continue
+        is_ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in status.get("conditions") or []
+        )
+        if is_ready and status.get("podIP"):
+            ready[meta["name"]] = status["podIP"]
+        else:
+            starting.add(meta["name"])
+    return PodSets(ready=ready, starting=frozenset(starting))
+
+
+def autoscaler_status(
+    decision: Decision, previous: Mapping[str, Any] | None, scaled_at: str | None, g: int
+) -> dict[str, Any]:
+    holding = decision.reason in (DecisionReason.METRICS_UNAVAILABLE, DecisionReason.NO_READY_PODS)
+    summary: dict[str, Any] = {
+        "desiredReplicas": decision.desired_replicas,
+        "reason": str(decision.reason),
+        "message": decision.message,
+    }
+    if decision.queue_depth is not None:
+        summary["queueDepth"] = decision.queue_depth
+    last = scaled_at or (previous or {}).get("lastScaleTime")
+    if last:
+        summary["lastScaleTime"] = last
+    return {
+        "autoscaler": summary,
+        "conditions": [
+            {
+                "type": SCALING_ACTIVE,
+                "status": "False" if holding else "True",
+                "reason": str(decision.reason),
+                "message": decision.message[:32000],
+                "observedGeneration": g,
+            }
+        ],
+    }
+
+
+def status_changed(desired: Mapping[str, Any], observed: Mapping[str, Any] | None) -> bool:
+    observed = observed or {}
+    if observed.get("autoscaler") != desired["autoscaler"]:
+        return True
+    mine = desired["conditions"][0]
+    have = next(
+        (c for c in observed.get("conditions") or [] if c.get("type") == SCALING_ACTIVE), None
+    )
+    return have is None or any(
+        have.get(k) != mine[k] for k in ("status", "reason", "message", "observedGeneration")
+    )
+
+
+@dataclass
+class AutoscalerLoop:
+    api: client.ApiClient
+    config: PlatformConfig
+    elector: LeaseElector | None = None
+    clock: Callable[[], float] = time.monotonic
+    histories: dict[ObjectKey, ScalingHistory] = field(default_factory=dict)
+    capacities: dict[ObjectKey, float] = field(default_factory=dict)
+    was_leader: bool = False
+
+    async def run_forever(self) -> None:
+        poll = self.config.autoscaler.poll_seconds
+        async with Scraper(
+            timeout_s=self.config.autoscaler.scrape_timeout_seconds,
+            deadline_s=max(0.5, poll * 0.8),
+        ) as scraper:
+            while True:
+                started = self.clock()
+                try:
+                    if await self._lead():
+                        await self.cycle(scraper)
+                except ApiException as e:
+                    log.warning("autoscaler cycle failed: %s %s", e.status, e.reason)
+                await asyncio.sleep(max(0.0, poll - (self.clock() - started)))
+
+    async def _lead(self) -> bool:
+        if self.elector is None:
+            return True
+        leader = await asyncio.to_thread(self.elector.try_acquire_or_renew)
+        if leader and not self.was_leader:
+            log.info("autoscaler: became leader (%s)", self.elector.identity)
+            # Another replica decided until now: start from what is, not from old memory.
+            self.histories.clear()
+        self.was_leader = leader
+        return leader
+
+    async def cycle(self, scraper: Scraper) -> None:
+        mds, deployments, pods = await asyncio.gather(
+            asyncio.to_thread(kube.list_all_model_deployments, self.api),
+            asyncio.to_thread(kube.list_cluster_wide, self.api, "deployments", OWNER_LABEL),
+            asyncio.to_thread(kube.list_cluster_wide, self.api, "pods", OWNER_LABEL),
+        )
+        by_owner: dict[ObjectKey, dict[str, Any]] = {}
+        for d in deployments:
+            meta = d["metadata"]
+            by_owner[(meta["namespace"], meta["labels"][OWNER_LABEL])] = d
+        pods_by_owner: dict[ObjectKey, list[dict[str, Any]]] = defaultdict(list)
+        for p in pods:
+            meta = p["metadata"]
+            pods_by_owner[(meta["namespace"], meta["labels"][OWNER_LABEL])].append(p)
+        seen: set[ObjectKey] = set()
+        work = []
+        for body in mds:
+            key = (body["metadata"]["namespace"], body["metadata"]["name"])
+            deployment = by_owner.get(key)
+            if deployment is None or body["metadata"].get("deletionTimestamp"):
+                continue
+            try:
+                md = parse_model_deployment(body)
+            except SpecError:
+                continue  # the reconciler reports it; nothing to scale on
+            if md.spec.autoscaling is None:
+                continue
+            seen.add(key)
+            policy = ScalingPolicy.from_spec(
+                md.spec.autoscaling, tolerance=self.config.autoscaler.tolerance
+            )
+            work.append(
+                self.scale_one(
+                    scraper, body, md.spec.engine, policy, deployment, pods_by_owner.get(key, [])
+                )
+            )
+        await asyncio.gather(*work)
+        for gone in set(self.histories) - seen:
+            self.histories.pop(gone, None)
+            self.capacities.pop(gone, None)
+            telemetry.forget(*gone)
+
+    async def scale_one(
+        self,
+        scraper: Scraper,
+        body: Mapping[str, Any],
+        engine_name: str,
+        policy: ScalingPolicy,
+        deployment: Mapping[str, Any],
+        pods: list[dict[str, Any]],
+    ) -> None:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        engine = engine_for(engine_name)
+        sets = classify_pods(pods)
+        targets = [
+            ScrapeTarget(pod=name, host=ip, port=engine.port, path=engine.metrics_path)
+            for name, ip in sorted(sets.ready.items())
+        ]
+        results = await scraper.scrape(targets, METRIC_NAMES[engine_name]) if targets else {}
+        now = self.clock()
+        current = int((deployment.get("spec") or {}).get("replicas", 1))
+        history = self.histories.get(key) or ScalingHistory.assume(current, at=now)
+        observation = Observation.from_results(results, starting=sets.starting)
+        # What one pod serves at once, learned whenever pods are saturated; kept so that
+        # steady load, once its queue drains, is not mistaken for no load.
+        capacity = observation.saturated_capacity() or self.capacities.get(key)
+        if capacity is not None:
+            self.capacities[key] = capacity
+        decision = decide(
+            observation=observation,
+            current_replicas=current,
+            policy=policy,
+            history=history,
+            now=now,
+            pod_capacity=capacity,
+        )
+        self.histories[key] = decision.history
+        telemetry.observe_queue(*key, decision.queue_depth, decision.desired_replicas)
+        scaled_at: str | None = None
+        if decision.desired_replicas != current:
+            direction = "up" if decision.desired_replicas > current else "down"
+            await asyncio.to_thread(self._write_replicas, key, decision.desired_replicas)
+            scaled_at = utc_now()
+            telemetry.record_scaling(*key, direction)
+            message = f"{current} -> {decision.desired_replicas} replicas: {decision.message}"
+            log.info("autoscaler %s/%s: %s", *key, message)
+            await asyncio.to_thread(post_event, self.api, body, str(decision.reason), message)
+        else:
+            telemetry.record_scaling(*key, "hold")
+        status = autoscaler_status(
+            decision,
+            (body.get("status") or {}).get("autoscaler"),
+            scaled_at,
+            int(meta.get("generation") or 0),
+        )
+        if status_changed(status, body.get("status")):
+            await asyncio.to_thread(self._write_status, key, status, body.get("status"))
+
+    def _write_replicas(self, key: ObjectKey, replicas: int) -> None:
+        kube.apply(
+            self.api,
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": key[1], "namespace": key[0]},
+                "spec": {"replicas": replicas},
+            },
+            field_manager=kube.AUTOSCALER_FIELD_MANAGER,
+        )
+
+    def _write_status(
+        self, key: ObjectKey, status: dict[str, Any], observed: Mapping[str, Any] | None
+    ) -> None:
+        mine = status["conditions"][0]
+        before = next(
+            (
+                c
+                for c in (observed or {}).get("conditions") or []
+                if c.get("type") == SCALING_ACTIVE
+            ),
+            None,
+        )
+        if before is not None and before.get("status") == mine["status"]:
+            mine["lastTransitionTime"] = before.get("lastTransitionTime") or utc_now()
+        else:
+            mine["lastTransitionTime"] = utc_now()
+        try:
+            kube.apply(
+                self.api,
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": KIND,
+                    "metadata": {"name": key[1], "namespace": key[0]},
+                    "status": status,
+                },
+                field_manager=kube.AUTOSCALER_FIELD_MANAGER,
+                subresource="status",
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise

@@ -1,4 +1,5 @@
-"""`python -m openmodel`: run the operator (all namespaces, or OPENMODEL_NAMESPACES)."""
+"""`python -m openmodel`: run the operator (all namespaces, or those OPENMODEL_NAMESPACES names;
+see `openmodel.namespaces`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import os
 import kopf
 
 import openmodel.main  # noqa: F401  (registers the handlers)
+from openmodel.namespaces import patterns_from_env
 
 
 def run() -> None:
-    namespaces = [n for n in os.environ.get("OPENMODEL_NAMESPACES", "").split(",") if n]
+    namespaces = patterns_from_env()
     kopf.run(
         standalone=True,
         clusterwide=not namespaces,

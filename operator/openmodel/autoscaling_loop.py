@@ -36,6 +36,7 @@ from openmodel.config import PlatformConfig
 from openmodel.engines import engine_for
 from openmodel.events import post_event
 from openmodel.leader import LeaseElector
+from openmodel.namespaces import matches, patterns_from_env
 from openmodel.reconcile import utc_now
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,8 @@ class AutoscalerLoop:
     clock: Callable[[], float] = time.monotonic
     histories: dict[ObjectKey, ScalingHistory] = field(default_factory=dict)
     capacities: dict[ObjectKey, float] = field(default_factory=dict)
+    # Namespace patterns served (empty: all), as for kopf's watches.
+    namespaces: list[str] = field(default_factory=patterns_from_env)
     was_leader: bool = False
 
     async def run_forever(self) -> None:
@@ -165,6 +168,8 @@ class AutoscalerLoop:
         work = []
         for body in mds:
             key = (body["metadata"]["namespace"], body["metadata"]["name"])
+            if not matches(key[0], self.namespaces):
+                continue
             deployment = by_owner.get(key)
             if deployment is None or body["metadata"].get("deletionTimestamp"):
                 continue

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -19,7 +21,7 @@ from openmodel.api import GROUP, OWNER_LABEL, PLURAL, VERSION
 from openmodel.autoscaling_loop import AutoscalerLoop
 from openmodel.config import load_config
 from openmodel.leader import leader_elector
-from openmodel.reconcile import Reconciler
+from openmodel.reconcile import Reconciler, ReconcileResult
 from openmodel.resync import resync_forever
 
 log = logging.getLogger(__name__)
@@ -58,19 +60,37 @@ def model_deployment_event(type: str | None, body: kopf.Body, memo: kopf.Memo, *
         memo.reconciler.locks.forget((body.metadata.namespace, body.metadata.name))
         telemetry.forget(str(body.metadata.namespace), str(body.metadata.name))
         return
-    memo.reconciler.reconcile(body)
+    _timed(memo, lambda: memo.reconciler.reconcile(body))
+
+
+def _timed(memo: kopf.Memo, run: Callable[[], ReconcileResult | None]) -> None:
+    """Run one reconcile pass, counting it in the operator's metrics."""
+    started = time.monotonic()
+    try:
+        result = run()
+    except Exception:
+        telemetry.record_reconcile("error", time.monotonic() - started)
+        raise
+    outcome = "rejected" if result is not None and result.problem is not None else "ok"
+    telemetry.record_reconcile(outcome, time.monotonic() - started)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={OWNER_LABEL: kopf.PRESENT})
 def deployment_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    memo.reconciler.reconcile_by_name(body.metadata.namespace, body.metadata.labels[OWNER_LABEL])
+    _reconcile_owner(body, memo)
 
 
 @kopf.on.event("", "v1", "pods", labels={OWNER_LABEL: kopf.PRESENT})
 def pod_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    memo.reconciler.reconcile_by_name(body.metadata.namespace, body.metadata.labels[OWNER_LABEL])
+    _reconcile_owner(body, memo)
 
 
 @kopf.on.event("", "v1", "services", labels={OWNER_LABEL: kopf.PRESENT})
 def service_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    memo.reconciler.reconcile_by_name(body.metadata.namespace, body.metadata.labels[OWNER_LABEL])
+    _reconcile_owner(body, memo)
+
+
+def _reconcile_owner(body: kopf.Body, memo: kopf.Memo) -> None:
+    """A child changed: reconcile the ModelDeployment named by its owner label."""
+    namespace, owner = str(body.metadata.namespace), str(body.metadata.labels[OWNER_LABEL])
+    _timed(memo, lambda: memo.reconciler.reconcile_by_name(namespace, owner))

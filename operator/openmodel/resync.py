@@ -14,6 +14,7 @@ import os
 from kubernetes.client.exceptions import ApiException
 
 from openmodel import kube
+from openmodel.namespaces import matches, patterns_from_env
 from openmodel.reconcile import Reconciler
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,11 @@ DEFAULT_INTERVAL_SECONDS = 60.0
 def resync_once(reconciler: Reconciler) -> int:
     """Reconcile every ModelDeployment once; returns how many passes failed."""
     failures = 0
+    served = patterns_from_env()
     for body in kube.list_all_model_deployments(reconciler.api):
         meta = body["metadata"]
+        if not matches(meta["namespace"], served):
+            continue
         try:
             reconciler.reconcile_by_name(meta["namespace"], meta["name"])
         except ApiException as e:

@@ -30,6 +30,8 @@ REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "modeldeployment.yaml"
 EXAMPLES = REPO / "examples"
 GROUP, VERSION, PLURAL = "openmodel.dev", "v1alpha1", "modeldeployments"
+SESSION_SCOPE = "!e2e-rbac-*"
+RESTRICTED_NAMESPACE_PREFIX = "e2e-rbac"
 # The tests' platform config: a fast autoscaler poll, so the closed loop runs in seconds.
 AUTOSCALER_POLL_SECONDS = 1.0
 TEST_PLATFORM_CONFIG = {
@@ -141,7 +143,11 @@ def crd(api_client: client.ApiClient) -> None:
 
 @pytest.fixture(scope="session")
 def operator(cluster: Cluster, crd: None) -> Iterator[OperatorProcess]:
-    op = start_operator(cluster.kubeconfig, cluster.workdir)
+    # Namespaces named e2e-rbac-* belong to tests that run their own operator under a
+    # restricted identity; the session's operator must not do their work for them.
+    op = start_operator(
+        cluster.kubeconfig, cluster.workdir, extra_env={"OPENMODEL_NAMESPACES": SESSION_SCOPE}
+    )
     yield op
     op.stop()
     sys.stderr.write(f"operator log: {op.log_path}\n")

@@ -106,7 +106,11 @@ def test_closed_loop_scales_up_holds_steady_and_back_down(
 
         # The queue drained: from ~9 on one replica to about the target per replica
         # (uneven spreading over pods can leave a slot idle, hence the margin).
-        status = md(api_client, namespace)["status"]["autoscaler"]
+        def measured() -> dict[str, Any] | NotYet:
+            st = md(api_client, namespace)["status"]["autoscaler"]
+            return st if "queueDepth" in st else NotYet(st)
+
+        status = wait_for(measured, 10, lambda: describe_namespace(api_client, namespace))
         assert status["queueDepth"] <= 2 * TARGET * seen[-1] < peak[0] + 1, (status, peak)
         assert status["desiredReplicas"] == seen[-1]
         assert load.sent > 0

@@ -338,6 +338,10 @@ def kwok_launch(bin_dir: Path, kubeconfig: Path, lease: PodNetworkLease) -> Laun
             f"--cidr={fallback_cidr}",
             f"--node-ip={KWOK_DEFAULT_NODE_IP}",
             f"--server-address=127.0.0.1:{ports[0]}",
+            # The stage set's node heartbeat writes status only every ~10 min and relies
+            # on node Leases for liveness; without leases (the default, 0) the
+            # node-lifecycle controller marks every node NotReady ~50 s after start.
+            "--node-lease-duration-seconds=40",
         ]
 
     return Launch("kwok", 1, argv, lambda p: f"http://127.0.0.1:{p[0]}/healthz", None, (lease.fd,))

@@ -26,6 +26,10 @@ ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="openmodel" \
       org.opencontainers.image.description="Kubernetes operator that serves open-weight LLMs with vLLM or TGI" \
       org.opencontainers.image.version="${VERSION}"
+# kopf names itself after the user (getpass.getuser()), which fails for a UID with no
+# passwd entry: give 65532 one, and USER for any other UID a cluster may impose.
+RUN echo 'openmodel:x:65532:65532:openmodel:/nonexistent:/usr/sbin/nologin' >> /etc/passwd \
+ && echo 'openmodel:x:65532:' >> /etc/group
 # The venv lives at the same path as in the build stage: its scripts and pyvenv.cfg
 # name that path.
 COPY --from=build /opt/openmodel /opt/openmodel
@@ -33,6 +37,7 @@ ENV PATH=/opt/openmodel/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \
+    USER=openmodel \
     OPENMODEL_LIVENESS=http://0.0.0.0:8080/healthz \
     OPENMODEL_METRICS_PORT=9090
 # Numeric, so Kubernetes can check runAsNonRoot without a passwd lookup.

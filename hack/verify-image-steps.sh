@@ -55,8 +55,10 @@ check() {
   "$prefix/bin/pip" check
   # Importing the entry modules registers the kopf handlers without running them.
   "$prefix/bin/python" -c '
-import importlib.metadata as md, openmodel.__main__, openmodel.main, openmodel.telemetry
+import getpass, importlib.metadata as md, openmodel.__main__, openmodel.main, openmodel.telemetry
 import prometheus_client
+# kopf derives its identity from the user name at start: it must resolve.
+getpass.getuser()
 assert md.version("openmodel"), "openmodel not installed"
 print("openmodel", md.version("openmodel"), "kopf", md.version("kopf"),
       "prometheus-client", md.version("prometheus-client"))
@@ -144,9 +146,10 @@ verify() {
 
 nonroot_check() {
   # The image runs as UID 65532 with a read-only root filesystem: the install must be
-  # usable by an unprivileged user that cannot write bytecode next to the sources.
+  # usable by an unprivileged user that cannot write bytecode next to the sources. The
+  # environment is the image's (USER set, as the Dockerfile does).
   local work=$1
-  local as_nobody=(setpriv --reuid 65532 --regid 65532 --clear-groups env PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 HOME=/nonexistent)
+  local as_nobody=(setpriv --reuid 65532 --regid 65532 --clear-groups env -u LOGNAME -u LNAME -u USERNAME USER=openmodel PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 HOME=/nonexistent)
   if [ "$(id -u)" != 0 ] || ! command -v setpriv >/dev/null; then
     log "not root or no setpriv: skipped the check as uid 65532"
     return

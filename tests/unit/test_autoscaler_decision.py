@@ -156,8 +156,9 @@ def test_bounds_apply_even_without_metrics(observation):
 # --- missing data: hold ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("queue", [0, 1000])
+@pytest.mark.parametrize("queue", [0, 1])
 def test_any_failing_ready_pod_holds(queue):
+    # The pods that answer show no reason to grow; the silent one forbids shrinking.
     observation = Observation(
         waiting={"pod-a": queue, "pod-b": queue},
         failed={"pod-c": "HTTPError: HTTP 500 from http://10.0.0.3:8000/metrics"},
@@ -499,13 +500,20 @@ def test_more_queue_never_means_fewer_replicas(policy, observation, current, his
 
 @settings(deadline=None)
 @given(policies(), st.integers(0, 100), histories(), st.lists(st.text(max_size=5), min_size=1))
-def test_any_failure_holds_at_the_bounded_current(policy, current, history, reasons):
-    observation = Observation(
-        waiting={"ok": 1e6}, failed={f"f{i}": r for i, r in enumerate(reasons)}
-    )
-    decision = run(observation, current, policy, history, now=1000)
-    assert decision.desired_replicas == policy.bound(current)
-    assert decision.reason is DecisionReason.METRICS_UNAVAILABLE
+def test_any_failure_never_scales_below_the_bounded_current(policy, current, history, reasons):
+    # A silent pod can only add to the queue: scaling up on the known part is allowed,
+    # scaling down never is.
+    for queue in (0.0, 1e6):
+        observation = Observation(
+            waiting={"ok": queue}, failed={f"f{i}": r for i, r in enumerate(reasons)}
+        )
+        decision = run(observation, current, policy, history, now=1000)
+        assert decision.desired_replicas >= policy.bound(current)
+        if decision.desired_replicas == policy.bound(current):
+            assert decision.reason is DecisionReason.METRICS_UNAVAILABLE
+        else:
+            assert decision.reason is DecisionReason.SCALE_UP
+            assert decision.queue_depth is None
 
 
 @settings(deadline=None)

@@ -21,7 +21,9 @@ The rules, in the order they apply:
 1. ``current_replicas`` outside ``[min, max]`` is brought inside first ("bounded
    current"); that happens whatever the metrics say.
 2. Any Ready pod whose metrics could not be used (timeout, HTTP error, NaN, missing
-   gauge...) -> hold at the bounded current, reason ``MetricsUnavailable``. A lost scrape
+   gauge...) -> hold at the bounded current, reason ``MetricsUnavailable`` -- unless the
+   pods that did answer already show enough queue for a scale-up: a silent pod can only
+   add to the queue, so scaling up on the known part is safe; scaling down never is. A lost scrape
    target must never look like an empty queue (KEDA's failure mode), and a partial sum
    cannot be trusted either way.
 3. No Ready pod with metrics at all (everything still loading) -> hold, ``NoReadyPods``.
@@ -344,13 +346,41 @@ def decide(
     re-creates the queue, and the count oscillates.
     """
     if observation.failed:
-        return _hold(
+        hold = _hold(
             DecisionReason.METRICS_UNAVAILABLE,
             _failure_summary(observation),
             current_replicas,
             policy,
             history,
             now,
+        )
+        if not observation.waiting:
+            return hold
+        # A silent pod can only add to the queue, never remove from it: the queue the
+        # other pods report is a lower bound. Scaling up on it is safe (an overloaded
+        # engine is exactly the one slow to answer /metrics); scaling down is not.
+        known = decide(
+            observation=Observation(
+                waiting=observation.waiting,
+                running=observation.running,
+                starting=observation.starting,
+            ),
+            current_replicas=current_replicas,
+            policy=policy,
+            history=history,
+            now=now,
+            pod_capacity=pod_capacity,
+        )
+        if known.desired_replicas <= hold.desired_replicas:
+            return hold
+        return Decision(
+            desired_replicas=known.desired_replicas,
+            history=known.history,
+            reason=DecisionReason.SCALE_UP,
+            message=f"{_failure_summary(observation)}; scaling up on the queue the others "
+            f"report (never down while metrics are missing): {known.message}",
+            recommendation=known.recommendation,
+            queue_depth=None,
         )
     if not observation.waiting:
         starting = len(observation.starting)

@@ -113,6 +113,7 @@ def access(
     resource: str,
     *,
     group: str = "",
+    name: str | None = None,
     namespace: str | None = None,
     subresource: str | None = None,
     user: str = SA_USER,
@@ -124,6 +125,8 @@ def access(
         attributes["namespace"] = namespace
     if subresource:
         attributes["subresource"] = subresource
+    if name:
+        attributes["name"] = name
     review = client.AuthorizationV1Api(api).create_subject_access_review(
         {
             "apiVersion": "authorization.k8s.io/v1",
@@ -208,9 +211,7 @@ ALLOWED = [
     ("create", "", "events", None, "team-a"),
     ("list", "apiextensions.k8s.io", "customresourcedefinitions", None, None),
     ("watch", "apiextensions.k8s.io", "customresourcedefinitions", None, None),
-    ("get", "coordination.k8s.io", "leases", None, SYSTEM),
     ("create", "coordination.k8s.io", "leases", None, SYSTEM),
-    ("update", "coordination.k8s.io", "leases", None, SYSTEM),
 ]
 
 DENIED = [
@@ -236,6 +237,20 @@ DENIED = [
     ("create", "apiextensions.k8s.io", "customresourcedefinitions", None, None),
     ("create", "rbac.authorization.k8s.io", "rolebindings", None, "team-a"),
 ]
+
+
+def test_service_account_may_hold_only_the_autoscaler_lease(
+    installed: None, api_client: client.ApiClient
+) -> None:
+    lease, coordination = "openmodel-autoscaler", "coordination.k8s.io"
+    for verb in ("get", "update"):
+        assert access(api_client, verb, "leases", group=coordination, namespace=SYSTEM, name=lease)
+        assert not access(
+            api_client, verb, "leases", group=coordination, namespace=SYSTEM, name="other"
+        )
+    assert not access(
+        api_client, "delete", "leases", group=coordination, namespace=SYSTEM, name=lease
+    )
 
 
 def _case_id(case: tuple[str, str, str, str | None, str | None]) -> str:

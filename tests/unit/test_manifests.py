@@ -218,13 +218,24 @@ def test_no_rule_for_a_resource_nobody_uses():
     assert set(grouped(rule_set(role))) <= used
 
 
-def test_leader_election_is_a_namespaced_role_on_leases():
+def _lease_name() -> str:
+    """The Lease leader.leader_elector() takes (LeaseElector(api, namespace, NAME, ...))."""
+    source = Path(leader.__file__).read_text()
+    found = re.search(r'LeaseElector\(\s*api,\s*namespace,\s*"([^"]+)"', source)
+    assert found, "cannot find the Lease name in openmodel/leader.py"
+    return found.group(1)
+
+
+def test_leader_election_is_a_namespaced_role_on_the_one_lease():
     assert _resource_of(leader.LEASES) == ("coordination.k8s.io", "leases")
     role = M[("Role", "openmodel-leader-election")]
     assert role["metadata"]["namespace"] == NAMESPACE
     assert grouped(rule_set(role)) == {
         ("coordination.k8s.io", "leases"): {"get", "create", "update"}
     }
+    # create cannot be limited by name; reading and renewing can.
+    by_names = {tuple(r.get("resourceNames", [])): sorted(r["verbs"]) for r in role["rules"]}
+    assert by_names == {(): ["create"], (_lease_name(),): ["get", "update"]}
 
 
 def test_bindings_give_the_roles_to_the_operator_service_account():
@@ -412,6 +423,9 @@ def test_helm_renders_the_same_rbac_as_manifests(helm):
         want, got = M[key], rendered[key]
         if "rules" in want:
             assert rule_set(got) == rule_set(want), key
+            assert [r.get("resourceNames") for r in got["rules"]][: len(want["rules"])] == [
+                r.get("resourceNames") for r in want["rules"]
+            ], key
         for field in ("roleRef", "subjects"):
             assert got.get(field) == want.get(field), (key, field)
         assert got["metadata"].get("namespace") == want["metadata"].get("namespace"), key

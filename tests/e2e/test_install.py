@@ -11,6 +11,7 @@ the pod would have.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -485,5 +486,46 @@ def test_helm_chart_objects_are_accepted_by_the_api_server(
         assert "deployment.apps/openmodel-operator serverside-applied (server dry run)" in (
             applied.stdout
         )
+    finally:
+        delete_namespace(api_client, target)
+
+
+def test_helm_install_and_uninstall(
+    installed: None, cluster: Cluster, api_client: client.ApiClient
+) -> None:
+    """A real `helm install` of the chart (release `om-e2e`, so its cluster-scoped names
+    do not clash with the kubectl install), the operator pod scheduled and Running on a
+    KWOK node, then `helm uninstall` removing it again."""
+    helm = binaries.bin_dir() / "helm"
+    assert helm.is_file(), f"helm not built at {helm}: run `bash hack/build-control-plane.sh`"
+    target = create_namespace(api_client, "openmodel-helm-install")
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "HOME": str(cluster.workdir)}
+
+    def run_helm(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(helm), *args, "--namespace", target],
+            capture_output=True, text=True, timeout=120, check=False, env=env,
+        )  # fmt: skip
+
+    try:
+        done = run_helm("install", "om-e2e", str(REPO / "charts" / "openmodel"))
+        assert done.returncode == 0, done.stderr
+        status = run_helm("status", "om-e2e", "-o", "json")
+        assert status.returncode == 0, status.stderr
+        assert yaml.safe_load(status.stdout)["info"]["status"] == "deployed"
+        core = client.CoreV1Api(api_client)
+
+        def operator_running() -> Any:
+            pods = core.list_namespaced_pod(target).items
+            running = [p for p in pods if p.status.phase == "Running"]
+            return running or NotYet([(p.metadata.name, p.status.phase) for p in pods])
+
+        pods = wait_for(operator_running, 60, lambda: describe_namespace(api_client, target))
+        assert pods[0].spec.service_account_name == "om-e2e-openmodel-operator"
+        gone = run_helm("uninstall", "om-e2e", "--wait")
+        assert gone.returncode == 0, gone.stderr
+        rbac = client.RbacAuthorizationV1Api(api_client)
+        names = [r.metadata.name for r in rbac.list_cluster_role().items]
+        assert not [n for n in names if n.startswith("om-e2e-")], names
     finally:
         delete_namespace(api_client, target)

@@ -137,6 +137,10 @@ class AutoscalerLoop:
                         await self.cycle(scraper)
                 except ApiException as e:
                     log.warning("autoscaler cycle failed: %s %s", e.status, e.reason)
+                except Exception:
+                    # Unreachable API server, a bug in one ModelDeployment's pass...: the
+                    # loop must outlive it, loudly. The next cycle starts from scratch.
+                    log.exception("autoscaler cycle failed; retrying next poll")
                 await asyncio.sleep(max(0.0, poll - (self.clock() - started)))
 
     async def _lead(self) -> bool:

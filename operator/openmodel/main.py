@@ -42,9 +42,19 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         telemetry.start_metrics_server(port)
     autoscaler = AutoscalerLoop(api, config, elector=leader_elector(api))
     memo.tasks = [
-        asyncio.create_task(resync_forever(memo.reconciler)),
-        asyncio.create_task(autoscaler.run_forever()),
+        asyncio.create_task(resync_forever(memo.reconciler), name="resync"),
+        asyncio.create_task(autoscaler.run_forever(), name="autoscaler"),
     ]
+
+
+@kopf.on.probe(id="background-loops")
+def background_loops_alive(memo: kopf.Memo, **_: Any) -> str:
+    """Liveness: the resync and autoscaler loops must be running. A loop that ended
+    (it should never) fails the probe, so the kubelet restarts the operator."""
+    dead = [t.get_name() for t in getattr(memo, "tasks", []) if t.done()]
+    if dead:
+        raise kopf.PermanentError(f"background loops ended: {', '.join(dead)}")
+    return "ok"
 
 
 @kopf.on.cleanup()

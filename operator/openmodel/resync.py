@@ -47,3 +47,6 @@ async def resync_forever(reconciler: Reconciler) -> None:
             await asyncio.to_thread(resync_once, reconciler)
         except ApiException as e:
             log.warning("resync could not list ModelDeployments: %s %s", e.status, e.reason)
+        except Exception:
+            # e.g. the API server unreachable (urllib3 errors): log and keep the loop.
+            log.exception("resync failed; retrying in %.0f s", interval)

@@ -17,7 +17,7 @@ from typing import Any
 import kopf
 
 from openmodel import kube, telemetry
-from openmodel.api import GROUP, OWNER_LABEL, PLURAL, VERSION
+from openmodel.api import GROUP, KIND, OWNER_LABEL, PLURAL, VERSION
 from openmodel.autoscaling_loop import AutoscalerLoop
 from openmodel.config import load_config
 from openmodel.leader import leader_elector
@@ -65,10 +65,16 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def model_deployment_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    namespace, name = str(body.metadata.namespace), str(body.metadata.name)
     if type == "DELETED":
         # Children go with their owner reference; only local state is left to drop.
-        memo.reconciler.locks.forget((body.metadata.namespace, body.metadata.name))
-        telemetry.forget(str(body.metadata.namespace), str(body.metadata.name))
+        memo.reconciler.locks.forget((namespace, name))
+        memo.reconciler.own_writes.forget(KIND, namespace, name)
+        telemetry.forget(namespace, name)
+        return
+    if memo.reconciler.own_writes.is_echo(
+        KIND, namespace, name, body.metadata.get("resourceVersion")
+    ):
         return
     _timed(memo, lambda: memo.reconciler.reconcile(body))
 
@@ -103,4 +109,7 @@ def service_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 def _reconcile_owner(body: kopf.Body, memo: kopf.Memo) -> None:
     """A child changed: reconcile the ModelDeployment named by its owner label."""
     namespace, owner = str(body.metadata.namespace), str(body.metadata.labels[OWNER_LABEL])
+    kind, version = str(body.get("kind")), body.metadata.get("resourceVersion")
+    if memo.reconciler.own_writes.is_echo(kind, namespace, str(body.metadata.name), version):
+        return
     _timed(memo, lambda: memo.reconciler.reconcile_by_name(namespace, owner))

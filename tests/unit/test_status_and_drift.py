@@ -127,3 +127,18 @@ def test_drift_semantics() -> None:
     assert object_holds(
         {"apiVersion": "v1", "kind": "Service", "spec": {"x": 1}}, {"spec": {"x": 1, "y": 2}}
     )
+
+
+def test_own_writes_recognise_only_their_exact_echo() -> None:
+    from openmodel.reconcile import OwnWrites
+
+    writes = OwnWrites()
+    writes.record(
+        "Deployment", {"metadata": {"namespace": "ns", "name": "m", "resourceVersion": "42"}}
+    )
+    assert writes.is_echo("Deployment", "ns", "m", "42")
+    assert not writes.is_echo("Deployment", "ns", "m", "43")  # someone else's edit
+    assert not writes.is_echo("Service", "ns", "m", "42")
+    assert not writes.is_echo("Deployment", "ns", "m", None)
+    writes.forget("Deployment", "ns", "m")
+    assert not writes.is_echo("Deployment", "ns", "m", "42")

@@ -155,11 +155,20 @@ class AutoscalerLoop:
         return leader
 
     async def cycle(self, scraper: Scraper) -> None:
-        mds, deployments, pods = await asyncio.gather(
-            asyncio.to_thread(kube.list_all_model_deployments, self.api),
-            asyncio.to_thread(kube.list_cluster_wide, self.api, "deployments", OWNER_LABEL),
-            asyncio.to_thread(kube.list_cluster_wide, self.api, "pods", OWNER_LABEL),
-        )
+        mds = await asyncio.to_thread(kube.list_all_model_deployments, self.api)
+        if not any(
+            (b.get("spec") or {}).get("autoscaling") is not None
+            and matches(b["metadata"]["namespace"], self.namespaces)
+            for b in mds
+        ):
+            # Nothing autoscales: no Deployment or Pod lists (idle cost: one list per poll).
+            deployments: list[dict[str, Any]] = []
+            pods: list[dict[str, Any]] = []
+        else:
+            deployments, pods = await asyncio.gather(
+                asyncio.to_thread(kube.list_cluster_wide, self.api, "deployments", OWNER_LABEL),
+                asyncio.to_thread(kube.list_cluster_wide, self.api, "pods", OWNER_LABEL),
+            )
         by_owner: dict[ObjectKey, dict[str, Any]] = {}
         for d in deployments:
             meta = d["metadata"]

@@ -32,12 +32,12 @@ from openmodel.autoscaler import (
     ScrapeTarget,
     decide,
 )
+from openmodel.clock import utc_now
 from openmodel.config import PlatformConfig
 from openmodel.engines import engine_for
 from openmodel.events import post_event
 from openmodel.leader import LeaseElector
 from openmodel.namespaces import matches, patterns_from_env
-from openmodel.reconcile import utc_now
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -11,6 +10,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from openmodel import kube
+from openmodel.clock import utc_now
 
 log = logging.getLogger(__name__)
 COMPONENT = "openmodel"
@@ -25,7 +25,7 @@ def post_event(
 ) -> None:
     """Record an Event on the ModelDeployment; a failure to post is logged, not raised."""
     meta = md_body["metadata"]
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = utc_now()
     event = {
         "apiVersion": "v1",
         "kind": "Event",

@@ -6,7 +6,6 @@ writes a ModelDeployment's spec, and it writes nothing when the world already ma
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import threading
@@ -19,21 +18,18 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from openmodel import kube
-from openmodel.api import API_VERSION, KIND, OWNER_LABEL, SpecError, parse_model_deployment
+from openmodel.api import API_VERSION, KIND, SpecError, parse_model_deployment
+from openmodel.clock import utc_now
 from openmodel.config import PlatformConfig
 from openmodel.drift import object_holds
 from openmodel.events import post_event
 from openmodel.plan import make_plan
-from openmodel.render import endpoint
+from openmodel.render import endpoint, label_selector
 from openmodel.status import DEGRADED, READY, Observation, Problem, build_status, needs_write
 
 log = logging.getLogger(__name__)
 
 ObjectKey = tuple[str, str]
-
-
-def utc_now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -86,11 +82,6 @@ class ReconcileResult:
     applied: list[str]
     status_written: bool
     problem: Problem | None
-
-
-def _label_selector(name: str) -> str:
-    # Same string as render.label_selector, without needing a parsed spec.
-    return f"{OWNER_LABEL}={name}"
 
 
 class Reconciler:
@@ -168,11 +159,11 @@ class Reconciler:
         except SpecError as e:
             problem = Problem(e.reason, f"{e.field}: {e.message}")
 
-        pods = kube.list_objects(self.api, "v1", "Pod", namespace, _label_selector(name))
+        pods = kube.list_objects(self.api, "v1", "Pod", namespace, label_selector(name))
         obs = Observation(
             generation=int(meta.get("generation") or 0),
             name=name,
-            label_selector=_label_selector(name),
+            label_selector=label_selector(name),
             endpoint=md_endpoint,
             desired_replicas=desired_replicas,
             deployment=deployment,

@@ -41,12 +41,14 @@ def child_labels(md: ModelDeployment) -> dict[str, str]:
     }
 
 
-def selector_labels(md: ModelDeployment) -> dict[str, str]:
-    return {OWNER_LABEL: md.name}
+def selector_labels(name: str) -> dict[str, str]:
+    """The labels that select a ModelDeployment's pods; only its name is needed, so
+    status can report them even for a spec that does not parse."""
+    return {OWNER_LABEL: name}
 
 
-def label_selector(md: ModelDeployment) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(md).items()))
+def label_selector(name: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(name).items()))
 
 
 def cache_claim_name(md: ModelDeployment) -> str:
@@ -164,7 +166,7 @@ def render_deployment(
         "metadata": _metadata(md, md.name),
         "spec": {
             "replicas": replicas,
-            "selector": {"matchLabels": selector_labels(md)},
+            "selector": {"matchLabels": selector_labels(md.name)},
             "template": {
                 "metadata": {
                     "labels": child_labels(md),
@@ -190,7 +192,7 @@ def render_service(md: ModelDeployment) -> dict[str, Any]:
         "metadata": _metadata(md, md.name),
         "spec": {
             "type": "ClusterIP",
-            "selector": selector_labels(md),
+            "selector": selector_labels(md.name),
             "ports": [
                 {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
             ],

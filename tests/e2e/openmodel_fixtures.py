@@ -159,3 +159,22 @@ def load_example(name: str, namespace: str, **spec_overrides: Any) -> dict[str, 
     body["metadata"]["namespace"] = namespace
     body["spec"].update(spec_overrides)
     return body  # type: ignore[no-any-return]
+
+
+def create_md(api: client.ApiClient, body: dict[str, Any]) -> dict[str, Any]:
+    ns = body["metadata"]["namespace"]
+    custom = client.CustomObjectsApi(api)
+    return custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)  # type: ignore[no-any-return]
+
+
+def get_md(api: client.ApiClient, ns: str, name: str) -> dict[str, Any]:
+    custom = client.CustomObjectsApi(api)
+    return custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)  # type: ignore[no-any-return]
+
+
+def condition(md: dict[str, Any], type_: str) -> dict[str, Any]:
+    """The ModelDeployment's condition of `type_`, or {} when it has none."""
+    for c in (md.get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return c  # type: ignore[no-any-return]
+    return {}

@@ -14,7 +14,7 @@ from engine_fleet import EngineFleet, LoadGenerator
 from kubernetes import client
 
 from harness import NotYet, describe_namespace, wait_for
-from openmodel_fixtures import GROUP, PLURAL, VERSION, OperatorProcess, load_example
+from openmodel_fixtures import OperatorProcess, condition, create_md, get_md, load_example
 
 pytestmark = pytest.mark.cluster
 
@@ -50,19 +50,11 @@ def replicas(api: client.ApiClient, namespace: str) -> int:
     return int(dep.spec.replicas)
 
 
-def md(api: client.ApiClient, namespace: str) -> dict[str, Any]:
-    return client.CustomObjectsApi(api).get_namespaced_custom_object(  # type: ignore[no-any-return]
-        GROUP, VERSION, namespace, PLURAL, NAME
-    )
-
-
 @pytest.fixture
 def fleet(
     api_client: client.ApiClient, namespace: str, operator: OperatorProcess
 ) -> Iterator[EngineFleet]:
-    client.CustomObjectsApi(api_client).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, autoscaled_md(namespace)
-    )
+    create_md(api_client, autoscaled_md(namespace))
     f = EngineFleet(api_client, namespace, NAME, slots=SLOTS, service_time=0.3).start()
     yield f
     f.stop()
@@ -107,7 +99,7 @@ def test_closed_loop_scales_up_holds_steady_and_back_down(
         # The queue drained: from ~9 on one replica to about the target per replica
         # (uneven spreading over pods can leave a slot idle, hence the margin).
         def measured() -> dict[str, Any] | NotYet:
-            st = md(api_client, namespace)["status"]["autoscaler"]
+            st = get_md(api_client, namespace, NAME)["status"]["autoscaler"]
             return st if "queueDepth" in st else NotYet(st)
 
         status = wait_for(measured, 10, lambda: describe_namespace(api_client, namespace))
@@ -154,8 +146,7 @@ def test_missing_metrics_hold_instead_of_scaling_down(
     held_at = replicas(api_client, namespace)
 
     def holding() -> dict[str, Any] | NotYet:
-        conds = {c["type"]: c for c in md(api_client, namespace)["status"].get("conditions", [])}
-        c = conds.get("ScalingActive", {})
+        c = condition(get_md(api_client, namespace, NAME), "ScalingActive")
         return c if c.get("reason") == "MetricsUnavailable" else NotYet(c)
 
     c = wait_for(holding, 20, "ScalingActive=False/MetricsUnavailable")

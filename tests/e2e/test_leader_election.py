@@ -44,9 +44,7 @@ def test_one_holder_renewal_and_takeover_after_expiry(
     assert lease.spec.holder_identity == "b"
 
 
-def test_concurrent_candidates_never_both_win(
-    api_client: client.ApiClient, namespace: str
-) -> None:
+def test_concurrent_candidates_never_both_win(api_client: client.ApiClient, namespace: str) -> None:
     clock = Clock()
     electors = [
         LeaseElector(api_client, namespace, "openmodel-autoscaler", f"c{i}", 15, clock)

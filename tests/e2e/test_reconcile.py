@@ -9,7 +9,16 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from harness import NotYet, describe_namespace, wait_for
-from openmodel_fixtures import GROUP, PLURAL, VERSION, OperatorProcess, load_example
+from openmodel_fixtures import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    OperatorProcess,
+    condition,
+    create_md,
+    get_md,
+    load_example,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -21,24 +30,8 @@ def md_api(api: client.ApiClient) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(api)
 
 
-def create_md(api: client.ApiClient, body: dict[str, Any]) -> dict[str, Any]:
-    ns = body["metadata"]["namespace"]
-    return md_api(api).create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)  # type: ignore[no-any-return]
-
-
-def get_md(api: client.ApiClient, ns: str, name: str) -> dict[str, Any]:
-    return md_api(api).get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)  # type: ignore[no-any-return]
-
-
 def patch_spec(api: client.ApiClient, ns: str, name: str, spec: dict[str, Any]) -> None:
     md_api(api).patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name, {"spec": spec})
-
-
-def condition(md: dict[str, Any], type_: str) -> dict[str, Any]:
-    for c in (md.get("status") or {}).get("conditions") or []:
-        if c["type"] == type_:
-            return c  # type: ignore[no-any-return]
-    return {}
 
 
 def pods_by_product(api: client.ApiClient, ns: str, name: str) -> dict[str, str]:

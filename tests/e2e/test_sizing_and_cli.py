@@ -16,18 +16,9 @@ from openmodel.cli import main as cli_main
 from openmodel.drift import object_holds
 
 from harness import NotYet, describe_namespace, wait_for
-from openmodel_fixtures import EXAMPLES, GROUP, PLURAL, VERSION, OperatorProcess, load_example
+from openmodel_fixtures import EXAMPLES, OperatorProcess, condition, create_md, get_md, load_example
 
 pytestmark = pytest.mark.cluster
-
-
-def md_status(api: client.ApiClient, ns: str, name: str) -> dict[str, Any]:
-    md = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
-    return md  # type: ignore[no-any-return]
-
-
-def conditions(md: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {c["type"]: c for c in (md.get("status") or {}).get("conditions") or []}
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
@@ -45,11 +36,9 @@ def test_cli_render_equals_what_the_operator_creates(
     assert cli_main(["render", "-f", str(f)], out=out) == 0
     rendered = list(yaml.safe_load_all(out.getvalue()))
     assert rendered, "render printed nothing"
-    client.CustomObjectsApi(api_client).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, body
-    )
+    create_md(api_client, body)
     name = body["metadata"]["name"]
-    uid = md_status(api_client, namespace, name)["metadata"]["uid"]
+    uid = get_md(api_client, namespace, name)["metadata"]["uid"]
 
     def created() -> list[Any] | NotYet:
         seen = []
@@ -85,13 +74,11 @@ def test_gpu_count_omitted_is_sized_and_reported(
         gpu={"type": "nvidia-h100-80gb"},
         maxModelLen=8192,
     )
-    client.CustomObjectsApi(api_client).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, body
-    )
+    create_md(api_client, body)
 
     def sized() -> dict[str, Any] | NotYet:
-        md = md_status(api_client, namespace, "llama70b-awq")
-        ready = conditions(md).get("Ready", {}).get("status") == "True"
+        md = get_md(api_client, namespace, "llama70b-awq")
+        ready = condition(md, "Ready").get("status") == "True"
         return md if ready and md["status"].get("sizing") else NotYet(md.get("status"))
 
     md = wait_for(sized, 60, lambda: describe_namespace(api_client, namespace))
@@ -114,12 +101,10 @@ def test_model_that_does_not_fit_gets_a_condition_with_numbers(
         gpu={"type": "nvidia-h100-80gb", "count": 8},
         maxModelLen=8192,
     )
-    client.CustomObjectsApi(api_client).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, body
-    )
+    create_md(api_client, body)
 
     def degraded() -> dict[str, Any] | NotYet:
-        c = conditions(md_status(api_client, namespace, "llama70b-awq")).get("Degraded", {})
+        c = condition(get_md(api_client, namespace, "llama70b-awq"), "Degraded")
         return c if c.get("reason") == "InsufficientGPUMemory" else NotYet(c)
 
     c = wait_for(degraded, 30, lambda: describe_namespace(api_client, namespace))

@@ -18,6 +18,8 @@ import yaml
 
 from openmodel.api import SpecError, parse_model_deployment
 from openmodel.config import ConfigError, PlatformConfig, load_config
+from openmodel.engines import engine_for
+from openmodel.engines.base import quantization_value
 from openmodel.plan import Plan, make_plan
 
 EXIT_INVALID = 1
@@ -86,6 +88,8 @@ def cmd_size(args: argparse.Namespace, config: PlatformConfig, out: TextIO) -> i
     from openmodel.sizing_bridge import size_report_text
 
     try:
+        # What `validate` would refuse is not sized as if it could run.
+        quantization_value(engine_for(args.engine), args.quantization)
         out.write(
             size_report_text(
                 args.model,

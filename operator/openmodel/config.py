@@ -4,7 +4,7 @@ Loaded from a YAML file (env `OPENMODEL_CONFIG`, mounted from a ConfigMap by the
 chart). Every key is optional:
 
 ```yaml
-engineImages: {vllm: "vllm/vllm-openai:v0.11.0", tgi: "..."}
+engineImages: {vllm: "vllm/vllm-openai:v0.31.0", tgi: "..."}
 accelerators:            # added to / overriding the built-in catalog
   amd-mi300x:
     memoryGiB: 192
@@ -33,7 +33,7 @@ import yaml
 from openmodel.accelerators import AcceleratorCatalog, AcceleratorConfigError
 
 DEFAULT_ENGINE_IMAGES: Mapping[str, str] = {
-    "vllm": "vllm/vllm-openai:v0.11.0",
+    "vllm": "vllm/vllm-openai:v0.31.0",
     "tgi": "ghcr.io/huggingface/text-generation-inference:3.3.6",
 }
 

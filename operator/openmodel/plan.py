@@ -12,6 +12,8 @@ from typing import Any
 
 from openmodel.api import ModelDeployment
 from openmodel.config import PlatformConfig
+from openmodel.engines import engine_for
+from openmodel.engines.base import quantization_flag
 from openmodel.render import Children, render_children, resolve_accelerator
 from openmodel.sizing_bridge import GpuChoice, choose_gpu_count
 
@@ -52,6 +54,9 @@ def make_plan(
     reason is reported as is.
     """
     accelerator = resolve_accelerator(md, config)
+    # Before sizing: a format the engine cannot load is refused with what to do instead,
+    # not with a memory estimate for weights that would never start.
+    quantization_flag(engine_for(md.spec.engine), md.spec)
     skip = (annotations or {}).get(SKIP_FIT_CHECK_ANNOTATION) == "true"
     gpu = choose_gpu_count(md.spec, accelerator, config, skip_fit_check=skip)
     replicas = desired_replicas(md, current_replicas)

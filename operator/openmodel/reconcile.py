@@ -24,8 +24,9 @@ from openmodel.config import PlatformConfig
 from openmodel.drift import object_holds
 from openmodel.events import post_event
 from openmodel.plan import make_plan
+from openmodel.problems import Problem
 from openmodel.render import endpoint, label_selector
-from openmodel.status import DEGRADED, READY, Observation, Problem, build_status, needs_write
+from openmodel.status import DEGRADED, READY, Observation, build_status, needs_write
 
 log = logging.getLogger(__name__)
 

@@ -158,6 +158,10 @@ def render_deployment(
         "env": _env(md, engine),
         "resources": {"limits": placement.gpu_limits(accelerator, gpu_count)},
         "volumeMounts": mounts,
+        # An engine that dies while loading writes its reason only to its log; with
+        # this the kubelet copies the log's tail into lastState.terminated.message,
+        # where status can quote it (pod_failures.engine_failure_message).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         **_probes(engine, config),
     }
     return {
@@ -177,6 +181,8 @@ def render_deployment(
                     "tolerations": placement.tolerations(accelerator),
                     "containers": [container],
                     "volumes": volumes,
+                    # Engines never call the API server: no token in the pod.
+                    "automountServiceAccountToken": False,
                     # Engines shut down slowly while draining in-flight requests.
                     "terminationGracePeriodSeconds": 60,
                 },

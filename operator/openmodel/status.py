@@ -3,8 +3,10 @@
 Conditions (metav1.Condition shape) owned by the reconciler:
 - `Ready`: the engine pods serve the current spec.
 - `Progressing`: a rollout or scale is under way.
-- `Degraded`: the spec cannot be served as written; the reason says why
-  (UnknownAccelerator, Unschedulable, InsufficientGPUMemory, ...).
+- `Degraded`: the spec cannot be served as written, or its engine keeps failing; the
+  reason says why (UnknownAccelerator, Unschedulable, InsufficientGPUMemory,
+  EngineCrashLoop, EngineStartFailed, ...).
+`status.reason` repeats the one reason a person scanning `kubectl get md` should see.
 The autoscaler owns `status.autoscaler` and its own condition type, written under a
 different field manager, so the two never overwrite each other.
 """
@@ -15,18 +17,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from openmodel.pod_failures import engine_failure, unschedulable_message
+from openmodel.problems import Problem
+
 READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 RECONCILER_CONDITIONS = (READY, PROGRESSING, DEGRADED)
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Why the spec cannot be served: a CamelCase reason and a message a person can act on."""
-
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
@@ -67,24 +64,6 @@ def _condition(type_: str, ok: bool, reason: str, message: str, generation: int)
     }
 
 
-def unschedulable_message(pods: Sequence[Mapping[str, Any]]) -> str | None:
-    """The scheduler's own words for the first Pending pod it could not place."""
-    stuck = []
-    for pod in pods:
-        if (pod.get("status") or {}).get("phase") != "Pending":
-            continue
-        for cond in (pod.get("status") or {}).get("conditions") or []:
-            if (
-                cond.get("type") == "PodScheduled"
-                and cond.get("status") == "False"
-                and cond.get("reason") == "Unschedulable"
-            ):
-                stuck.append(cond.get("message") or "no message from the scheduler")
-    if not stuck:
-        return None
-    return f"{len(stuck)} pod(s) cannot be scheduled: {stuck[0]}"
-
-
 def _deployment_counts(deployment: Mapping[str, Any] | None) -> tuple[int, int, int, int, bool]:
     """(spec replicas, replicas, ready, updated, deployment controller caught up)."""
     if deployment is None:
@@ -107,11 +86,11 @@ def desired_conditions(obs: Observation) -> list[dict[str, Any]]:
     want, _, ready, updated, caught_up = _deployment_counts(obs.deployment)
     if obs.desired_replicas is not None:
         want = obs.desired_replicas
+    # A spec problem first, then pods that cannot be placed, then engines that fail.
     problem = obs.problem
     if problem is None:
         stuck = unschedulable_message(obs.pods)
-        if stuck is not None:
-            problem = Problem("Unschedulable", stuck)
+        problem = Problem("Unschedulable", stuck) if stuck else engine_failure(obs.pods)
 
     rolled_out = obs.deployment is not None and caught_up and updated >= want and ready >= want
     if obs.deployment is None:
@@ -141,6 +120,17 @@ def desired_conditions(obs: Observation) -> list[dict[str, Any]]:
     else:
         degraded_c = _condition(DEGRADED, False, "AsExpected", "the spec can be served", g)
     return [ready_c, progressing_c, degraded_c]
+
+
+def headline_reason(conditions: Sequence[Mapping[str, Any]]) -> str:
+    """The reason `kubectl get md` shows: why it cannot be served when Degraded (a
+    refused edit leaves Ready True or NotDeployed, which would hide the refusal), else
+    how far it is from serving."""
+    by_type = {c["type"]: c for c in conditions}
+    degraded = by_type[DEGRADED]
+    if degraded["status"] == "True":
+        return str(degraded["reason"])
+    return str(by_type[READY]["reason"])
 
 
 def build_status(
@@ -173,6 +163,7 @@ def build_status(
         "replicas": replicas,
         "readyReplicas": ready,
         "labelSelector": obs.label_selector,
+        "reason": headline_reason(conditions),
         "conditions": conditions,
     }
     if obs.endpoint is not None:

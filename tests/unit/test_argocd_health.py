@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
-from openmodel.status import RECONCILER_CONDITIONS, Observation, Problem, build_status
+from openmodel.problems import Problem
+from openmodel.status import RECONCILER_CONDITIONS, Observation, build_status
 
 REPO = Path(__file__).resolve().parents[2]
 ARGOCD = REPO / "argocd"
@@ -199,7 +200,7 @@ def test_testdata_covers_every_outcome():
         for cond in (load(case["inputPath"]).get("status") or {}).get("conditions", []):
             if cond["type"] == "Degraded" and cond["status"] == "True":
                 reasons.add(cond["reason"])
-    assert {"UnknownAccelerator", "Unschedulable"} <= reasons
+    assert {"UnknownAccelerator", "Unschedulable", "EngineCrashLoop"} <= reasons
 
 
 def _operator_status_shape() -> tuple[set[str], set[str]]:
@@ -231,11 +232,15 @@ def test_testdata_statuses_have_the_operators_shape(case):
     status_keys, condition_keys = _operator_status_shape()
     # `autoscaler` is written by the autoscaler under its own field manager.
     assert set(status) <= status_keys | {"autoscaler", "sizing"}
-    assert {"observedGeneration", "replicas", "readyReplicas", "conditions"} <= set(status)
+    assert {"observedGeneration", "replicas", "readyReplicas", "reason", "conditions"} <= set(
+        status
+    )
     assert [c["type"] for c in status["conditions"]] == list(RECONCILER_CONDITIONS)
     for cond in status["conditions"]:
         assert set(cond) == condition_keys
         assert cond["status"] in ("True", "False")
+    ready, _, degraded = status["conditions"]
+    assert status["reason"] == (degraded if degraded["status"] == "True" else ready)["reason"]
 
 
 def _unknown_fields(value: Any, schema: Mapping[str, Any], path: str) -> list[str]:

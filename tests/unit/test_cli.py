@@ -90,3 +90,71 @@ def test_wrong_kind_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str
     code, _ = run(["render", "-f", str(f)])
     assert code == 1
     assert "expected apiVersion openmodel.dev/v1alpha1" in capsys.readouterr().err
+
+
+def md_file(tmp_path: Path, **spec: object) -> Path:
+    body = yaml.safe_load((EXAMPLES / "llama70b-awq.yaml").read_text())
+    body["spec"].update(spec)
+    f = tmp_path / "md.yaml"
+    f.write_text(yaml.safe_dump(body))
+    return f
+
+
+@pytest.mark.parametrize(
+    ("quantization", "hint"),
+    [("gguf", "vllm-gguf-plugin"), ("bitsandbytes", "use engine tgi")],
+)
+def test_validate_refuses_what_vllm_cannot_load_before_sizing(
+    tmp_path: Path, quantization: str, hint: str
+) -> None:
+    # 70B does not fit one T4 in any format: the quantization refusal still comes first,
+    # since it is what must change.
+    f = md_file(
+        tmp_path,
+        model="meta-llama/Llama-3.1-70B-Instruct",
+        quantization=quantization,
+        gpu={"type": "nvidia-t4", "count": 1},
+    )
+    code, text = run(["validate", "-f", str(f)])
+    assert code == 1
+    assert f"spec.quantization: quantization {quantization!r} cannot run on engine 'vllm'" in text
+    assert hint in text
+    assert text.rstrip().endswith("(UnsupportedQuantization)")
+    assert "InsufficientGPUMemory" not in text
+
+
+def test_validate_takes_bitsandbytes_on_tgi(tmp_path: Path) -> None:
+    f = md_file(
+        tmp_path,
+        model="meta-llama/Llama-3.1-8B-Instruct",
+        engine="tgi",
+        quantization="bitsandbytes",
+        gpu={"type": "nvidia-l4", "count": 1},
+        maxModelLen=8192,
+    )
+    code, text = run(["validate", "-f", str(f)])
+    assert (code, "valid (1 GPU(s) per replica)" in text) == (0, True), text
+
+
+@pytest.mark.parametrize(
+    ("engine", "quantization", "code"),
+    [
+        ("vllm", "gguf", 1),
+        ("vllm", "bitsandbytes", 1),
+        ("tgi", "gguf", 1),
+        ("tgi", "bitsandbytes", 0),
+        ("vllm", "fp8", 0),
+    ],
+)
+def test_size_refuses_what_the_engine_cannot_load(
+    capsys: pytest.CaptureFixture[str], engine: str, quantization: str, code: int
+) -> None:
+    argv = ["size", "meta-llama/Llama-3.1-8B-Instruct", "--gpu", "nvidia-l4"]
+    got, text = run([*argv, "--engine", engine, "--quantization", quantization])
+    err = capsys.readouterr().err
+    assert got == code, err
+    if code:
+        assert text == ""
+        assert "(UnsupportedQuantization)" in err
+    else:
+        assert "Smallest count that fits" in text

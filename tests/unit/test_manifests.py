@@ -22,8 +22,9 @@ import yaml
 
 import openmodel.__main__ as entry
 import openmodel.main  # noqa: F401  (registers the kopf handlers inspected below)
+from openmodel import config as config_module
 from openmodel import kube, leader, telemetry
-from openmodel.config import PlatformConfig, parse_config
+from openmodel.config import DEFAULT_ENGINE_IMAGES, PlatformConfig, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -341,6 +342,17 @@ def test_image_tag_is_the_chart_app_version_and_the_package_version():
     assert version
     assert container(M)["image"] == f"openmodel/operator:{chart['appVersion']}"
     assert chart["appVersion"] == version.group(1)
+
+
+def test_documented_default_engine_images_are_config_pys() -> None:
+    # Copies a person reads: the chart's example, the config reference, config.py's own
+    # docstring. A default bumped in one place only would send them to an old image.
+    vllm = DEFAULT_ENGINE_IMAGES["vllm"]
+    values = (CHART / "values.yaml").read_text()
+    assert re.search(rf"^\s*#\s+vllm: {re.escape(vllm)}$", values, re.MULTILINE), values
+    docs = (REPO / "docs" / "configuration.md").read_text()
+    assert f"| `engineImages.vllm` | `{vllm}` |" in docs
+    assert f'engineImages: {{vllm: "{vllm}"' in (config_module.__doc__ or "")
 
 
 # -- binaries built by hack/build-control-plane.sh ------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,9 @@ import yaml
 
 from openmodel.api import QUANTIZATIONS, SpecError, parse_model_deployment
 from openmodel.config import DEFAULT_ENGINE_IMAGES, PlatformConfig, parse_config
+from openmodel.engines import ENGINES
+from openmodel.engines.base import quantization_flag
+from openmodel.engines.vllm import VLLM
 from openmodel.render import render_children
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -54,15 +58,17 @@ def render(md: Any, count: int = 2, replicas: int = 1, config: PlatformConfig | 
 def test_vllm_command_and_every_flag() -> None:
     md = md_with(maxModelLen=32768, servedModelName="llama")
     c = container(render(md, count=2))
-    assert c["command"] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
-    args = c["args"]
-    assert flag(args, "--model") == "hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4"
-    assert flag(args, "--served-model-name") == "llama"
-    assert flag(args, "--tensor-parallel-size") == "2"
-    assert flag(args, "--quantization") == "awq"
-    assert flag(args, "--max-model-len") == "32768"
-    assert flag(args, "--host") == "0.0.0.0"
-    assert flag(args, "--port") == "8000"
+    assert c["command"] == ["vllm", "serve"]
+    # `vllm serve MODEL`: the model is the first positional; newer vLLM refuses --model.
+    assert c["args"] == [
+        "hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4",
+        "--served-model-name", "llama",
+        "--host", "0.0.0.0",
+        "--port", "8000",
+        "--tensor-parallel-size", "2",
+        "--quantization", "awq",
+        "--max-model-len", "32768",
+    ]  # fmt: skip
     assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
     assert c["image"] == DEFAULT_ENGINE_IMAGES["vllm"]
 
@@ -90,26 +96,58 @@ def test_tgi_command_and_every_flag() -> None:
     assert c["image"] == DEFAULT_ENGINE_IMAGES["tgi"]
 
 
+# vLLM 0.32 has neither bitsandbytes nor gguf (its QUANTIZATION_METHODS); TGI no gguf.
 VLLM_EXPECTED = {
     "none": None,
     "awq": "awq",
     "gptq": "gptq",
     "fp8": "fp8",
-    "bitsandbytes": "bitsandbytes",
-    "gguf": "gguf",
     "compressed-tensors": "compressed-tensors",
 }
-TGI_EXPECTED = {k: v for k, v in VLLM_EXPECTED.items() if k != "gguf"}
+TGI_EXPECTED = VLLM_EXPECTED | {"bitsandbytes": "bitsandbytes"}
+# What each engine's refusal tells the user to do instead.
+REFUSAL_HINTS = {
+    ("vllm", "gguf"): "vllm-gguf-plugin",
+    ("vllm", "bitsandbytes"): "use engine tgi",
+    ("tgi", "gguf"): "TGI cannot load GGUF",
+}
 
 
 def test_expectation_tables_cover_every_api_value() -> None:
-    assert set(VLLM_EXPECTED) == set(QUANTIZATIONS)
+    assert set(VLLM_EXPECTED) | {"bitsandbytes", "gguf"} == set(QUANTIZATIONS)
     assert set(TGI_EXPECTED) | {"gguf"} == set(QUANTIZATIONS)
+
+
+def test_engines_take_exactly_the_expected_values() -> None:
+    assert dict(ENGINES["vllm"].quantizations) == VLLM_EXPECTED
+    assert dict(ENGINES["tgi"].quantizations) == TGI_EXPECTED
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_every_refused_api_value_has_a_hint_and_only_those(engine: str) -> None:
+    refused = set(QUANTIZATIONS) - set(ENGINES[engine].quantizations)
+    assert set(ENGINES[engine].quantization_hints) == refused
+    assert refused == {q for e, q in REFUSAL_HINTS if e == engine}
+
+
+def assert_refused(md: Any, engine: str, quantization: str) -> None:
+    with pytest.raises(SpecError) as err:
+        render(md)
+    assert err.value.field == "spec.quantization"
+    assert err.value.reason == "UnsupportedQuantization"
+    assert err.value.message.startswith(
+        f"quantization {quantization!r} cannot run on engine {engine!r} (supported: "
+    )
+    assert REFUSAL_HINTS[(engine, quantization)] in err.value.message
 
 
 @pytest.mark.parametrize("quantization", QUANTIZATIONS)
 def test_vllm_quantization_mapping(quantization: str) -> None:
-    args = container(render(md_with(quantization=quantization)))["args"]
+    md = md_with(quantization=quantization)
+    if quantization not in VLLM_EXPECTED:
+        assert_refused(md, "vllm", quantization)
+        return
+    args = container(render(md))["args"]
     assert flag(args, "--quantization") == VLLM_EXPECTED[quantization]
 
 
@@ -117,15 +155,53 @@ def test_vllm_quantization_mapping(quantization: str) -> None:
 def test_tgi_quantization_mapping(quantization: str) -> None:
     md = md_with(engine="tgi", quantization=quantization)
     if quantization not in TGI_EXPECTED:
-        with pytest.raises(SpecError) as err:
-            render(md)
-        assert err.value.field == "spec.quantization"
-        assert "gguf" in err.value.message and "tgi" in err.value.message
-        assert err.value.reason == "UnsupportedQuantization"
+        assert_refused(md, "tgi", quantization)
         return
     args = container(render(md))["args"]
     assert flag(args, "--quantize") == TGI_EXPECTED[quantization]
     assert "--dtype" not in args  # TGI refuses --dtype together with --quantize
+
+
+def test_vllm_gguf_refusal_says_why_and_what_to_do() -> None:
+    with pytest.raises(SpecError) as err:
+        render(md_with(quantization="gguf"))
+    assert err.value.message == (
+        "quantization 'gguf' cannot run on engine 'vllm' "
+        "(supported: awq, compressed-tensors, fp8, gptq, none). "
+        "vLLM 0.32 has no built-in GGUF loader (it moved to the vllm-gguf-plugin package): "
+        "use a checkpoint in safetensors, or an image with that plugin via spec.image with "
+        "quantization none and `--quantization gguf` in spec.args."
+    )
+
+
+def test_vllm_bitsandbytes_refusal_points_to_tgi() -> None:
+    with pytest.raises(SpecError) as err:
+        render(md_with(quantization="bitsandbytes"))
+    assert err.value.message.endswith(
+        "(supported: awq, compressed-tensors, fp8, gptq, none). "
+        "vLLM 0.32 dropped bitsandbytes: use engine tgi, or an AWQ/GPTQ/fp8 checkpoint."
+    )
+
+
+def test_a_refusal_without_a_hint_ends_at_the_supported_list() -> None:
+    bare = replace(VLLM(), quantization_hints={})
+    spec = md_with(quantization="gguf").spec
+    with pytest.raises(SpecError) as err:
+        quantization_flag(bare, spec)
+    assert err.value.message.endswith("(supported: awq, compressed-tensors, fp8, gptq, none)")
+
+
+def test_gguf_through_a_plugin_image_is_passed_as_written() -> None:
+    # The workaround the vLLM refusal names: the operator passes no flag of its own.
+    md = md_with(
+        model="pvc://models/llama/Meta-Llama-3.1-8B-Instruct-Q4_K_M.gguf",
+        quantization="none",
+        image="registry.example/vllm-gguf:0.32",
+        args=["--quantization", "gguf"],
+    )
+    c = container(render(md))
+    assert c["image"] == "registry.example/vllm-gguf:0.32"
+    assert flag(c["args"], "--quantization") == "gguf"
 
 
 def test_user_args_and_env_are_appended_after_generated_ones() -> None:
@@ -136,6 +212,7 @@ def test_user_args_and_env_are_appended_after_generated_ones() -> None:
     )
     c = container(render(md))
     assert c["args"][-3:] == ["--enable-lora", "--max-num-seqs", "64"]
+    assert c["args"][0] == BASE["spec"]["model"]  # user args never displace the positional
     names = [e["name"] for e in c["env"]]
     assert names == ["HF_HOME", "HF_TOKEN", "VLLM_LOGGING_LEVEL"]
     token = c["env"][1]
@@ -171,6 +248,14 @@ def test_shm_probes_and_startup_budget() -> None:
     assert budget >= 2400
 
 
+@pytest.mark.parametrize("engine", ["vllm", "tgi"])
+def test_engine_pod_quotes_its_crash_and_holds_no_api_token(engine: str) -> None:
+    pod = render(md_with(engine=engine, quantization="none")).deployment["spec"]["template"]
+    # The log tail reaches lastState.terminated.message, which status quotes.
+    assert pod["spec"]["containers"][0]["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert pod["spec"]["automountServiceAccountToken"] is False
+
+
 def test_cache_pvc_is_mounted_at_engine_hf_home() -> None:
     for engine, home in (("vllm", "/root/.cache/huggingface"), ("tgi", "/data")):
         children = render(md_with(engine=engine, quantization="none", cache={"size": "200Gi"}))
@@ -185,7 +270,7 @@ def test_cache_pvc_is_mounted_at_engine_hf_home() -> None:
 
 def test_pvc_model_uri_is_mounted_read_only() -> None:
     c = container(render(md_with(model="pvc://weights/llama/70b", quantization="none")))
-    assert flag(c["args"], "--model") == "/models/weights/llama/70b"
+    assert c["args"][0] == "/models/weights/llama/70b"
     assert {"name": "model-weights", "mountPath": "/models/weights", "readOnly": True} in c[
         "volumeMounts"
     ]

@@ -82,19 +82,34 @@ class Engine(Protocol):
     def quantizations(self) -> Mapping[str, str | None]:
         """spec.quantization value -> the engine's own flag value (absent = unsupported)."""
 
+    @property
+    def quantization_hints(self) -> Mapping[str, str]:
+        """Unsupported spec.quantization value -> one sentence saying what to do instead,
+        appended to the refusal."""
+
     def command(self) -> list[str]: ...
 
     def args(self, spec: ModelDeploymentSpec, gpu_count: int) -> list[str]: ...
 
 
-def quantization_flag(engine: Engine, spec: ModelDeploymentSpec) -> str | None:
-    """The engine's value for spec.quantization, or SpecError naming both."""
-    if spec.quantization not in engine.quantizations:
+def quantization_value(engine: Engine, quantization: str) -> str | None:
+    """The engine's flag value for a spec.quantization value, or SpecError naming both
+    (and, where the engine has one, what to do instead)."""
+    if quantization not in engine.quantizations:
         supported = ", ".join(sorted(engine.quantizations))
+        message = (
+            f"quantization {quantization!r} cannot run on engine {engine.name!r} "
+            f"(supported: {supported})"
+        )
+        hint = engine.quantization_hints.get(quantization)
         raise SpecError(
             "spec.quantization",
-            f"quantization {spec.quantization!r} cannot run on engine {engine.name!r} "
-            f"(supported: {supported})",
+            message if hint is None else f"{message}. {hint}.",
             reason="UnsupportedQuantization",
         )
-    return engine.quantizations[spec.quantization]
+    return engine.quantizations[quantization]
+
+
+def quantization_flag(engine: Engine, spec: ModelDeploymentSpec) -> str | None:
+    """`quantization_value` of spec.quantization."""
+    return quantization_value(engine, spec.quantization)

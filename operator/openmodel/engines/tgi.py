@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from openmodel.api import ModelDeploymentSpec, SpecError
 from openmodel.engines.base import model_source, quantization_flag
 
-# gguf is not supported by TGI; `none` passes no flag.
+# gguf is not supported by TGI (the CRD's CEL rule refuses it at apply already);
+# `none` passes no flag.
 TGI_QUANTIZATIONS: Mapping[str, str | None] = {
     "none": None,
     "awq": "awq",
@@ -16,6 +17,12 @@ TGI_QUANTIZATIONS: Mapping[str, str | None] = {
     "fp8": "fp8",
     "bitsandbytes": "bitsandbytes",
     "compressed-tensors": "compressed-tensors",
+}
+TGI_QUANTIZATION_HINTS: Mapping[str, str] = {
+    "gguf": (
+        "TGI cannot load GGUF: use a safetensors checkpoint (AWQ, GPTQ, or 16-bit with "
+        "fp8 or bitsandbytes applied at load time)"
+    ),
 }
 
 
@@ -30,6 +37,7 @@ class TGI:
     hf_home: str = "/data"
     shm_size: str = "1Gi"
     quantizations: Mapping[str, str | None] = field(default_factory=lambda: TGI_QUANTIZATIONS)
+    quantization_hints: Mapping[str, str] = field(default_factory=lambda: TGI_QUANTIZATION_HINTS)
 
     def command(self) -> list[str]:
         return ["text-generation-launcher"]

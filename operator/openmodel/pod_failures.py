@@ -102,7 +102,10 @@ def _container_failure(pod_name: str, cs: Mapping[str, Any]) -> Problem | None:
     if terminated.get("exitCode"):
         return Problem("EngineCrashLoop", _exited(where, terminated, restarts))
     last = (cs.get("lastState") or {}).get("terminated") or {}
-    if last.get("exitCode") and restarts > 0:
+    # An engine is a server: exiting at all is a failure. vLLM exits 0 when its engine
+    # core dies, so a back-off after a clean exit counts as a crash loop too.
+    backing_off = waiting.get("reason") == "CrashLoopBackOff"
+    if last and restarts > 0 and (last.get("exitCode") or backing_off):
         return Problem("EngineCrashLoop", _exited(where, last, restarts))
     return None
 

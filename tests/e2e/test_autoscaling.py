@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from engine_fleet import EngineFleet, LoadGenerator
 from kubernetes import client
 
+from engine_fleet import EngineFleet, LoadGenerator
 from harness import NotYet, describe_namespace, wait_for
 from openmodel_fixtures import OperatorProcess, condition, create_md, get_md, load_example
 

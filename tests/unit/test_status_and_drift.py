@@ -210,6 +210,21 @@ def test_crash_without_a_log_and_with_a_telling_reason() -> None:
     )
 
 
+def test_a_clean_exit_in_back_off_is_a_crash_loop_too() -> None:
+    # vLLM 0.32 exits 0 when its engine core dies (seen: a worker killed by SIGILL).
+    message = engine_failure_message([crashed(exit_code=0, restarts=2)])
+    assert message == (
+        "1 pod(s) failing: pod m-7d9-abc container engine exited with code 0 (restarts: 2)"
+    )
+    # A clean exit that is already restarting (running, loading again) is not one.
+    restarting = engine_pod(
+        restartCount=1,
+        state={"running": {"startedAt": "2026-12-01T00:00:00Z"}},
+        lastState={"terminated": {"exitCode": 0, "reason": "Completed"}},
+    )
+    assert engine_failure_message([restarting]) is None
+
+
 def test_last_log_line_is_stripped_and_clipped() -> None:
     long_line = "   RuntimeError: " + "x" * 1000 + "   "
     message = engine_failure_message([crashed(log=f"first\n{long_line}\n  \n")])

@@ -33,6 +33,8 @@ class Launch:
     health_url: Callable[[list[int]], str]
     tls: ssl.SSLContext | None = None
     pass_fds: tuple[int, ...] = ()  # e.g. a pod network lease the process keeps alive
+    env: dict[str, str] | None = None
+    stop_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,13 @@ def launch(
         running: list[tuple[Launch, Started]] = []
         for item in pending:
             ports = [free_port() for _ in range(item.port_count)]
-            component = Component(item.name, item.argv(ports), logs_dir / f"{item.name}.log")
-            component.start(owned=owned, pass_fds=item.pass_fds)
+            component = Component(
+                item.name,
+                item.argv(ports),
+                logs_dir / f"{item.name}.log",
+                stop_timeout=item.stop_timeout,
+            )
+            component.start(owned=owned, pass_fds=item.pass_fds, env=item.env)
             on_start(component)
             running.append((item, Started(component, ports)))
         retry = []

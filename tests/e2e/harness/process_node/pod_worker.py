@@ -406,43 +406,39 @@ class PodWorker(threading.Thread):
     def _probe_failed(self, kind: str, seen: str) -> None:
         self._event("Unhealthy", f"{kind.capitalize()} probe failed: {seen}")
 
+    def _run_due(self, run: ContainerRun, kind: str, now: float) -> ProbeState | None:
+        """Run the container's `kind` probe if it is due; its state when it ran."""
+        probe = run.probes.get(kind)
+        if probe is None or not probe.due(now):
+            return None
+        ok, seen = run_probe(probe.spec, run.spec, str(self.address), run.pid)
+        probe.record(ok, seen, now)
+        if not ok:
+            self._probe_failed(kind, seen)
+        return probe
+
     def _probe(self, run: ContainerRun, now: float) -> None:
-        ip = str(self.address)
-        startup = run.probes.get("startup")
-        if not run.started and startup is not None:
-            if startup.due(now):
-                ok, seen = run_probe(startup.spec, run.spec, ip, run.pid)
-                startup.record(ok, seen, now)
-                if not ok:
-                    self._probe_failed("startup", seen)
-                if startup.passed():
-                    run.started = True
-                    if "readiness" not in run.probes:
-                        run.ready = True
-                    for kind in ("readiness", "liveness"):
-                        if kind in run.probes:
-                            run.probes[kind] = ProbeState(run.probes[kind].spec, now)
-                elif startup.failed():
-                    self._kill_for_restart(run, f"Startup probe failed: {seen}")
+        if not run.started and "startup" in run.probes:
+            # Until the startup probe passes, readiness and liveness do not run.
+            startup = self._run_due(run, "startup", now)
+            if startup is not None and startup.passed():
+                run.started = True
+                if "readiness" not in run.probes:
+                    run.ready = True
+                for kind in ("readiness", "liveness"):
+                    if kind in run.probes:
+                        run.probes[kind] = ProbeState(run.probes[kind].spec, now)
+            elif startup is not None and startup.failed():
+                self._kill_for_restart(run, f"Startup probe failed: {startup.last}")
             return
-        readiness = run.probes.get("readiness")
-        if readiness is not None and readiness.due(now):
-            ok, seen = run_probe(readiness.spec, run.spec, ip, run.pid)
-            readiness.record(ok, seen, now)
-            if not ok:
-                self._probe_failed("readiness", seen)
-            if readiness.passed():
-                run.ready = True
-            elif readiness.failed():
-                run.ready = False
-        liveness = run.probes.get("liveness")
-        if liveness is not None and liveness.due(now):
-            ok, seen = run_probe(liveness.spec, run.spec, ip, run.pid)
-            liveness.record(ok, seen, now)
-            if not ok:
-                self._probe_failed("liveness", seen)
-            if liveness.failed():
-                self._kill_for_restart(run, f"Liveness probe failed: {seen}")
+        readiness = self._run_due(run, "readiness", now)
+        if readiness is not None and readiness.passed():
+            run.ready = True
+        elif readiness is not None and readiness.failed():
+            run.ready = False
+        liveness = self._run_due(run, "liveness", now)
+        if liveness is not None and liveness.failed():
+            self._kill_for_restart(run, f"Liveness probe failed: {liveness.last}")
 
     def _kill_for_restart(self, run: ContainerRun, why: str) -> None:
         log.info(

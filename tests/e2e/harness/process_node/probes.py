@@ -6,7 +6,7 @@ from __future__ import annotations
 import http.client
 import socket
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 # The kubelet's defaults (k8s.io/api core/v1 Probe).
@@ -73,7 +73,6 @@ class ProbeState:
     successes: int = 0
     failures: int = 0
     last: str = ""
-    history: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.next_at = self.started_at + float(self.spec.get("initialDelaySeconds") or 0)

@@ -2,8 +2,10 @@
 
 vLLM exports through prometheus_client: HELP then TYPE per family, labels
 ``engine``/``model_name`` (``le`` last on buckets), Go-style floats (``2.0``,
-``1.2345678e+07``, ``+Inf``), counters suffixed ``_total``, no ``_created`` series
-(vLLM disables them).
+``1.2345678e+07``, ``+Inf``), counters suffixed ``_total``. The real vLLM 0.32 also
+exports ``_created`` series for counters and histograms; the simulator leaves them out
+(nothing reads them; tests/e2e/real_engine/metrics_contract.py checks every family the
+simulator does export against the real engine's).
 TGI exports through the Rust ``metrics-exporter-prometheus`` crate: TYPE only, no labels
 on the gauges, no ``_total`` suffix, Rust float formatting (``3``, ``0.5``), a blank line
 after each family.

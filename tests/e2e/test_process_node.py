@@ -59,8 +59,7 @@ def get(url: str) -> tuple[int, str]:
 
 @pytest.fixture(autouse=True)
 def _process_nodes(cluster: Cluster) -> None:
-    if not cluster.pool.process_nodes():
-        pytest.fail("the cluster has no process nodes (they need root and iproute2)")
+    cluster.require_process_nodes()
 
 
 def pod_status(core: client.CoreV1Api, namespace: str, name: str) -> client.V1PodStatus:

@@ -113,11 +113,7 @@ def engine_pid(pod: client.V1Pod) -> int:
 
 @pytest.fixture(scope="module")
 def real_namespace(api_client: client.ApiClient, cluster: Cluster) -> Iterator[str]:
-    if not cluster.pool.process_nodes():
-        pytest.fail(
-            "the cluster has no process nodes: they need root and iproute2 (network "
-            "namespaces, veths, bind mounts); see tests/e2e/harness/process_node/"
-        )
+    cluster.require_process_nodes()
     name = create_namespace(api_client, "e2e-real-vllm")
     yield name
     delete_namespace(api_client, name)

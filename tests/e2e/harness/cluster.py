@@ -38,7 +38,7 @@ from .nodepool import (
 )
 from .podnet import lease_pod_network
 from .process import Component
-from .process_nodes import can_run_process_nodes, process_node_launch
+from .process_nodes import process_node_launch, process_nodes_unavailable
 
 Mode = Literal["local", "kind", "existing"]
 MODES: tuple[Mode, ...] = ("local", "kind", "existing")
@@ -55,6 +55,16 @@ class Cluster:
     workdir: Path
     control_plane: ControlPlane | None = None
     extra_components: list[Component] = field(default_factory=list)
+    # Why the pool has no process nodes (None when it has them, or was not asked to).
+    no_process_nodes: str | None = None
+
+    def require_process_nodes(self) -> None:
+        """Fail the calling test when pods cannot really run in this cluster."""
+        if not self.pool.process_nodes():
+            why = self.no_process_nodes or (
+                f"mode {self.mode!r}: only the local control plane has process nodes"
+            )
+            raise AssertionError(f"this test needs process nodes, and there are none: {why}")
 
     def api_client(self) -> client.ApiClient:
         """A new kubernetes-client ApiClient for the admin kubeconfig."""
@@ -125,9 +135,9 @@ def start_local_cluster(
 ) -> Cluster:
     """Start the local control plane and its node pool (Ready) on a free pod network."""
     pool = load_node_pool(pool_file)
-    if not can_run_process_nodes():
-        # Network namespaces and bind mounts need root and iproute2; the real-engine
-        # tests then fail, naming this.
+    why_not = process_nodes_unavailable()
+    if why_not is not None:
+        # The tests that need process nodes fail, quoting this.
         pool = pool.without_process_nodes()
     plane = ControlPlane.start(workdir, owned=owned, pod_network=pool.pod_network)
     cluster = Cluster(
@@ -136,6 +146,7 @@ def start_local_cluster(
         pool.with_pod_network(plane.pod_network),
         workdir,
         control_plane=plane,
+        no_process_nodes=why_not,
     )
     try:
         _create_pool(cluster)
@@ -165,7 +176,13 @@ def _with_external_pool(
     lease = lease_pod_network(pool.pod_network)
     # Process nodes run pods on this machine; only the local control plane has them.
     pool = pool.without_process_nodes()
-    cluster = Cluster(mode, kubeconfig, pool.with_pod_network(lease.network), workdir)
+    cluster = Cluster(
+        mode,
+        kubeconfig,
+        pool.with_pod_network(lease.network),
+        workdir,
+        no_process_nodes="only the local control plane has process nodes",
+    )
     try:
         if os.environ.get("OPENMODEL_KWOK") != "external":
             launch(

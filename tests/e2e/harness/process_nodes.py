@@ -25,11 +25,42 @@ HOST_IMAGE = "openmodel.test/host"
 STOP_TIMEOUT = 20.0  # every engine gets its SIGTERM and a few seconds to exit
 
 
-def can_run_process_nodes() -> bool:
-    return (
-        os.geteuid() == 0
-        and subprocess.run(["ip", "-V"], capture_output=True, check=False).returncode == 0
-    )
+def process_nodes_unavailable() -> str | None:
+    """Why pods cannot run as local processes here, or None when they can: a real try
+    at what every pod needs (root, a network namespace, a veth), so a machine without
+    the privileges fails the tests that need process nodes at once, saying why, instead
+    of leaving their pods Pending."""
+    if os.geteuid() != 0:
+        return "process nodes need root (network namespaces, veths, bind mounts)"
+    probe = f"openmodel-probe-{os.getpid()}"
+    steps = [
+        ["ip", "netns", "add", probe],
+        [
+            "ip",
+            "link",
+            "add",
+            f"omp{os.getpid() % 100000}",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            probe,
+        ],
+    ]
+    try:
+        for step in steps:
+            try:
+                done = subprocess.run(step, capture_output=True, text=True, check=False)
+            except OSError as e:
+                return f"`{' '.join(step)}` cannot run: {e}"
+            if done.returncode != 0:
+                return f"`{' '.join(step)}` failed: {done.stderr.strip()}"
+        return None
+    finally:
+        subprocess.run(["ip", "link", "del", f"omp{os.getpid() % 100000}"], capture_output=True)
+        subprocess.run(["ip", "netns", "del", probe], capture_output=True)
 
 
 def vllm_env_dir() -> Path:

@@ -35,7 +35,21 @@ if degraded ~= nil and degraded.status == "True" then
   return hs
 end
 
+-- LoRA adapters (written by the operator's adapter loop): one the engines refuse makes
+-- the app Degraded; adapters still loading keep a Ready model Progressing.
+local adapters = condition(status.conditions, "AdaptersReady")
+if adapters ~= nil and adapters.status == "False" and adapters.reason == "AdapterFailed" then
+  hs.status = "Degraded"
+  hs.message = adapters.message or "an adapter failed to load"
+  return hs
+end
+
 local ready = condition(status.conditions, "Ready")
+if ready ~= nil and ready.status == "True" and adapters ~= nil and adapters.status == "False" then
+  hs.status = "Progressing"
+  hs.message = adapters.message or "loading adapters"
+  return hs
+end
 if ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"
   hs.message = ready.message or "Ready"

@@ -8,6 +8,7 @@ reached an API server.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,15 @@ ENGINES = ("vllm", "tgi")
 QUANTIZATIONS = ("none", "awq", "gptq", "fp8", "bitsandbytes", "gguf", "compressed-tensors")
 DEFAULT_SCALE_UP_SECONDS = 0
 DEFAULT_SCALE_DOWN_SECONDS = 300
+DEFAULT_LORA_MAX_RANK = 16
+DEFAULT_LORA_MAX_ADAPTERS = 4
+# vLLM's accepted --max-lora-rank values; anything else stops it at start.
+LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+ADAPTER_NAME_MAX = 63
+_ADAPTER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# The same shapes the CRD accepts (spec.model's pattern, but pvc:// needs a path).
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+_PVC_SOURCE = re.compile(r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/.+$")
 
 
 class SpecError(ValueError):
@@ -76,6 +86,22 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class AdapterSpec:
+    """A LoRA adapter served next to the base model under its own name."""
+
+    name: str
+    source: str  # a Hugging Face repo id, pvc://<claim>/<path>, s3:// or gs://
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """The engine's LoRA slots: fixed at start, so changing them restarts the pods."""
+
+    max_rank: int = DEFAULT_LORA_MAX_RANK
+    max_adapters: int = DEFAULT_LORA_MAX_ADAPTERS
+
+
+@dataclass(frozen=True)
 class ModelDeploymentSpec:
     model: str
     engine: str
@@ -91,6 +117,25 @@ class ModelDeploymentSpec:
     hf_token_secret_ref: SecretKeyRef | None
     cache: CacheSpec | None
     model_info: ModelInfo | None
+    adapters: tuple[AdapterSpec, ...] = ()
+    lora: LoraSpec | None = None
+
+
+def lora_settings(spec: ModelDeploymentSpec) -> LoraSpec | None:
+    """The LoRA slots the engine starts with: spec.lora, the defaults when adapters are
+    declared without it, else None (LoRA off)."""
+    if spec.lora is not None:
+        return spec.lora
+    return LoraSpec() if spec.adapters else None
+
+
+def served_name(model: str, served_model_name: str | None) -> str:
+    """The name clients put in `model`: the stated one, else the repo id or path tail."""
+    if served_model_name:
+        return served_model_name
+    if "://" in model:
+        return model.rstrip("/").rsplit("/", 1)[-1]
+    return model
 
 
 @dataclass(frozen=True)
@@ -176,6 +221,96 @@ def _parse_model_info(raw: Any) -> ModelInfo | None:
     )
 
 
+def _parse_lora(raw: Any) -> LoraSpec | None:
+    if raw is None:
+        return None
+    path = "spec.lora"
+    if not isinstance(raw, Mapping):
+        raise SpecError(path, "must be an object: {maxRank, maxAdapters}")
+    rank = _get(raw, "maxRank", path, int)
+    if rank is not None and rank not in LORA_RANKS:
+        raise SpecError(
+            f"{path}.maxRank",
+            f"must be one of {', '.join(map(str, LORA_RANKS))} (vLLM's accepted values), "
+            f"got {rank}",
+        )
+    adapters = _positive_int(raw, "maxAdapters", path, 1)
+    return LoraSpec(
+        max_rank=DEFAULT_LORA_MAX_RANK if rank is None else rank,
+        max_adapters=DEFAULT_LORA_MAX_ADAPTERS if adapters is None else adapters,
+    )
+
+
+def _check_adapter_source(source: str, path: str, engine: str) -> None:
+    if source.startswith(("s3://", "gs://")):
+        if len(source) <= len("s3://"):
+            raise SpecError(path, f"needs a bucket and path after the scheme, got {source!r}")
+        if engine == "tgi":
+            raise SpecError(
+                path,
+                "engine 'tgi' cannot load adapters from s3:// or gs://; use engine vllm, "
+                "a Hugging Face repo id or pvc://<claim>/<path>",
+                reason="UnsupportedAdapterSource",
+            )
+        return
+    if source.startswith("pvc://"):
+        if not _PVC_SOURCE.match(source):
+            raise SpecError(
+                path, f"must be pvc://<claim>/<path> with a path inside the claim, got {source!r}"
+            )
+        return
+    if not _REPO_ID.match(source):
+        raise SpecError(
+            path,
+            f"must be a Hugging Face repo id like org/name, or a pvc://<claim>/<path>, s3:// "
+            f"or gs:// URI, got {source!r}",
+        )
+
+
+def _parse_adapters(
+    raw: Any, engine: str, model_name: str, max_adapters: int
+) -> tuple[AdapterSpec, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise SpecError("spec.adapters", "must be a list of {name, source}")
+    adapters: list[AdapterSpec] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        path = f"spec.adapters[{i}]"
+        if not isinstance(item, Mapping):
+            raise SpecError(path, "must be an object: {name, source}")
+        name = _get(item, "name", path, str)
+        if not name:
+            raise SpecError(f"{path}.name", "is required")
+        if len(name) > ADAPTER_NAME_MAX or not _ADAPTER_NAME.match(name):
+            raise SpecError(
+                f"{path}.name",
+                f"must be lower-case letters, digits and '-', at most {ADAPTER_NAME_MAX} "
+                f"characters, starting and ending with a letter or digit, got {name!r}",
+            )
+        if name in seen:
+            raise SpecError(f"{path}.name", f"duplicate adapter name {name!r}")
+        if name == model_name:
+            raise SpecError(
+                f"{path}.name",
+                f"{name!r} is the served model name; clients could not tell them apart",
+            )
+        seen.add(name)
+        source = _get(item, "source", path, str)
+        if not source:
+            raise SpecError(f"{path}.source", "is required")
+        _check_adapter_source(source, f"{path}.source", engine)
+        adapters.append(AdapterSpec(name=name, source=source))
+    if len(adapters) > max_adapters:
+        raise SpecError(
+            "spec.adapters",
+            f"{len(adapters)} adapters declared but spec.lora.maxAdapters is {max_adapters}: "
+            "raise spec.lora.maxAdapters or remove adapters",
+        )
+    return tuple(adapters)
+
+
 def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
     """Parse and check a ModelDeployment spec; raises SpecError naming the field."""
     model = _get(raw, "model", "spec", str)
@@ -214,6 +349,14 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
             raise SpecError("spec.cache.size", "is required, e.g. 200Gi")
         sc = cache_raw.get("storageClassName")
         cache = CacheSpec(size=size, storage_class_name=sc if isinstance(sc, str) else None)
+    served = _get(raw, "servedModelName", "spec", str)
+    lora = _parse_lora(raw.get("lora"))
+    adapters = _parse_adapters(
+        raw.get("adapters"),
+        engine,
+        served_name(model, served),
+        DEFAULT_LORA_MAX_ADAPTERS if lora is None else lora.max_adapters,
+    )
     return ModelDeploymentSpec(
         model=model,
         engine=engine,
@@ -221,7 +364,7 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
         gpu=_parse_gpu(raw.get("gpu")),
         replicas=1 if replicas is None else replicas,
         autoscaling=_parse_autoscaling(raw.get("autoscaling")),
-        served_model_name=_get(raw, "servedModelName", "spec", str),
+        served_model_name=served,
         max_model_len=_positive_int(raw, "maxModelLen", "spec", 1),
         args=tuple(args),
         env=tuple(env),
@@ -229,6 +372,8 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
         hf_token_secret_ref=token_ref,
         cache=cache,
         model_info=_parse_model_info(raw.get("modelInfo")),
+        adapters=adapters,
+        lora=lora,
     )
 
 

@@ -15,6 +15,8 @@ accelerators:            # added to / overriding the built-in catalog
 autoscaler:
   pollSeconds: 5
   tolerance: 0.1
+adapters:
+  pollSeconds: 5         # LoRA adapters: how often each pod's loaded set is checked
 startupBudgetSeconds: 1800
 clusterDomain: cluster.local
 ```
@@ -50,10 +52,17 @@ class AutoscalerConfig:
 
 
 @dataclass(frozen=True)
+class AdaptersConfig:
+    # How often the adapter loop compares each pod's loaded adapters with the spec.
+    poll_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
 class PlatformConfig:
     engine_images: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_ENGINE_IMAGES))
     accelerators: AcceleratorCatalog = field(default_factory=AcceleratorCatalog)
     autoscaler: AutoscalerConfig = field(default_factory=AutoscalerConfig)
+    adapters: AdaptersConfig = field(default_factory=AdaptersConfig)
     # Loading a 70B model from a cold cache can take well over 20 minutes.
     startup_budget_seconds: int = 1800
     cluster_domain: str = "cluster.local"
@@ -93,6 +102,14 @@ def parse_config(raw: Mapping[str, Any]) -> PlatformConfig:
             auto_raw, "scrapeTimeoutSeconds", "autoscaler", defaults.scrape_timeout_seconds
         ),
     )
+    adapters_raw = raw.get("adapters", {})
+    if not isinstance(adapters_raw, Mapping):
+        raise ConfigError("adapters must be a mapping")
+    adapters = AdaptersConfig(
+        poll_seconds=_number(
+            adapters_raw, "pollSeconds", "adapters", AdaptersConfig().poll_seconds
+        )
+    )
     budget = raw.get("startupBudgetSeconds", 1800)
     if not isinstance(budget, int) or budget < 10:
         raise ConfigError("startupBudgetSeconds must be an integer >= 10")
@@ -103,6 +120,7 @@ def parse_config(raw: Mapping[str, Any]) -> PlatformConfig:
         engine_images=images,
         accelerators=catalog,
         autoscaler=autoscaler,
+        adapters=adapters,
         startup_budget_seconds=budget,
         cluster_domain=domain,
     )

@@ -17,6 +17,8 @@ from openmodel.api import API_VERSION, KIND, PLURAL
 
 FIELD_MANAGER = "openmodel"
 AUTOSCALER_FIELD_MANAGER = "openmodel-autoscaler"
+# The adapter loop writes status.adapters, status.adaptersReady and AdaptersReady only.
+ADAPTERS_FIELD_MANAGER = "openmodel-adapters"
 
 _COLLECTIONS: Mapping[tuple[str, str], str] = {
     ("apps/v1", "Deployment"): "/apis/apps/v1/namespaces/{ns}/deployments",

@@ -17,6 +17,7 @@ from typing import Any
 import kopf
 
 from openmodel import kube, telemetry
+from openmodel.adapters.loop import AdapterLoop
 from openmodel.api import GROUP, KIND, OWNER_LABEL, PLURAL, VERSION
 from openmodel.autoscaling_loop import AutoscalerLoop
 from openmodel.config import load_config
@@ -40,16 +41,21 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     port = telemetry.metrics_port()
     if port is not None:
         telemetry.start_metrics_server(port)
-    autoscaler = AutoscalerLoop(api, config, elector=leader_elector(api))
+    elector = leader_elector(api)
+    autoscaler = AutoscalerLoop(api, config, elector=elector)
+    adapters = AdapterLoop(
+        api, config, is_leader=None if elector is None else (lambda: autoscaler.was_leader)
+    )
     memo.tasks = [
         asyncio.create_task(resync_forever(memo.reconciler), name="resync"),
         asyncio.create_task(autoscaler.run_forever(), name="autoscaler"),
+        asyncio.create_task(adapters.run_forever(), name="adapters"),
     ]
 
 
 @kopf.on.probe(id="background-loops")
 def background_loops_alive(memo: kopf.Memo, **_: Any) -> str:
-    """Liveness: the resync and autoscaler loops must be running. A loop that ended
+    """Liveness: the resync, autoscaler and adapter loops must be running. A loop that ended
     (it should never) fails the probe, so the kubelet restarts the operator."""
     dead = [t.get_name() for t in getattr(memo, "tasks", []) if t.done()]
     if dead:

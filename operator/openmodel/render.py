@@ -6,6 +6,7 @@ so `openmodel render` prints exactly what the operator applies.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ from openmodel.accelerators import Accelerator
 from openmodel.api import API_VERSION, KIND, OWNER_LABEL, ModelDeployment, SpecError
 from openmodel.config import PlatformConfig
 from openmodel.engines import engine_for
-from openmodel.engines.base import Engine, model_source
+from openmodel.engines.base import MODEL_MOUNT_ROOT, Engine, adapter_claims, model_source
 
 SERVICE_PORT = 8000
 CONTAINER_NAME = "engine"
@@ -111,6 +112,7 @@ def _env(md: ModelDeployment, engine: Engine) -> list[dict[str, Any]]:
                 "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
             }
         )
+    env.extend(engine.env(md.spec))
     # User env comes last, so it can override what we generate.
     env.extend(dict(e) for e in md.spec.env)
     return env
@@ -137,7 +139,23 @@ def _volumes(
             }
         )
         mounts.append({"name": "model-weights", "mountPath": source.mount_path, "readOnly": True})
+    for claim in adapter_claims(md.spec):
+        name = adapter_volume_name(claim)
+        volumes.append(
+            {"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+        mounts.append({"name": name, "mountPath": f"{MODEL_MOUNT_ROOT}/{claim}", "readOnly": True})
     return volumes, mounts
+
+
+def adapter_volume_name(claim: str) -> str:
+    """`adapter-<claim>`; a volume name is a DNS label (<= 63), so a long claim is cut
+    and made unique again with a hash of the whole name."""
+    name = f"adapter-{claim}"
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(claim.encode()).hexdigest()[:8]
+    return f"{name[:54].rstrip('-')}-{digest}"
 
 
 def render_deployment(

@@ -35,7 +35,8 @@ RESTRICTED_NAMESPACE_PREFIX = "e2e-rbac"
 # The tests' platform config: a fast autoscaler poll, so the closed loop runs in seconds.
 AUTOSCALER_POLL_SECONDS = 1.0
 TEST_PLATFORM_CONFIG = {
-    "autoscaler": {"pollSeconds": AUTOSCALER_POLL_SECONDS, "scrapeTimeoutSeconds": 0.5}
+    "autoscaler": {"pollSeconds": AUTOSCALER_POLL_SECONDS, "scrapeTimeoutSeconds": 0.5},
+    "adapters": {"pollSeconds": 1.0},
 }
 
 

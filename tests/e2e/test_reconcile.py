@@ -203,6 +203,30 @@ def test_hand_edit_of_child_is_put_back(
             "greater than or equal to 1",
         ),
         ({"model": None}, "spec.model", "Required value"),
+        (
+            {"adapters": [{"name": "a", "source": "org/a"}, {"name": "a", "source": "org/b"}]},
+            "spec.adapters[1]",
+            "Duplicate value",
+        ),
+        (
+            {"adapters": [{"name": "Bad_Name", "source": "org/a"}]},
+            "spec.adapters[0].name",
+            "should match",
+        ),
+        (
+            {"servedModelName": "chat", "adapters": [{"name": "chat", "source": "org/a"}]},
+            "spec.adapters",
+            "must differ from the served model name",
+        ),
+        (
+            {
+                "adapters": [{"name": f"a{i}", "source": f"org/a{i}"} for i in range(3)],
+                "lora": {"maxAdapters": 2},
+            },
+            "spec.adapters",
+            "more entries than spec.lora.maxAdapters",
+        ),
+        ({"adapters": [{"name": "a", "source": "ftp://x"}]}, "spec.adapters[0].source", "pvc://"),
     ],
     ids=[
         "unknown-engine",
@@ -211,6 +235,11 @@ def test_hand_edit_of_child_is_put_back(
         "tgi-gguf",
         "gpu-count-0",
         "missing-model",
+        "adapter-duplicate-name",
+        "adapter-bad-name",
+        "adapter-named-like-the-model",
+        "adapters-over-max",
+        "adapter-bad-source",
     ],
 )
 def test_invalid_specs_are_refused_at_apply(

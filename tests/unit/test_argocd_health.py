@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from openmodel.adapters.status import ADAPTERS_READY
 from openmodel.problems import Problem
 from openmodel.status import RECONCILER_CONDITIONS, Observation, build_status
 
@@ -230,16 +231,19 @@ def test_testdata_statuses_have_the_operators_shape(case):
     if status is None:
         return  # the freshly created object: no status is the shape
     status_keys, condition_keys = _operator_status_shape()
-    # `autoscaler` is written by the autoscaler under its own field manager.
-    assert set(status) <= status_keys | {"autoscaler", "sizing"}
+    # `autoscaler` is written by the autoscaler, `adapters`/`adaptersReady` (and the
+    # AdaptersReady condition) by the adapter loop, each under its own field manager.
+    assert set(status) <= status_keys | {"autoscaler", "sizing", "adapters", "adaptersReady"}
     assert {"observedGeneration", "replicas", "readyReplicas", "reason", "conditions"} <= set(
         status
     )
-    assert [c["type"] for c in status["conditions"]] == list(RECONCILER_CONDITIONS)
+    types = [c["type"] for c in status["conditions"]]
+    assert types[:3] == list(RECONCILER_CONDITIONS)
+    assert set(types[3:]) <= {ADAPTERS_READY}
     for cond in status["conditions"]:
         assert set(cond) == condition_keys
         assert cond["status"] in ("True", "False")
-    ready, _, degraded = status["conditions"]
+    ready, _, degraded = status["conditions"][:3]
     assert status["reason"] == (degraded if degraded["status"] == "True" else ready)["reason"]
 
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from openmodel.api import ModelDeploymentSpec, SpecError
+from openmodel.api import ModelDeploymentSpec, SpecError, served_name
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,28 @@ def model_source(model: str) -> ModelSource:
 
 def served_model_name(spec: ModelDeploymentSpec) -> str:
     """The name clients put in `model`: the stated one, else the repo id or path tail."""
-    if spec.served_model_name:
-        return spec.served_model_name
-    if "://" in spec.model:
-        return spec.model.rstrip("/").rsplit("/", 1)[-1]
-    return spec.model
+    return served_name(spec.model, spec.served_model_name)
+
+
+def _pvc_parts(source: str) -> tuple[str, str]:
+    claim, _, path = source.removeprefix("pvc://").partition("/")
+    return claim, path
+
+
+def adapter_path(source: str) -> str:
+    """What the engine is told to load for an adapter: a repo id or s3://, gs:// URI as
+    is; pvc://<claim>/<path> as the path under the claim's mount (model_source's layout)."""
+    if source.startswith("pvc://"):
+        claim, path = _pvc_parts(source)
+        return f"{MODEL_MOUNT_ROOT}/{claim}/{path}".rstrip("/")
+    return source
+
+
+def adapter_claims(spec: ModelDeploymentSpec) -> list[str]:
+    """The PVCs adapters load from that the model does not mount already, sorted."""
+    model_claim = model_source(spec.model).pvc_claim
+    claims = {_pvc_parts(a.source)[0] for a in spec.adapters if a.source.startswith("pvc://")}
+    return sorted(claims - {model_claim})
 
 
 class Engine(Protocol):
@@ -90,6 +107,9 @@ class Engine(Protocol):
     def command(self) -> list[str]: ...
 
     def args(self, spec: ModelDeploymentSpec, gpu_count: int) -> list[str]: ...
+
+    def env(self, spec: ModelDeploymentSpec) -> list[dict[str, str]]:
+        """Engine-specific environment (before the user's spec.env, which can override)."""
 
 
 def quantization_value(engine: Engine, quantization: str) -> str | None:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from openmodel.api import ModelDeploymentSpec, SpecError
-from openmodel.engines.base import model_source, quantization_flag
+from openmodel.engines.base import adapter_path, model_source, quantization_flag
 
 # gguf is not supported by TGI (the CRD's CEL rule refuses it at apply already);
 # `none` passes no flag.
@@ -73,3 +73,11 @@ class TGI:
                 str(spec.max_model_len),
             ]
         return out
+
+    def env(self, spec: ModelDeploymentSpec) -> list[dict[str, str]]:
+        if not spec.adapters:
+            return []
+        # TGI loads adapters at start only: a change here rolls the pods, as it must.
+        adapters = sorted(spec.adapters, key=lambda a: a.name)
+        value = ",".join(f"{a.name}={adapter_path(a.source)}" for a in adapters)
+        return [{"name": "LORA_ADAPTERS", "value": value}]

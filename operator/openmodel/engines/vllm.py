@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from openmodel.api import ModelDeploymentSpec
+from openmodel.api import ModelDeploymentSpec, lora_settings
 from openmodel.engines.base import model_source, quantization_flag, served_model_name
 
 # No `bitsandbytes` or `gguf`: vLLM 0.32 (the version the real-engine tests run) lists
@@ -73,4 +73,27 @@ class VLLM:
             out += ["--max-model-len", str(spec.max_model_len)]
         if source.object_store:
             out += ["--load-format", "runai_streamer"]
+        lora = lora_settings(spec)
+        if lora is not None:
+            # No --lora-modules: the operator loads adapters at runtime through
+            # /v1/load_lora_adapter, so the adapter list never changes the pod template.
+            # --max-cpu-loras = --max-loras: beyond max_cpu_loras vLLM evicts adapters
+            # silently, re-reads them from disk on the next request, and dies if the path
+            # is gone by then (docs/vllm-measured.md).
+            slots = str(lora.max_adapters)
+            out += [
+                "--enable-lora",
+                "--max-loras",
+                slots,
+                "--max-lora-rank",
+                str(lora.max_rank),
+                "--max-cpu-loras",
+                slots,
+            ]
         return out
+
+    def env(self, spec: ModelDeploymentSpec) -> list[dict[str, str]]:
+        if lora_settings(spec) is None:
+            return []
+        # Without it /v1/load_lora_adapter and /v1/unload_lora_adapter do not exist.
+        return [{"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from openmodel.accelerators import Accelerator, AcceleratorCatalog
-from openmodel.api import ModelDeploymentSpec, SpecError
+from openmodel.api import ModelDeploymentSpec, SpecError, lora_settings
 from openmodel.sizing.catalogue import Architecture, ResolvedModel, resolve_model
 from openmodel.sizing.formats import (
     WeightFormat,
@@ -137,10 +137,11 @@ def _shortfall(model: str, est: Estimate) -> str:
         if est.kv_known
         else f"KV cache reserve {est.kv_cache_gib:.1f}"
     )
+    lora = f" + LoRA {est.lora_gib:.2f}" if est.lora_gib > 0 else ""
     return (
         f"{model} ({est.model}, {est.quantization}) needs about {est.total_gib:.1f} GiB per GPU "
         f"on {est.gpu_count} x {est.accelerator} (weights {est.weights_gib:.1f} + {kv} + "
-        f"overhead {est.overhead_gib:.1f}), more than the {est.budget_gib:.1f} GiB budget "
+        f"overhead {est.overhead_gib:.1f}{lora}), more than the {est.budget_gib:.1f} GiB budget "
         f"({est.fraction_text} x {est.memory_gib:g} GiB)"
     )
 
@@ -263,7 +264,7 @@ def resolve_gpu_count(
     types. Raises SpecError with reason UnknownModelSize, InvalidTensorParallelSize,
     InsufficientGPUMemory or InvalidEngineArgs.
     """
-    settings = engine_settings(spec.engine, spec.args)
+    settings = engine_settings(spec.engine, spec.args, lora_settings(spec))
     requested = settings.max_model_len_arg or spec.max_model_len
     model = resolve_model(spec.model, spec.model_info)
     fmt = weight_format(spec.quantization, spec.model)

@@ -19,6 +19,14 @@ Overhead per GPU (a deliberate, slightly pessimistic constant plus a computed pe
 For Llama 3.1 8B on one GPU that is 1.5 + 0.69 + 0.24 ≈ 2.4 GiB; vLLM reports about
 1.5-2 GiB there, so the estimate errs on the side of "does not fit".
 
+LoRA (vLLM with adapters or spec.lora): vLLM preallocates every adapter slot at start,
+A (rank x in) and B (out x rank) for each targeted projection of every layer. Without
+the per-projection widths a flat term stands in, `lora_overhead_bytes`:
+max_loras x max_lora_rank x hidden_size x layers x 2 (A and B) x 4 projections x 2 bytes
+(0.125 GiB for Llama 3.1 8B at the defaults 4 x 16), not divided by tensor parallelism
+(pessimistic: vLLM shards only part of it). 0 when the width or depth is not known,
+and for TGI, which allocates per loaded adapter rather than per slot.
+
 Budget: vLLM `--gpu-memory-utilization` (default 0.9) x memory. TGI gives its KV cache
 93 % of what is free after loading and warm-up (`TGI_WIGGLE_ROOM`), times
 `--cuda-memory-fraction` (default 1.0); its effective share is 0.93-0.98 of the card
@@ -33,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from openmodel.accelerators import Accelerator
-from openmodel.api import SpecError
+from openmodel.api import LoraSpec, SpecError
 from openmodel.sizing.catalogue import Architecture
 from openmodel.sizing.formats import WeightFormat
 
@@ -52,6 +60,8 @@ ACTIVATION_FALLBACK_GIB = 1.0
 UNKNOWN_KV_RESERVE = 0.2
 # vLLM allocates the KV cache in blocks of 16 tokens.
 KV_BLOCK_TOKENS = 16
+LORA_PROJECTIONS = 4  # q/k/v, o, gate/up, down
+LORA_DTYPE_BYTES = 2
 
 VLLM_DEFAULT_UTILIZATION = 0.9
 TGI_DEFAULT_MEMORY_FRACTION = 1.0
@@ -67,6 +77,7 @@ class EngineSettings:
     fraction_text: str  # for messages, e.g. "vLLM --gpu-memory-utilization 0.90"
     kv_cache_bytes: int  # bytes per KV element: 2 (model dtype) or 1 (fp8)
     max_model_len_arg: int | None  # --max-model-len / --max-total-tokens in spec.args
+    lora: LoraSpec | None = None  # the LoRA slots vLLM preallocates (None: LoRA off)
 
 
 def _flag_value(args: Sequence[str], flag: str) -> str | None:
@@ -106,8 +117,11 @@ def _tokens(args: Sequence[str], flag: str) -> int | None:
     return int(raw)
 
 
-def engine_settings(engine: str, args: Sequence[str] = ()) -> EngineSettings:
-    """Defaults for `engine`, overridden by the matching flags in spec.args."""
+def engine_settings(
+    engine: str, args: Sequence[str] = (), lora: LoraSpec | None = None
+) -> EngineSettings:
+    """Defaults for `engine`, overridden by the matching flags in spec.args; `lora` is
+    `api.lora_settings(spec)`."""
     kv_dtype = _flag_value(args, "--kv-cache-dtype") or "auto"
     kv_bytes = 1 if kv_dtype.startswith("fp8") else 2
     if engine == "tgi":
@@ -126,6 +140,7 @@ def engine_settings(engine: str, args: Sequence[str] = ()) -> EngineSettings:
         fraction_text=f"vLLM --gpu-memory-utilization {utilization:.2f}",
         kv_cache_bytes=kv_bytes,
         max_model_len_arg=_tokens(args, "--max-model-len"),
+        lora=lora,
     )
 
 
@@ -148,10 +163,11 @@ class Estimate:
     kv_bytes_per_token: int | None  # per GPU
     kv_capacity_tokens: int | None  # tokens the KV room holds (any number of sequences)
     max_fitting_context: int | None  # capacity capped at the model's max context
+    lora_gib: float = 0.0  # the LoRA slots, per GPU
 
     @property
     def total_gib(self) -> float:
-        return self.weights_gib + self.kv_cache_gib + self.overhead_gib
+        return self.weights_gib + self.kv_cache_gib + self.overhead_gib + self.lora_gib
 
     @property
     def fits(self) -> bool:
@@ -160,7 +176,7 @@ class Estimate:
     @property
     def weights_fit(self) -> bool:
         """True when weights and overhead leave any room at all for the KV cache."""
-        return self.weights_gib + self.overhead_gib < self.budget_gib
+        return self.weights_gib + self.overhead_gib + self.lora_gib < self.budget_gib
 
     def summary(self) -> str:
         kv = (
@@ -168,11 +184,12 @@ class Estimate:
             if self.kv_known
             else f"KV cache reserve {self.kv_cache_gib:.1f} (architecture not known)"
         )
+        lora = f" + LoRA {self.lora_gib:.2f}" if self.lora_gib > 0 else ""
         verdict = "fits" if self.fits else "does not fit"
         text = (
             f"{self.model}, {self.quantization} on {self.gpu_count} x {self.accelerator}: "
             f"{self.total_gib:.1f} GiB per GPU (weights {self.weights_gib:.1f} + {kv} + "
-            f"overhead {self.overhead_gib:.1f}) against a {self.budget_gib:.1f} GiB budget "
+            f"overhead {self.overhead_gib:.1f}{lora}) against a {self.budget_gib:.1f} GiB budget "
             f"({self.fraction_text} x {self.memory_gib:g} GiB): {verdict}"
         )
         if self.max_fitting_context is not None:
@@ -189,6 +206,7 @@ class Estimate:
             "weightsGiBPerGPU": round(self.weights_gib, 1),
             "kvCacheGiBPerGPU": round(self.kv_cache_gib, 1),
             "overheadGiBPerGPU": round(self.overhead_gib, 1),
+            **({"loraGiBPerGPU": round(self.lora_gib, 2)} if self.lora_gib > 0 else {}),
             "totalGiBPerGPU": round(self.total_gib, 1),
             "budgetGiBPerGPU": round(self.budget_gib, 1),
             "fits": self.fits,
@@ -242,6 +260,21 @@ def overhead_gib(arch: Architecture, tp: int) -> float:
     return BASE_OVERHEAD_GIB + comms + activation_gib(arch, tp)
 
 
+def lora_overhead_bytes(arch: Architecture, lora: LoraSpec | None) -> int:
+    """The flat LoRA slot term of the module docstring; 0 without LoRA or the shape."""
+    if lora is None or arch.hidden_size is None or arch.layers is None:
+        return 0
+    return (
+        lora.max_adapters
+        * lora.max_rank
+        * arch.hidden_size
+        * arch.layers
+        * 2
+        * LORA_PROJECTIONS
+        * LORA_DTYPE_BYTES
+    )
+
+
 def estimate_memory(
     arch: Architecture,
     fmt: WeightFormat,
@@ -254,9 +287,10 @@ def estimate_memory(
     `context_tokens` (what the engine requires of `max_model_len`)."""
     weights = weight_bytes(arch, fmt) / gpu_count / GIB
     overhead = overhead_gib(arch, gpu_count)
+    lora = lora_overhead_bytes(arch, settings.lora) / GIB if settings.engine != "tgi" else 0.0
     budget = accelerator.memory_gib * settings.memory_fraction
     per_token = kv_bytes_per_token(arch, gpu_count, settings.kv_cache_bytes)
-    room = budget - weights - overhead
+    room = budget - weights - overhead - lora
     if per_token is None:
         kv = budget * UNKNOWN_KV_RESERVE
         capacity = None
@@ -284,4 +318,5 @@ def estimate_memory(
         kv_bytes_per_token=per_token,
         kv_capacity_tokens=capacity,
         max_fitting_context=max_context,
+        lora_gib=lora,
     )

@@ -1,0 +1,246 @@
+"""The adapter loop: every poll, make each ready vLLM pod serve exactly the declared
+adapters, then report what the engines themselves list.
+
+It loads and unloads through vLLM's runtime API, so an adapter change never touches
+the pod template and never restarts a pod; a pod that starts later (scale-up, crash,
+rollout) is given the whole set on the next poll. Two cluster-wide lists per poll
+(ModelDeployments, and pods only when some ModelDeployment declares adapters); one
+writer: with leader election on, only the Lease holder acts. Status goes to the
+status subresource under its own field manager, so it never overwrites the
+reconciler's or the autoscaler's fields.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from openmodel import kube
+from openmodel.adapters.engine_api import load_adapter, loaded_adapters, unload_adapter
+from openmodel.adapters.plan import FailureLog, pod_actions
+from openmodel.adapters.status import ADAPTERS_READY, PodReport, adapters_status, status_changed
+from openmodel.api import API_VERSION, KIND, OWNER_LABEL, SpecError, parse_model_deployment
+from openmodel.autoscaling_loop import classify_pods
+from openmodel.clock import utc_now
+from openmodel.config import PlatformConfig
+from openmodel.engines import engine_for
+from openmodel.engines.base import adapter_path
+from openmodel.events import post_event
+from openmodel.namespaces import matches, patterns_from_env
+
+log = logging.getLogger(__name__)
+
+ObjectKey = tuple[str, str]
+REQUEST_TIMEOUT_SECONDS = 30.0  # a load reads the adapter from disk
+
+
+@dataclass
+class AdapterLoop:
+    api: client.ApiClient
+    config: PlatformConfig
+    # With leader election on: whether this replica holds the Lease (the autoscaler loop
+    # renews it; one renewer, so the two loops never race for it). None: always act.
+    is_leader: Callable[[], bool] | None = None
+    clock: Callable[[], float] = time.monotonic
+    failures: FailureLog = field(default_factory=FailureLog)
+    namespaces: list[str] = field(default_factory=patterns_from_env)
+    # The last error posted as an Event, per adapter: an Event per new error, not per poll.
+    announced: dict[tuple[str, str, str], str] = field(default_factory=dict)
+
+    async def run_forever(self) -> None:
+        poll = self.config.adapters.poll_seconds
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                started = self.clock()
+                try:
+                    if await self._lead():
+                        await self.cycle(session)
+                except ApiException as e:
+                    log.warning("adapter cycle failed: %s %s", e.status, e.reason)
+                except Exception:
+                    log.exception("adapter cycle failed; retrying next poll")
+                await asyncio.sleep(max(0.0, poll - (self.clock() - started)))
+
+    async def _lead(self) -> bool:
+        return self.is_leader is None or self.is_leader()
+
+    async def cycle(self, session: aiohttp.ClientSession) -> None:
+        mds = await asyncio.to_thread(kube.list_all_model_deployments, self.api)
+        wanted = [
+            b
+            for b in mds
+            if matches(b["metadata"]["namespace"], self.namespaces)
+            and not b["metadata"].get("deletionTimestamp")
+            and ((b.get("spec") or {}).get("adapters") or _has_adapter_status(b))
+        ]
+        if not wanted:
+            return
+        pods = await asyncio.to_thread(kube.list_cluster_wide, self.api, "pods", OWNER_LABEL)
+        by_owner: dict[ObjectKey, list[dict[str, Any]]] = defaultdict(list)
+        for p in pods:
+            meta = p["metadata"]
+            by_owner[(meta["namespace"], meta["labels"][OWNER_LABEL])].append(p)
+        await asyncio.gather(
+            *(self.serve_one(session, body, by_owner.get(_key(body), [])) for body in wanted)
+        )
+
+    async def serve_one(
+        self, session: aiohttp.ClientSession, body: Mapping[str, Any], pods: list[dict[str, Any]]
+    ) -> None:
+        namespace, name = _key(body)
+        try:
+            md = parse_model_deployment(body)
+        except SpecError:
+            return  # the reconciler reports it
+        declared = {a.name: adapter_path(a.source) for a in md.spec.adapters}
+        port = engine_for(md.spec.engine).port
+        ready = classify_pods(pods).ready
+        self.failures.forget_pods_except(namespace, name, set(ready))
+        if md.spec.engine == "tgi":
+            # TGI loads LORA_ADAPTERS at start and exits if one fails, and cannot list
+            # them: a ready pod serves what it started with. A change rolls the pods.
+            started_with = {p["metadata"]["name"]: tgi_adapters(p) for p in pods}
+            reports = [PodReport(pod, started_with.get(pod, frozenset())) for pod in sorted(ready)]
+        else:
+            reports = list(
+                await asyncio.gather(
+                    *(
+                        self._serve_pod(session, body, pod, f"http://{ip}:{port}", declared)
+                        for pod, ip in sorted(ready.items())
+                    )
+                )
+            )
+        errors = {a: e for a in declared if (e := self.failures.last_error(namespace, name, a))}
+        status = adapters_status(
+            list(declared), reports, errors, int(body["metadata"].get("generation") or 0)
+        )
+        if md.spec.engine == "tgi":
+            cond = status["conditions"][0]
+            cond["message"] = (
+                "TGI loads adapters at start, so a change to spec.adapters rolls the pods: "
+                + cond["message"]
+            )
+        if status_changed(status, body.get("status")):
+            await asyncio.to_thread(self._write_status, (namespace, name), status, body)
+
+    async def _serve_pod(
+        self,
+        session: aiohttp.ClientSession,
+        body: Mapping[str, Any],
+        pod: str,
+        base_url: str,
+        declared: Mapping[str, str],
+    ) -> PodReport:
+        namespace, name = _key(body)
+        try:
+            loaded = await loaded_adapters(session, base_url)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            log.info("adapters %s/%s: %s: cannot list adapters: %s", namespace, name, pod, e)
+            return PodReport(pod, None)
+        actions = pod_actions(declared, loaded, (namespace, name, pod), self.failures, self.clock())
+        changed = False
+        for adapter, path in actions.load:
+            key = (namespace, name, pod, adapter)
+            try:
+                answer = await load_adapter(session, base_url, adapter, path)
+            except (aiohttp.ClientError, TimeoutError) as e:
+                self.failures.record(key, path, f"load request failed: {e}", self.clock())
+                continue
+            if answer.ok:
+                self.failures.clear(key)
+                changed = True
+                log.info("adapters %s/%s: loaded %s on %s", namespace, name, adapter, pod)
+                continue
+            failure = self.failures.record(key, path, answer.message, self.clock())
+            await self._announce(body, adapter, pod, failure.message)
+        for adapter in actions.unload:
+            try:
+                answer = await unload_adapter(session, base_url, adapter)
+            except (aiohttp.ClientError, TimeoutError) as e:
+                log.info(
+                    "adapters %s/%s: unload %s on %s failed: %s", namespace, name, adapter, pod, e
+                )
+                continue
+            changed = changed or answer.ok
+            if answer.ok:
+                log.info("adapters %s/%s: unloaded %s on %s", namespace, name, adapter, pod)
+        if not changed:
+            return PodReport(pod, loaded)
+        # What the engine lists now, not what was sent.
+        try:
+            return PodReport(pod, await loaded_adapters(session, base_url))
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return PodReport(pod, None)
+
+    async def _announce(
+        self, body: Mapping[str, Any], adapter: str, pod: str, message: str
+    ) -> None:
+        namespace, name = _key(body)
+        key = (namespace, name, adapter)
+        if self.announced.get(key) == message:
+            return
+        self.announced[key] = message
+        text = f"adapter {adapter} refused by pod {pod}: {message}"
+        log.warning("adapters %s/%s: %s", namespace, name, text)
+        await asyncio.to_thread(post_event, self.api, body, "AdapterFailed", text, "Warning")
+
+    def _write_status(
+        self, key: ObjectKey, status: dict[str, Any], body: Mapping[str, Any]
+    ) -> None:
+        mine = status["conditions"][0]
+        before = next(
+            (
+                c
+                for c in (body.get("status") or {}).get("conditions") or []
+                if c.get("type") == ADAPTERS_READY
+            ),
+            None,
+        )
+        if before is not None and before.get("status") == mine["status"]:
+            mine["lastTransitionTime"] = before.get("lastTransitionTime") or utc_now()
+        else:
+            mine["lastTransitionTime"] = utc_now()
+        try:
+            kube.apply(
+                self.api,
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": KIND,
+                    "metadata": {"name": key[1], "namespace": key[0]},
+                    "status": status,
+                },
+                field_manager=kube.ADAPTERS_FIELD_MANAGER,
+                subresource="status",
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+
+def tgi_adapters(pod: Mapping[str, Any]) -> frozenset[str]:
+    """The adapter names a TGI pod was started with (its LORA_ADAPTERS env)."""
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for env in container.get("env") or []:
+            if env.get("name") == "LORA_ADAPTERS":
+                items = str(env.get("value") or "").split(",")
+                return frozenset(i.split("=", 1)[0] for i in items if i)
+    return frozenset()
+
+
+def _key(body: Mapping[str, Any]) -> ObjectKey:
+    return (body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+def _has_adapter_status(body: Mapping[str, Any]) -> bool:
+    """Adapters were declared before: their status must be brought to the new truth."""
+    return bool((body.get("status") or {}).get("adapters"))

@@ -20,7 +20,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from openmodel import kube, telemetry
-from openmodel.api import API_VERSION, KIND, OWNER_LABEL, SpecError, parse_model_deployment
+from openmodel.api import OWNER_LABEL, SpecError, parse_model_deployment
 from openmodel.autoscaler import (
     METRIC_NAMES,
     Decision,
@@ -38,6 +38,7 @@ from openmodel.engines import engine_for
 from openmodel.events import post_event
 from openmodel.leader import LeaseElector
 from openmodel.namespaces import matches, patterns_from_env
+from openmodel.status_writer import apply_loop_status
 
 log = logging.getLogger(__name__)
 
@@ -279,31 +280,4 @@ class AutoscalerLoop:
     def _write_status(
         self, key: ObjectKey, status: dict[str, Any], observed: Mapping[str, Any] | None
     ) -> None:
-        mine = status["conditions"][0]
-        before = next(
-            (
-                c
-                for c in (observed or {}).get("conditions") or []
-                if c.get("type") == SCALING_ACTIVE
-            ),
-            None,
-        )
-        if before is not None and before.get("status") == mine["status"]:
-            mine["lastTransitionTime"] = before.get("lastTransitionTime") or utc_now()
-        else:
-            mine["lastTransitionTime"] = utc_now()
-        try:
-            kube.apply(
-                self.api,
-                {
-                    "apiVersion": API_VERSION,
-                    "kind": KIND,
-                    "metadata": {"name": key[1], "namespace": key[0]},
-                    "status": status,
-                },
-                field_manager=kube.AUTOSCALER_FIELD_MANAGER,
-                subresource="status",
-            )
-        except ApiException as e:
-            if e.status != 404:
-                raise
+        apply_loop_status(self.api, key, status, observed, kube.AUTOSCALER_FIELD_MANAGER)

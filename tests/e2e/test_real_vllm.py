@@ -40,25 +40,12 @@ from harness import (
 )
 from openmodel_fixtures import GROUP, PLURAL, VERSION, OperatorProcess, condition, create_md, get_md
 from real_engine.cluster_objects import delete_model_volumes, model_volume, ready_pods
+from real_engine.cpu import CPU_ARGS, CPU_ENV, START_TIMEOUT
 from real_engine.metrics_contract import compare_families, scrape
 
 pytestmark = [pytest.mark.cluster, pytest.mark.real_engine]
 
 SERVED = "tiny"
-# CPU-only settings reach the engine through the spec, as a user on a CPU node would
-# pass them: the KV cache size vLLM's CPU backend needs, eager mode (30 s to healthy
-# instead of 50-80 s with graph compilation), and float32: with bf16 vLLM picks its AMX
-# attention kernel, whose first tile instruction died with SIGILL on this machine
-# although the CPU flags (and torch) report AMX (seen 2026-12-01; worked an hour before).
-# On 2 cores, two engines that each bind OpenMP threads to every core starve each other
-# (a second engine took over 2 minutes to load beside a busy one): one unbound thread each.
-CPU_ENV = [
-    {"name": "VLLM_CPU_KVCACHE_SPACE", "value": "1"},
-    {"name": "VLLM_CPU_OMP_THREADS_BIND", "value": "nobind"},
-    {"name": "OMP_NUM_THREADS", "value": "1"},
-]
-CPU_ARGS = ["--enforce-eager", "--dtype", "float32"]
-START_TIMEOUT = 240.0
 
 
 def real_md(

@@ -32,6 +32,7 @@ from harness import (
 )
 from openmodel_fixtures import GROUP, PLURAL, VERSION, OperatorProcess, condition, create_md, get_md
 from real_engine.cluster_objects import delete_model_volumes, model_volume, ready_pods
+from real_engine.cpu import CPU_ARGS, CPU_ENV, START_TIMEOUT
 from real_engine.fixtures import engine_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.real_engine]
@@ -39,13 +40,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.real_engine]
 NAME = "tiny-lora"
 SERVED = "tiny"
 ADAPTER_SCRIPT = Path(__file__).resolve().parent / "real_engine" / "tiny_adapter.py"
-CPU_ENV = [
-    {"name": "VLLM_CPU_KVCACHE_SPACE", "value": "1"},
-    {"name": "VLLM_CPU_OMP_THREADS_BIND", "value": "nobind"},
-    {"name": "OMP_NUM_THREADS", "value": "1"},
-]
-CPU_ARGS = ["--enforce-eager", "--dtype", "float32"]
-START_TIMEOUT = 240.0
 
 
 def adapter(name: str) -> dict[str, str]:

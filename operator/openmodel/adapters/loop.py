@@ -27,15 +27,15 @@ from kubernetes.client.exceptions import ApiException
 from openmodel import kube
 from openmodel.adapters.engine_api import load_adapter, loaded_adapters, unload_adapter
 from openmodel.adapters.plan import FailureLog, pod_actions
-from openmodel.adapters.status import ADAPTERS_READY, PodReport, adapters_status, status_changed
-from openmodel.api import API_VERSION, KIND, OWNER_LABEL, SpecError, parse_model_deployment
+from openmodel.adapters.status import PodReport, adapters_status, status_changed
+from openmodel.api import OWNER_LABEL, SpecError, parse_model_deployment
 from openmodel.autoscaling_loop import classify_pods
-from openmodel.clock import utc_now
 from openmodel.config import PlatformConfig
 from openmodel.engines import engine_for
 from openmodel.engines.base import adapter_path
 from openmodel.events import post_event
 from openmodel.namespaces import matches, patterns_from_env
+from openmodel.status_writer import apply_loop_status
 
 log = logging.getLogger(__name__)
 
@@ -197,34 +197,7 @@ class AdapterLoop:
     def _write_status(
         self, key: ObjectKey, status: dict[str, Any], body: Mapping[str, Any]
     ) -> None:
-        mine = status["conditions"][0]
-        before = next(
-            (
-                c
-                for c in (body.get("status") or {}).get("conditions") or []
-                if c.get("type") == ADAPTERS_READY
-            ),
-            None,
-        )
-        if before is not None and before.get("status") == mine["status"]:
-            mine["lastTransitionTime"] = before.get("lastTransitionTime") or utc_now()
-        else:
-            mine["lastTransitionTime"] = utc_now()
-        try:
-            kube.apply(
-                self.api,
-                {
-                    "apiVersion": API_VERSION,
-                    "kind": KIND,
-                    "metadata": {"name": key[1], "namespace": key[0]},
-                    "status": status,
-                },
-                field_manager=kube.ADAPTERS_FIELD_MANAGER,
-                subresource="status",
-            )
-        except ApiException as e:
-            if e.status != 404:
-                raise
+        apply_loop_status(self.api, key, status, body.get("status"), kube.ADAPTERS_FIELD_MANAGER)
 
 
 def tgi_adapters(pod: Mapping[str, Any]) -> frozenset[str]:

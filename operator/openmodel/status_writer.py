@@ -1,0 +1,50 @@
+"""Writing one loop's part of a ModelDeployment's status: its fields and its own
+condition, under its own field manager, keeping lastTransitionTime while the
+condition's status holds. Shared by the autoscaler and the adapter loop."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from openmodel import kube
+from openmodel.api import API_VERSION, KIND
+from openmodel.clock import utc_now
+
+
+def apply_loop_status(
+    api: client.ApiClient,
+    key: tuple[str, str],
+    status: dict[str, Any],
+    observed: Mapping[str, Any] | None,
+    field_manager: str,
+) -> None:
+    """`status` holds the loop's fields and one condition (`conditions[0]`); a
+    ModelDeployment deleted meanwhile is not an error."""
+    mine = status["conditions"][0]
+    before = next(
+        (c for c in (observed or {}).get("conditions") or [] if c.get("type") == mine["type"]),
+        None,
+    )
+    if before is not None and before.get("status") == mine["status"]:
+        mine["lastTransitionTime"] = before.get("lastTransitionTime") or utc_now()
+    else:
+        mine["lastTransitionTime"] = utc_now()
+    try:
+        kube.apply(
+            api,
+            {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "metadata": {"name": key[1], "namespace": key[0]},
+                "status": status,
+            },
+            field_manager=field_manager,
+            subresource="status",
+        )
+    except ApiException as e:
+        if e.status != 404:
+            raise

@@ -22,7 +22,9 @@ VLLM_IMAGE = "vllm/vllm-openai"
 # The host's Debian userland (sh, sleep, python3 in /usr/bin) as a small image, for the
 # process node's own tests.
 HOST_IMAGE = "openmodel.test/host"
-STOP_TIMEOUT = 20.0  # every engine gets its SIGTERM and a few seconds to exit
+# Every engine gets its SIGTERM and a few seconds to exit, and a worker caught in an API
+# call gets its timeout (spec.API_TIMEOUT): a SIGKILLed node leaves mount points behind.
+STOP_TIMEOUT = 45.0
 
 
 def process_nodes_unavailable() -> str | None:

@@ -38,7 +38,7 @@ from openmodel.engines import engine_for
 from openmodel.events import post_event
 from openmodel.leader import LeaseElector
 from openmodel.namespaces import matches, patterns_from_env
-from openmodel.status_writer import apply_loop_status
+from openmodel.status_writer import apply_loop_status, loop_status_changed
 
 log = logging.getLogger(__name__)
 
@@ -98,19 +98,6 @@ def autoscaler_status(
             }
         ],
     }
-
-
-def status_changed(desired: Mapping[str, Any], observed: Mapping[str, Any] | None) -> bool:
-    observed = observed or {}
-    if observed.get("autoscaler") != desired["autoscaler"]:
-        return True
-    mine = desired["conditions"][0]
-    have = next(
-        (c for c in observed.get("conditions") or [] if c.get("type") == SCALING_ACTIVE), None
-    )
-    return have is None or any(
-        have.get(k) != mine[k] for k in ("status", "reason", "message", "observedGeneration")
-    )
 
 
 @dataclass
@@ -262,7 +249,7 @@ class AutoscalerLoop:
             scaled_at,
             int(meta.get("generation") or 0),
         )
-        if status_changed(status, body.get("status")):
+        if loop_status_changed(status, body.get("status")):
             await asyncio.to_thread(self._write_status, key, status, body.get("status"))
 
     def _write_replicas(self, key: ObjectKey, replicas: int) -> None:

@@ -1,4 +1,4 @@
-"""Writing one loop's part of a ModelDeployment's status: its fields and its own
+"""Comparing and writing one loop's part of a ModelDeployment's status: its fields and its own
 condition, under its own field manager, keeping lastTransitionTime while the
 condition's status holds. Shared by the autoscaler and the adapter loop."""
 
@@ -13,6 +13,21 @@ from kubernetes.client.exceptions import ApiException
 from openmodel import kube
 from openmodel.api import API_VERSION, KIND
 from openmodel.clock import utc_now
+
+
+def loop_status_changed(desired: Mapping[str, Any], observed: Mapping[str, Any] | None) -> bool:
+    """True when the observed status lacks the loop's fields or its condition as
+    `desired` has them (lastTransitionTime aside: it is kept, not compared)."""
+    observed = observed or {}
+    if any(observed.get(k) != v for k, v in desired.items() if k != "conditions"):
+        return True
+    mine = desired["conditions"][0]
+    have = next(
+        (c for c in observed.get("conditions") or [] if c.get("type") == mine["type"]), None
+    )
+    return have is None or any(
+        have.get(k) != mine[k] for k in ("status", "reason", "message", "observedGeneration")
+    )
 
 
 def apply_loop_status(

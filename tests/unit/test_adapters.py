@@ -4,7 +4,8 @@ refused loads, and the status built from what the engines list."""
 from __future__ import annotations
 
 from openmodel.adapters.plan import BACKOFF_MAX, FailureLog, pod_actions
-from openmodel.adapters.status import PodReport, adapters_status, status_changed
+from openmodel.adapters.status import PodReport, adapters_status
+from openmodel.status_writer import loop_status_changed as status_changed
 
 DECLARED = {"a1": "/models/tiny/adapters/a1", "a2": "/models/tiny/adapters/a2"}
 POD = ("ns", "md", "pod-0")

@@ -27,7 +27,7 @@ from kubernetes.client.exceptions import ApiException
 from openmodel import kube
 from openmodel.adapters.engine_api import load_adapter, loaded_adapters, unload_adapter
 from openmodel.adapters.plan import FailureLog, pod_actions
-from openmodel.adapters.status import PodReport, adapters_status, status_changed
+from openmodel.adapters.status import PodReport, adapters_status
 from openmodel.api import OWNER_LABEL, SpecError, parse_model_deployment
 from openmodel.autoscaling_loop import classify_pods
 from openmodel.config import PlatformConfig
@@ -35,7 +35,7 @@ from openmodel.engines import engine_for
 from openmodel.engines.base import adapter_path
 from openmodel.events import post_event
 from openmodel.namespaces import matches, patterns_from_env
-from openmodel.status_writer import apply_loop_status
+from openmodel.status_writer import apply_loop_status, loop_status_changed
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ class AdapterLoop:
             and not b["metadata"].get("deletionTimestamp")
             and ((b.get("spec") or {}).get("adapters") or _has_adapter_status(b))
         ]
+        self._forget_except({_key(b) for b in wanted})
         if not wanted:
             return
         pods = await asyncio.to_thread(kube.list_cluster_wide, self.api, "pods", OWNER_LABEL)
@@ -130,7 +131,7 @@ class AdapterLoop:
                 "TGI loads adapters at start, so a change to spec.adapters rolls the pods: "
                 + cond["message"]
             )
-        if status_changed(status, body.get("status")):
+        if loop_status_changed(status, body.get("status")):
             await asyncio.to_thread(self._write_status, (namespace, name), status, body)
 
     async def _serve_pod(
@@ -158,6 +159,7 @@ class AdapterLoop:
                 continue
             if answer.ok:
                 self.failures.clear(key)
+                self.announced.pop((namespace, name, adapter), None)
                 changed = True
                 log.info("adapters %s/%s: loaded %s on %s", namespace, name, adapter, pod)
                 continue
@@ -181,6 +183,13 @@ class AdapterLoop:
             return PodReport(pod, await loaded_adapters(session, base_url))
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return PodReport(pod, None)
+
+    def _forget_except(self, keys: set[ObjectKey]) -> None:
+        """Drop failures and announcements of ModelDeployments no longer served here."""
+        for failure_key in [k for k in self.failures.failures if k[:2] not in keys]:
+            self.failures.clear(failure_key)
+        for announced in [k for k in self.announced if k[:2] not in keys]:
+            del self.announced[announced]
 
     async def _announce(
         self, body: Mapping[str, Any], adapter: str, pod: str, message: str

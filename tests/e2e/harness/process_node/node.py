@@ -150,8 +150,11 @@ class ProcessNode:
                 if time.monotonic() - last_status >= STATUS_SECONDS:
                     self._post_status()
                     last_status = time.monotonic()
-            except ApiException as e:
-                log.warning("node %s: heartbeat failed: %s", self.name, e.reason)
+            except Exception:
+                # A timeout from a busy API server must not end the heartbeat: the node
+                # would stay NotReady for good (seen: a ReadTimeoutError killed this thread).
+                log.exception("node %s: heartbeat failed; retrying", self.name)
+                last_status = 0.0  # post Ready again as soon as the API answers
             self.stop.wait(RENEW_SECONDS)
 
     # -- pods ----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from kubernetes.client.exceptions import ApiException
 # (connect, read) seconds for every API call of the process node: the client's default
 # is to wait forever, and a worker stuck in one request stops running its pod (seen once,
 # a status patch that never returned).
-API_TIMEOUT = (5.0, 15.0)
+API_TIMEOUT = (5.0, 30.0)
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 

@@ -17,6 +17,15 @@ autoscaler:
   tolerance: 0.1
 adapters:
   pollSeconds: 5         # LoRA adapters: how often each pod's loaded set is checked
+gateway:                 # the OpenAI gateway (python -m openmodel.gateway)
+  namespaces: []         # routed namespaces (patterns as OPENMODEL_NAMESPACES); [] = all
+  holdSeconds: 300       # how long a request waits for a model at zero replicas
+  holdQueueLength: 256   # requests held per model at most; more get 503 at once
+  maxBodyBytes: 8388608  # larger request bodies get 413
+  queuePollSeconds: 2    # how often the gateway reads the engines' queue gauges
+  demandSelector: app.kubernetes.io/name=openmodel-gateway  # gateway pods the
+  demandNamespace: openmodel-system                          # autoscaler reads demand from
+  demandUrls: []         # or fixed demand URLs (local runs)
 startupBudgetSeconds: 1800
 clusterDomain: cluster.local
 ```
@@ -58,11 +67,24 @@ class AdaptersConfig:
 
 
 @dataclass(frozen=True)
+class GatewayConfig:
+    namespaces: tuple[str, ...] = ()
+    hold_seconds: float = 300.0
+    hold_queue_length: int = 256
+    max_body_bytes: int = 8 * 1024 * 1024
+    queue_poll_seconds: float = 2.0
+    demand_selector: str = "app.kubernetes.io/name=openmodel-gateway"
+    demand_namespace: str = "openmodel-system"
+    demand_urls: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class PlatformConfig:
     engine_images: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_ENGINE_IMAGES))
     accelerators: AcceleratorCatalog = field(default_factory=AcceleratorCatalog)
     autoscaler: AutoscalerConfig = field(default_factory=AutoscalerConfig)
     adapters: AdaptersConfig = field(default_factory=AdaptersConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
     # Loading a 70B model from a cold cache can take well over 20 minutes.
     startup_budget_seconds: int = 1800
     cluster_domain: str = "cluster.local"
@@ -73,6 +95,50 @@ def _number(raw: Mapping[str, Any], key: str, where: str, default: float) -> flo
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ConfigError(f"{where}.{key} must be a number > 0, got {value!r}")
     return float(value)
+
+
+def _strings(raw: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+    value = raw.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}.{key} must be a list of non-empty strings, got {value!r}")
+    return tuple(value)
+
+
+def _whole(raw: Mapping[str, Any], key: str, where: str, default: int) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}.{key} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _text(raw: Mapping[str, Any], key: str, where: str, default: str) -> str:
+    value = raw.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}.{key} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _parse_gateway(raw: Any) -> GatewayConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError("gateway must be a mapping")
+    known = {
+        "namespaces", "holdSeconds", "holdQueueLength", "maxBodyBytes", "queuePollSeconds",
+        "demandSelector", "demandNamespace", "demandUrls",
+    }  # fmt: skip
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"gateway: unknown key(s) {unknown}; known: {sorted(known)}")
+    d = GatewayConfig()
+    return GatewayConfig(
+        namespaces=_strings(raw, "namespaces", "gateway"),
+        hold_seconds=_number(raw, "holdSeconds", "gateway", d.hold_seconds),
+        hold_queue_length=_whole(raw, "holdQueueLength", "gateway", d.hold_queue_length),
+        max_body_bytes=_whole(raw, "maxBodyBytes", "gateway", d.max_body_bytes),
+        queue_poll_seconds=_number(raw, "queuePollSeconds", "gateway", d.queue_poll_seconds),
+        demand_selector=_text(raw, "demandSelector", "gateway", d.demand_selector),
+        demand_namespace=_text(raw, "demandNamespace", "gateway", d.demand_namespace),
+        demand_urls=_strings(raw, "demandUrls", "gateway"),
+    )
 
 
 def parse_config(raw: Mapping[str, Any]) -> PlatformConfig:
@@ -110,6 +176,7 @@ def parse_config(raw: Mapping[str, Any]) -> PlatformConfig:
             adapters_raw, "pollSeconds", "adapters", AdaptersConfig().poll_seconds
         )
     )
+    gateway = _parse_gateway(raw.get("gateway", {}))
     budget = raw.get("startupBudgetSeconds", 1800)
     if not isinstance(budget, int) or budget < 10:
         raise ConfigError("startupBudgetSeconds must be an integer >= 10")
@@ -121,6 +188,7 @@ def parse_config(raw: Mapping[str, Any]) -> PlatformConfig:
         accelerators=catalog,
         autoscaler=autoscaler,
         adapters=adapters,
+        gateway=gateway,
         startup_budget_seconds=budget,
         cluster_domain=domain,
     )

@@ -55,6 +55,13 @@ if ready ~= nil and ready.status == "True" then
   hs.message = ready.message or "Ready"
   return hs
 end
+-- Scaled to zero is a state the user asked for (replicas: 0, or autoscaling with
+-- minReplicas 0 and no requests): nothing serves, nothing is wrong.
+if ready ~= nil and ready.status == "False" and ready.reason == "ScaledToZero" then
+  hs.status = "Healthy"
+  hs.message = ready.message or "scaled to zero replicas"
+  return hs
+end
 
 hs.status = "Progressing"
 if ready ~= nil and ready.message ~= nil then

@@ -24,6 +24,7 @@ ENGINES = ("vllm", "tgi")
 QUANTIZATIONS = ("none", "awq", "gptq", "fp8", "bitsandbytes", "gguf", "compressed-tensors")
 DEFAULT_SCALE_UP_SECONDS = 0
 DEFAULT_SCALE_DOWN_SECONDS = 300
+DEFAULT_SCALE_TO_ZERO_SECONDS = 600
 DEFAULT_LORA_MAX_RANK = 16
 DEFAULT_LORA_MAX_ADAPTERS = 4
 # vLLM's accepted --max-lora-rank values; anything else stops it at start.
@@ -58,6 +59,8 @@ class AutoscalingSpec:
     target_queue_depth: float
     scale_up_stabilization_seconds: int = DEFAULT_SCALE_UP_SECONDS
     scale_down_stabilization_seconds: int = DEFAULT_SCALE_DOWN_SECONDS
+    # With min_replicas 0: how long without any request before the last replica goes.
+    scale_to_zero_after_seconds: int = DEFAULT_SCALE_TO_ZERO_SECONDS
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,7 @@ def _parse_autoscaling(raw: Any) -> AutoscalingSpec | None:
     path = "spec.autoscaling"
     if not isinstance(raw, Mapping):
         raise SpecError(path, "must be an object")
-    min_r = _positive_int(raw, "minReplicas", path, 1)
+    min_r = _positive_int(raw, "minReplicas", path, 0)
     max_r = _positive_int(raw, "maxReplicas", path, 1)
     min_r = 1 if min_r is None else min_r
     if max_r is None:
@@ -192,12 +195,14 @@ def _parse_autoscaling(raw: Any) -> AutoscalingSpec | None:
         raise SpecError(f"{path}.targetQueueDepth", f"must be > 0, got {target}")
     up = _positive_int(raw, "scaleUpStabilizationSeconds", path, 0)
     down = _positive_int(raw, "scaleDownStabilizationSeconds", path, 0)
+    to_zero = _positive_int(raw, "scaleToZeroAfterSeconds", path, 30)
     return AutoscalingSpec(
         min_replicas=min_r,
         max_replicas=max_r,
         target_queue_depth=float(target),
         scale_up_stabilization_seconds=DEFAULT_SCALE_UP_SECONDS if up is None else up,
         scale_down_stabilization_seconds=DEFAULT_SCALE_DOWN_SECONDS if down is None else down,
+        scale_to_zero_after_seconds=DEFAULT_SCALE_TO_ZERO_SECONDS if to_zero is None else to_zero,
     )
 
 

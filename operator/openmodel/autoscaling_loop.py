@@ -9,6 +9,7 @@ of ModelDeployments. With leader election on, only the Lease holder runs cycles.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -16,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -32,10 +34,13 @@ from openmodel.autoscaler import (
     ScrapeTarget,
     decide,
 )
+from openmodel.autoscaler.demand import DemandReport, read_demand
+from openmodel.autoscaler.zero import Demand, from_zero, to_zero
 from openmodel.clock import utc_now
 from openmodel.config import PlatformConfig
 from openmodel.engines import engine_for
 from openmodel.events import post_event
+from openmodel.gateway.ports import GATEWAY_PORT
 from openmodel.leader import LeaseElector
 from openmodel.namespaces import matches, patterns_from_env
 from openmodel.status_writer import apply_loop_status, loop_status_changed
@@ -108,16 +113,22 @@ class AutoscalerLoop:
     clock: Callable[[], float] = time.monotonic
     histories: dict[ObjectKey, ScalingHistory] = field(default_factory=dict)
     capacities: dict[ObjectKey, float] = field(default_factory=dict)
+    # Scale to zero: when each ModelDeployment was last seen busy (clock() time).
+    last_active: dict[ObjectKey, float] = field(default_factory=dict)
     # Namespace patterns served (empty: all), as for kopf's watches.
     namespaces: list[str] = field(default_factory=patterns_from_env)
     was_leader: bool = False
+    _demand_session: aiohttp.ClientSession = field(init=False, repr=False)
 
     async def run_forever(self) -> None:
         poll = self.config.autoscaler.poll_seconds
-        async with Scraper(
-            timeout_s=self.config.autoscaler.scrape_timeout_seconds,
-            deadline_s=max(0.5, poll * 0.8),
-        ) as scraper:
+        async with (
+            Scraper(
+                timeout_s=self.config.autoscaler.scrape_timeout_seconds,
+                deadline_s=max(0.5, poll * 0.8),
+            ) as scraper,
+            aiohttp.ClientSession(trust_env=False) as self._demand_session,
+        ):
             while True:
                 started = self.clock()
                 try:
@@ -139,6 +150,7 @@ class AutoscalerLoop:
             log.info("autoscaler: became leader (%s)", self.elector.identity)
             # Another replica decided until now: start from what is, not from old memory.
             self.histories.clear()
+            self.last_active.clear()
         self.was_leader = leader
         return leader
 
@@ -165,6 +177,7 @@ class AutoscalerLoop:
         for p in pods:
             meta = p["metadata"]
             pods_by_owner[(meta["namespace"], meta["labels"][OWNER_LABEL])].append(p)
+        demand = await self._demand(mds)
         seen: set[ObjectKey] = set()
         work = []
         for body in mds:
@@ -181,19 +194,64 @@ class AutoscalerLoop:
             if md.spec.autoscaling is None:
                 continue
             seen.add(key)
+            auto = md.spec.autoscaling
+            # decide() never goes below 1; zero is zero.py's business (allow_zero).
             policy = ScalingPolicy.from_spec(
-                md.spec.autoscaling, tolerance=self.config.autoscaler.tolerance
+                dataclasses.replace(auto, min_replicas=max(1, auto.min_replicas)),
+                tolerance=self.config.autoscaler.tolerance,
             )
+            zero_after = float(auto.scale_to_zero_after_seconds) if auto.min_replicas == 0 else None
             work.append(
                 self.scale_one(
-                    scraper, body, md.spec.engine, policy, deployment, pods_by_owner.get(key, [])
+                    scraper,
+                    body,
+                    md.spec.engine,
+                    policy,
+                    deployment,
+                    pods_by_owner.get(key, []),
+                    zero_after=zero_after,
+                    demand=demand.for_model(key),
                 )
             )
         await asyncio.gather(*work)
         for gone in set(self.histories) - seen:
             self.histories.pop(gone, None)
             self.capacities.pop(gone, None)
+            self.last_active.pop(gone, None)
             telemetry.forget(*gone)
+
+    async def _demand(self, mds: Sequence[Mapping[str, Any]]) -> DemandReport:
+        """What the gateways hold, asked only when some ModelDeployment may sit at zero."""
+        if not any(
+            ((b.get("spec") or {}).get("autoscaling") or {}).get("minReplicas") == 0 for b in mds
+        ):
+            return DemandReport(by_model={}, complete=True)
+        urls = list(self.config.gateway.demand_urls)
+        urls += await asyncio.to_thread(self._gateway_pod_urls)
+        report = await read_demand(
+            self._demand_session, urls, self.config.autoscaler.scrape_timeout_seconds
+        )
+        if report.failures:
+            log.warning("autoscaler: gateway demand incomplete: %s", "; ".join(report.failures))
+        return report
+
+    def _gateway_pod_urls(self) -> list[str]:
+        gw = self.config.gateway
+        try:
+            pods = kube.list_objects(
+                self.api, "v1", "Pod", gw.demand_namespace, label_selector=gw.demand_selector
+            )
+        except ApiException as e:
+            if e.status in (403, 404):
+                return []  # no gateway installed here (or not ours to see)
+            raise
+        urls = []
+        for pod in pods:
+            status = pod.get("status") or {}
+            leaving = pod["metadata"].get("deletionTimestamp")
+            if status.get("podIP") and status.get("phase") == "Running" and not leaving:
+                urls.append(f"http://{status['podIP']}:{GATEWAY_PORT}/demand")
+        return urls
 
     async def scale_one(
         self,
@@ -203,9 +261,22 @@ class AutoscalerLoop:
         policy: ScalingPolicy,
         deployment: Mapping[str, Any],
         pods: list[dict[str, Any]],
+        zero_after: float | None = None,
+        demand: Demand | None = None,
     ) -> None:
+        """zero_after: scaleToZeroAfterSeconds when minReplicas is 0, else None."""
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
+        demand = demand or Demand()
+        current = int((deployment.get("spec") or {}).get("replicas", 1))
+        if zero_after is not None and current == 0:
+            now = self.clock()
+            history = self.histories.get(key) or ScalingHistory.assume(0, at=now)
+            woken = from_zero(current, demand, history, now, policy.horizon_s)
+            assert woken is not None
+            self.last_active[key] = now
+            await self._act(body, key, current, woken)
+            return
         engine = engine_for(engine_name)
         sets = classify_pods(pods)
         targets = [
@@ -214,7 +285,6 @@ class AutoscalerLoop:
         ]
         results = await scraper.scrape(targets, METRIC_NAMES[engine_name]) if targets else {}
         now = self.clock()
-        current = int((deployment.get("spec") or {}).get("replicas", 1))
         history = self.histories.get(key) or ScalingHistory.assume(current, at=now)
         observation = Observation.from_results(results, starting=sets.starting)
         # What one pod serves at once, learned whenever pods are saturated; kept so that
@@ -230,6 +300,39 @@ class AutoscalerLoop:
             now=now,
             pod_capacity=capacity,
         )
+        if zero_after is not None:
+            decision = to_zero(
+                decision,
+                current,
+                observation,
+                demand,
+                idle_for_s=now - self._last_active(key, observation, demand, now),
+                after_s=zero_after,
+            )
+        await self._act(body, key, current, decision)
+
+    def _last_active(
+        self, key: ObjectKey, observation: Observation, demand: Demand, now: float
+    ) -> float:
+        """When the model was last busy: now if engines or gateways show work, else the
+        latest of what was remembered and the gateways' own last request."""
+        busy = (
+            demand.active
+            or any(v > 0 for v in observation.waiting.values())
+            or any(v > 0 for v in observation.running.values())
+        )
+        # First sight (a new ModelDeployment, or after a restart): count it as busy now,
+        # so a restart never shortens the idle period.
+        last = now if busy else self.last_active.get(key, now)
+        if demand.idle_seconds is not None:
+            last = max(last, now - demand.idle_seconds)
+        self.last_active[key] = last
+        return last
+
+    async def _act(
+        self, body: Mapping[str, Any], key: ObjectKey, current: int, decision: Decision
+    ) -> None:
+        meta = body["metadata"]
         self.histories[key] = decision.history
         telemetry.observe_queue(*key, decision.queue_depth, decision.desired_replicas)
         scaled_at: str | None = None

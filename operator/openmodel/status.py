@@ -96,7 +96,9 @@ def desired_conditions(obs: Observation) -> list[dict[str, Any]]:
     if obs.deployment is None:
         ready_c = _condition(READY, False, "NotDeployed", "no engine Deployment exists yet", g)
     elif rolled_out and want == 0:
-        ready_c = _condition(READY, True, "ScaledToZero", "scaled to zero replicas", g)
+        # Not Ready: nothing answers right now. A request through the gateway is held
+        # and wakes the model when autoscaling allows zero (see docs/gateway.md).
+        ready_c = _condition(READY, False, "ScaledToZero", "scaled to zero replicas", g)
     elif rolled_out:
         ready_c = _condition(READY, True, "Ready", f"{ready}/{want} replicas ready", g)
     else:

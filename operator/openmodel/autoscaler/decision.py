@@ -259,6 +259,9 @@ class DecisionReason(StrEnum):
     STEADY = "Steady"
     METRICS_UNAVAILABLE = "MetricsUnavailable"
     NO_READY_PODS = "NoReadyPods"
+    SCALE_TO_ZERO = "ScaleToZero"
+    SCALE_FROM_ZERO = "ScaleFromZero"
+    SCALED_TO_ZERO = "ScaledToZero"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,39 @@
+"""python -m openmodel.gateway [--host H] [--port P] [--routes FILE]
+
+Platform config from OPENMODEL_CONFIG (its `gateway` section), the cluster from
+KUBECONFIG or the in-cluster service account.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from openmodel.config import ConfigError, load_config
+from openmodel.gateway.ports import GATEWAY_PORT
+from openmodel.gateway.server import serve
+from openmodel.gateway.static import RoutesFileError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m openmodel.gateway", description=__doc__)
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=GATEWAY_PORT)
+    parser.add_argument("--routes", type=Path, help="static routes file instead of the cluster")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        config = load_config()
+        asyncio.run(serve(config, args.host, args.port, args.routes))
+    except (ConfigError, RoutesFileError) as e:
+        print(f"openmodel gateway: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The gateway's Prometheus metrics, on a registry of its own (served at /metrics).
+
+Labels: `namespace` and `model_deployment` name where the request was routed, `model`
+as the client asked (errors before routing have `model=""` when none was readable).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
+_HOLD_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+@dataclass
+class GatewayMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        route = ["namespace", "model_deployment", "model"]
+        self.requests = Counter(
+            "openmodel_gateway_requests",
+            "Requests answered, by where they went and the HTTP status returned.",
+            [*route, "code"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "openmodel_gateway_errors",
+            "Requests the gateway answered with an error of its own, by reason.",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.held = Gauge(
+            "openmodel_gateway_held_requests",
+            "Requests waiting for a ready replica now.",
+            ["namespace", "model_deployment"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "openmodel_gateway_in_flight_requests",
+            "Requests forwarded and not finished.",
+            ["namespace", "model_deployment"],
+            registry=r,
+        )
+        self.hold_seconds = Histogram(
+            "openmodel_gateway_hold_seconds",
+            "How long requests were held before being forwarded or refused.",
+            ["namespace", "model_deployment"],
+            buckets=_HOLD_BUCKETS,
+            registry=r,
+        )
+        self.added_latency = Histogram(
+            "openmodel_gateway_added_latency_seconds",
+            "Time to response headers through the gateway minus the engine's own, "
+            "hold time excluded.",
+            ["namespace", "model_deployment"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )

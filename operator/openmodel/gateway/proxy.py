@@ -1,0 +1,349 @@
+"""The OpenAI-compatible proxy: route by `model`, hold while a model has no ready pod,
+forward, and stream the answer back chunk by chunk.
+
+    gateway = Gateway(table, config.gateway)
+    app = gateway.application()          # aiohttp; run with handler_cancellation=True
+    ...  gateway.notify() whenever the table or the scraped state changes
+
+Request path, in order: body within `maxBodyBytes` (else 413), valid JSON object (400),
+a string `model` (400), a known model (404), then a pod: the least loaded routable one,
+or, with none, hold (at most `holdQueueLength` per ModelDeployment, else 503 at once)
+until one is ready or `holdSeconds` pass (503 with Retry-After). Connecting to a pod
+that just left is retried on another pod (nothing was sent yet); once the engine
+answered, its status and body go to the client unchanged. A client that goes away
+(while held or mid-stream) is forgotten: the handler is cancelled (the app runs with
+handler cancellation), its hold slot and in-flight count are released, and the
+upstream connection is closed, which makes the engine abort the request.
+Nothing the operator does cuts a request in flight: a pod being deleted gets no new
+requests, and the ones it has finish on the connection they started on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from openmodel.config import GatewayConfig
+from openmodel.gateway.balancer import Balancer
+from openmodel.gateway.errors import SERVICE_UNAVAILABLE, error_response
+from openmodel.gateway.metrics import GatewayMetrics
+from openmodel.gateway.routes import Endpoint, ObjectKey, Route, RouteTable
+
+log = logging.getLogger(__name__)
+
+ROUTED_PATHS: Final = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+# Not forwarded either way (RFC 9110 hop-by-hop, plus what aiohttp sets itself).
+_HOP_BY_HOP: Final = frozenset(
+    h.lower()
+    for h in (
+        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE",
+        "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Content-Length",
+    )
+)  # fmt: skip
+_CONNECT_ATTEMPTS: Final = 3
+
+
+def _forwardable(headers: Mapping[str, str]) -> CIMultiDict[str]:
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in _HOP_BY_HOP)
+
+
+@dataclass
+class ModelActivity:
+    held: int = 0
+    last_request: float | None = None  # monotonic
+
+
+@dataclass
+class Gateway:
+    table: RouteTable
+    config: GatewayConfig
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    balancer: Balancer = field(default_factory=Balancer)
+    activity: dict[ObjectKey, ModelActivity] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    ready: bool = False  # the first full list of the routes arrived
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _session: aiohttp.ClientSession | None = None
+
+    # --- wiring ---
+
+    def notify(self) -> None:
+        """Routes or pod state changed: wake every held request to look again."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def application(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.max_body_bytes)
+        for path in ROUTED_PATHS:
+            app.router.add_post(path, self.handle_inference)
+        app.router.add_get("/v1/models", self.handle_models)
+        app.router.add_get("/healthz", self.handle_healthz)
+        app.router.add_get("/readyz", self.handle_readyz)
+        app.router.add_get("/demand", self.handle_demand)
+        app.router.add_get("/metrics", self.handle_metrics)
+        app.on_startup.append(self._open)
+        app.on_cleanup.append(self._close)
+        return app
+
+    async def _open(self, _: web.Application) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=0,
+            # Below uvicorn's 5 s idle timeout (vLLM), so the gateway never reuses a
+            # connection the engine is closing.
+            keepalive_timeout=3.0,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,  # bytes pass through as the engine sent them
+            trust_env=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0),
+        )
+
+    async def _close(self, _: web.Application) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _activity(self, key: ObjectKey) -> ModelActivity:
+        return self.activity.setdefault(key, ModelActivity())
+
+    # --- small endpoints ---
+
+    async def handle_healthz(self, _: web.Request) -> web.StreamResponse:
+        return web.Response(text="ok")
+
+    async def handle_readyz(self, _: web.Request) -> web.StreamResponse:
+        if not self.ready:
+            return web.Response(status=503, text="routes not loaded yet")
+        return web.Response(text="ok")
+
+    async def handle_models(self, _: web.Request) -> web.StreamResponse:
+        data: list[dict[str, Any]] = []
+        for name, route in self.table.model_names():
+            entry: dict[str, Any] = {
+                "id": name,
+                "object": "model",
+                "created": int(self.started_wall),
+                "owned_by": route.backend.key[0],
+            }
+            if route.adapter is not None:
+                entry["parent"] = route.backend.served_name
+            data.append(entry)
+        return web.json_response({"object": "list", "data": data})
+
+    async def handle_demand(self, _: web.Request) -> web.StreamResponse:
+        return web.json_response(self.demand())
+
+    async def handle_metrics(self, _: web.Request) -> web.StreamResponse:
+        return web.Response(
+            body=generate_latest(self.metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
+
+    @property
+    def started_wall(self) -> float:
+        return time.time() - (time.monotonic() - self.started)
+
+    def demand(self) -> dict[str, Any]:
+        """What the autoscaler reads (GET /demand): per ModelDeployment, requests held,
+        in flight, and seconds since the last request (or since this gateway started)."""
+        now = time.monotonic()
+        models = []
+        for key in sorted(self.table.backends.keys() | self.activity.keys()):
+            act = self.activity.get(key) or ModelActivity()
+            last = act.last_request if act.last_request is not None else self.started
+            models.append(
+                {
+                    "namespace": key[0],
+                    "name": key[1],
+                    "held": act.held,
+                    "inFlight": self.balancer.in_flight_for(key),
+                    "idleSeconds": round(max(0.0, now - last), 3),
+                }
+            )
+        return {"models": models}
+
+    # --- the proxy ---
+
+    async def handle_inference(self, request: web.Request) -> web.StreamResponse:
+        received = time.perf_counter()
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            self.metrics.errors.labels("", "body_too_large").inc()
+            return error_response(
+                413,
+                f"request body over the gateway's limit of {self.config.max_body_bytes} bytes",
+                "request_too_large",
+            )
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            self.metrics.errors.labels("", "invalid_json").inc()
+            return error_response(400, f"request body is not valid JSON: {e}", "invalid_json")
+        if not isinstance(body, dict):
+            self.metrics.errors.labels("", "invalid_json").inc()
+            return error_response(400, "request body must be a JSON object", "invalid_json")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            self.metrics.errors.labels("", "missing_model").inc()
+            return error_response(
+                400, "`model` is required (a string)", "missing_model", param="model"
+            )
+        route = self.table.route(model)
+        if route is None:
+            self.metrics.errors.labels(model, "model_not_found").inc()
+            return error_response(
+                404,
+                f"The model `{model}` does not exist (GET /v1/models lists the models "
+                "this gateway serves).",
+                "model_not_found",
+                param="model",
+            )
+        return await self._serve(request, raw, model, route, received)
+
+    async def _serve(
+        self, request: web.Request, raw: bytes, model: str, route: Route, received: float
+    ) -> web.StreamResponse:
+        key = route.backend.key
+        labels = (key[0], key[1])
+        activity = self._activity(key)
+        activity.last_request = time.monotonic()
+        deadline = time.monotonic() + self.config.hold_seconds
+        held_for = 0.0
+        tried: set[str] = set()
+        while True:
+            endpoint = self.balancer.pick(
+                key, self.table.endpoints(key), route.adapter, exclude=tried
+            )
+            if endpoint is None:
+                # No pod (or every pod refused the connection once): wait for a change.
+                response, waited = await self._hold(key, route, deadline)
+                held_for += waited
+                if response is not None:
+                    return response
+                tried.clear()
+                continue
+            result = await self._forward(request, raw, route, endpoint, received, held_for)
+            if result is not None:
+                self.metrics.requests.labels(*labels, model, str(result.status)).inc()
+                activity.last_request = time.monotonic()
+                return result
+            tried.add(endpoint.pod)
+
+    async def _hold(
+        self, key: ObjectKey, route: Route, deadline: float
+    ) -> tuple[web.StreamResponse | None, float]:
+        """Wait for a routable pod. (None, waited) to look again; (response, waited) to end."""
+        activity = self._activity(key)
+        model = route.adapter or route.backend.served_name
+        if activity.held >= self.config.hold_queue_length:
+            self.metrics.errors.labels(model, "hold_queue_full").inc()
+            return (
+                error_response(
+                    503,
+                    f"`{model}` has no ready replica and {activity.held} requests are already "
+                    "waiting for one; retry later",
+                    "model_starting",
+                    kind=SERVICE_UNAVAILABLE,
+                    retry_after_s=max(1, int(self.config.hold_seconds // 10)),
+                ),
+                0.0,
+            )
+        started = time.monotonic()
+        remaining = deadline - started
+        if remaining <= 0:
+            return self._hold_expired(key, model), 0.0
+        activity.held += 1
+        self.metrics.held.labels(*key).inc()
+        changed = self._changed
+        try:
+            await asyncio.wait_for(changed.wait(), timeout=remaining)
+        except TimeoutError:
+            waited = time.monotonic() - started
+            self.metrics.hold_seconds.labels(*key).observe(waited)
+            return self._hold_expired(key, model), waited
+        finally:
+            activity.held -= 1
+            self.metrics.held.labels(*key).dec()
+        waited = time.monotonic() - started
+        self.metrics.hold_seconds.labels(*key).observe(waited)
+        return None, waited
+
+    def _hold_expired(self, key: ObjectKey, model: str) -> web.Response:
+        self.metrics.errors.labels(model, "hold_timeout").inc()
+        return error_response(
+            503,
+            f"`{model}` ({key[0]}/{key[1]}) has no ready replica after "
+            f"{self.config.hold_seconds:g}s; it may still be starting: retry later",
+            "model_starting",
+            kind=SERVICE_UNAVAILABLE,
+            retry_after_s=max(1, int(self.config.hold_seconds // 10)),
+        )
+
+    async def _forward(
+        self,
+        request: web.Request,
+        raw: bytes,
+        route: Route,
+        endpoint: Endpoint,
+        received: float,
+        held_for: float,
+    ) -> web.StreamResponse | None:
+        """Send to one pod and stream its answer back. None: could not connect (retry)."""
+        assert self._session is not None
+        key = route.backend.key
+        url = endpoint.base_url + request.path
+        self.balancer.started(key, endpoint.pod)
+        self.metrics.in_flight.labels(*key).inc()
+        upstream: aiohttp.ClientResponse | None = None
+        try:
+            sent = time.perf_counter()
+            try:
+                upstream = await self._session.post(
+                    url, data=raw, headers=_forwardable(request.headers)
+                )
+            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as e:
+                log.info("gateway: %s unreachable (%s); trying another pod", endpoint.pod, e)
+                return None
+            engine_headers = time.perf_counter() - sent
+            response = web.StreamResponse(
+                status=upstream.status,
+                reason=upstream.reason,
+                headers=_forwardable(upstream.headers),
+            )
+            if upstream.content_length is not None:
+                response.content_length = upstream.content_length
+            await response.prepare(request)
+            added = (time.perf_counter() - received) - held_for - engine_headers
+            self.metrics.added_latency.labels(*key).observe(max(0.0, added))
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            upstream.release()
+            upstream = None
+            return response
+        except asyncio.CancelledError:
+            self.metrics.errors.labels(route.adapter or route.backend.served_name,
+                                       "client_disconnected").inc()  # fmt: skip
+            raise
+        except (aiohttp.ClientError, ConnectionResetError) as e:
+            # The engine went away mid-answer (its pod was killed, not drained): the
+            # headers are out, so the client sees a cut stream; say so in the log.
+            self.metrics.errors.labels(route.backend.served_name, "upstream_cut").inc()
+            log.warning("gateway: %s cut a response mid-way: %s", endpoint.pod, e)
+            raise
+        finally:
+            if upstream is not None:
+                upstream.close()  # not read to the end: the engine aborts the request
+            self.balancer.finished(key, endpoint.pod)
+            self.metrics.in_flight.labels(*key).dec()

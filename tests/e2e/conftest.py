@@ -15,8 +15,13 @@ import pytest
 from kubernetes import client
 
 from harness import Cluster, create_namespace, delete_namespace, provide_cluster
-from openmodel_fixtures import crd, operator  # noqa: F401  (fixtures for the operator tests)
-from real_engine.fixtures import tiny_model, vllm_env, vllm_python  # noqa: F401
+from openmodel_fixtures import crd, gateway, operator  # noqa: F401  (fixtures for the operator tests)
+from real_engine.fixtures import (  # noqa: F401
+    tiny_adapters,
+    tiny_model,
+    vllm_env,
+    vllm_python,
+)
 
 
 @pytest.fixture(scope="session")

@@ -37,6 +37,9 @@ AUTOSCALER_POLL_SECONDS = 1.0
 TEST_PLATFORM_CONFIG = {
     "autoscaler": {"pollSeconds": AUTOSCALER_POLL_SECONDS, "scrapeTimeoutSeconds": 0.5},
     "adapters": {"pollSeconds": 1.0},
+    # The session's gateway (see the `gateway` fixture) polls engines every 0.5 s; the
+    # operator reads the gateway's held requests from its /demand URL (set at start).
+    "gateway": {"queuePollSeconds": 0.5, "holdSeconds": 600},
 }
 
 
@@ -90,13 +93,24 @@ class OperatorProcess:
                 self.process.wait(timeout=5)
 
 
+def platform_config(demand_urls: list[str] | None = None) -> dict[str, Any]:
+    config = copy.deepcopy(TEST_PLATFORM_CONFIG)
+    if demand_urls:
+        config["gateway"]["demandUrls"] = demand_urls
+    return config
+
+
 def start_operator(
-    kubeconfig: Path, workdir: Path, extra_env: dict[str, str] | None = None, name: str = "operator"
+    kubeconfig: Path,
+    workdir: Path,
+    extra_env: dict[str, str] | None = None,
+    name: str = "operator",
+    demand_urls: list[str] | None = None,
 ) -> OperatorProcess:
     port = free_port()
     log_path = workdir / f"{name}.log"
     config_path = workdir / f"{name}-config.yaml"
-    config_path.write_text(yaml.safe_dump(TEST_PLATFORM_CONFIG))
+    config_path.write_text(yaml.safe_dump(platform_config(demand_urls)))
     metrics_port = free_port()
     env = {
         **os.environ,
@@ -142,12 +156,88 @@ def crd(api_client: client.ApiClient) -> None:
     install_crd(api_client)
 
 
+@dataclass
+class GatewayProcess:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    url: str
+
+    @property
+    def demand_url(self) -> str:
+        return f"{self.url}/demand"
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=70)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+
+
+def start_gateway(kubeconfig: Path, workdir: Path, name: str = "gateway") -> GatewayProcess:
+    """`python -m openmodel.gateway` on 127.0.0.1, routing every namespace of the cluster
+    (pods' IPs are reachable from the host: loopback for KWOK pods, the process nodes'
+    veths for real engines)."""
+    port = free_port()
+    log_path = workdir / f"{name}.log"
+    config_path = workdir / f"{name}-config.yaml"
+    config_path.write_text(yaml.safe_dump(platform_config()))
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "OPENMODEL_CONFIG": str(config_path),
+        "PYTHONUNBUFFERED": "1",
+    }
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "openmodel.gateway", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    gw = GatewayProcess(process, log_path, f"http://127.0.0.1:{port}")
+
+    def ready() -> bool | NotYet:
+        if process.poll() is not None:
+            raise AssertionError(f"gateway exited with {process.returncode}:\n{gw.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"{gw.url}/readyz", timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, ConnectionError) as e:
+            return NotYet(str(e))
+
+    try:
+        wait_for(ready, 60, lambda: f"gateway readiness; log:\n{gw.log_tail()}", interval=0.3)
+    except BaseException:
+        gw.stop()
+        raise
+    return gw
+
+
 @pytest.fixture(scope="session")
-def operator(cluster: Cluster, crd: None) -> Iterator[OperatorProcess]:
+def gateway(cluster: Cluster, crd: None) -> Iterator[GatewayProcess]:
+    gw = start_gateway(cluster.kubeconfig, cluster.workdir)
+    yield gw
+    gw.stop()
+    sys.stderr.write(f"gateway log: {gw.log_path}\n")
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster, crd: None, gateway: GatewayProcess) -> Iterator[OperatorProcess]:
     # Namespaces named e2e-rbac-* belong to tests that run their own operator under a
     # restricted identity; the session's operator must not do their work for them.
     op = start_operator(
-        cluster.kubeconfig, cluster.workdir, extra_env={"OPENMODEL_NAMESPACES": SESSION_SCOPE}
+        cluster.kubeconfig,
+        cluster.workdir,
+        extra_env={"OPENMODEL_NAMESPACES": SESSION_SCOPE},
+        demand_urls=[gateway.demand_url],
     )
     yield op
     op.stop()

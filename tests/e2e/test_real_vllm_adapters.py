@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -33,13 +32,11 @@ from harness import (
 from openmodel_fixtures import GROUP, PLURAL, VERSION, OperatorProcess, condition, create_md, get_md
 from real_engine.cluster_objects import delete_model_volumes, model_volume, ready_pods
 from real_engine.cpu import CPU_ARGS, CPU_ENV, START_TIMEOUT
-from real_engine.fixtures import engine_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.real_engine]
 
 NAME = "tiny-lora"
 SERVED = "tiny"
-ADAPTER_SCRIPT = Path(__file__).resolve().parent / "real_engine" / "tiny_adapter.py"
 
 
 def adapter(name: str) -> dict[str, str]:
@@ -47,19 +44,9 @@ def adapter(name: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def adapters_dir(tiny_model: Path, vllm_python: Path) -> Path:
+def adapters_dir(tiny_adapters: Path) -> Path:
     """a1..a4 (rank 8, different seeds) and `big` (rank 64 > maxRank 16)."""
-    out = tiny_model.parent / "adapters"
-    for index, (name, rank) in enumerate(
-        [("a1", 8), ("a2", 8), ("a3", 8), ("a4", 8), ("big", 64)], start=1
-    ):
-        done = subprocess.run(
-            [str(vllm_python), str(ADAPTER_SCRIPT), str(tiny_model), str(out / name),
-             "--rank", str(rank), "--seed", str(index)],
-            capture_output=True, text=True, timeout=300, env=engine_env(), check=False,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr[-3000:]
-    return out
+    return tiny_adapters
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,7 @@ def test_vllm_command_and_every_flag() -> None:
         "--host", "0.0.0.0",
         "--port", "8000",
         "--tensor-parallel-size", "2",
+        "--shutdown-timeout", "50",
         "--quantization", "awq",
         "--max-model-len", "32768",
     ]  # fmt: skip

@@ -31,6 +31,12 @@ VLLM_QUANTIZATION_HINTS: Mapping[str, str] = {
 }
 
 
+# On SIGTERM (a rollout, a scale-down) vLLM's default `--shutdown-timeout 0` aborts every
+# request in flight; with N > 0 it drains them for up to N seconds first. Below the pod's
+# terminationGracePeriodSeconds (60, render.py), so the kubelet's SIGKILL never cuts it.
+DRAIN_SECONDS = 50
+
+
 @dataclass(frozen=True)
 class VLLM:
     name: str = "vllm"
@@ -65,6 +71,8 @@ class VLLM:
             str(self.port),
             "--tensor-parallel-size",
             str(gpu_count),
+            "--shutdown-timeout",
+            str(DRAIN_SECONDS),
         ]
         quantization = quantization_flag(self, spec)
         if quantization is not None:

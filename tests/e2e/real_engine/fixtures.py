@@ -60,3 +60,24 @@ def tiny_model(vllm_python: Path) -> Iterator[Path]:
         pytest.fail(f"tiny_model.py failed ({result.returncode}):\n{result.stderr[-3000:]}")
     yield out
     shutil.rmtree(root, ignore_errors=True)
+
+
+ADAPTER_SCRIPT = Path(__file__).resolve().parent / "tiny_adapter.py"
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tiny_model: Path, vllm_python: Path) -> Path:
+    """LoRA adapters for the tiny model beside it (``<tmp>/models/adapters/<name>``, so
+    ``pvc://<claim>/adapters/<name>``): a1..a4 (rank 8, different seeds) and `big`
+    (rank 64, above the tests' maxRank 16). Made once per session."""
+    out = tiny_model.parent / "adapters"
+    for index, (name, rank) in enumerate(
+        [("a1", 8), ("a2", 8), ("a3", 8), ("a4", 8), ("big", 64)], start=1
+    ):
+        done = subprocess.run(
+            [str(vllm_python), str(ADAPTER_SCRIPT), str(tiny_model), str(out / name),
+             "--rank", str(rank), "--seed", str(index)],
+            capture_output=True, text=True, timeout=300, env=engine_env(), check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+    return out

@@ -1,0 +1,227 @@
+"""One gateway in front of three ModelDeployments, one a real vLLM that scales from zero.
+
+The real engine serves the tiny model with a LoRA adapter on a process node; the two
+others are simulated engines on KWOK GPU nodes. The real one starts at zero replicas:
+20 concurrent requests through the gateway are held, the autoscaler reads them from the
+gateway's /demand, brings 0 -> 1, and all 20 are answered when the pod is Ready. Then
+the adapter and the other models are reached by name, /v1/models lists all of them, an
+unknown model gets the 404 body, and after scaleToZeroAfterSeconds the model goes back
+to zero by itself. One real-engine start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from kubernetes import client
+
+from engine_fleet import EngineFleet
+from harness import Cluster, NotYet, create_namespace, delete_namespace, describe_namespace, wait_for
+from openmodel_fixtures import (
+    AUTOSCALER_POLL_SECONDS,
+    GROUP,
+    VERSION,
+    GatewayProcess,
+    OperatorProcess,
+    condition,
+    create_md,
+    get_md,
+)
+from real_engine.cluster_objects import delete_model_volumes, model_volume
+from real_engine.cpu import CPU_ARGS, CPU_ENV, START_TIMEOUT
+
+pytestmark = [pytest.mark.cluster, pytest.mark.real_engine]
+
+REAL = "tiny-gw"
+SERVED = "tiny"
+ADAPTER = "a1"
+SIMULATED = {"sim-l4": "nvidia-l4", "sim-h100": "nvidia-h100-80gb"}
+TO_ZERO_AFTER = 30
+CONCURRENT = 20
+
+
+def real_md(namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ModelDeployment",
+        "metadata": {"name": REAL, "namespace": namespace},
+        "spec": {
+            "model": "pvc://tiny/model",
+            "servedModelName": SERVED,
+            "gpu": {"type": "nvidia-a10g", "count": 1},
+            "maxModelLen": 1024,
+            "args": CPU_ARGS,
+            "env": CPU_ENV,
+            "adapters": [{"name": ADAPTER, "source": f"pvc://tiny/adapters/{ADAPTER}"}],
+            "lora": {"maxRank": 16, "maxAdapters": 2},
+            "autoscaling": {
+                "minReplicas": 0,
+                "maxReplicas": 1,
+                "targetQueueDepth": 4,
+                "scaleDownStabilizationSeconds": 0,
+                "scaleToZeroAfterSeconds": TO_ZERO_AFTER,
+            },
+        },
+    }
+
+
+def simulated_md(namespace: str, name: str, gpu: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "model": "Qwen/Qwen2.5-7B-Instruct",
+            "servedModelName": name,  # the simulator answers to its ModelDeployment's name
+            "gpu": {"type": gpu, "count": 1},
+            "maxModelLen": 4096,
+        },
+    }
+
+
+def replicas(api: client.ApiClient, namespace: str) -> int:
+    return int(client.AppsV1Api(api).read_namespaced_deployment(REAL, namespace).spec.replicas)
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="module")
+def gateway_namespace(
+    api_client: client.ApiClient, cluster: Cluster, tiny_model: Path, tiny_adapters: Path
+) -> Iterator[str]:
+    cluster.require_process_nodes()
+    namespace = create_namespace(api_client, "e2e-real-gateway")
+    model_volume(api_client, namespace, tiny_model)
+    yield namespace
+    delete_namespace(api_client, namespace)
+    delete_model_volumes(api_client)
+
+
+@pytest.fixture(scope="module")
+def fleets(
+    api_client: client.ApiClient, gateway_namespace: str, operator: OperatorProcess
+) -> Iterator[dict[str, EngineFleet]]:
+    started = {}
+    for name, gpu in SIMULATED.items():
+        create_md(api_client, simulated_md(gateway_namespace, name, gpu))
+        started[name] = EngineFleet(
+            api_client, gateway_namespace, name, slots=4, service_time=0.05, max_seconds=900
+        ).start()
+    yield started
+    for fleet in started.values():
+        fleet.stop()
+
+
+async def chat(session: aiohttp.ClientSession, url: str, model: str) -> tuple[int, Any, float]:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "the cat and the dog"}],
+        "max_tokens": 4,
+        "temperature": 0,
+    }
+    async with session.post(f"{url}/v1/chat/completions", json=body) as r:
+        text = await r.text()
+        return r.status, (json.loads(text) if text else None), time.time()
+
+
+async def burst(url: str, model: str, count: int) -> list[tuple[int, Any, float]]:
+    timeout = aiohttp.ClientTimeout(total=START_TIMEOUT + 120)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        return await asyncio.gather(*(chat(session, url, model) for _ in range(count)))
+
+
+def _time(value: dt.datetime) -> float:
+    return value.timestamp()
+
+
+@pytest.mark.timeout(START_TIMEOUT + 600)
+def test_one_gateway_routes_every_model_and_a_real_vllm_scales_from_zero_and_back(
+    api_client: client.ApiClient,
+    gateway_namespace: str,
+    fleets: dict[str, EngineFleet],
+    gateway: GatewayProcess,
+    operator: OperatorProcess,
+) -> None:
+    ns = gateway_namespace
+    core = client.CoreV1Api(api_client)
+    create_md(api_client, real_md(ns))
+
+    def at_zero() -> dict[str, Any] | NotYet:
+        md = get_md(api_client, ns, REAL)
+        ready = condition(md, "Ready")
+        if ready.get("reason") != "ScaledToZero" or replicas(api_client, ns) != 0:
+            return NotYet(ready or md.get("status"))
+        return md
+
+    md = wait_for(at_zero, 60, "the real model to settle at zero replicas")
+    assert condition(md, "Ready")["status"] == "False"
+    assert md["status"]["reason"] == "ScaledToZero"
+    assert not core.list_namespaced_pod(ns, label_selector=f"openmodel.dev/model-deployment={REAL}").items
+
+    # 20 concurrent requests for a model with no pod: held, none refused.
+    sent_at = time.time()
+    answers = asyncio.run(burst(gateway.url, SERVED, CONCURRENT))
+    statuses = [status for status, _, _ in answers]
+    assert statuses == [200] * CONCURRENT, [a[:2] for a in answers if a[0] != 200]
+    assert all(body["model"] == SERVED for _, body, _ in answers)
+    first_answer = min(at for _, _, at in answers) - sent_at
+
+    (engine_pod,) = core.list_namespaced_pod(
+        ns, label_selector=f"openmodel.dev/model-deployment={REAL}"
+    ).items
+    created = _time(engine_pod.metadata.creation_timestamp) - sent_at
+    ready_at = next(
+        _time(c.last_transition_time) for c in engine_pod.status.conditions if c.type == "Ready"
+    )
+    engine_start = ready_at - _time(engine_pod.metadata.creation_timestamp)
+    print(
+        f"\nscale from zero: pod created {created:.1f}s after the burst, engine start "
+        f"{engine_start:.1f}s, first answer {first_answer:.1f}s, all {CONCURRENT} answered"
+    )
+    # The autoscaler woke it within a poll or two (plus the gateway's first hold report);
+    # the first answer came within the engine's start plus that, plus a second of slack
+    # for the gateway to see the Ready pod (second-resolution timestamps).
+    assert created <= 2 * AUTOSCALER_POLL_SECONDS + 3, created
+    assert first_answer <= created + engine_start + AUTOSCALER_POLL_SECONDS + 2, first_answer
+
+    # The adapter by its name (held until its engine lists it), the others by theirs.
+    adapter_status = asyncio.run(burst(gateway.url, ADAPTER, 1))[0]
+    assert adapter_status[0] == 200, adapter_status[1]
+    assert adapter_status[1]["model"] == ADAPTER
+    for name, fleet in fleets.items():
+        wait_for(lambda f=fleet: bool(f.urls()) or NotYet("no simulator yet"), 60,  # type: ignore[misc]
+                 f"{name}'s simulated engine")  # fmt: skip
+        before = sum(h.stats.succeeded for _, h in fleet.handles.values())
+        status, body, _ = asyncio.run(burst(gateway.url, name, 1))[0]
+        assert status == 200 and body["model"] == name, body
+        after = sum(h.stats.succeeded for _, h in fleet.handles.values())
+        assert after == before + 1, f"{name}: its own engine did not answer"
+    listed = {m["id"] for m in get_json(f"{gateway.url}/v1/models")["data"]}
+    assert {SERVED, ADAPTER, *SIMULATED} <= listed
+    status, body, _ = asyncio.run(burst(gateway.url, "no-such-model", 1))[0]
+    assert status == 404 and body["error"]["code"] == "model_not_found"
+
+    # Idle: back to zero by itself after scaleToZeroAfterSeconds.
+    idle_from = time.time()
+    try:
+        wait_for(at_zero, TO_ZERO_AFTER + 90, "the real model to go back to zero")
+    except BaseException:
+        print(describe_namespace(api_client, ns))
+        raise
+    print(f"back to zero {time.time() - idle_from:.1f}s after the last request")
+    assert time.time() - idle_from >= TO_ZERO_AFTER - 1
+    demand = get_json(gateway.demand_url)
+    mine = [m for m in demand["models"] if m["namespace"] == ns and m["name"] == REAL]
+    assert mine and mine[0]["held"] == 0 and mine[0]["inFlight"] == 0

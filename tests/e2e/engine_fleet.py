@@ -2,7 +2,11 @@
 
 `EngineFleet` runs an asyncio loop in a thread. It watches one ModelDeployment's pods
 and keeps exactly one simulator listening on `<podIP>:<engine port>` for every Ready pod,
-so the operator scrapes them as it would real engines. `LoadGenerator` keeps a fixed
+so the operator scrapes them as it would real engines. A pod that leaves (deletion
+timestamp set, not Ready, or gone) has its simulator stopped the way SIGTERM stops vLLM
+started with `--shutdown-timeout drain_seconds`, in a background task: requests in
+flight (streams too) finish, new ones get vLLM's drain-time 500; a new pod on the same
+IP gets its simulator once the old one has let go of the port. `LoadGenerator` keeps a fixed
 number of clients busy with OpenAI completions spread round-robin over the served pods;
 every loop is bounded in time and stops by itself.
 """
@@ -35,7 +39,13 @@ class EngineFleet:
     slots: int = 2
     service_time: float = 0.3
     max_seconds: float = 300.0
+    # What clients put in `model` (engines/base.served_model_name); None: the MD's name.
+    served_model: str | None = None
+    drain_seconds: float = 30.0
     handles: dict[str, tuple[str, SimulatorHandle]] = field(default_factory=dict)  # ip -> pod
+    # Simulators of pods that left, in the order they left, and their stops in progress.
+    retired: list[tuple[str, SimulatorHandle]] = field(default_factory=list)
+    _stopping: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # ip -> stop
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     _thread: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -46,6 +56,10 @@ class EngineFleet:
         self._thread.start()
         self.run(self._watch_started())
         return self
+
+    @property
+    def model(self) -> str:
+        return self.served_model if self.served_model is not None else self.name
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
@@ -73,24 +87,38 @@ class EngineFleet:
             for ip in list(self.handles):
                 pod, handle = self.handles[ip]
                 if wanted.get(ip) != pod:
-                    await handle.stop()
-                    del self.handles[ip]
+                    del self.handles[ip]  # no new load goes to it from now on
+                    self.retired.append((pod, handle))
+                    self._stopping[ip] = asyncio.create_task(self._retire(pod, handle))
             for ip, pod in wanted.items():
-                if ip not in self.handles:
-                    try:
-                        handle = await start_simulator(
-                            self.engine,
-                            ip,
-                            self.port,
-                            slots=self.slots,
-                            service_time=self.service_time,
-                            model=self.name,
-                        )
-                    except OSError as e:  # e.g. the old pod's socket still closing
-                        self.errors.append(f"{pod} {ip}: {e}")
-                        continue
-                    self.handles[ip] = (pod, handle)
+                stopping = self._stopping.get(ip)
+                if ip in self.handles or (stopping is not None and not stopping.done()):
+                    continue  # served, or the old pod's engine still drains on this IP
+                try:
+                    handle = await start_simulator(
+                        self.engine,
+                        ip,
+                        self.port,
+                        slots=self.slots,
+                        service_time=self.service_time,
+                        model=self.model,
+                    )
+                except OSError as e:
+                    self.errors.append(f"{pod} {ip}: {e}")
+                    continue
+                self.handles[ip] = (pod, handle)
             await asyncio.sleep(0.2)
+
+    async def _retire(self, pod: str, handle: SimulatorHandle) -> None:
+        try:
+            await handle.stop(drain_seconds=self.drain_seconds)
+        except Exception as e:  # not swallowed: the test reads `errors`
+            self.errors.append(f"{pod} {handle.host}: stop failed: {e!r}")
+
+    def draining(self) -> list[SimulatorHandle]:
+        """Simulators of pods that left and whose stop has not ended yet."""
+        busy = {ip for ip, task in self._stopping.items() if not task.done()}
+        return [h for _, h in self.retired if h.host in busy]
 
     def urls(self) -> list[str]:
         return [h.url for _, h in self.handles.values()]
@@ -107,8 +135,10 @@ class EngineFleet:
         async def shutdown() -> None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
-            for _, handle in self.handles.values():
+            # The test is over: drains still running end now, like everything else.
+            for _, handle in [*self.retired, *self.handles.values()]:
                 await handle.stop()
+            await asyncio.gather(*self._stopping.values(), return_exceptions=True)
             self.handles.clear()
 
         self.run(shutdown())
@@ -142,7 +172,7 @@ class LoadGenerator:
     async def _client(self) -> None:
         assert self._stop is not None
         deadline = time.monotonic() + self.max_seconds
-        body = {"model": self.fleet.name, "prompt": "hello", "max_tokens": 8}
+        body = {"model": self.fleet.model, "prompt": "hello", "max_tokens": 8}
         while not self._stop.is_set() and time.monotonic() < deadline:
             urls = self.fleet.urls()
             if not urls:

@@ -42,6 +42,7 @@ from openmodel_fixtures import GROUP, PLURAL, VERSION, OperatorProcess, conditio
 from real_engine.cluster_objects import delete_model_volumes, model_volume, ready_pods
 from real_engine.cpu import CPU_ARGS, CPU_ENV, START_TIMEOUT
 from real_engine.metrics_contract import compare_families, scrape
+from real_engine.openai_contract import compare_streams
 
 pytestmark = [pytest.mark.cluster, pytest.mark.real_engine]
 
@@ -224,6 +225,11 @@ def test_openai_api_answers_on_the_pod(served: Served) -> None:
 def test_simulator_metrics_match_the_real_vllm(served: Served) -> None:
     real = scrape(f"http://{served.pod.status.pod_ip}:8000/metrics")
     problems = compare_families(real, engine="vllm")
+    assert not problems, "\n".join(problems)
+
+
+def test_simulator_streams_match_the_real_vllm(served: Served) -> None:
+    problems = compare_streams(f"http://{served.pod.status.pod_ip}:8000")
     assert not problems, "\n".join(problems)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import sys
 import time
@@ -22,6 +23,7 @@ from openmodel.autoscaler.metrics import (
 )
 from openmodel.simulator import SimulatorHandle, start_simulator
 from openmodel.simulator.exposition import Histogram, go_float, rust_float
+from openmodel.simulator.server import PREFILL_FRACTION
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -60,6 +62,17 @@ def run(coro_fn: Callable[[], Any]) -> Any:
     return asyncio.run(coro_fn())
 
 
+def usage(prompt: int, completion: int) -> dict[str, Any]:
+    """vLLM 0.32's non-streamed usage object."""
+    return {
+        "prompt_tokens": prompt,
+        "total_tokens": prompt + completion,
+        "completion_tokens": completion,
+        "prompt_tokens_details": None,
+        "completion_tokens_details": None,
+    }
+
+
 # --- OpenAI-compatible API ----------------------------------------------------------------
 
 
@@ -79,7 +92,8 @@ def test_completion_response_shape():
         [choice] = body["choices"]
         assert choice["index"] == 0 and choice["finish_reason"] == "length"
         assert len(choice["text"].split()) == 5
-        assert body["usage"] == {"prompt_tokens": 4, "completion_tokens": 5, "total_tokens": 9}
+        assert body["usage"] == usage(4, 5)
+        assert body["system_fingerprint"].startswith("vllm-0.32.0-")
 
     run(main)
 
@@ -93,7 +107,7 @@ def test_completion_with_a_list_of_prompts():
             assert handle.stats.succeeded == 2
         assert status == 200
         assert [c["index"] for c in body["choices"]] == [0, 1]
-        assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+        assert body["usage"] == usage(3, 4)
 
     run(main)
 
@@ -117,7 +131,7 @@ def test_chat_completion_response_shape():
         [choice] = body["choices"]
         assert choice["message"]["role"] == "assistant"
         assert len(choice["message"]["content"].split()) == 3
-        assert body["usage"] == {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}
+        assert body["usage"] == usage(4, 3)
 
     run(main)
 
@@ -146,7 +160,8 @@ def test_models_and_health():
         ({"model": MODEL, "prompt": []}, 400),
         ({"model": MODEL, "prompt": "x", "max_tokens": 0}, 400),
         ({"model": MODEL, "prompt": "x", "max_tokens": "5"}, 400),
-        ({"model": MODEL, "prompt": "x", "stream": True}, 400),
+        ({"model": MODEL, "prompt": ["x", "y"], "stream": True}, 400),
+        ({"model": MODEL, "prompt": "x", "stream": True, "stream_options": 1}, 400),
         (["not", "an", "object"], 400),
     ],
 )
@@ -170,6 +185,247 @@ def test_invalid_json_is_a_bad_request():
         ):
             assert response.status == 400
             assert "invalid JSON" in (await response.json())["error"]["message"]
+
+    run(main)
+
+
+# --- streams (vLLM 0.32's server-sent events) -------------------------------------------
+
+
+def events(raw: str) -> list[str]:
+    """The `data:` payloads of an SSE body; every event must end in a blank line."""
+    assert raw.endswith("\n\n"), raw[-80:]
+    parts = raw.split("\n\n")[:-1]
+    assert all(p.startswith("data: ") and "\n" not in p for p in parts), parts
+    return [p.removeprefix("data: ") for p in parts]
+
+
+async def stream(client: aiohttp.ClientSession, path: str, body: Any) -> tuple[str, list[Any]]:
+    """(Content-Type, chunks) of one whole stream; asserts the [DONE] terminator."""
+    async with client.post(path, json=body) as response:
+        assert response.status == 200
+        payloads = events((await response.read()).decode())
+        content_type = response.headers["Content-Type"]
+    assert payloads[-1] == "[DONE]", payloads[-3:]
+    return content_type, [json.loads(p) for p in payloads[:-1]]
+
+
+def test_completion_stream_is_vllms_format():
+    async def main() -> None:
+        async with simulator("vllm") as (handle, client):
+            body = {"model": MODEL, "prompt": "a b c", "max_tokens": 4, "stream": True,
+                    "stream_options": {"include_usage": True}}  # fmt: skip
+            content_type, chunks = await stream(client, "/v1/completions", body)
+            _, plain = await post(client, "/v1/completions", {**body, "stream": False})
+            assert handle.stats.generation_tokens == 8
+        assert content_type == "text/event-stream; charset=utf-8"
+        *tokens, last = chunks
+        assert len(tokens) == 4  # one chunk per token
+        assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"].startswith("cmpl-")
+        for chunk in tokens:
+            assert list(chunk) == ["id", "object", "created", "model", "choices"]
+            assert chunk["object"] == "text_completion" and chunk["model"] == MODEL
+            [choice] = chunk["choices"]
+            assert list(choice) == ["index", "text", "logprobs", "finish_reason", "stop_reason",
+                                    "prompt_token_ids", "token_ids"]  # fmt: skip
+        assert [c["choices"][0]["finish_reason"] for c in tokens] == [None, None, None, "length"]
+        assert "".join(c["choices"][0]["text"] for c in tokens) == plain["choices"][0]["text"]
+        assert list(last) == ["id", "object", "created", "model", "choices", "usage",
+                              "system_fingerprint"]  # fmt: skip
+        assert last["choices"] == []
+        assert last["usage"] == {"prompt_tokens": 3, "total_tokens": 7, "completion_tokens": 4}
+
+    run(main)
+
+
+def test_chat_stream_is_vllms_format():
+    async def main() -> None:
+        async with simulator("vllm") as (_, client):
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "hi there"}],
+                    "max_tokens": 3, "stream": True}  # fmt: skip
+            _, chunks = await stream(client, "/v1/chat/completions", body)
+            _, with_usage = await stream(
+                client, "/v1/chat/completions", {**body, "stream_options": {"include_usage": True}}
+            )
+        role, *tokens = chunks
+        assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+        assert chunks[0]["id"].startswith("chatcmpl-")
+        assert list(role) == ["id", "object", "created", "model", "choices", "prompt_token_ids",
+                              "prompt_text"]  # fmt: skip
+        assert role["choices"] == [
+            {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+             "finish_reason": None}
+        ]  # fmt: skip
+        assert len(tokens) == 3
+        for chunk in tokens[:-1]:
+            assert list(chunk) == ["id", "object", "created", "model", "choices"]
+            assert list(chunk["choices"][0]) == [
+                "index", "delta", "logprobs", "finish_reason", "token_ids"
+            ]  # fmt: skip
+            assert list(chunk["choices"][0]["delta"]) == ["content"]
+        # Without a usage chunk the last token's chunk carries the fingerprint.
+        assert list(tokens[-1]) == ["id", "object", "created", "model", "choices",
+                                    "system_fingerprint"]  # fmt: skip
+        assert tokens[-1]["choices"][0]["finish_reason"] == "length"
+        assert tokens[-1]["choices"][0]["stop_reason"] is None
+        assert "".join(c["choices"][0]["delta"]["content"] for c in tokens).split() == [
+            "the", "model", "is"
+        ]  # fmt: skip
+        assert len(with_usage) == 1 + 3 + 1
+        assert "system_fingerprint" not in with_usage[-2]
+        assert with_usage[-1]["choices"] == [] and with_usage[-1]["usage"]["total_tokens"] == 5
+
+    run(main)
+
+
+def test_stream_timing_first_token_after_the_prefill_last_at_service_time():
+    async def main() -> None:
+        async with simulator("vllm", slots=1, service_time=0.4) as (_, client):
+            body = {"model": MODEL, "prompt": "x", "max_tokens": 5, "stream": True}
+            started = time.monotonic()
+            async with client.post("/v1/completions", json=body) as response:
+                arrivals = []
+                async for _ in response.content:
+                    arrivals.append(time.monotonic() - started)
+        # Lower bounds only: a busy machine may be late, never early.
+        data_lines = arrivals[0::2]  # every event is a data line and a blank line
+        assert data_lines[0] >= 0.4 * PREFILL_FRACTION * 0.9
+        assert data_lines[-1] >= 0.4 * 0.9
+
+    run(main)
+
+
+def test_token_times_spread_the_request_over_service_time():
+    from openmodel.simulator.server import _Admission, _Engine
+
+    async def main() -> None:
+        engine = _Engine(slots=1, service_time=2.0)
+        admission = _Admission(arrived=10.0, started=11.0)
+        assert engine.token_times(admission, 5) == pytest.approx([11.2, 11.65, 12.1, 12.55, 13.0])
+        assert engine.token_times(admission, 1) == [13.0]
+
+    run(main)
+
+
+def test_disconnect_mid_stream_frees_the_slot_and_is_counted_as_vllm_does():
+    async def main() -> None:
+        # One slot; a long stream holds it, a second request waits behind it.
+        async with simulator("vllm", slots=1, service_time=30) as (handle, client):
+            body = {"model": MODEL, "prompt": "x", "max_tokens": 30000, "stream": True}
+            response = await client.post("/v1/completions", json=body)
+            first = await response.content.readuntil(b"\n\n")  # the first token's event
+            assert json.loads(first.removeprefix(b"data: "))["choices"][0]["text"] == "the"
+            one_token = {**body, "stream": False, "max_tokens": 1}
+            queued = asyncio.create_task(post(client, "/v1/completions", one_token))
+            stats = handle.stats
+            await until(lambda: stats.waiting == 1, lambda: stats)
+            response.close()  # the client goes away mid-stream
+            await until(lambda: stats.disconnected == 1 and stats.waiting == 0, lambda: stats)
+            # The queued request got the freed slot although the stream had ~30 s to go.
+            assert stats.running == 1 and stats.succeeded == 0
+            queued.cancel()
+            await asyncio.gather(queued, return_exceptions=True)
+            await until(lambda: stats.running == 0, lambda: stats)
+            _, text = await get_text(client, "/metrics")
+        # vLLM 0.32 counts a client's abort in no metric: request_success stays 0.
+        success = [s for s in parse_exposition(text).samples
+                   if s.name == "vllm:request_success_total"]  # fmt: skip
+        assert {s.label("finished_reason") for s in success} == {
+            "stop", "length", "abort", "error", "repetition"
+        }  # fmt: skip
+        assert all(s.value == 0 for s in success)
+        assert stats.aborted_by_stop == 0
+
+    run(main)
+
+
+def test_drain_lets_a_stream_finish_and_refuses_new_requests_as_vllm_does():
+    async def main() -> None:
+        handle = await start_simulator("vllm", "127.0.0.1", 0, 2, 1.0, MODEL)
+        async with aiohttp.ClientSession(base_url=handle.url) as client:
+            body = {"model": MODEL, "prompt": "x", "max_tokens": 20, "stream": True}
+            response = await client.post("/v1/completions", json=body)
+            await response.content.readuntil(b"\n\n")
+            stopping = asyncio.create_task(handle.stop(drain_seconds=30))
+            await until(lambda: handle.draining, lambda: handle.stats)
+            # Still listening: a new request gets vLLM's drain-time 500, /health 200.
+            async with aiohttp.ClientSession(base_url=handle.url) as fresh:
+                status, answer = await post(fresh, "/v1/completions", {**body, "stream": False})
+                health, _ = await get_text(fresh, "/health")
+            assert status == 500
+            assert answer["error"] == {
+                "message": "cannot schedule new futures after shutdown",
+                "type": "InternalServerError", "param": None, "code": 500,
+            }  # fmt: skip
+            assert health == 200
+            # The stream in flight runs to its end.
+            rest = events((await response.content.read()).decode())
+            response.close()
+            assert rest[-1] == "[DONE]"
+            assert json.loads(rest[-2])["choices"][0]["finish_reason"] == "length"
+            await stopping
+            stats = handle.stats
+            assert (stats.aborted_by_stop, stats.refused_while_draining) == (0, 1)
+            assert stats.succeeded == 1
+            # Once drained, the socket is closed.
+            with pytest.raises(aiohttp.ClientConnectorError):
+                await get_text(client, "/health")
+
+    run(main)
+
+
+@pytest.mark.parametrize("drain_seconds", [0.0, 0.2])
+def test_stop_aborts_what_is_in_flight_without_a_drain_or_past_its_budget(drain_seconds):
+    async def main() -> None:
+        handle = await start_simulator("vllm", "127.0.0.1", 0, 2, 3600, MODEL)
+        async with aiohttp.ClientSession(base_url=handle.url) as client:
+            body = {"model": MODEL, "prompt": "x", "max_tokens": 10, "stream": True}
+            streamed = await client.post("/v1/completions", json=body)
+            plain = asyncio.create_task(post(client, "/v1/completions", {**body, "stream": False}))
+            stats = handle.stats
+            await until(lambda: stats.running == 2, lambda: stats)
+            await handle.stop(drain_seconds=drain_seconds)
+            # The stream is cut: no [DONE], the body ends in an error.
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await streamed.content.read()
+            streamed.close()
+            with pytest.raises(aiohttp.ClientError):
+                await plain
+        assert (stats.aborted_by_stop, stats.disconnected, stats.succeeded) == (2, 0, 0)
+        assert stats.running == stats.waiting == 0
+
+    run(main)
+
+
+def test_embeddings_in_vllms_shape():
+    async def main() -> None:
+        async with simulator("vllm") as (handle, client):
+            status, body = await post(
+                client, "/v1/embeddings", {"model": MODEL, "input": ["hello world", "hi"]}
+            )
+            _, again = await post(client, "/v1/embeddings", {"model": MODEL, "input": "hi"})
+            assert handle.stats.generation_tokens == 0
+        assert status == 200
+        assert list(body) == ["id", "object", "created", "model", "data", "usage"]
+        assert body["id"].startswith("embd-") and body["object"] == "list"
+        assert [(d["index"], d["object"]) for d in body["data"]] == [
+            (0, "embedding"), (1, "embedding")
+        ]  # fmt: skip
+        vector = body["data"][1]["embedding"]
+        assert vector == again["data"][0]["embedding"]  # the same text, the same vector
+        assert sum(x * x for x in vector) == pytest.approx(1.0)
+        assert body["usage"] == usage(3, 0)
+
+    run(main)
+
+
+def test_tgi_does_not_simulate_streams():
+    async def main() -> None:
+        async with simulator("tgi") as (_, client):
+            status, answer = await post(
+                client, "/v1/completions", {"model": "tgi", "prompt": "x", "stream": True}
+            )
+        assert status == 422 and "vllm engine only" in answer["error"]
 
     run(main)
 

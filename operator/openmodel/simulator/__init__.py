@@ -6,14 +6,15 @@ Library use (many simulators in one process, one per fake pod IP)::
     handle = await start_simulator("tgi", "127.0.0.2", 8000, slots=4, service_time=0.2,
                                    model="mistralai/Mistral-7B-Instruct-v0.3")
     ...
-    await handle.stop()
+    await handle.stop(drain_seconds=30)  # as vLLM with --shutdown-timeout 30 on SIGTERM
 
 Command line::
 
     python -m openmodel.simulator --engine vllm --host 127.0.0.1 --port 8000 \\
-        --slots 4 --service-time 0.5 --model meta-llama/Llama-3.1-8B-Instruct
+        --slots 4 --service-time 0.5 --model meta-llama/Llama-3.1-8B-Instruct --shutdown-timeout 30
 
-See ``server`` for the endpoints and the queueing model, ``exposition`` for the
+See ``server`` for the endpoints, the queueing model, streams and the drain,
+``openai_bodies`` for the response bodies (vLLM 0.32 exactly), ``exposition`` for the
 /metrics formats.
 """
 

@@ -1,4 +1,5 @@
-"""``python -m openmodel.simulator``: run one simulated engine until SIGTERM or SIGINT.
+"""``python -m openmodel.simulator``: run one simulated engine until SIGTERM or SIGINT
+(then drain for ``--shutdown-timeout`` seconds, as vLLM does).
 
 Prints one line, ``listening on http://HOST:PORT``, once the socket accepts connections
 (with ``--port 0`` that is how a caller learns the port).
@@ -26,6 +27,12 @@ def _parser() -> argparse.ArgumentParser:
         "--service-time", type=float, default=0.5, help="seconds each request holds a slot"
     )
     parser.add_argument("--model", default="simulated/model", help="the served model name")
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=0.0,
+        help="as vLLM's: seconds requests in flight may run on after SIGTERM (0 aborts them)",
+    )
     return parser
 
 
@@ -41,13 +48,13 @@ async def _run(args: argparse.Namespace) -> None:
     try:
         await stop.wait()
     finally:
-        await handle.stop()
+        await handle.stop(drain_seconds=args.shutdown_timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.slots < 1 or args.service_time < 0:
-        print("--slots must be >= 1 and --service-time >= 0", file=sys.stderr)
+    if args.slots < 1 or args.service_time < 0 or args.shutdown_timeout < 0:
+        print("--slots must be >= 1, --service-time and --shutdown-timeout >= 0", file=sys.stderr)
         return 2
     asyncio.run(_run(args))
     return 0

@@ -70,12 +70,19 @@ class EngineStats:
     generation_tokens: int = 0
     requests: int = 0
     succeeded: int = 0
+    # Finished requests by vLLM's finished_reason ("length", "stop").
+    finished: dict[str, int] = field(default_factory=dict)
+    # Clients that went away, waiting or mid-request (vLLM counts these nowhere).
+    disconnected: int = 0
+    # Requests in flight that a stop cut (all of them without a drain; those left when
+    # the drain's budget ran out).
+    aborted_by_stop: int = 0
+    # New generation requests answered 500 during a drain.
+    refused_while_draining: int = 0
     e2e: Histogram = field(default_factory=lambda: Histogram(VLLM_LATENCY_BUCKETS))
     queue_time: Histogram = field(default_factory=lambda: Histogram(VLLM_LATENCY_BUCKETS))
     tgi_duration: Histogram = field(default_factory=lambda: Histogram(TGI_DURATION_BUCKETS))
-    tgi_queue_duration: Histogram = field(
-        default_factory=lambda: Histogram(TGI_DURATION_BUCKETS)
-    )
+    tgi_queue_duration: Histogram = field(default_factory=lambda: Histogram(TGI_DURATION_BUCKETS))
 
 
 def go_float(value: float) -> str:
@@ -90,7 +97,7 @@ def go_float(value: float) -> str:
     dot = text.find(".")
     # Go switches to exponent notation sooner than Python does.
     if value > 0 and dot > 6:
-        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1:]}".rstrip("0.")
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
         return f"{mantissa}e+0{dot - 1}"
     return text
 
@@ -110,8 +117,13 @@ def _escape_label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+# vLLM's FinishReason strings, in its order; every series exists from the start.
+VLLM_FINISHED_REASONS: Final = ("stop", "length", "abort", "error", "repetition")
+
+
 def render_vllm(stats: EngineStats, model: str) -> str:
-    labels = f'engine="0",model_name="{_escape_label(model)}"'
+    model_label = f'model_name="{_escape_label(model)}"'
+    labels = f'engine="0",{model_label}'
     lines: list[str] = []
 
     def family(name: str, kind: str, help_text: str, value: float) -> None:
@@ -159,6 +171,14 @@ def render_vllm(stats: EngineStats, model: str) -> str:
         "Number of generation tokens processed.",
         stats.generation_tokens,
     )
+    success = "vllm:request_success_total"
+    lines.append(f"# HELP {success} Count of successfully processed requests.")
+    lines.append(f"# TYPE {success} counter")
+    for reason in VLLM_FINISHED_REASONS:
+        count = stats.finished.get(reason, 0)
+        lines.append(
+            f'{success}{{engine="0",finished_reason="{reason}",{model_label}}} {go_float(count)}'
+        )
     histogram(
         "vllm:e2e_request_latency_seconds",
         "Histogram of e2e request latency in seconds.",

@@ -4,14 +4,28 @@ Each request needs one of ``slots`` (an ``asyncio.Semaphore``) for ``service_tim
 seconds. Requests that find every slot busy wait, and are counted in
 ``vllm:num_requests_waiting`` / ``tgi_queue_size`` until a slot frees up, so load above
 ``slots / service_time`` requests per second builds a queue the way a saturated engine
-does. A client that disconnects while waiting leaves the queue (vLLM aborts such
-requests too).
+does. A client that disconnects, waiting or mid-stream, leaves and frees its slot; like
+vLLM 0.32, which counts such an abort in no metric (its ``request_success_total
+{finished_reason="abort"}`` stayed 0 after a disconnect here), the simulator only counts
+it in ``stats.disconnected``.
+
+Streams (``stream: true``, vllm engine) are vLLM 0.32's server-sent events
+(``openai_bodies``). A streamed request holds its slot like any other: once it has one,
+its first token comes after ``PREFILL_FRACTION * service_time`` and the others are spaced
+evenly so that the last one leaves at ``service_time``.
+
+``stop(drain_seconds)`` is vLLM's SIGTERM: without a drain (``--shutdown-timeout 0``)
+requests in flight are cut at once; with one, requests in flight (streams included) run
+on for up to ``drain_seconds`` while the socket still accepts connections, ``/health``
+still answers 200, and every new generation request gets vLLM's 500
+``cannot schedule new futures after shutdown`` (what a real vLLM 0.32 answered here
+during its drain), then the socket closes.
 
     handle = await start_simulator("vllm", "127.0.0.1", 0, slots=4, service_time=0.5,
                                    model="meta-llama/Llama-3.1-8B-Instruct")
     handle.url     # "http://127.0.0.1:<the port picked>"
-    handle.stats   # live counters: waiting, running, tokens, ...
-    await handle.stop()
+    handle.stats   # live counters: waiting, running, tokens, aborts, ...
+    await handle.stop(drain_seconds=30)
 
 Many simulators can run in one event loop (one per fake pod IP in 127.0.0.0/8).
 """
@@ -19,24 +33,33 @@ Many simulators can run in one event loop (one per fake pod IP in 127.0.0.0/8).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
+import math
 import socket
 import time
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 from aiohttp import web
 
+from openmodel.simulator import openai_bodies as bodies
 from openmodel.simulator.exposition import EngineStats, render_tgi, render_vllm
 
-__all__ = ["ENGINES", "SimulatorHandle", "build_app", "start_simulator"]
+__all__ = ["ENGINES", "PREFILL_FRACTION", "SimulatorHandle", "build_app", "start_simulator"]
 
 ENGINES: Final = ("vllm", "tgi")
+PREFILL_FRACTION: Final = 0.1
 _MAX_MODEL_LEN: Final = 4096
 _DEFAULT_COMPLETION_TOKENS: Final = 16
+_EMBEDDING_DIM: Final = 64
 _WORDS: Final = ("the", "model", "is", "simulated", "and", "answers", "in", "time")
-# Stopping a simulator cancels requests still in flight after this long.
+# What a real vLLM 0.32 answered (500) to a new request while it drained.
+_DRAINING_MESSAGE: Final = "cannot schedule new futures after shutdown"
+# After cutting the requests in flight, how long their handlers get to unwind.
+_CUT_WAIT_S: Final = 5.0
 _SHUTDOWN_TIMEOUT_S: Final = 0.25
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -51,15 +74,34 @@ class _BadRequest(Exception):
         self.status = status
 
 
+@dataclass(frozen=True)
+class _Admission:
+    """A request that got its slot: when it arrived and when it started (loop time)."""
+
+    arrived: float
+    started: float
+
+
 class _Engine:
     """The queue and the slots."""
 
     def __init__(self, slots: int, service_time: float) -> None:
         self.stats = EngineStats(slots=slots)
+        self.service_time = service_time
         self._slots = asyncio.Semaphore(slots)
-        self._service_time = service_time
+        # Set by a stop that cuts what is in flight: an abort from then on is the stop's.
+        self.cutting = False
 
-    async def serve(self, prompt_tokens: int, completion_tokens: int) -> None:
+    def _aborted(self) -> None:
+        if self.cutting:
+            self.stats.aborted_by_stop += 1
+        else:
+            self.stats.disconnected += 1
+
+    @contextlib.asynccontextmanager
+    async def slot(self, prompt_tokens: int) -> AsyncIterator[_Admission]:
+        """Wait in the queue for a slot and hold it; an abort (client gone, or a stop)
+        is counted on the way out."""
         loop = asyncio.get_running_loop()
         stats = self.stats
         arrived = loop.time()
@@ -67,32 +109,80 @@ class _Engine:
         stats.waiting += 1
         try:
             await self._slots.acquire()
+        except asyncio.CancelledError:
+            self._aborted()
+            raise
         finally:
-            # Reached with the slot, or on cancellation (client gone) without it.
+            # Reached with the slot, or on cancellation without it.
             stats.waiting -= 1
-        queued = loop.time() - arrived
+        started = loop.time()
+        queued = started - arrived
         stats.queue_time.observe(queued)
         stats.tgi_queue_duration.observe(queued)
         stats.running += 1
         stats.prompt_tokens += prompt_tokens
         try:
-            await asyncio.sleep(self._service_time)  # the simulated GPU work
+            yield _Admission(arrived, started)
+        except (asyncio.CancelledError, ConnectionResetError):
+            self._aborted()
+            raise
         finally:
             stats.running -= 1
             self._slots.release()
-        stats.generation_tokens += completion_tokens
+
+    def finished(self, admission: _Admission, reason: str) -> None:
+        stats = self.stats
         stats.succeeded += 1
-        elapsed = loop.time() - arrived
+        stats.finished[reason] = stats.finished.get(reason, 0) + 1
+        elapsed = asyncio.get_running_loop().time() - admission.arrived
         stats.e2e.observe(elapsed)
         stats.tgi_duration.observe(elapsed)
+
+    async def serve(
+        self, prompt_tokens: int, completion_tokens: int, reason: str = "length"
+    ) -> None:
+        """One request not streamed: the slot for service_time, tokens counted at the end."""
+        async with self.slot(prompt_tokens) as admission:
+            await asyncio.sleep(self.service_time)  # the simulated GPU work
+        self.stats.generation_tokens += completion_tokens
+        self.finished(admission, reason)
+
+    def token_times(self, admission: _Admission, tokens: int) -> list[float]:
+        """Loop times at which a stream's tokens leave: the first after the prefill, the
+        last at service_time after the request got its slot."""
+        if tokens == 1:
+            return [admission.started + self.service_time]
+        prefill = self.service_time * PREFILL_FRACTION
+        step = (self.service_time - prefill) / (tokens - 1)
+        return [admission.started + prefill + i * step for i in range(tokens)]
+
+
+async def _sleep_until(when: float) -> None:
+    await asyncio.sleep(max(0.0, when - asyncio.get_running_loop().time()))
 
 
 def _count_tokens(text: str) -> int:
     return max(1, len(text.split()))
 
 
+def _token(i: int) -> str:
+    """The i-th generated token's text; tokens 0..n-1 joined make ``_text(n)``."""
+    word = _WORDS[i % len(_WORDS)]
+    return word if i == 0 else f" {word}"
+
+
 def _text(tokens: int) -> str:
-    return " ".join(_WORDS[i % len(_WORDS)] for i in range(tokens))
+    return "".join(_token(i) for i in range(tokens))
+
+
+def _embedding(text: str) -> list[float]:
+    """A unit vector that depends only on the text (vLLM normalizes embeddings)."""
+    digest = b""
+    while len(digest) < _EMBEDDING_DIM:
+        digest += hashlib.sha256(digest + text.encode()).digest()
+    raw = [b / 127.5 - 1.0 for b in digest[:_EMBEDDING_DIM]]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    return [x / norm for x in raw]
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
@@ -114,6 +204,22 @@ def _positive_int(body: dict[str, Any], key: str, default: int) -> int:
     return value
 
 
+def _include_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise _BadRequest("stream_options must be an object")
+    return bool(options.get("include_usage"))
+
+
+def _strings(value: object, key: str) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(p, str) for p in items):
+        raise _BadRequest(f"{key} must be a string or a non-empty list of strings")
+    return items
+
+
 class _Simulator:
     """The HTTP face of one engine."""
 
@@ -122,6 +228,13 @@ class _Simulator:
         self.model = model
         self.core = core
         self.started = int(time.time())
+        # Set by a stop with a drain: new generation requests are refused from then on.
+        self.draining = False
+        # Requests are not hashable: keyed by id() while they are alive.
+        self._in_flight: dict[int, web.Request] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._drain_ended = asyncio.Event()
 
     # --- errors, in each engine's shape ---
 
@@ -129,7 +242,8 @@ class _Simulator:
         if self.engine == "tgi":
             body: dict[str, Any] = {"error": exc.message, "error_type": "validation"}
             return web.json_response(body, status=422 if exc.status == 400 else exc.status)
-        kind = "NotFoundError" if exc.status == 404 else "BadRequestError"
+        kinds = {404: "NotFoundError", 500: "InternalServerError"}
+        kind = kinds.get(exc.status, "BadRequestError")
         body = {"error": {"message": exc.message, "type": kind, "param": None, "code": exc.status}}
         return web.json_response(body, status=exc.status)
 
@@ -142,60 +256,136 @@ class _Simulator:
 
         return guarded
 
-    def _check_request(self, body: dict[str, Any]) -> None:
-        if body.get("stream"):
-            raise _BadRequest("stream=true is not simulated")
+    def _generation(self, handler: Handler) -> Handler:
+        """Tracks a generation request while in flight (a drain waits for these), and
+        refuses new ones once a drain began."""
+
+        async def generation(request: web.Request) -> web.StreamResponse:
+            if self.draining:
+                self.core.stats.refused_while_draining += 1
+                response = self._error(_BadRequest(_DRAINING_MESSAGE, status=500))
+                # vLLM's unhandled error ends the connection too.
+                response.force_close()
+                return response
+            self._in_flight[id(request)] = request
+            self._idle.clear()
+            try:
+                return await handler(request)
+            finally:
+                del self._in_flight[id(request)]
+                if not self._in_flight:
+                    self._idle.set()
+
+        return generation
+
+    async def drain(self, seconds: float) -> None:
+        """Refuse new generation requests; wait up to `seconds` for those in flight
+        (or until ``end_drain``)."""
+        self.draining = True
+        idle = asyncio.ensure_future(self._idle.wait())
+        ended = asyncio.ensure_future(self._drain_ended.wait())
+        try:
+            await asyncio.wait({idle, ended}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            idle.cancel()
+            ended.cancel()
+
+    def end_drain(self) -> None:
+        self._drain_ended.set()
+
+    async def cut(self) -> None:
+        """Abort every request still in flight by closing its connection."""
+        self.core.cutting = True
+        for request in list(self._in_flight.values()):
+            if request.transport is not None:
+                request.transport.abort()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), _CUT_WAIT_S)
+
+    def _check_request(self, body: dict[str, Any]) -> bool:
+        """Validates what every generation request shares; True when it is streamed."""
+        stream = bool(body.get("stream"))
+        if stream and self.engine != "vllm":
+            raise _BadRequest("stream=true is simulated for the vllm engine only")
         # vLLM refuses other model names; TGI serves one model whatever is asked.
         if self.engine == "vllm" and body.get("model") != self.model:
             raise _BadRequest(f"The model `{body.get('model')}` does not exist.", status=404)
+        return stream
+
+    def _head(self, request: web.Request, prefix: str, kind: str) -> bodies.Head:
+        rid = bodies.request_id(prefix, request.headers.get("X-Request-Id"))
+        return bodies.Head(rid, kind, int(time.time()), self.model)
+
+    # --- streams ---
+
+    async def _open_stream(self, request: web.Request) -> web.StreamResponse:
+        # vLLM sends the headers at once, before the request has a slot.
+        response = web.StreamResponse(status=200)
+        response.content_type = "text/event-stream"
+        response.charset = "utf-8"
+        await response.prepare(request)
+        return response
+
+    async def _stream(
+        self,
+        request: web.Request,
+        head: bodies.Head,
+        prompt_tokens: int,
+        tokens: int,
+        include_usage: bool,
+        chunk: Callable[[int, bool], dict[str, Any]],
+        role_chunk: dict[str, Any] | None,
+    ) -> web.StreamResponse:
+        """One streamed request: `chunk(i, last)` is token i's event."""
+        response = await self._open_stream(request)
+        async with self.core.slot(prompt_tokens) as admission:
+            for i, when in enumerate(self.core.token_times(admission, tokens)):
+                await _sleep_until(when)
+                self.core.stats.generation_tokens += 1
+                event = bodies.sse_event(chunk(i, i == tokens - 1))
+                if i == 0 and role_chunk is not None:
+                    event = bodies.sse_event(role_chunk) + event
+                await response.write(event)
+            tail = bodies.SSE_DONE
+            if include_usage:
+                tail = bodies.sse_event(bodies.usage_chunk(head, prompt_tokens, tokens)) + tail
+            await response.write(tail)
+        self.core.finished(admission, "length")
+        await response.write_eof()
+        return response
 
     # --- OpenAI-compatible API ---
 
-    @staticmethod
-    def _usage(prompt: int, completion: int) -> dict[str, int]:
-        return {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
-
     async def completions(self, request: web.Request) -> web.StreamResponse:
         body = await _json_object(request)
-        self._check_request(body)
-        prompt = body.get("prompt")
-        prompts = [prompt] if isinstance(prompt, str) else prompt
-        if not isinstance(prompts, list) or not prompts or not all(
-            isinstance(p, str) for p in prompts
-        ):
-            raise _BadRequest("prompt must be a string or a non-empty list of strings")
+        stream = self._check_request(body)
+        prompts = _strings(body.get("prompt"), "prompt")
         max_tokens = _positive_int(body, "max_tokens", _DEFAULT_COMPLETION_TOKENS)
         prompt_tokens = [_count_tokens(p) for p in prompts]
+        head = self._head(request, "cmpl", bodies.COMPLETION_OBJECT)
+        if stream:
+            if len(prompts) > 1:
+                raise _BadRequest("a list of prompts with stream=true is not simulated")
+            include_usage = _include_usage(body)
+
+            def chunk(i: int, last: bool) -> dict[str, Any]:
+                reason = "length" if last else None
+                fingerprint = last and not include_usage
+                return bodies.completion_chunk(head, 0, _token(i), reason, fingerprint)
+
+            return await self._stream(
+                request, head, prompt_tokens[0], max_tokens, include_usage, chunk, None
+            )
         # A list of prompts is one request per prompt inside the engine.
         await asyncio.gather(*(self.core.serve(n, max_tokens) for n in prompt_tokens))
-        choices = [
-            {
-                "index": i,
-                "text": _text(max_tokens),
-                "logprobs": None,
-                "finish_reason": "length",
-                "stop_reason": None,
-            }
-            for i in range(len(prompts))
-        ]
+        texts = [_text(max_tokens)] * len(prompts)
         return web.json_response(
-            {
-                "id": f"cmpl-{uuid.uuid4().hex}",
-                "object": "text_completion",
-                "created": int(time.time()),
-                "model": self.model,
-                "choices": choices,
-                "usage": self._usage(sum(prompt_tokens), max_tokens * len(prompts)),
-            }
+            bodies.completion_response(head, texts, sum(prompt_tokens), max_tokens * len(prompts))
         )
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         body = await _json_object(request)
-        self._check_request(body)
+        stream = self._check_request(body)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise _BadRequest("messages must be a non-empty list")
@@ -208,24 +398,34 @@ class _Simulator:
         max_tokens = _positive_int(body, "max_tokens", _DEFAULT_COMPLETION_TOKENS)
         max_tokens = _positive_int(body, "max_completion_tokens", max_tokens)
         prompt_tokens = sum(_count_tokens(c) for c in contents)
+        if stream:
+            include_usage = _include_usage(body)
+            head = self._head(request, "chatcmpl", bodies.CHAT_CHUNK_OBJECT)
+
+            def chunk(i: int, last: bool) -> dict[str, Any]:
+                reason = "length" if last else None
+                fingerprint = last and not include_usage
+                return bodies.chat_content_chunk(head, _token(i), reason, fingerprint)
+
+            role = bodies.chat_role_chunk(head)
+            return await self._stream(
+                request, head, prompt_tokens, max_tokens, include_usage, chunk, role
+            )
+        head = self._head(request, "chatcmpl", bodies.CHAT_OBJECT)
         await self.core.serve(prompt_tokens, max_tokens)
         return web.json_response(
-            {
-                "id": f"chatcmpl-{uuid.uuid4().hex}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": self.model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": _text(max_tokens)},
-                        "logprobs": None,
-                        "finish_reason": "length",
-                    }
-                ],
-                "usage": self._usage(prompt_tokens, max_tokens),
-            }
+            bodies.chat_response(head, _text(max_tokens), prompt_tokens, max_tokens)
         )
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        body = await _json_object(request)
+        self._check_request(body)
+        inputs = _strings(body.get("input"), "input")
+        prompt_tokens = [_count_tokens(text) for text in inputs]
+        await asyncio.gather(*(self.core.serve(n, 0, reason="stop") for n in prompt_tokens))
+        head = self._head(request, "embd", "list")
+        vectors = [_embedding(text) for text in inputs]
+        return web.json_response(bodies.embedding_response(head, vectors, sum(prompt_tokens)))
 
     async def models(self, request: web.Request) -> web.StreamResponse:
         entry: dict[str, Any] = {
@@ -239,6 +439,7 @@ class _Simulator:
         return web.json_response({"object": "list", "data": [entry]})
 
     async def health(self, request: web.Request) -> web.StreamResponse:
+        # Still 200 while draining: vLLM 0.32's /health did not change during its drain.
         return web.Response(status=200)
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
@@ -281,53 +482,93 @@ class _Simulator:
         return web.json_response({"generated_text": _text(max_new_tokens)})
 
     def routes(self) -> list[web.RouteDef]:
+        generation: list[tuple[str, Handler]] = [
+            ("/v1/completions", self.completions),
+            ("/v1/chat/completions", self.chat_completions),
+        ]
+        if self.engine == "vllm":
+            generation.append(("/v1/embeddings", self.embeddings))
+        else:
+            generation.append(("/generate", self.generate))
         table: list[tuple[str, str, Handler]] = [
-            ("POST", "/v1/completions", self.completions),
-            ("POST", "/v1/chat/completions", self.chat_completions),
-            ("GET", "/v1/models", self.models),
+            ("POST", path, self._generation(self._guarded(handler))) for path, handler in generation
+        ]
+        table += [
+            ("GET", "/v1/models", self._guarded(self.models)),
             ("GET", "/health", self.health),
             ("GET", "/metrics", self.metrics),
         ]
         if self.engine == "tgi":
-            table += [("GET", "/info", self.info), ("POST", "/generate", self.generate)]
-        return [web.route(method, path, self._guarded(handler)) for method, path, handler in table]
+            table.append(("GET", "/info", self.info))
+        return [web.route(method, path, handler) for method, path, handler in table]
+
+
+def _simulator(engine: str, model: str, slots: int, service_time: float) -> _Simulator:
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
+    if slots < 1 or service_time < 0:
+        raise ValueError("slots must be >= 1 and service_time >= 0")
+    return _Simulator(engine, model, _Engine(slots, service_time))
+
+
+def _application(simulator: _Simulator) -> web.Application:
+    app = web.Application()
+    app.add_routes(simulator.routes())
+    return app
 
 
 def build_app(
     engine: str, model: str, slots: int, service_time: float
 ) -> tuple[web.Application, EngineStats]:
     """The aiohttp application of one simulated engine, and its live counters."""
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
-    if slots < 1 or service_time < 0:
-        raise ValueError("slots must be >= 1 and service_time >= 0")
-    simulator = _Simulator(engine, model, _Engine(slots, service_time))
-    app = web.Application()
-    app.add_routes(simulator.routes())
-    return app, simulator.core.stats
+    simulator = _simulator(engine, model, slots, service_time)
+    return _application(simulator), simulator.core.stats
 
 
 class SimulatorHandle:
-    """A running simulator; ``stop()`` closes its socket and ends its requests."""
+    """A running simulator; ``stop()`` ends it the way SIGTERM ends vLLM."""
 
     def __init__(
         self, engine: str, model: str, host: str, port: int, runner: web.AppRunner,
-        stats: EngineStats,
+        simulator: _Simulator,
     ) -> None:  # fmt: skip
         self.engine = engine
         self.model = model
         self.host = host
         self.port = port
-        self.stats = stats
+        self.stats = simulator.core.stats
         self._runner = runner
+        self._simulator = simulator
+        self._stopped: asyncio.Future[None] | None = None
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
-    async def stop(self) -> None:
-        await self._runner.cleanup()
+    @property
+    def draining(self) -> bool:
+        return self._simulator.draining
+
+    async def stop(self, drain_seconds: float = 0.0) -> None:
+        """Without a drain, cut what is in flight and close. With one, keep serving the
+        requests in flight (streams included) for up to `drain_seconds` while new
+        generation requests get vLLM's drain-time 500, then cut what is left
+        (``stats.aborted_by_stop``) and close the socket. A second call waits for the
+        first one's end; one without a drain ends the first one's drain at once."""
+        if self._stopped is not None:
+            if drain_seconds <= 0:
+                self._simulator.end_drain()
+            await asyncio.shield(self._stopped)
+            return
+        self._stopped = asyncio.get_running_loop().create_future()
+        try:
+            if drain_seconds > 0:
+                await self._simulator.drain(drain_seconds)
+            await self._simulator.cut()
+            await self._runner.cleanup()
+        finally:
+            self._stopped.set_result(None)
 
 
 def _listen_socket(host: str, port: int) -> socket.socket:
@@ -351,11 +592,12 @@ async def start_simulator(
     model: str = "simulated/model",
 ) -> SimulatorHandle:
     """Serve one simulated engine on host:port (port 0 picks a free one, see ``.port``)."""
-    app, stats = build_app(engine, model, slots, service_time)
+    simulator = _simulator(engine, model, slots, service_time)
     runner = web.AppRunner(
-        app,
+        _application(simulator),
         access_log=None,
-        # A client that goes away while queued leaves the queue.
+        # A client that goes away (waiting, or mid-stream) ends its handler: it leaves
+        # the queue or frees its slot.
         handler_cancellation=True,
         shutdown_timeout=_SHUTDOWN_TIMEOUT_S,
     )
@@ -371,4 +613,4 @@ async def start_simulator(
         sock.close()
         await runner.cleanup()
         raise
-    return SimulatorHandle(engine, model, host, sock.getsockname()[1], runner, stats)
+    return SimulatorHandle(engine, model, host, sock.getsockname()[1], runner, simulator)

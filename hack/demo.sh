@@ -2,7 +2,9 @@
 # The operator's main job on the local default, in one command:
 #   bash hack/demo.sh        # bootstrap, start the local control plane with KWOK GPU nodes,
 #                            # install the CRD, run the operator, apply
-#                            # examples/llama70b-awq.yaml and show it reconciled
+#                            # examples/llama70b-awq.yaml and show it reconciled, then
+#                            # start the gateway and a simulated engine on the KWOK pod
+#                            # and send a chat completion through the gateway
 #   bash hack/demo.sh down   # stop the operator and the control plane
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -10,20 +12,31 @@ cd "$repo"
 state=.cluster
 log() { echo "[demo] $*" >&2; }
 
-stop_operator() {
-  if [ -f "$state/operator.pid" ]; then
-    pid=$(cat "$state/operator.pid")
+stop_process() {  # stop_process NAME: the process group in $state/NAME.pid
+  if [ -f "$state/$1.pid" ]; then
+    pid=$(cat "$state/$1.pid")
     if kill -0 "$pid" 2>/dev/null; then
       kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
       for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
       kill -KILL -- "-$pid" 2>/dev/null || true
     fi
-    rm -f "$state/operator.pid"
+    rm -f "$state/$1.pid"
+  fi
+}
+
+start_process() {  # start_process NAME COMMAND...: in its own session, logged, unless running
+  local name=$1; shift
+  if [ -f "$state/$name.pid" ] && kill -0 "$(cat "$state/$name.pid")" 2>/dev/null; then
+    log "$name already running (pid $(cat "$state/$name.pid"))"
+  else
+    log "starting the $name (log: $state/$name.log)"
+    setsid "$@" >"$state/$name.log" 2>&1 &
+    echo $! >"$state/$name.pid"
   fi
 }
 
 if [ "${1:-up}" = down ]; then
-  stop_operator
+  for p in engines gateway operator; do stop_process "$p"; done
   [ -x .venv/bin/python ] && .venv/bin/python hack/cluster.py down
   exit 0
 fi
@@ -39,14 +52,17 @@ log "cluster up: $export_line"
 "$kubectl" apply -f crds/modeldeployment.yaml
 "$kubectl" wait --for=condition=Established crd/modeldeployments.openmodel.dev --timeout=60s
 
-if [ -f "$state/operator.pid" ] && kill -0 "$(cat "$state/operator.pid")" 2>/dev/null; then
-  log "operator already running (pid $(cat "$state/operator.pid"))"
-else
-  log "starting the operator (log: $state/operator.log)"
-  OPENMODEL_LIVENESS=http://127.0.0.1:18080/healthz setsid .venv/bin/python -m openmodel \
-    >"$state/operator.log" 2>&1 &
-  echo $! >"$state/operator.pid"
-fi
+gateway_port=18081
+mkdir -p "$state"
+cat >"$state/platform-config.yaml" <<EOF
+# The demo's platform config: the autoscaler reads held requests from the local gateway.
+gateway:
+  demandUrls: ["http://127.0.0.1:$gateway_port/demand"]
+EOF
+export OPENMODEL_CONFIG="$repo/$state/platform-config.yaml"
+OPENMODEL_LIVENESS=http://127.0.0.1:18080/healthz \
+  start_process operator .venv/bin/python -m openmodel
+start_process gateway .venv/bin/python -m openmodel.gateway --host 127.0.0.1 --port "$gateway_port"
 
 "$kubectl" apply -f examples/llama70b-awq.yaml
 if ! "$kubectl" wait --for=condition=Ready md/llama70b-awq --timeout=120s; then
@@ -55,6 +71,14 @@ if ! "$kubectl" wait --for=condition=Ready md/llama70b-awq --timeout=120s; then
   exit 1
 fi
 
+start_process engines .venv/bin/python hack/demo_engines.py default llama70b-awq
+gateway="http://127.0.0.1:$gateway_port"
+log "a chat completion through the gateway ($gateway), held until the engine answers"
+answer=$(curl -sS --max-time 60 "$gateway/v1/chat/completions" -H 'Content-Type: application/json' \
+  -d '{"model": "llama-3.1-70b-instruct", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}') || {
+  log "no answer; gateway log tail:"; tail -20 "$state/gateway.log" >&2; exit 1; }
+echo
+echo "POST $gateway/v1/chat/completions -> $answer"
 echo
 "$kubectl" get md
 echo
@@ -63,4 +87,5 @@ echo
 "$kubectl" get nodes -L nvidia.com/gpu.product,nvidia.com/gpu.count
 echo
 echo "$export_line"
+echo "# the gateway: $gateway/v1/models (simulated engine: the pods are KWOK's)"
 echo "# the operator keeps running; stop everything with: bash hack/demo.sh down"

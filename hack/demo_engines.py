@@ -1,0 +1,72 @@
+"""Simulated engines for the demo's KWOK pods: one simulated vLLM on `<pod IP>:8000` for
+every Ready pod of the ModelDeployment, serving its served model name, so that a request
+through the gateway gets an answer on a machine without GPUs.
+
+    python hack/demo_engines.py NAMESPACE NAME     # until SIGTERM; KUBECONFIG from env
+
+KWOK pods have loopback IPs (127.64.0.0/10 here); nothing else listens on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+
+from kubernetes import client, config
+
+from openmodel.api import GROUP, OWNER_LABEL, PLURAL, VERSION, parse_model_deployment
+from openmodel.engines import engine_for
+from openmodel.engines.base import served_model_name
+from openmodel.simulator.server import SimulatorHandle, start_simulator
+
+
+def ready_ips(core: client.CoreV1Api, namespace: str, name: str) -> set[str]:
+    pods = core.list_namespaced_pod(namespace, label_selector=f"{OWNER_LABEL}={name}").items
+    return {
+        p.status.pod_ip
+        for p in pods
+        if p.status.pod_ip
+        and not p.metadata.deletion_timestamp
+        and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+    }
+
+
+async def follow(namespace: str, name: str) -> None:
+    config.load_kube_config()
+    api = client.ApiClient()
+    core = client.CoreV1Api(api)
+    body = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name
+    )
+    md = parse_model_deployment(body)
+    served, port = served_model_name(md.spec), engine_for(md.spec.engine).port
+    running: dict[str, SimulatorHandle] = {}
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    print(f"simulating {md.spec.engine} '{served}' on the Ready pods of {namespace}/{name}")
+    while not stop.is_set():
+        wanted = await asyncio.to_thread(ready_ips, core, namespace, name)
+        for ip in set(running) - wanted:
+            await running.pop(ip).stop(drain_seconds=5)
+        for ip in wanted - set(running):
+            try:
+                running[ip] = await start_simulator(
+                    md.spec.engine, ip, port, slots=8, service_time=0.2, model=served
+                )
+                print(f"engine up on {ip}:{port}", flush=True)
+            except OSError as e:
+                print(f"{ip}:{port}: {e}", file=sys.stderr, flush=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+    for handle in running.values():
+        await handle.stop()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    asyncio.run(follow(sys.argv[1], sys.argv[2]))

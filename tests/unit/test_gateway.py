@@ -134,6 +134,8 @@ class Running:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         async with self.session.post(self.url + path, data=data, **kw) as r:
             text = await r.text()
+            if r.content_type == "text/event-stream":
+                return r.status, text, r.headers
             return r.status, (json.loads(text) if text else None), r.headers
 
 
@@ -321,5 +323,42 @@ def test_engine_errors_pass_through_unchanged() -> None:
                 assert 'openmodel_gateway_requests_total{code="400"' in text
         finally:
             await sim.stop()
+
+    run(scenario)
+
+
+def test_a_request_refused_by_a_draining_engine_is_retried_on_another_pod() -> None:
+    async def scenario() -> None:
+        draining = await start_simulator("vllm", "127.0.0.9", 0, service_time=3, model="m")
+        other = await start_simulator("vllm", "127.0.0.10", 0, service_time=0, model="m")
+        port = draining.port
+        other_sim = await start_simulator("vllm", "127.0.0.10", port, service_time=0, model="m")
+        await other.stop()
+        try:
+            table = RouteTable()
+            table.put_backend(
+                backend("m", port), [pod("draining", draining.host), pod("other", other_sim.host)]
+            )
+            async with running_gateway(GatewayConfig(), table) as gw:
+                # A stream in flight keeps the draining engine up (as vLLM's drain does).
+                stream = asyncio.create_task(
+                    gw.post("/v1/completions", {"model": "m", "prompt": "x", "stream": True})
+                )
+                await wait_until(lambda: draining.stats.running == 1)
+                stopping = asyncio.create_task(draining.stop(drain_seconds=10))
+                await wait_until(lambda: draining.draining)
+                # The balancer would pick the draining pod (the other looks busier).
+                gw.gateway.balancer.engine_waiting[(("team-a", "m"), "other")] = 50
+                status, body, _ = await gw.post("/v1/completions", {"model": "m", "prompt": "y"})
+                assert status == 200, body
+                assert other_sim.stats.succeeded == 1
+                assert draining.stats.refused_while_draining >= 1
+                status, text, _ = await stream
+                assert status == 200 and text.endswith("data: [DONE]\n\n"), text
+                await stopping
+                assert draining.stats.aborted_by_stop == 0
+        finally:
+            await draining.stop()
+            await other_sim.stop()
 
     run(scenario)

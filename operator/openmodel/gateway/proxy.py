@@ -50,7 +50,9 @@ _HOP_BY_HOP: Final = frozenset(
         "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Content-Length",
     )
 )  # fmt: skip
-_CONNECT_ATTEMPTS: Final = 3
+# vLLM 0.32's 500 body for a request that reaches it after SIGTERM, while it drains.
+_DRAINING_VLLM: Final = b"cannot schedule new futures after shutdown"
+_SMALL_ERROR_BYTES: Final = 4096
 
 
 def _forwardable(headers: Mapping[str, str]) -> CIMultiDict[str]:
@@ -290,6 +292,13 @@ class Gateway:
             retry_after_s=max(1, int(self.config.hold_seconds // 10)),
         )
 
+    def _refused_unrun(self, key: ObjectKey, endpoint: Endpoint, body: bytes) -> bool:
+        """A small 5xx that says the request was never run: from a pod that is leaving,
+        or vLLM's answer while it drains after SIGTERM (it still accepts connections and
+        refuses each new request with a 500 "cannot schedule new futures after shutdown")."""
+        leaving = endpoint.pod not in {e.pod for e in self.table.endpoints(key)}
+        return leaving or _DRAINING_VLLM in body
+
     async def _forward(
         self,
         request: web.Request,
@@ -316,6 +325,15 @@ class Gateway:
                 log.info("gateway: %s unreachable (%s); trying another pod", endpoint.pod, e)
                 return None
             engine_headers = time.perf_counter() - sent
+            prefetched: bytes | None = None
+            size = upstream.content_length
+            if upstream.status >= 500 and size is not None and size <= _SMALL_ERROR_BYTES:
+                prefetched = await upstream.read()
+                if self._refused_unrun(key, endpoint, prefetched):
+                    log.info("gateway: %s is shutting down; trying another pod", endpoint.pod)
+                    upstream.release()
+                    upstream = None
+                    return None
             response = web.StreamResponse(
                 status=upstream.status,
                 reason=upstream.reason,
@@ -326,8 +344,11 @@ class Gateway:
             await response.prepare(request)
             added = (time.perf_counter() - received) - held_for - engine_headers
             self.metrics.added_latency.labels(*key).observe(max(0.0, added))
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
+            if prefetched is not None:
+                await response.write(prefetched)
+            else:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
             await response.write_eof()
             upstream.release()
             upstream = None

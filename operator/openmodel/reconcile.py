@@ -23,6 +23,7 @@ from openmodel.clock import utc_now
 from openmodel.config import PlatformConfig
 from openmodel.drift import object_holds
 from openmodel.events import post_event
+from openmodel.inference_extension.gate import InferenceExtensionGate
 from openmodel.plan import make_plan
 from openmodel.problems import Problem
 from openmodel.render import endpoint, label_selector
@@ -97,6 +98,7 @@ class Reconciler:
         self.clock = clock
         self.locks = KeyedLocks()
         self.own_writes = OwnWrites()
+        self.inference_extension = InferenceExtensionGate(api)
 
     def reconcile_by_name(self, namespace: str, name: str) -> ReconcileResult | None:
         with self.locks.hold((namespace, name)):
@@ -133,7 +135,7 @@ class Reconciler:
             gpu_text = f"{plan.gpu.count}x {md.spec.gpu.type}"
             sizing = plan.gpu.estimate
             desired_replicas = plan.replicas
-            for obj in plan.children.all():
+            for obj in self.inference_extension.applicable(plan.children.all(), body):
                 observed = (
                     deployment
                     if obj["kind"] == "Deployment"
@@ -147,6 +149,8 @@ class Reconciler:
                     result = kube.apply(self.api, obj)
                     self.own_writes.record(obj["kind"], result)
                 except ApiException as e:
+                    if self.inference_extension.gone(obj, e):
+                        continue
                     if e.status in (400, 422):
                         raise SpecError(
                             "spec",

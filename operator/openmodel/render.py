@@ -15,7 +15,14 @@ from openmodel.accelerators import Accelerator
 from openmodel.api import API_VERSION, KIND, OWNER_LABEL, ModelDeployment, SpecError
 from openmodel.config import PlatformConfig
 from openmodel.engines import engine_for
-from openmodel.engines.base import MODEL_MOUNT_ROOT, Engine, adapter_claims, model_source
+from openmodel.engines.base import (
+    MODEL_MOUNT_ROOT,
+    Engine,
+    adapter_claims,
+    model_source,
+    served_model_name,
+)
+from openmodel.inference_extension.render import render_http_route, render_inference_pool
 
 SERVICE_PORT = 8000
 CONTAINER_NAME = "engine"
@@ -27,9 +34,13 @@ class Children:
     deployment: dict[str, Any]
     service: dict[str, Any]
     pvc: dict[str, Any] | None
+    # Gateway API Inference Extension (platform config `inferenceExtension.enabled`).
+    inference_pool: dict[str, Any] | None = None
+    http_route: dict[str, Any] | None = None
 
     def all(self) -> list[dict[str, Any]]:
-        return [o for o in (self.pvc, self.deployment, self.service) if o is not None]
+        objects = (self.pvc, self.deployment, self.service, self.inference_pool, self.http_route)
+        return [o for o in objects if o is not None]
 
 
 def child_labels(md: ModelDeployment) -> dict[str, str]:
@@ -263,8 +274,25 @@ def render_children(
 ) -> Children:
     """Everything the operator applies for `md`; raises SpecError for what it cannot serve."""
     accelerator = resolve_accelerator(md, config)
+    extension = config.inference_extension.enabled
     return Children(
         deployment=render_deployment(md, config, accelerator, gpu_count, replicas),
         service=render_service(md),
         pvc=render_pvc(md),
+        inference_pool=render_pool(md, config) if extension else None,
+        http_route=render_route(md, config) if extension else None,
     )
+
+
+def render_pool(md: ModelDeployment, config: PlatformConfig) -> dict[str, Any]:
+    """The InferencePool: the pods the Service selects, on the engine's port."""
+    port = engine_for(md.spec.engine).port
+    return render_inference_pool(
+        _metadata(md, md.name), selector_labels(md.name), port, config.inference_extension
+    )
+
+
+def render_route(md: ModelDeployment, config: PlatformConfig) -> dict[str, Any]:
+    """The HTTPRoute to that pool, for the served model name and every adapter's name."""
+    names = [served_model_name(md.spec), *sorted(a.name for a in md.spec.adapters)]
+    return render_http_route(_metadata(md, md.name), md.name, names, config.inference_extension)

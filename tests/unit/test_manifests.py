@@ -131,6 +131,8 @@ EXPECTED_OPERATOR_RULES = {
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
     ("", "services"): {"get", "list", "watch", "create", "patch"},
     ("", "persistentvolumeclaims"): {"get", "create", "patch"},
+    ("inference.networking.k8s.io", "inferencepools"): {"get", "create", "patch"},
+    ("gateway.networking.k8s.io", "httproutes"): {"get", "create", "patch"},
     ("", "pods"): {"list", "watch"},
     ("", "events"): {"create"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},

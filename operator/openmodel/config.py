@@ -23,8 +23,9 @@ gateway:                 # the OpenAI gateway (python -m openmodel.gateway)
   holdQueueLength: 256   # requests held per model at most; more get 503 at once
   maxBodyBytes: 8388608  # larger request bodies get 413
   queuePollSeconds: 2    # how often the gateway reads the engines' queue gauges
-  demandSelector: app.kubernetes.io/name=openmodel-gateway  # gateway pods the
-  demandNamespace: openmodel-system                          # autoscaler reads demand from
+  # the gateway pods the autoscaler reads held requests from (GET :8080/demand):
+  demandSelector: app.kubernetes.io/name=openmodel,app.kubernetes.io/component=gateway
+  demandNamespace: openmodel-system
   demandUrls: []         # or fixed demand URLs (local runs)
 startupBudgetSeconds: 1800
 clusterDomain: cluster.local
@@ -81,7 +82,7 @@ class GatewayConfig:
     hold_queue_length: int = 256
     max_body_bytes: int = 8 * 1024 * 1024
     queue_poll_seconds: float = 2.0
-    demand_selector: str = "app.kubernetes.io/name=openmodel-gateway"
+    demand_selector: str = "app.kubernetes.io/name=openmodel,app.kubernetes.io/component=gateway"
     demand_namespace: str = "openmodel-system"
     demand_urls: tuple[str, ...] = ()
 
@@ -181,9 +182,7 @@ def parse_config(raw: Mapping[str, Any]) -> PlatformConfig:
     if not isinstance(adapters_raw, Mapping):
         raise ConfigError("adapters must be a mapping")
     adapters = AdaptersConfig(
-        poll_seconds=_number(
-            adapters_raw, "pollSeconds", "adapters", AdaptersConfig().poll_seconds
-        )
+        poll_seconds=_number(adapters_raw, "pollSeconds", "adapters", AdaptersConfig().poll_seconds)
     )
     gateway = _parse_gateway(raw.get("gateway", {}))
     budget = raw.get("startupBudgetSeconds", 1800)

@@ -25,7 +25,14 @@ import pytest
 from kubernetes import client
 
 from engine_fleet import EngineFleet
-from harness import Cluster, NotYet, create_namespace, delete_namespace, describe_namespace, wait_for
+from harness import (
+    Cluster,
+    NotYet,
+    create_namespace,
+    delete_namespace,
+    describe_namespace,
+    wait_for,
+)
 from openmodel_fixtures import (
     AUTOSCALER_POLL_SECONDS,
     GROUP,
@@ -170,7 +177,9 @@ def test_one_gateway_routes_every_model_and_a_real_vllm_scales_from_zero_and_bac
     md = wait_for(at_zero, 60, "the real model to settle at zero replicas")
     assert condition(md, "Ready")["status"] == "False"
     assert md["status"]["reason"] == "ScaledToZero"
-    assert not core.list_namespaced_pod(ns, label_selector=f"openmodel.dev/model-deployment={REAL}").items
+    assert not core.list_namespaced_pod(
+        ns, label_selector=f"openmodel.dev/model-deployment={REAL}"
+    ).items
 
     # 20 concurrent requests for a model with no pod: held, none refused.
     sent_at = time.time()

@@ -32,7 +32,7 @@ EXAMPLES = REPO / "examples"
 GROUP, VERSION, PLURAL = "openmodel.dev", "v1alpha1", "modeldeployments"
 SESSION_SCOPE = "!e2e-rbac-*,!e2e-gwie-*"
 RESTRICTED_NAMESPACE_PREFIX = "e2e-rbac"
-# test_inference_extension.py runs its own operator (feature on) in e2e-gwie-* namespaces.
+# test_inference_pool_and_route.py runs its own operator (feature on) in e2e-gwie-* namespaces.
 INFERENCE_EXTENSION_NAMESPACE_PREFIX = "e2e-gwie"
 # The tests' platform config: a fast autoscaler poll, so the closed loop runs in seconds.
 AUTOSCALER_POLL_SECONDS = 1.0

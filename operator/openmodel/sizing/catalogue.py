@@ -42,6 +42,18 @@ class Architecture:
     # activates `experts_per_token` of them, which is what the activation peak sees.
     experts: int = 1
     experts_per_token: int = 1
+    # Multi-head latent attention (DeepSeek-V2/V3): one latent of kv_lora_rank +
+    # qk_rope_head_dim values per token and layer is cached, not K and V per head.
+    mla_kv_dim: int | None = None
+    # Sliding-window (or chunked local) attention: `sliding_layers` of the layers keep
+    # at most `sliding_window` tokens per sequence in the KV cache.
+    sliding_window: int | None = None
+    sliding_layers: int = 0
+    # Set when the numbers come from the checkpoint's own files: the format it is
+    # stored in (a spec.quantization value, or e.g. "mxfp4") and the bytes its
+    # weights take in that format (safetensors index total_size, or counted).
+    checkpoint_format: str | None = None
+    checkpoint_weight_bytes: float | None = None
 
     @property
     def embedding_parameters(self) -> int | None:
@@ -66,7 +78,7 @@ class ResolvedModel:
     """The architecture sizing will use, and where it came from."""
 
     architecture: Architecture
-    source: Literal["catalogue", "modelInfo"]
+    source: Literal["catalogue", "modelInfo", "config.json"]
 
 
 # ---------------------------------------------------------------------------

@@ -220,6 +220,9 @@ class Estimate:
 
 def weight_bytes(arch: Architecture, fmt: WeightFormat) -> float:
     """Bytes of all weights, embeddings at 16-bit when the format leaves them so."""
+    if arch.checkpoint_weight_bytes is not None and fmt.quantization == arch.checkpoint_format:
+        # Sized from the checkpoint's own files in the format it is stored in.
+        return arch.checkpoint_weight_bytes
     params = arch.parameters_billions * 1e9
     embeddings = arch.embedding_parameters
     if fmt.quantizes_embeddings or embeddings is None or embeddings >= params:
@@ -237,12 +240,34 @@ def kv_heads_per_rank(arch: Architecture, tp: int) -> int | None:
     return max(1, math.ceil(heads / tp))
 
 
-def kv_bytes_per_token(arch: Architecture, tp: int, kv_cache_bytes: int) -> int | None:
-    """Per-GPU KV bytes per token: K and V x layers x heads on this rank x head_dim x dtype."""
+def _kv_bytes_per_layer_token(arch: Architecture, tp: int, kv_cache_bytes: int) -> int | None:
+    if arch.mla_kv_dim is not None:
+        # MLA: the latent is not split over heads, so every rank caches all of it.
+        return arch.mla_kv_dim * kv_cache_bytes
     heads = kv_heads_per_rank(arch, tp)
-    if heads is None or arch.layers is None or arch.head_dim is None:
+    if heads is None or arch.head_dim is None:
         return None
-    return 2 * arch.layers * heads * arch.head_dim * kv_cache_bytes
+    return 2 * heads * arch.head_dim * kv_cache_bytes
+
+
+def kv_bytes_per_token(arch: Architecture, tp: int, kv_cache_bytes: int) -> int | None:
+    """Per-GPU KV bytes per token of the layers that keep every token: K and V x
+    (layers - sliding-window layers) x heads on this rank x head_dim x dtype; for MLA
+    (kv_lora_rank + qk_rope_head_dim) x layers x dtype on every rank."""
+    per_layer = _kv_bytes_per_layer_token(arch, tp, kv_cache_bytes)
+    if per_layer is None or arch.layers is None:
+        return None
+    return (arch.layers - arch.sliding_layers) * per_layer
+
+
+def kv_window_bytes(arch: Architecture, tp: int, kv_cache_bytes: int, context: int) -> int:
+    """Per-GPU bytes the sliding-window layers hold for one sequence of `context`
+    tokens: at most the window, however long the sequence (vLLM's hybrid KV manager
+    frees the blocks that fell out of the window)."""
+    per_layer = _kv_bytes_per_layer_token(arch, tp, kv_cache_bytes)
+    if per_layer is None or not arch.sliding_layers or arch.sliding_window is None:
+        return 0
+    return arch.sliding_layers * per_layer * min(context, arch.sliding_window)
 
 
 def activation_gib(arch: Architecture, tp: int) -> float:
@@ -296,9 +321,15 @@ def estimate_memory(
         capacity = None
         max_context = None
     else:
-        kv = context_tokens * per_token / GIB
-        blocks = math.floor(max(0.0, room) * GIB / (per_token * KV_BLOCK_TOKENS))
-        capacity = blocks * KV_BLOCK_TOKENS
+        window = kv_window_bytes(arch, gpu_count, settings.kv_cache_bytes, context_tokens)
+        kv = (context_tokens * per_token + window) / GIB
+        if per_token == 0:
+            # Every layer is windowed: the KV cache does not grow past the window.
+            capacity = arch.max_context_length or context_tokens
+        else:
+            full_room = max(0.0, room - window / GIB)
+            blocks = math.floor(full_room * GIB / (per_token * KV_BLOCK_TOKENS))
+            capacity = blocks * KV_BLOCK_TOKENS
         max_context = capacity
         if arch.max_context_length is not None:
             max_context = min(capacity, arch.max_context_length)

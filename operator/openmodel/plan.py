@@ -14,6 +14,7 @@ from openmodel.api import ModelDeployment
 from openmodel.config import PlatformConfig
 from openmodel.engines import engine_for
 from openmodel.engines.base import quantization_flag
+from openmodel.model_resolver.state import ModelConfigState
 from openmodel.render import Children, render_children, resolve_accelerator
 from openmodel.sizing_bridge import GpuChoice, choose_gpu_count
 
@@ -45,20 +46,24 @@ def make_plan(
     config: PlatformConfig,
     current_replicas: int | None,
     annotations: Mapping[str, Any] | None = None,
+    model_config: ModelConfigState | None = None,
 ) -> Plan:
     """Raises SpecError (with a CamelCase reason) for a spec that cannot be served.
 
     For a known model, a count above the accelerator's `maxPerNode` is refused by the
     tensor-parallel check (one replica is one pod on one node). For a model the sizing
     catalogue does not know, the scheduler judges the count and its Unschedulable
-    reason is reported as is.
+    reason is reported as is. `model_config` is where reading the model's own
+    config.json stands (None: not read, the catalogue sizes it).
     """
     accelerator = resolve_accelerator(md, config)
     # Before sizing: a format the engine cannot load is refused with what to do instead,
     # not with a memory estimate for weights that would never start.
     quantization_flag(engine_for(md.spec.engine), md.spec)
     skip = (annotations or {}).get(SKIP_FIT_CHECK_ANNOTATION) == "true"
-    gpu = choose_gpu_count(md.spec, accelerator, config, skip_fit_check=skip)
+    gpu = choose_gpu_count(
+        md.spec, accelerator, config, skip_fit_check=skip, model_config=model_config
+    )
     replicas = desired_replicas(md, current_replicas)
     if md.spec.max_model_len is None and gpu.max_model_len is not None:
         # Without it the engine takes the model's full context, which may not fit.

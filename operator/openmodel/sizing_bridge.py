@@ -9,9 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from openmodel.accelerators import Accelerator
-from openmodel.api import ModelDeploymentSpec
+from openmodel.api import ModelDeploymentSpec, SpecError
 from openmodel.config import PlatformConfig
+from openmodel.model_resolver.state import SIZING_PENDING, Failed, ModelConfigState, Pending
 from openmodel.sizing import format_size_report, resolve_gpu_count, size_report
+from openmodel.sizing.checkpoint import Checkpoint
+from openmodel.sizing.cpu import estimate_cpu
 
 
 @dataclass(frozen=True)
@@ -23,16 +26,51 @@ class GpuChoice:
     max_model_len: int | None = None
 
 
+def cpu_choice(spec: ModelDeploymentSpec) -> GpuChoice:
+    """gpu.type cpu: no GPU (count 0); the requests come from `sizing.cpu`, which also
+    fixes the context the engine is started with."""
+    estimate = estimate_cpu(spec)
+    return GpuChoice(count=0, estimate=estimate.to_status(), max_model_len=estimate.context_tokens)
+
+
 def choose_gpu_count(
     spec: ModelDeploymentSpec,
     accelerator: Accelerator,
     config: PlatformConfig,
     skip_fit_check: bool = False,
+    model_config: ModelConfigState | None = None,
 ) -> GpuChoice:
-    """Raises SpecError (UnknownModelSize, InvalidTensorParallelSize, InsufficientGPUMemory)."""
+    """Raises SpecError (UnknownModelSize, InvalidTensorParallelSize, InsufficientGPUMemory,
+    QuantizationMismatch; SizingPending while the model's config.json is being read;
+    ModelConfigNotFound/Unauthorized/Timeout/... when it could not be read and nothing
+    else sizes the model)."""
+    if accelerator.cpu_only:
+        return cpu_choice(spec)
     if skip_fit_check and spec.gpu.count is not None:
         return GpuChoice(count=spec.gpu.count)
-    result = resolve_gpu_count(spec, accelerator, config.accelerators)
+    checkpoint: Checkpoint | None = None
+    notes: tuple[str, ...] = ()
+    if isinstance(model_config, Pending):
+        raise SpecError(
+            "spec.model",
+            f"reading the config.json of {model_config.ref}; the GPU count and fit follow",
+            SIZING_PENDING,
+        )
+    if isinstance(model_config, Failed):
+        notes = (
+            f"The config.json of {model_config.ref} could not be read ({model_config.reason}: "
+            f"{model_config.message}; retried with back-off).",
+        )
+    elif model_config is not None:
+        checkpoint = model_config.checkpoint
+    try:
+        result = resolve_gpu_count(
+            spec, accelerator, config.accelerators, checkpoint=checkpoint, extra_notes=notes
+        )
+    except SpecError as e:
+        if isinstance(model_config, Failed) and e.reason == "UnknownModelSize":
+            raise SpecError(e.field, e.message, model_config.reason) from None
+        raise
     estimate = result.to_status()
     if estimate is not None:
         estimate["summary"] = result.summary()
@@ -46,6 +84,7 @@ def size_report_text(
     config: PlatformConfig,
     max_model_len: int | None = None,
     engine: str = "vllm",
+    checkpoint: Checkpoint | None = None,
 ) -> str:
     report = size_report(
         model,
@@ -54,5 +93,6 @@ def size_report_text(
         config.accelerators,
         max_model_len=max_model_len,
         engine=engine,
+        checkpoint=checkpoint,
     )
     return format_size_report(report)

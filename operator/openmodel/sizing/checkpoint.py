@@ -34,16 +34,33 @@ from openmodel.sizing.formats import WeightFormat
 DEFAULT_TIE_WORD_EMBEDDINGS = True
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1}
 _SAFETENSORS_DTYPE_BYTES = {
-    "F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
-    "I16": 2, "U16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1, "BOOL": 1,
-}  # fmt: skip
+    "F64": 8,
+    "I64": 8,
+    "U64": 8,
+    "F32": 4,
+    "I32": 4,
+    "U32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I16": 2,
+    "U16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
 # Per-model defaults transformers applies when config.json leaves a key out.
 _DEFAULTS: Mapping[str, Mapping[str, Any]] = {
-    "gemma3_text": {"vocab_size": 262208, "max_position_embeddings": 131072,
-                    "sliding_window_pattern": 6, "head_dim": 256},
+    "gemma3_text": {
+        "vocab_size": 262208,
+        "max_position_embeddings": 131072,
+        "sliding_window_pattern": 6,
+        "head_dim": 256,
+    },
     "gemma2": {"sliding_window": 4096, "head_dim": 256},
     "llama4_text": {"no_rope_layer_interval": 4},
-}  # fmt: skip
+}
 GATED_ACTIVATIONS = frozenset({"silu", "swiglu", "swish"})
 
 
@@ -69,7 +86,7 @@ class CheckpointQuantization:
         return f"{self.method} {self.bits}-bit"
 
     def keeps_attention_16bit(self) -> bool:
-        return any("self_attn" in p or "attn" == p for p in self.not_converted)
+        return any("self_attn" in p or p == "attn" for p in self.not_converted)
 
 
 @dataclass(frozen=True)
@@ -91,8 +108,14 @@ class Checkpoint:
         q = self.quantization
         if q is None:
             return WeightFormat("none", 16, 2.0, False, None, "checkpoint config.json")
-        return WeightFormat(q.spec_value if q.spec_value != "none" else q.method, q.bits,
-                            q.bytes_per_param, False, q.group_size, "checkpoint config.json")  # fmt: skip
+        return WeightFormat(
+            q.spec_value if q.spec_value != "none" else q.method,
+            q.bits,
+            q.bytes_per_param,
+            False,
+            q.group_size,
+            "checkpoint config.json",
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -120,12 +143,16 @@ def parse_quantization(raw: Mapping[str, Any] | None) -> CheckpointQuantization 
         bits = int(raw.get("bits", raw.get("w_bit", 4)))
         group = int(raw.get("group_size", raw.get("q_group_size", 128)))
         zero = bool(raw.get("zero_point", True))
-        return CheckpointQuantization("awq", "awq", bits, _group_rate(bits, group, zero), group, skipped)
+        return CheckpointQuantization(
+            "awq", "awq", bits, _group_rate(bits, group, zero), group, skipped
+        )
     if method == "gptq":
         bits = int(raw.get("bits", 4))
         group = int(raw.get("group_size", 128))
         rate = _group_rate(bits, group if group > 0 else None, True)
-        return CheckpointQuantization("gptq", "gptq", bits, rate, group if group > 0 else None, skipped)
+        return CheckpointQuantization(
+            "gptq", "gptq", bits, rate, group if group > 0 else None, skipped
+        )
     if method in ("fp8", "fbgemm_fp8"):
         block = raw.get("weight_block_size")
         scales = 4 / (block[0] * block[1]) if isinstance(block, list) and len(block) == 2 else 0
@@ -134,11 +161,11 @@ def parse_quantization(raw: Mapping[str, Any] | None) -> CheckpointQuantization 
         return _compressed_tensors(raw, skipped)
     if method == "mxfp4":
         # FP4 (e2m1) values and one 8-bit scale per 32: 4.25 bits per weight.
-        return CheckpointQuantization("mxfp4", "none", 4, 4.25 / 8, 32, skipped)
+        return CheckpointQuantization("mxfp4", "none", 4, 4.25 / 8, None, skipped)
     if method == "bitsandbytes":
         if raw.get("load_in_8bit"):
             return CheckpointQuantization("bitsandbytes", "bitsandbytes", 8, 1.0, None, skipped)
-        return CheckpointQuantization("bitsandbytes", "bitsandbytes", 4, 0.5 + 4 / 64, 64, skipped)
+        return CheckpointQuantization("bitsandbytes", "bitsandbytes", 4, 0.5 + 4 / 64, None, skipped)
     raise CheckpointError(
         f"quantization_config.quant_method {method or '(missing)'!r} is not one sizing knows "
         "(awq, gptq, fp8, compressed-tensors, mxfp4, bitsandbytes)"
@@ -154,11 +181,15 @@ def _compressed_tensors(raw: Mapping[str, Any], skipped: tuple[str, ...]) -> Che
             break
     bits = int(weights.get("num_bits", 8))
     if weights.get("type") == "float" or bits >= 8:
-        return CheckpointQuantization("compressed-tensors", "compressed-tensors", bits, bits / 8, None, skipped)
+        return CheckpointQuantization(
+            "compressed-tensors", "compressed-tensors", bits, bits / 8, None, skipped
+        )
     group = weights.get("group_size")
     size = int(group) if isinstance(group, int) and weights.get("strategy") == "group" else None
     rate = _group_rate(bits, size, not weights.get("symmetric", True))
-    return CheckpointQuantization("compressed-tensors", "compressed-tensors", bits, rate, size, skipped)
+    return CheckpointQuantization(
+        "compressed-tensors", "compressed-tensors", bits, rate, size, skipped
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -216,17 +247,22 @@ def _attention_per_layer(t: Mapping[str, Any], hidden: int, heads: int) -> int:
         v_dim = _int(t, "v_head_dim", default=nope) or nope
         lora = _need(t, "kv_lora_rank")
         q_rank = _int(t, "q_lora_rank")
-        q = hidden * heads * (nope + rope) if not q_rank else (
-            hidden * q_rank + q_rank + q_rank * heads * (nope + rope)
+        q = (
+            hidden * heads * (nope + rope)
+            if not q_rank
+            else (hidden * q_rank + q_rank + q_rank * heads * (nope + rope))
         )
         kv = hidden * (lora + rope) + lora + lora * heads * (nope + v_dim)
         return q + kv + heads * v_dim * hidden
     kv_heads = _int(t, "num_key_value_heads", default=heads) or heads
     head_dim = _int(t, "head_dim") or hidden // heads
     weights = hidden * head_dim * (heads + 2 * kv_heads) + heads * head_dim * hidden
-    bias = head_dim * (heads + 2 * kv_heads) if t.get("attention_bias") or t.get(
-        "model_type"
-    ) in ("qwen2", "qwen2_5_vl_text", "qwen2_vl") else 0
+    bias = (
+        head_dim * (heads + 2 * kv_heads)
+        if t.get("attention_bias")
+        or t.get("model_type") in ("qwen2", "qwen2_5_vl_text", "qwen2_vl")
+        else 0
+    )
     qk_norm = 2 * head_dim if t.get("model_type") in ("qwen3", "qwen3_moe", "gemma3_text") else 0
     return weights + bias + qk_norm
 

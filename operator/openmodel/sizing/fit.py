@@ -27,7 +27,9 @@ from typing import Any
 
 from openmodel.accelerators import Accelerator, AcceleratorCatalog
 from openmodel.api import ModelDeploymentSpec, SpecError, lora_settings
+from openmodel.sizing.budgets import settings_for
 from openmodel.sizing.catalogue import Architecture, ResolvedModel, resolve_model
+from openmodel.sizing.checkpoint import Checkpoint, quantization_conflict
 from openmodel.sizing.formats import (
     WeightFormat,
     conflicts,
@@ -39,7 +41,6 @@ from openmodel.sizing.memory import (
     DEFAULT_MAX_MODEL_LEN,
     EngineSettings,
     Estimate,
-    engine_settings,
     estimate_memory,
 )
 from openmodel.sizing.parallelism import candidate_counts, tp_violations, valid_tp_sizes
@@ -227,7 +228,9 @@ def _notes(
 ) -> tuple[str, ...]:
     notes: list[str] = []
     implied = implied_quantization(spec.model)
-    if conflicts(spec.quantization, implied):
+    if model is not None and model.source == "config.json":
+        notes.append(f"Sized from the checkpoint's config.json as {fmt.label}.")
+    elif conflicts(spec.quantization, implied):
         notes.append(
             f"spec.quantization is {spec.quantization} but the repo name suggests {implied}; "
             f"sized as {spec.quantization}."
@@ -253,32 +256,68 @@ def _notes(
     return tuple(notes)
 
 
+def model_and_format(
+    spec: ModelDeploymentSpec, checkpoint: Checkpoint | None
+) -> tuple[ResolvedModel | None, WeightFormat]:
+    """What to size: spec.modelInfo, else the checkpoint's config.json, else the catalogue.
+
+    The checkpoint's own config wins over the catalogue: it is the model that will be
+    loaded (a fine-tune, a padded quantized layout, a changed vocabulary). Raises
+    SpecError `QuantizationMismatch` when spec.quantization cannot load the checkpoint.
+    """
+    if spec.model_info is not None or checkpoint is None:
+        return resolve_model(spec.model, spec.model_info), weight_format(
+            sized_quantization(spec), weights_name(spec)
+        )
+    conflict = quantization_conflict(spec.quantization, checkpoint)
+    if conflict is not None:
+        raise SpecError("spec.quantization", conflict, "QuantizationMismatch")
+    model = ResolvedModel(checkpoint.architecture, "config.json")
+    if spec.quantization == "none":
+        return model, checkpoint.weight_format()
+    return model, weight_format(sized_quantization(spec), weights_name(spec))
+
+
+def weights_name(spec: ModelDeploymentSpec) -> str:
+    """The name the weight format is read from: llama.cpp's repo file, else the model."""
+    return spec.gguf_file or spec.model
+
+
+def sized_quantization(spec: ModelDeploymentSpec) -> str:
+    """spec.quantization, except that llama.cpp loads GGUF whatever it says."""
+    return "gguf" if spec.engine == "llamacpp" else spec.quantization
+
+
 def resolve_gpu_count(
     spec: ModelDeploymentSpec,
     accelerator: Accelerator,
     catalog: AcceleratorCatalog | None = None,
+    checkpoint: Checkpoint | None = None,
+    extra_notes: tuple[str, ...] = (),
 ) -> SizingResult:
     """Choose or check spec.gpu.count on `accelerator`.
 
     `catalog`, when given, lets an InsufficientGPUMemory message suggest other GPU
-    types. Raises SpecError with reason UnknownModelSize, InvalidTensorParallelSize,
+    types. `checkpoint` is the model's own config.json when it could be read
+    (`openmodel.model_resolver`); `extra_notes` say why it could not. Raises SpecError
+    with reason UnknownModelSize, QuantizationMismatch, InvalidTensorParallelSize,
     InsufficientGPUMemory or InvalidEngineArgs.
     """
-    settings = engine_settings(spec.engine, spec.args, lora_settings(spec))
+    settings = settings_for(spec.engine, spec.args, lora_settings(spec))
     requested = settings.max_model_len_arg or spec.max_model_len
-    model = resolve_model(spec.model, spec.model_info)
-    fmt = weight_format(spec.quantization, spec.model)
-    notes = _notes(spec, model, fmt, requested)
+    model, fmt = model_and_format(spec, checkpoint)
+    notes = extra_notes + _notes(spec, model, fmt, requested)
     count = spec.gpu.count
 
     if model is None:
         if count is None:
+            why = " ".join(extra_notes) or "the model is not in the sizing catalogue."
             raise SpecError(
                 "spec.gpu.count",
-                f"is required for {spec.model}: the model is not in the sizing catalogue, so "
-                "the GPU count cannot be computed. Set spec.gpu.count, or describe the model "
-                "in spec.modelInfo (parametersBillions; layers, kvHeads and headDim for the "
-                "KV cache; attentionHeads for the tensor-parallel check)",
+                f"is required for {spec.model}: {why} The GPU count cannot be computed. Set "
+                "spec.gpu.count, or describe the model in spec.modelInfo (parametersBillions; "
+                "layers, kvHeads and headDim for the KV cache; attentionHeads for the "
+                "tensor-parallel check)",
                 "UnknownModelSize",
             )
         return SizingResult(count, False, None, fmt, None, requested, notes)

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 from openmodel.accelerators import AcceleratorCatalog
 from openmodel.api import ModelInfo, SpecError
+from openmodel.sizing.budgets import settings_for
 from openmodel.sizing.catalogue import ResolvedModel, resolve_model
+from openmodel.sizing.checkpoint import Checkpoint, quantization_conflict
 from openmodel.sizing.fit import required_context
 from openmodel.sizing.formats import WeightFormat, weight_format
-from openmodel.sizing.memory import Estimate, engine_settings, estimate_memory
+from openmodel.sizing.memory import Estimate, estimate_memory
 from openmodel.sizing.parallelism import tp_violations, valid_tp_sizes
 
 
@@ -44,10 +46,12 @@ def size_report(
     engine: str = "vllm",
     model_info: ModelInfo | None = None,
     args: Sequence[str] = (),
+    checkpoint: Checkpoint | None = None,
 ) -> SizeReport:
-    """Estimates for `model` at every valid count of `accelerator_name`.
+    """Estimates for `model` at every valid count of `accelerator_name`; from
+    `checkpoint` (its own config.json) when given, else the catalogue.
 
-    Raises SpecError `UnknownAccelerator` or `UnknownModelSize`.
+    Raises SpecError `UnknownAccelerator`, `UnknownModelSize` or `QuantizationMismatch`.
     """
     accelerator = catalog.get(accelerator_name)
     if accelerator is None:
@@ -57,6 +61,14 @@ def size_report(
             "UnknownAccelerator",
         )
     resolved = resolve_model(model, model_info)
+    fmt = weight_format(quantization, model)
+    if checkpoint is not None and model_info is None:
+        conflict = quantization_conflict(quantization, checkpoint)
+        if conflict is not None:
+            raise SpecError("spec.quantization", conflict, "QuantizationMismatch")
+        resolved = ResolvedModel(checkpoint.architecture, "config.json")
+        if quantization == "none":
+            fmt = checkpoint.weight_format()
     if resolved is None:
         raise SpecError(
             "spec.model",
@@ -64,8 +76,7 @@ def size_report(
             "UnknownModelSize",
         )
     arch = resolved.architecture
-    fmt = weight_format(quantization, model)
-    settings = engine_settings(engine, args)
+    settings = settings_for(engine, args)
     requested = settings.max_model_len_arg or max_model_len
     context = required_context(arch, requested)
     valid = valid_tp_sizes(arch, fmt, accelerator.max_per_node)
@@ -93,7 +104,7 @@ def format_size_report(report: SizeReport) -> str:
     fmt = report.weight_format
     lines = [
         f"Model:   {report.model} -> {arch.name} ({report.resolved.source}), "
-        f"{arch.parameters_billions:g}B parameters",
+        f"{arch.parameters_billions:.4g}B parameters",
         f"Weights: {fmt.label} (from {fmt.source})",
         f"Context: {report.context_tokens} tokens ({report.context_source}; "
         f"model max {arch.max_context_length or 'unknown'})",

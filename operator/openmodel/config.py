@@ -4,7 +4,8 @@ Loaded from a YAML file (env `OPENMODEL_CONFIG`, mounted from a ConfigMap by the
 chart). Every key is optional:
 
 ```yaml
-engineImages: {vllm: "vllm/vllm-openai:v0.31.0", tgi: "..."}
+engineImages: {vllm: "vllm/vllm-openai:v0.31.0", tgi: "...", sglang: "...", llamacpp: "...",
+               llamacpp-cpu: "..."}   # <engine>-cpu: the image for gpu.type cpu
 accelerators:            # added to / overriding the built-in catalog
   amd-mi300x:
     memoryGiB: 192
@@ -29,6 +30,9 @@ gateway:                 # the OpenAI gateway (python -m openmodel.gateway)
   demandUrls: []         # or fixed demand URLs (local runs)
 startupBudgetSeconds: 1800
 clusterDomain: cluster.local
+modelResolver:           # read config.json from the Hub for sizing (model_resolver/settings.py)
+  endpoint: null         # the Hub's base URL; env HF_ENDPOINT wins; neither: catalogue only
+  tokenFile: null        # the only token the operator reads (never hfTokenSecretRef)
 inferenceExtension:      # InferencePool + HTTPRoute per model (inference_extension/config.py)
   enabled: false
   gateway: {name: inference-gateway, namespace: gateway-system}
@@ -51,10 +55,22 @@ from openmodel.inference_extension.config import (
     InferenceExtensionConfig,
     parse_inference_extension,
 )
+from openmodel.model_resolver.settings import (
+    ModelResolverConfig,
+    ResolverConfigError,
+    parse_model_resolver,
+)
 
 DEFAULT_ENGINE_IMAGES: Mapping[str, str] = {
     "vllm": "vllm/vllm-openai:v0.31.0",
     "tgi": "ghcr.io/huggingface/text-generation-inference:3.3.6",
+    # v0.5.19-cu129: the last CUDA 12 build (later tags need a CUDA 13 driver).
+    "sglang": "lmsysorg/sglang:v0.5.19-cu129",
+    # llama.cpp publishes rolling tags per variant; pin a build (server-bNNNN) in the
+    # platform config for reproducible rollouts. `<engine>-cpu` is the image for
+    # gpu.type cpu.
+    "llamacpp": "ghcr.io/ggml-org/llama.cpp:server-cuda",
+    "llamacpp-cpu": "ghcr.io/ggml-org/llama.cpp:server",
 }
 
 
@@ -98,6 +114,7 @@ class PlatformConfig:
     startup_budget_seconds: int = 1800
     cluster_domain: str = "cluster.local"
     inference_extension: InferenceExtensionConfig = field(default_factory=InferenceExtensionConfig)
+    model_resolver: ModelResolverConfig = field(default_factory=ModelResolverConfig)
 
 
 def _number(raw: Mapping[str, Any], key: str, where: str, default: float) -> float:
@@ -200,7 +217,15 @@ def parse_config(raw: Mapping[str, Any]) -> PlatformConfig:
         startup_budget_seconds=budget,
         cluster_domain=domain,
         inference_extension=parse_inference_extension(raw.get("inferenceExtension")),
+        model_resolver=_model_resolver(raw.get("modelResolver")),
     )
+
+
+def _model_resolver(raw: Any) -> ModelResolverConfig:
+    try:
+        return parse_model_resolver(raw)
+    except ResolverConfigError as e:
+        raise ConfigError(str(e)) from None
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> PlatformConfig:

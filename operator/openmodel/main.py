@@ -22,6 +22,9 @@ from openmodel.api import GROUP, KIND, OWNER_LABEL, PLURAL, VERSION
 from openmodel.autoscaling_loop import AutoscalerLoop
 from openmodel.config import load_config
 from openmodel.leader import leader_elector
+from openmodel.model_resolver.hub import HubClient
+from openmodel.model_resolver.loop import ResolverLoop
+from openmodel.model_resolver.store import ModelConfigStore
 from openmodel.reconcile import Reconciler, ReconcileResult
 from openmodel.resync import resync_forever
 
@@ -37,7 +40,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     config = load_config()
     api = kube.make_api_client()
     memo.config = config
-    memo.reconciler = Reconciler(api, config)
+    hub_endpoint = config.model_resolver.effective_endpoint()
+    model_configs = ModelConfigStore(config.model_resolver) if hub_endpoint else None
+    memo.reconciler = Reconciler(api, config, model_configs=model_configs)
     port = telemetry.metrics_port()
     if port is not None:
         telemetry.start_metrics_server(port)
@@ -51,6 +56,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         asyncio.create_task(autoscaler.run_forever(), name="autoscaler"),
         asyncio.create_task(adapters.run_forever(), name="adapters"),
     ]
+    if model_configs is not None and hub_endpoint:
+        resolver = ResolverLoop(
+            model_configs,
+            HubClient(hub_endpoint, config.model_resolver),
+            memo.reconciler.reconcile_by_name,
+        )
+        memo.tasks.append(asyncio.create_task(resolver.run_forever(), name="model-resolver"))
 
 
 @kopf.on.probe(id="background-loops")
@@ -76,6 +88,8 @@ def model_deployment_event(type: str | None, body: kopf.Body, memo: kopf.Memo, *
         # Children go with their owner reference; only local state is left to drop.
         memo.reconciler.locks.forget((namespace, name))
         memo.reconciler.own_writes.forget(KIND, namespace, name)
+        if memo.reconciler.model_configs is not None:
+            memo.reconciler.model_configs.forget_waiter((namespace, name))
         telemetry.forget(namespace, name)
         return
     if memo.reconciler.own_writes.is_echo(

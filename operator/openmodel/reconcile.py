@@ -24,6 +24,8 @@ from openmodel.config import PlatformConfig
 from openmodel.drift import object_holds
 from openmodel.events import post_event
 from openmodel.inference_extension.gate import InferenceExtensionGate
+from openmodel.model_resolver.state import ModelConfigState
+from openmodel.model_resolver.store import ModelConfigStore, model_ref_for
 from openmodel.plan import make_plan
 from openmodel.problems import Problem
 from openmodel.render import endpoint, label_selector
@@ -92,10 +94,13 @@ class Reconciler:
         api: client.ApiClient,
         config: PlatformConfig,
         clock: Callable[[], str] = utc_now,
+        model_configs: ModelConfigStore | None = None,
     ) -> None:
         self.api = api
         self.config = config
         self.clock = clock
+        # config.json resolutions; None: sizing uses the catalogue only.
+        self.model_configs = model_configs
         self.locks = KeyedLocks()
         self.own_writes = OwnWrites()
         self.inference_extension = InferenceExtensionGate(api)
@@ -131,8 +136,12 @@ class Reconciler:
             md = parse_model_deployment(body)
             md_endpoint = endpoint(md, self.config)
             current = (deployment or {}).get("spec", {}).get("replicas")
-            plan = make_plan(md, self.config, current, meta.get("annotations"))
-            gpu_text = f"{plan.gpu.count}x {md.spec.gpu.type}"
+            annotations = meta.get("annotations")
+            model_config = self._model_config(md.spec, annotations, (namespace, name))
+            plan = make_plan(md, self.config, current, annotations, model_config)
+            # gpu.type cpu has no GPU count.
+            count = plan.gpu.count
+            gpu_text = f"{count}x {md.spec.gpu.type}" if count else md.spec.gpu.type
             sizing = plan.gpu.estimate
             desired_replicas = plan.replicas
             for obj in self.inference_extension.applicable(plan.children.all(), body):
@@ -203,6 +212,16 @@ class Reconciler:
             elif t.condition == READY and t.status == "True":
                 post_event(self.api, body, "Ready", t.message)
         return ReconcileResult(applied=applied, status_written=written, problem=problem)
+
+
+    def _model_config(
+        self, spec: Any, annotations: Mapping[str, Any] | None, key: ObjectKey
+    ) -> ModelConfigState | None:
+        """Where reading the model's config.json stands; never waits for it."""
+        if self.model_configs is None:
+            return None
+        ref = model_ref_for(spec, annotations)
+        return None if ref is None else self.model_configs.lookup(ref, key)
 
 
 def _api_message(e: ApiException) -> str:

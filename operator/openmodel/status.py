@@ -24,6 +24,8 @@ READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 RECONCILER_CONDITIONS = (READY, PROGRESSING, DEGRADED)
+# Problem reasons that mean "not decided yet" rather than "cannot be served".
+PENDING = frozenset({"SizingPending"})
 
 
 @dataclass(frozen=True)
@@ -86,14 +88,18 @@ def desired_conditions(obs: Observation) -> list[dict[str, Any]]:
     want, _, ready, updated, caught_up = _deployment_counts(obs.deployment)
     if obs.desired_replicas is not None:
         want = obs.desired_replicas
+    # Sizing waits for the model's config.json: not a fault, and nothing is applied yet.
+    pending = obs.problem if obs.problem is not None and obs.problem.reason in PENDING else None
     # A spec problem first, then pods that cannot be placed, then engines that fail.
-    problem = obs.problem
+    problem = None if pending is not None else obs.problem
     if problem is None:
         stuck = unschedulable_message(obs.pods)
         problem = Problem("Unschedulable", stuck) if stuck else engine_failure(obs.pods)
 
     rolled_out = obs.deployment is not None and caught_up and updated >= want and ready >= want
-    if obs.deployment is None:
+    if obs.deployment is None and pending is not None:
+        ready_c = _condition(READY, False, pending.reason, pending.message, g)
+    elif obs.deployment is None:
         ready_c = _condition(READY, False, "NotDeployed", "no engine Deployment exists yet", g)
     elif rolled_out and want == 0:
         # Not Ready: nothing answers right now. A request through the gateway is held
@@ -104,7 +110,9 @@ def desired_conditions(obs: Observation) -> list[dict[str, Any]]:
     else:
         ready_c = _condition(READY, False, "WaitingForPods", f"{ready}/{want} replicas ready", g)
 
-    if obs.problem is not None:
+    if pending is not None:
+        progressing_c = _condition(PROGRESSING, True, pending.reason, pending.message, g)
+    elif obs.problem is not None:
         progressing_c = _condition(
             PROGRESSING, False, "SpecRejected", "the latest spec was not applied; see Degraded", g
         )

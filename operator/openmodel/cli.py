@@ -20,6 +20,7 @@ from openmodel.api import SpecError, parse_model_deployment
 from openmodel.config import ConfigError, PlatformConfig, load_config
 from openmodel.engines import engine_for
 from openmodel.engines.base import quantization_value
+from openmodel.model_resolver.state import ModelConfigState
 from openmodel.plan import Plan, make_plan
 
 EXIT_INVALID = 1
@@ -52,10 +53,17 @@ def read_documents(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
         raise InputError(f"{path}: no YAML documents found")
 
 
-def plan_document(body: dict[str, Any], config: PlatformConfig) -> Plan:
+def plan_document(body: dict[str, Any], config: PlatformConfig, online: bool = True) -> Plan:
+    """The operator's plan; the model's config.json is read first (from the Hub when an
+    endpoint is configured and `online`), as the operator's resolver would."""
+    from openmodel.model_resolver.cli_support import resolve_for_spec
+
     md = parse_model_deployment(body)
     annotations = (body.get("metadata") or {}).get("annotations")
-    return make_plan(md, config, current_replicas=None, annotations=annotations)
+    state: ModelConfigState | None = (
+        resolve_for_spec(md.spec, annotations, config) if online else None
+    )
+    return make_plan(md, config, current_replicas=None, annotations=annotations, model_config=state)
 
 
 def cmd_render(args: argparse.Namespace, config: PlatformConfig, out: TextIO) -> int:
@@ -80,16 +88,29 @@ def cmd_validate(args: argparse.Namespace, config: PlatformConfig, out: TextIO) 
             status = EXIT_INVALID
             continue
         name = (body.get("metadata") or {}).get("name")
-        print(f"{where}: {name}: valid ({plan.gpu.count} GPU(s) per replica)", file=out)
+        sizing = plan.gpu.estimate
+        if sizing is None:
+            # Valid as far as the operator can judge, but nobody checked the memory.
+            note = (
+                "NOT sized: the model's size is unknown (not in the catalogue, config.json "
+                "not read, no spec.modelInfo), so GPU memory was not checked"
+            )
+        else:
+            note = f"fits: {sizing['totalGiBPerGPU']} of {sizing['budgetGiBPerGPU']} GiB per GPU"
+        print(f"{where}: {name}: valid ({plan.gpu.count} GPU(s) per replica; {note})", file=out)
     return status
 
 
 def cmd_size(args: argparse.Namespace, config: PlatformConfig, out: TextIO) -> int:
+    from openmodel.model_resolver.cli_support import checkpoint_for_cli
     from openmodel.sizing_bridge import size_report_text
 
     try:
         # What `validate` would refuse is not sized as if it could run.
         quantization_value(engine_for(args.engine), args.quantization)
+        checkpoint, source = checkpoint_for_cli(args.model, config, args.offline)
+        if source:
+            print(source, file=out)
         out.write(
             size_report_text(
                 args.model,
@@ -98,6 +119,7 @@ def cmd_size(args: argparse.Namespace, config: PlatformConfig, out: TextIO) -> i
                 config,
                 max_model_len=args.max_model_len,
                 engine=args.engine,
+                checkpoint=checkpoint,
             )
         )
     except SpecError as e:
@@ -117,7 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="run every check the operator runs")
     validate.add_argument("-f", "--file", required=True, help="ModelDeployment YAML ('-' = stdin)")
     size = sub.add_parser("size", help="memory estimate and the GPU counts that fit")
-    size.add_argument("model", help="Hugging Face repo id, e.g. meta-llama/Llama-3.1-70B-Instruct")
+    size.add_argument(
+        "model",
+        help="Hugging Face repo id (its config.json is read when HF_ENDPOINT or "
+        "modelResolver.endpoint is set), a local model directory, or a config.json path",
+    )
+    size.add_argument(
+        "--offline", action="store_true", help="never ask the Hub; the catalogue only"
+    )
     size.add_argument("--gpu", required=True, help="accelerator name, e.g. nvidia-h100-80gb")
     size.add_argument("--quantization", default="none")
     size.add_argument("--max-model-len", type=int, default=None)

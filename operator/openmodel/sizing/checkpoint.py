@@ -165,7 +165,9 @@ def parse_quantization(raw: Mapping[str, Any] | None) -> CheckpointQuantization 
     if method == "bitsandbytes":
         if raw.get("load_in_8bit"):
             return CheckpointQuantization("bitsandbytes", "bitsandbytes", 8, 1.0, None, skipped)
-        return CheckpointQuantization("bitsandbytes", "bitsandbytes", 4, 0.5 + 4 / 64, None, skipped)
+        return CheckpointQuantization(
+            "bitsandbytes", "bitsandbytes", 4, 0.5 + 4 / 64, None, skipped
+        )
     raise CheckpointError(
         f"quantization_config.quant_method {method or '(missing)'!r} is not one sizing knows "
         "(awq, gptq, fp8, compressed-tensors, mxfp4, bitsandbytes)"
@@ -472,7 +474,7 @@ def read_checkpoint(
         head_dim = _int(t, "head_dim") or hidden // heads
     per_expert = _int(t, "moe_intermediate_size") if experts > 1 else None
     arch = Architecture(
-        name=f"{normalised_name(name)} (config.json)",
+        name=normalised_name(name),
         parameters_billions=parameters / 1e9,
         layers=layers,
         attention_heads=heads,

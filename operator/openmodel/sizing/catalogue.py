@@ -362,6 +362,121 @@ PHI3_MINI_4K = Architecture(
 PHI3_MINI_128K = replace(PHI3_MINI_4K, name="Phi-3-mini (128k)", max_context_length=131072)
 
 
+# Current families (2025). Numbers are what `sizing.checkpoint.read_checkpoint` counts
+# from each repo's config.json (tests/unit/data/hf-configs/, checked against the
+# published counts); the catalogue is the fallback when config.json cannot be read.
+QWEN3_8B = Architecture(
+    name="Qwen3 8B",
+    parameters_billions=8.19,
+    layers=36,
+    attention_heads=32,
+    kv_heads=8,
+    head_dim=128,
+    intermediate_size=12288,
+    max_context_length=40960,
+    hidden_size=4096,
+    vocab_size=151936,
+)
+QWEN3_235B_A22B = Architecture(
+    name="Qwen3 235B-A22B",
+    parameters_billions=235.09,
+    layers=94,
+    attention_heads=64,
+    kv_heads=4,
+    head_dim=128,
+    intermediate_size=1536,  # per expert
+    max_context_length=40960,
+    hidden_size=4096,
+    vocab_size=151936,
+    experts=128,
+    experts_per_token=8,
+)
+# Vision tower included (0.87B). 36 of 48 layers attend within 8192-token chunks.
+LLAMA4_SCOUT = Architecture(
+    name="Llama 4 Scout 17B-16E",
+    parameters_billions=108.64,
+    layers=48,
+    attention_heads=40,
+    kv_heads=8,
+    head_dim=128,
+    intermediate_size=8192,
+    max_context_length=10485760,
+    hidden_size=5120,
+    vocab_size=202048,
+    experts=16,
+    experts_per_token=1,
+    sliding_window=8192,
+    sliding_layers=36,
+)
+# Shipped in MXFP4 (experts 4.25 bits; attention, router, embeddings bf16): 65.2 GB.
+GPT_OSS_120B = Architecture(
+    name="gpt-oss-120b",
+    parameters_billions=116.83,
+    layers=36,
+    attention_heads=64,
+    kv_heads=8,
+    head_dim=64,
+    intermediate_size=2880,
+    max_context_length=131072,
+    hidden_size=2880,
+    vocab_size=201088,
+    experts=128,
+    experts_per_token=4,
+    sliding_window=128,
+    sliding_layers=18,
+    checkpoint_format="mxfp4",
+    checkpoint_weight_bytes=65.2e9,
+)
+# MLA: 512 + 64 cached values per layer and token; shipped in fp8 (block 128x128).
+# The multi-token-prediction module (14B) is not loaded for serving, so not counted.
+DEEPSEEK_V3 = Architecture(
+    name="DeepSeek-V3",
+    parameters_billions=671.03,
+    layers=61,
+    attention_heads=128,
+    kv_heads=128,
+    head_dim=192,
+    intermediate_size=2048,  # per expert
+    max_context_length=163840,
+    hidden_size=7168,
+    vocab_size=129280,
+    experts=256,
+    experts_per_token=8,
+    mla_kv_dim=576,
+    checkpoint_format="fp8",
+    checkpoint_weight_bytes=673.0e9,
+)
+DEEPSEEK_R1 = replace(DEEPSEEK_V3, name="DeepSeek-R1 (DeepSeek-V3)")
+# Vision tower included (0.42B); 52 of 62 layers use a 1024-token sliding window.
+GEMMA3_27B = Architecture(
+    name="Gemma 3 27B",
+    parameters_billions=27.43,
+    layers=62,
+    attention_heads=32,
+    kv_heads=16,
+    head_dim=128,
+    intermediate_size=21504,
+    max_context_length=131072,
+    hidden_size=5376,
+    vocab_size=262208,
+    tied_embeddings=True,
+    sliding_window=1024,
+    sliding_layers=52,
+)
+MISTRAL_LARGE_2411 = Architecture(
+    name="Mistral Large 2 (123B)",
+    parameters_billions=122.61,
+    layers=88,
+    attention_heads=96,
+    kv_heads=8,
+    head_dim=128,
+    intermediate_size=28672,
+    max_context_length=131072,
+    hidden_size=12288,
+    vocab_size=32768,
+)
+
+
 @dataclass(frozen=True)
 class _Family:
     """A family regex over the normalised name, and its sizes by size token.
@@ -398,7 +513,14 @@ _FAMILIES: tuple[_Family, ...] = (
     _family(r"llama-?3\.2(?![0-9])", {"1b": LLAMA_32_1B, "3b": LLAMA_32_3B}),
     _family(r"llama-?3(?![.0-9])", {"8b": LLAMA_3_8B, "70b": LLAMA_3_70B}),
     _family(r"mixtral", {"8x7b": MIXTRAL_8X7B, "8x22b": MIXTRAL_8X22B}),
+    _family(r"mistral-large(?!-3)", {None: MISTRAL_LARGE_2411}),
     _family(r"mistral", {"7b": MISTRAL_7B}),
+    _family(r"deepseek-v3(?![.0-9])", {None: DEEPSEEK_V3}),
+    _family(r"deepseek-r1(?!-distill)", {None: DEEPSEEK_R1}),
+    _family(r"qwen-?3(?![.0-9])", {"8b": QWEN3_8B, "235b": QWEN3_235B_A22B}),
+    _family(r"llama-?4-scout", {None: LLAMA4_SCOUT}),
+    _family(r"gpt-oss", {"120b": GPT_OSS_120B}),
+    _family(r"gemma-?3(?![0-9n])", {"27b": GEMMA3_27B}),
     _family(
         r"qwen-?2\.5(?![0-9])",
         {

@@ -266,9 +266,17 @@ def model_and_format(
     SpecError `QuantizationMismatch` when spec.quantization cannot load the checkpoint.
     """
     if spec.model_info is not None or checkpoint is None:
-        return resolve_model(spec.model, spec.model_info), weight_format(
-            sized_quantization(spec), weights_name(spec)
-        )
+        resolved = resolve_model(spec.model, spec.model_info)
+        fmt = weight_format(sized_quantization(spec), weights_name(spec))
+        arch = resolved.architecture if resolved is not None else None
+        stored = arch.checkpoint_format if arch is not None else None
+        if fmt.source == "default" and arch is not None and stored not in (None, "none"):
+            # The catalogue knows the checkpoint ships quantized (gpt-oss mxfp4, DeepSeek
+            # fp8) and the engine loads it so without a flag.
+            rate = (arch.checkpoint_weight_bytes or 0) / (arch.parameters_billions * 1e9)
+            bits = 4 if rate < 0.75 else 8
+            fmt = WeightFormat(str(stored), bits, rate, False, None, "catalogue")
+        return resolved, fmt
     conflict = quantization_conflict(spec.quantization, checkpoint)
     if conflict is not None:
         raise SpecError("spec.quantization", conflict, "QuantizationMismatch")

@@ -14,6 +14,8 @@ from typing import Any
 
 NVIDIA_RESOURCE = "nvidia.com/gpu"
 NVIDIA_PRODUCT_LABEL = "nvidia.com/gpu.product"
+# GPU Feature Discovery sets it on every NVIDIA node; CPU-only nodes lack it.
+NVIDIA_PRESENT_LABEL = "nvidia.com/gpu.present"
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,9 @@ class Accelerator:
     resource_name: str = NVIDIA_RESOURCE
     tolerations: tuple[Toleration, ...] = (Toleration(key=NVIDIA_RESOURCE),)
     max_per_node: int = 8
+    # A CPU-only type (`gpu.type: cpu`): no GPU limit, CPU and memory requests sized from
+    # the model, and nodes chosen by `node_label` *not* existing unless values are given.
+    cpu_only: bool = False
 
     @property
     def memory_bytes(self) -> float:
@@ -65,6 +70,18 @@ BUILTIN_ACCELERATORS: Mapping[str, Accelerator] = {
         _nvidia("nvidia-h100-80gb", 79.6, "NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-PCIe"),
         _nvidia("nvidia-h200", 140, "NVIDIA-H200"),
         _nvidia("nvidia-b200", 179, "NVIDIA-B200"),
+        # CPU-only nodes: those without GPU Feature Discovery's label (no toleration, so
+        # tainted GPU nodes are out too). memory_gib 0: no GPU budget, never suggested
+        # as a GPU type.
+        Accelerator(
+            name="cpu",
+            memory_gib=0,
+            node_label=NVIDIA_PRESENT_LABEL,
+            resource_name="",
+            tolerations=(),
+            max_per_node=1,
+            cpu_only=True,
+        ),
     )
 }
 
@@ -77,9 +94,12 @@ def accelerator_from_config(name: str, raw: Mapping[str, Any]) -> Accelerator:
     """Build an accelerator from a platform-config entry, with a clear error per field.
 
     Accepted keys: memoryGiB (required), nodeLabel, nodeLabelValues (required, list),
-    resourceName, tolerations (list of {key, operator, value, effect}), maxPerNode.
+    resourceName, tolerations (list of {key, operator, value, effect}), maxPerNode;
+    or `cpuOnly: true` with nodeLabel, nodeLabelValues and tolerations (a CPU node pool).
     """
     where = f"accelerators.{name}"
+    if raw.get("cpuOnly") is True:
+        return _cpu_from_config(where, name, raw)
     try:
         memory = float(raw["memoryGiB"])
     except KeyError:
@@ -117,6 +137,31 @@ def accelerator_from_config(name: str, raw: Mapping[str, Any]) -> Accelerator:
         resource_name=str(raw.get("resourceName", NVIDIA_RESOURCE)),
         tolerations=tuple(tolerations),
         max_per_node=max_per_node,
+    )
+
+
+def _cpu_from_config(where: str, name: str, raw: Mapping[str, Any]) -> Accelerator:
+    """A CPU-only node type: nodeLabel and nodeLabelValues select the nodes (without
+    values: nodes where nodeLabel does not exist), optional tolerations."""
+    values = raw.get("nodeLabelValues", [])
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise AcceleratorConfigError(f"{where}.nodeLabelValues must be a list of strings")
+    tolerations = []
+    for i, t in enumerate(raw.get("tolerations") or []):
+        if not isinstance(t, Mapping) or not isinstance(t.get("key"), str):
+            raise AcceleratorConfigError(f"{where}.tolerations[{i}].key must be a string")
+        tolerations.append(
+            Toleration(t["key"], str(t.get("operator", "Exists")), t.get("value"), t.get("effect"))
+        )
+    return Accelerator(
+        name=name,
+        memory_gib=0,
+        node_label=str(raw.get("nodeLabel", NVIDIA_PRESENT_LABEL)),
+        node_label_values=tuple(values),
+        resource_name="",
+        tolerations=tuple(tolerations),
+        max_per_node=1,
+        cpu_only=True,
     )
 
 

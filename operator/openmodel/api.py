@@ -20,7 +20,9 @@ PLURAL = "modeldeployments"
 API_VERSION = f"{GROUP}/{VERSION}"
 OWNER_LABEL = "openmodel.dev/model-deployment"
 
-ENGINES = ("vllm", "tgi")
+ENGINES = ("vllm", "tgi", "sglang", "llamacpp")
+# `gpu.type: cpu`: the engine pod runs on CPU-only nodes (llama.cpp only).
+CPU_ACCELERATOR = "cpu"
 QUANTIZATIONS = ("none", "awq", "gptq", "fp8", "bitsandbytes", "gguf", "compressed-tensors")
 DEFAULT_SCALE_UP_SECONDS = 0
 DEFAULT_SCALE_DOWN_SECONDS = 300
@@ -122,6 +124,8 @@ class ModelDeploymentSpec:
     model_info: ModelInfo | None
     adapters: tuple[AdapterSpec, ...] = ()
     lora: LoraSpec | None = None
+    # llama.cpp with a Hugging Face repo: the .gguf file in it (--hf-file).
+    gguf_file: str | None = None
 
 
 def lora_settings(spec: ModelDeploymentSpec) -> LoraSpec | None:
@@ -250,10 +254,10 @@ def _check_adapter_source(source: str, path: str, engine: str) -> None:
     if source.startswith(("s3://", "gs://")):
         if len(source) <= len("s3://"):
             raise SpecError(path, f"needs a bucket and path after the scheme, got {source!r}")
-        if engine == "tgi":
+        if engine in ("tgi", "sglang"):
             raise SpecError(
                 path,
-                "engine 'tgi' cannot load adapters from s3:// or gs://; use engine vllm, "
+                f"engine {engine!r} cannot load adapters from s3:// or gs://; use engine vllm, "
                 "a Hugging Face repo id or pvc://<claim>/<path>",
                 reason="UnsupportedAdapterSource",
             )
@@ -316,6 +320,52 @@ def _parse_adapters(
     return tuple(adapters)
 
 
+def _parse_gguf_file(raw: Mapping[str, Any], engine: str, model: str) -> str | None:
+    gguf_file: str | None = _get(raw, "ggufFile", "spec", str)
+    if gguf_file is not None and (gguf_file.startswith("/") or not gguf_file.endswith(".gguf")):
+        raise SpecError("spec.ggufFile", f"must be a .gguf file in the repo, got {gguf_file!r}")
+    if gguf_file is not None and engine != "llamacpp":
+        raise SpecError(
+            "spec.ggufFile", f"is for engine 'llamacpp' only (spec.engine is {engine!r})"
+        )
+    if engine == "llamacpp" and not model.startswith("pvc://") and not gguf_file:
+        raise SpecError(
+            "spec.ggufFile",
+            "is required with engine 'llamacpp' and a Hugging Face repo: the .gguf file in "
+            "the repo (llama.cpp --hf-file), e.g. Meta-Llama-3.1-8B-Instruct-Q4_K_M.gguf; "
+            "or give the file itself as spec.model pvc://<claim>/<path>.gguf",
+        )
+    return gguf_file
+
+
+def _check_engine_fits(spec: ModelDeploymentSpec) -> None:
+    """What the CRD's CEL rules refuse about an engine's model, GPU and adapters."""
+    if spec.gpu.type == CPU_ACCELERATOR and spec.engine != "llamacpp":
+        raise SpecError(
+            "spec.gpu.type",
+            f"'cpu' (CPU-only nodes) needs engine 'llamacpp' with a GGUF model; engine "
+            f"{spec.engine!r} needs a GPU type",
+            reason="UnsupportedAccelerator",
+        )
+    if spec.gpu.type == CPU_ACCELERATOR and spec.gpu.count not in (None, 1):
+        raise SpecError(
+            "spec.gpu.count", "must be omitted (or 1) with gpu.type 'cpu': one process per replica"
+        )
+    if spec.engine in ("sglang", "llamacpp") and spec.model.startswith(("s3://", "gs://")):
+        raise SpecError(
+            "spec.model",
+            f"engine {spec.engine!r} cannot stream weights from s3:// or gs://; use engine "
+            "vllm, a Hugging Face repo id or a pvc:// URI",
+            reason="UnsupportedModelSource",
+        )
+    if spec.engine == "llamacpp" and (spec.adapters or spec.lora is not None):
+        raise SpecError(
+            "spec.adapters",
+            "engine 'llamacpp' serves no named LoRA adapters; use engine vllm or sglang",
+            reason="UnsupportedAdapters",
+        )
+
+
 def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
     """Parse and check a ModelDeployment spec; raises SpecError naming the field."""
     model = _get(raw, "model", "spec", str)
@@ -362,7 +412,7 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
         served_name(model, served),
         DEFAULT_LORA_MAX_ADAPTERS if lora is None else lora.max_adapters,
     )
-    return ModelDeploymentSpec(
+    spec = ModelDeploymentSpec(
         model=model,
         engine=engine,
         quantization=quantization,
@@ -379,7 +429,10 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
         model_info=_parse_model_info(raw.get("modelInfo")),
         adapters=adapters,
         lora=lora,
+        gguf_file=_parse_gguf_file(raw, engine, model),
     )
+    _check_engine_fits(spec)
+    return spec
 
 
 def parse_model_deployment(body: Mapping[str, Any]) -> ModelDeployment:

@@ -8,20 +8,18 @@ from openmodel.accelerators import Accelerator
 
 
 def node_affinity(accelerator: Accelerator) -> dict[str, Any]:
+    expression: dict[str, Any] = {
+        "key": accelerator.node_label,
+        "operator": "In",
+        "values": sorted(accelerator.node_label_values),
+    }
+    if accelerator.cpu_only and not accelerator.node_label_values:
+        # CPU-only nodes are the ones without the GPU label.
+        expression = {"key": accelerator.node_label, "operator": "DoesNotExist"}
     return {
         "nodeAffinity": {
             "requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [
-                    {
-                        "matchExpressions": [
-                            {
-                                "key": accelerator.node_label,
-                                "operator": "In",
-                                "values": sorted(accelerator.node_label_values),
-                            }
-                        ]
-                    }
-                ]
+                "nodeSelectorTerms": [{"matchExpressions": [expression]}]
             }
         }
     }
@@ -33,4 +31,6 @@ def tolerations(accelerator: Accelerator) -> list[dict[str, str]]:
 
 def gpu_limits(accelerator: Accelerator, count: int) -> dict[str, str]:
     # Extended resources are limits-only; the request defaults to the limit.
+    if accelerator.cpu_only:
+        return {}
     return {accelerator.resource_name: str(count)}

@@ -23,6 +23,7 @@ from openmodel.engines.base import (
     served_model_name,
 )
 from openmodel.inference_extension.render import render_http_route, render_inference_pool
+from openmodel.sizing.cpu import estimate_cpu
 
 SERVICE_PORT = 8000
 CONTAINER_NAME = "engine"
@@ -89,8 +90,26 @@ def _metadata(md: ModelDeployment, name: str) -> dict[str, Any]:
     return meta
 
 
-def image_for(md: ModelDeployment, config: PlatformConfig) -> str:
-    return md.spec.image or config.engine_images[md.spec.engine]
+def image_for(
+    md: ModelDeployment, config: PlatformConfig, accelerator: Accelerator | None = None
+) -> str:
+    """spec.image, else the platform's image for the engine: on a CPU-only type its
+    `<engine>-cpu` image when there is one (llama.cpp's `:server` vs `:server-cuda`)."""
+    if md.spec.image:
+        return md.spec.image
+    if accelerator is not None and accelerator.cpu_only:
+        cpu_image = config.engine_images.get(f"{md.spec.engine}-cpu")
+        if cpu_image:
+            return cpu_image
+    return config.engine_images[md.spec.engine]
+
+
+def _resources(md: ModelDeployment, accelerator: Accelerator, gpu_count: int) -> dict[str, Any]:
+    if not accelerator.cpu_only:
+        return {"limits": placement.gpu_limits(accelerator, gpu_count)}
+    # CPU-only: what the GGUF file, its KV cache and the runtime need (sizing/cpu.py).
+    estimate = estimate_cpu(md.spec)
+    return {"requests": estimate.requests(), "limits": estimate.limits()}
 
 
 def _probes(engine: Engine, config: PlatformConfig) -> dict[str, Any]:
@@ -180,12 +199,12 @@ def render_deployment(
     volumes, mounts = _volumes(md, engine)
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
-        "image": image_for(md, config),
+        "image": image_for(md, config, accelerator),
         "command": engine.command(),
         "args": engine.args(md.spec, gpu_count) + list(md.spec.args),
         "ports": [{"name": "http", "containerPort": engine.port, "protocol": "TCP"}],
         "env": _env(md, engine),
-        "resources": {"limits": placement.gpu_limits(accelerator, gpu_count)},
+        "resources": _resources(md, accelerator, gpu_count),
         "volumeMounts": mounts,
         # An engine that dies while loading writes its reason only to its log; with
         # this the kubelet copies the log's tail into lastState.terminated.message,

@@ -22,7 +22,7 @@ def test_defaults() -> None:
 @pytest.mark.parametrize(
     ("patch", "field"),
     [
-        ({"engine": "sglang"}, "spec.engine"),
+        ({"engine": "ollama"}, "spec.engine"),
         ({"replicas": -1}, "spec.replicas"),
         ({"gpu": {"type": "nvidia-l4", "count": 0}}, "spec.gpu.count"),
         ({"model": ""}, "spec.model"),

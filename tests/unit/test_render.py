@@ -111,6 +111,11 @@ REFUSAL_HINTS = {
     ("vllm", "gguf"): "vllm-gguf-plugin",
     ("vllm", "bitsandbytes"): "use engine tgi",
     ("tgi", "gguf"): "TGI cannot load GGUF",
+    ("sglang", "gguf"): "engine llamacpp",
+    **{
+        ("llamacpp", q): "llama.cpp loads GGUF files only"
+        for q in ("awq", "gptq", "fp8", "bitsandbytes", "compressed-tensors")
+    },
 }
 
 

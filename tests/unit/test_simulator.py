@@ -591,7 +591,7 @@ def test_many_simulators_in_one_process():
 def test_start_simulator_rejects_bad_arguments():
     async def main() -> None:
         with pytest.raises(ValueError):
-            await start_simulator("sglang", "127.0.0.1", 0)
+            await start_simulator("ollama", "127.0.0.1", 0)
         with pytest.raises(ValueError):
             await start_simulator("vllm", "127.0.0.1", 0, slots=0)
         handle = await start_simulator("vllm", "127.0.0.1", 0)

@@ -38,9 +38,9 @@ def test_awq_keeps_embeddings_in_16_bit() -> None:
 
 
 def test_gguf_rate_applies_to_every_parameter() -> None:
-    # Q4_K_M ~ 4.85 bits/weight = 0.606 B/param, embeddings included: 8.03e9 x 0.606
+    # Q4_K_M files average 4.90 bits/weight (0.6125 B/param), embeddings included
     fmt = weight_format("none", "bartowski/Meta-Llama-3.1-8B-Instruct-Q4_K_M.gguf")
-    assert weight_bytes(c.LLAMA_31_8B, fmt) / 1e9 == pytest.approx(4.87, abs=0.01)
+    assert weight_bytes(c.LLAMA_31_8B, fmt) / 1e9 == pytest.approx(4.92, abs=0.01)
 
 
 def test_kv_cache_per_token() -> None:

@@ -36,7 +36,9 @@ REPO_IDS = [
 ]
 architectures = st.sampled_from(ARCHITECTURES)
 quantizations = st.sampled_from(QUANTIZATIONS)
-accelerators = st.sampled_from(sorted(CATALOG.entries.values(), key=lambda a: a.name))
+accelerators = st.sampled_from(
+    sorted((a for a in CATALOG.entries.values() if not a.cpu_only), key=lambda a: a.name)
+)
 contexts = st.one_of(st.none(), st.integers(min_value=256, max_value=131072))
 VLLM = engine_settings("vllm")
 

@@ -13,7 +13,8 @@ GGUF rate is applied to every parameter.
 - GPTQ 8-bit, group 128: 1 + 3/128 ≈ 1.02 bytes.
 - bitsandbytes NF4, vLLM in-flight: 4 bits + an fp32 absmax per 64 weights
   = 0.5 + 4/64 ≈ 0.56 bytes; 8-bit LLM.int8 ≈ 1 byte.
-- GGUF: bits per weight of the llama.cpp type (Q4_K_M ≈ 4.85 → 0.61 bytes).
+- GGUF: bits per weight of the llama.cpp file type the name announces
+  (`openmodel.sizing.gguf`: Q4_K_M ≈ 4.90 → 0.61 bytes; Q4_K_M when the name says none).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from openmodel.sizing.catalogue import name_tokens, normalised_name
+from openmodel.sizing.gguf import DEFAULT_GGUF_TYPE, GgufType, gguf_type
 
 GROUP_SIZE = 128
 
@@ -38,30 +40,21 @@ class WeightFormat:
     group_size: int | None
     # How it was decided, for messages: "spec.quantization", "repo name", "default".
     source: str
+    # GGUF: the llama.cpp file type sized with, e.g. Q4_K_M.
+    gguf_type: str | None = None
 
     @property
     def label(self) -> str:
         if self.quantization == "none":
             return "bf16"
+        if self.gguf_type is not None:
+            return f"gguf {self.gguf_type}"
         return f"{self.quantization} {self.bits}-bit"
 
 
-# GGUF types by the token in the file or repo name; bits per weight from llama.cpp.
-_GGUF_BYTES = {
-    "q8": 8.5 / 8,
-    "q6": 6.56 / 8,
-    "q5": 5.69 / 8,
-    "q4": 4.85 / 8,
-}
-_GGUF_DEFAULT = 0.61  # Q4_K_M, the usual download; lower types are smaller, so safe.
-
-
-def _gguf_bytes(tokens: tuple[str, ...]) -> float:
-    for token in tokens:
-        rate = _GGUF_BYTES.get(token[:2])
-        if rate is not None and token[2:3] in ("", "k", "0", "1"):
-            return rate
-    return _GGUF_DEFAULT
+def _gguf(model: str) -> GgufType:
+    """The GGUF type the name announces (Q4_K_M when it names none)."""
+    return gguf_type(model) or DEFAULT_GGUF_TYPE
 
 
 def _bits(quantization: str, tokens: tuple[str, ...]) -> int:
@@ -72,12 +65,13 @@ def _bits(quantization: str, tokens: tuple[str, ...]) -> int:
     return 4
 
 
-def _make(quantization: str, tokens: tuple[str, ...], source: str) -> WeightFormat:
+def _make(quantization: str, tokens: tuple[str, ...], source: str, model: str = "") -> WeightFormat:
     if quantization == "none":
         return WeightFormat("none", 16, 2.0, False, None, source)
     if quantization == "gguf":
-        rate = _gguf_bytes(tokens)
-        return WeightFormat("gguf", int(rate * 8), rate, True, None, source)
+        found = _gguf(model)
+        rate = found.bytes_per_param
+        return WeightFormat("gguf", int(rate * 8), rate, True, None, source, found.name)
     bits = _bits(quantization, tokens)
     if quantization == "fp8":
         return WeightFormat("fp8", 8, 1.0, False, None, source)
@@ -131,10 +125,10 @@ def weight_format(quantization: str, model: str) -> WeightFormat:
     """
     tokens = name_tokens(model)
     if quantization != "none":
-        return _make(quantization, tokens, "spec.quantization")
+        return _make(quantization, tokens, "spec.quantization", model)
     implied = implied_quantization(model)
     if implied is not None:
-        return _make(implied, tokens, "repo name")
+        return _make(implied, tokens, "repo name", model)
     return _make("none", tokens, "default")
 
 

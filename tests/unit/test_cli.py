@@ -49,7 +49,7 @@ def test_validate_reports_each_document(tmp_path: Path) -> None:
     code, text = run(["validate", "-f", str(f)])
     assert code == 1
     lines = text.splitlines()
-    assert "document 1: llama70b-awq: valid (2 GPU(s) per replica)" in lines[0]
+    assert "document 1: llama70b-awq: valid (2 GPU(s) per replica; fits: " in lines[0]
     assert "document 2: spec.gpu.count" in lines[1]
     assert "InvalidTensorParallelSize" in lines[1]
 
@@ -133,7 +133,7 @@ def test_validate_takes_bitsandbytes_on_tgi(tmp_path: Path) -> None:
         maxModelLen=8192,
     )
     code, text = run(["validate", "-f", str(f)])
-    assert (code, "valid (1 GPU(s) per replica)" in text) == (0, True), text
+    assert (code, "valid (1 GPU(s) per replica; fits: " in text) == (0, True), text
 
 
 @pytest.mark.parametrize(
@@ -158,3 +158,39 @@ def test_size_refuses_what_the_engine_cannot_load(
         assert "(UnsupportedQuantization)" in err
     else:
         assert "Smallest count that fits" in text
+
+
+def write_md(tmp_path: Path, model: str, quantization: str, gpu: dict[str, object]) -> str:
+    body = {
+        "apiVersion": "openmodel.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "m", "namespace": "ns"},
+        "spec": {"model": model, "quantization": quantization, "gpu": gpu},
+    }
+    path = tmp_path / "md.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return str(path)
+
+
+def test_validate_never_prints_a_bare_valid(tmp_path: Path) -> None:
+    # DeepSeek-V3 in fp8 does not fit 8 x H100 80GB (issue 14: it used to print "valid").
+    path = write_md(
+        tmp_path, "deepseek-ai/DeepSeek-V3", "fp8", {"type": "nvidia-h100-80gb", "count": 8}
+    )
+    out = io.StringIO()
+    assert main(["validate", "-f", path], out=out) == 1
+    assert "(InsufficientGPUMemory)" in out.getvalue() and "nvidia-h200" in out.getvalue()
+    # A model nothing knows: valid as far as the operator can judge, and it says so.
+    path = write_md(tmp_path, "acme/house-model", "none", {"type": "nvidia-h100-80gb", "count": 2})
+    out = io.StringIO()
+    assert main(["validate", "-f", path], out=out) == 0
+    assert "NOT sized" in out.getvalue() and "memory was not checked" in out.getvalue()
+
+
+def test_size_reads_a_local_config_json() -> None:
+    data = Path(__file__).parent / "data" / "hf-configs" / "Qwen--Qwen2.5-72B-Instruct-AWQ.json"
+    out = io.StringIO()
+    assert main(["size", str(data), "--gpu", "nvidia-h100-80gb"], out=out) == 0
+    text = out.getvalue()
+    assert "(local config.json)" in text and "awq 4-bit (from checkpoint config.json)" in text
+    assert "Smallest count that fits: 1" in text

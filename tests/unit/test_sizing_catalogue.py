@@ -10,6 +10,9 @@ from openmodel.sizing.catalogue import Architecture, recognise, resolve_model
 from openmodel.sizing.formats import implied_quantization, weight_format
 
 ALL_ARCHITECTURES = [v for v in vars(c).values() if isinstance(v, Architecture)]
+# Entries whose count the simple formula below cannot recompute (MLA, shared experts,
+# vision towers): test_sizing_checkpoint.py checks them against their config.json.
+FROM_CONFIG_JSON = {c.DEEPSEEK_V3.name, c.DEEPSEEK_R1.name, c.LLAMA4_SCOUT.name, c.GEMMA3_27B.name}
 
 
 def dense_parameter_count(a: Architecture) -> int:
@@ -28,7 +31,9 @@ def dense_parameter_count(a: Architecture) -> int:
     return a.layers * (attention + mlp) + a.embedding_parameters
 
 
-@pytest.mark.parametrize("arch", ALL_ARCHITECTURES, ids=lambda a: a.name)
+@pytest.mark.parametrize(
+    "arch", [a for a in ALL_ARCHITECTURES if a.name not in FROM_CONFIG_JSON], ids=lambda a: a.name
+)
 def test_parameter_count_matches_dimensions(arch: Architecture) -> None:
     # The stated parameter counts are Hugging Face's; the dimensions are config.json's.
     # They agree to within 0.35 % for every entry, so a mistyped dimension shows up here.

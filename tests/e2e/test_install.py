@@ -494,8 +494,8 @@ def test_helm_install_and_uninstall(
     installed: None, cluster: Cluster, api_client: client.ApiClient
 ) -> None:
     """A real `helm install` of the chart (release `om-e2e`, so its cluster-scoped names
-    do not clash with the kubectl install), the operator pod scheduled and Running on a
-    KWOK node, then `helm uninstall` removing it again."""
+    do not clash with the kubectl install), the operator and gateway pods scheduled and
+    Running on KWOK nodes, then `helm uninstall` removing them again."""
     helm = binaries.bin_dir() / "helm"
     assert helm.is_file(), f"helm not built at {helm}: run `bash hack/build-control-plane.sh`"
     target = create_namespace(api_client, "openmodel-helm-install")
@@ -515,13 +515,20 @@ def test_helm_install_and_uninstall(
         assert yaml.safe_load(status.stdout)["info"]["status"] == "deployed"
         core = client.CoreV1Api(api_client)
 
-        def operator_running() -> Any:
+        def both_running() -> Any:
             pods = core.list_namespaced_pod(target).items
-            running = [p for p in pods if p.status.phase == "Running"]
-            return running or NotYet([(p.metadata.name, p.status.phase) for p in pods])
+            running = {
+                p.metadata.labels["app.kubernetes.io/component"]: p
+                for p in pods
+                if p.status.phase == "Running"
+            }
+            if set(running) != {"operator", "gateway"}:
+                return NotYet([(p.metadata.name, p.status.phase) for p in pods])
+            return running
 
-        pods = wait_for(operator_running, 60, lambda: describe_namespace(api_client, target))
-        assert pods[0].spec.service_account_name == "om-e2e-openmodel-operator"
+        pods = wait_for(both_running, 60, lambda: describe_namespace(api_client, target))
+        assert pods["operator"].spec.service_account_name == "om-e2e-openmodel-operator"
+        assert pods["gateway"].spec.service_account_name == "om-e2e-openmodel-gateway"
         gone = run_helm("uninstall", "om-e2e", "--wait")
         assert gone.returncode == 0, gone.stderr
         rbac = client.RbacAuthorizationV1Api(api_client)

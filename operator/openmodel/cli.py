@@ -18,7 +18,7 @@ import yaml
 
 from openmodel.api import SpecError, parse_model_deployment
 from openmodel.config import ConfigError, PlatformConfig, load_config
-from openmodel.engines import engine_for
+from openmodel.engines import ENGINES, engine_for
 from openmodel.engines.base import quantization_value
 from openmodel.model_resolver.state import ModelConfigState
 from openmodel.plan import Plan, make_plan
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--gpu", required=True, help="accelerator name, e.g. nvidia-h100-80gb")
     size.add_argument("--quantization", default="none")
     size.add_argument("--max-model-len", type=int, default=None)
-    size.add_argument("--engine", default="vllm", choices=["vllm", "tgi"])
+    size.add_argument("--engine", default="vllm", choices=list(ENGINES))
     return parser
 
 

@@ -107,10 +107,11 @@ class AdapterLoop:
         port = engine_for(md.spec.engine).port
         ready = classify_pods(pods).ready
         self.failures.forget_pods_except(namespace, name, set(ready))
-        if md.spec.engine == "tgi":
+        if md.spec.engine in STATIC_ADAPTER_ENGINES:
             # TGI loads LORA_ADAPTERS at start and exits if one fails, and cannot list
-            # them: a ready pod serves what it started with. A change rolls the pods.
-            started_with = {p["metadata"]["name"]: tgi_adapters(p) for p in pods}
+            # them (SGLang likewise its --lora-paths): a ready pod serves what it started
+            # with. A change rolls the pods.
+            started_with = {p["metadata"]["name"]: started_adapters(p) for p in pods}
             reports = [PodReport(pod, started_with.get(pod, frozenset())) for pod in sorted(ready)]
         else:
             reports = list(
@@ -125,11 +126,11 @@ class AdapterLoop:
         status = adapters_status(
             list(declared), reports, errors, int(body["metadata"].get("generation") or 0)
         )
-        if md.spec.engine == "tgi":
+        if md.spec.engine in STATIC_ADAPTER_ENGINES:
             cond = status["conditions"][0]
             cond["message"] = (
-                "TGI loads adapters at start, so a change to spec.adapters rolls the pods: "
-                + cond["message"]
+                f"{STATIC_ADAPTER_ENGINES[md.spec.engine]} loads adapters at start, so a change "
+                "to spec.adapters rolls the pods: " + cond["message"]
             )
         if loop_status_changed(status, body.get("status")):
             await asyncio.to_thread(self._write_status, (namespace, name), status, body)
@@ -209,6 +210,16 @@ class AdapterLoop:
         apply_loop_status(self.api, key, status, body.get("status"), kube.ADAPTERS_FIELD_MANAGER)
 
 
+# Engines that load adapters only at start, by the name status messages use.
+STATIC_ADAPTER_ENGINES = {"tgi": "TGI", "sglang": "SGLang"}
+
+
+def started_adapters(pod: Mapping[str, Any]) -> frozenset[str]:
+    """The adapter names a pod was started with: TGI's LORA_ADAPTERS env, or the
+    `name=path` values after SGLang's --lora-paths."""
+    return tgi_adapters(pod) | sglang_adapters(pod)
+
+
 def tgi_adapters(pod: Mapping[str, Any]) -> frozenset[str]:
     """The adapter names a TGI pod was started with (its LORA_ADAPTERS env)."""
     for container in (pod.get("spec") or {}).get("containers") or []:
@@ -217,6 +228,20 @@ def tgi_adapters(pod: Mapping[str, Any]) -> frozenset[str]:
                 items = str(env.get("value") or "").split(",")
                 return frozenset(i.split("=", 1)[0] for i in items if i)
     return frozenset()
+
+
+def sglang_adapters(pod: Mapping[str, Any]) -> frozenset[str]:
+    """The adapter names after --lora-paths in an SGLang pod's args."""
+    names: set[str] = set()
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        args = [str(a) for a in container.get("args") or []]
+        if "--lora-paths" not in args:
+            continue
+        for value in args[args.index("--lora-paths") + 1 :]:
+            if value.startswith("--"):
+                break
+            names.add(value.split("=", 1)[0])
+    return frozenset(names)
 
 
 def _key(body: Mapping[str, Any]) -> ObjectKey:

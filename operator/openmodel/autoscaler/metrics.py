@@ -37,7 +37,9 @@ from enum import StrEnum
 from typing import Final
 
 __all__ = [
+    "LLAMACPP_METRICS",
     "METRIC_NAMES",
+    "SGLANG_METRICS",
     "TGI_METRICS",
     "VLLM_METRICS",
     "Exposition",
@@ -69,8 +71,20 @@ VLLM_METRICS: Final = MetricNames(
     queue="vllm:num_requests_waiting", running="vllm:num_requests_running"
 )
 TGI_METRICS: Final = MetricNames(queue="tgi_queue_size", running="tgi_batch_current_size")
+SGLANG_METRICS: Final = MetricNames(
+    queue="sglang:num_queue_reqs", running="sglang:num_running_reqs"
+)
+# `requests_deferred`: tasks that found no free slot and wait in the server's queue.
+LLAMACPP_METRICS: Final = MetricNames(
+    queue="llamacpp:requests_deferred", running="llamacpp:requests_processing"
+)
 # Keyed by the engine name used in `spec.engine`; adding an engine is one entry here.
-METRIC_NAMES: Final[Mapping[str, MetricNames]] = {"vllm": VLLM_METRICS, "tgi": TGI_METRICS}
+METRIC_NAMES: Final[Mapping[str, MetricNames]] = {
+    "vllm": VLLM_METRICS,
+    "tgi": TGI_METRICS,
+    "sglang": SGLANG_METRICS,
+    "llamacpp": LLAMACPP_METRICS,
+}
 
 
 # --- results --------------------------------------------------------------------------

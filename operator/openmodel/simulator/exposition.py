@@ -9,6 +9,15 @@ simulator does export against the real engine's).
 TGI exports through the Rust ``metrics-exporter-prometheus`` crate: TYPE only, no labels
 on the gauges, no ``_total`` suffix, Rust float formatting (``3``, ``0.5``), a blank line
 after each family.
+SGLang exports through prometheus_client in multiprocess mode (the scheduler and the
+tokenizer manager are separate processes): HELP then TYPE, Go-style floats, label names
+sorted (the multiprocess collector keys series by ``json.dumps(..., sort_keys=True)``);
+the scheduler's gauges carry ``engine_type``, ``model_name``, ``pp_rank``, ``tp_rank``
+(``SchedulerMetricsMixin.init_metrics``), the tokenizer manager's counters
+``model_name`` only; no ``_created`` series in multiprocess mode.
+llama.cpp's server writes its own text (``server_task_result_metrics::to_metrics``):
+HELP, TYPE and one unlabelled sample per family, counters first, values through a C++
+stream (``%g``: ``0``, ``3``, ``0.25``, ``1.23457e+07``).
 """
 
 from __future__ import annotations
@@ -113,6 +122,15 @@ def rust_float(value: float) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
+def cpp_float(value: float) -> str:
+    """A double through `std::stringstream <<` (6 significant digits, as %g)."""
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:g}"
+
+
 def _escape_label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -214,3 +232,103 @@ def render_tgi(stats: EngineStats) -> str:
     histogram("tgi_request_duration", stats.tgi_duration)
     histogram("tgi_request_queue_duration", stats.tgi_queue_duration)
     return "\n".join(blocks)
+
+
+def render_sglang(stats: EngineStats, model: str) -> str:
+    name_label = f'model_name="{_escape_label(model)}"'
+    scheduler = f'engine_type="unified",{name_label},pp_rank="0",tp_rank="0"'
+    lines: list[str] = []
+
+    def family(name: str, kind: str, help_text: str, labels: str, value: float) -> None:
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
+        sample = f"{name}_total" if kind == "counter" and not name.endswith("_total") else name
+        lines.append(f"{sample}{{{labels}}} {go_float(value)}")
+
+    family(
+        "sglang:num_running_reqs",
+        "gauge",
+        "The number of running requests.",
+        scheduler,
+        stats.running,
+    )
+    family(
+        "sglang:num_queue_reqs",
+        "gauge",
+        "The number of requests in the waiting queue.",
+        scheduler,
+        stats.waiting,
+    )
+    # No real KV cache: occupied slots are the closest stand-in.
+    family(
+        "sglang:token_usage",
+        "gauge",
+        "The token usage.",
+        scheduler,
+        stats.running / stats.slots,
+    )
+    family(
+        "sglang:cache_hit_rate",
+        "gauge",
+        "The prefix cache hit rate.",
+        scheduler,
+        0.0,
+    )
+    family(
+        "sglang:prompt_tokens_total",
+        "counter",
+        "Number of prefill tokens processed.",
+        name_label,
+        stats.prompt_tokens,
+    )
+    family(
+        "sglang:generation_tokens_total",
+        "counter",
+        "Number of generation tokens processed.",
+        name_label,
+        stats.generation_tokens,
+    )
+    family(
+        "sglang:num_requests_total",
+        "counter",
+        "Number of requests processed.",
+        name_label,
+        stats.succeeded,
+    )
+    return "\n".join(lines) + "\n"
+
+
+def render_llamacpp(stats: EngineStats) -> str:
+    lines: list[str] = []
+
+    def family(name: str, kind: str, help_text: str, value: float) -> None:
+        lines.append(f"# HELP llamacpp:{name} {help_text}")
+        lines.append(f"# TYPE llamacpp:{name} {kind}")
+        lines.append(f"llamacpp:{name} {cpp_float(value)}")
+
+    family(
+        "prompt_tokens_total",
+        "counter",
+        "Number of prompt tokens processed, excluding cached tokens",
+        stats.prompt_tokens,
+    )
+    family(
+        "tokens_predicted_total",
+        "counter",
+        "Number of generation tokens processed",
+        stats.generation_tokens,
+    )
+    family(
+        "requests_processing",
+        "gauge",
+        "Number of requests processing",
+        stats.running,
+    )
+    family("requests_deferred", "gauge", "Number of requests deferred", stats.waiting)
+    family(
+        "n_busy_slots_per_decode",
+        "gauge",
+        "Average number of busy slots per llama_decode() call",
+        stats.running,
+    )
+    return "\n".join(lines) + "\n"

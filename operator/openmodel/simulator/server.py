@@ -46,11 +46,17 @@ from typing import Any, Final
 from aiohttp import web
 
 from openmodel.simulator import openai_bodies as bodies
-from openmodel.simulator.exposition import EngineStats, render_tgi, render_vllm
+from openmodel.simulator.exposition import (
+    EngineStats,
+    render_llamacpp,
+    render_sglang,
+    render_tgi,
+    render_vllm,
+)
 
 __all__ = ["ENGINES", "PREFILL_FRACTION", "SimulatorHandle", "build_app", "start_simulator"]
 
-ENGINES: Final = ("vllm", "tgi")
+ENGINES: Final = ("vllm", "tgi", "sglang", "llamacpp")
 PREFILL_FRACTION: Final = 0.1
 _MAX_MODEL_LEN: Final = 4096
 _DEFAULT_COMPLETION_TOKENS: Final = 16
@@ -432,7 +438,9 @@ class _Simulator:
             "id": self.model,
             "object": "model",
             "created": self.started,
-            "owned_by": "vllm" if self.engine == "vllm" else self.model,
+            "owned_by": self.engine
+            if self.engine in ("vllm", "sglang", "llamacpp")
+            else self.model,
         }
         if self.engine == "vllm":
             entry.update(root=self.model, parent=None, max_model_len=_MAX_MODEL_LEN)
@@ -440,11 +448,24 @@ class _Simulator:
 
     async def health(self, request: web.Request) -> web.StreamResponse:
         # Still 200 while draining: vLLM 0.32's /health did not change during its drain.
+        if self.engine == "llamacpp":
+            return web.json_response({"status": "ok"})
         return web.Response(status=200)
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
         stats = self.core.stats
-        text = render_vllm(stats, self.model) if self.engine == "vllm" else render_tgi(stats)
+        if self.engine == "vllm":
+            text = render_vllm(stats, self.model)
+        elif self.engine == "sglang":
+            text = render_sglang(stats, self.model)
+        elif self.engine == "llamacpp":
+            text = render_llamacpp(stats)
+            # llama-server's own header (not prometheus_client's).
+            return web.Response(
+                body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4"}
+            )
+        else:
+            text = render_tgi(stats)
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     # --- TGI's own API ---
@@ -488,7 +509,7 @@ class _Simulator:
         ]
         if self.engine == "vllm":
             generation.append(("/v1/embeddings", self.embeddings))
-        else:
+        elif self.engine == "tgi":
             generation.append(("/generate", self.generate))
         table: list[tuple[str, str, Handler]] = [
             ("POST", path, self._generation(self._guarded(handler))) for path, handler in generation

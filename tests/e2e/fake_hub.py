@@ -27,6 +27,8 @@ MISSING_REPO = "acme/absent"
 SLOW_REPO = "acme/slow"
 FINE_TUNE_REPO = "acme/house-model-72b"
 SLOW_SECONDS = 30.0
+# The fine-tune answers after this long, so a test sees SizingPending before the verdict.
+FINE_TUNE_DELAY_SECONDS = 1.5
 
 
 def _configs() -> dict[str, dict[str, Any]]:
@@ -53,6 +55,8 @@ class FakeHub:
             raise web.HTTPUnauthorized(text="Invalid credentials")
         if repo == SLOW_REPO:
             await asyncio.sleep(SLOW_SECONDS)
+        if repo == FINE_TUNE_REPO:
+            await asyncio.sleep(FINE_TUNE_DELAY_SECONDS)
         if repo not in self.configs:
             raise web.HTTPNotFound(text="Repository not found")
 
@@ -66,7 +70,8 @@ class FakeHub:
     async def resolve(self, request: web.Request) -> web.Response:
         repo = f"{request.match_info['org']}/{request.match_info['name']}"
         self.requests.append(request.path)
-        await self._gate(repo)
+        if repo not in self.configs:
+            raise web.HTTPNotFound(text="Repository not found")
         if request.match_info["file"] != "config.json" or request.match_info["rev"] != sha_of(repo):
             raise web.HTTPNotFound(text="Entry not found")
         return web.json_response(self.configs[repo])

@@ -30,10 +30,12 @@ REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "modeldeployment.yaml"
 EXAMPLES = REPO / "examples"
 GROUP, VERSION, PLURAL = "openmodel.dev", "v1alpha1", "modeldeployments"
-SESSION_SCOPE = "!e2e-rbac-*,!e2e-gwie-*"
+SESSION_SCOPE = "!e2e-rbac-*,!e2e-gwie-*,!e2e-hub-*"
 RESTRICTED_NAMESPACE_PREFIX = "e2e-rbac"
 # test_inference_pool_and_route.py runs its own operator (feature on) in e2e-gwie-* namespaces.
 INFERENCE_EXTENSION_NAMESPACE_PREFIX = "e2e-gwie"
+# test_model_config_sizing.py runs its own operator (HF_ENDPOINT = a local stand-in) in e2e-hub-*.
+MODEL_CONFIG_NAMESPACE_PREFIX = "e2e-hub"
 # The tests' platform config: a fast autoscaler poll, so the closed loop runs in seconds.
 AUTOSCALER_POLL_SECONDS = 1.0
 TEST_PLATFORM_CONFIG = {

@@ -54,8 +54,9 @@ class GatewayMetrics:
         )
         self.added_latency = Histogram(
             "openmodel_gateway_added_latency_seconds",
-            "Time to response headers through the gateway minus the engine's own, "
-            "hold time excluded.",
+            "Handler start to response headers sent, minus hold time and minus the wait "
+            "for the engine's headers (which includes the gateway's own upstream send): a "
+            "lower bound of what the gateway adds; the benchmark measures the full cost.",
             ["namespace", "model_deployment"],
             buckets=_LATENCY_BUCKETS,
             registry=r,

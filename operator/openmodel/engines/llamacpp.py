@@ -18,7 +18,7 @@ LLAMACPP_QUANTIZATION_HINTS: Mapping[str, str] = {
     for q in ("awq", "gptq", "fp8", "bitsandbytes", "compressed-tensors")
 }
 # Request slots: concurrent requests decoded together; more wait in the queue that
-# `llamacpp:requests_deferred` counts. They share the `-c` KV cache.
+# `llamacpp:requests_deferred` counts. They share the `-c` KV cache (--kv-unified).
 SLOTS = 4
 
 
@@ -62,6 +62,9 @@ class LlamaCpp:
             "all" if gpu_count > 0 else "0",
             "--parallel",
             str(SLOTS),
+            # One KV cache of `-c` tokens shared by the slots, so one request may use all
+            # of maxModelLen; without it each slot gets only c / parallel.
+            "--kv-unified",
             "--metrics",
         ]
         if spec.max_model_len is not None:

@@ -19,6 +19,9 @@ from .nodepool import NodePool
 
 REPO = Path(__file__).resolve().parents[3]
 VLLM_IMAGE = "vllm/vllm-openai"
+# Both llama.cpp images (:server and :server-cuda) stand for the CPU build that
+# hack/install-llama-server.sh makes.
+LLAMACPP_IMAGE = "ghcr.io/ggml-org/llama.cpp"
 # The host's Debian userland (sh, sleep, python3 in /usr/bin) as a small image, for the
 # process node's own tests.
 HOST_IMAGE = "openmodel.test/host"
@@ -77,6 +80,18 @@ def vllm_env_dir() -> Path:
     return Path(out.stdout.strip())
 
 
+def llama_server_root() -> Path:
+    """Where hack/install-llama-server.sh puts (or would put) the llama-server build."""
+    out = subprocess.run(
+        ["bash", str(REPO / "hack" / "install-llama-server.sh"), "--dir"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return Path(out.stdout.strip())
+
+
 def vllm_env_ready(path: Path) -> bool:
     return (path / ".openmodel-complete").is_file()
 
@@ -86,6 +101,9 @@ def image_roots() -> dict[str, Path]:
     env = vllm_env_dir()
     if vllm_env_ready(env):
         roots[VLLM_IMAGE] = env
+    llama = llama_server_root()
+    if vllm_env_ready(llama):
+        roots[LLAMACPP_IMAGE] = llama
     return roots
 
 

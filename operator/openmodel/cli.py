@@ -95,16 +95,49 @@ def cmd_validate(args: argparse.Namespace, config: PlatformConfig, out: TextIO) 
                 "NOT sized: the model's size is unknown (not in the catalogue, config.json "
                 "not read, no spec.modelInfo), so GPU memory was not checked"
             )
+        elif "memoryRequest" in sizing:
+            # gpu.type cpu: no GPU budget, the pod's own requests.
+            print(
+                f"{where}: {name}: valid (CPU only; requests cpu {sizing['cpuRequest']}, "
+                f"memory {sizing['memoryRequest']}: {sizing['totalGiB']} GiB)",
+                file=out,
+            )
+            continue
         else:
             note = f"fits: {sizing['totalGiBPerGPU']} of {sizing['budgetGiBPerGPU']} GiB per GPU"
         print(f"{where}: {name}: valid ({plan.gpu.count} GPU(s) per replica; {note})", file=out)
     return status
 
 
+def _size_on_cpu(args: argparse.Namespace, out: TextIO) -> int:
+    """`--gpu cpu`: the llama.cpp pod's requests for the GGUF file the name announces
+    (a repo id or a file name; the type from it, Q4_K_M when it names none)."""
+    from openmodel.api import parse_spec
+    from openmodel.sizing.cpu import estimate_cpu
+
+    raw: dict[str, Any] = {
+        "model": f"pvc://cli/{args.model.rstrip('/').rsplit('/', 1)[-1]}",
+        "engine": "llamacpp",
+        "gpu": {"type": "cpu"},
+    }
+    if args.max_model_len is not None:
+        raw["maxModelLen"] = args.max_model_len
+    try:
+        estimate = estimate_cpu(parse_spec(raw))
+    except SpecError as e:
+        print(f"{e.field}: {e.message} ({e.reason})", file=sys.stderr)
+        return EXIT_INVALID
+    print(estimate.summary(), file=out)
+    return 0
+
+
 def cmd_size(args: argparse.Namespace, config: PlatformConfig, out: TextIO) -> int:
     from openmodel.model_resolver.cli_support import checkpoint_for_cli
     from openmodel.sizing_bridge import size_report_text
 
+    accelerator = config.accelerators.get(args.gpu)
+    if accelerator is not None and accelerator.cpu_only:
+        return _size_on_cpu(args, out)
     try:
         # What `validate` would refuse is not sized as if it could run.
         quantization_value(engine_for(args.engine), args.quantization)

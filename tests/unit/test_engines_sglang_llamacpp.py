@@ -419,3 +419,17 @@ def test_simulated_engine_serves_health_metrics_and_chat(engine: str, health: by
             await handle.stop()
 
     asyncio.run(main())
+
+
+def test_cli_validate_and_size_on_cpu(tmp_path: Path) -> None:
+    import io
+
+    from openmodel.cli import main as cli_main
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    out = io.StringIO()
+    assert cli_main(["validate", "-f", str(examples / "llama8b-gguf-cpu.yaml")], out=out) == 0
+    assert "valid (CPU only; requests cpu 5, memory 6478Mi: 6.3 GiB)" in out.getvalue()
+    out = io.StringIO()
+    assert cli_main(["size", "--offline", "--gpu", "cpu", GGUF_REPO], out=out) == 0
+    assert "gguf Q4_K_M on CPU" in out.getvalue() and "memory 6478Mi" in out.getvalue()

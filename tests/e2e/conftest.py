@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from argocd_fixtures import argocd  # noqa: F401  (the session's Argo CD)
 from kubernetes import client
 
 from harness import Cluster, create_namespace, delete_namespace, provide_cluster

@@ -188,6 +188,13 @@ def adapter_volume_name(claim: str) -> str:
     return f"{name[:54].rstrip('-')}-{digest}"
 
 
+def _tolerations(accelerator: Accelerator) -> dict[str, Any]:
+    # Omitted when empty (CPU-only): the API server drops an empty list, and the drift
+    # check would see a difference on every pass.
+    tolerations = placement.tolerations(accelerator)
+    return {"tolerations": tolerations} if tolerations else {}
+
+
 def render_deployment(
     md: ModelDeployment,
     config: PlatformConfig,
@@ -226,7 +233,7 @@ def render_deployment(
                 },
                 "spec": {
                     "affinity": placement.node_affinity(accelerator),
-                    "tolerations": placement.tolerations(accelerator),
+                    **_tolerations(accelerator),
                     "containers": [container],
                     "volumes": volumes,
                     # Engines never call the API server: no token in the pod.

@@ -173,7 +173,7 @@ def test_llamacpp_pvc_file_on_cpu_nodes() -> None:
     assert terms["nodeSelectorTerms"] == [
         {"matchExpressions": [{"key": "nvidia.com/gpu.present", "operator": "DoesNotExist"}]}
     ]
-    assert pod["tolerations"] == []
+    assert "tolerations" not in pod  # an empty list would read as drift after the API drops it
     assert plan.gpu.count == 0 and plan.gpu.estimate is not None
     assert plan.gpu.estimate["memoryRequest"] == est.requests()["memory"]
 

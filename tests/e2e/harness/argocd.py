@@ -17,11 +17,14 @@ with ``ARGOCD_FAKE_IN_CLUSTER=true`` and the cluster's admin kubeconfig: "in-clu
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,9 +56,15 @@ REQUIRED = (
 GROUP, VERSION = "argoproj.io", "v1alpha1"
 # The labels Argo CD's install puts on its config; its informers select on part-of.
 PART_OF = {"app.kubernetes.io/part-of": "argocd"}
-# Compare every application at least this often (Argo CD's default is 120 s plus jitter;
-# events on the tracked objects and the refresh annotation trigger comparisons anyway).
-RECONCILIATION_TIMEOUT = "10s"
+# Compare every application with Git at least this often, without jitter (Argo CD's
+# defaults: 120 s and up to 60 s of jitter; a change of a tracked object and the refresh
+# annotation trigger a comparison at once anyway). Argo CD's install hands these argocd-cm
+# keys to the controller as environment variables; so does start_argocd.
+RECONCILIATION = {"timeout.reconciliation": "10s", "timeout.reconciliation.jitter": "0s"}
+RECONCILIATION_ENV = {
+    "ARGOCD_RECONCILIATION_TIMEOUT": RECONCILIATION["timeout.reconciliation"],
+    "ARGOCD_RECONCILIATION_JITTER": RECONCILIATION["timeout.reconciliation.jitter"],
+}
 
 
 class ArgoCDMissing(RuntimeError):
@@ -124,6 +133,27 @@ class ArgoCD:
         return subprocess.run(
             argv, capture_output=True, text=True, timeout=timeout, env=self.env, check=False
         )
+
+    def resource_tree(self, app: str) -> dict[str, Any]:
+        """The Application's resource tree from the API server: Argo CD v3 keeps each
+        resource's health there (not in the Application's status, by default)."""
+        url = f"http://{self.server}/api/v1/applications/{app}/resource-tree?appNamespace={NAMESPACE}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.loads(response.read())  # type: ignore[no-any-return]
+
+    def resource_health(self, app: str, kind: str, name: str) -> tuple[str, str]:
+        """(status, message) of one resource of the Application, ('', '') when absent."""
+        try:
+            nodes = self.resource_tree(app).get("nodes") or []
+        except urllib.error.HTTPError as error:
+            if error.code == 404:
+                return "", ""
+            raise
+        for node in nodes:
+            if node.get("kind") == kind and node.get("name") == name:
+                health = node.get("health") or {}
+                return health.get("status", ""), health.get("message", "")
+        return "", ""
 
     def admin(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """``argocd admin ...``: offline commands, no server needed."""
@@ -221,7 +251,7 @@ def install_config(api: client.ApiClient, kubeconfig: Path) -> None:
         if error.status != 409:
             raise
     for name, data in (
-        ("argocd-cm", {"timeout.reconciliation": RECONCILIATION_TIMEOUT}),
+        ("argocd-cm", dict(RECONCILIATION)),
         ("argocd-rbac-cm", {}),
         ("argocd-cmd-params-cm", {}),
         ("argocd-gpg-keys-cm", {}),
@@ -380,7 +410,7 @@ def start_argocd(api: client.ApiClient, kubeconfig: Path, workdir: Path) -> Argo
                     1,
                     controller,
                     lambda p: f"http://127.0.0.1:{p[0]}/healthz",
-                    env=env,
+                    env={**env, **RECONCILIATION_ENV},
                 ),
                 Launch(
                     "argocd-server",

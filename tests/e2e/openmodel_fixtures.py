@@ -74,11 +74,13 @@ def free_port() -> int:
 
 
 @dataclass
-class OperatorProcess:
+class ChildProcess:
+    """A test-started process in its own session, logging to `log_path`."""
+
     process: subprocess.Popen[bytes]
     log_path: Path
-    liveness_url: str
-    metrics_url: str
+    # SIGTERM, then SIGKILL after this long.
+    STOP_SECONDS = 15.0
 
     def log_tail(self, lines: int = 60) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -91,10 +93,44 @@ class OperatorProcess:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
-                self.process.wait(timeout=15)
+                self.process.wait(timeout=self.STOP_SECONDS)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=5)
+
+
+def spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    log = log_path.open("wb")
+    return subprocess.Popen(
+        argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def wait_until_answering(child: ChildProcess, url: str, what: str) -> None:
+    """Wait for `url` to answer 200; a child that exits fails at once with its log.
+    On failure the child is stopped."""
+
+    def answering() -> bool | NotYet:
+        if not child.alive():
+            code = child.process.returncode
+            raise AssertionError(f"{what} exited with {code}:\n{child.log_tail()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, ConnectionError) as e:
+            return NotYet(str(e))
+
+    try:
+        wait_for(answering, 60, lambda: f"{what} at {url}; log:\n{child.log_tail()}", interval=0.3)
+    except BaseException:
+        child.stop()
+        raise
+
+
+@dataclass
+class OperatorProcess(ChildProcess):
+    liveness_url: str = ""
+    metrics_url: str = ""
 
 
 def platform_config(demand_urls: list[str] | None = None) -> dict[str, Any]:
@@ -126,32 +162,11 @@ def start_operator(
         "PYTHONUNBUFFERED": "1",
         **(extra_env or {}),
     }
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "openmodel"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    process = spawn([sys.executable, "-m", "openmodel"], env, log_path)
     op = OperatorProcess(
         process, log_path, f"http://127.0.0.1:{port}/healthz", f"http://127.0.0.1:{metrics_port}"
     )
-
-    def live() -> bool | NotYet:
-        if not op.alive():
-            raise AssertionError(f"operator exited with {process.returncode}:\n{op.log_tail()}")
-        try:
-            with urllib.request.urlopen(op.liveness_url, timeout=2) as r:
-                return r.status == 200
-        except (urllib.error.URLError, ConnectionError) as e:
-            return NotYet(str(e))
-
-    try:
-        wait_for(live, 60, lambda: f"operator liveness; log:\n{op.log_tail()}", interval=0.3)
-    except BaseException:
-        op.stop()
-        raise
+    wait_until_answering(op, op.liveness_url, "operator")
     return op
 
 
@@ -161,27 +176,14 @@ def crd(api_client: client.ApiClient) -> None:
 
 
 @dataclass
-class GatewayProcess:
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    url: str
+class GatewayProcess(ChildProcess):
+    url: str = ""
+    # It drains requests in flight for up to 60 s on SIGTERM (gateway/server.py).
+    STOP_SECONDS = 70.0
 
     @property
     def demand_url(self) -> str:
         return f"{self.url}/demand"
-
-    def log_tail(self, lines: int = 60) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=70)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
 
 
 def start_gateway(kubeconfig: Path, workdir: Path, name: str = "gateway") -> GatewayProcess:
@@ -198,30 +200,9 @@ def start_gateway(kubeconfig: Path, workdir: Path, name: str = "gateway") -> Gat
         "OPENMODEL_CONFIG": str(config_path),
         "PYTHONUNBUFFERED": "1",
     }
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "openmodel.gateway", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    gw = GatewayProcess(process, log_path, f"http://127.0.0.1:{port}")
-
-    def ready() -> bool | NotYet:
-        if process.poll() is not None:
-            raise AssertionError(f"gateway exited with {process.returncode}:\n{gw.log_tail()}")
-        try:
-            with urllib.request.urlopen(f"{gw.url}/readyz", timeout=2) as r:
-                return r.status == 200
-        except (urllib.error.URLError, ConnectionError) as e:
-            return NotYet(str(e))
-
-    try:
-        wait_for(ready, 60, lambda: f"gateway readiness; log:\n{gw.log_tail()}", interval=0.3)
-    except BaseException:
-        gw.stop()
-        raise
+    argv = [sys.executable, "-m", "openmodel.gateway", "--host", "127.0.0.1", "--port", str(port)]
+    gw = GatewayProcess(spawn(argv, env, log_path), log_path, f"http://127.0.0.1:{port}")
+    wait_until_answering(gw, f"{gw.url}/readyz", "gateway")
     return gw
 
 

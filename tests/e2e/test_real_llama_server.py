@@ -29,14 +29,16 @@ from kubernetes import client
 from harness import (
     Cluster,
     NotYet,
-    create_namespace,
-    delete_namespace,
     describe_namespace,
     wait_for,
 )
 from harness.process_nodes import llama_server_root, vllm_env_ready
 from openmodel_fixtures import GROUP, VERSION, OperatorProcess, condition, create_md, get_md
-from real_engine.cluster_objects import delete_model_volumes, model_volume, ready_pods
+from real_engine.cluster_objects import (
+    engine_namespace,
+    model_volume,
+    ready_pods,
+)
 from real_engine.metrics_contract import compare_families, scrape
 
 pytestmark = [pytest.mark.cluster, pytest.mark.real_engine]
@@ -77,11 +79,8 @@ def tiny_gguf(llama_root: Path) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def real_namespace(api_client: client.ApiClient, cluster: Cluster) -> Iterator[str]:
-    cluster.require_process_nodes()
-    name = create_namespace(api_client, "e2e-real-llama")
-    yield name
-    delete_namespace(api_client, name)
-    delete_model_volumes(api_client)
+    with engine_namespace(api_client, cluster, "e2e-real-llama") as name:
+        yield name
 
 
 def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 60) -> Any:

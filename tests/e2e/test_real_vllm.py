@@ -39,7 +39,11 @@ from harness import (
     wait_for,
 )
 from openmodel_fixtures import GROUP, PLURAL, VERSION, OperatorProcess, condition, create_md, get_md
-from real_engine.cluster_objects import delete_model_volumes, model_volume, ready_pods
+from real_engine.cluster_objects import (
+    engine_namespace,
+    model_volume,
+    ready_pods,
+)
 from real_engine.cpu import CPU_ARGS, CPU_ENV, START_TIMEOUT
 from real_engine.metrics_contract import compare_families, scrape
 from real_engine.openai_contract import compare_streams
@@ -101,11 +105,8 @@ def engine_pid(pod: client.V1Pod) -> int:
 
 @pytest.fixture(scope="module")
 def real_namespace(api_client: client.ApiClient, cluster: Cluster) -> Iterator[str]:
-    cluster.require_process_nodes()
-    name = create_namespace(api_client, "e2e-real-vllm")
-    yield name
-    delete_namespace(api_client, name)
-    delete_model_volumes(api_client)
+    with engine_namespace(api_client, cluster, "e2e-real-vllm") as name:
+        yield name
 
 
 @pytest.fixture(scope="module")

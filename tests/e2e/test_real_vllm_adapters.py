@@ -24,13 +24,14 @@ from kubernetes import client
 from harness import (
     Cluster,
     NotYet,
-    create_namespace,
-    delete_namespace,
     describe_namespace,
     wait_for,
 )
 from openmodel_fixtures import GROUP, PLURAL, VERSION, OperatorProcess, condition, create_md, get_md
-from real_engine.cluster_objects import delete_model_volumes, model_volume, ready_pods
+from real_engine.cluster_objects import (
+    engine_namespace,
+    ready_pods,
+)
 from real_engine.cpu import CPU_ARGS, CPU_ENV, START_TIMEOUT
 
 pytestmark = [pytest.mark.cluster, pytest.mark.real_engine]
@@ -53,12 +54,8 @@ def adapters_dir(tiny_adapters: Path) -> Path:
 def lora_namespace(
     api_client: client.ApiClient, cluster: Cluster, tiny_model: Path, adapters_dir: Path
 ) -> Any:
-    cluster.require_process_nodes()
-    namespace = create_namespace(api_client, "e2e-real-lora")
-    model_volume(api_client, namespace, tiny_model)
-    yield namespace
-    delete_namespace(api_client, namespace)
-    delete_model_volumes(api_client)
+    with engine_namespace(api_client, cluster, "e2e-real-lora", tiny_model) as namespace:
+        yield namespace
 
 
 def lora_md(namespace: str, names: list[str]) -> dict[str, Any]:

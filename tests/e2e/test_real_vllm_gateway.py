@@ -28,8 +28,6 @@ from engine_fleet import EngineFleet
 from harness import (
     Cluster,
     NotYet,
-    create_namespace,
-    delete_namespace,
     describe_namespace,
     wait_for,
 )
@@ -43,7 +41,7 @@ from openmodel_fixtures import (
     create_md,
     get_md,
 )
-from real_engine.cluster_objects import delete_model_volumes, model_volume
+from real_engine.cluster_objects import engine_namespace
 from real_engine.cpu import CPU_ARGS, CPU_ENV, START_TIMEOUT
 
 pytestmark = [pytest.mark.cluster, pytest.mark.real_engine]
@@ -110,12 +108,8 @@ def get_json(url: str) -> Any:
 def gateway_namespace(
     api_client: client.ApiClient, cluster: Cluster, tiny_model: Path, tiny_adapters: Path
 ) -> Iterator[str]:
-    cluster.require_process_nodes()
-    namespace = create_namespace(api_client, "e2e-real-gateway")
-    model_volume(api_client, namespace, tiny_model)
-    yield namespace
-    delete_namespace(api_client, namespace)
-    delete_model_volumes(api_client)
+    with engine_namespace(api_client, cluster, "e2e-real-gateway", tiny_model) as namespace:
+        yield namespace
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,14 @@ bound to the claim a ModelDeployment names, and the list of Ready engine pods.""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from harness import NotYet, wait_for
+from harness import Cluster, NotYet, create_namespace, delete_namespace, wait_for
 
 CLAIM = "tiny"
 
@@ -84,3 +86,19 @@ def ready_pods(core: client.CoreV1Api, namespace: str, name: str) -> list[client
         and p.status.pod_ip
         and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
     ]
+
+
+@contextmanager
+def engine_namespace(
+    api: client.ApiClient, cluster: Cluster, prefix: str, model_dir: Path | None = None
+) -> Iterator[str]:
+    """A namespace for real-engine pods (failing at once when the process nodes cannot
+    run here), with ``model_dir`` bound as claim ``tiny`` when given; deleted afterwards,
+    with the model volumes."""
+    cluster.require_process_nodes()
+    namespace = create_namespace(api, prefix)
+    if model_dir is not None:
+        model_volume(api, namespace, model_dir)
+    yield namespace
+    delete_namespace(api, namespace)
+    delete_model_volumes(api)

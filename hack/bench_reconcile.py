@@ -53,7 +53,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from openmodel.api import parse_model_deployment  # noqa: E402
 from openmodel.config import PlatformConfig  # noqa: E402
-from openmodel.plan import make_plan  # noqa: E402
+from openmodel.reconcile.plan import make_plan  # noqa: E402
 
 from harness import ControlPlane, apply_node_pool, load_node_pool, wait_nodes_ready  # noqa: E402
 from harness.launcher import Launch  # noqa: E402

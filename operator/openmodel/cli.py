@@ -21,7 +21,7 @@ from openmodel.config import ConfigError, PlatformConfig, load_config
 from openmodel.engines import ENGINES, engine_for
 from openmodel.engines.base import quantization_value
 from openmodel.model_resolver.state import ModelConfigState
-from openmodel.plan import Plan, make_plan
+from openmodel.reconcile.plan import Plan, make_plan
 
 EXIT_INVALID = 1
 EXIT_USAGE = 2
@@ -133,7 +133,7 @@ def _size_on_cpu(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_size(args: argparse.Namespace, config: PlatformConfig, out: TextIO) -> int:
     from openmodel.model_resolver.cli_support import checkpoint_for_cli
-    from openmodel.sizing_bridge import size_report_text
+    from openmodel.reconcile.sizing_bridge import size_report_text
 
     accelerator = config.accelerators.get(args.gpu)
     if accelerator is not None and accelerator.cpu_only:

@@ -16,17 +16,18 @@ from typing import Any
 
 import kopf
 
-from openmodel import kube, telemetry
+from openmodel import telemetry
 from openmodel.adapters.loop import AdapterLoop
 from openmodel.api import GROUP, KIND, OWNER_LABEL, PLURAL, VERSION
-from openmodel.autoscaling_loop import AutoscalerLoop
+from openmodel.autoscaler.loop import AutoscalerLoop
 from openmodel.config import load_config
-from openmodel.leader import leader_elector
+from openmodel.kube import calls as kube
+from openmodel.kube.leader import leader_elector
 from openmodel.model_resolver.hub import HubClient
 from openmodel.model_resolver.loop import ResolverLoop
 from openmodel.model_resolver.store import ModelConfigStore
-from openmodel.reconcile import Reconciler, ReconcileResult
-from openmodel.resync import resync_forever
+from openmodel.reconcile.reconciler import Reconciler, ReconcileResult
+from openmodel.reconcile.resync import resync_forever
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from kubernetes.client.exceptions import ApiException
 
 from openmodel.api import parse_model_deployment
 from openmodel.config import parse_config
-from openmodel.drift import object_holds
-from openmodel.plan import make_plan
+from openmodel.reconcile.drift import object_holds
+from openmodel.reconcile.plan import make_plan
 
 from harness import Cluster, NotYet, create_namespace, delete_namespace, wait_for
 from openmodel_fixtures import (

@@ -23,7 +23,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-import openmodel.leader
+import openmodel.kube.leader
 
 from harness import (
     Cluster,
@@ -300,7 +300,7 @@ def test_operator_with_only_its_service_account_serves_a_model_deployment(
     )
     try:
         _serve_and_repair(api_client, namespace)
-        if hasattr(openmodel.leader, "leader_elector"):  # leader election wired in
+        if hasattr(openmodel.kube.leader, "leader_elector"):  # leader election wired in
             _lease_held_by(api_client, "e2e-install")
         # kopf and the operator log refusals as warnings (Python's last-resort handler
         # prints them when nothing configured logging).

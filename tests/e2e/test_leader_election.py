@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from kubernetes import client
 
-from openmodel.leader import LeaseElector
+from openmodel.kube.leader import LeaseElector
 
 pytestmark = pytest.mark.cluster
 

@@ -143,9 +143,7 @@ def test_readiness_follows_the_probe_both_ways(
     assert pod_status(core, namespace, "flip").container_statuses[0].restart_count == 0
 
 
-def test_exit_restarts_with_code_and_log_tail(
-    api_client: client.ApiClient, namespace: str
-) -> None:
+def test_exit_restarts_with_code_and_log_tail(api_client: client.ApiClient, namespace: str) -> None:
     core = client.CoreV1Api(api_client)
     core.create_namespaced_pod(
         namespace,

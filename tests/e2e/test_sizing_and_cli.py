@@ -11,9 +11,9 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from openmodel import kube
 from openmodel.cli import main as cli_main
-from openmodel.drift import object_holds
+from openmodel.kube import calls as kube
+from openmodel.reconcile.drift import object_holds
 
 from harness import NotYet, describe_namespace, wait_for
 from openmodel_fixtures import EXAMPLES, OperatorProcess, condition, create_md, get_md, load_example

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from openmodel.adapters.plan import BACKOFF_MAX, FailureLog, pod_actions
 from openmodel.adapters.status import PodReport, adapters_status
-from openmodel.status_writer import loop_status_changed as status_changed
+from openmodel.kube.status_writer import loop_status_changed as status_changed
 
 DECLARED = {"a1": "/models/tiny/adapters/a1", "a2": "/models/tiny/adapters/a2"}
 POD = ("ns", "md", "pod-0")

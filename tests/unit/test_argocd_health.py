@@ -27,7 +27,7 @@ import yaml
 
 from openmodel.adapters.status import ADAPTERS_READY
 from openmodel.problems import Problem
-from openmodel.status import RECONCILER_CONDITIONS, Observation, build_status
+from openmodel.reconcile.status import RECONCILER_CONDITIONS, Observation, build_status
 
 REPO = Path(__file__).resolve().parents[2]
 ARGOCD = REPO / "argocd"

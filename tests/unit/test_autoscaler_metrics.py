@@ -168,7 +168,7 @@ def test_failure_str_is_reason_and_detail():
         ("vllm:num_requests_waiting 4 1712345678000", 4.0),
         ("vllm:num_requests_waiting 4 -5", 4.0),
         ("vllm:num_requests_waiting\t4\t1712345678000\t", 4.0),
-        ("vllm:num_requests_waiting {engine=\"0\"} 4", 4.0),
+        ('vllm:num_requests_waiting {engine="0"} 4', 4.0),
         ('vllm:num_requests_waiting{ engine = "0" , model_name="m", } 4', 4.0),
         ("vllm:num_requests_waiting{} 4", 4.0),
         ('vllm:num_requests_waiting{model_name="a\\"} 9\\\\ ,b=\\"c\\"\\n"} 4', 4.0),
@@ -242,7 +242,7 @@ def test_unrelated_malformed_family_does_not_block_the_queue():
         "# HELP m{x} a\n",
         "# HELP \n",
         " m 1\n",
-        "m{a=\"1\"} 1 1.5\n",
+        'm{a="1"} 1 1.5\n',
         "m 1 99999999999999999999\n",
         "1m 1\n",
         "m 0x1p3\n",
@@ -274,9 +274,7 @@ DIGITS = "0123456789"
 
 
 def identifiers(first: str, rest: str, max_size: int) -> st.SearchStrategy[str]:
-    return st.builds(
-        str.__add__, st.sampled_from(first), st.text(alphabet=rest, max_size=max_size)
-    )
+    return st.builds(str.__add__, st.sampled_from(first), st.text(alphabet=rest, max_size=max_size))
 
 
 metric_names = identifiers(LETTERS + ":", LETTERS + DIGITS + ":", 20)

@@ -247,7 +247,7 @@ def test_chunked_body_under_the_cap_is_read():
 
 def test_body_that_is_not_utf8():
     async def latin1(request: web.Request) -> web.StreamResponse:
-        return web.Response(body=b"vllm:num_requests_waiting{m=\"\xe9\"} 1\n")
+        return web.Response(body=b'vllm:num_requests_waiting{m="\xe9"} 1\n')
 
     async def main() -> None:
         async with serve({"/metrics": latin1}) as port, Scraper() as scraper:

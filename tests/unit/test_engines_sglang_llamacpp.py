@@ -18,7 +18,7 @@ from openmodel.autoscaler.metrics import METRIC_NAMES, QueueReading, parse_expos
 from openmodel.config import DEFAULT_ENGINE_IMAGES, PlatformConfig
 from openmodel.engines import ENGINES
 from openmodel.engines.base import quantization_value
-from openmodel.plan import make_plan
+from openmodel.reconcile.plan import make_plan
 from openmodel.simulator.exposition import (
     EngineStats,
     cpp_float,

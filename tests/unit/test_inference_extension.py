@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from openmodel import kube
 from openmodel.api import parse_model_deployment
 from openmodel.config import ConfigError, PlatformConfig, parse_config
 from openmodel.inference_extension.config import (
@@ -22,8 +21,9 @@ from openmodel.inference_extension.config import (
 from openmodel.inference_extension.discovery import CrdDiscovery
 from openmodel.inference_extension.gate import UNAVAILABLE_REASON, InferenceExtensionGate
 from openmodel.inference_extension.render import MODEL_NAME_HEADER
-from openmodel.reconcile import Reconciler
-from openmodel.render import render_children
+from openmodel.kube import calls as kube
+from openmodel.reconcile.reconciler import Reconciler
+from openmodel.reconcile.render import render_children
 
 BODY: dict[str, Any] = {
     "apiVersion": "openmodel.dev/v1alpha1",

@@ -21,7 +21,7 @@ from openmodel.api import (
 )
 from openmodel.config import PlatformConfig
 from openmodel.engines.base import adapter_claims, adapter_path
-from openmodel.render import adapter_volume_name, render_children
+from openmodel.reconcile.render import adapter_volume_name, render_children
 from openmodel.sizing import catalogue as c
 from openmodel.sizing.formats import weight_format
 from openmodel.sizing.memory import engine_settings, estimate_memory, lora_overhead_bytes
@@ -99,12 +99,16 @@ def test_lora_without_adapters_is_kept() -> None:
         ({"adapters": {"name": "x"}}, "spec.adapters"),
         ({"adapters": ["x"]}, "spec.adapters[0]"),
         ({"adapters": [{"source": "org/a"}]}, "spec.adapters[0].name"),
-        ({"adapters": [{"name": "a", "source": "o/a"}, {"name": "B", "source": "o/b"}]},
-         "spec.adapters[1].name"),
+        (
+            {"adapters": [{"name": "a", "source": "o/a"}, {"name": "B", "source": "o/b"}]},
+            "spec.adapters[1].name",
+        ),
         ({"adapters": [{"name": "-a", "source": "o/a"}]}, "spec.adapters[0].name"),
         ({"adapters": [{"name": "a" * 64, "source": "o/a"}]}, "spec.adapters[0].name"),
-        ({"adapters": [{"name": "a", "source": "o/a"}, {"name": "a", "source": "o/b"}]},
-         "spec.adapters[1].name"),
+        (
+            {"adapters": [{"name": "a", "source": "o/a"}, {"name": "a", "source": "o/b"}]},
+            "spec.adapters[1].name",
+        ),
         ({"adapters": [{"name": "a"}]}, "spec.adapters[0].source"),
         ({"adapters": [{"name": "a", "source": 3}]}, "spec.adapters[0].source"),
         ({"adapters": [{"name": "a", "source": "pvc://claim"}]}, "spec.adapters[0].source"),
@@ -278,9 +282,7 @@ def test_vllm_template_does_not_change_with_the_adapter_list() -> None:
     )
     assert pod(edited) == pod(one)
     # Another adapter on an already-mounted claim: the same template.
-    assert pod(md_with(lora=lora, adapters=[{"name": "x", "source": "pvc://loras/x"}])) == pod(
-        one
-    )
+    assert pod(md_with(lora=lora, adapters=[{"name": "x", "source": "pvc://loras/x"}])) == pod(one)
     new_claim = md_with(
         lora=lora,
         adapters=[

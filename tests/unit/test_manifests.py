@@ -23,8 +23,10 @@ import yaml
 import openmodel.__main__ as entry
 import openmodel.main  # noqa: F401  (registers the kopf handlers inspected below)
 from openmodel import config as config_module
-from openmodel import kube, leader, telemetry
+from openmodel import telemetry
 from openmodel.config import DEFAULT_ENGINE_IMAGES, PlatformConfig, parse_config
+from openmodel.kube import calls as kube
+from openmodel.kube import leader
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -225,7 +227,7 @@ def _lease_name() -> str:
     """The Lease leader.leader_elector() takes (LeaseElector(api, namespace, NAME, ...))."""
     source = Path(leader.__file__).read_text()
     found = re.search(r'LeaseElector\(\s*api,\s*namespace,\s*"([^"]+)"', source)
-    assert found, "cannot find the Lease name in openmodel/leader.py"
+    assert found, "cannot find the Lease name in openmodel/kube/leader.py"
     return found.group(1)
 
 

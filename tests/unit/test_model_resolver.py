@@ -18,9 +18,9 @@ from openmodel.model_resolver.loop import resolve_once
 from openmodel.model_resolver.settings import ModelResolverConfig
 from openmodel.model_resolver.state import Failed, ModelRef, Pending, Resolved
 from openmodel.model_resolver.store import ModelConfigStore, backoff_seconds, model_ref_for
-from openmodel.plan import make_plan
 from openmodel.problems import Problem
-from openmodel.status import Observation, desired_conditions
+from openmodel.reconcile.plan import make_plan
+from openmodel.reconcile.status import Observation, desired_conditions
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 import fake_hub

@@ -15,7 +15,7 @@ from openmodel.config import DEFAULT_ENGINE_IMAGES, PlatformConfig, parse_config
 from openmodel.engines import ENGINES
 from openmodel.engines.base import quantization_flag
 from openmodel.engines.vllm import VLLM
-from openmodel.render import render_children
+from openmodel.reconcile.render import render_children
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -11,11 +11,11 @@ import yaml
 
 from openmodel.api import parse_model_deployment
 from openmodel.config import PlatformConfig
-from openmodel.drift import holds, object_holds
-from openmodel.pod_failures import LOG_LINE_LIMIT, engine_failure, engine_failure_message
 from openmodel.problems import Problem
-from openmodel.render import render_children
-from openmodel.status import Observation, build_status, needs_write
+from openmodel.reconcile.drift import holds, object_holds
+from openmodel.reconcile.pod_failures import LOG_LINE_LIMIT, engine_failure, engine_failure_message
+from openmodel.reconcile.render import render_children
+from openmodel.reconcile.status import Observation, build_status, needs_write
 
 
 def deployment(spec_replicas: int, ready: int, updated: int, gen: int = 2, seen: int = 2) -> Any:
@@ -140,7 +140,7 @@ def test_drift_semantics() -> None:
 
 
 def test_own_writes_recognise_only_their_exact_echo() -> None:
-    from openmodel.reconcile import OwnWrites
+    from openmodel.reconcile.reconciler import OwnWrites
 
     writes = OwnWrites()
     writes.record(
@@ -235,7 +235,6 @@ def test_last_log_line_is_stripped_and_clipped() -> None:
     assert quoted.endswith("\u2026")
 
 
-
 # Real vLLM 0.32 log tails, as the kubelet keeps them (the last 2048 bytes), from
 # `vllm serve` with an unknown flag and with a directory that holds no model.
 DATA = Path(__file__).resolve().parent / "data"
@@ -245,7 +244,7 @@ TRACEBACK = (
     "INFO 11-20 10:00:01 [loader.py:12] Loading weights\n"
     "Traceback (most recent call last):\n"
     '  File "/usr/lib/python3.12/site-packages/vllm/worker.py", line 40, in load\n'
-    "    raise RuntimeError(\"boom\")\n"
+    '    raise RuntimeError("boom")\n'
     "RuntimeError: boom\n"
 )
 
@@ -263,8 +262,7 @@ def quoted_line(log: str) -> str:
         # The last line is pydantic's link, and the one above it `[type=value_error, ...]`.
         (
             VLLM_NOT_A_MODEL,
-            "Value error, Invalid repository ID or local directory specified: "
-            "'/models/x/model'.",
+            "Value error, Invalid repository ID or local directory specified: '/models/x/model'.",
         ),
         (TRACEBACK, "RuntimeError: boom"),
         # No line looks like an error: the last one is still the best there is.
@@ -281,7 +279,9 @@ def test_the_quoted_line_is_the_last_that_names_an_error(log: str, line: str) ->
 def test_the_real_not_a_model_tail_ends_with_lines_that_name_no_problem() -> None:
     # What the choice has to skip, so the test above keeps meaning what it says.
     last, before = VLLM_NOT_A_MODEL.rstrip("\n").splitlines()[:-3:-1]
-    assert last == "    For further information visit https://errors.pydantic.dev/2.14/v/value_error"
+    assert (
+        last == "    For further information visit https://errors.pydantic.dev/2.14/v/value_error"
+    )
     assert before.startswith(" [type=value_error, input_value=ArgsKwargs(")
 
 
@@ -310,6 +310,7 @@ def test_a_long_error_line_above_the_last_is_clipped_too() -> None:
     assert quoted.startswith("ValueError: y")
     assert len(quoted) == LOG_LINE_LIMIT
     assert quoted.endswith("\u2026")
+
 
 @pytest.mark.parametrize(
     "reason",

@@ -24,18 +24,18 @@ import aiohttp
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from openmodel import kube
 from openmodel.adapters.engine_api import load_adapter, loaded_adapters, unload_adapter
 from openmodel.adapters.plan import FailureLog, pod_actions
 from openmodel.adapters.status import PodReport, adapters_status
 from openmodel.api import OWNER_LABEL, SpecError, parse_model_deployment
-from openmodel.autoscaling_loop import classify_pods
+from openmodel.autoscaler.loop import classify_pods
 from openmodel.config import PlatformConfig
 from openmodel.engines import engine_for
 from openmodel.engines.base import adapter_path
-from openmodel.events import post_event
+from openmodel.kube import calls as kube
+from openmodel.kube.events import post_event
+from openmodel.kube.status_writer import apply_loop_status, loop_status_changed
 from openmodel.namespaces import matches, patterns_from_env
-from openmodel.status_writer import apply_loop_status, loop_status_changed
 
 log = logging.getLogger(__name__)
 

@@ -47,9 +47,7 @@ class VLLM:
     hf_home: str = "/root/.cache/huggingface"
     shm_size: str = "8Gi"
     quantizations: Mapping[str, str | None] = field(default_factory=lambda: VLLM_QUANTIZATIONS)
-    quantization_hints: Mapping[str, str] = field(
-        default_factory=lambda: VLLM_QUANTIZATION_HINTS
-    )
+    quantization_hints: Mapping[str, str] = field(default_factory=lambda: VLLM_QUANTIZATION_HINTS)
 
     def command(self) -> list[str]:
         # Explicit, so the Deployment does not depend on the image's entrypoint.

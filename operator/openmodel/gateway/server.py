@@ -15,13 +15,13 @@ from pathlib import Path
 
 from aiohttp import web
 
-from openmodel import kube
 from openmodel.config import PlatformConfig
 from openmodel.gateway.poller import EnginePoller
 from openmodel.gateway.proxy import Gateway
 from openmodel.gateway.routes import RouteTable
 from openmodel.gateway.static import load_static_routes
 from openmodel.gateway.watch import ClusterRoutes
+from openmodel.kube import calls as kube
 from openmodel.namespaces import ENV, patterns_from_env
 
 log = logging.getLogger(__name__)

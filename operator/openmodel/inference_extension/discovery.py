@@ -17,11 +17,11 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from openmodel import kube
 from openmodel.inference_extension.render import (
     POOL_API_VERSION,
     ROUTE_API_VERSION,
 )
+from openmodel.kube import calls as kube
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from openmodel.events import post_event
 from openmodel.inference_extension.discovery import CrdDiscovery, api_resources
 from openmodel.inference_extension.render import is_extension_object
+from openmodel.kube.events import post_event
 
 UNAVAILABLE_REASON = "InferenceExtensionUnavailable"
 

@@ -1,6 +1,6 @@
 """Pure rendering of a ModelDeployment's InferencePool and HTTPRoute.
 
-The caller (openmodel.render) passes the metadata every child gets (name, namespace,
+The caller (openmodel.reconcile.render) passes the metadata every child gets (name, namespace,
 labels, owner reference), the pod selector and the engine port, so this module needs
 nothing of the ModelDeployment itself and stays free of import cycles.
 

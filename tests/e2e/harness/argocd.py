@@ -137,7 +137,9 @@ class ArgoCD:
     def resource_tree(self, app: str) -> dict[str, Any]:
         """The Application's resource tree from the API server: Argo CD v3 keeps each
         resource's health there (not in the Application's status, by default)."""
-        url = f"http://{self.server}/api/v1/applications/{app}/resource-tree?appNamespace={NAMESPACE}"
+        url = (
+            f"http://{self.server}/api/v1/applications/{app}/resource-tree?appNamespace={NAMESPACE}"
+        )
         with urllib.request.urlopen(url, timeout=10) as response:
             return json.loads(response.read())  # type: ignore[no-any-return]
 

@@ -10,9 +10,9 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from openmodel import kube
 from openmodel.api import API_VERSION, KIND
 from openmodel.clock import utc_now
+from openmodel.kube import calls as kube
 
 
 def loop_status_changed(desired: Mapping[str, Any], observed: Mapping[str, Any] | None) -> bool:

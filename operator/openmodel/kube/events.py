@@ -9,8 +9,8 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from openmodel import kube
 from openmodel.clock import utc_now
+from openmodel.kube import calls as kube
 
 log = logging.getLogger(__name__)
 COMPONENT = "openmodel"

@@ -10,7 +10,6 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from openmodel import placement
 from openmodel.accelerators import Accelerator
 from openmodel.api import API_VERSION, KIND, OWNER_LABEL, ModelDeployment, SpecError
 from openmodel.config import PlatformConfig
@@ -23,6 +22,7 @@ from openmodel.engines.base import (
     served_model_name,
 )
 from openmodel.inference_extension.render import render_http_route, render_inference_pool
+from openmodel.reconcile import placement
 from openmodel.sizing.cpu import estimate_cpu
 
 SERVICE_PORT = 8000

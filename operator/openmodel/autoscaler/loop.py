@@ -21,7 +21,7 @@ import aiohttp
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from openmodel import kube, telemetry
+from openmodel import telemetry
 from openmodel.api import OWNER_LABEL, SpecError, parse_model_deployment
 from openmodel.autoscaler import (
     METRIC_NAMES,
@@ -39,11 +39,12 @@ from openmodel.autoscaler.zero import Demand, from_zero, to_zero
 from openmodel.clock import utc_now
 from openmodel.config import PlatformConfig
 from openmodel.engines import engine_for
-from openmodel.events import post_event
 from openmodel.gateway.ports import GATEWAY_PORT
-from openmodel.leader import LeaseElector
+from openmodel.kube import calls as kube
+from openmodel.kube.events import post_event
+from openmodel.kube.leader import LeaseElector
+from openmodel.kube.status_writer import apply_loop_status, loop_status_changed
 from openmodel.namespaces import matches, patterns_from_env
-from openmodel.status_writer import apply_loop_status, loop_status_changed
 
 log = logging.getLogger(__name__)
 

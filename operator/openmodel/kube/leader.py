@@ -17,7 +17,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from openmodel import kube
+from openmodel.kube import calls as kube
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
 

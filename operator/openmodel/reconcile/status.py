@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from openmodel.pod_failures import engine_failure, unschedulable_message
 from openmodel.problems import Problem
+from openmodel.reconcile.pod_failures import engine_failure, unschedulable_message
 
 READY = "Ready"
 PROGRESSING = "Progressing"

@@ -13,9 +13,9 @@ import os
 
 from kubernetes.client.exceptions import ApiException
 
-from openmodel import kube
+from openmodel.kube import calls as kube
 from openmodel.namespaces import matches, patterns_from_env
-from openmodel.reconcile import Reconciler
+from openmodel.reconcile.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 DEFAULT_INTERVAL_SECONDS = 60.0

@@ -17,19 +17,19 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from openmodel import kube
 from openmodel.api import API_VERSION, KIND, SpecError, parse_model_deployment
 from openmodel.clock import utc_now
 from openmodel.config import PlatformConfig
-from openmodel.drift import object_holds
-from openmodel.events import post_event
 from openmodel.inference_extension.gate import InferenceExtensionGate
+from openmodel.kube import calls as kube
+from openmodel.kube.events import post_event
 from openmodel.model_resolver.state import ModelConfigState
 from openmodel.model_resolver.store import ModelConfigStore, model_ref_for
-from openmodel.plan import make_plan
 from openmodel.problems import Problem
-from openmodel.render import endpoint, label_selector
-from openmodel.status import DEGRADED, READY, Observation, build_status, needs_write
+from openmodel.reconcile.drift import object_holds
+from openmodel.reconcile.plan import make_plan
+from openmodel.reconcile.render import endpoint, label_selector
+from openmodel.reconcile.status import DEGRADED, READY, Observation, build_status, needs_write
 
 log = logging.getLogger(__name__)
 

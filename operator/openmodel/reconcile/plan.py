@@ -15,8 +15,8 @@ from openmodel.config import PlatformConfig
 from openmodel.engines import engine_for
 from openmodel.engines.base import quantization_flag
 from openmodel.model_resolver.state import ModelConfigState
-from openmodel.render import Children, render_children, resolve_accelerator
-from openmodel.sizing_bridge import GpuChoice, choose_gpu_count
+from openmodel.reconcile.render import Children, render_children, resolve_accelerator
+from openmodel.reconcile.sizing_bridge import GpuChoice, choose_gpu_count
 
 SKIP_FIT_CHECK_ANNOTATION = "openmodel.dev/skip-fit-check"
 

@@ -28,11 +28,17 @@ The rules, in the order they apply:
    cannot be trusted either way.
 3. No Ready pod with metrics at all (everything still loading) -> hold, ``NoReadyPods``.
 4. ``needed = ceil(total waiting / targetQueueDepth)``, bounded by min/max. The total
-   is summed over Ready pods; pods still starting report nothing and need nothing of
-   their own, so they count as capacity on the way: the demand is compared with
-   ``current_replicas``, which includes them (and pods the ReplicaSet has not created
-   yet). That is what stops the cascade seen with per-pod averages, where the same
-   queue seen by fewer reporting pods multiplies into more replicas every cycle.
+   is summed over Ready pods, each pod counted at most ``maxReplicas * targetQueueDepth``:
+   one pod reporting an absurd queue (1e12) is believed -- an overloaded engine and a
+   broken gauge look the same from here, and scaling up on a queue is the safe side --
+   but its excess, which could not raise the decision above max anyway, is not summed,
+   so the reported depth stays readable and the sum finite; the message names the pod.
+   The step caps (rule 7) still limit how fast it goes up. Pods still starting report
+   nothing and need nothing of their own, so they count as capacity on the way: the
+   demand is compared with ``current_replicas``, which includes them (and pods the
+   ReplicaSet has not created yet). That is what stops the cascade seen with per-pod
+   averages, where the same queue seen by fewer reporting pods multiplies into more
+   replicas every cycle.
    With ``pod_capacity`` (what one saturated pod serves at once, learned by the
    caller), ``needed`` is at least ``ceil((waiting + running) / (capacity + target))``:
    the replicas that keep every request in flight within target. Under steady load the
@@ -71,7 +77,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Final, Protocol
 
-from openmodel.autoscaler.metrics import MetricResult, QueueReading
+from openmodel.autoscaler.metrics import MetricResult, QueueReading, sum_or_inf
 
 __all__ = [
     "AutoscalingFields",
@@ -222,7 +228,10 @@ class Observation:
         """
         full = [self.running[p] for p, w in self.waiting.items() if w > 0 and p in self.running]
         full = [r for r in full if r > 0]
-        return math.fsum(full) / len(full) if full else None
+        if not full:
+            return None
+        mean = sum_or_inf(full) / len(full)
+        return mean if math.isfinite(mean) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +256,14 @@ class ScalingHistory:
         return [r.replicas for r in self.entries if now - r.at < window_s]
 
     def record(self, replicas: int, now: float, horizon_s: float) -> ScalingHistory:
-        kept = tuple(r for r in self.entries if now - r.at < horizon_s)
+        # An entry from the future means the clock went back (an injected clock: the loop
+        # uses time.monotonic). Restamped to now, it holds for one window from here,
+        # not for the length of the jump on top.
+        kept = tuple(
+            r if r.at <= now else Recommendation(now, r.replicas)
+            for r in self.entries
+            if now - r.at < horizon_s
+        )
         return ScalingHistory((*kept, Recommendation(now, replicas)))
 
 
@@ -397,16 +413,31 @@ def decide(
         )
 
     bounded = policy.bound(current_replicas)
-    total = math.fsum(observation.waiting.values())
     target = policy.target_queue_depth
+    # One pod's queue counts up to what alone needs max_replicas (rule 4): more cannot
+    # change the decision, and the sum stays a number (1e12 or 2 x 1e308 waiting).
+    per_pod_cap = policy.max_replicas * target
+    outliers = sorted((pod, v) for pod, v in observation.waiting.items() if v > per_pod_cap)
+    total = sum_or_inf(min(v, per_pod_cap) for v in observation.waiting.values())
     needed = _needed(total, target)
     pods = _plural(len(observation.waiting), "ready pod")
     if observation.starting:
         pods += f" + {len(observation.starting)} starting"
     notes = _bounds_note(current_replicas, bounded, policy)
+    if outliers:
+        named = ", ".join(f"{pod} reports {v:g}" for pod, v in outliers[:_NAMED_FAILURES])
+        more = (
+            f" and {len(outliers) - _NAMED_FAILURES} more"
+            if len(outliers) > _NAMED_FAILURES
+            else ""
+        )
+        notes.append(
+            f"{named}{more} waiting, counted as {per_pod_cap:g} each "
+            f"(alone enough for max {policy.max_replicas})"
+        )
     notes.append(f"queue {total:g} over {pods}, target {target:g} → {needed}")
     if pod_capacity is not None and pod_capacity > 0:
-        in_flight = total + math.fsum(observation.running.values())
+        in_flight = sum_or_inf([total, *observation.running.values()])
         by_load = _needed(in_flight, pod_capacity + target)
         if by_load > needed:
             needed = by_load

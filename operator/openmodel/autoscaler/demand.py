@@ -23,6 +23,9 @@ import aiohttp
 from openmodel.autoscaler.zero import Demand
 
 ObjectKey = tuple[str, str]
+# Counts above this are garbage, not demand: an integer of 400 digits parses from JSON,
+# and float() of it (the decision's queue depth) raises OverflowError.
+_MAX_COUNT = 2**53
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +54,16 @@ def _entries(body: Any) -> list[tuple[ObjectKey, int, int, float | None]]:
         if not (isinstance(ns, str) and isinstance(name, str)):
             raise ValueError("a `models` entry lacks namespace/name")
         for value in (held, in_flight):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{ns}/{name}: held/inFlight must be integers >= 0")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or not 0 <= value <= _MAX_COUNT
+            ):
+                raise ValueError(f"{ns}/{name}: held/inFlight must be integers in [0, 2^53]")
         if idle is not None and (
             isinstance(idle, bool)
             or not isinstance(idle, int | float)
+            or (isinstance(idle, int) and idle > _MAX_COUNT)  # isfinite(10**400) raises
             or not math.isfinite(idle)
             or idle < 0
         ):

@@ -323,8 +323,9 @@ class AutoscalerLoop:
             or any(v > 0 for v in observation.running.values())
         )
         # First sight (a new ModelDeployment, or after a restart): count it as busy now,
-        # so a restart never shortens the idle period.
-        last = now if busy else self.last_active.get(key, now)
+        # so a restart never shortens the idle period. A remembered time after now (an
+        # injected clock that went back; time.monotonic cannot) restarts the period.
+        last = now if busy else min(self.last_active.get(key, now), now)
         if demand.idle_seconds is not None:
             last = max(last, now - demand.idle_seconds)
         self.last_active[key] = last

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -52,6 +52,7 @@ __all__ = [
     "Sample",
     "parse_exposition",
     "read_queue",
+    "sum_or_inf",
 ]
 
 
@@ -156,6 +157,10 @@ _TYPE_RE: Final = re.compile(rf"({_METRIC_NAME})[ \t]+([a-z]+)[ \t]*")
 _ESCAPE_RE: Final = re.compile(r"\\(.?)")
 _TYPES: Final = frozenset({"counter", "gauge", "histogram", "summary", "untyped"})
 _INT64_MAX: Final = 2**63 - 1
+# Longest line of a family we read. An engine's queue gauge line is ~200 characters; the
+# regular expressions are linear but slow on megabytes of one line (1 s for 8 MB of an
+# unclosed label value, on the event loop, where no deadline can interrupt it).
+_MAX_LINE: Final = 64 * 1024
 
 
 class ParseError(ValueError):
@@ -358,6 +363,12 @@ def _collect(body: str, name: str, *, gauge: bool) -> list[float] | MetricFailur
     book = _FamilyBook()
     values: list[float] = []
     for offset, line in _family_lines(body, name):
+        if len(line) > _MAX_LINE:
+            line_no = body.count("\n", 0, offset) + 1
+            return MetricFailure(
+                FailureKind.MALFORMED,
+                f"line {line_no}: {len(line)} characters, over the {_MAX_LINE} read per line",
+            )
         try:
             item = _parse_line(line)
             if item is None:
@@ -375,14 +386,32 @@ def _collect(body: str, name: str, *, gauge: bool) -> list[float] | MetricFailur
     return values
 
 
+def sum_or_inf(values: Iterable[float]) -> float:
+    """The exact sum of finite values, or inf when it overflows: ``math.fsum`` raises
+    OverflowError on two series of 1e308, which would end the whole cycle."""
+    try:
+        return math.fsum(values)
+    except OverflowError:
+        return math.inf
+
+
 def _usable(name: str, series: list[float]) -> float | MetricFailure:
     if not series:
         return MetricFailure(FailureKind.MISSING, f"no {name} in the exposition")
     if not all(math.isfinite(v) for v in series):
-        return MetricFailure(FailureKind.NOT_FINITE, f"{name} is {series!r}")
+        return MetricFailure(FailureKind.NOT_FINITE, f"{name} is {_shown(series)}")
     if any(v < 0 for v in series):
-        return MetricFailure(FailureKind.NEGATIVE, f"{name} is {series!r}")
-    return math.fsum(series)
+        return MetricFailure(FailureKind.NEGATIVE, f"{name} is {_shown(series)}")
+    total = sum_or_inf(series)
+    if not math.isfinite(total):
+        return MetricFailure(FailureKind.NOT_FINITE, f"{name} sums to more than a float holds")
+    return total
+
+
+def _shown(series: list[float]) -> str:
+    # A body may carry thousands of series; a message names a few.
+    head = ", ".join(f"{v:g}" for v in series[:5])
+    return f"[{head}{', ...' if len(series) > 5 else ''}] ({len(series)} series)"
 
 
 def read_queue(body: str, names: MetricNames) -> MetricResult:

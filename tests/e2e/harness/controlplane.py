@@ -23,9 +23,9 @@ from typing import Any, Self
 
 from . import binaries
 from .certs import Pki, create_pki
-from .health import client_tls, self_signed_tls
+from .health import client_tls, self_signed_tls, wait_healthy
 from .kubeconfig import write_cert_kubeconfig
-from .launcher import Launch, launch
+from .launcher import DEFAULT_START_TIMEOUT, START_TIMEOUT, Launch, launch
 from .nodepool import KWOK_ANNOTATION
 from .podnet import PodNetworkLease, lease_pod_network
 from .process import Component, process_matches, stop_detached
@@ -52,6 +52,7 @@ class ControlPlane:
         self.kubeconfig = workdir / "admin.kubeconfig"
         self.components: dict[str, Component] = {}
         self.ports: dict[str, list[int]] = {}
+        self.launches: dict[str, Launch] = {}
         self.server = ""
         self.pki: Pki | None = None
         self.etcd_data_dir: Path | None = None
@@ -173,6 +174,37 @@ class ControlPlane:
 
         started = launch(launches, self.logs_dir, owned=self.owned, on_start=track)
         self.ports |= {name: item.ports for name, item in started.items()}
+        self.launches |= {item.name: item for item in launches}
+
+    # -- restarts ----------------------------------------------------------
+
+    def stop_component(self, name: str, *, kill: bool = False) -> None:
+        """Stop one component (SIGTERM with its grace period, or SIGKILL at once); its
+        ports, data directory (etcd) and certificates stay for ``start_component``."""
+        self.components[name].stop(timeout=0.0 if kill else None)
+
+    def start_component(self, name: str) -> float:
+        """Start a stopped component again with the same command line, on the same ports,
+        and wait until it is healthy; returns the seconds that took."""
+        item, ports = self.launches[name], self.ports[name]
+        if self.components[name].returncode() is None:
+            raise RuntimeError(f"{name} is still running (pid {self.components[name].pid})")
+        started = time.monotonic()
+        component = Component(
+            name, item.argv(ports), self.logs_dir / f"{name}.log", stop_timeout=item.stop_timeout
+        )
+        component.start(owned=self.owned, pass_fds=item.pass_fds, env=item.env)
+        self.components[name] = component
+        if name == "etcd" and self.etcd_data_dir is not None:
+            (self.etcd_data_dir / ETCD_PID_FILE).write_text(str(component.pid))
+        deadline = started + START_TIMEOUT.get(name, DEFAULT_START_TIMEOUT)
+        wait_healthy(component, item.health_url(ports), item.tls, deadline)
+        return time.monotonic() - started
+
+    def restart_component(self, name: str, *, kill: bool = False) -> float:
+        """``stop_component`` then ``start_component``; seconds until healthy again."""
+        self.stop_component(name, kill=kill)
+        return self.start_component(name)
 
     def _exe(self, name: str) -> str:
         return str(self.bin_dir / name)

@@ -30,6 +30,11 @@ gateway:                 # the OpenAI gateway (python -m openmodel.gateway)
   demandUrls: []         # or fixed demand URLs (local runs)
 startupBudgetSeconds: 1800
 clusterDomain: cluster.local
+operator:                # the operator process itself (docs/configuration.md)
+  workers: 16            # threads running reconcile passes at once (kopf's executor)
+  apiQPS: 50             # requests per second to the API server, sustained (token bucket)
+  apiBurst: 100          # ... and in a burst; 429 answers are retried after Retry-After
+  cacheAuditSeconds: 3600  # compare the watch cache with one LIST per kind; 0 = never
 modelResolver:           # read config.json from the Hub for sizing (model_resolver/settings.py)
   endpoint: null         # the Hub's base URL; env HF_ENDPOINT wins; neither: catalogue only
   tokenFile: null        # the only token the operator reads (never hfTokenSecretRef)
@@ -104,6 +109,18 @@ class GatewayConfig:
 
 
 @dataclass(frozen=True)
+class OperatorConfig:
+    # 16 threads: a pass mostly waits on the API server (a few ms per request), and the
+    # client's rate limit, not the pool, is what protects the API server in a burst.
+    workers: int = 16
+    # client-go's defaults (5 / 10) would make a 1,000-object burst take minutes; 50 / 100
+    # is what kube-controller-manager's busiest controllers are commonly given.
+    api_qps: float = 50.0
+    api_burst: int = 100
+    cache_audit_seconds: float = 3600.0
+
+
+@dataclass(frozen=True)
 class PlatformConfig:
     engine_images: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_ENGINE_IMAGES))
     accelerators: AcceleratorCatalog = field(default_factory=AcceleratorCatalog)
@@ -115,6 +132,7 @@ class PlatformConfig:
     cluster_domain: str = "cluster.local"
     inference_extension: InferenceExtensionConfig = field(default_factory=InferenceExtensionConfig)
     model_resolver: ModelResolverConfig = field(default_factory=ModelResolverConfig)
+    operator: OperatorConfig = field(default_factory=OperatorConfig)
 
 
 def _number(raw: Mapping[str, Any], key: str, where: str, default: float) -> float:
@@ -168,6 +186,25 @@ def _parse_gateway(raw: Any) -> GatewayConfig:
     )
 
 
+def _parse_operator(raw: Any) -> OperatorConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError("operator must be a mapping")
+    known = {"workers", "apiQPS", "apiBurst", "cacheAuditSeconds"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"operator: unknown key(s) {unknown}; known: {sorted(known)}")
+    d = OperatorConfig()
+    audit = raw.get("cacheAuditSeconds", d.cache_audit_seconds)
+    if isinstance(audit, bool) or not isinstance(audit, int | float) or audit < 0:
+        raise ConfigError(f"operator.cacheAuditSeconds must be a number >= 0, got {audit!r}")
+    return OperatorConfig(
+        workers=_whole(raw, "workers", "operator", d.workers),
+        api_qps=_number(raw, "apiQPS", "operator", d.api_qps),
+        api_burst=_whole(raw, "apiBurst", "operator", d.api_burst),
+        cache_audit_seconds=float(audit),
+    )
+
+
 def parse_config(raw: Mapping[str, Any]) -> PlatformConfig:
     if not isinstance(raw, Mapping):
         raise ConfigError("the platform config must be a YAML mapping")
@@ -218,6 +255,7 @@ def parse_config(raw: Mapping[str, Any]) -> PlatformConfig:
         cluster_domain=domain,
         inference_extension=parse_inference_extension(raw.get("inferenceExtension")),
         model_resolver=_model_resolver(raw.get("modelResolver")),
+        operator=_parse_operator(raw.get("operator", {})),
     )
 
 

@@ -1,9 +1,12 @@
 """The kopf entry module: wires Kubernetes events to the domain code, nothing else.
 
-Every ModelDeployment event, and every event of a Deployment or Pod it owns, runs the
-same level-based `Reconciler.reconcile`. Handlers are `kopf.on.event` only: kopf then
-stores no progress on the object, adds no finalizer, and a converged cluster sees no
-writes. A resync loop repairs what an event-time error left behind.
+Every ModelDeployment event, and every event of a Deployment, Service, claim or Pod it
+owns, runs the same level-based `Reconciler.reconcile`. Handlers are `kopf.on.event`
+only: kopf then stores no progress on the object, adds no finalizer, and a converged
+cluster sees no writes. Index functions feed every watch event into the object cache
+(`kube/cache.py`) before the handlers run — kopf starts no handler until each watched
+kind's first listing is indexed — so passes, the resync and the loops read no object from
+the API. A resync loop walks the cache and repairs what an event-time error left behind.
 """
 
 from __future__ import annotations
@@ -22,41 +25,70 @@ from openmodel.api import GROUP, KIND, OWNER_LABEL, PLURAL, VERSION
 from openmodel.autoscaler.loop import AutoscalerLoop
 from openmodel.config import load_config
 from openmodel.kube import calls as kube
+from openmodel.kube.cache import ObjectCache
 from openmodel.kube.leader import leader_elector
 from openmodel.model_resolver.hub import HubClient
 from openmodel.model_resolver.loop import ResolverLoop
 from openmodel.model_resolver.store import ModelConfigStore
 from openmodel.reconcile.reconciler import Reconciler, ReconcileResult
-from openmodel.reconcile.resync import resync_forever
+from openmodel.reconcile.resync import audit_forever, resync_forever, resync_once
 
 log = logging.getLogger(__name__)
+
+# The children the operator watches (and caches), by owner label.
+CHILD_KINDS = (
+    ("apps", "v1", "deployments", "Deployment"),
+    ("", "v1", "services", "Service"),
+    ("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim"),
+    ("", "v1", "pods", "Pod"),
+)
 
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    settings.execution.max_workers = 16
+    config = load_config()
+    settings.execution.max_workers = config.operator.workers
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.posting.level = logging.WARNING
-    config = load_config()
+    kube.limit_rate(config.operator.api_qps, config.operator.api_burst)
     api = kube.make_api_client()
     memo.config = config
     hub_endpoint = config.model_resolver.effective_endpoint()
     model_configs = ModelConfigStore(config.model_resolver) if hub_endpoint else None
-    memo.reconciler = Reconciler(api, config, model_configs=model_configs)
+    memo.cache = ObjectCache()
+    elector = leader_elector(api)
+    # The autoscaler loop renews the Lease; everything that writes asks it.
+    autoscaler = AutoscalerLoop(api, config, elector=elector, cache=memo.cache)
+    memo.reconciler = Reconciler(
+        api,
+        config,
+        model_configs=model_configs,
+        cache=memo.cache,
+        is_leader=None if elector is None else (lambda: autoscaler.was_leader),
+    )
+    autoscaler.on_elected = lambda: asyncio.to_thread(resync_once, memo.reconciler)
     port = telemetry.metrics_port()
     if port is not None:
         telemetry.start_metrics_server(port)
-    elector = leader_elector(api)
-    autoscaler = AutoscalerLoop(api, config, elector=elector)
     adapters = AdapterLoop(
-        api, config, is_leader=None if elector is None else (lambda: autoscaler.was_leader)
+        api,
+        config,
+        is_leader=None if elector is None else (lambda: autoscaler.was_leader),
+        cache=memo.cache,
     )
     memo.tasks = [
         asyncio.create_task(resync_forever(memo.reconciler), name="resync"),
         asyncio.create_task(autoscaler.run_forever(), name="autoscaler"),
         asyncio.create_task(adapters.run_forever(), name="adapters"),
     ]
+    if config.operator.cache_audit_seconds > 0:
+        memo.tasks.append(
+            asyncio.create_task(
+                audit_forever(memo.reconciler, config.operator.cache_audit_seconds),
+                name="cache-audit",
+            )
+        )
     if model_configs is not None and hub_endpoint:
         resolver = ResolverLoop(
             model_configs,
@@ -82,10 +114,30 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         task.cancel()
 
 
+# -- the cache: fed at indexing time, before any handler of any kind runs ---------------
+
+
+def _feed(kind: str) -> Callable[..., Any]:
+    async def index(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        memo.cache.observe(kind, body)
+        return None  # nothing for kopf to keep: the cache is ours
+
+    index.__name__ = f"cache_{kind.lower()}"
+    return index
+
+
+kopf.index(GROUP, VERSION, PLURAL, id="cache-modeldeployments")(_feed(KIND))
+for _group, _version, _plural, _kind in CHILD_KINDS:
+    kopf.index(
+        _group, _version, _plural, labels={OWNER_LABEL: kopf.PRESENT}, id=f"cache-{_plural}"
+    )(_feed(_kind))
+
+
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def model_deployment_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     namespace, name = str(body.metadata.namespace), str(body.metadata.name)
     if type == "DELETED":
+        memo.cache.forget(KIND, body)
         # Children go with their owner reference; only local state is left to drop.
         memo.reconciler.locks.forget((namespace, name))
         memo.reconciler.own_writes.forget(KIND, namespace, name)
@@ -112,25 +164,25 @@ def _timed(memo: kopf.Memo, run: Callable[[], ReconcileResult | None]) -> None:
     telemetry.record_reconcile(outcome, time.monotonic() - started)
 
 
-@kopf.on.event("apps", "v1", "deployments", labels={OWNER_LABEL: kopf.PRESENT})
-def deployment_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    _reconcile_owner(body, memo)
+def _child_handler(kind: str) -> Callable[..., None]:
+    def child_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        """A child changed: reconcile the ModelDeployment named by its owner label."""
+        if type == "DELETED":
+            memo.cache.forget(kind, body)
+            memo.reconciler.own_writes.forget(
+                kind, str(body.metadata.namespace), str(body.metadata.name)
+            )
+        namespace, owner = str(body.metadata.namespace), str(body.metadata.labels[OWNER_LABEL])
+        version = body.metadata.get("resourceVersion")
+        if memo.reconciler.own_writes.is_echo(kind, namespace, str(body.metadata.name), version):
+            return
+        _timed(memo, lambda: memo.reconciler.reconcile_by_name(namespace, owner))
+
+    child_event.__name__ = f"{kind.lower()}_event"
+    return child_event
 
 
-@kopf.on.event("", "v1", "pods", labels={OWNER_LABEL: kopf.PRESENT})
-def pod_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    _reconcile_owner(body, memo)
-
-
-@kopf.on.event("", "v1", "services", labels={OWNER_LABEL: kopf.PRESENT})
-def service_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    _reconcile_owner(body, memo)
-
-
-def _reconcile_owner(body: kopf.Body, memo: kopf.Memo) -> None:
-    """A child changed: reconcile the ModelDeployment named by its owner label."""
-    namespace, owner = str(body.metadata.namespace), str(body.metadata.labels[OWNER_LABEL])
-    kind, version = str(body.get("kind")), body.metadata.get("resourceVersion")
-    if memo.reconciler.own_writes.is_echo(kind, namespace, str(body.metadata.name), version):
-        return
-    _timed(memo, lambda: memo.reconciler.reconcile_by_name(namespace, owner))
+for _group, _version, _plural, _kind in CHILD_KINDS:
+    kopf.on.event(_group, _version, _plural, labels={OWNER_LABEL: kopf.PRESENT}, id=_plural)(
+        _child_handler(_kind)
+    )

@@ -366,9 +366,11 @@ def _serve_and_repair(api: client.ApiClient, namespace: str) -> None:
             for e in core.list_namespaced_event(namespace).items
             if e.involved_object.name == name and (e.source.component or "") == "openmodel"
         }
-        return "Applied" in reasons or NotYet(reasons)
+        # Creation posts no "Applied" Event (the conditions say it); the pods here do
+        # not schedule, so the Event is Unschedulable: any Event proves the right.
+        return bool(reasons) or NotYet(reasons)
 
-    wait_for(event_posted, 30, "the operator's Applied event")
+    wait_for(event_posted, 30, "an Event posted by the operator as its service account")
 
     # A deleted child comes back: the watch on Services and create rights, as the SA.
     core.delete_namespaced_service(name, namespace)

@@ -339,6 +339,7 @@ def reconciler(fake: FakeApi, probe: Probe, clock: Clock) -> Reconciler:
     r.inference_extension = InferenceExtensionGate(r.api, CrdDiscovery(probe, clock))
     md = copy.deepcopy(BODY)
     fake.objects[("ModelDeployment", "team-a", "m")] = md
+    r.cache.observe("ModelDeployment", md)  # what kopf's index feeds from the watch
     return r
 
 
@@ -384,8 +385,12 @@ def test_crds_removed_between_discoveries_do_not_fail_the_pass(fake: FakeApi) ->
     assert r.reconcile_by_name("team-a", "m").applied[-1] == "HTTPRoute/m"  # type: ignore[union-attr]
     fake.served, probe.served = False, {}
     fake.objects[("Service", "team-a", "m")]["spec"]["type"] = "NodePort"  # forces a pass
-    # A stale cache says served; the applies 404: skipped, discovery asked again.
+    r.cache.observe("Service", fake.objects[("Service", "team-a", "m")])  # the watch event
+    # A stale discovery says served; the applies 404: skipped, discovery asked again.
+    # (The pool is gone; the object cache, which no watch feeds for it, forgets it at the
+    # next audit.)
     fake.objects.pop(("InferencePool", "team-a", "m"))
+    r.cache.drop("InferencePool", "team-a", "m")
     result = r.reconcile_by_name("team-a", "m")
     assert result is not None and result.problem is None
     assert result.applied == ["Service/m"]

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,12 +27,13 @@ from kubernetes.client.exceptions import ApiException
 from openmodel.adapters.engine_api import load_adapter, loaded_adapters, unload_adapter
 from openmodel.adapters.plan import FailureLog, pod_actions
 from openmodel.adapters.status import PodReport, adapters_status
-from openmodel.api import OWNER_LABEL, SpecError, parse_model_deployment
+from openmodel.api import KIND, OWNER_LABEL, SpecError, parse_model_deployment
 from openmodel.autoscaler.loop import classify_pods
 from openmodel.config import PlatformConfig
 from openmodel.engines import engine_for
 from openmodel.engines.base import adapter_path
 from openmodel.kube import calls as kube
+from openmodel.kube.cache import ObjectCache
 from openmodel.kube.events import post_event
 from openmodel.kube.status_writer import apply_loop_status, loop_status_changed
 from openmodel.namespaces import matches, patterns_from_env
@@ -55,6 +56,8 @@ class AdapterLoop:
     namespaces: list[str] = field(default_factory=patterns_from_env)
     # The last error posted as an Event, per adapter: an Event per new error, not per poll.
     announced: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    # The operator's watch-fed cache; None (tests, scripts): list from the API each cycle.
+    cache: ObjectCache | None = None
 
     async def run_forever(self) -> None:
         poll = self.config.adapters.poll_seconds
@@ -75,7 +78,11 @@ class AdapterLoop:
         return self.is_leader is None or self.is_leader()
 
     async def cycle(self, session: aiohttp.ClientSession) -> None:
-        mds = await asyncio.to_thread(kube.list_all_model_deployments, self.api)
+        mds: Sequence[Mapping[str, Any]] = (
+            self.cache.model_deployments()
+            if self.cache is not None
+            else await asyncio.to_thread(kube.list_all_model_deployments, self.api)
+        )
         wanted = [
             b
             for b in mds
@@ -86,8 +93,12 @@ class AdapterLoop:
         self._forget_except({_key(b) for b in wanted})
         if not wanted:
             return
-        pods = await asyncio.to_thread(kube.list_cluster_wide, self.api, "pods", OWNER_LABEL)
-        by_owner: dict[ObjectKey, list[dict[str, Any]]] = defaultdict(list)
+        pods: Sequence[Mapping[str, Any]] = (
+            self.cache.all_of("Pod")
+            if self.cache is not None
+            else await asyncio.to_thread(kube.list_cluster_wide, self.api, "pods", OWNER_LABEL)
+        )
+        by_owner: dict[ObjectKey, list[Mapping[str, Any]]] = defaultdict(list)
         for p in pods:
             meta = p["metadata"]
             by_owner[(meta["namespace"], meta["labels"][OWNER_LABEL])].append(p)
@@ -96,7 +107,10 @@ class AdapterLoop:
         )
 
     async def serve_one(
-        self, session: aiohttp.ClientSession, body: Mapping[str, Any], pods: list[dict[str, Any]]
+        self,
+        session: aiohttp.ClientSession,
+        body: Mapping[str, Any],
+        pods: Sequence[Mapping[str, Any]],
     ) -> None:
         namespace, name = _key(body)
         try:
@@ -207,7 +221,11 @@ class AdapterLoop:
     def _write_status(
         self, key: ObjectKey, status: dict[str, Any], body: Mapping[str, Any]
     ) -> None:
-        apply_loop_status(self.api, key, status, body.get("status"), kube.ADAPTERS_FIELD_MANAGER)
+        result = apply_loop_status(
+            self.api, key, status, body.get("status"), kube.ADAPTERS_FIELD_MANAGER
+        )
+        if self.cache is not None and result is not None:
+            self.cache.wrote(KIND, result)
 
 
 # Engines that load adapters only at start, by the name status messages use.

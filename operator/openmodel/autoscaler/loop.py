@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,7 @@ from openmodel.config import PlatformConfig
 from openmodel.engines import engine_for
 from openmodel.gateway.ports import GATEWAY_PORT
 from openmodel.kube import calls as kube
+from openmodel.kube.cache import ObjectCache
 from openmodel.kube.events import post_event
 from openmodel.kube.leader import LeaseElector
 from openmodel.kube.status_writer import apply_loop_status, loop_status_changed
@@ -119,6 +120,10 @@ class AutoscalerLoop:
     # Namespace patterns served (empty: all), as for kopf's watches.
     namespaces: list[str] = field(default_factory=patterns_from_env)
     was_leader: bool = False
+    # The operator's watch-fed cache; None (tests, scripts): list from the API each cycle.
+    cache: ObjectCache | None = None
+    # Run when this replica takes the Lease (the operator: reconcile everything once).
+    on_elected: Callable[[], Awaitable[object]] | None = None
     _demand_session: aiohttp.ClientSession = field(init=False, repr=False)
 
     async def run_forever(self) -> None:
@@ -146,13 +151,23 @@ class AutoscalerLoop:
     async def _lead(self) -> bool:
         if self.elector is None:
             return True
-        leader = await asyncio.to_thread(self.elector.try_acquire_or_renew)
-        if leader and not self.was_leader:
-            log.info("autoscaler: became leader (%s)", self.elector.identity)
+        try:
+            leader = await asyncio.to_thread(self.elector.try_acquire_or_renew)
+        except Exception:
+            # Not renewed: another replica may take the Lease over soon; stop acting now.
+            self.was_leader = False
+            raise
+        elected = leader and not self.was_leader
+        if not leader and self.was_leader:
+            log.warning("operator: lost the Lease (%s); standing by", self.elector.identity)
+        self.was_leader = leader
+        if elected:
+            log.info("operator: became leader (%s)", self.elector.identity)
             # Another replica decided until now: start from what is, not from old memory.
             self.histories.clear()
             self.last_active.clear()
-        self.was_leader = leader
+            if self.on_elected is not None:
+                await self.on_elected()
         return leader
 
     async def cycle(self, scraper: Scraper) -> None:
@@ -261,7 +276,7 @@ class AutoscalerLoop:
         engine_name: str,
         policy: ScalingPolicy,
         deployment: Mapping[str, Any],
-        pods: list[dict[str, Any]],
+        pods: Sequence[Mapping[str, Any]],
         zero_after: float | None = None,
         demand: Demand | None = None,
     ) -> None:

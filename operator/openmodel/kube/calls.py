@@ -7,13 +7,19 @@ issues the PATCH itself. Everything here is I/O; the decisions live elsewhere.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from openmodel.api import API_VERSION, KIND, PLURAL
+
+log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "openmodel"
 AUTOSCALER_FIELD_MANAGER = "openmodel-autoscaler"
@@ -56,7 +62,86 @@ def object_path(api_version: str, kind: str, namespace: str, name: str) -> str:
     return f"{collection_path(api_version, kind, namespace)}/{name}"
 
 
+@dataclass
+class RateLimit:
+    """A token bucket shared by every thread of the process: `qps` sustained, `burst` at
+    once (client-go's flowcontrol, for the requests this module makes; kopf's watches and
+    its own few patches go through its own client)."""
+
+    qps: float
+    burst: int
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _tokens: float | None = None  # None: full (first use)
+    _stamp: float = 0.0
+
+    def acquire(self) -> float:
+        """Take one token, waiting for it; returns the seconds waited."""
+        with self._lock:
+            now = self.clock()
+            tokens = float(self.burst) if self._tokens is None else self._tokens
+            tokens = min(float(self.burst), tokens + (now - self._stamp) * self.qps) - 1.0
+            self._tokens, self._stamp = tokens, now
+            wait = 0.0 if tokens >= 0 else -tokens / self.qps
+        if wait > 0:
+            self.sleep(wait)
+        return wait
+
+
+# None: unlimited (tests, the CLI); the operator sets it at startup (`limit_rate`).
+_rate_limit: RateLimit | None = None
+# 429 Too Many Requests: retried after the server's Retry-After, this many times at most.
+MAX_THROTTLED_RETRIES = 5
+MAX_RETRY_AFTER_SECONDS = 30.0
+
+
+def limit_rate(qps: float, burst: int) -> None:
+    global _rate_limit
+    _rate_limit = RateLimit(qps, burst)
+
+
+def retry_after_seconds(headers: Mapping[str, str] | None, attempt: int) -> float:
+    """The wait a 429 asks for (Retry-After in seconds), else 1 s doubling per attempt;
+    never more than MAX_RETRY_AFTER_SECONDS."""
+    raw = (headers or {}).get("Retry-After") or (headers or {}).get("retry-after")
+    try:
+        wait = float(raw) if raw is not None else 2.0**attempt
+    except ValueError:
+        wait = 2.0**attempt
+    return min(max(wait, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
 def call(
+    api: client.ApiClient,
+    method: str,
+    path: str,
+    *,
+    body: Mapping[str, Any] | None = None,
+    content_type: str = "application/json",
+    query: list[tuple[str, str]] | None = None,
+    timeout: float = 30.0,
+) -> dict[str, Any]:
+    """One request, rate-limited; a 429 is retried after its Retry-After. Raises
+    ApiException (with status and body) on any other non-2xx answer."""
+    for attempt in range(MAX_THROTTLED_RETRIES + 1):
+        if _rate_limit is not None:
+            _rate_limit.acquire()
+        try:
+            return _call_once(
+                api, method, path, body=body, content_type=content_type, query=query,
+                timeout=timeout,
+            )  # fmt: skip
+        except ApiException as e:
+            if e.status != 429 or attempt == MAX_THROTTLED_RETRIES:
+                raise
+            wait = retry_after_seconds(e.headers, attempt)
+            log.info("API server throttled %s %s: retrying in %.1f s", method, path, wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def _call_once(
     api: client.ApiClient,
     method: str,
     path: str,

@@ -1,8 +1,10 @@
-"""Lease-based leader election (coordination.k8s.io/v1), for the autoscaler.
+"""Lease-based leader election (coordination.k8s.io/v1).
 
-With several operator replicas, only the holder of the Lease scales: two writers of the
-same replicas is a failure mode seen elsewhere. Updates use the Lease's
-resourceVersion, so two candidates can never both win the same round.
+With several operator replicas, only the holder of the Lease writes: it reconciles,
+autoscales and loads adapters; a standby keeps its watches and cache warm and reconciles
+everything once when it takes over. Two writers of the same replicas is a failure mode
+seen elsewhere. Updates use the Lease's resourceVersion, so two candidates can never
+both win the same round. (The Lease keeps its historical name `openmodel-autoscaler`.)
 """
 
 from __future__ import annotations

@@ -36,9 +36,9 @@ def apply_loop_status(
     status: dict[str, Any],
     observed: Mapping[str, Any] | None,
     field_manager: str,
-) -> None:
+) -> dict[str, Any] | None:
     """`status` holds the loop's fields and one condition (`conditions[0]`); a
-    ModelDeployment deleted meanwhile is not an error."""
+    ModelDeployment deleted meanwhile is not an error (None). Returns the API's answer."""
     mine = status["conditions"][0]
     before = next(
         (c for c in (observed or {}).get("conditions") or [] if c.get("type") == mine["type"]),
@@ -49,7 +49,7 @@ def apply_loop_status(
     else:
         mine["lastTransitionTime"] = utc_now()
     try:
-        kube.apply(
+        return kube.apply(
             api,
             {
                 "apiVersion": API_VERSION,
@@ -63,3 +63,4 @@ def apply_loop_status(
     except ApiException as e:
         if e.status != 404:
             raise
+        return None

@@ -2,6 +2,13 @@
 
 One function serves create, update, resume, child drift and periodic resync. It never
 writes a ModelDeployment's spec, and it writes nothing when the world already matches.
+
+It reads from the watch-fed cache (`kube/cache.py`): a pass makes no request unless it
+writes, or the cache cannot answer (a child it has never seen, which may be someone
+else's object of the same name: that one is never taken over, `ChildNotOwned`). An
+update of an existing child carries the cached resourceVersion, so a pass acting on a
+stale copy is refused (409) instead of reverting a newer change; it reads that child
+again and runs once more.
 """
 
 from __future__ import annotations
@@ -9,10 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -22,6 +28,7 @@ from openmodel.clock import utc_now
 from openmodel.config import PlatformConfig
 from openmodel.inference_extension.gate import InferenceExtensionGate
 from openmodel.kube import calls as kube
+from openmodel.kube.cache import ObjectCache, Reader, owner_text, owner_uids
 from openmodel.kube.events import post_event
 from openmodel.model_resolver.state import ModelConfigState
 from openmodel.model_resolver.store import ModelConfigStore, model_ref_for
@@ -34,26 +41,51 @@ from openmodel.reconcile.status import DEGRADED, READY, Observation, build_statu
 log = logging.getLogger(__name__)
 
 ObjectKey = tuple[str, str]
+_T = TypeVar("_T")
 
 
 @dataclass
 class KeyedLocks:
-    """One lock per (namespace, name): a parent event and a child event for the same
-    ModelDeployment arrive on different kopf workers and must not interleave."""
+    """One pass at a time per (namespace, name): a parent event and a child event for the
+    same ModelDeployment arrive on different kopf workers and must not interleave.
+
+    A worker that finds a pass running for its key does not wait for it (a burst of child
+    events would park the whole pool on one object): it marks the key and returns, and
+    the running pass runs once more when it ends, seeing everything those events saw.
+    """
 
     _guard: threading.Lock = field(default_factory=threading.Lock)
-    _locks: dict[ObjectKey, threading.Lock] = field(default_factory=dict)
+    _running: set[ObjectKey] = field(default_factory=set)
+    _again: set[ObjectKey] = field(default_factory=set)
 
-    @contextmanager
-    def hold(self, key: ObjectKey) -> Iterator[None]:
+    def run(self, key: ObjectKey, work: Callable[[], _T]) -> _T | None:
+        """`work()` now, or, if a pass for `key` is running, once more after it (None)."""
         with self._guard:
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
-            yield
+            if key in self._running:
+                self._again.add(key)
+                return None
+            self._running.add(key)
+        try:
+            while True:
+                result = work()
+                with self._guard:
+                    if key not in self._again:
+                        self._running.discard(key)
+                        return result
+                    self._again.discard(key)
+        except BaseException:
+            with self._guard:
+                self._running.discard(key)
+                self._again.discard(key)
+            raise
 
     def forget(self, key: ObjectKey) -> None:
         with self._guard:
-            self._locks.pop(key, None)
+            self._again.discard(key)
+
+    def __len__(self) -> int:
+        with self._guard:
+            return len(self._running) + len(self._again)
 
 
 @dataclass
@@ -81,6 +113,17 @@ class OwnWrites:
         self._versions.pop((kind, namespace, name), None)
 
 
+class StaleChild(Exception):
+    """An update was refused because the cached child is older than the API's."""
+
+    def __init__(self, obj: Mapping[str, Any]) -> None:
+        super().__init__(f"{obj['kind']}/{obj['metadata']['name']}")
+        self.obj = obj
+
+
+CHILD_NOT_OWNED = "ChildNotOwned"
+
+
 @dataclass
 class ReconcileResult:
     applied: list[str]
@@ -95,6 +138,8 @@ class Reconciler:
         config: PlatformConfig,
         clock: Callable[[], str] = utc_now,
         model_configs: ModelConfigStore | None = None,
+        cache: ObjectCache | None = None,
+        is_leader: Callable[[], bool] | None = None,
     ) -> None:
         self.api = api
         self.config = config
@@ -104,30 +149,56 @@ class Reconciler:
         self.locks = KeyedLocks()
         self.own_writes = OwnWrites()
         self.inference_extension = InferenceExtensionGate(api)
+        self.cache = cache if cache is not None else ObjectCache()
+        # With leader election: only the Lease holder writes; a standby keeps its cache
+        # warm (the watches run) and reconciles everything when it takes over.
+        self.is_leader = is_leader or (lambda: True)
+        self.reader = Reader(
+            self.cache, lambda av, kind, ns, name: kube.get(self.api, av, kind, ns, name)
+        )
 
     def reconcile_by_name(self, namespace: str, name: str) -> ReconcileResult | None:
-        with self.locks.hold((namespace, name)):
-            body = kube.get(self.api, API_VERSION, KIND, namespace, name)
-            if body is None or body["metadata"].get("deletionTimestamp"):
-                return None
+        if not self.is_leader():
+            return None
+        return self.locks.run((namespace, name), lambda: self._pass(namespace, name))
+
+    def _pass(self, namespace: str, name: str) -> ReconcileResult | None:
+        # The cache holds the newest ModelDeployment any watch event or write showed.
+        body = self.reader.model_deployment(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        try:
             return self._reconcile(body)
+        except StaleChild as stale:
+            obj = stale.obj
+            self.reader.refresh(obj["apiVersion"], obj["kind"], namespace, name=_name(obj))
+            log.info("%s/%s: %s changed meanwhile; read again", namespace, name, stale)
+        try:
+            return self._reconcile(body)
+        except StaleChild as stale:
+            # Changed again: the watch event of that change runs the next pass.
+            log.info("%s/%s: %s changed again; next event decides", namespace, name, stale)
+            return None
 
     def reconcile(self, body: Mapping[str, Any]) -> ReconcileResult | None:
         meta = body["metadata"]
-        with self.locks.hold((meta["namespace"], meta["name"])):
-            # The event's body may be older than what a child-triggered pass just saw;
-            # reading it again keeps every pass level-based on the newest object.
-            fresh = kube.get(self.api, API_VERSION, KIND, meta["namespace"], meta["name"])
-            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
-                return None
-            return self._reconcile(fresh)
+        # The event's body was put in the cache before this handler ran; the cache may
+        # hold a newer one (our own status write, a later event).
+        self.cache.observe(KIND, body)
+        return self.reconcile_by_name(meta["namespace"], meta["name"])
 
     def _reconcile(self, body: Mapping[str, Any]) -> ReconcileResult:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        deployment = kube.get(self.api, "apps/v1", "Deployment", namespace, name)
+        uid = str(meta.get("uid") or "")
+        foreign: list[str] = []
+        deployment = self.reader.child("apps/v1", "Deployment", namespace, name, uid)
+        if deployment is not None and uid not in owner_uids(deployment):
+            foreign.append(f"Deployment/{name} already exists and {owner_text(deployment)}")
+            deployment = None
         problem: Problem | None = None
-        applied: list[str] = []
+        created: list[str] = []
+        updated: list[str] = []
         gpu_text: str | None = None
         sizing: dict[str, Any] | None = None
         desired_replicas: int | None = None
@@ -144,36 +215,43 @@ class Reconciler:
             gpu_text = f"{count}x {md.spec.gpu.type}" if count else md.spec.gpu.type
             sizing = plan.gpu.estimate
             desired_replicas = plan.replicas
+            work: list[tuple[dict[str, Any], Mapping[str, Any] | None]] = []
             for obj in self.inference_extension.applicable(plan.children.all(), body):
-                observed = (
-                    deployment
-                    if obj["kind"] == "Deployment"
-                    else kube.get(
-                        self.api, obj["apiVersion"], obj["kind"], namespace, obj["metadata"]["name"]
+                if obj["kind"] == "Deployment":
+                    observed = deployment
+                else:
+                    observed = self.reader.child(
+                        obj["apiVersion"], obj["kind"], namespace, _name(obj), uid
                     )
+                    if observed is not None and uid not in owner_uids(observed):
+                        foreign.append(
+                            f"{obj['kind']}/{_name(obj)} already exists and {owner_text(observed)}"
+                        )
+                        continue
+                work.append((obj, observed))
+            if foreign:
+                # Someone else's object of the same name: never taken over silently.
+                raise SpecError(
+                    "metadata.name",
+                    f"{'; '.join(foreign)}: openmodel does not "
+                    "take over objects it does not own (delete or rename that object, or "
+                    "give the ModelDeployment another name); nothing was applied",
+                    reason=CHILD_NOT_OWNED,
                 )
+            for obj, observed in work:
                 if object_holds(obj, observed):
                     continue
-                try:
-                    result = kube.apply(self.api, obj)
-                    self.own_writes.record(obj["kind"], result)
-                except ApiException as e:
-                    if self.inference_extension.gone(obj, e):
-                        continue
-                    if e.status in (400, 422):
-                        raise SpecError(
-                            "spec",
-                            f"the API server refused the {obj['kind']}: {_api_message(e)}",
-                            reason="ApplyRejected",
-                        ) from None
-                    raise
-                applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
+                result = self._apply_child(obj, observed)
+                if result is None:
+                    continue
+                (updated if observed is not None else created).append(f"{obj['kind']}/{_name(obj)}")
                 if obj["kind"] == "Deployment":
                     deployment = result
         except SpecError as e:
             problem = Problem(e.reason, f"{e.field}: {e.message}")
+        applied = created + updated
 
-        pods = kube.list_objects(self.api, "v1", "Pod", namespace, label_selector(name))
+        pods = self.reader.pods(namespace, name)
         obs = Observation(
             generation=int(meta.get("generation") or 0),
             name=name,
@@ -196,22 +274,53 @@ class Reconciler:
                 "status": update.status,
             }
             try:
-                self.own_writes.record(
-                    KIND, kube.apply(self.api, status_body, subresource="status")
-                )
+                result = kube.apply(self.api, status_body, subresource="status")
+                self.own_writes.record(KIND, result)
+                self.cache.wrote(KIND, result)
                 written = True
             except ApiException as e:
                 if e.status != 404:  # deleted meanwhile: nothing left to report on
                     raise
         if applied:
             log.info("applied %s for %s/%s", ", ".join(applied), namespace, name)
-            post_event(self.api, body, "Applied", f"applied {', '.join(applied)}")
+        if updated:
+            # Creation is told by the conditions (and the Ready event): a burst of a
+            # thousand creations posts no thousand "Applied" events. A change of an
+            # existing child (a rollout, or a hand edit put back) is worth an Event.
+            post_event(self.api, body, "Applied", f"applied {', '.join(updated)}")
         for t in update.transitions:
             if t.condition == DEGRADED and t.status == "True":
                 post_event(self.api, body, t.reason, t.message, "Warning")
             elif t.condition == READY and t.status == "True":
                 post_event(self.api, body, "Ready", t.message)
         return ReconcileResult(applied=applied, status_written=written, problem=problem)
+
+    def _apply_child(
+        self, obj: dict[str, Any], observed: Mapping[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """Server-side apply one child; None when it is to be skipped this pass."""
+        sent = obj
+        if observed is not None:
+            # Optimistic concurrency: refused (409) when the cached copy is stale.
+            version = observed["metadata"].get("resourceVersion")
+            sent = {**obj, "metadata": {**obj["metadata"], "resourceVersion": version}}
+        try:
+            result = kube.apply(self.api, sent)
+        except ApiException as e:
+            if self.inference_extension.gone(obj, e):
+                return None
+            if e.status == 409 and observed is not None:
+                raise StaleChild(obj) from None
+            if e.status in (400, 422):
+                raise SpecError(
+                    "spec",
+                    f"the API server refused the {obj['kind']}: {_api_message(e)}",
+                    reason="ApplyRejected",
+                ) from None
+            raise
+        self.own_writes.record(obj["kind"], result)
+        self.cache.wrote(obj["kind"], result)
+        return result
 
     def _model_config(
         self, spec: Any, annotations: Mapping[str, Any] | None, key: ObjectKey
@@ -221,6 +330,10 @@ class Reconciler:
             return None
         ref = model_ref_for(spec, annotations)
         return None if ref is None else self.model_configs.lookup(ref, key)
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    return str(obj["metadata"]["name"])
 
 
 def _api_message(e: ApiException) -> str:

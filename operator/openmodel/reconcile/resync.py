@@ -1,8 +1,14 @@
-"""Periodic resync: every ModelDeployment is reconciled again now and then.
+"""Periodic resync and cache audit.
 
-Events drive almost everything; this loop repairs what a failed pass left behind (an
-API hiccup during an event handler is logged, not retried by kopf) without a retry
-storm: one pass per object per interval.
+The resync reconciles every cached ModelDeployment again now and then: events drive
+almost everything, and this repairs what a failed pass left behind (an API hiccup during
+an event handler is logged, not retried by kopf). It walks the cache, so a converged
+cluster costs it no request at all.
+
+The audit compares the cache with one LIST per watched kind, rarely (platform config
+`operator.cacheAuditSeconds`, default hourly): kopf re-lists a watch that fell too far
+behind without telling which objects vanished meanwhile, so a deletion can be missed.
+A difference is logged as a warning and the affected ModelDeployments reconciled.
 """
 
 from __future__ import annotations
@@ -10,22 +16,38 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from openmodel.api import API_VERSION, KIND, OWNER_LABEL, PLURAL
 from openmodel.kube import calls as kube
+from openmodel.kube.cache import resource_version
 from openmodel.namespaces import matches, patterns_from_env
 from openmodel.reconcile.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 DEFAULT_INTERVAL_SECONDS = 60.0
+MODEL_DEPLOYMENTS = f"/apis/{API_VERSION}/{PLURAL}"
+_API_VERSIONS = {
+    "Deployment": "apps/v1", "Service": "v1", "PersistentVolumeClaim": "v1", "Pod": "v1",
+}  # fmt: skip
+
+# (kind, cluster-wide collection) for the audit; children by owner label.
+_AUDITED = (
+    (KIND, None),
+    ("Deployment", "/apis/apps/v1/deployments"),
+    ("Service", "/api/v1/services"),
+    ("PersistentVolumeClaim", "/api/v1/persistentvolumeclaims"),
+    ("Pod", "/api/v1/pods"),
+)
 
 
 def resync_once(reconciler: Reconciler) -> int:
-    """Reconcile every ModelDeployment once; returns how many passes failed."""
+    """Reconcile every cached ModelDeployment once; returns how many passes failed."""
     failures = 0
     served = patterns_from_env()
-    for body in kube.list_all_model_deployments(reconciler.api):
+    for body in reconciler.cache.model_deployments():
         meta = body["metadata"]
         if not matches(meta["namespace"], served):
             continue
@@ -45,8 +67,35 @@ async def resync_forever(reconciler: Reconciler) -> None:
         await asyncio.sleep(interval)
         try:
             await asyncio.to_thread(resync_once, reconciler)
-        except ApiException as e:
-            log.warning("resync could not list ModelDeployments: %s %s", e.status, e.reason)
         except Exception:
             # e.g. the API server unreachable (urllib3 errors): log and keep the loop.
             log.exception("resync failed; retrying in %.0f s", interval)
+
+
+def audit_once(reconciler: Reconciler) -> int:
+    """One LIST per watched kind compared with the cache; returns the differences."""
+    total = 0
+    for kind, path in _AUDITED:
+        query = [] if path is None else [("labelSelector", OWNER_LABEL)]
+        listed = kube.call(reconciler.api, "GET", path or MODEL_DEPLOYMENTS, query=query)
+        items: list[dict[str, Any]] = listed.get("items") or []
+        for item in items:  # list responses omit each item's apiVersion/kind
+            item.setdefault("kind", kind)
+            item.setdefault("apiVersion", API_VERSION if path is None else _API_VERSIONS[kind])
+        differences = reconciler.cache.audit(kind, items, resource_version(listed))
+        if differences:
+            log.warning(
+                "cache audit: %d %s object(s) differed from the API; fixed", differences, kind
+            )
+        total += differences
+    return total
+
+
+async def audit_forever(reconciler: Reconciler, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            if await asyncio.to_thread(audit_once, reconciler):
+                await asyncio.to_thread(resync_once, reconciler)
+        except Exception:
+            log.exception("cache audit failed; retrying in %.0f s", interval)

@@ -1,0 +1,235 @@
+"""What the watches delivered, so that a reconcile pass reads no object from the API.
+
+kopf already watches ModelDeployments and the children they own (Deployments, Services,
+claims and Pods carrying the owner label). Index functions registered in `main.py` feed
+every watch event into an `ObjectCache` before any handler runs, and kopf starts handlers
+only once every watched kind's initial listing is indexed, so the first passes see the
+whole cluster. Handlers feed the deletions (kopf does not index those).
+
+The operator's own writes go in too (`wrote`): the API server's answer is newer than
+anything the watch has delivered yet, and a pass that runs before the echo arrives must
+not write again. An older version arriving later never replaces a newer one.
+
+Kinds nobody watches (the Inference Extension children) are kept only from our writes;
+a miss is answered by one GET (`Reader.child`). `audit` compares the cache with one
+LIST per watched kind now and then: a watch that was re-listed after a long outage may
+have missed a deletion (kopf emits no DELETED for it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from openmodel.api import API_VERSION, KIND, OWNER_LABEL
+
+log = logging.getLogger(__name__)
+
+Body = Mapping[str, Any]
+# (kind, namespace, name)
+CacheKey = tuple[str, str, str]
+OwnerKey = tuple[str, str]
+
+POD = "Pod"
+# Kinds whose watch feeds the cache; the others are remembered from our own writes.
+WATCHED = (KIND, "Deployment", "Service", "PersistentVolumeClaim", POD)
+
+
+def resource_version(body: Body) -> int | None:
+    """The resourceVersion as a number (etcd's revision), None when absent or opaque."""
+    raw = (body.get("metadata") or {}).get("resourceVersion")
+    try:
+        return int(raw) if raw is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _newer(candidate: Body, current: Body | None) -> bool:
+    if current is None:
+        return True
+    new, old = resource_version(candidate), resource_version(current)
+    # Opaque versions cannot be ordered: the last delivered wins, as in client-go.
+    return new is None or old is None or new >= old
+
+
+@dataclass
+class ObjectCache:
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _objects: dict[CacheKey, Body] = field(default_factory=dict)
+    # Pods by (namespace, owner label value) -> name -> body.
+    _pods: dict[OwnerKey, dict[str, Body]] = field(default_factory=dict)
+
+    # -- feeding ---------------------------------------------------------------------
+
+    def observe(self, kind: str, body: Body) -> None:
+        """A watch event (ADDED, MODIFIED or a listing) or our own write's answer."""
+        meta = body.get("metadata") or {}
+        namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+        with self._lock:
+            if kind == POD:
+                owner = str((meta.get("labels") or {}).get(OWNER_LABEL) or "")
+                pods = self._pods.setdefault((namespace, owner), {})
+                if _newer(body, pods.get(name)):
+                    pods[name] = body
+                return
+            key = (kind, namespace, name)
+            if _newer(body, self._objects.get(key)):
+                self._objects[key] = body
+
+    wrote = observe
+
+    def forget(self, kind: str, body: Body) -> None:
+        """A DELETED event: drop the object (unless a newer one of that name is held)."""
+        meta = body.get("metadata") or {}
+        namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+        with self._lock:
+            if kind == POD:
+                owner = str((meta.get("labels") or {}).get(OWNER_LABEL) or "")
+                pods = self._pods.get((namespace, owner))
+                if pods is not None and name in pods and _newer(body, pods[name]):
+                    del pods[name]
+                    if not pods:
+                        del self._pods[(namespace, owner)]
+                return
+            key = (kind, namespace, name)
+            held = self._objects.get(key)
+            if held is not None and _uid(held) == _uid(body) and _newer(body, held):
+                del self._objects[key]
+
+    def drop(self, kind: str, namespace: str, name: str) -> None:
+        """Forget what we remember (an apply answered 404/409: the next read asks)."""
+        with self._lock:
+            self._objects.pop((kind, namespace, name), None)
+
+    # -- reading ---------------------------------------------------------------------
+
+    def get(self, kind: str, namespace: str, name: str) -> Body | None:
+        with self._lock:
+            return self._objects.get((kind, namespace, name))
+
+    def pods(self, namespace: str, owner: str) -> list[Body]:
+        with self._lock:
+            return list((self._pods.get((namespace, owner)) or {}).values())
+
+    def all_of(self, kind: str) -> list[Body]:
+        """Every cached object of `kind` (a snapshot; pods: all owned pods)."""
+        with self._lock:
+            if kind == POD:
+                return [p for pods in self._pods.values() for p in pods.values()]
+            return [b for (k, _, _), b in self._objects.items() if k == kind]
+
+    def model_deployments(self) -> list[Body]:
+        return self.all_of(KIND)
+
+    def sizes(self) -> dict[str, int]:
+        """Objects held per kind (the operator's metrics report them)."""
+        with self._lock:
+            counts: dict[str, int] = {POD: sum(len(p) for p in self._pods.values())}
+            for k, _, _ in self._objects:
+                counts[k] = counts.get(k, 0) + 1
+            return counts
+
+    # -- audit -----------------------------------------------------------------------
+
+    def audit(self, kind: str, listed: Iterable[Body], list_version: int | None) -> int:
+        """Compare the cache's view of `kind` with a fresh LIST (taken at `list_version`):
+        objects the LIST lacks although the cache holds them from before it are gone (a
+        missed deletion) and dropped; listed objects are observed (the newer version
+        wins). Returns how many objects differed."""
+        fresh: dict[CacheKey, Body] = {}
+        for body in listed:
+            meta = body.get("metadata") or {}
+            fresh[(kind, str(meta.get("namespace")), str(meta.get("name")))] = body
+        differences = 0
+        with self._lock:
+            if kind == POD:
+                held = {
+                    (POD, ns, name): (owner, body)
+                    for (ns, owner), pods in self._pods.items()
+                    for name, body in pods.items()
+                }
+            else:
+                held = {k: ("", b) for k, b in self._objects.items() if k[0] == kind}
+            for key, (owner, body) in held.items():
+                if key in fresh:
+                    continue
+                version = resource_version(body)
+                if list_version is not None and version is not None and version > list_version:
+                    continue  # created after the LIST was taken
+                differences += 1
+                if kind == POD:
+                    pods = self._pods.get((key[1], owner)) or {}
+                    pods.pop(key[2], None)
+                    if not pods:
+                        self._pods.pop((key[1], owner), None)
+                else:
+                    self._objects.pop(key, None)
+            differences += len(fresh.keys() - held.keys())
+        for body in fresh.values():
+            self.observe(kind, body)
+        return differences
+
+
+def _uid(body: Body) -> str | None:
+    uid = (body.get("metadata") or {}).get("uid")
+    return str(uid) if uid else None
+
+
+def owner_uids(body: Body) -> set[str]:
+    return {str(r.get("uid")) for r in (body.get("metadata") or {}).get("ownerReferences") or []}
+
+
+def owner_text(body: Body) -> str:
+    """Who owns `body`, for a message: `ConfigMap/x`, or that nothing does."""
+    refs = (body.get("metadata") or {}).get("ownerReferences") or []
+    if not refs:
+        return "has no owner reference"
+    return "is owned by " + ", ".join(
+        f"{r.get('kind')}/{r.get('name')} (uid {str(r.get('uid'))[:8]})" for r in refs
+    )
+
+
+Getter = Callable[[str, str, str, str], "Body | None"]
+
+
+@dataclass
+class Reader:
+    """Reads for one pass: the cache first; one GET only where the cache cannot answer
+    (a kind nobody watches that we have not written, or a child the cache lacks, which
+    may exist without our label: someone else's object of the same name)."""
+
+    cache: ObjectCache
+    get: Getter  # (apiVersion, kind, namespace, name) -> body or None (404)
+
+    def model_deployment(self, namespace: str, name: str) -> Body | None:
+        return self.cache.get(KIND, namespace, name)
+
+    def child(
+        self, api_version: str, kind: str, namespace: str, name: str, owner_uid: str
+    ) -> Body | None:
+        held = self.cache.get(kind, namespace, name)
+        if held is not None:
+            return held
+        found = self.get(api_version, kind, namespace, name)
+        # Someone else's object is not kept: nothing would tell the cache it changed.
+        if found is not None and owner_uid in owner_uids(found):
+            self.cache.observe(kind, found)
+        return found
+
+    def refresh(self, api_version: str, kind: str, namespace: str, name: str) -> Body | None:
+        """A write found the cached version stale (409): read the object again."""
+        found = self.get(api_version, kind, namespace, name)
+        if found is None:
+            self.cache.drop(kind, namespace, name)
+        else:
+            self.cache.observe(kind, found)
+        return found
+
+    def refresh_model_deployment(self, namespace: str, name: str) -> Body | None:
+        return self.refresh(API_VERSION, KIND, namespace, name)
+
+    def pods(self, namespace: str, owner: str) -> list[Body]:
+        return self.cache.pods(namespace, owner)

@@ -1,0 +1,322 @@
+"""The watch-fed object cache, and a reconcile pass reading from it (kube/cache.py,
+reconcile/reconciler.py): no read when the cache answers, a stale copy never written
+over a newer object, someone else's child never taken over, rate limit and 429."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from openmodel.config import PlatformConfig
+from openmodel.kube import calls as kube
+from openmodel.kube.cache import ObjectCache, owner_text
+from openmodel.reconcile.reconciler import CHILD_NOT_OWNED, Reconciler
+
+MD: dict[str, Any] = {
+    "apiVersion": "openmodel.dev/v1alpha1",
+    "kind": "ModelDeployment",
+    "metadata": {
+        "name": "m",
+        "namespace": "team-a",
+        "uid": "u-1",
+        "generation": 1,
+        "resourceVersion": "10",
+    },
+    "spec": {"model": "meta-llama/Llama-3.1-8B-Instruct", "gpu": {"type": "nvidia-h100-80gb"}},
+}
+
+
+def body(kind: str, name: str, rv: int, uid: str = "x", **meta: Any) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "metadata": {
+            "name": name,
+            "namespace": "team-a",
+            "resourceVersion": str(rv),
+            "uid": uid,
+            **meta,
+        },
+    }
+
+
+# -- the cache itself ----------------------------------------------------------------
+
+
+def test_an_older_version_never_replaces_a_newer_one() -> None:
+    cache = ObjectCache()
+    cache.wrote("Deployment", body("Deployment", "m", 7))
+    cache.observe("Deployment", body("Deployment", "m", 5))  # a late watch event
+    assert cache.get("Deployment", "team-a", "m")["metadata"]["resourceVersion"] == "7"  # type: ignore[index]
+    cache.observe("Deployment", body("Deployment", "m", 9))
+    assert cache.get("Deployment", "team-a", "m")["metadata"]["resourceVersion"] == "9"  # type: ignore[index]
+
+
+def test_a_deletion_of_an_old_incarnation_keeps_the_new_object() -> None:
+    cache = ObjectCache()
+    cache.observe("Service", body("Service", "m", 20, uid="new"))
+    cache.forget("Service", body("Service", "m", 12, uid="old"))
+    assert cache.get("Service", "team-a", "m") is not None
+    cache.forget("Service", body("Service", "m", 21, uid="new"))
+    assert cache.get("Service", "team-a", "m") is None
+
+
+def test_pods_are_grouped_by_owner_label_and_forgotten() -> None:
+    cache = ObjectCache()
+    labels = {"labels": {"openmodel.dev/model-deployment": "m"}}
+    cache.observe("Pod", body("Pod", "m-1", 3, **labels))
+    cache.observe("Pod", body("Pod", "m-2", 4, **labels))
+    cache.observe("Pod", body("Pod", "o-1", 5, labels={"openmodel.dev/model-deployment": "o"}))
+    assert sorted(p["metadata"]["name"] for p in cache.pods("team-a", "m")) == ["m-1", "m-2"]
+    cache.forget("Pod", body("Pod", "m-1", 6, **labels))
+    assert [p["metadata"]["name"] for p in cache.pods("team-a", "m")] == ["m-2"]
+    assert cache.sizes()["Pod"] == 2
+
+
+def test_audit_drops_a_missed_deletion_but_not_an_object_newer_than_the_list() -> None:
+    cache = ObjectCache()
+    cache.observe("Deployment", body("Deployment", "gone", 5))
+    cache.observe("Deployment", body("Deployment", "kept", 6))
+    cache.observe("Deployment", body("Deployment", "after-list", 30))
+    differences = cache.audit("Deployment", [body("Deployment", "kept", 6)], list_version=20)
+    assert differences == 1
+    assert cache.get("Deployment", "team-a", "gone") is None
+    assert cache.get("Deployment", "team-a", "kept") is not None
+    assert cache.get("Deployment", "team-a", "after-list") is not None
+
+
+def test_owner_text_names_the_owner_or_says_there_is_none() -> None:
+    owned = body(
+        "Service", "m", 1, ownerReferences=[{"kind": "ConfigMap", "name": "c", "uid": "abcdef123"}]
+    )
+    assert owner_text(owned) == "is owned by ConfigMap/c (uid abcdef12)"
+    assert owner_text(body("Service", "m", 1)) == "has no owner reference"
+
+
+# -- a pass over a fake API (counting requests) ------------------------------------------
+
+
+class CountingApi:
+    """kube.get / apply / create over a dict; every call counted; applies honour the
+    resourceVersion precondition the way the API server does (409 when stale)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.version = 100
+
+    def get(self, _api: Any, _av: str, kind: str, ns: str, name: str) -> Any:
+        self.calls.append(("GET", kind))
+        return copy.deepcopy(self.objects.get((kind, ns, name)))
+
+    def apply(self, _api: Any, obj: Any, field_manager: str = "", subresource: Any = None) -> Any:
+        kind = obj["kind"]
+        self.calls.append(("APPLY", kind if subresource is None else f"{kind}/{subresource}"))
+        meta = obj["metadata"]
+        key = (kind, meta["namespace"], meta["name"])
+        current = self.objects.get(key)
+        wanted = meta.get("resourceVersion")
+        if (
+            current is not None
+            and wanted is not None
+            and wanted != current["metadata"]["resourceVersion"]
+        ):
+            raise ApiException(status=409, reason="Conflict")
+        self.version += 1
+        new = copy.deepcopy(current) if current else {"metadata": {}}
+        if subresource == "status":
+            new["status"] = copy.deepcopy(obj["status"])
+        else:
+            new.update(copy.deepcopy({k: v for k, v in obj.items() if k != "status"}))
+            new["metadata"].setdefault("uid", f"uid-{self.version}")
+        new["metadata"]["resourceVersion"] = str(self.version)
+        self.objects[key] = new
+        return copy.deepcopy(new)
+
+    def create(self, _api: Any, obj: Any) -> Any:
+        self.calls.append(("POST", obj["kind"]))
+        return obj
+
+    def edit(self, kind: str, change: Any) -> dict[str, Any]:
+        """Someone else changes an object: a new resourceVersion, the watch not yet told."""
+        obj = self.objects[(kind, "team-a", "m")]
+        change(obj)
+        self.version += 1
+        obj["metadata"]["resourceVersion"] = str(self.version)
+        return copy.deepcopy(obj)
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch) -> CountingApi:
+    fake = CountingApi()
+    for name in ("get", "apply", "create"):
+        monkeypatch.setattr(kube, name, getattr(fake, name))
+    fake.objects[("ModelDeployment", "team-a", "m")] = copy.deepcopy(MD)
+    return fake
+
+
+def new_reconciler(api: CountingApi) -> Reconciler:
+    r = Reconciler(object(), PlatformConfig(), clock=lambda: "2026-12-02T00:00:00Z")  # type: ignore[arg-type]
+    r.cache.observe("ModelDeployment", copy.deepcopy(MD))
+    return r
+
+
+def test_first_pass_reads_only_what_the_cache_cannot_answer_then_nothing(api: CountingApi) -> None:
+    r = new_reconciler(api)
+    result = r.reconcile_by_name("team-a", "m")
+    assert result is not None and result.problem is None
+    # Two GETs (absent children might be someone else's), two applies, one status; no
+    # ModelDeployment read, no pod list, and no "Applied" Event for a creation.
+    assert api.calls == [
+        ("GET", "Deployment"),
+        ("GET", "Service"),
+        ("APPLY", "Deployment"),
+        ("APPLY", "Service"),
+        ("APPLY", "ModelDeployment/status"),
+    ]
+    api.calls.clear()
+    again = r.reconcile_by_name("team-a", "m")
+    assert again is not None and again.applied == [] and not again.status_written
+    assert api.calls == []  # a converged pass costs no request at all
+
+
+def test_a_stale_cached_child_is_refused_read_again_and_not_reverted(api: CountingApi) -> None:
+    autoscaled = copy.deepcopy(MD)
+    autoscaled["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 4, "targetQueueDepth": 8}
+    api.objects[("ModelDeployment", "team-a", "m")] = copy.deepcopy(autoscaled)
+    r = new_reconciler(api)
+    r.cache.observe("ModelDeployment", autoscaled)
+    r.reconcile_by_name("team-a", "m")
+
+    # The autoscaler (of the replica holding the Lease) scales to 3; this replica's watch
+    # has not delivered it, and a hand edit of the image (delivered) forces a pass that
+    # must write the Deployment, replicas included (the reconciler keeps what it finds).
+    def set_image(d: dict[str, Any]) -> None:
+        d["spec"]["template"]["spec"]["containers"][0]["image"] = "someone/else:1"
+
+    image = api.objects[("Deployment", "team-a", "m")]["spec"]["template"]["spec"]["containers"][0][
+        "image"
+    ]
+    r.cache.observe("Deployment", api.edit("Deployment", set_image))  # delivered
+    api.edit("Deployment", lambda d: d["spec"].__setitem__("replicas", 3))  # not yet
+    api.calls.clear()
+    result = r.reconcile_by_name("team-a", "m")
+    assert result is not None and result.applied == ["Deployment/m"]
+    # The stale apply got 409, the Deployment was read again, the pass ran once more.
+    assert api.calls[:3] == [
+        ("APPLY", "Deployment"),
+        ("GET", "Deployment"),
+        ("APPLY", "Deployment"),
+    ]
+    final = api.objects[("Deployment", "team-a", "m")]
+    assert final["spec"]["replicas"] == 3  # the newer change survived
+    assert final["spec"]["template"]["spec"]["containers"][0]["image"] == image  # put back
+
+
+def test_someone_elses_service_is_not_taken_over(api: CountingApi) -> None:
+    foreign = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "m",
+            "namespace": "team-a",
+            "uid": "svc-1",
+            "resourceVersion": "50",
+            "ownerReferences": [{"kind": "ConfigMap", "name": "legacy", "uid": "cm-1"}],
+        },
+        "spec": {"ports": [{"port": 1234}]},
+    }
+    api.objects[("Service", "team-a", "m")] = copy.deepcopy(foreign)
+    r = new_reconciler(api)
+    result = r.reconcile_by_name("team-a", "m")
+    assert result is not None and result.problem is not None
+    assert result.problem.reason == CHILD_NOT_OWNED
+    assert "Service/m already exists and is owned by ConfigMap/legacy" in result.problem.message
+    assert result.applied == []
+    assert api.objects[("Service", "team-a", "m")] == foreign  # untouched
+    assert ("APPLY", "Deployment") not in api.calls  # nothing applied at all
+    # Not kept in the cache: nothing would tell it when that Service goes.
+    assert r.cache.get("Service", "team-a", "m") is None
+    del api.objects[("Service", "team-a", "m")]
+    converged = r.reconcile_by_name("team-a", "m")
+    assert converged is not None and converged.problem is None
+    assert converged.applied == ["Deployment/m", "Service/m"]
+
+
+def test_a_change_to_an_existing_child_posts_one_applied_event(api: CountingApi) -> None:
+    r = new_reconciler(api)
+    r.reconcile_by_name("team-a", "m")
+    assert not [c for c in api.calls if c[0] == "POST"]
+    service = r.cache.get("Service", "team-a", "m")
+    assert service is not None
+    edited = copy.deepcopy(service)
+    edited["spec"]["type"] = "NodePort"
+    api.objects[("Service", "team-a", "m")] = copy.deepcopy(edited)
+    r.cache.observe("Service", edited)
+    api.calls.clear()
+    result = r.reconcile_by_name("team-a", "m")
+    assert result is not None and result.applied == ["Service/m"]
+    assert ("POST", "Event") in api.calls
+
+
+# -- rate limit and 429 --------------------------------------------------------------------
+
+
+def test_rate_limit_allows_the_burst_then_paces_at_qps() -> None:
+    now = [0.0]
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    limit = kube.RateLimit(qps=10, burst=3, clock=lambda: now[0], sleep=sleep)
+    for _ in range(3):
+        assert limit.acquire() == 0.0
+    assert limit.acquire() == pytest.approx(0.1)
+    assert limit.acquire() == pytest.approx(0.1)
+    now[0] += 10.0  # idle: the bucket refills to the burst, not beyond
+    assert [limit.acquire() for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limit.acquire() == pytest.approx(0.1)
+
+
+def test_retry_after_is_honoured_and_bounded() -> None:
+    assert kube.retry_after_seconds({"Retry-After": "2"}, 0) == 2.0
+    assert kube.retry_after_seconds({}, 0) == 1.0
+    assert kube.retry_after_seconds({}, 3) == 8.0
+    assert kube.retry_after_seconds({"Retry-After": "3600"}, 0) == kube.MAX_RETRY_AFTER_SECONDS
+    assert kube.retry_after_seconds({"Retry-After": "Wed, 21 Oct 2015"}, 1) == 2.0
+
+
+# -- one pass per object at a time, without parking workers ------------------------------
+
+
+def test_a_busy_key_is_run_once_more_instead_of_waited_for() -> None:
+    import threading
+
+    from openmodel.reconcile.reconciler import KeyedLocks
+
+    locks = KeyedLocks()
+    started, release = threading.Event(), threading.Event()
+    runs: list[int] = []
+
+    def work() -> int:
+        runs.append(len(runs))
+        if len(runs) == 1:
+            started.set()
+            assert release.wait(10)
+        return len(runs)
+
+    results: list[int | None] = []
+    first = threading.Thread(target=lambda: results.append(locks.run(("ns", "m"), work)))
+    first.start()
+    assert started.wait(10)
+    # Three events for the same object while its pass runs: none waits, one more pass.
+    assert [locks.run(("ns", "m"), work) for _ in range(3)] == [None, None, None]
+    assert locks.run(("ns", "other"), lambda: 7) == 7  # other keys are not held up
+    release.set()
+    first.join(10)
+    assert results == [2] and runs == [0, 1]
+    assert len(locks) == 0

@@ -1,27 +1,47 @@
-"""Benchmark the operator against a plain client on its own fresh local control plane.
+"""Benchmark the operator against two plain-client floors on its own fresh local control plane.
 
-    .venv/bin/python hack/bench_reconcile.py [--count 200] [--concurrency 8] [--keep]
+    .venv/bin/python hack/bench_reconcile.py [--count 200 | --counts 200,1000,5000]
+        [--concurrency 8] [--rev REV] [--py-spy PATH [--py-spy-from N]] [--keep]
 
-1. plain:    a plain kubernetes client POSTs the Deployments and Services the operator's
-             own renderer (`make_plan(...).children`) gives for N ModelDeployments, into
-             namespace bench-plain; wall time until every create has returned.
-2. operator: with the CRD installed and the operator running (as the e2e tests run it),
-             N ModelDeployments (examples/llama70b-awq.yaml, md-000.., GPU types cycled)
-             are POSTed into bench-operator with the same client concurrency; wall time
-             from the first create until every one has its Deployment and
-             status.observedGeneration == metadata.generation (list polls only).
-3. idle:     once the operator has made no write for a while, kube-apiserver's
-             apiserver_request_total is sampled at t0 and t0+60 s: mutating requests per
-             minute per resource. The apiserver also writes an audit log (Metadata level,
-             watches excluded) so each write is attributed to its client by user agent
-             (operator = kopf/* and OpenAPI-Generator/* from the operator process; this
-             script's own client says openmodel-bench).
-4. the operator process's RSS and CPU time.
+For each count, a fresh control plane (audited kube-apiserver; controller-manager and
+scheduler with client rate limits raised, Endpoints controllers off: see
+CONTROLLER_MANAGER_FLAGS) with KWOK h100 and a100 nodes sized for the count
+(node_pool_for), so every pod is scheduled and marked Ready:
 
-Targets: operator/plain <= 2, and 0 writes/min by the operator on its resources once
-converged. Everything is printed first; the exit status is 1 when a target is missed,
-2 on an error. Every wait has a deadline; the control plane and the operator are
-stopped on any exit (Ctrl-C and SIGTERM included).
+1.  plain:       a plain kubernetes client POSTs the Deployments and Services the
+                 operator's own renderer (`make_plan(...).children`) gives for N
+                 ModelDeployments, into bench-plain; wall time until every create has
+                 returned. The namespace is deleted (and waited for) afterwards.
+1b. same writes: the same client does the operator's necessary writes for N
+                 ModelDeployments in bench-same: the create, server-side apply of the
+                 Deployment and Service as rendered (owner reference included), one status
+                 apply shaped like the operator's (build_status); no operator runs, and
+                 the operator only ever serves bench-operator (OPENMODEL_NAMESPACES).
+2a. edit baseline: the operator runs (as the e2e tests run it, production settings);
+                 one ModelDeployment md-edit, 20 spec edits (spec.env), each timed from the
+                 PATCH's response until a watch on its Deployment shows the change.
+2.  operator:    N ModelDeployments (examples/llama70b-awq.yaml, md-000.., h100 and a100
+                 cycled) are POSTed into bench-operator with the same client concurrency;
+                 wall time from the first create until every one has its Deployment and
+                 Service and status.observedGeneration == metadata.generation (list polls
+                 only), then until every status is Ready, and apart when every
+                 Deployment's pod is Ready (the controllers' own lag).
+3.  idle:        once the operator has made no write for a while, apiserver_request_total
+                 is sampled at t0 and t0+60 s, and the audit log (Metadata level, watches
+                 excluded) attributes every request to its client by user agent (operator
+                 = kopf/* and OpenAPI-Generator/*; this script says openmodel-bench):
+                 reads and writes per minute by client.
+3b. edits:       the 20 edits again, with N ModelDeployments in the cluster.
+4.  the operator process's RSS (and peak), CPU time.
+
+Targets (PASS/MISS per count, then a summary table over every count): operator <= 1.3x
+the same-writes floor and <= 2x the plain floor; 0 reads and 0 writes per idle minute
+by the operator (its Lease aside); peak RSS <= 250 MiB at 1,000 and <= 1 GiB at 5,000;
+single-edit median <= 1 s and not slower than the baseline by more than its noise. Also
+kept from before: 0 writes/min by the operator on its resources. Everything is printed
+first; the exit status is 1 when a target is missed, 2 on an error. Every wait has a
+deadline (scaled with the count); the control plane and the operator are stopped on any
+exit (Ctrl-C and SIGTERM included).
 """
 
 from __future__ import annotations
@@ -32,12 +52,15 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -52,20 +75,29 @@ from kubernetes.client.exceptions import ApiException  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from openmodel.api import parse_model_deployment  # noqa: E402
+from openmodel.clock import utc_now  # noqa: E402
 from openmodel.config import PlatformConfig  # noqa: E402
 from openmodel.reconcile.plan import make_plan  # noqa: E402
+from openmodel.reconcile.render import endpoint, label_selector  # noqa: E402
+from openmodel.reconcile.status import Observation, build_status  # noqa: E402
 
 from harness import ControlPlane, apply_node_pool, load_node_pool, wait_nodes_ready  # noqa: E402
 from harness.launcher import Launch  # noqa: E402
+from harness.nodepool import NodePool  # noqa: E402
 from harness.process import rss_bytes  # noqa: E402
 from openmodel_fixtures import install_crd, load_example, start_operator  # noqa: E402
 
 PLAIN_NS = "bench-plain"
-OPERATOR_NS = "bench-operator"
+SAME_NS = "bench-same"
+OPERATOR_NS = "bench-operator"  # the only namespace the operator serves
+EDIT_NAME = "md-edit"  # the ModelDeployment of the single-edit latency, in OPERATOR_NS
 EXAMPLE = "llama70b-awq.yaml"
-# h100/a100 nodes exist in gpu-nodes.yaml (a few replicas fit), h200/l40s do not
-# (Unschedulable): both paths of the status code are exercised.
-GPU_TYPES = ("nvidia-h100-80gb", "nvidia-a100-80gb", "nvidia-h200", "nvidia-l40s")
+# Both have nodes (node_pool_for sizes them), so every pod is scheduled and KWOK marks
+# it Ready, and the status converges to Ready.
+GPU_TYPES = ("nvidia-h100-80gb", "nvidia-a100-80gb")
+GPU_GROUPS = {"nvidia-h100-80gb": "h100", "nvidia-a100-80gb": "a100"}
+PODS_PER_NODE = 200  # a node's pod IPs come from its /24
+EDITS = 20
 USER_AGENT = "openmodel-bench"
 OWN_IDLE_CORES = 0.3  # this benchmark's cluster and operator, idle enough to start a step
 NOISY_CORES = 0.5  # other processes' load during a timed step that makes it unreliable
@@ -124,6 +156,46 @@ class BenchControlPlane(ControlPlane):
             ]
 
         return dataclasses.replace(base, argv=argv)
+
+    def _controller_manager(self) -> Launch:
+        return _with_flags(super()._controller_manager(), CONTROLLER_MANAGER_FLAGS)
+
+    def _scheduler(self) -> Launch:
+        return _with_flags(super()._scheduler(), SCHEDULER_FLAGS)
+
+
+# The controller-manager's client defaults to 20 requests/s (burst 30): at 5,000
+# ModelDeployments its ReplicaSet and pod creates alone would take minutes, and the
+# namespace deletions between steps longer. Five workers per controller likewise. The
+# scheduler's default is 50/s (burst 100). kube-apiserver's defaults (400 read and 200
+# mutating requests in flight, shared by API Priority and Fairness) are far above what
+# 8 client threads, the operator and these controllers keep in flight, and etcd's 2 GiB
+# quota above what 5,000 of each object take.
+#
+# The Endpoints and EndpointSlice controllers are off: KWOK gives pods loopback IPs
+# (127.64.x.y, so local processes can serve them), which the API server refuses in
+# Endpoints and EndpointSlices, and both controllers retry without end: ~1,200 failed
+# creates and ~1,200 warning events per minute at 200 Ready pods, a core of
+# kube-apiserver at a few thousand. Nothing here reads Endpoints.
+CONTROLLER_MANAGER_FLAGS = (
+    # pflag appends a repeated string list to the harness's --controllers=*
+    "--controllers=-endpoints-controller,-endpointslice-controller,"
+    "-endpointslice-mirroring-controller",
+    "--kube-api-qps=400",
+    "--kube-api-burst=600",
+    "--concurrent-deployment-syncs=20",
+    "--concurrent-replicaset-syncs=20",
+)
+SCHEDULER_FLAGS = ("--kube-api-qps=400", "--kube-api-burst=600")
+
+
+def _with_flags(base: Launch, flags: Iterable[str]) -> Launch:
+    extra = list(flags)
+
+    def argv(ports: list[int]) -> list[str]:
+        return [*base.argv(ports), *extra]
+
+    return dataclasses.replace(base, argv=argv)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,12 +286,13 @@ def request(
     body: Any = None,
     accept: str = "application/json",
     query: list[tuple[str, str]] | None = None,
+    content_type: str = "application/json",
 ) -> bytes:
     method, url, headers, serialized, _ = api.param_serialize(
         method,
         path,
         query_params=query or [],
-        header_params={"Accept": accept, "Content-Type": "application/json"},
+        header_params={"Accept": accept, "Content-Type": content_type},
         body=body,
         auth_settings=["BearerToken"],
     )
@@ -253,6 +326,9 @@ def list_items(
         "GET",
         COLLECTIONS[kind].format(ns=ns),
         accept=PARTIAL_LIST if metadata_only else "application/json",
+        # From the API server's watch cache, not etcd: the polls of 5,000 objects stay
+        # cheap for the API server the operator shares.
+        query=[("resourceVersion", "0")],
     )
     items: list[dict] = json.loads(data).get("items") or []
     return items
@@ -388,6 +464,84 @@ def md_body(index: int, namespace: str) -> dict[str, Any]:
     return body
 
 
+def node_pool_for(count: int) -> NodePool:
+    """The harness's h100 and a100 groups (labels, taint), with enough nodes of
+    PODS_PER_NODE pods (2 GPUs each) for `count` ModelDeployments spread over GPU_TYPES,
+    plus room for the edited one's rollouts; no other group."""
+    base = load_node_pool()
+    per_type = -(-count // len(GPU_TYPES)) + 8
+    groups = []
+    for group in base.groups:
+        if group.name not in GPU_GROUPS.values() or group.gpu is None:
+            continue
+        groups.append(
+            dataclasses.replace(
+                group,
+                count=-(-per_type // PODS_PER_NODE),
+                pods=PODS_PER_NODE,
+                gpu=dataclasses.replace(group.gpu, count=2 * PODS_PER_NODE),
+            )
+        )
+    return dataclasses.replace(base, groups=tuple(groups))
+
+
+def apply_body(
+    api: client.ApiClient, obj: Mapping[str, Any], subresource: str | None = None
+) -> dict[str, Any]:
+    """Server-side apply as the operator does it (kube/calls.py apply): field manager
+    openmodel, forced."""
+    meta = obj["metadata"]
+    path = f"{COLLECTIONS[obj['kind']].format(ns=meta['namespace'])}/{meta['name']}"
+    if subresource:
+        path = f"{path}/{subresource}"
+    data = request(
+        api,
+        "PATCH",
+        path,
+        obj,
+        content_type="application/apply-patch+yaml",
+        query=[("fieldManager", "openmodel"), ("force", "true")],
+    )
+    result: dict[str, Any] = json.loads(data)
+    return result
+
+
+def same_writes(api: client.ApiClient, body: Mapping[str, Any]) -> None:
+    """The writes the operator must make for one ModelDeployment, by a plain client: its
+    create, server-side apply of its Deployment and Service as the operator renders them
+    (owner reference included), and one status apply shaped like the operator's first."""
+    ns = body["metadata"]["namespace"]
+    created = json.loads(request(api, "POST", COLLECTIONS["ModelDeployment"].format(ns=ns), body))
+    md = parse_model_deployment(created)
+    cfg = PlatformConfig()
+    plan = make_plan(md, cfg, None)
+    deployment = apply_body(api, plan.children.deployment)
+    apply_body(api, plan.children.service)
+    name = created["metadata"]["name"]
+    obs = Observation(
+        generation=int(created["metadata"].get("generation") or 0),
+        name=name,
+        label_selector=label_selector(name),
+        endpoint=endpoint(md, cfg),
+        desired_replicas=plan.replicas,
+        deployment=deployment,
+        pods=(),
+        gpu=f"{plan.gpu.count}x {md.spec.gpu.type}",
+        sizing=plan.gpu.estimate,
+    )
+    status = build_status(obs, None, utc_now()).status
+    apply_body(
+        api,
+        {
+            "apiVersion": created["apiVersion"],
+            "kind": "ModelDeployment",
+            "metadata": {"name": name, "namespace": ns},
+            "status": status,
+        },
+        subresource="status",
+    )
+
+
 def plain_objects(count: int) -> list[dict[str, Any]]:
     """What the operator would create for md-000.. (no owner reference: no uid yet)."""
     objects = []
@@ -412,9 +566,12 @@ class Results:
     count: int = 0
     concurrency: int = 0
     plain_seconds: float = float("nan")
+    same_seconds: float = float("nan")  # the same-writes floor
     operator_creates_seconds: float = float("nan")
     operator_deployments_seconds: float = float("nan")
-    operator_seconds: float = float("nan")
+    operator_seconds: float = float("nan")  # every Deployment + Service + observedGeneration
+    operator_ready_seconds: float = float("nan")  # every status Ready
+    controllers_ready_seconds: float = float("nan")  # every Deployment readyReplicas >= 1
     quiet_after: float = float("nan")
     quiet: bool = False
     window: float = 0.0
@@ -422,14 +579,20 @@ class Results:
     window_requests: list[Request] = dataclasses.field(default_factory=list)
     converge_requests: list[Request] = dataclasses.field(default_factory=list)
     plain_requests: list[Request] = dataclasses.field(default_factory=list)
+    same_requests: list[Request] = dataclasses.field(default_factory=list)
     cpu: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     operator_rss: int = 0
+    operator_peak_rss: int = 0
     operator_cpu_total: float = float("nan")
+    operator_cpu_converge: float = float("nan")
     operator_log: Path | None = None
     workdir: Path | None = None
     load: list[str] = dataclasses.field(default_factory=list)
     wall: dict[str, float] = dataclasses.field(default_factory=dict)
     calm: list[float] = dataclasses.field(default_factory=list)
+    edits_empty: list[float] = dataclasses.field(default_factory=list)
+    edits_loaded: list[float] = dataclasses.field(default_factory=list)
+    nodes: int = 0
 
     def phase(self, name: str, cpu: dict[str, float], wall: float) -> None:
         self.cpu[name] = cpu
@@ -438,18 +601,41 @@ class Results:
     profile: Path | None = None
 
 
-def run(args: argparse.Namespace, workdir: Path, res: Results, stack: contextlib.ExitStack) -> None:
-    res.source = operator_source(args)
-    res.count, res.concurrency, res.window, res.workdir = (
-        args.count,
-        args.concurrency,
-        args.window,
-        workdir,
+def deadline_for(count: int) -> float:
+    """Waits on the whole set scale with it (600 s at 200, 2,500 s at 5,000)."""
+    return max(WAIT_DEADLINE, 0.5 * count)
+
+
+def poll_interval_for(count: int) -> float:
+    """A full list of 5,000 ModelDeployments is ~15 MB: poll less often as they grow, so
+    the measuring client does not take the operator's CPU (precision: this interval)."""
+    return max(POLL_INTERVAL, count / 2000)
+
+
+def delete_namespace(api: client.ApiClient, name: str, count: int) -> None:
+    request(api, "DELETE", f"/api/v1/namespaces/{name}")
+    waited = wait_until(
+        f"namespace {name} to be deleted",
+        lambda: not namespace_exists(api, name),
+        deadline=deadline_for(count),
+        interval=1.0,
     )
+    log(f"  {name} deleted in {waited:.0f}s")
+
+
+def run(
+    args: argparse.Namespace,
+    count: int,
+    workdir: Path,
+    res: Results,
+    stack: contextlib.ExitStack,
+) -> None:
+    res.source = operator_source(args)
+    res.count, res.concurrency, res.workdir = count, args.concurrency, workdir
     res.load.append(Path("/proc/loadavg").read_text().split(" ", 1)[0])
-    log(f"workdir {workdir}; starting the control plane")
+    log(f"{count} ModelDeployments: workdir {workdir}; starting the control plane")
     # As harness.start_local_cluster does, with the audited kube-apiserver.
-    pool_spec = load_node_pool()
+    pool_spec = node_pool_for(count)
     plane = BenchControlPlane.start(workdir / "cluster", pod_network=pool_spec.pod_network)
     stack.callback(plane.stop)
     audit = AuditLog(plane.workdir / "audit.log")
@@ -457,12 +643,16 @@ def run(args: argparse.Namespace, workdir: Path, res: Results, stack: contextlib
     api.user_agent = USER_AGENT
     pool = ThreadPoolExecutor(max_workers=args.concurrency, thread_name_prefix="bench")
     stack.callback(pool.shutdown, wait=True, cancel_futures=True)
-    wait_nodes_ready(api, apply_node_pool(api, pool_spec.with_pod_network(plane.pod_network)))
+    nodes = apply_node_pool(api, pool_spec.with_pod_network(plane.pod_network))
+    res.nodes = len(nodes)
+    wait_nodes_ready(api, nodes)
     install_crd(api)
     pids = {name: c.pid for name, c in plane.components.items()}
+    deadline = deadline_for(count)
+    interval = poll_interval_for(count)
 
     # 1. plain client
-    objects = plain_objects(args.count)
+    objects = plain_objects(count)
     create_namespace(api, PLAIN_NS)
     res.calm.append(wait_calm(pids, args.calm, args.calm_deadline))
     log(f"step 1: {len(objects)} plain creates, {args.concurrency} at a time")
@@ -476,16 +666,39 @@ def run(args: argparse.Namespace, workdir: Path, res: Results, stack: contextlib
     res.plain_requests = audit.between(plain_wall0, time.time())
     n_dep = len(list_items(api, "Deployment", PLAIN_NS, metadata_only=True))
     n_svc = len(list_items(api, "Service", PLAIN_NS, metadata_only=True))
-    if (n_dep, n_svc) != (args.count, args.count):
+    if (n_dep, n_svc) != (count, count):
         raise RuntimeError(f"{PLAIN_NS} holds {n_dep} Deployments and {n_svc} Services")
-    log(f"  {res.plain_seconds:.2f}s; deleting {PLAIN_NS} so step 2 starts on an empty cluster")
-    request(api, "DELETE", f"/api/v1/namespaces/{PLAIN_NS}")
-    waited = wait_until(
-        f"namespace {PLAIN_NS} to be deleted",
-        lambda: not namespace_exists(api, PLAIN_NS),
-        interval=1.0,
+    log(
+        f"  {res.plain_seconds:.2f}s; deleting {PLAIN_NS}: the next step starts on an empty cluster"
     )
-    log(f"  deleted in {waited:.0f}s")
+    delete_namespace(api, PLAIN_NS, count)
+
+    # 1b. the same writes as the operator, by a plain client (no operator running yet,
+    # and the operator serves only OPERATOR_NS once it runs)
+    create_namespace(api, SAME_NS)
+    same_bodies = [md_body(i, SAME_NS) for i in range(count)]
+    res.calm.append(wait_calm(pids, args.calm, args.calm_deadline))
+    log(
+        f"step 1b: {count} x (ModelDeployment create, Deployment and Service apply, status "
+        f"apply), {args.concurrency} at a time"
+    )
+    cpu0 = cpu_snapshot(pids)
+    same_wall0 = time.time()
+    started = time.monotonic()
+    for f in [pool.submit(same_writes, api, body) for body in same_bodies]:
+        f.result()
+    res.same_seconds = time.monotonic() - started
+    res.phase("same writes", cpu_delta(cpu0, cpu_snapshot(pids)), res.same_seconds)
+    res.same_requests = audit.between(same_wall0, time.time())
+    with_status = sum(
+        1
+        for md in list_items(api, "ModelDeployment", SAME_NS)
+        if (md.get("status") or {}).get("observedGeneration") == md["metadata"].get("generation")
+    )
+    if with_status != count:
+        raise RuntimeError(f"{SAME_NS}: {with_status} of {count} ModelDeployments have a status")
+    log(f"  {res.same_seconds:.2f}s; deleting {SAME_NS}")
+    delete_namespace(api, SAME_NS, count)
 
     # 2. operator
     started_at = time.time()
@@ -500,18 +713,31 @@ def run(args: argparse.Namespace, workdir: Path, res: Results, stack: contextlib
         deadline=120,
     )
     create_namespace(api, OPERATOR_NS)
-    bodies = [md_body(i, OPERATOR_NS) for i in range(args.count)]
+
+    # 2a. single-edit latency on the (nearly) empty cluster: the baseline
+    edit_body = md_body(0, OPERATOR_NS)
+    edit_body["metadata"]["name"] = EDIT_NAME
+    create(api, edit_body)
+    wait_until(f"{EDIT_NAME} to be Ready", lambda: md_ready(api, OPERATOR_NS, EDIT_NAME))
+    log(f"step 2a: {EDITS} edits of {EDIT_NAME}, one ModelDeployment in the cluster")
+    res.edits_empty = edit_latencies(api, OPERATOR_NS, EDIT_NAME, "empty", EDITS)
+    log(f"  median {median(res.edits_empty):.3f}s")
+
+    bodies = [md_body(i, OPERATOR_NS) for i in range(count)]
+    names = {b["metadata"]["name"] for b in bodies}
     res.calm.append(wait_calm(pids, args.calm, args.calm_deadline))
     log(
         f"step 2: {len(bodies)} ModelDeployments, {args.concurrency} at a time, "
-        f"lists every {POLL_INTERVAL}s"
+        f"lists every {interval}s"
     )
-    profiler = start_profiler(args.py_spy, op.process.pid, workdir, stack)
+    profiler = start_profiler(
+        args.py_spy if count >= args.py_spy_from else None, op.process.pid, workdir, stack
+    )
     cpu0 = cpu_snapshot(pids)
     wall0 = time.time()
     started = time.monotonic()
     futures = create_all(api, pool, bodies)
-    progress = {"deployments": 0, "converged": 0}
+    progress = {"deployments": 0, "services": 0, "converged": 0}
 
     def converged() -> bool:
         for f in futures:
@@ -526,33 +752,75 @@ def run(args: argparse.Namespace, workdir: Path, res: Results, stack: contextlib
         deployments = {
             d["metadata"]["name"]
             for d in list_items(api, "Deployment", OPERATOR_NS, metadata_only=True)
-        }
+        } & names
         if (
-            len(deployments) >= args.count
+            len(deployments) >= count
             and res.operator_deployments_seconds != res.operator_deployments_seconds
         ):
             res.operator_deployments_seconds = time.monotonic() - started
+        services = {
+            d["metadata"]["name"]
+            for d in list_items(api, "Service", OPERATOR_NS, metadata_only=True)
+        } & names
         done = 0
         for md in list_items(api, "ModelDeployment", OPERATOR_NS):
             meta = md["metadata"]
             observed = (md.get("status") or {}).get("observedGeneration")
-            if meta["name"] in deployments and observed == meta.get("generation"):
+            if (
+                meta["name"] in deployments
+                and meta["name"] in services
+                and observed == meta.get("generation")
+            ):
                 done += 1
-        progress.update(deployments=len(deployments), converged=done)
-        return done == args.count and all(f.done() for f in futures)
+        progress.update(deployments=len(deployments), services=len(services), converged=done)
+        return done == count and all(f.done() for f in futures)
 
     try:
-        res.operator_seconds = wait_until("every ModelDeployment to converge", converged)
+        res.operator_seconds = wait_until(
+            "every ModelDeployment to converge", converged, deadline, interval
+        )
     except Timeout:
         log(f"  timed out: {progress}")
         raise
     finally:
+        res.operator_cpu_converge = cpu_seconds(op.process.pid) - cpu0["operator"]
         res.phase("operator run", cpu_delta(cpu0, cpu_snapshot(pids)), time.monotonic() - started)
         res.converge_requests = audit.between(wall0, time.time())
         res.profile = stop_profiler(profiler)
-    log(f"  {res.operator_seconds:.2f}s")
+    log(f"  {res.operator_seconds:.2f}s; waiting until every one is Ready")
 
-    # 3. writes per minute once converged
+    def all_ready() -> bool:
+        if not op.alive():
+            raise RuntimeError(f"the operator exited:\n{op.log_tail()}")
+        if res.controllers_ready_seconds != res.controllers_ready_seconds:
+            ready = sum(
+                1
+                for d in list_items(api, "Deployment", OPERATOR_NS)
+                if d["metadata"]["name"] in names
+                and int((d.get("status") or {}).get("readyReplicas") or 0) >= 1
+            )
+            progress.update(pods_ready=ready)
+            if ready == count:
+                res.controllers_ready_seconds = time.monotonic() - started
+        ready_mds = sum(
+            1
+            for md in list_items(api, "ModelDeployment", OPERATOR_NS)
+            if md["metadata"]["name"] in names and (md.get("status") or {}).get("reason") == "Ready"
+        )
+        progress.update(status_ready=ready_mds)
+        return ready_mds == count and res.controllers_ready_seconds == res.controllers_ready_seconds
+
+    try:
+        wait_until("every ModelDeployment to be Ready", all_ready, deadline, interval)
+        res.operator_ready_seconds = time.monotonic() - started
+        log(
+            f"  Ready after {res.operator_ready_seconds:.1f}s "
+            f"(every Deployment's pod after {res.controllers_ready_seconds:.1f}s)"
+        )
+    except Timeout:
+        log(f"  not all Ready: {progress}; going on")
+
+    # 3. requests per minute once converged
     log(
         f"step 3: waiting for {args.quiet:.0f}s without an operator write "
         f"(at most {args.quiet_deadline:.0f}s)"
@@ -582,10 +850,147 @@ def run(args: argparse.Namespace, workdir: Path, res: Results, stack: contextlib
     time.sleep(1.0)  # the audit log line of a request in flight at t1
     res.window_requests = audit.between(t0_wall, t1_wall)
 
+    # 3b. single-edit latency with `count` ModelDeployments in the cluster
+    log(f"step 3b: {EDITS} edits of {EDIT_NAME}, {count} other ModelDeployments in the cluster")
+    res.edits_loaded = edit_latencies(api, OPERATOR_NS, EDIT_NAME, "loaded", EDITS)
+    log(f"  median {median(res.edits_loaded):.3f}s")
+
     # 4. operator process
     res.load.append(Path("/proc/loadavg").read_text().split(" ", 1)[0])
     res.operator_rss = rss_bytes(op.process.pid)
+    res.operator_peak_rss = peak_rss_bytes(op.process.pid)
     res.operator_cpu_total = cpu_seconds(op.process.pid)
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The process's peak resident set size (VmHWM), from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def md_ready(api: client.ApiClient, ns: str, name: str) -> bool:
+    md = json.loads(request(api, "GET", f"{COLLECTIONS['ModelDeployment'].format(ns=ns)}/{name}"))
+    st = md.get("status") or {}
+    return bool(
+        st.get("reason") == "Ready" and st.get("observedGeneration") == md["metadata"]["generation"]
+    )
+
+
+def md_caught_up(api: client.ApiClient, ns: str, name: str) -> bool:
+    md = json.loads(request(api, "GET", f"{COLLECTIONS['ModelDeployment'].format(ns=ns)}/{name}"))
+    observed = (md.get("status") or {}).get("observedGeneration")
+    return bool(observed == md["metadata"]["generation"])
+
+
+def container_env(deployment: Mapping[str, Any], key: str) -> str | None:
+    for container in deployment["spec"]["template"]["spec"].get("containers") or []:
+        for env in container.get("env") or []:
+            if env.get("name") == key:
+                value = env.get("value")
+                return None if value is None else str(value)
+    return None
+
+
+EDIT_ENV = "BENCH_EDIT"
+
+
+def edit_latencies(
+    api: client.ApiClient, ns: str, name: str, label: str, edits: int
+) -> list[float]:
+    """`edits` spec edits of one ModelDeployment (spec.env BENCH_EDIT=<label>-<i>), one at
+    a time: seconds from the PATCH's response until a watch on its Deployment delivers the
+    new value. The next edit waits until the status has caught up with the previous one."""
+    deployments = f"/apis/apps/v1/namespaces/{ns}/deployments"
+    first = json.loads(request(api, "GET", f"{deployments}/{name}"))
+    seen: dict[str, float] = {}
+    cond = threading.Condition()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def watch() -> None:
+        # A raw watch stream (one JSON event a line), from the Deployment as read above.
+        rv = first["metadata"]["resourceVersion"]
+        try:
+            while not stop.is_set():
+                response = api.call_api(
+                    *api.param_serialize(
+                        "GET",
+                        deployments,
+                        query_params=[
+                            ("watch", "true"),
+                            ("fieldSelector", f"metadata.name={name}"),
+                            ("resourceVersion", rv),
+                            ("timeoutSeconds", "30"),
+                            ("allowWatchBookmarks", "false"),
+                        ],
+                        header_params={"Accept": "application/json"},
+                        auth_settings=["BearerToken"],
+                    )[:4],
+                    _request_timeout=(10, 60),
+                )
+                buffer = b""
+                for chunk in response.response.stream(4096, decode_content=True):
+                    buffer += chunk
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        if not line.strip():
+                            continue
+                        event = json.loads(line)
+                        obj = event["object"]
+                        if event["type"] == "ERROR":
+                            raise RuntimeError(f"watch error: {obj}")
+                        rv = obj["metadata"]["resourceVersion"]
+                        value = container_env(obj, EDIT_ENV)
+                        now = time.monotonic()
+                        with cond:
+                            if value is not None and value not in seen:
+                                seen[value] = now
+                                cond.notify_all()
+                    if stop.is_set():
+                        break
+                response.response.release_conn()
+        except BaseException as e:  # reported by the waiting side
+            errors.append(e)
+            with cond:
+                cond.notify_all()
+
+    thread = threading.Thread(target=watch, name="bench-watch", daemon=True)
+    thread.start()
+    latencies = []
+    path = f"{COLLECTIONS['ModelDeployment'].format(ns=ns)}/{name}"
+    try:
+        for i in range(edits):
+            value = f"{label}-{i}"
+            patch = {"spec": {"env": [{"name": EDIT_ENV, "value": value}]}}
+            request(api, "PATCH", path, patch, content_type="application/merge-patch+json")
+            answered = time.monotonic()
+
+            def delivered(v: str = value) -> bool:
+                return v in seen or bool(errors)
+
+            with cond:
+                if not cond.wait_for(delivered, timeout=60):
+                    raise Timeout(f"edit {value}: the Deployment did not change within 60s")
+            if errors:
+                raise RuntimeError(f"the Deployment watch failed: {errors[0]}")
+            latencies.append(max(0.0, seen[value] - answered))
+            wait_until(f"{name}'s status to catch up", lambda: md_caught_up(api, ns, name), 60)
+    finally:
+        stop.set()
+    return latencies
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def p90(values: list[float]) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
 
 
 def start_profiler(
@@ -668,7 +1073,12 @@ def operator_env(args: argparse.Namespace, workdir: Path) -> dict[str, str]:
     """Production settings rather than the e2e tests' (fast resync, fast autoscaler poll)."""
     config_file = workdir / "bench-platform-config.yaml"
     config_file.write_text("{}\n")  # every default
-    env = {"OPENMODEL_RESYNC_SECONDS": str(args.resync), "OPENMODEL_CONFIG": str(config_file)}
+    env = {
+        "OPENMODEL_RESYNC_SECONDS": str(args.resync),
+        "OPENMODEL_CONFIG": str(config_file),
+        # The floors' namespaces are not the operator's.
+        "OPENMODEL_NAMESPACES": OPERATOR_NS,
+    }
     if args.operator_path:
         env["PYTHONPATH"] = str(Path(args.operator_path).resolve())
     elif args.rev:
@@ -888,7 +1298,193 @@ def report(res: Results) -> bool:
         print(f"    operator log: {len(text)} lines; {summary}")
         for ln in [ln for ln in text if "ERROR" in ln or "WARNING" in ln][:5]:
             print(f"      {ln[:160]}")
+    ok &= scale_report(res)
     print(f"\nresult: {'every target met' if ok else 'a target was MISSED'}")
+    return ok
+
+
+READS = ("get", "list")
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    count: int
+    target: str
+    value: str
+    ok: bool
+
+
+def idle_by_client(res: Results) -> dict[str, tuple[float, float]]:
+    """(reads, writes) per minute in the idle window, per client; the operator's Lease
+    requests (leader election) as a client of their own."""
+    per_min = 60.0 / res.window if res.window else float("nan")
+    reads: collections.Counter[str] = collections.Counter()
+    writes: collections.Counter[str] = collections.Counter()
+    for r in res.window_requests:
+        who = r.client
+        if who == "operator" and r.resource == "leases":
+            who = "operator (Lease)"
+        if r.verb in READS:
+            reads[who] += 1
+        elif r.verb in AUDIT_WRITES:
+            writes[who] += 1
+    return {c: (reads[c] * per_min, writes[c] * per_min) for c in sorted({*reads, *writes})}
+
+
+def edit_noise(res: Results) -> float:
+    """What the baseline's own spread allows: p90 - median of the empty-cluster edits,
+    at least 0.1 s."""
+    return max(0.1, p90(res.edits_empty) - median(res.edits_empty))
+
+
+def verdicts(res: Results) -> list[Verdict]:
+    n = res.count
+    same_ratio = res.operator_seconds / res.same_seconds
+    plain_ratio = res.operator_seconds / res.plain_seconds
+    idle = idle_by_client(res)
+    op_reads, op_writes = idle.get("operator", (0.0, 0.0))
+    out = [
+        Verdict(n, "operator / same-writes floor <= 1.3", f"{same_ratio:.2f}x", same_ratio <= 1.3),
+        Verdict(n, "operator / plain floor <= 2", f"{plain_ratio:.2f}x", plain_ratio <= 2.0),
+        Verdict(
+            n,
+            "idle: 0 operator reads and writes/min (Lease aside)",
+            f"{op_reads:.1f} r, {op_writes:.1f} w",
+            res.window > 0 and op_reads == 0 and op_writes == 0,
+        ),
+    ]
+    limit = {1000: 250 * 2**20, 5000: 2**30}.get(n)
+    if limit is not None:
+        out.append(
+            Verdict(
+                n,
+                f"operator peak RSS <= {limit // 2**20} MiB",
+                f"{res.operator_peak_rss / 2**20:.0f} MiB",
+                0 < res.operator_peak_rss <= limit,
+            )
+        )
+    loaded, empty = median(res.edits_loaded), median(res.edits_empty)
+    out.append(Verdict(n, "single edit: median <= 1 s", f"{loaded:.3f} s", loaded <= 1.0))
+    noise = edit_noise(res)
+    out.append(
+        Verdict(
+            n,
+            f"single edit: median <= baseline + noise ({empty:.3f} + {noise:.3f} s)",
+            f"{loaded:.3f} s",
+            loaded <= empty + noise,
+        )
+    )
+    return out
+
+
+def scale_report(res: Results) -> bool:
+    """The same-writes floor, readiness, requests per ModelDeployment by verb, idle
+    requests by client, the operator's peak RSS and the single-edit latency."""
+    n = res.count
+    print(f"\n-- scale: {n} ModelDeployments, {res.nodes} KWOK GPU nodes")
+    row(f"plain floor: {n} Deployment + {n} Service creates", res.plain_seconds, "s")
+    row(f"same-writes floor: {n} x (MD create, 2 applies, status apply)", res.same_seconds, "s")
+    same_reqs = collections.Counter(r.verb for r in res.same_requests if r.client == "bench")
+    print("    same-writes floor requests: " + ", ".join(f"{v} {c}" for v, c in same_reqs.items()))
+    row("operator: every Deployment + Service + observedGeneration", res.operator_seconds, "s")
+    row("operator: every status Ready", res.operator_ready_seconds, "s")
+    row(
+        "controllers: every Deployment's pod Ready (kcm, scheduler, kwok)",
+        res.controllers_ready_seconds,
+        "s",
+    )
+    row(
+        "  operator's lag behind the controllers (status Ready)",
+        res.operator_ready_seconds - res.controllers_ready_seconds,
+        "s",
+    )
+    row(
+        "ratio operator / same-writes floor (target <= 1.3)",
+        res.operator_seconds / res.same_seconds,
+    )
+    row("ratio operator / plain floor (target <= 2)", res.operator_seconds / res.plain_seconds)
+    op_reqs = [r for r in res.converge_requests if r.client == "operator"]
+    by_verb = collections.Counter(r.verb for r in op_reqs)
+    print(
+        "    operator requests per ModelDeployment while converging, by verb: "
+        + ", ".join(f"{v} {c / n:.2f}" for v, c in by_verb.most_common())
+        + f"  (total {len(op_reqs) / n:.2f})"
+    )
+    row("operator CPU seconds while converging", res.operator_cpu_converge, "s")
+    row("operator CPU seconds since start", res.operator_cpu_total, "s")
+    row("operator peak RSS (VmHWM)", res.operator_peak_rss / 2**20, "MiB")
+    print(
+        f"    requests per idle minute by client (audit log, watches not logged; window "
+        f"{res.window:.0f}s):"
+    )
+    print(f"      {'client':<40}{'reads':>8}{'writes':>8}")
+    for who, (r, w) in idle_by_client(res).items():
+        print(f"      {who:<40}{r:8.1f}{w:8.1f}")
+    for label, values in (
+        ("empty cluster", res.edits_empty),
+        (f"{n} in the cluster", res.edits_loaded),
+    ):
+        print(
+            f"    single edit -> Deployment changed ({label}, {len(values)} edits): median "
+            f"{median(values):.3f}s, p90 {p90(values):.3f}s, "
+            f"max {max(values, default=float('nan')):.3f}s"
+        )
+    ok = True
+    for v in verdicts(res):
+        print(f"    {'PASS' if v.ok else 'MISS'}  {v.target}: {v.value}")
+        ok &= v.ok
+    return ok
+
+
+def summary(results: list[Results]) -> bool:
+    """One table over every count, then every target as PASS/MISS."""
+    print("\n== Scale summary ==")
+    if results:
+        print(f"  {results[0].source}")
+    head = (
+        "count",
+        "plain s",
+        "same s",
+        "operator s",
+        "Ready s",
+        "ctrl Ready s",
+        "op/same",
+        "op/plain",
+        "req/MD",
+        "op CPU s",
+        "peak RSS MiB",
+        "idle op r/w per min",
+        "edit med s (empty)",
+        "edit p90 s (empty)",
+    )
+    print("  | " + " | ".join(head) + " |")
+    print("  |" + "---|" * len(head))
+    for res in results:
+        op_reqs = sum(1 for r in res.converge_requests if r.client == "operator")
+        r_, w_ = idle_by_client(res).get("operator", (0.0, 0.0))
+        cells = (
+            f"{res.count:,}",
+            f"{res.plain_seconds:.2f}",
+            f"{res.same_seconds:.2f}",
+            f"{res.operator_seconds:.2f}",
+            f"{res.operator_ready_seconds:.1f}",
+            f"{res.controllers_ready_seconds:.1f}",
+            f"{res.operator_seconds / res.same_seconds:.2f}",
+            f"{res.operator_seconds / res.plain_seconds:.2f}",
+            f"{op_reqs / res.count:.1f}" if res.count else "nan",
+            f"{res.operator_cpu_converge:.1f}",
+            f"{res.operator_cpu_converge / res.operator_seconds:.2f}",
+            f"{res.operator_peak_rss / 2**20:.0f}",
+            f"{r_:.0f} / {w_:.0f}",
+            f"{median(res.edits_loaded):.3f} ({median(res.edits_empty):.3f})",
+            f"{p90(res.edits_loaded):.3f} ({p90(res.edits_empty):.3f})",
+        )
+        print("  | " + " | ".join(cells) + " |")
+    ok = True
+    for res in results:
+        for v in verdicts(res):
+            print(f"  {'PASS' if v.ok else 'MISS'}  {v.count:>5}: {v.target}: {v.value}")
+            ok &= v.ok
     return ok
 
 
@@ -900,7 +1496,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--count", type=int, default=200, help="one count (see --counts)")
+    parser.add_argument(
+        "--counts", help="comma-separated counts, a fresh control plane each, e.g. 200,1000,5000"
+    )
     parser.add_argument("--concurrency", type=int, default=8, help="client threads, both steps")
     parser.add_argument(
         "--window", type=float, default=60.0, help="seconds between /metrics samples"
@@ -924,33 +1523,60 @@ def main() -> int:
         "--calm-deadline", type=float, default=300.0, help="...waiting at most this"
     )
     parser.add_argument("--py-spy", help="path to py-spy: profile the operator during step 2")
+    parser.add_argument(
+        "--py-spy-from", type=int, default=0, help="profile only at counts of at least this"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the workdir (all logs)")
     args = parser.parse_args()
 
     # SIGINT too: a shell starts background jobs with SIGINT ignored.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
+    counts = [int(c) for c in args.counts.split(",")] if args.counts else [args.count]
+    if args.rev:
+        # One commit for every count, even if the branch moves during the run.
+        args.rev = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--verify", f"{args.rev}^{{commit}}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     workdir = Path(tempfile.mkdtemp(prefix="openmodel-bench-reconcile-"))
-    res = Results()
+    results: list[Results] = []
     code = 0
+    ok = True
     try:
+        for count in counts:
+            # A fresh control plane (and operator) for each count.
+            res = Results()
+            results.append(res)
+            try:
+                with contextlib.ExitStack() as stack:
+                    run(args, count, workdir / f"n{count}", res, stack)
+                    log("stopping the operator and the control plane")
+            except KeyboardInterrupt:
+                log("interrupted; everything this script started was stopped")
+                return 130
+            except Exception as e:
+                log(f"error: {type(e).__name__}: {e}")
+                code = 2
+            try:
+                ok &= report(res)
+            except Exception as e:
+                if code == 0:
+                    raise
+                log(f"(partial report failed: {type(e).__name__}: {e})")
+                ok = False
+            if code:
+                break
         try:
-            with contextlib.ExitStack() as stack:
-                run(args, workdir, res, stack)
-                log("stopping the operator and the control plane")
-        except KeyboardInterrupt:
-            log("interrupted; everything this script started was stopped")
-            return 130
-        except Exception as e:
-            log(f"error: {type(e).__name__}: {e}")
-            code = 2
-        try:
-            ok = report(res)
+            ok &= summary(results)
         except Exception as e:
             if code == 0:
                 raise
-            log(f"(partial report failed: {type(e).__name__}: {e})")
+            log(f"(partial summary failed: {type(e).__name__}: {e})")
             ok = False
+        print(f"\nresult over every count: {'every target met' if ok else 'a target was MISSED'}")
         return code or (0 if ok else 1)
     finally:
         if args.keep or code:

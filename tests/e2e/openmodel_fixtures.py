@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "modeldeployment.yaml"
 EXAMPLES = REPO / "examples"
 GROUP, VERSION, PLURAL = "openmodel.dev", "v1alpha1", "modeldeployments"
-SESSION_SCOPE = "!e2e-rbac-*,!e2e-gwie-*,!e2e-hub-*,!e2e-cache-*"
+SESSION_SCOPE = "!e2e-rbac-*,!e2e-gwie-*,!e2e-hub-*,!e2e-slow-*,!e2e-cache-*"
 RESTRICTED_NAMESPACE_PREFIX = "e2e-rbac"
 # test_inference_pool_and_route.py runs its own operator (feature on) in e2e-gwie-* namespaces.
 INFERENCE_EXTENSION_NAMESPACE_PREFIX = "e2e-gwie"
@@ -38,6 +38,8 @@ INFERENCE_EXTENSION_NAMESPACE_PREFIX = "e2e-gwie"
 MODEL_CONFIG_NAMESPACE_PREFIX = "e2e-hub"
 # test_cache_consistency.py runs a Reconciler in the test process in e2e-cache-* namespaces.
 CACHE_TEST_NAMESPACE_PREFIX = "e2e-cache"
+# test_slow_api.py runs its own operator (through a slow, throttling proxy) in e2e-slow-*.
+SLOW_API_NAMESPACE_PREFIX = "e2e-slow"
 # The tests' platform config: a fast autoscaler poll, so the closed loop runs in seconds.
 AUTOSCALER_POLL_SECONDS = 1.0
 TEST_PLATFORM_CONFIG = {

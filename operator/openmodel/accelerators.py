@@ -8,6 +8,7 @@ through the operator config (see `openmodel.config`), e.g. an AMD MI300X with
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,8 @@ NVIDIA_RESOURCE = "nvidia.com/gpu"
 NVIDIA_PRODUCT_LABEL = "nvidia.com/gpu.product"
 # GPU Feature Discovery sets it on every NVIDIA node; CPU-only nodes lack it.
 NVIDIA_PRESENT_LABEL = "nvidia.com/gpu.present"
+# spec.gpu.type's pattern and length in the CRD.
+GPU_TYPE_NAME = re.compile(r"(?=.{1,63}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,12 @@ def accelerator_from_config(name: str, raw: Mapping[str, Any]) -> Accelerator:
     or `cpuOnly: true` with nodeLabel, nodeLabelValues and tolerations (a CPU node pool).
     """
     where = f"accelerators.{name}"
+    if not isinstance(name, str) or not GPU_TYPE_NAME.fullmatch(name):
+        # The CRD refuses any other spec.gpu.type, so such an entry could never be used.
+        raise AcceleratorConfigError(
+            f"{where}: the name must be what spec.gpu.type accepts: at most 63 lower-case "
+            "letters, digits and '-', starting and ending with a letter or digit"
+        )
     if raw.get("cpuOnly") is True:
         return _cpu_from_config(where, name, raw)
     try:

@@ -36,6 +36,16 @@ _ADAPTER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # The same shapes the CRD accepts (spec.model's pattern, but pvc:// needs a path).
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _PVC_SOURCE = re.compile(r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/.+$")
+# spec.model's CEL rule: a repo id, pvc://<claim>[/<path>], s3:// or gs://.
+# Matched whole (fullmatch), as RE2's `$` is the end of the text, not of a line.
+_MODEL = re.compile(
+    r"(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|s3://.+|gs://.+"
+    r"|[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?)"
+)
+# The root CEL rule on metadata.name: the engine Service is named after the
+# ModelDeployment, and a Service name must be a DNS-1035 label.
+NAME_MAX = 63
+_DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 
 
 class SpecError(ValueError):
@@ -351,7 +361,8 @@ def _check_engine_fits(spec: ModelDeploymentSpec) -> None:
         raise SpecError(
             "spec.gpu.count", "must be omitted (or 1) with gpu.type 'cpu': one process per replica"
         )
-    if spec.engine in ("sglang", "llamacpp") and spec.model.startswith(("s3://", "gs://")):
+    # Before sizing, so an unsized s3:// model is not refused for its size instead.
+    if spec.engine in ("tgi", "sglang", "llamacpp") and spec.model.startswith(("s3://", "gs://")):
         raise SpecError(
             "spec.model",
             f"engine {spec.engine!r} cannot stream weights from s3:// or gs://; use engine "
@@ -372,6 +383,12 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
     if not model:
         raise SpecError(
             "spec.model", "is required: a Hugging Face repo id or a pvc://, s3://, gs:// URI"
+        )
+    if not _MODEL.fullmatch(model):
+        raise SpecError(
+            "spec.model",
+            "must be a Hugging Face repo id like org/name, or a pvc://<claim>/<path>, s3:// or "
+            f"gs:// URI, got {model!r}",
         )
     engine = _get(raw, "engine", "spec", str) or "vllm"
     if engine not in ENGINES:
@@ -435,18 +452,34 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
     return spec
 
 
+def check_type_meta(body: Mapping[str, Any]) -> None:
+    """Raises SpecError unless `body` says it is a ModelDeployment of the served version."""
+    if body.get("apiVersion") != API_VERSION:
+        raise SpecError(
+            "apiVersion",
+            f"expected apiVersion {API_VERSION} kind {KIND}, got apiVersion "
+            f"{body.get('apiVersion')!r}",
+        )
+    if body.get("kind") != KIND:
+        raise SpecError(
+            "kind", f"expected apiVersion {API_VERSION} kind {KIND}, got kind {body.get('kind')!r}"
+        )
+
+
 def parse_model_deployment(body: Mapping[str, Any]) -> ModelDeployment:
     """Parse a whole ModelDeployment object (as from the API server or a YAML file)."""
-    if body.get("kind") != KIND or body.get("apiVersion") != API_VERSION:
-        raise SpecError(
-            "kind",
-            f"expected apiVersion {API_VERSION} kind {KIND}, got "
-            f"{body.get('apiVersion')} {body.get('kind')}",
-        )
+    check_type_meta(body)
     meta = body.get("metadata") or {}
     name = meta.get("name")
     if not isinstance(name, str) or not name:
         raise SpecError("metadata.name", "is required")
+    if len(name) > NAME_MAX or not _DNS1035_LABEL.fullmatch(name):
+        raise SpecError(
+            "metadata.name",
+            f"must be a DNS-1035 label (at most {NAME_MAX} lower-case letters, digits and '-', "
+            f"starting with a letter, ending with a letter or digit): the engine Service is "
+            f"named after it; got {name!r}",
+        )
     spec = body.get("spec")
     if not isinstance(spec, Mapping):
         raise SpecError("spec", "is required")

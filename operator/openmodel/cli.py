@@ -1,7 +1,9 @@
 """`openmodel`: the operator's own code, on the command line.
 
 - `openmodel render -f md.yaml` prints the objects the operator would apply (GitOps review, CI).
-- `openmodel validate -f md.yaml` runs every check the operator runs; exit 1 on a problem.
+- `openmodel validate -f md.yaml` runs the API server's checks (the CRD's schema, unknown
+  fields refused as `kubectl apply --validate=strict` does) and every check the operator
+  runs; exit 1 on a problem.
 - `openmodel size MODEL --gpu TYPE [--quantization Q]` prints the memory estimate and
   the GPU counts that work.
 """
@@ -16,7 +18,8 @@ from typing import Any, TextIO
 
 import yaml
 
-from openmodel.api import SpecError, parse_model_deployment
+from openmodel.api import SpecError, check_type_meta, parse_model_deployment
+from openmodel.api_schema import SchemaProblem, check_object
 from openmodel.config import ConfigError, PlatformConfig, load_config
 from openmodel.engines import ENGINES, engine_for
 from openmodel.engines.base import quantization_value
@@ -66,9 +69,24 @@ def plan_document(body: dict[str, Any], config: PlatformConfig, online: bool = T
     return make_plan(md, config, current_replicas=None, annotations=annotations, model_config=state)
 
 
+def schema_refusals(where: str, body: dict[str, Any]) -> list[str]:
+    """What the API server would refuse before the operator sees the object, one line each."""
+    try:
+        # Another kind's fields are not a ModelDeployment's unknown fields.
+        check_type_meta(body)
+    except SpecError as e:
+        return [f"{where}: {e.field}: {e.message} ({e.reason})"]
+    problems: list[SchemaProblem] = check_object(body)
+    return [f"{where}: {p.field}: {p.message} ({p.reason})" for p in problems]
+
+
 def cmd_render(args: argparse.Namespace, config: PlatformConfig, out: TextIO) -> int:
     objects: list[dict[str, Any]] = []
     for where, body in read_documents(args.file):
+        refusals = schema_refusals(where, body)
+        if refusals:
+            print("\n".join(refusals), file=sys.stderr)
+            return EXIT_INVALID
         try:
             objects.extend(plan_document(body, config).children.all())
         except SpecError as e:
@@ -81,6 +99,11 @@ def cmd_render(args: argparse.Namespace, config: PlatformConfig, out: TextIO) ->
 def cmd_validate(args: argparse.Namespace, config: PlatformConfig, out: TextIO) -> int:
     status = 0
     for where, body in read_documents(args.file):
+        refusals = schema_refusals(where, body)
+        if refusals:
+            print("\n".join(refusals), file=out)
+            status = EXIT_INVALID
+            continue
         try:
             plan = plan_document(body, config)
         except SpecError as e:

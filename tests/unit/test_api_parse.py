@@ -49,7 +49,12 @@ def test_missing_model() -> None:
     assert err.value.field == "spec.model"
 
 
-def test_wrong_kind() -> None:
+def test_wrong_api_version_and_kind_name_their_field() -> None:
     with pytest.raises(SpecError) as err:
         parse_model_deployment({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}})
+    assert err.value.field == "apiVersion"
+    with pytest.raises(SpecError) as err:
+        parse_model_deployment(
+            {"apiVersion": "openmodel.dev/v1alpha1", "kind": "Pod", "metadata": {"name": "x"}}
+        )
     assert err.value.field == "kind"

@@ -1,5 +1,5 @@
-"""crds/ is the single source of truth; manifests/crds/ and charts/openmodel/crds/ are
-byte-identical copies made by hack/sync-crds.sh."""
+"""crds/ is the single source of truth; manifests/crds/, charts/openmodel/crds/ and the
+packaged operator/openmodel/data/crds/ are byte-identical copies made by hack/sync-crds.sh."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 SYNC = REPO / "hack" / "sync-crds.sh"
 SOURCES = sorted((REPO / "crds").glob("*.yaml"))
-COPY_DIRS = ("manifests/crds", "charts/openmodel/crds")
+COPY_DIRS = ("manifests/crds", "charts/openmodel/crds", "operator/openmodel/data/crds")
 FIX = "run `bash hack/sync-crds.sh`"
 
 

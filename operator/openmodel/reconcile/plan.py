@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from openmodel.api import ModelDeployment
+from openmodel.api import ModelDeployment, SpecError
 from openmodel.config import PlatformConfig
 from openmodel.engines import engine_for
 from openmodel.engines.base import quantization_flag
@@ -19,6 +19,7 @@ from openmodel.reconcile.render import Children, render_children, resolve_accele
 from openmodel.reconcile.sizing_bridge import GpuChoice, choose_gpu_count
 
 SKIP_FIT_CHECK_ANNOTATION = "openmodel.dev/skip-fit-check"
+ANNOTATION_BOOLEANS = {"true": True, "false": False}
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,25 @@ def desired_replicas(md: ModelDeployment, current: int | None) -> int:
     return max(auto.min_replicas, min(auto.max_replicas, value))
 
 
+def skip_fit_check(annotations: Mapping[str, Any] | None) -> bool:
+    """The `openmodel.dev/skip-fit-check` annotation: "true" or "false" (or absent).
+
+    Any other value ("yes", "True", "1") is refused rather than read as false: the user
+    meant something, and guessing either way could start pods that do not fit or refuse
+    a count they vouched for. Refused like a spec error, so nothing running is changed.
+    """
+    value = (annotations or {}).get(SKIP_FIT_CHECK_ANNOTATION)
+    if value is None:
+        return False
+    if value not in ANNOTATION_BOOLEANS:
+        raise SpecError(
+            f"metadata.annotations[{SKIP_FIT_CHECK_ANNOTATION}]",
+            f'must be "true" or "false", got {value!r}',
+            reason="InvalidAnnotation",
+        )
+    return ANNOTATION_BOOLEANS[value]
+
+
 def make_plan(
     md: ModelDeployment,
     config: PlatformConfig,
@@ -56,11 +76,11 @@ def make_plan(
     reason is reported as is. `model_config` is where reading the model's own
     config.json stands (None: not read, the catalogue sizes it).
     """
+    skip = skip_fit_check(annotations)
     accelerator = resolve_accelerator(md, config)
     # Before sizing: a format the engine cannot load is refused with what to do instead,
     # not with a memory estimate for weights that would never start.
     quantization_flag(engine_for(md.spec.engine), md.spec)
-    skip = (annotations or {}).get(SKIP_FIT_CHECK_ANNOTATION) == "true"
     gpu = choose_gpu_count(
         md.spec, accelerator, config, skip_fit_check=skip, model_config=model_config
     )

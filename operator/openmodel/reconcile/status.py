@@ -143,19 +143,38 @@ def headline_reason(conditions: Sequence[Mapping[str, Any]]) -> str:
     return str(by_type[READY]["reason"])
 
 
-def build_status(
-    obs: Observation, observed_status: Mapping[str, Any] | None, now: str
-) -> StatusUpdate:
-    """The status to write, keeping lastTransitionTime of conditions that did not change."""
-    previous = {
-        c.get("type"): c for c in (observed_status or {}).get("conditions") or [] if c.get("type")
+def observed_conditions(observed_status: Any) -> dict[str, Mapping[str, Any]]:
+    """The conditions of an observed status by type, skipping what is not a condition.
+
+    A stored status may hold what an older, looser schema allowed or what another writer
+    put there through the status subresource; nothing in it is trusted to have a shape.
+    Entries that are not objects with a string `type` are left out, so the pass rebuilds
+    the status from the world instead of failing on it.
+    """
+    if not isinstance(observed_status, Mapping):
+        return {}
+    raw = observed_status.get("conditions")
+    if not isinstance(raw, list):
+        return {}
+    return {
+        c["type"]: c
+        for c in raw
+        if isinstance(c, Mapping) and isinstance(c.get("type"), str) and c["type"]
     }
+
+
+def build_status(obs: Observation, observed_status: Any, now: str) -> StatusUpdate:
+    """The status to write, keeping lastTransitionTime of conditions that did not change.
+    `observed_status` is whatever the object holds (see `observed_conditions`)."""
+    previous = observed_conditions(observed_status)
     conditions = []
     transitions = []
     for cond in desired_conditions(obs):
         before = previous.get(cond["type"])
-        if before is not None and before.get("status") == cond["status"]:
-            cond["lastTransitionTime"] = before.get("lastTransitionTime") or now
+        kept = before.get("lastTransitionTime") if before is not None else None
+        if before is not None and before.get("status") == cond["status"] and kept:
+            # Only a string is kept: anything else would make the write itself refused.
+            cond["lastTransitionTime"] = kept if isinstance(kept, str) else now
         else:
             cond["lastTransitionTime"] = now
         if (
@@ -185,19 +204,21 @@ def build_status(
     return StatusUpdate(status=status, transitions=transitions)
 
 
-def needs_write(desired: Mapping[str, Any], observed: Mapping[str, Any] | None) -> bool:
+def needs_write(desired: Mapping[str, Any], observed: Any) -> bool:
     """True when the observed status lacks something we would write.
 
     Conditions are compared by type, so conditions owned by the autoscaler do not
-    make the reconciler rewrite its own.
+    make the reconciler rewrite its own. A malformed observed status (not an object,
+    conditions not a list) lacks everything.
     """
-    observed = observed or {}
+    if not isinstance(observed, Mapping):
+        return True
     for key, value in desired.items():
         if key == "conditions":
             continue
         if observed.get(key) != value:
             return True
-    have = {c.get("type"): c for c in observed.get("conditions") or []}
+    have = observed_conditions(observed)
     for cond in desired.get("conditions", []):
         before = have.get(cond["type"])
         if before is None:

@@ -27,6 +27,7 @@ from openmodel.config import load_config
 from openmodel.kube import calls as kube
 from openmodel.kube.cache import ObjectCache
 from openmodel.kube.leader import leader_elector
+from openmodel.map_sizes import track_operator_maps
 from openmodel.model_resolver.hub import HubClient
 from openmodel.model_resolver.loop import ResolverLoop
 from openmodel.model_resolver.store import ModelConfigStore
@@ -77,6 +78,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         is_leader=None if elector is None else (lambda: autoscaler.was_leader),
         cache=memo.cache,
     )
+    track_operator_maps(memo.reconciler, autoscaler, adapters, memo.cache)
     memo.tasks = [
         asyncio.create_task(resync_forever(memo.reconciler), name="resync"),
         asyncio.create_task(autoscaler.run_forever(), name="autoscaler"),

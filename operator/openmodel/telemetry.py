@@ -9,6 +9,10 @@ the process and GC collectors. Tests build their own `Telemetry` on a private
 Series per ModelDeployment are labelled `namespace`, `name`; `forget` drops them when
 the ModelDeployment is deleted, so the number of series follows the number of
 ModelDeployments instead of growing forever.
+
+`openmodel_internal_entries{map=...}` shows, at each scrape, how many entries the
+operator's in-memory maps hold (`track_size` names one; this module's own label sets
+are always there): a soak checks that they follow the ModelDeployments, not time.
 """
 
 from __future__ import annotations
@@ -16,13 +20,16 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.registry import Collector
 
 RESULTS: Final = ("ok", "error", "rejected")
 DIRECTIONS: Final = ("up", "down", "hold")
@@ -30,6 +37,50 @@ METRICS_PORT_ENV: Final = "OPENMODEL_METRICS_PORT"
 DEFAULT_METRICS_PORT: Final = 9090
 # A pass is a handful of API calls: milliseconds when converged, seconds under load.
 RECONCILE_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def label_sets(metric: MetricWrapperBase) -> int:
+    """How many label combinations a labelled metric holds now."""
+    return sum(1 for _ in _label_values(metric))
+
+
+def _label_values(metric: MetricWrapperBase) -> Iterator[tuple[str, ...]]:
+    seen: set[tuple[str, ...]] = set()
+    for family in metric.collect():
+        for sample in family.samples:
+            key = tuple(sorted(sample.labels.items()))
+            flat = tuple(f"{k}={v}" for k, v in key)
+            if flat not in seen:
+                seen.add(flat)
+                yield flat
+
+
+class InternalSizes(Collector):
+    """`openmodel_internal_entries{map}`: each named source's size, read at scrape time."""
+
+    def __init__(self) -> None:
+        self._sources: dict[str, Callable[[], int]] = {}
+        self._guard = threading.Lock()
+
+    def track(self, name: str, size: Callable[[], int]) -> None:
+        with self._guard:
+            self._sources[name] = size
+
+    def sizes(self) -> dict[str, int]:
+        with self._guard:
+            sources = dict(self._sources)
+        return {name: int(size()) for name, size in sorted(sources.items())}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "openmodel_internal_entries",
+            "Entries in one of the operator's in-memory maps (per ModelDeployment, pod or "
+            "series): they must follow the number of ModelDeployments, not time.",
+            labels=["map"],
+        )
+        for name, size in self.sizes().items():
+            family.add_metric([name], size)
+        yield family
 
 
 @dataclass(frozen=True)
@@ -42,6 +93,7 @@ class Telemetry:
     scaling_decisions: Counter
     queue_depth: Gauge
     desired_replicas: Gauge
+    internal_sizes: InternalSizes
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Telemetry:
@@ -55,7 +107,9 @@ class Telemetry:
         # Every result exists from the start, so rate() and alerts see a 0, not no data.
         for result in RESULTS:
             reconcile_total.labels(result=result)
-        return cls(
+        sizes = InternalSizes()
+        registry.register(sizes)
+        made = cls(
             registry=registry,
             reconcile_total=reconcile_total,
             reconcile_duration=Histogram(
@@ -83,7 +137,13 @@ class Telemetry:
                 ["namespace", "name"],
                 registry=registry,
             ),
+            internal_sizes=sizes,
         )
+        # Series per ModelDeployment (`forget` must drop them): label sets, not samples.
+        sizes.track("telemetry.scaling_decisions", lambda: label_sets(made.scaling_decisions))
+        sizes.track("telemetry.queue_depth", lambda: label_sets(made.queue_depth))
+        sizes.track("telemetry.desired_replicas", lambda: label_sets(made.desired_replicas))
+        return made
 
     def record_reconcile(self, result: str, seconds: float) -> None:
         if result not in RESULTS:
@@ -166,3 +226,8 @@ def observe_queue(namespace: str, name: str, depth: float | None, desired: int) 
 def forget(namespace: str, name: str) -> None:
     """Drop a deleted ModelDeployment's series."""
     _DEFAULT.forget(namespace, name)
+
+
+def track_size(name: str, size: Callable[[], int]) -> None:
+    """Export `size()` as openmodel_internal_entries{map=name} at every scrape."""
+    _DEFAULT.internal_sizes.track(name, size)

@@ -153,6 +153,8 @@ class BenchControlPlane(ControlPlane):
                 f"--audit-log-path={log}",
                 "--audit-log-format=json",
                 "--audit-log-maxbackup=0",
+                # The harness's /24 holds 254 Services; pflag keeps the last value.
+                f"--service-cluster-ip-range={SERVICE_RANGE}",
             ]
 
         return dataclasses.replace(base, argv=argv)
@@ -177,6 +179,7 @@ class BenchControlPlane(ControlPlane):
 # Endpoints and EndpointSlices, and both controllers retry without end: ~1,200 failed
 # creates and ~1,200 warning events per minute at 200 Ready pods, a core of
 # kube-apiserver at a few thousand. Nothing here reads Endpoints.
+SERVICE_RANGE = "10.96.0.0/16"  # 65,534 ClusterIPs
 CONTROLLER_MANAGER_FLAGS = (
     # pflag appends a repeated string list to the harness's --controllers=*
     "--controllers=-endpoints-controller,-endpointslice-controller,"
@@ -185,6 +188,7 @@ CONTROLLER_MANAGER_FLAGS = (
     "--kube-api-burst=600",
     "--concurrent-deployment-syncs=20",
     "--concurrent-replicaset-syncs=20",
+    f"--service-cluster-ip-range={SERVICE_RANGE}",
 )
 SCHEDULER_FLAGS = ("--kube-api-qps=400", "--kube-api-burst=600")
 

@@ -1076,7 +1076,7 @@ def operator_quiet_for(audit: AuditLog, seconds: float) -> bool:
 def operator_env(args: argparse.Namespace, workdir: Path) -> dict[str, str]:
     """Production settings rather than the e2e tests' (fast resync, fast autoscaler poll)."""
     config_file = workdir / "bench-platform-config.yaml"
-    config_file.write_text("{}\n")  # every default
+    config_file.write_text(args.platform_config or "{}\n")  # every default unless given
     env = {
         "OPENMODEL_RESYNC_SECONDS": str(args.resync),
         "OPENMODEL_CONFIG": str(config_file),
@@ -1525,6 +1525,11 @@ def main() -> int:
     )
     parser.add_argument(
         "--calm-deadline", type=float, default=300.0, help="...waiting at most this"
+    )
+    parser.add_argument(
+        "--platform-config",
+        help="the operator's platform config (YAML text), e.g. 'operator: {apiQPS: 200}'; "
+        "default: every default",
     )
     parser.add_argument("--py-spy", help="path to py-spy: profile the operator during step 2")
     parser.add_argument(

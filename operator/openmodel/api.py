@@ -452,6 +452,26 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
     return spec
 
 
+def status_conditions(status: Any) -> dict[str, Mapping[str, Any]]:
+    """The conditions of a stored status by type, skipping what is not a condition.
+
+    A stored status may hold what an older, looser schema allowed or what another writer
+    put there through the status subresource; nothing in it is trusted to have a shape.
+    Entries that are not objects with a string `type` are left out, so a pass rebuilds
+    the status from the world instead of failing on it.
+    """
+    if not isinstance(status, Mapping):
+        return {}
+    raw = status.get("conditions")
+    if not isinstance(raw, list):
+        return {}
+    return {
+        c["type"]: c
+        for c in raw
+        if isinstance(c, Mapping) and isinstance(c.get("type"), str) and c["type"]
+    }
+
+
 def check_type_meta(body: Mapping[str, Any]) -> None:
     """Raises SpecError unless `body` says it is a ModelDeployment of the served version."""
     if body.get("apiVersion") != API_VERSION:

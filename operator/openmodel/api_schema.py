@@ -75,6 +75,10 @@ OBJECT_META_FIELDS = frozenset(
 # The API server's own rule for a custom resource's name.
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
+# `format: date-time`, as leniently as the server's parser (time zone and fraction optional).
+DATE_TIME = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:?\d{2})?"
+)
 
 
 @dataclass(frozen=True)
@@ -284,6 +288,12 @@ def _check_string(value: str, schema: Mapping[str, Any], path: str) -> Iterator[
     pattern = schema.get("pattern")
     if pattern is not None and not go_regex(pattern).search(value):
         yield SchemaProblem(path, f"{value!r} should match '{pattern}'", "FieldValueInvalid")
+    if schema.get("format") == "date-time" and not DATE_TIME.fullmatch(value):
+        yield SchemaProblem(
+            path,
+            f"{value!r} is not a date-time (RFC 3339, e.g. 2026-01-02T03:04:05Z)",
+            "FieldValueInvalid",
+        )
 
 
 @cache

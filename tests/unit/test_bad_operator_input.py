@@ -1,5 +1,6 @@
-"""Bad input the operator itself meets: a status edited to garbage, an annotation with a
-wrong value, a platform accelerator the CRD would never let a spec name."""
+"""Bad input the operator itself meets: a status edited to garbage (the reconciler's status
+builder, the loops' status writer, the autoscaler's summary), an annotation with a wrong
+value, a platform accelerator the CRD would never let a spec name."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ import yaml
 
 from openmodel import cli
 from openmodel.accelerators import AcceleratorConfigError, accelerator_from_config
-from openmodel.api import SpecError, parse_model_deployment
+from openmodel.api import SpecError, parse_model_deployment, status_conditions
 from openmodel.api_schema import check_object
+from openmodel.autoscaler.decision import Decision, DecisionReason, ScalingHistory
+from openmodel.autoscaler.loop import autoscaler_status
 from openmodel.config import PlatformConfig
+from openmodel.kube.status_writer import loop_status_changed
 from openmodel.reconcile.plan import SKIP_FIT_CHECK_ANNOTATION, make_plan, skip_fit_check
-from openmodel.reconcile.status import Observation, build_status, needs_write, observed_conditions
+from openmodel.reconcile.status import Observation, build_status, needs_write
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = "2026-12-02T03:00:00Z"
@@ -104,7 +108,7 @@ def test_a_non_string_transition_time_is_replaced_by_now() -> None:
 
 
 def test_foreign_conditions_are_ignored_and_ours_are_found() -> None:
-    found = observed_conditions(
+    found = status_conditions(
         {"conditions": [{"type": "ScalingActive", "status": "True"}, "junk", {"type": "Ready"}]}
     )
     assert sorted(found) == ["Ready", "ScalingActive"]
@@ -162,3 +166,43 @@ def test_a_platform_accelerator_name_the_crd_accepts_passes_both() -> None:
     body = md()
     body["spec"]["gpu"] = {"type": acc.name, "count": 1}
     assert check_object(body) == []
+
+
+def loop_status() -> dict[str, Any]:
+    return {
+        "autoscaler": {"desiredReplicas": 1},
+        "conditions": [
+            {
+                "type": "ScalingActive",
+                "status": "True",
+                "reason": "Steady",
+                "message": "ok",
+                "observedGeneration": 3,
+            }
+        ],
+    }
+
+
+@pytest.mark.parametrize("garbage", GARBAGE_STATUSES.values(), ids=list(GARBAGE_STATUSES))
+def test_the_loops_status_writer_takes_garbage_as_missing(garbage: Any) -> None:
+    desired = loop_status()
+    assert loop_status_changed(desired, garbage)
+    written = {**desired, "conditions": [{**desired["conditions"][0], "lastTransitionTime": NOW}]}
+    assert not loop_status_changed(desired, written)
+
+
+@pytest.mark.parametrize("previous", ["garbage", ["x"], {"lastScaleTime": 12}, None])
+def test_the_autoscaler_summary_ignores_a_malformed_previous_one(previous: Any) -> None:
+    decision = Decision(
+        desired_replicas=2,
+        history=ScalingHistory(),
+        reason=DecisionReason.STEADY,
+        message="steady",
+        recommendation=2,
+        queue_depth=0.0,
+    )
+    summary = autoscaler_status(decision, previous, None, 3)["autoscaler"]
+    assert "lastScaleTime" not in summary
+    assert summary["desiredReplicas"] == 2
+    kept = autoscaler_status(decision, {"lastScaleTime": NOW}, None, 3)["autoscaler"]
+    assert kept["lastScaleTime"] == NOW

@@ -80,7 +80,7 @@ def classify_pods(pods: Sequence[Mapping[str, Any]]) -> PodSets:
 
 
 def autoscaler_status(
-    decision: Decision, previous: Mapping[str, Any] | None, scaled_at: str | None, g: int
+    decision: Decision, previous: Any, scaled_at: str | None, g: int
 ) -> dict[str, Any]:
     holding = decision.reason in (DecisionReason.METRICS_UNAVAILABLE, DecisionReason.NO_READY_PODS)
     summary: dict[str, Any] = {
@@ -90,7 +90,9 @@ def autoscaler_status(
     }
     if decision.queue_depth is not None:
         summary["queueDepth"] = decision.queue_depth
-    last = scaled_at or (previous or {}).get("lastScaleTime")
+    # The stored summary is not trusted to have a shape (a status edited by hand).
+    kept = previous.get("lastScaleTime") if isinstance(previous, Mapping) else None
+    last = scaled_at or (kept if isinstance(kept, str) else None)
     if last:
         summary["lastScaleTime"] = last
     return {

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from openmodel.api import status_conditions
 from openmodel.problems import Problem
 from openmodel.reconcile.pod_failures import engine_failure, unschedulable_message
 
@@ -143,30 +144,10 @@ def headline_reason(conditions: Sequence[Mapping[str, Any]]) -> str:
     return str(by_type[READY]["reason"])
 
 
-def observed_conditions(observed_status: Any) -> dict[str, Mapping[str, Any]]:
-    """The conditions of an observed status by type, skipping what is not a condition.
-
-    A stored status may hold what an older, looser schema allowed or what another writer
-    put there through the status subresource; nothing in it is trusted to have a shape.
-    Entries that are not objects with a string `type` are left out, so the pass rebuilds
-    the status from the world instead of failing on it.
-    """
-    if not isinstance(observed_status, Mapping):
-        return {}
-    raw = observed_status.get("conditions")
-    if not isinstance(raw, list):
-        return {}
-    return {
-        c["type"]: c
-        for c in raw
-        if isinstance(c, Mapping) and isinstance(c.get("type"), str) and c["type"]
-    }
-
-
 def build_status(obs: Observation, observed_status: Any, now: str) -> StatusUpdate:
     """The status to write, keeping lastTransitionTime of conditions that did not change.
-    `observed_status` is whatever the object holds (see `observed_conditions`)."""
-    previous = observed_conditions(observed_status)
+    `observed_status` is whatever the object holds (see `status_conditions`)."""
+    previous = status_conditions(observed_status)
     conditions = []
     transitions = []
     for cond in desired_conditions(obs):
@@ -218,7 +199,7 @@ def needs_write(desired: Mapping[str, Any], observed: Any) -> bool:
             continue
         if observed.get(key) != value:
             return True
-    have = observed_conditions(observed)
+    have = status_conditions(observed)
     for cond in desired.get("conditions", []):
         before = have.get(cond["type"])
         if before is None:

@@ -340,7 +340,8 @@ def md_body(name: str = "m") -> dict[str, Any]:
 @dataclass
 class Cycles:
     """Runs the operator's per-ModelDeployment pass against fault pods, as the loop does
-    each poll, keeping the Deployment's replicas as the recorded writes set them."""
+    each poll, keeping the Deployment's replicas and the ModelDeployment's status as the
+    recorded writes set them."""
 
     loop: AutoscalerLoop
     pods: FaultPods
@@ -349,12 +350,13 @@ class Cycles:
     rec: Recorded
     zero_after: float | None = None
     seen: list[int] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
 
     async def run(self, scraper: Scraper, demand: Demand | None = None) -> None:
-        before = len(self.rec.replicas)
+        before, statuses = len(self.rec.replicas), len(self.rec.statuses)
         await self.loop.scale_one(
             scraper,
-            md_body(),
+            md_body() | {"status": self.status},
             "vllm",
             self.policy,
             {"spec": {"replicas": self.replicas}},
@@ -364,6 +366,8 @@ class Cycles:
         )
         if len(self.rec.replicas) > before:
             self.replicas = self.rec.replicas[-1]
+        if len(self.rec.statuses) > statuses:
+            self.status = self.status | self.rec.statuses[-1]
         self.seen.append(self.replicas)
 
 
@@ -694,3 +698,32 @@ def test_a_broken_gateway_makes_demand_incomplete_and_never_raises(
     assert not report.complete and report.by_model == {}
     assert len(report.failures) == 1 and why in report.failures[0], report.failures
     assert report.for_model(("ns", "m")) == Demand(complete=False)
+
+
+def test_an_idle_countdown_writes_the_status_once_not_every_poll(
+    recorded: Recorded, engine_port: list[int]
+) -> None:
+    # One idle replica waiting out scaleToZeroAfterSeconds 600, polled every 5 s for a
+    # minute: the status said "zero in 595s", "590s", ... and was written every poll.
+    now = [0.0]
+
+    async def main() -> Cycles:
+        async with fault_pods(["ok"]) as pods, Scraper(timeout_s=1.0) as scraper:
+            engine_port[0] = pods.port
+            cycles = Cycles(
+                make_loop(recorded, lambda: now[0]),
+                pods,
+                ScalingPolicy(1, 4, 1),
+                1,
+                recorded,
+                zero_after=600,
+            )
+            for _ in range(12):
+                await cycles.run(scraper, Demand())
+                now[0] += 5
+            return cycles
+
+    cycles = asyncio.run(main())
+    assert cycles.seen == [1] * 12
+    assert len(recorded.statuses) == 1, [s["autoscaler"]["message"] for s in recorded.statuses]
+    assert "idle, zero after 600s without requests" in recorded.statuses[0]["autoscaler"]["message"]

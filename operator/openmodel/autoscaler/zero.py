@@ -103,8 +103,11 @@ def to_zero(
     if not (engines_idle(observation) and demand.complete and not demand.active):
         return decision
     if not (math.isfinite(idle_for_s) and idle_for_s >= after_s):
-        left = max(0.0, after_s - idle_for_s)
-        return replace(decision, message=f"{decision.message}; idle, zero in {left:.0f}s")
+        # No countdown in the message: the status is written whenever its message
+        # changes, and "zero in 595s", "590s"... was one write per poll while idle.
+        return replace(
+            decision, message=f"{decision.message}; idle, zero after {after_s:g}s without requests"
+        )
     return replace(
         decision,
         desired_replicas=0,

@@ -727,3 +727,47 @@ def test_an_idle_countdown_writes_the_status_once_not_every_poll(
     assert cycles.seen == [1] * 12
     assert len(recorded.statuses) == 1, [s["autoscaler"]["message"] for s in recorded.statuses]
     assert "idle, zero after 600s without requests" in recorded.statuses[0]["autoscaler"]["message"]
+
+
+def test_a_cycle_over_many_model_deployments_with_hanging_pods_ends_by_the_deadline(
+    recorded: Recorded, engine_port: list[int]
+) -> None:
+    # As the loop runs a cycle: every ModelDeployment's pass at once (asyncio.gather),
+    # one Scraper shared (its connection pool of 64 too). 5 ModelDeployments x 20 pods
+    # that hang in the three ways, 30 s per request: the cycle still ends by the deadline.
+    deadline = 1.0
+
+    async def main() -> float:
+        modes = [HANGING[i % 3] for i in range(100)]
+        async with (
+            fault_pods(modes) as pods,
+            Scraper(timeout_s=30, deadline_s=deadline) as scraper,
+        ):
+            engine_port[0] = pods.port
+            loop = make_loop(recorded, lambda: 0.0)
+            listed = pods.k8s_pods()
+            policy = ScalingPolicy(1, 30, 1)
+            started = time.monotonic()
+            await asyncio.gather(
+                *(
+                    loop.scale_one(
+                        scraper,
+                        md_body(f"m{i}"),
+                        "vllm",
+                        policy,
+                        {"spec": {"replicas": 20}},
+                        listed[i * 20 : (i + 1) * 20],
+                    )
+                    for i in range(5)
+                )
+            )
+            return time.monotonic() - started
+
+    elapsed = asyncio.run(main())
+    print(
+        f"5 ModelDeployments x 20 hanging pods: cycle took {elapsed:.2f}s (deadline {deadline:g}s)"
+    )
+    assert recorded.replicas == []  # nobody scaled on missing data
+    reasons = {s["conditions"][0]["reason"] for s in recorded.statuses}
+    assert len(recorded.statuses) == 5 and reasons == {"MetricsUnavailable"}
+    assert elapsed < deadline + 2.0, elapsed

@@ -349,7 +349,7 @@ def md_problems(
 
 def world_problems(api: client.ApiClient, namespace: str) -> list[str]:
     """Everything wrong in `namespace` now ([] when converged); orphans included."""
-    mds = [m for m in list_items(api, "ModelDeployment", namespace)]
+    mds = list_items(api, "ModelDeployment", namespace)
     deployments = list_items(api, "Deployment", namespace)
     services = list_items(api, "Service", namespace)
     pods = list_items(api, "Pod", namespace)

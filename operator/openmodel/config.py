@@ -32,8 +32,8 @@ startupBudgetSeconds: 1800
 clusterDomain: cluster.local
 operator:                # the operator process itself (docs/configuration.md)
   workers: 16            # threads running reconcile passes at once (kopf's executor)
-  apiQPS: 50             # requests per second to the API server, sustained (token bucket)
-  apiBurst: 100          # ... and in a burst; 429 answers are retried after Retry-After
+  apiQPS: 100            # requests per second to the API server, sustained (token bucket)
+  apiBurst: 200          # ... and in a burst; 429 answers are retried after Retry-After
   cacheAuditSeconds: 3600  # compare the watch cache with one LIST per kind; 0 = never
 modelResolver:           # read config.json from the Hub for sizing (model_resolver/settings.py)
   endpoint: null         # the Hub's base URL; env HF_ENDPOINT wins; neither: catalogue only
@@ -113,10 +113,12 @@ class OperatorConfig:
     # 16 threads: a pass mostly waits on the API server (a few ms per request), and the
     # client's rate limit, not the pool, is what protects the API server in a burst.
     workers: int = 16
-    # client-go's defaults (5 / 10) would make a 1,000-object burst take minutes; 50 / 100
-    # is what kube-controller-manager's busiest controllers are commonly given.
-    api_qps: float = 50.0
-    api_burst: int = 100
+    # client-go's defaults (5 / 10) would make a 1,000-object burst take minutes; at 50 / 100
+    # the bucket itself was the bottleneck of a 1,000-object burst (49.8 requests/s flat
+    # while a plain client got 58-73/s from the same API server; docs/benchmarks.md).
+    # Beyond this, API Priority and Fairness answers 429 and the client waits Retry-After.
+    api_qps: float = 100.0
+    api_burst: int = 200
     cache_audit_seconds: float = 3600.0
 
 

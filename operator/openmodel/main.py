@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -52,6 +52,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.posting.level = logging.WARNING
+    # Server-side selection: kopf sees only the children, not every Pod of the cluster;
+    # an object whose owner label goes away arrives as DELETED (the API's watch rule).
+    for group, version, plural, _kind in CHILD_KINDS:
+        settings.watching.label_selectors[group, version, plural] = OWNER_LABEL
     kube.limit_rate(config.operator.api_qps, config.operator.api_burst)
     api = kube.make_api_client()
     memo.config = config
@@ -174,7 +178,9 @@ def _child_handler(kind: str) -> Callable[..., None]:
             memo.reconciler.own_writes.forget(
                 kind, str(body.metadata.namespace), str(body.metadata.name)
             )
-        namespace, owner = str(body.metadata.namespace), str(body.metadata.labels[OWNER_LABEL])
+        namespace, owner = str(body.metadata.namespace), owner_name(body)
+        if owner is None:
+            return  # not a ModelDeployment's (the watches select by the owner label)
         version = body.metadata.get("resourceVersion")
         if memo.reconciler.own_writes.is_echo(kind, namespace, str(body.metadata.name), version):
             return
@@ -184,7 +190,20 @@ def _child_handler(kind: str) -> Callable[..., None]:
     return child_event
 
 
+# No client-side label filter here: the watches select by the owner label server-side
+# (startup), and a child whose label is removed by hand arrives as DELETED without it:
+# the cache must forget it and its ModelDeployment put the label back.
 for _group, _version, _plural, _kind in CHILD_KINDS:
-    kopf.on.event(_group, _version, _plural, labels={OWNER_LABEL: kopf.PRESENT}, id=_plural)(
-        _child_handler(_kind)
-    )
+    kopf.on.event(_group, _version, _plural, id=_plural)(_child_handler(_kind))
+
+
+def owner_name(body: Mapping[str, Any]) -> str | None:
+    """The ModelDeployment a child belongs to: its owner label, else its owner reference."""
+    meta = body.get("metadata") or {}
+    label = (meta.get("labels") or {}).get(OWNER_LABEL)
+    if label:
+        return str(label)
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") == KIND and str(ref.get("apiVersion", "")).startswith(GROUP + "/"):
+            return str(ref.get("name"))
+    return None

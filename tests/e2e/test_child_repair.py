@@ -169,40 +169,19 @@ def service_put_back(before: Child, _: Any, service: Any) -> str | None:
 Damage = Callable[[client.ApiClient, str, Child], None]
 Repaired = Callable[[Child, Any, Any], str | None]
 # Server-side apply merges Service ports by (port, protocol): a hand edit of the one
-# entry's port leaves that entry to the hand's field manager, and the operator's forced
-# apply adds its own 8000 entry beside it, which the API server refuses (two ports named
-# "http"). The reconciler then reports Degraded/ApplyRejected and the hand's port stays.
-SERVICE_PORTS_BUG = (
-    "known bug: a hand-edited Service port is not put back; the forced apply adds a second "
-    "port named http, refused as Duplicate value, and the ModelDeployment turns "
-    "Degraded/ApplyRejected"
-)
-# The object cache (kube/cache.py) is fed by kopf index functions filtered on the owner
-# label (main.py): an update that removes the label never reaches the cache, which keeps
-# the labelled copy, so no pass (event or resync) sees the drift; only the hourly cache
-# audit would.
-OWNER_LABEL_BUG = (
-    "known bug: a Deployment whose owner label is removed by hand is not repaired; the "
-    "label-filtered cache keeps its old, labelled copy"
-)
+# entry's port leaves that entry to the hand's field manager, and a plain forced apply
+# would add the operator's 8000 entry beside it, refused as two ports named "http"; the
+# reconciler replaces the spec's lists then (a merge patch) and applies again.
+# A removed owner label takes the Deployment out of the label-selected watch: the API
+# server sends DELETED, the cache forgets it, and the pass puts the label back.
 CASES = [
     pytest.param(delete_deployment, deployment_is_back, id="deployment-deleted"),
     pytest.param(delete_service, service_is_back, id="service-deleted"),
     pytest.param(edit_image, deployment_put_back, id="deployment-image"),
     pytest.param(edit_args, deployment_put_back, id="deployment-args"),
     pytest.param(edit_deployment_label, deployment_put_back, id="deployment-label"),
-    pytest.param(
-        remove_owner_label,
-        deployment_put_back,
-        id="deployment-owner-label-removed",
-        marks=pytest.mark.xfail(strict=True, reason=OWNER_LABEL_BUG),
-    ),
-    pytest.param(
-        edit_service_ports,
-        service_put_back,
-        id="service-ports",
-        marks=pytest.mark.xfail(strict=True, reason=SERVICE_PORTS_BUG),
-    ),
+    pytest.param(remove_owner_label, deployment_put_back, id="deployment-owner-label-removed"),
+    pytest.param(edit_service_ports, service_put_back, id="service-ports"),
     pytest.param(edit_service_label, service_put_back, id="service-label"),
 ]
 

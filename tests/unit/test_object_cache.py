@@ -320,3 +320,52 @@ def test_a_busy_key_is_run_once_more_instead_of_waited_for() -> None:
     first.join(10)
     assert results == [2] and runs == [0, 1]
     assert len(locks) == 0
+
+
+def test_a_pod_that_lost_its_owner_label_is_forgotten_by_name() -> None:
+    cache = ObjectCache()
+    labels = {"labels": {"openmodel.dev/model-deployment": "m"}}
+    cache.observe("Pod", body("Pod", "m-1", 3, **labels))
+    # Label removed by hand: the label-selected watch sends DELETED with the new body.
+    cache.forget("Pod", body("Pod", "m-1", 4))
+    assert cache.pods("team-a", "m") == []
+    assert cache.sizes()["Pod"] == 0
+    # Relabelled to another owner: filed there only.
+    cache.observe("Pod", body("Pod", "m-2", 5, **labels))
+    cache.observe("Pod", body("Pod", "m-2", 6, labels={"openmodel.dev/model-deployment": "o"}))
+    assert cache.pods("team-a", "m") == [] and len(cache.pods("team-a", "o")) == 1
+
+
+def test_owner_name_from_the_label_or_the_owner_reference() -> None:
+    from openmodel.main import owner_name
+
+    labelled = body("Deployment", "m", 1, labels={"openmodel.dev/model-deployment": "m"})
+    assert owner_name(labelled) == "m"
+    ref = {"apiVersion": "openmodel.dev/v1alpha1", "kind": "ModelDeployment", "name": "x"}
+    assert owner_name(body("Deployment", "m", 1, ownerReferences=[ref])) == "x"
+    other = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "x"}
+    assert owner_name(body("Pod", "m", 1, ownerReferences=[other])) is None
+
+
+def test_the_loops_read_the_cache_not_the_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from openmodel.adapters.loop import AdapterLoop
+    from openmodel.autoscaler.loop import AutoscalerLoop
+
+    def no_request(*_: Any, **__: Any) -> Any:
+        raise AssertionError("a loop asked the API server although the cache answers")
+
+    for name in ("call", "get", "list_objects", "list_all_model_deployments", "list_cluster_wide"):
+        monkeypatch.setattr(kube, name, no_request)
+    cache = ObjectCache()
+    cache.observe("ModelDeployment", copy.deepcopy(MD))  # neither autoscaled nor with adapters
+    autoscaler = AutoscalerLoop(object(), PlatformConfig(), cache=cache)  # type: ignore[arg-type]
+    adapters = AdapterLoop(object(), PlatformConfig(), cache=cache)  # type: ignore[arg-type]
+
+    async def cycles() -> None:
+        await autoscaler.cycle(None)  # type: ignore[arg-type]  (nothing to scrape)
+        await adapters.cycle(None)  # type: ignore[arg-type]
+
+    asyncio.run(cycles())
+    assert autoscaler.histories == {}

@@ -22,7 +22,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from openmodel import telemetry
-from openmodel.api import OWNER_LABEL, SpecError, parse_model_deployment
+from openmodel.api import KIND, OWNER_LABEL, SpecError, parse_model_deployment
 from openmodel.autoscaler import (
     METRIC_NAMES,
     Decision,
@@ -172,26 +172,38 @@ class AutoscalerLoop:
                 await self.on_elected()
         return leader
 
+    async def _model_deployments(self) -> Sequence[Mapping[str, Any]]:
+        if self.cache is not None:
+            return self.cache.model_deployments()
+        return await asyncio.to_thread(kube.list_all_model_deployments, self.api)
+
+    async def _owned(self) -> tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]]:
+        """Every owned Deployment and Pod: from the cache, or two cluster-wide lists."""
+        if self.cache is not None:
+            return self.cache.all_of("Deployment"), self.cache.all_of("Pod")
+        deployments, pods = await asyncio.gather(
+            asyncio.to_thread(kube.list_cluster_wide, self.api, "deployments", OWNER_LABEL),
+            asyncio.to_thread(kube.list_cluster_wide, self.api, "pods", OWNER_LABEL),
+        )
+        return deployments, pods
+
     async def cycle(self, scraper: Scraper) -> None:
-        mds = await asyncio.to_thread(kube.list_all_model_deployments, self.api)
+        mds = await self._model_deployments()
         if not any(
             (b.get("spec") or {}).get("autoscaling") is not None
             and matches(b["metadata"]["namespace"], self.namespaces)
             for b in mds
         ):
-            # Nothing autoscales: no Deployment or Pod lists (idle cost: one list per poll).
-            deployments: list[dict[str, Any]] = []
-            pods: list[dict[str, Any]] = []
+            # Nothing autoscales: nothing else to look at.
+            deployments: Sequence[Mapping[str, Any]] = []
+            pods: Sequence[Mapping[str, Any]] = []
         else:
-            deployments, pods = await asyncio.gather(
-                asyncio.to_thread(kube.list_cluster_wide, self.api, "deployments", OWNER_LABEL),
-                asyncio.to_thread(kube.list_cluster_wide, self.api, "pods", OWNER_LABEL),
-            )
-        by_owner: dict[ObjectKey, dict[str, Any]] = {}
+            deployments, pods = await self._owned()
+        by_owner: dict[ObjectKey, Mapping[str, Any]] = {}
         for d in deployments:
             meta = d["metadata"]
             by_owner[(meta["namespace"], meta["labels"][OWNER_LABEL])] = d
-        pods_by_owner: dict[ObjectKey, list[dict[str, Any]]] = defaultdict(list)
+        pods_by_owner: dict[ObjectKey, list[Mapping[str, Any]]] = defaultdict(list)
         for p in pods:
             meta = p["metadata"]
             pods_by_owner[(meta["namespace"], meta["labels"][OWNER_LABEL])].append(p)
@@ -375,7 +387,7 @@ class AutoscalerLoop:
             await asyncio.to_thread(self._write_status, key, status, body.get("status"))
 
     def _write_replicas(self, key: ObjectKey, replicas: int) -> None:
-        kube.apply(
+        result = kube.apply(
             self.api,
             {
                 "apiVersion": "apps/v1",
@@ -385,8 +397,12 @@ class AutoscalerLoop:
             },
             field_manager=kube.AUTOSCALER_FIELD_MANAGER,
         )
+        if self.cache is not None:
+            self.cache.wrote("Deployment", result)
 
     def _write_status(
         self, key: ObjectKey, status: dict[str, Any], observed: Mapping[str, Any] | None
     ) -> None:
-        apply_loop_status(self.api, key, status, observed, kube.AUTOSCALER_FIELD_MANAGER)
+        result = apply_loop_status(self.api, key, status, observed, kube.AUTOSCALER_FIELD_MANAGER)
+        if self.cache is not None and result is not None:
+            self.cache.wrote(KIND, result)

@@ -61,6 +61,8 @@ class ObjectCache:
     _objects: dict[CacheKey, Body] = field(default_factory=dict)
     # Pods by (namespace, owner label value) -> name -> body.
     _pods: dict[OwnerKey, dict[str, Body]] = field(default_factory=dict)
+    # (namespace, pod name) -> the owner it is filed under (a deletion may lack the label).
+    _pod_owner: dict[tuple[str, str], str] = field(default_factory=dict)
 
     # -- feeding ---------------------------------------------------------------------
 
@@ -71,9 +73,13 @@ class ObjectCache:
         with self._lock:
             if kind == POD:
                 owner = str((meta.get("labels") or {}).get(OWNER_LABEL) or "")
+                filed = self._pod_owner.get((namespace, name))
+                if filed is not None and filed != owner:
+                    self._drop_pod(namespace, name)
                 pods = self._pods.setdefault((namespace, owner), {})
                 if _newer(body, pods.get(name)):
                     pods[name] = body
+                    self._pod_owner[(namespace, name)] = owner
                 return
             key = (kind, namespace, name)
             if _newer(body, self._objects.get(key)):
@@ -87,17 +93,24 @@ class ObjectCache:
         namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
         with self._lock:
             if kind == POD:
-                owner = str((meta.get("labels") or {}).get(OWNER_LABEL) or "")
-                pods = self._pods.get((namespace, owner))
-                if pods is not None and name in pods and _newer(body, pods[name]):
-                    del pods[name]
-                    if not pods:
-                        del self._pods[(namespace, owner)]
+                owner = self._pod_owner.get((namespace, name))
+                held = (self._pods.get((namespace, owner)) or {}).get(name) if owner else None
+                if held is not None and _newer(body, held):
+                    self._drop_pod(namespace, name)
                 return
             key = (kind, namespace, name)
             held = self._objects.get(key)
             if held is not None and _uid(held) == _uid(body) and _newer(body, held):
                 del self._objects[key]
+
+    def _drop_pod(self, namespace: str, name: str) -> None:
+        owner = self._pod_owner.pop((namespace, name), None)
+        if owner is None:
+            return
+        pods = self._pods.get((namespace, owner)) or {}
+        pods.pop(name, None)
+        if not pods:
+            self._pods.pop((namespace, owner), None)
 
     def drop(self, kind: str, namespace: str, name: str) -> None:
         """Forget what we remember (an apply answered 404/409: the next read asks)."""
@@ -153,7 +166,7 @@ class ObjectCache:
                 }
             else:
                 held = {k: ("", b) for k, b in self._objects.items() if k[0] == kind}
-            for key, (owner, body) in held.items():
+            for key, (_owner, body) in held.items():
                 if key in fresh:
                     continue
                 version = resource_version(body)
@@ -161,10 +174,7 @@ class ObjectCache:
                     continue  # created after the LIST was taken
                 differences += 1
                 if kind == POD:
-                    pods = self._pods.get((key[1], owner)) or {}
-                    pods.pop(key[2], None)
-                    if not pods:
-                        self._pods.pop((key[1], owner), None)
+                    self._drop_pod(key[1], key[2])
                 else:
                     self._objects.pop(key, None)
             differences += len(fresh.keys() - held.keys())

@@ -122,6 +122,7 @@ class StaleChild(Exception):
 
 
 CHILD_NOT_OWNED = "ChildNotOwned"
+REPAIR_FIELD_MANAGER = "openmodel-repair"
 
 
 @dataclass
@@ -305,7 +306,18 @@ class Reconciler:
             version = observed["metadata"].get("resourceVersion")
             sent = {**obj, "metadata": {**obj["metadata"], "resourceVersion": version}}
         try:
-            result = kube.apply(self.api, sent)
+            try:
+                result = kube.apply(self.api, sent)
+            except ApiException as e:
+                if e.status != 422 or observed is None:
+                    raise
+                # A hand edit can make the merge itself invalid: a Service port changed
+                # by a JSON patch keeps its name, and applying ours next to it is a
+                # duplicate name. Put our lists back wholesale, then apply again.
+                log.info("%s/%s refused a merge (%s); replacing its spec", obj["kind"],
+                         _name(obj), _api_message(e))  # fmt: skip
+                self._replace_spec(obj, observed)
+                result = kube.apply(self.api, obj)
         except ApiException as e:
             if self.inference_extension.gone(obj, e):
                 return None
@@ -321,6 +333,24 @@ class Reconciler:
         self.own_writes.record(obj["kind"], result)
         self.cache.wrote(obj["kind"], result)
         return result
+
+    def _replace_spec(self, obj: Mapping[str, Any], observed: Mapping[str, Any]) -> None:
+        """A JSON merge patch of the rendered spec: lists are replaced, not merged (the
+        cached resourceVersion guards it as it guards the apply)."""
+        meta = obj["metadata"]
+        kube.call(
+            self.api,
+            "PATCH",
+            kube.object_path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"]),
+            body={
+                "metadata": {"resourceVersion": observed["metadata"].get("resourceVersion")},
+                "spec": obj["spec"],
+            },
+            content_type="application/merge-patch+json",
+            # Its own name, so managedFields show the repair (the forced apply after it
+            # takes back every field that differs).
+            query=[("fieldManager", REPAIR_FIELD_MANAGER)],
+        )
 
     def _model_config(
         self, spec: Any, annotations: Mapping[str, Any] | None, key: ObjectKey

@@ -369,3 +369,34 @@ def test_the_loops_read_the_cache_not_the_api(monkeypatch: pytest.MonkeyPatch) -
 
     asyncio.run(cycles())
     assert autoscaler.histories == {}
+
+
+def test_one_failing_model_deployment_does_not_stop_the_autoscaler_cycle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    from openmodel.autoscaler import ScalingHistory
+    from openmodel.autoscaler.loop import AutoscalerLoop
+
+    cache = ObjectCache()
+    for name in ("a", "b"):
+        md = copy.deepcopy(MD)
+        md["metadata"]["name"] = name
+        md["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 3, "targetQueueDepth": 8}
+        cache.observe("ModelDeployment", md)
+        labels = {"labels": {"openmodel.dev/model-deployment": name}}
+        cache.observe("Deployment", body("Deployment", name, 1, **labels))
+    loop = AutoscalerLoop(object(), PlatformConfig(), cache=cache)  # type: ignore[arg-type]
+    loop.histories[("team-a", "deleted")] = ScalingHistory()
+    served: list[str] = []
+
+    async def scale_one(_: Any, body: Any, *__: Any, **___: Any) -> None:
+        if body["metadata"]["name"] == "a":
+            raise ApiException(status=500, reason="boom")
+        served.append(body["metadata"]["name"])
+
+    monkeypatch.setattr(loop, "scale_one", scale_one)
+    asyncio.run(loop.cycle(None))  # type: ignore[arg-type]
+    assert served == ["b"]
+    assert ("team-a", "deleted") not in loop.histories

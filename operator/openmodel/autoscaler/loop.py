@@ -209,6 +209,7 @@ class AutoscalerLoop:
             pods_by_owner[(meta["namespace"], meta["labels"][OWNER_LABEL])].append(p)
         demand = await self._demand(mds)
         seen: set[ObjectKey] = set()
+        keys: list[ObjectKey] = []
         work = []
         for body in mds:
             key = (body["metadata"]["namespace"], body["metadata"]["name"])
@@ -224,6 +225,7 @@ class AutoscalerLoop:
             if md.spec.autoscaling is None:
                 continue
             seen.add(key)
+            keys.append(key)
             auto = md.spec.autoscaling
             # decide() never goes below 1; zero is zero.py's business (allow_zero).
             policy = ScalingPolicy.from_spec(
@@ -243,7 +245,16 @@ class AutoscalerLoop:
                     demand=demand.for_model(key),
                 )
             )
-        await asyncio.gather(*work)
+        # One ModelDeployment's failure (an API error on its write...) must neither stop
+        # the others nor skip the forgetting of deleted ones below.
+        outcomes = await asyncio.gather(*work, return_exceptions=True)
+        for key, outcome in zip(keys, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if isinstance(outcome, asyncio.CancelledError):
+                    raise outcome
+                log.warning(
+                    "autoscaler: %s/%s failed this cycle: %s", *key, outcome, exc_info=outcome
+                )
         for gone in set(self.histories) - seen:
             self.histories.pop(gone, None)
             self.capacities.pop(gone, None)

@@ -417,6 +417,9 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
     cache = None
     if cache_raw is not None:
         size = cache_raw.get("size")
+        # The CRD types it int-or-string (a Kubernetes quantity): 200 is 200 bytes.
+        if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+            size = str(size)
         if not isinstance(size, str) or not size:
             raise SpecError("spec.cache.size", "is required, e.g. 200Gi")
         sc = cache_raw.get("storageClassName")

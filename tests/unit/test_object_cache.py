@@ -400,3 +400,14 @@ def test_one_failing_model_deployment_does_not_stop_the_autoscaler_cycle(
     asyncio.run(loop.cycle(None))  # type: ignore[arg-type]
     assert served == ["b"]
     assert ("team-a", "deleted") not in loop.histories
+
+
+def test_cache_size_as_an_integer_quantity_and_garbage_adapter_status() -> None:
+    from openmodel.adapters.loop import _has_adapter_status
+    from openmodel.api import parse_model_deployment
+
+    md = copy.deepcopy(MD)
+    md["spec"]["cache"] = {"size": 200}
+    assert parse_model_deployment(md).spec.cache.size == "200"  # type: ignore[union-attr]
+    assert not _has_adapter_status({"status": "garbage"})
+    assert _has_adapter_status({"status": {"adapters": [{"name": "a"}]}})

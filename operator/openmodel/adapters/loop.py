@@ -268,4 +268,5 @@ def _key(body: Mapping[str, Any]) -> ObjectKey:
 
 def _has_adapter_status(body: Mapping[str, Any]) -> bool:
     """Adapters were declared before: their status must be brought to the new truth."""
-    return bool((body.get("status") or {}).get("adapters"))
+    status = body.get("status")
+    return isinstance(status, Mapping) and bool(status.get("adapters"))

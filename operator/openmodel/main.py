@@ -33,6 +33,7 @@ from openmodel.model_resolver.loop import ResolverLoop
 from openmodel.model_resolver.store import ModelConfigStore
 from openmodel.reconcile.reconciler import Reconciler, ReconcileResult
 from openmodel.reconcile.resync import audit_forever, resync_forever, resync_once
+from openmodel.reconcile.retry import RetryQueue, retry_forever
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     hub_endpoint = config.model_resolver.effective_endpoint()
     model_configs = ModelConfigStore(config.model_resolver) if hub_endpoint else None
     memo.cache = ObjectCache()
+    memo.retries = RetryQueue()
     elector = leader_elector(api)
     # The autoscaler loop renews the Lease; everything that writes asks it.
     autoscaler = AutoscalerLoop(api, config, elector=elector, cache=memo.cache)
@@ -85,6 +87,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     track_operator_maps(memo.reconciler, autoscaler, adapters, memo.cache)
     memo.tasks = [
         asyncio.create_task(resync_forever(memo.reconciler), name="resync"),
+        asyncio.create_task(
+            retry_forever(memo.retries, memo.reconciler.reconcile_by_name), name="retries"
+        ),
         asyncio.create_task(autoscaler.run_forever(), name="autoscaler"),
         asyncio.create_task(adapters.run_forever(), name="adapters"),
     ]
@@ -146,6 +151,7 @@ def model_deployment_event(type: str | None, body: kopf.Body, memo: kopf.Memo, *
         memo.cache.forget(KIND, body)
         # Children go with their owner reference; only local state is left to drop.
         memo.reconciler.locks.forget((namespace, name))
+        memo.retries.forget((namespace, name))
         memo.reconciler.own_writes.forget(KIND, namespace, name)
         if memo.reconciler.model_configs is not None:
             memo.reconciler.model_configs.forget_waiter((namespace, name))
@@ -155,17 +161,22 @@ def model_deployment_event(type: str | None, body: kopf.Body, memo: kopf.Memo, *
         KIND, namespace, name, body.metadata.get("resourceVersion")
     ):
         return
-    _timed(memo, lambda: memo.reconciler.reconcile(body))
+    _timed(memo, (namespace, name), lambda: memo.reconciler.reconcile(body))
 
 
-def _timed(memo: kopf.Memo, run: Callable[[], ReconcileResult | None]) -> None:
-    """Run one reconcile pass, counting it in the operator's metrics."""
+def _timed(
+    memo: kopf.Memo, key: tuple[str, str], run: Callable[[], ReconcileResult | None]
+) -> None:
+    """Run one reconcile pass, counting it in the operator's metrics; a pass that fails
+    is due again after a back-off (kopf does not retry event handlers)."""
     started = time.monotonic()
     try:
         result = run()
     except Exception:
         telemetry.record_reconcile("error", time.monotonic() - started)
+        memo.retries.failed(key)
         raise
+    memo.retries.succeeded(key)
     outcome = "rejected" if result is not None and result.problem is not None else "ok"
     telemetry.record_reconcile(outcome, time.monotonic() - started)
 
@@ -184,7 +195,9 @@ def _child_handler(kind: str) -> Callable[..., None]:
         version = body.metadata.get("resourceVersion")
         if memo.reconciler.own_writes.is_echo(kind, namespace, str(body.metadata.name), version):
             return
-        _timed(memo, lambda: memo.reconciler.reconcile_by_name(namespace, owner))
+        _timed(
+            memo, (namespace, owner), lambda: memo.reconciler.reconcile_by_name(namespace, owner)
+        )
 
     child_event.__name__ = f"{kind.lower()}_event"
     return child_event

@@ -482,5 +482,11 @@ def test_autoscaling_on_the_real_queue_scales_out_without_cascade_and_back(
         120,
         lambda: describe_namespace(api_client, real_namespace),
     )
-    md = get_md(api_client, real_namespace, name)
-    assert md["status"]["autoscaler"]["desiredReplicas"] == 1, md["status"]["autoscaler"]
+
+    # The autoscaler writes replicas, posts its Event, then writes its status: the status
+    # follows the Deployment by a request or two.
+    def status_says_one() -> bool | NotYet:
+        auto = get_md(api_client, real_namespace, name)["status"].get("autoscaler") or {}
+        return auto.get("desiredReplicas") == 1 or NotYet(auto)
+
+    wait_for(status_says_one, 30, "status.autoscaler.desiredReplicas 1")

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import itertools
 import os
 import random
@@ -80,6 +81,7 @@ from harness import (  # noqa: E402
 from openmodel_fixtures import (  # noqa: E402
     GROUP,
     PLURAL,
+    SMALL_MODEL_SPEC,
     VERSION,
     OperatorProcess,
     install_crd,
@@ -286,10 +288,7 @@ def spike_md(namespace: str) -> dict[str, Any]:
     return load_example(
         "llama70b-awq.yaml",
         namespace,
-        model="meta-llama/Llama-3.1-8B-Instruct",
-        quantization="none",
-        gpu={"type": "nvidia-h100-80gb", "count": 1},
-        maxModelLen=8192,
+        **copy.deepcopy(SMALL_MODEL_SPEC),
         autoscaling={
             "minReplicas": MIN_REPLICAS,
             "maxReplicas": MAX_REPLICAS,

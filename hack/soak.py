@@ -67,7 +67,11 @@ from resilience import (  # noqa: E402
 from engine_fleet import EngineFleet, LoadGenerator  # noqa: E402
 from harness import NotYet, wait_for  # noqa: E402
 from harness.process import rss_bytes  # noqa: E402
-from openmodel_fixtures import OperatorProcess, load_example, start_operator  # noqa: E402
+from openmodel_fixtures import (  # noqa: E402
+    OperatorProcess,
+    autoscaled_small_md,
+    start_operator,
+)
 
 NAMESPACE = "soak"
 SAMPLE_SECONDS = 10.0
@@ -81,22 +85,14 @@ def log(message: str) -> None:
 
 
 def scaled_body(name: str) -> dict[str, Any]:
-    body = load_example(
-        "llama70b-awq.yaml",
+    return autoscaled_small_md(
         NAMESPACE,
-        model="meta-llama/Llama-3.1-8B-Instruct",
-        quantization="none",
-        gpu={"type": "nvidia-h100-80gb", "count": 1},
-        maxModelLen=8192,
-        autoscaling={
-            "minReplicas": 1,
-            "maxReplicas": 4,
-            "targetQueueDepth": 1,
-            "scaleDownStabilizationSeconds": 10,
-        },
+        name,
+        minReplicas=1,
+        maxReplicas=4,
+        targetQueueDepth=1,
+        scaleDownStabilizationSeconds=10,
     )
-    body["metadata"]["name"] = name
-    return body
 
 
 def plain_body(name: str, rng: random.Random) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from resilience import (
 
 from engine_fleet import EngineFleet, LoadGenerator
 from harness import NotYet, wait_for
-from openmodel_fixtures import OperatorProcess, load_example, start_operator
+from openmodel_fixtures import OperatorProcess, autoscaled_small_md, start_operator
 
 NAMESPACE = "failover"
 SCALED = "scaled"
@@ -48,22 +48,14 @@ NAMES = ("op-a", "op-b")
 
 
 def scaled_md() -> dict[str, Any]:
-    body = load_example(
-        "llama70b-awq.yaml",
+    return autoscaled_small_md(
         NAMESPACE,
-        model="meta-llama/Llama-3.1-8B-Instruct",
-        quantization="none",
-        gpu={"type": "nvidia-h100-80gb", "count": 1},
-        maxModelLen=8192,
-        autoscaling={
-            "minReplicas": 1,
-            "maxReplicas": 3,
-            "targetQueueDepth": 1,
-            "scaleDownStabilizationSeconds": 2,
-        },
+        SCALED,
+        minReplicas=1,
+        maxReplicas=3,
+        targetQueueDepth=1,
+        scaleDownStabilizationSeconds=2,
     )
-    body["metadata"]["name"] = SCALED
-    return body
 
 
 @dataclasses.dataclass

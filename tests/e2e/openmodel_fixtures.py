@@ -241,6 +241,24 @@ def load_example(name: str, namespace: str, **spec_overrides: Any) -> dict[str, 
     return body  # type: ignore[no-any-return]
 
 
+# The small model the autoscaling tests and scripts scale: Llama 3.1 8B, one H100 a pod.
+SMALL_MODEL_SPEC: dict[str, Any] = {
+    "model": "meta-llama/Llama-3.1-8B-Instruct",
+    "quantization": "none",
+    "gpu": {"type": "nvidia-h100-80gb", "count": 1},
+    "maxModelLen": 8192,
+}
+
+
+def autoscaled_small_md(namespace: str, name: str, **autoscaling: Any) -> dict[str, Any]:
+    """The example turned into SMALL_MODEL_SPEC with `autoscaling` as given."""
+    body = load_example(
+        "llama70b-awq.yaml", namespace, **copy.deepcopy(SMALL_MODEL_SPEC), autoscaling=autoscaling
+    )
+    body["metadata"]["name"] = name
+    return body
+
+
 def create_md(api: client.ApiClient, body: dict[str, Any]) -> dict[str, Any]:
     ns = body["metadata"]["namespace"]
     custom = client.CustomObjectsApi(api)

@@ -10,6 +10,7 @@ watching (default 40 s here; the issue's 3 minutes: 180, numbers in docs/gitops.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 import threading
@@ -28,7 +29,15 @@ from engine_fleet import EngineFleet, LoadGenerator
 from harness import NotYet, describe_namespace, wait_for
 from harness import argocd as argo
 from harness.argocd import ArgoCD
-from openmodel_fixtures import EXAMPLES, GROUP, PLURAL, VERSION, OperatorProcess, condition
+from openmodel_fixtures import (
+    EXAMPLES,
+    GROUP,
+    PLURAL,
+    SMALL_MODEL_SPEC,
+    VERSION,
+    OperatorProcess,
+    condition,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.argocd]
 
@@ -305,10 +314,7 @@ AUTOSCALED = "llama8b"
 def autoscaled_md() -> dict[str, Any]:
     body = example_md(AUTOSCALED)
     body["spec"].update(
-        model="meta-llama/Llama-3.1-8B-Instruct",
-        quantization="none",
-        gpu={"type": "nvidia-h100-80gb", "count": 1},
-        maxModelLen=8192,
+        copy.deepcopy(SMALL_MODEL_SPEC),
         # As test_autoscaling.py: 12 clients on pods of 3 slots, 1 waiting per replica.
         autoscaling={
             "minReplicas": 1,

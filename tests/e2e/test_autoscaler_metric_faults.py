@@ -21,7 +21,7 @@ from aiohttp import web
 from kubernetes import client
 
 from harness import NotYet, describe_namespace, wait_for
-from openmodel_fixtures import OperatorProcess, condition, create_md, get_md, load_example
+from openmodel_fixtures import OperatorProcess, autoscaled_small_md, condition, create_md, get_md
 
 pytestmark = pytest.mark.cluster
 
@@ -79,15 +79,7 @@ def replicas(api: client.ApiClient, namespace: str) -> int:
 def engine(
     api_client: client.ApiClient, namespace: str, operator: OperatorProcess
 ) -> Iterator[FakeEngine]:
-    body: dict[str, Any] = load_example(
-        "llama70b-awq.yaml",
-        namespace,
-        model="meta-llama/Llama-3.1-8B-Instruct",
-        quantization="none",
-        gpu={"type": "nvidia-h100-80gb", "count": 1},
-        maxModelLen=8192,
-        autoscaling={"minReplicas": 1, "maxReplicas": MAX, "targetQueueDepth": 1},
-    ) | {"metadata": {"name": NAME, "namespace": namespace}}
+    body = autoscaled_small_md(namespace, NAME, minReplicas=1, maxReplicas=MAX, targetQueueDepth=1)
     create_md(api_client, body)
 
     def ready_ip() -> str | NotYet:

@@ -14,7 +14,7 @@ from kubernetes import client
 
 from engine_fleet import EngineFleet, LoadGenerator
 from harness import NotYet, describe_namespace, wait_for
-from openmodel_fixtures import OperatorProcess, condition, create_md, get_md, load_example
+from openmodel_fixtures import OperatorProcess, autoscaled_small_md, condition, create_md, get_md
 
 pytestmark = pytest.mark.cluster
 
@@ -29,20 +29,14 @@ DOWN_WINDOW = 4
 
 
 def autoscaled_md(namespace: str) -> dict[str, Any]:
-    return load_example(
-        "llama70b-awq.yaml",
+    return autoscaled_small_md(
         namespace,
-        model="meta-llama/Llama-3.1-8B-Instruct",
-        quantization="none",
-        gpu={"type": "nvidia-h100-80gb", "count": 1},
-        maxModelLen=8192,
-        autoscaling={
-            "minReplicas": 1,
-            "maxReplicas": 4,
-            "targetQueueDepth": TARGET,
-            "scaleDownStabilizationSeconds": DOWN_WINDOW,
-        },
-    ) | {"metadata": {"name": NAME, "namespace": namespace}}
+        NAME,
+        minReplicas=1,
+        maxReplicas=4,
+        targetQueueDepth=TARGET,
+        scaleDownStabilizationSeconds=DOWN_WINDOW,
+    )
 
 
 def replicas(api: client.ApiClient, namespace: str) -> int:

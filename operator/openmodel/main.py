@@ -25,7 +25,7 @@ from openmodel.api import GROUP, KIND, OWNER_LABEL, PLURAL, VERSION
 from openmodel.autoscaler.loop import AutoscalerLoop
 from openmodel.config import load_config
 from openmodel.kube import calls as kube
-from openmodel.kube.cache import ObjectCache
+from openmodel.kube.cache import CHILD_KINDS, ObjectCache
 from openmodel.kube.leader import leader_elector
 from openmodel.map_sizes import track_operator_maps
 from openmodel.model_resolver.hub import HubClient
@@ -36,14 +36,6 @@ from openmodel.reconcile.resync import audit_forever, resync_forever, resync_onc
 from openmodel.reconcile.retry import RetryQueue, retry_forever
 
 log = logging.getLogger(__name__)
-
-# The children the operator watches (and caches), by owner label.
-CHILD_KINDS = (
-    ("apps", "v1", "deployments", "Deployment"),
-    ("", "v1", "services", "Service"),
-    ("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim"),
-    ("", "v1", "pods", "Pod"),
-)
 
 
 @kopf.on.startup()

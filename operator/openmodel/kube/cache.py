@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from openmodel.api import API_VERSION, KIND, OWNER_LABEL
+from openmodel.api import KIND, OWNER_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,14 @@ CacheKey = tuple[str, str, str]
 OwnerKey = tuple[str, str]
 
 POD = "Pod"
-# Kinds whose watch feeds the cache; the others are remembered from our own writes.
-WATCHED = (KIND, "Deployment", "Service", "PersistentVolumeClaim", POD)
+# The children whose watch (by owner label) feeds the cache, with ModelDeployments:
+# (group, version, plural, kind). Other kinds are remembered from our own writes.
+CHILD_KINDS = (
+    ("apps", "v1", "deployments", "Deployment"),
+    ("", "v1", "services", "Service"),
+    ("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim"),
+    ("", "v1", "pods", POD),
+)
 
 
 def resource_version(body: Body) -> int | None:
@@ -237,9 +243,6 @@ class Reader:
         else:
             self.cache.observe(kind, found)
         return found
-
-    def refresh_model_deployment(self, namespace: str, name: str) -> Body | None:
-        return self.refresh(API_VERSION, KIND, namespace, name)
 
     def pods(self, namespace: str, owner: str) -> list[Body]:
         return self.cache.pods(namespace, owner)

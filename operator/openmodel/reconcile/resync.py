@@ -22,25 +22,23 @@ from kubernetes.client.exceptions import ApiException
 
 from openmodel.api import API_VERSION, KIND, OWNER_LABEL, PLURAL
 from openmodel.kube import calls as kube
-from openmodel.kube.cache import resource_version
+from openmodel.kube.cache import CHILD_KINDS, resource_version
 from openmodel.namespaces import matches, patterns_from_env
 from openmodel.reconcile.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 DEFAULT_INTERVAL_SECONDS = 60.0
-MODEL_DEPLOYMENTS = f"/apis/{API_VERSION}/{PLURAL}"
-_API_VERSIONS = {
-    "Deployment": "apps/v1", "Service": "v1", "PersistentVolumeClaim": "v1", "Pod": "v1",
-}  # fmt: skip
 
-# (kind, cluster-wide collection) for the audit; children by owner label.
+# (kind, apiVersion, cluster-wide collection, label selector) of each audited LIST.
 _AUDITED = (
-    (KIND, None),
-    ("Deployment", "/apis/apps/v1/deployments"),
-    ("Service", "/api/v1/services"),
-    ("PersistentVolumeClaim", "/api/v1/persistentvolumeclaims"),
-    ("Pod", "/api/v1/pods"),
-)
+    (KIND, API_VERSION, f"/apis/{API_VERSION}/{PLURAL}", None),
+    *(
+        (kind, f"{group}/{version}" if group else version,
+         f"/apis/{group}/{version}/{plural}" if group else f"/api/{version}/{plural}",
+         OWNER_LABEL)
+        for group, version, plural, kind in CHILD_KINDS
+    ),
+)  # fmt: skip
 
 
 def resync_once(reconciler: Reconciler) -> int:
@@ -75,13 +73,13 @@ async def resync_forever(reconciler: Reconciler) -> None:
 def audit_once(reconciler: Reconciler) -> int:
     """One LIST per watched kind compared with the cache; returns the differences."""
     total = 0
-    for kind, path in _AUDITED:
-        query = [] if path is None else [("labelSelector", OWNER_LABEL)]
-        listed = kube.call(reconciler.api, "GET", path or MODEL_DEPLOYMENTS, query=query)
+    for kind, api_version, path, selector in _AUDITED:
+        query = [] if selector is None else [("labelSelector", selector)]
+        listed = kube.call(reconciler.api, "GET", path, query=query)
         items: list[dict[str, Any]] = listed.get("items") or []
         for item in items:  # list responses omit each item's apiVersion/kind
             item.setdefault("kind", kind)
-            item.setdefault("apiVersion", API_VERSION if path is None else _API_VERSIONS[kind])
+            item.setdefault("apiVersion", api_version)
         differences = reconciler.cache.audit(kind, items, resource_version(listed))
         if differences:
             log.warning(

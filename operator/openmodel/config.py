@@ -31,7 +31,7 @@ gateway:                 # the OpenAI gateway (python -m openmodel.gateway)
 startupBudgetSeconds: 1800
 clusterDomain: cluster.local
 operator:                # the operator process itself (docs/configuration.md)
-  workers: 16            # threads running reconcile passes at once (kopf's executor)
+  workers: 16            # reconcile passes run at once (the work queue's workers)
   apiQPS: 100            # requests per second to the API server, sustained (token bucket)
   apiBurst: 200          # ... and in a burst; 429 answers are retried after Retry-After
   cacheAuditSeconds: 3600  # compare the watch cache with one LIST per kind; 0 = never

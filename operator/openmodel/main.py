@@ -1,12 +1,14 @@
 """The kopf entry module: wires Kubernetes events to the domain code, nothing else.
 
 Every ModelDeployment event, and every event of a Deployment, Service, claim or Pod it
-owns, runs the same level-based `Reconciler.reconcile`. Handlers are `kopf.on.event`
-only: kopf then stores no progress on the object, adds no finalizer, and a converged
-cluster sees no writes. Index functions feed every watch event into the object cache
-(`kube/cache.py`) before the handlers run — kopf starts no handler until each watched
-kind's first listing is indexed — so passes, the resync and the loops read no object from
-the API. A resync loop walks the cache and repairs what an event-time error left behind.
+owns, queues that ModelDeployment for the same level-based pass (`Reconciler`), which
+workers run (`reconcile/work_queue.py`): the handlers return at once, so kopf keeps no
+backlog of events. Handlers are `kopf.on.event` only: kopf then stores no progress on
+the object, adds no finalizer, and a converged cluster sees no writes. Index
+functions feed every watch event into the object cache (`kube/cache.py`) before the
+handlers run (kopf starts no handler until each watched kind's first listing is
+indexed), so passes, the resync and the loops read no object from the API. A resync
+loop walks the cache and repairs what an event-time error left behind.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -25,7 +28,9 @@ from openmodel.api import GROUP, KIND, OWNER_LABEL, PLURAL, VERSION
 from openmodel.autoscaler.loop import AutoscalerLoop
 from openmodel.config import load_config
 from openmodel.kube import calls as kube
+from openmodel.kube import diagnostics
 from openmodel.kube.cache import CHILD_KINDS, ObjectCache
+from openmodel.kube.kopf_tuning import NoDiffBase
 from openmodel.kube.leader import leader_elector
 from openmodel.map_sizes import track_operator_maps
 from openmodel.model_resolver.hub import HubClient
@@ -34,6 +39,7 @@ from openmodel.model_resolver.store import ModelConfigStore
 from openmodel.reconcile.reconciler import Reconciler, ReconcileResult
 from openmodel.reconcile.resync import audit_forever, resync_forever, resync_once
 from openmodel.reconcile.retry import RetryQueue, retry_forever
+from openmodel.reconcile.work_queue import WorkQueue, work_forever
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +47,19 @@ log = logging.getLogger(__name__)
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config = load_config()
-    settings.execution.max_workers = config.operator.workers
+    diagnostics.install(asyncio.get_running_loop())
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.posting.level = logging.WARNING
+    # Event handlers and indexes only: kopf's per-event diff base would be unused work.
+    settings.persistence.diffbase_storage = NoDiffBase()
     # Server-side selection: kopf sees only the children, not every Pod of the cluster;
     # an object whose owner label goes away arrives as DELETED (the API's watch rule).
     for group, version, plural, _kind in CHILD_KINDS:
         settings.watching.label_selectors[group, version, plural] = OWNER_LABEL
     kube.limit_rate(config.operator.api_qps, config.operator.api_burst)
-    api = kube.make_api_client()
+    # The workers, and the loops' threads (autoscaler, adapters, resync) beside them.
+    api = kube.make_api_client(pool_size=config.operator.workers + 4)
     memo.config = config
     hub_endpoint = config.model_resolver.effective_endpoint()
     model_configs = ModelConfigStore(config.model_resolver) if hub_endpoint else None
@@ -77,7 +86,17 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         cache=memo.cache,
     )
     track_operator_maps(memo.reconciler, autoscaler, adapters, memo.cache)
+    # Handlers queue keys; these workers run the passes (reconcile/work_queue.py).
+    memo.work = WorkQueue()
+    threads = ThreadPoolExecutor(config.operator.workers, thread_name_prefix="reconcile")
     memo.tasks = [
+        *(
+            asyncio.create_task(
+                work_forever(memo.work, lambda ns, n: _timed(memo, (ns, n)), threads),
+                name=f"reconcile-worker-{i}",
+            )
+            for i in range(config.operator.workers)
+        ),
         asyncio.create_task(resync_forever(memo.reconciler), name="resync"),
         asyncio.create_task(
             retry_forever(memo.retries, memo.reconciler.reconcile_by_name), name="retries"
@@ -137,7 +156,9 @@ for _group, _version, _plural, _kind in CHILD_KINDS:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def model_deployment_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def model_deployment_event(
+    type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
     namespace, name = str(body.metadata.namespace), str(body.metadata.name)
     if type == "DELETED":
         memo.cache.forget(KIND, body)
@@ -153,17 +174,17 @@ def model_deployment_event(type: str | None, body: kopf.Body, memo: kopf.Memo, *
         KIND, namespace, name, body.metadata.get("resourceVersion")
     ):
         return
-    _timed(memo, (namespace, name), lambda: memo.reconciler.reconcile(body))
+    # The index put this body in the cache; the pass reads the newest one from there.
+    memo.work.add((namespace, name))
 
 
-def _timed(
-    memo: kopf.Memo, key: tuple[str, str], run: Callable[[], ReconcileResult | None]
-) -> None:
+def _timed(memo: kopf.Memo, key: tuple[str, str]) -> ReconcileResult | None:
     """Run one reconcile pass, counting it in the operator's metrics; a pass that fails
-    is due again after a back-off (kopf does not retry event handlers)."""
+    is due again after a back-off (`RetryQueue`)."""
     started = time.monotonic()
     try:
-        result = run()
+        reconciler: Reconciler = memo.reconciler
+        result = reconciler.reconcile_by_name(*key)
     except Exception:
         telemetry.record_reconcile("error", time.monotonic() - started)
         memo.retries.failed(key)
@@ -171,11 +192,12 @@ def _timed(
     memo.retries.succeeded(key)
     outcome = "rejected" if result is not None and result.problem is not None else "ok"
     telemetry.record_reconcile(outcome, time.monotonic() - started)
+    return result
 
 
-def _child_handler(kind: str) -> Callable[..., None]:
-    def child_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        """A child changed: reconcile the ModelDeployment named by its owner label."""
+def _child_handler(kind: str) -> Callable[..., Any]:
+    async def child_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        """A child changed: queue the ModelDeployment named by its owner label."""
         if type == "DELETED":
             memo.cache.forget(kind, body)
             memo.reconciler.own_writes.forget(
@@ -187,9 +209,7 @@ def _child_handler(kind: str) -> Callable[..., None]:
         version = body.metadata.get("resourceVersion")
         if memo.reconciler.own_writes.is_echo(kind, namespace, str(body.metadata.name), version):
             return
-        _timed(
-            memo, (namespace, owner), lambda: memo.reconciler.reconcile_by_name(namespace, owner)
-        )
+        memo.work.add((namespace, owner))
 
     child_event.__name__ = f"{kind.lower()}_event"
     return child_event

@@ -16,13 +16,30 @@ from argocd_fixtures import argocd  # noqa: F401  (the session's Argo CD)
 from kubernetes import client
 
 from harness import Cluster, create_namespace, delete_namespace, provide_cluster
-from openmodel_fixtures import crd, gateway, operator  # noqa: F401  (fixtures for the operator tests)
+from openmodel_fixtures import (  # noqa: F401  (fixtures for the operator tests)
+    crd,
+    gateway,
+    operator,
+    operator_dumps,
+)
 from real_engine.fixtures import (  # noqa: F401
     tiny_adapters,
     tiny_model,
     vllm_env,
     vllm_python,
 )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test's report carries what each running operator was waiting on at that
+    moment (its tasks, kopf's blockers, its threads, its log's tail), so a failure that
+    does not reproduce can still be read from CI's output."""
+    report = yield
+    if call.when == "call" and report.failed:
+        for i, text in enumerate(operator_dumps()):
+            report.sections.append((f"operator {i} at the failure", text))
+    return report
 
 
 @pytest.fixture(scope="session")

@@ -102,7 +102,7 @@ class FailoverResult:
             f"Lease: {len(standby)}"
             + "".join(
                 f"\n    {r.user.rsplit(':', 1)[-1]} {r.verb} {r.name} fieldManager="
-                f"{r.field_manager} replicas={(r.body or {}).get('spec', {}).get('replicas')}"
+                f"{r.field_manager} replicas={_replicas_sent(r.body)}"
                 f" at {r.t - self.killed_at:+.2f}s"
                 for r in standby[:10]
             )
@@ -281,3 +281,12 @@ def run_failover(
         reconciler_writes={n: reconciler[n] for n in NAMES},
         reconciler_writes_while_standby=standby,
     )
+
+
+def _replicas_sent(body: Any) -> Any:
+    """spec.replicas as a write set it (a whole object or apply; a JSON patch's ops)."""
+    if isinstance(body, list):
+        return [
+            op.get("value") for op in body if str(op.get("path", "")).startswith("/spec/replicas")
+        ]
+    return ((body or {}).get("spec") or {}).get("replicas")

@@ -6,6 +6,7 @@ their own namespaces); its log is printed when a test fails to start it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import signal
@@ -24,7 +25,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from harness import Cluster, NotYet, wait_for
+from harness import Cluster, NotYet, WaitTimeout, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "modeldeployment.yaml"
@@ -137,6 +138,32 @@ class OperatorProcess(ChildProcess):
     metrics_url: str = ""
 
 
+# Every operator a test started, for the failure report's dump (conftest.py).
+STARTED_OPERATORS: list[OperatorProcess] = []
+DUMP_MARKER = "kopf blockers:"
+
+
+def operator_dumps(timeout: float = 5.0) -> list[str]:
+    """For a failed test: each running operator logs its asyncio tasks and kopf's blockers
+    (SIGUSR2, `openmodel/kube/diagnostics.py`) and its threads' stacks (SIGUSR1); the
+    dump and the log lines before it, per operator."""
+    dumps = []
+    for op in [o for o in STARTED_OPERATORS if o.alive()]:
+        before = op.log_path.read_text(errors="replace").count(DUMP_MARKER)
+        os.kill(op.process.pid, signal.SIGUSR2)
+        os.kill(op.process.pid, signal.SIGUSR1)
+
+        def dumped(o: OperatorProcess = op, n: int = before) -> bool | NotYet:
+            text = o.log_path.read_text(errors="replace")
+            return text.count(DUMP_MARKER) > n or NotYet("no dump in the log yet")
+
+        # A stuck loop writes no dump; the threads' stacks (USR1) are in the tail anyway.
+        with contextlib.suppress(WaitTimeout):
+            wait_for(dumped, timeout, "the operator's dump", interval=0.2)
+        dumps.append(f"{op.log_path} (pid {op.process.pid}):\n{op.log_tail(250)}")
+    return dumps
+
+
 def platform_config(demand_urls: list[str] | None = None) -> dict[str, Any]:
     config = copy.deepcopy(TEST_PLATFORM_CONFIG)
     if demand_urls:
@@ -170,6 +197,7 @@ def start_operator(
     op = OperatorProcess(
         process, log_path, f"http://127.0.0.1:{port}/healthz", f"http://127.0.0.1:{metrics_port}"
     )
+    STARTED_OPERATORS.append(op)
     wait_until_answering(op, op.liveness_url, "operator")
     return op
 

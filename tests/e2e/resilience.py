@@ -418,7 +418,8 @@ class AuditedRequest:
     name: str
     code: int
     field_manager: str
-    body: Mapping[str, Any] | None  # Deployment writes only (AUDIT_POLICY)
+    # Deployment writes only (AUDIT_POLICY); a list for a JSON patch.
+    body: Mapping[str, Any] | list[Any] | None
 
     @property
     def writes_replicas(self) -> bool:
@@ -426,6 +427,8 @@ class AuditedRequest:
         a whole object: create/update)."""
         if self.resource != "deployments" or self.subresource or self.verb not in AUDIT_WRITES:
             return False
+        if isinstance(self.body, list):  # a JSON patch: its operations' paths
+            return any(str(op.get("path", "")).startswith("/spec/replicas") for op in self.body)
         return "replicas" in ((self.body or {}).get("spec") or {})
 
 

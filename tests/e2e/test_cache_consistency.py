@@ -69,7 +69,7 @@ def test_stale_cache_never_reverts_a_newer_change_and_a_calm_pass_is_free(
 
     first = r.reconcile_by_name(ns, NAME)
     assert first is not None and first.problem is None
-    assert first.applied == [f"Deployment/{NAME}", f"Service/{NAME}"]
+    assert first.applied == [f"Service/{NAME}", f"Deployment/{NAME}"]  # created, engine last
     deployment_path = kube.object_path("apps/v1", "Deployment", ns, NAME)
     rendered_image = _image(kube.call(api_client, "GET", deployment_path))
 
@@ -103,9 +103,11 @@ def test_stale_cache_never_reverts_a_newer_change_and_a_calm_pass_is_free(
     requests.clear()
 
     result = r.reconcile_by_name(ns, NAME)
-    assert result is not None and result.applied == [f"Deployment/{NAME}"]
+    assert result is not None and result.applied == [f"Deployment/{NAME}"], requests
     methods = [m for m, _ in requests]
-    # The stale apply refused (409), the Deployment read again, applied once.
+    # The first write over the created Deployment (a JSON patch turning its fields into
+    # applied ones) answered a newer spec than the cached one: stale, the Deployment read
+    # again, applied once.
     assert methods[:3] == ["PATCH", "GET", "PATCH"], requests
     final = kube.call(api_client, "GET", deployment_path)
     assert final["spec"]["replicas"] == 3, "the autoscaler's newer replicas were reverted"

@@ -13,6 +13,7 @@ the pod IP, the simulator's llama.cpp exposition against the real one, and autos
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import tempfile
 import threading
@@ -178,33 +179,56 @@ def test_real_llama_server_serves_and_autoscales_on_its_queue(
             except (urllib.error.URLError, OSError):
                 time.sleep(0.2)
 
+    apps = client.AppsV1Api(api_client)
+
+    def replicas() -> int:
+        return int(apps.read_namespaced_deployment(NAME, ns).spec.replicas)
+
+    # Idle, it is at minReplicas: a scale-up seen below is the load's.
+    assert replicas() == 1
     threads = [threading.Thread(target=client_loop, daemon=True) for _ in range(12)]
     for t in threads:
         t.start()
     try:
 
-        def scaled() -> int | NotYet:
-            text = scrape(f"{base}/metrics")
-            for line in text.splitlines():
+        def sample_queue() -> None:
+            # The test's own reading of the first pod's queue, taken on every poll of
+            # both waits: the autoscaler polls on its own clock and can scale out between
+            # two of ours, so the scale-up alone may come before we have seen a queue.
+            for line in scrape(f"{base}/metrics").splitlines():
                 if line.startswith("llamacpp:requests_deferred "):
                     peak[0] = max(peak[0], float(line.split()[1]))
-            dep = client.AppsV1Api(api_client).read_namespaced_deployment(NAME, ns)
-            r = int(dep.spec.replicas)
+
+        def scaled() -> int | NotYet:
+            sample_queue()
+            r = replicas()
             return r if r == 2 else NotYet(f"replicas {r}, deferred peak {peak[0]}")
+
+        def both_ready() -> bool | NotYet:
+            sample_queue()
+            return len(ready_pods(core, ns, NAME)) == 2 or NotYet("one ready")
 
         wait_for(scaled, 40, describe, interval=0.5)
         # Under the same load the new pod starts and serves (a real llama-server on the
         # other process node).
-        wait_for(lambda: len(ready_pods(core, ns, NAME)) == 2 or NotYet("one ready"), 90, describe)
+        wait_for(both_ready, 90, describe)
     finally:
         stop.set()
         for t in threads:
             t.join(35)
     assert peak[0] > 0 and sent[0] > 0, (peak, sent)
+    # The operator scaled on the queue it read itself, and its Event says how deep it was.
+    ups = [
+        e.message
+        for e in core.list_namespaced_event(ns, field_selector=f"involvedObject.name={NAME}").items
+        if e.reason == "ScaleUp"
+    ]
+    depths = [float(m) for u in ups for m in re.findall(r"queue ([0-9.]+) over", u)]
+    assert depths and max(depths) > 0, ups
 
     def back_to_one() -> bool | NotYet:
-        dep = client.AppsV1Api(api_client).read_namespaced_deployment(NAME, ns)
-        return int(dep.spec.replicas) == 1 or NotYet(dep.spec.replicas)
+        r = replicas()
+        return r == 1 or NotYet(f"replicas {r}")
 
     wait_for(back_to_one, 60, describe)
     print(f"llama-server Ready {ready_after:.1f} s after create; deferred peak {peak[0]:g}")

@@ -8,6 +8,7 @@ import copy
 from typing import Any
 
 import pytest
+from fake_api_server import FakeApiServer
 from kubernetes.client.exceptions import ApiException
 
 from openmodel.api import parse_model_deployment
@@ -21,7 +22,6 @@ from openmodel.inference_extension.config import (
 from openmodel.inference_extension.discovery import CrdDiscovery
 from openmodel.inference_extension.gate import UNAVAILABLE_REASON, InferenceExtensionGate
 from openmodel.inference_extension.render import MODEL_NAME_HEADER
-from openmodel.kube import calls as kube
 from openmodel.reconcile.reconciler import Reconciler
 from openmodel.reconcile.render import render_children
 
@@ -282,59 +282,19 @@ def test_invalidate_asks_again_at_once() -> None:
 # -- reconcile with the CRDs absent (fake API) -------------------------------------------
 
 
-class FakeApi:
-    """kube.get / apply / create / list_objects over a dict, the extension kinds 404."""
-
-    def __init__(self, served: bool) -> None:
-        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self.events: list[dict[str, Any]] = []
-        self.applied: list[str] = []
-        self.served = served
-        self.version = 0
-
-    def _key(self, kind: str, namespace: str, name: str) -> tuple[str, str, str]:
-        return (kind, namespace, name)
-
-    def get(self, _api: Any, api_version: str, kind: str, ns: str, name: str) -> Any:
-        if kind in ("InferencePool", "HTTPRoute") and not self.served:
-            return None
-        found = self.objects.get(self._key(kind, ns, name))
-        return copy.deepcopy(found)
-
-    def apply(self, _api: Any, obj: Any, field_manager: str = "", subresource: Any = None) -> Any:
-        meta = obj["metadata"]
-        if obj["kind"] in ("InferencePool", "HTTPRoute") and not self.served:
-            raise ApiException(status=404, reason="Not Found")
-        key = self._key(obj["kind"], meta["namespace"], meta["name"])
-        self.version += 1
-        current = self.objects.setdefault(key, {"metadata": {}})
-        if subresource == "status":
-            current["status"] = copy.deepcopy(obj["status"])
-        else:
-            current.update(copy.deepcopy({k: v for k, v in obj.items() if k != "status"}))
-            self.applied.append(f"{obj['kind']}/{meta['name']}")
-        current["metadata"]["resourceVersion"] = str(self.version)
-        return copy.deepcopy(current)
-
-    def create(self, _api: Any, obj: Any) -> Any:
-        self.events.append(obj)
-        return obj
-
-    def list_objects(self, *_: Any, **__: Any) -> list[Any]:
-        return []
+EXTENSION_KINDS = frozenset({"InferencePool", "HTTPRoute"})
 
 
 @pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
-    api = FakeApi(served=False)
-    monkeypatch.setattr(kube, "get", api.get)
-    monkeypatch.setattr(kube, "apply", api.apply)
-    monkeypatch.setattr(kube, "create", api.create)
-    monkeypatch.setattr(kube, "list_objects", api.list_objects)
-    return api
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeApiServer:
+    return FakeApiServer(unserved=EXTENSION_KINDS).install(monkeypatch)
 
 
-def reconciler(fake: FakeApi, probe: Probe, clock: Clock) -> Reconciler:
+def serve(fake: FakeApiServer, served: bool) -> None:
+    fake.unserved = frozenset() if served else EXTENSION_KINDS
+
+
+def reconciler(fake: FakeApiServer, probe: Probe, clock: Clock) -> Reconciler:
     r = Reconciler(object(), config_with(), clock=lambda: "2026-12-01T00:00:00Z")  # type: ignore[arg-type]
     r.inference_extension = InferenceExtensionGate(r.api, CrdDiscovery(probe, clock))
     md = copy.deepcopy(BODY)
@@ -343,16 +303,16 @@ def reconciler(fake: FakeApi, probe: Probe, clock: Clock) -> Reconciler:
     return r
 
 
-def warnings(fake: FakeApi) -> list[dict[str, Any]]:
+def warnings(fake: FakeApiServer) -> list[dict[str, Any]]:
     return [e for e in fake.events if e["reason"] == UNAVAILABLE_REASON]
 
 
-def test_enabled_without_crds_applies_the_rest_and_warns_once(fake: FakeApi) -> None:
+def test_enabled_without_crds_applies_the_rest_and_warns_once(fake: FakeApiServer) -> None:
     probe, clock = Probe({}), Clock()
     r = reconciler(fake, probe, clock)
     first = r.reconcile_by_name("team-a", "m")
     assert first is not None and first.problem is None
-    assert first.applied == ["Deployment/m", "Service/m"]
+    assert first.applied == ["Service/m", "Deployment/m"]  # the engine last
     assert first.status_written
     (event,) = warnings(fake)
     assert event["type"] == "Warning"
@@ -367,23 +327,25 @@ def test_enabled_without_crds_applies_the_rest_and_warns_once(fake: FakeApi) -> 
     assert degraded["status"] == "False"
 
 
-def test_crds_installed_later_are_picked_up_after_the_ttl(fake: FakeApi) -> None:
+def test_crds_installed_later_are_picked_up_after_the_ttl(fake: FakeApiServer) -> None:
     probe, clock = Probe({}), Clock()
     r = reconciler(fake, probe, clock)
     r.reconcile_by_name("team-a", "m")
-    fake.served, probe.served = True, BOTH
+    probe.served = BOTH
+    serve(fake, True)
     clock.now += 61
     result = r.reconcile_by_name("team-a", "m")
     assert result is not None and result.applied == ["InferencePool/m", "HTTPRoute/m"]
     assert r.reconcile_by_name("team-a", "m").applied == []  # type: ignore[union-attr]
 
 
-def test_crds_removed_between_discoveries_do_not_fail_the_pass(fake: FakeApi) -> None:
+def test_crds_removed_between_discoveries_do_not_fail_the_pass(fake: FakeApiServer) -> None:
     probe, clock = Probe(BOTH), Clock()
-    fake.served = True
+    serve(fake, True)
     r = reconciler(fake, probe, clock)
-    assert r.reconcile_by_name("team-a", "m").applied[-1] == "HTTPRoute/m"  # type: ignore[union-attr]
-    fake.served, probe.served = False, {}
+    assert "HTTPRoute/m" in r.reconcile_by_name("team-a", "m").applied  # type: ignore[union-attr]
+    probe.served = {}
+    serve(fake, False)
     fake.objects[("Service", "team-a", "m")]["spec"]["type"] = "NodePort"  # forces a pass
     r.cache.observe("Service", fake.objects[("Service", "team-a", "m")])  # the watch event
     # A stale discovery says served; the applies 404: skipped, discovery asked again.

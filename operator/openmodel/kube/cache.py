@@ -10,6 +10,10 @@ The operator's own writes go in too (`wrote`): the API server's answer is newer 
 anything the watch has delivered yet, and a pass that runs before the echo arrives must
 not write again. An older version arriving later never replaces a newer one.
 
+What is kept is slimmed (`slim`): `managedFields` (half of a Deployment's or a Pod's
+bytes) shrinks to who manages it and how, without the field sets, and kubectl's
+last-applied annotation goes; nothing here reads either.
+
 Kinds nobody watches (the Inference Extension children) are kept only from our writes;
 a miss is answered by one GET (`Reader.child`). `audit` compares the cache with one
 LIST per watched kind now and then: a watch that was re-listed after a long outage may
@@ -53,6 +57,27 @@ def resource_version(body: Body) -> int | None:
         return None
 
 
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+_ENTRY_KEYS = ("manager", "operation", "subresource")
+
+
+def slim(body: Body) -> dict[str, Any]:
+    """`body` without what the operator never reads: each managedFields entry keeps its
+    manager, operation and subresource (in order: a JSON patch may address one by index),
+    and kubectl's last-applied annotation is dropped. Everything else is shared, not
+    copied."""
+    meta = dict(body.get("metadata") or {})
+    entries = meta.get("managedFields")
+    if entries:
+        meta["managedFields"] = [
+            {k: e[k] for k in _ENTRY_KEYS if k in e} for e in entries if isinstance(e, Mapping)
+        ]
+    annotations = meta.get("annotations")
+    if annotations and LAST_APPLIED in annotations:
+        meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+    return {**body, "metadata": meta}
+
+
 def _newer(candidate: Body, current: Body | None) -> bool:
     if current is None:
         return True
@@ -74,7 +99,8 @@ class ObjectCache:
 
     def observe(self, kind: str, body: Body) -> None:
         """A watch event (ADDED, MODIFIED or a listing) or our own write's answer."""
-        meta = body.get("metadata") or {}
+        body = slim(body)
+        meta = body["metadata"]
         namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
         with self._lock:
             if kind == POD:
@@ -211,11 +237,16 @@ def owner_text(body: Body) -> str:
 Getter = Callable[[str, str, str, str], "Body | None"]
 
 
+# Kinds whose every labelled object the watches deliver: a miss means we own none.
+WATCHED = frozenset(kind for _g, _v, _p, kind in CHILD_KINDS)
+
+
 @dataclass
 class Reader:
-    """Reads for one pass: the cache first; one GET only where the cache cannot answer
-    (a kind nobody watches that we have not written, or a child the cache lacks, which
-    may exist without our label: someone else's object of the same name)."""
+    """Reads for one pass, from the cache. A miss of a watched kind means no object of
+    ours has that name; an object of someone else's may (the watches select by our
+    label), which the create then finds (409 AlreadyExists) and `existing` reads. One GET
+    is made for a kind nobody watches that we have not written."""
 
     cache: ObjectCache
     get: Getter  # (apiVersion, kind, namespace, name) -> body or None (404)
@@ -227,8 +258,14 @@ class Reader:
         self, api_version: str, kind: str, namespace: str, name: str, owner_uid: str
     ) -> Body | None:
         held = self.cache.get(kind, namespace, name)
-        if held is not None:
+        if held is not None or kind in WATCHED:
             return held
+        return self.existing(api_version, kind, namespace, name, owner_uid)
+
+    def existing(
+        self, api_version: str, kind: str, namespace: str, name: str, owner_uid: str
+    ) -> Body | None:
+        """The object of that name as the API server has it now (None: there is none)."""
         found = self.get(api_version, kind, namespace, name)
         # Someone else's object is not kept: nothing would tell the cache it changed.
         if found is not None and owner_uid in owner_uids(found):

@@ -10,7 +10,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,15 +43,24 @@ _COLLECTIONS: Mapping[tuple[str, str], str] = {
 }
 
 
-def make_api_client(kubeconfig: str | None = None) -> client.ApiClient:
-    """An ApiClient from a kubeconfig file, in-cluster credentials, or the default."""
+def make_api_client(kubeconfig: str | None = None, pool_size: int = 0) -> client.ApiClient:
+    """An ApiClient from a kubeconfig file, in-cluster credentials, or the default.
+
+    `pool_size`: connections kept open to the API server, at least one per thread that
+    makes requests at once. The client's default (5 per CPU: 10 here) is below the
+    operator's 16 workers, and each connection over it is closed after its request and
+    a new TLS handshake made for the next one, by the operator and the API server."""
+    configuration = client.Configuration()
     if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig)
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    else:
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except config.ConfigException:
+            config.load_kube_config(client_configuration=configuration)
+    if pool_size > configuration.connection_pool_maxsize:
+        configuration.connection_pool_maxsize = pool_size
+    return client.ApiClient(configuration)
 
 
 def collection_path(api_version: str, kind: str, namespace: str) -> str:
@@ -117,7 +126,7 @@ def call(
     method: str,
     path: str,
     *,
-    body: Mapping[str, Any] | None = None,
+    body: Mapping[str, Any] | Sequence[Any] | None = None,
     content_type: str = "application/json",
     query: list[tuple[str, str]] | None = None,
     timeout: float = 30.0,
@@ -146,7 +155,7 @@ def _call_once(
     method: str,
     path: str,
     *,
-    body: Mapping[str, Any] | None = None,
+    body: Mapping[str, Any] | Sequence[Any] | None = None,
     content_type: str = "application/json",
     query: list[tuple[str, str]] | None = None,
     timeout: float = 30.0,
@@ -197,10 +206,43 @@ def apply(
     )
 
 
-def create(api: client.ApiClient, obj: Mapping[str, Any]) -> dict[str, Any]:
+def create(
+    api: client.ApiClient, obj: Mapping[str, Any], field_manager: str | None = None
+) -> dict[str, Any]:
+    """POST `obj`: 409 AlreadyExists when an object of that name exists (nothing is
+    written then). A create by `field_manager` records its fields as an Update of that
+    manager, which a later apply by the same name would never remove: see
+    `upgrade_to_apply`."""
     meta = obj["metadata"]
+    query = [("fieldManager", field_manager)] if field_manager else []
     return call(
-        api, "POST", collection_path(obj["apiVersion"], obj["kind"], meta["namespace"]), body=obj
+        api,
+        "POST",
+        collection_path(obj["apiVersion"], obj["kind"], meta["namespace"]),
+        body=obj,
+        query=query,
+    )
+
+
+def upgrade_to_apply(
+    api: client.ApiClient, obj: Mapping[str, Any], index: int, field_manager: str = FIELD_MANAGER
+) -> dict[str, Any]:
+    """Turn managedFields entry `index` (an Update by `field_manager`, as `create` left it)
+    into an Apply entry of the same fields, so that the manager's next apply removes what
+    it no longer sets. A JSON patch that changes nothing else of the object and tests
+    first that the entry is there (422 when it is not: the object changed)."""
+    meta = obj["metadata"]
+    entry = f"/metadata/managedFields/{index}"
+    return call(
+        api,
+        "PATCH",
+        object_path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"]),
+        body=[
+            {"op": "test", "path": f"{entry}/manager", "value": field_manager},
+            {"op": "test", "path": f"{entry}/operation", "value": "Update"},
+            {"op": "replace", "path": f"{entry}/operation", "value": "Apply"},
+        ],
+        content_type="application/json-patch+json",
     )
 
 

@@ -28,7 +28,7 @@ from openmodel.clock import utc_now
 from openmodel.config import PlatformConfig
 from openmodel.inference_extension.gate import InferenceExtensionGate
 from openmodel.kube import calls as kube
-from openmodel.kube.cache import ObjectCache, Reader, owner_text, owner_uids
+from openmodel.kube.cache import WATCHED, ObjectCache, Reader, owner_text, owner_uids, slim
 from openmodel.kube.events import post_event
 from openmodel.model_resolver.state import ModelConfigState
 from openmodel.model_resolver.store import ModelConfigStore, model_ref_for
@@ -113,15 +113,27 @@ class OwnWrites:
         self._versions.pop((kind, namespace, name), None)
 
 
+class ForeignChild(Exception):
+    """A create found the name taken by an object the ModelDeployment does not own."""
+
+    def __init__(self, found: Mapping[str, Any]) -> None:
+        super().__init__(f"{found.get('kind')}/{(found.get('metadata') or {}).get('name')}")
+        self.found = found
+
+
 class StaleChild(Exception):
     """An update was refused because the cached child is older than the API's."""
 
-    def __init__(self, obj: Mapping[str, Any]) -> None:
+    def __init__(self, obj: Mapping[str, Any], *, read_again: bool = False) -> None:
         super().__init__(f"{obj['kind']}/{obj['metadata']['name']}")
         self.obj = obj
+        self.read_again = read_again  # the cache already holds the API's version
 
 
 CHILD_NOT_OWNED = "ChildNotOwned"
+# A 409 where only status moved is not a stale plan: apply again over the new version,
+# this many times at most (then the next watch event runs the pass).
+STATUS_ONLY_REAPPLIES = 3
 REPAIR_FIELD_MANAGER = "openmodel-repair"
 
 
@@ -172,7 +184,8 @@ class Reconciler:
             return self._reconcile(body)
         except StaleChild as stale:
             obj = stale.obj
-            self.reader.refresh(obj["apiVersion"], obj["kind"], namespace, name=_name(obj))
+            if not stale.read_again:
+                self.reader.refresh(obj["apiVersion"], obj["kind"], namespace, name=_name(obj))
             log.info("%s/%s: %s changed meanwhile; read again", namespace, name, stale)
         try:
             return self._reconcile(body)
@@ -180,13 +193,6 @@ class Reconciler:
             # Changed again: the watch event of that change runs the next pass.
             log.info("%s/%s: %s changed again; next event decides", namespace, name, stale)
             return None
-
-    def reconcile(self, body: Mapping[str, Any]) -> ReconcileResult | None:
-        meta = body["metadata"]
-        # The event's body was put in the cache before this handler ran; the cache may
-        # hold a newer one (our own status write, a later event).
-        self.cache.observe(KIND, body)
-        return self.reconcile_by_name(meta["namespace"], meta["name"])
 
     def _reconcile(self, body: Mapping[str, Any]) -> ReconcileResult:
         meta = body["metadata"]
@@ -230,24 +236,36 @@ class Reconciler:
                         )
                         continue
                 work.append((obj, observed))
+            # The engine Deployment last: no GPU is taken while a name it needs is
+            # someone else's (a create finds that out only by trying).
+            work.sort(key=lambda item: item[0]["kind"] == "Deployment")
+            for obj, observed in work:
+                if object_holds(obj, observed):
+                    continue
+                if foreign and obj["kind"] == "Deployment":
+                    continue
+                try:
+                    result = self._apply_child(obj, observed, uid)
+                except ForeignChild as taken:
+                    foreign.append(
+                        f"{obj['kind']}/{_name(obj)} already exists and {owner_text(taken.found)}"
+                    )
+                    continue
+                if result is None:
+                    continue
+                (updated if observed is not None else created).append(f"{obj['kind']}/{_name(obj)}")
+                if obj["kind"] == "Deployment":
+                    deployment = result
             if foreign:
                 # Someone else's object of the same name: never taken over silently.
                 raise SpecError(
                     "metadata.name",
                     f"{'; '.join(foreign)}: openmodel does not "
                     "take over objects it does not own (delete or rename that object, or "
-                    "give the ModelDeployment another name); nothing was applied",
+                    "give the ModelDeployment another name); that object is left as it is, "
+                    "and the engine Deployment is not created or changed until then",
                     reason=CHILD_NOT_OWNED,
                 )
-            for obj, observed in work:
-                if object_holds(obj, observed):
-                    continue
-                result = self._apply_child(obj, observed)
-                if result is None:
-                    continue
-                (updated if observed is not None else created).append(f"{obj['kind']}/{_name(obj)}")
-                if obj["kind"] == "Deployment":
-                    deployment = result
         except SpecError as e:
             problem = Problem(e.reason, f"{e.field}: {e.message}")
         applied = created + updated
@@ -297,27 +315,20 @@ class Reconciler:
         return ReconcileResult(applied=applied, status_written=written, problem=problem)
 
     def _apply_child(
-        self, obj: dict[str, Any], observed: Mapping[str, Any] | None
+        self, obj: dict[str, Any], observed: Mapping[str, Any] | None, owner_uid: str
     ) -> dict[str, Any] | None:
-        """Server-side apply one child; None when it is to be skipped this pass."""
-        sent = obj
-        if observed is not None:
-            # Optimistic concurrency: refused (409) when the cached copy is stale.
-            version = observed["metadata"].get("resourceVersion")
-            sent = {**obj, "metadata": {**obj["metadata"], "resourceVersion": version}}
+        """Write one child: create it when the cache holds none, else server-side apply
+        over the cached version. None when it is to be skipped this pass."""
         try:
-            try:
-                result = kube.apply(self.api, sent)
-            except ApiException as e:
-                if e.status != 422 or observed is None:
-                    raise
-                # A hand edit can make the merge itself invalid: a Service port changed
-                # by a JSON patch keeps its name, and applying ours next to it is a
-                # duplicate name. Put our lists back wholesale, then apply again.
-                log.info("%s/%s refused a merge (%s); replacing its spec", obj["kind"],
-                         _name(obj), _api_message(e))  # fmt: skip
-                self._replace_spec(obj, observed)
-                result = kube.apply(self.api, obj)
+            if observed is None and obj["kind"] in WATCHED:
+                created = self._create_child(obj, owner_uid)
+                if created is not None:
+                    return self._wrote(obj["kind"], created)
+                # Ours after all (its label was taken off by hand): read, now update it.
+                observed = self.cache.get(obj["kind"], obj["metadata"]["namespace"], _name(obj))
+                if observed is None:
+                    raise StaleChild(obj)
+            return self._wrote(obj["kind"], self._apply_over(obj, observed))
         except ApiException as e:
             if self.inference_extension.gone(obj, e):
                 return None
@@ -330,11 +341,104 @@ class Reconciler:
                     reason="ApplyRejected",
                 ) from None
             raise
-        self.own_writes.record(obj["kind"], result)
-        self.cache.wrote(obj["kind"], result)
+
+    def _create_child(self, obj: dict[str, Any], owner_uid: str) -> dict[str, Any] | None:
+        """POST a child the cache says we do not have. One request and no read for a new
+        child; when the name is taken the object is read: someone else's is never written
+        (ForeignChild), ours (None) is updated by the caller."""
+        meta = obj["metadata"]
+        try:
+            return kube.create(self.api, obj, kube.FIELD_MANAGER)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+        found = self.reader.existing(
+            obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"], owner_uid
+        )
+        if found is None:
+            raise StaleChild(obj)  # deleted since: the next pass creates it
+        if owner_uid not in owner_uids(found):
+            raise ForeignChild(found)
+        return None
+
+    def _apply_over(
+        self, obj: dict[str, Any], observed: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        if observed is None:
+            return kube.apply(self.api, obj)
+        observed = self._own_fields_as_applied(obj, observed)
+        version = observed["metadata"].get("resourceVersion")
+        for attempt in range(STATUS_ONLY_REAPPLIES + 1):
+            # Optimistic concurrency: refused (409) when the cached copy is stale.
+            sent = {**obj, "metadata": {**obj["metadata"], "resourceVersion": version}}
+            try:
+                return kube.apply(self.api, sent)
+            except ApiException as e:
+                if e.status == 409:
+                    version = self._version_if_only_status_moved(obj, observed)
+                    if version is None or attempt == STATUS_ONLY_REAPPLIES:
+                        raise StaleChild(obj, read_again=True) from None
+                    continue
+                if e.status != 422:
+                    raise
+                refusal = _api_message(e)
+                break
+        # A hand edit can make the merge itself invalid: a Service port changed by a
+        # JSON patch keeps its name, and applying ours next to it is a duplicate name.
+        # Put our lists back wholesale, then apply again.
+        log.info("%s/%s refused a merge (%s); replacing its spec", obj["kind"], _name(obj),
+                 refusal)  # fmt: skip
+        self._replace_spec(obj, version)
+        return kube.apply(self.api, obj)
+
+    def _version_if_only_status_moved(
+        self, obj: Mapping[str, Any], observed: Mapping[str, Any]
+    ) -> str | None:
+        """After a 409: the child as the API has it now. When its spec and owners are as
+        the plan saw them (the Deployment controller writes status and its revision
+        annotation through a rollout), the plan still holds and its new resourceVersion
+        is returned; else None. Labels and annotations of ours that moved are put back
+        by the apply itself."""
+        meta = obj["metadata"]
+        fresh = self.reader.refresh(obj["apiVersion"], obj["kind"], meta["namespace"], _name(obj))
+        if fresh is None or _plan_inputs(fresh) != _plan_inputs(observed):
+            return None
+        return str(fresh["metadata"].get("resourceVersion"))
+
+    def _own_fields_as_applied(
+        self, obj: Mapping[str, Any], observed: Mapping[str, Any]
+    ) -> Mapping[str, Any]:
+        """A child we created (POST) has its fields under an Update entry of our manager,
+        which our apply would never remove (a dropped env var would stay forever). Before
+        the first apply over it, that entry becomes an Apply entry (one request, once per
+        child). The answer is the object as the server holds it: if more than status and
+        bookkeeping changed since the cached copy the plan was made from, the pass is
+        stale (the apply's resourceVersion guard cannot tell any more)."""
+        entries = observed["metadata"].get("managedFields") or []
+        ours = [
+            (i, e.get("operation"))
+            for i, e in enumerate(entries)
+            if e.get("manager") == kube.FIELD_MANAGER and not e.get("subresource")
+        ]
+        index = next((i for i, op in ours if op == "Update"), None)
+        if index is None or any(op == "Apply" for _, op in ours):
+            return observed
+        try:
+            upgraded = self._wrote(obj["kind"], kube.upgrade_to_apply(self.api, observed, index))
+        except ApiException as e:
+            if e.status == 422:  # the entry moved: the object changed since we saw it
+                raise StaleChild(obj) from None
+            raise
+        if _content(upgraded) != _content(observed):
+            raise StaleChild(obj)
+        return upgraded
+
+    def _wrote(self, kind: str, result: dict[str, Any]) -> dict[str, Any]:
+        self.own_writes.record(kind, result)
+        self.cache.wrote(kind, result)
         return result
 
-    def _replace_spec(self, obj: Mapping[str, Any], observed: Mapping[str, Any]) -> None:
+    def _replace_spec(self, obj: Mapping[str, Any], version: str | None) -> None:
         """A JSON merge patch of the rendered spec: lists are replaced, not merged (the
         cached resourceVersion guards it as it guards the apply)."""
         meta = obj["metadata"]
@@ -343,7 +447,7 @@ class Reconciler:
             "PATCH",
             kube.object_path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"]),
             body={
-                "metadata": {"resourceVersion": observed["metadata"].get("resourceVersion")},
+                "metadata": {"resourceVersion": version},
                 "spec": obj["spec"],
             },
             content_type="application/merge-patch+json",
@@ -360,6 +464,19 @@ class Reconciler:
             return None
         ref = model_ref_for(spec, annotations)
         return None if ref is None else self.model_configs.lookup(ref, key)
+
+
+def _content(obj: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a plan is made from: the spec and the metadata we set (not status, versions
+    or managedFields)."""
+    meta = slim(obj)["metadata"]
+    return (obj.get("spec"), meta.get("labels"), meta.get("annotations"),
+            meta.get("ownerReferences"))  # fmt: skip
+
+
+def _plan_inputs(obj: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What of an existing child a plan depends on: its spec (replicas) and owners."""
+    return (obj.get("spec"), obj["metadata"].get("ownerReferences"))
 
 
 def _name(obj: Mapping[str, Any]) -> str:

@@ -3,6 +3,8 @@
     --kubeconfig FILE --root DIR --health-port P
     --node NAME=CIDR        (repeatable: a Node object of that name must exist)
     --image REF=DIR         (repeatable: DIR stands for the image's filesystem)
+    --node-cpus N           (cores per node, CFS quota; default: the machine's divided
+                             between the nodes)
 
 /healthz on 127.0.0.1:P answers 200 once every node has posted Ready. On SIGTERM every
 container is stopped, every sandbox removed, and the process exits 0.
@@ -14,6 +16,7 @@ import argparse
 import http.server
 import ipaddress
 import logging
+import os
 import signal
 import sys
 import threading
@@ -40,14 +43,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node", action="append", type=_pair, default=[])
     parser.add_argument("--image", action="append", type=_pair, default=[])
     parser.add_argument("--backoff-seconds", type=float, default=10.0)
+    # Each node stands for a machine of its own: by default the machine's cores are
+    # divided between the nodes (CFS quota), so one node's engines cannot starve another's.
+    parser.add_argument("--node-cpus", type=float, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(threadName)s %(message)s"
     )
     api = config.new_client_from_config(config_file=args.kubeconfig)
     images = {ref: Path(path) for ref, path in args.image}
+    cpus = args.node_cpus or (os.cpu_count() or 1) / max(1, len(args.node))
     nodes = [
-        ProcessNode(api, name, ipaddress.IPv4Network(cidr), args.root, images, args.backoff_seconds)
+        ProcessNode(
+            api, name, ipaddress.IPv4Network(cidr), args.root, images, args.backoff_seconds, cpus
+        )
         for name, cidr in args.node
     ]
     ready = threading.Event()

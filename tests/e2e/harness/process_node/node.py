@@ -22,7 +22,7 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from .pod_worker import NODE_ENV_MARKER, NodeContext, PodWorker, now_rfc3339
+from .pod_worker import NODE_ENV_MARKER, NodeContext, PodWorker, node_cgroup, now_rfc3339
 from .sandbox import guard_network, release_network, remove_stale
 from .spec import API_TIMEOUT
 
@@ -66,6 +66,7 @@ class ProcessNode:
         root: Path,
         images: dict[str, Path],
         backoff_initial: float,
+        cpus: float,
     ) -> None:
         self.api = api
         self.name = name
@@ -86,6 +87,7 @@ class ProcessNode:
             images=images,
             release_address=self.addresses.give_back,
             backoff_initial=backoff_initial,
+            cgroup=node_cgroup(name, cpus),
         )
 
     # -- node liveness ---------------------------------------------------------------
@@ -267,6 +269,13 @@ class ProcessNode:
             worker.join(15)
         release_network(self.cidr)
         remove_mount_points(self.ctx.root)
+        if self.ctx.cgroup is not None:
+            # A pod's cgroup is left when its last process outlived the pod's teardown.
+            for pod in [p for p in self.ctx.cgroup.iterdir() if p.is_dir()]:
+                with contextlib.suppress(OSError):
+                    pod.rmdir()
+            with contextlib.suppress(OSError):  # busy while a container lingers
+                self.ctx.cgroup.rmdir()
 
 
 def kill_stale_containers(node: str) -> list[int]:

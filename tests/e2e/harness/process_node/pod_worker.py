@@ -80,12 +80,30 @@ def _container_preexec(cgroup: Path | None) -> Callable[[], None]:
     return preexec
 
 
-def pod_cgroup(uid: str) -> Path | None:
-    """A cpu cgroup (v1) for the pod, so each pod gets an equal share of the CPU, as a
-    kubelet gives each pod its own cgroup (it weights them by CPU requests; engine pods
-    request none). On 2 cores an engine busy serving otherwise starves one loading
-    beside it. None where the cpu controller is not writable."""
-    path = CPU_CGROUP_ROOT / uid
+def node_cgroup(name: str, cpus: float) -> Path | None:
+    """A cpu cgroup (v1) for the node, capped at ``cpus`` cores (CFS quota): each process
+    node stands for a machine of its own, so the engines of one node cannot take the CPU
+    another node's engine loads on (on 2 cores, a serving vLLM's EngineCore and worker
+    spin on both and left a loading peer 10-45 % of one core: 2026-12-02). None where
+    the cpu controller is not writable."""
+    path = CPU_CGROUP_ROOT / name
+    period = 100_000
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "cpu.cfs_period_us").write_text(str(period))
+        (path / "cpu.cfs_quota_us").write_text(str(max(1_000, int(cpus * period))))
+    except OSError:
+        return None
+    return path
+
+
+def pod_cgroup(node: Path | None, uid: str) -> Path | None:
+    """A cpu cgroup for the pod inside its node's, so the node's pods get an equal share
+    of its CPU, as a kubelet gives each pod its own cgroup (it weights them by CPU
+    requests; engine pods request none). None without a node cgroup."""
+    if node is None:
+        return None
+    path = node / uid
     try:
         path.mkdir(parents=True, exist_ok=True)
         (path / "cpu.shares").write_text("1024")
@@ -105,6 +123,7 @@ class NodeContext:
     images: Mapping[str, Path]
     release_address: Callable[[ipaddress.IPv4Address], None]
     backoff_initial: float = BACKOFF_INITIAL
+    cgroup: Path | None = None  # the node's cpu cgroup (node_cgroup)
 
 
 def log_tail(path: Path) -> str:
@@ -189,7 +208,7 @@ class PodWorker(threading.Thread):
         self.pod_dir = ctx.root / "pods" / slug
         self.shm_dir = Path("/dev/shm") / "openmodel-process-node" / slug
         self.containers = [ContainerRun(dict(c)) for c in pod["spec"].get("containers") or []]
-        self.cgroup = pod_cgroup(self.uid)
+        self.cgroup = pod_cgroup(ctx.cgroup, self.uid)
         self.sources: dict[str, tuple[str, bool]] | None = None
         self.pod_condition_times: dict[str, tuple[str, str]] = {}
         self.started_rfc = now_rfc3339()

@@ -282,6 +282,30 @@ def test_a_conflict_where_only_status_moved_applies_again_without_a_new_plan(
     assert {"name": "A", "value": "1"} in env
 
 
+def test_the_first_update_is_not_stale_when_only_the_controllers_status_moved(
+    api: FakeApiServer,
+) -> None:
+    """The Deployment controller's status and revision annotation, written after the
+    cached copy, come back in the answer of the write that turns our created fields into
+    applied ones: no stale plan, so no read again and no second pass (the e2e test of the
+    stale cache once lost its one retry to this, the controller rolling out a hand edit)."""
+    r = new_reconciler(api)
+    r.reconcile_by_name("team-a", "m")
+    key = ("Deployment", "team-a", "m")
+    api.edit(key, _status_write)  # not yet delivered
+    md = edit_env(api.objects[("ModelDeployment", "team-a", "m")], {"A": "1"})
+    r.cache.observe("ModelDeployment", md)
+    api.calls.clear()
+    result = r.reconcile_by_name("team-a", "m")
+    assert result is not None and result.applied == ["Deployment/m"]
+    assert [c for c in api.calls if c[1] == "Deployment"] == [
+        ("PATCH", "Deployment"),
+        ("APPLY", "Deployment"),
+    ]
+    env = api.objects[key]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "A", "value": "1"} in env
+
+
 def test_status_that_keeps_moving_ends_the_pass_after_a_bounded_number_of_applies(
     api: FakeApiServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

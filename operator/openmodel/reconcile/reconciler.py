@@ -28,7 +28,7 @@ from openmodel.clock import utc_now
 from openmodel.config import PlatformConfig
 from openmodel.inference_extension.gate import InferenceExtensionGate
 from openmodel.kube import calls as kube
-from openmodel.kube.cache import WATCHED, ObjectCache, Reader, owner_text, owner_uids, slim
+from openmodel.kube.cache import WATCHED, ObjectCache, Reader, owner_text, owner_uids
 from openmodel.kube.events import post_event
 from openmodel.model_resolver.state import ModelConfigState
 from openmodel.model_resolver.store import ModelConfigStore, model_ref_for
@@ -411,9 +411,11 @@ class Reconciler:
         """A child we created (POST) has its fields under an Update entry of our manager,
         which our apply would never remove (a dropped env var would stay forever). Before
         the first apply over it, that entry becomes an Apply entry (one request, once per
-        child). The answer is the object as the server holds it: if more than status and
-        bookkeeping changed since the cached copy the plan was made from, the pass is
-        stale (the apply's resourceVersion guard cannot tell any more)."""
+        child). The answer is the object as the server holds it: if its spec or owners
+        changed since the cached copy the plan was made from, the pass is stale (the
+        apply's resourceVersion guard cannot tell any more). Status, and the revision
+        annotation the Deployment controller writes through a rollout, are no stale
+        plan: the apply puts back any label or annotation of ours."""
         entries = observed["metadata"].get("managedFields") or []
         ours = [
             (i, e.get("operation"))
@@ -429,7 +431,7 @@ class Reconciler:
             if e.status == 422:  # the entry moved: the object changed since we saw it
                 raise StaleChild(obj) from None
             raise
-        if _content(upgraded) != _content(observed):
+        if _plan_inputs(upgraded) != _plan_inputs(observed):
             raise StaleChild(obj)
         return upgraded
 
@@ -464,14 +466,6 @@ class Reconciler:
             return None
         ref = model_ref_for(spec, annotations)
         return None if ref is None else self.model_configs.lookup(ref, key)
-
-
-def _content(obj: Mapping[str, Any]) -> tuple[Any, ...]:
-    """What a plan is made from: the spec and the metadata we set (not status, versions
-    or managedFields)."""
-    meta = slim(obj)["metadata"]
-    return (obj.get("spec"), meta.get("labels"), meta.get("annotations"),
-            meta.get("ownerReferences"))  # fmt: skip
 
 
 def _plan_inputs(obj: Mapping[str, Any]) -> tuple[Any, ...]:

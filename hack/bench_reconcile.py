@@ -23,8 +23,8 @@ CONTROLLER_MANAGER_FLAGS) with KWOK h100 and a100 nodes sized for the count
 2.  operator:    N ModelDeployments (examples/llama70b-awq.yaml, md-000.., h100 and a100
                  cycled) are POSTed into bench-operator with the same client concurrency;
                  wall time from the first create until every one has its Deployment and
-                 Service and status.observedGeneration == metadata.generation (list polls
-                 only), then until every status is Ready, and apart when every
+                 Service and status.observedGeneration == metadata.generation (followed
+                 by watches, not polls), then until every status is Ready, and apart when every
                  Deployment's pod is Ready (the controllers' own lag).
 3.  idle:        once the operator has made no write for a while, apiserver_request_total
                  is sampled at t0 and t0+60 s, and the audit log (Metadata level, watches
@@ -62,7 +62,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,8 @@ OWN_IDLE_CORES = 0.3  # this benchmark's cluster and operator, idle enough to st
 NOISY_CORES = 0.5  # other processes' load during a timed step that makes it unreliable
 WAIT_DEADLINE = 600.0  # every wait below stops by itself after this
 POLL_INTERVAL = 0.5
+# Step 2 checks what its watches hold (no request): this is the precision of its times.
+WATCH_CHECK_INTERVAL = 0.1
 MUTATING = ("POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION")
 AUDIT_WRITES = ("create", "update", "patch", "delete", "deletecollection")
 # (group, resource) the operator writes or owns; leases and nodes are KWOK heartbeats.
@@ -341,6 +343,119 @@ def list_items(
     return items
 
 
+def watch_events(
+    api: client.ApiClient,
+    path: str,
+    query: list[tuple[str, str]],
+    stop: threading.Event,
+    timeout: int = 60,
+) -> Iterator[dict]:
+    """One raw watch request on `path` (one JSON event a line) from the query's
+    resourceVersion: every event, ERROR ones included, until the server ends the watch
+    after `timeout` s or `stop` is set."""
+    response = api.call_api(
+        *api.param_serialize(
+            "GET",
+            path,
+            query_params=[("watch", "true"), ("timeoutSeconds", str(timeout)), *query],
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )[:4],
+        _request_timeout=(10, timeout + 30),
+    )
+    buffer = b""
+    try:
+        for chunk in response.response.stream(65536, decode_content=True):
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    yield json.loads(line)
+            if stop.is_set():
+                return
+    finally:
+        response.response.release_conn()
+
+
+class CollectionWatch:
+    """One kind in one namespace as a watch delivers it: name -> summary(object), kept
+    by a thread from a list (the watch cache) and a watch from its resourceVersion (a
+    410 relists). Measuring by watch costs the API server one event per change, where a
+    poll re-serializes every object each time (at 1,000 objects, three lists every 0.5 s
+    took as much kube-apiserver CPU as a tenth of the run)."""
+
+    def __init__(
+        self, api: client.ApiClient, kind: str, ns: str, summary: Callable[[dict], Any]
+    ) -> None:
+        self.api, self.path, self.summary = api, COLLECTIONS[kind].format(ns=ns), summary
+        self.kind = kind
+        self.items: dict[str, Any] = {}
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"watch-{kind}", daemon=True)
+
+    def __enter__(self) -> CollectionWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.stopping.set()
+
+    def snapshot(self) -> dict[str, Any]:
+        if self.error is not None:
+            raise RuntimeError(f"the {self.kind} watch failed: {self.error}")
+        with self.lock:
+            return dict(self.items)
+
+    def _list(self) -> str:
+        data = json.loads(request(self.api, "GET", self.path, query=[("resourceVersion", "0")]))
+        with self.lock:
+            self.items = {i["metadata"]["name"]: self.summary(i) for i in data.get("items") or []}
+        return str(data["metadata"]["resourceVersion"])
+
+    def _run(self) -> None:
+        try:
+            rv = self._list()
+            while not self.stopping.is_set():
+                rv = self._watch(rv) or self._list()
+        except BaseException as e:  # reported by snapshot()
+            self.error = e
+
+    def _watch(self, rv: str) -> str | None:
+        """Follow the watch from `rv` until the server ends it; None: relist (410)."""
+        query = [("resourceVersion", rv), ("allowWatchBookmarks", "true")]
+        for event in watch_events(self.api, self.path, query, self.stopping):
+            obj = event["object"]
+            if event["type"] == "ERROR":
+                if obj.get("code") == 410:
+                    return None
+                raise RuntimeError(f"watch error: {obj}")
+            rv = obj["metadata"]["resourceVersion"]
+            if event["type"] == "BOOKMARK":
+                continue
+            name = obj["metadata"]["name"]
+            with self.lock:
+                if event["type"] == "DELETED":
+                    self.items.pop(name, None)
+                else:
+                    self.items[name] = self.summary(obj)
+        return rv
+
+
+def md_summary(md: dict) -> tuple[Any, Any, Any]:
+    status = md.get("status") or {}
+    return (
+        md["metadata"].get("generation"),
+        status.get("observedGeneration"),
+        status.get("reason"),
+    )
+
+
+def ready_replicas(deployment: dict) -> int:
+    return int((deployment.get("status") or {}).get("readyReplicas") or 0)
+
+
 def create_namespace(api: client.ApiClient, name: str) -> None:
     request(
         api,
@@ -418,6 +533,19 @@ MACHINE = "machine, every process"
 
 
 STEAL = "steal (the hypervisor ran others)"
+
+
+def machine_probe(rounds: int = 3) -> float:
+    """Seconds for a fixed piece of pure-Python work (best of `rounds`), taken before the
+    control plane starts: runs at different hours can only be compared by their ratios
+    unless the machine was as fast, and this says whether it was (the same code took 52 s
+    at 1,000 one morning and 160 s one afternoon, the plain floor 37 s and 84 s)."""
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        sum(i * i for i in range(5_000_000))
+        best = min(best, time.perf_counter() - started)
+    return best
 
 
 def machine_seconds() -> tuple[float, float]:
@@ -595,6 +723,7 @@ class Results:
     operator_log: Path | None = None
     workdir: Path | None = None
     load: list[str] = dataclasses.field(default_factory=list)
+    machine_probe: float = float("nan")
     wall: dict[str, float] = dataclasses.field(default_factory=dict)
     calm: list[float] = dataclasses.field(default_factory=list)
     edits_empty: list[float] = dataclasses.field(default_factory=list)
@@ -611,12 +740,6 @@ class Results:
 def deadline_for(count: int) -> float:
     """Waits on the whole set scale with it (600 s at 200, 2,500 s at 5,000)."""
     return max(WAIT_DEADLINE, 0.5 * count)
-
-
-def poll_interval_for(count: int) -> float:
-    """A full list of 5,000 ModelDeployments is ~15 MB: poll less often as they grow, so
-    the measuring client does not take the operator's CPU (precision: this interval)."""
-    return max(POLL_INTERVAL, count / 2000)
 
 
 def delete_namespace(api: client.ApiClient, name: str, count: int) -> None:
@@ -700,6 +823,7 @@ def run(
     res.source = operator_source(args)
     res.count, res.concurrency, res.workdir = count, args.concurrency, workdir
     res.load.append(Path("/proc/loadavg").read_text().split(" ", 1)[0])
+    res.machine_probe = machine_probe()
     log(f"{count} ModelDeployments: workdir {workdir}; starting the control plane")
     # As harness.start_local_cluster does, with the audited kube-apiserver.
     pool_spec = node_pool_for(count)
@@ -716,7 +840,6 @@ def run(
     install_crd(api)
     pids = {name: c.pid for name, c in plane.components.items()}
     deadline = deadline_for(count)
-    interval = poll_interval_for(count)
 
     if args.floors:
         floors(args, count, api, audit, pool, pids, res)
@@ -750,12 +873,16 @@ def run(
     names = {b["metadata"]["name"] for b in bodies}
     res.calm.append(wait_calm(pids, args.calm, args.calm_deadline))
     log(
-        f"step 2: {len(bodies)} ModelDeployments, {args.concurrency} at a time, "
-        f"lists every {interval}s"
+        f"step 2: {len(bodies)} ModelDeployments, {args.concurrency} at a time, followed by watches"
     )
     profiler = start_profiler(
         args.py_spy if count >= args.py_spy_from else None, op.process.pid, workdir, stack
     )
+    watched_deployments = CollectionWatch(api, "Deployment", OPERATOR_NS, ready_replicas)
+    watched_services = CollectionWatch(api, "Service", OPERATOR_NS, lambda _s: True)
+    watched_mds = CollectionWatch(api, "ModelDeployment", OPERATOR_NS, md_summary)
+    for w in (watched_deployments, watched_services, watched_mds):
+        w.__enter__()
     cpu0 = cpu_snapshot(pids)
     wall0 = time.time()
     started = time.monotonic()
@@ -772,35 +899,24 @@ def run(
             res.operator_creates_seconds = time.monotonic() - started
         if not op.alive():
             raise RuntimeError(f"the operator exited:\n{op.log_tail()}")
-        deployments = {
-            d["metadata"]["name"]
-            for d in list_items(api, "Deployment", OPERATOR_NS, metadata_only=True)
-        } & names
+        deployments = set(watched_deployments.snapshot()) & names
         if (
             len(deployments) >= count
             and res.operator_deployments_seconds != res.operator_deployments_seconds
         ):
             res.operator_deployments_seconds = time.monotonic() - started
-        services = {
-            d["metadata"]["name"]
-            for d in list_items(api, "Service", OPERATOR_NS, metadata_only=True)
-        } & names
-        done = 0
-        for md in list_items(api, "ModelDeployment", OPERATOR_NS):
-            meta = md["metadata"]
-            observed = (md.get("status") or {}).get("observedGeneration")
-            if (
-                meta["name"] in deployments
-                and meta["name"] in services
-                and observed == meta.get("generation")
-            ):
-                done += 1
+        services = set(watched_services.snapshot()) & names
+        done = sum(
+            1
+            for name, (generation, observed, _reason) in watched_mds.snapshot().items()
+            if name in deployments and name in services and observed == generation
+        )
         progress.update(deployments=len(deployments), services=len(services), converged=done)
         return done == count and all(f.done() for f in futures)
 
     try:
         res.operator_seconds = wait_until(
-            "every ModelDeployment to converge", converged, deadline, interval
+            "every ModelDeployment to converge", converged, deadline, WATCH_CHECK_INTERVAL
         )
     except Timeout:
         log(f"  timed out: {progress}")
@@ -817,24 +933,21 @@ def run(
             raise RuntimeError(f"the operator exited:\n{op.log_tail()}")
         if res.controllers_ready_seconds != res.controllers_ready_seconds:
             ready = sum(
-                1
-                for d in list_items(api, "Deployment", OPERATOR_NS)
-                if d["metadata"]["name"] in names
-                and int((d.get("status") or {}).get("readyReplicas") or 0) >= 1
+                1 for name, n in watched_deployments.snapshot().items() if name in names and n >= 1
             )
             progress.update(pods_ready=ready)
             if ready == count:
                 res.controllers_ready_seconds = time.monotonic() - started
         ready_mds = sum(
             1
-            for md in list_items(api, "ModelDeployment", OPERATOR_NS)
-            if md["metadata"]["name"] in names and (md.get("status") or {}).get("reason") == "Ready"
+            for name, (_g, _o, reason) in watched_mds.snapshot().items()
+            if name in names and reason == "Ready"
         )
         progress.update(status_ready=ready_mds)
         return ready_mds == count and res.controllers_ready_seconds == res.controllers_ready_seconds
 
     try:
-        wait_until("every ModelDeployment to be Ready", all_ready, deadline, interval)
+        wait_until("every ModelDeployment to be Ready", all_ready, deadline, WATCH_CHECK_INTERVAL)
         res.operator_ready_seconds = time.monotonic() - started
         log(
             f"  Ready after {res.operator_ready_seconds:.1f}s "
@@ -842,6 +955,9 @@ def run(
         )
     except Timeout:
         log(f"  not all Ready: {progress}; going on")
+    finally:
+        for w in (watched_deployments, watched_services, watched_mds):
+            w.__exit__()
 
     # 3. requests per minute once converged
     log(
@@ -926,54 +1042,33 @@ def edit_latencies(
     a time: seconds from the PATCH's response until a watch on its Deployment delivers the
     new value. The next edit waits until the status has caught up with the previous one."""
     deployments = f"/apis/apps/v1/namespaces/{ns}/deployments"
-    first = json.loads(request(api, "GET", f"{deployments}/{name}"))
+    # The watch starts at the list's resourceVersion, not the object's: an object left
+    # alone while 5,000 others changed has a version older than the watch cache keeps.
+    listed = json.loads(
+        request(api, "GET", deployments, query=[("fieldSelector", f"metadata.name={name}")])
+    )
     seen: dict[str, float] = {}
     cond = threading.Condition()
     stop = threading.Event()
     errors: list[BaseException] = []
 
     def watch() -> None:
-        # A raw watch stream (one JSON event a line), from the Deployment as read above.
-        rv = first["metadata"]["resourceVersion"]
+        # From the list read above, one watch request after another.
+        rv = listed["metadata"]["resourceVersion"]
         try:
             while not stop.is_set():
-                response = api.call_api(
-                    *api.param_serialize(
-                        "GET",
-                        deployments,
-                        query_params=[
-                            ("watch", "true"),
-                            ("fieldSelector", f"metadata.name={name}"),
-                            ("resourceVersion", rv),
-                            ("timeoutSeconds", "30"),
-                            ("allowWatchBookmarks", "false"),
-                        ],
-                        header_params={"Accept": "application/json"},
-                        auth_settings=["BearerToken"],
-                    )[:4],
-                    _request_timeout=(10, 60),
-                )
-                buffer = b""
-                for chunk in response.response.stream(4096, decode_content=True):
-                    buffer += chunk
-                    *lines, buffer = buffer.split(b"\n")
-                    for line in lines:
-                        if not line.strip():
-                            continue
-                        event = json.loads(line)
-                        obj = event["object"]
-                        if event["type"] == "ERROR":
-                            raise RuntimeError(f"watch error: {obj}")
-                        rv = obj["metadata"]["resourceVersion"]
-                        value = container_env(obj, EDIT_ENV)
-                        now = time.monotonic()
-                        with cond:
-                            if value is not None and value not in seen:
-                                seen[value] = now
-                                cond.notify_all()
-                    if stop.is_set():
-                        break
-                response.response.release_conn()
+                query = [("fieldSelector", f"metadata.name={name}"), ("resourceVersion", rv)]
+                for event in watch_events(api, deployments, query, stop, timeout=30):
+                    obj = event["object"]
+                    if event["type"] == "ERROR":
+                        raise RuntimeError(f"watch error: {obj}")
+                    rv = obj["metadata"]["resourceVersion"]
+                    value = container_env(obj, EDIT_ENV)
+                    now = time.monotonic()
+                    with cond:
+                        if value is not None and value not in seen:
+                            seen[value] = now
+                            cond.notify_all()
         except BaseException as e:  # reported by the waiting side
             errors.append(e)
             with cond:
@@ -1157,6 +1252,10 @@ def report(res: Results) -> bool:
     print(f"\n== Reconcile: {res.count} ModelDeployments, client concurrency {res.concurrency} ==")
     print(f"  {res.source}")
     print(f"  1-min load average at start/end: {' / '.join(res.load)} (2 cores)")
+    print(
+        f"  machine speed: {res.machine_probe:.3f} s for a fixed Python loop before the "
+        "control plane started (lower is faster; compare runs of different hours by it)"
+    )
     print(
         "  cores used by other processes (and steal) just before steps 1, 1b and 2: "
         + " / ".join(f"{c:.2f}" for c in res.calm)

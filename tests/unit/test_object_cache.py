@@ -145,6 +145,24 @@ def edit_env(md: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
     return changed
 
 
+def _pass_after_an_env_edit(api: FakeApiServer, r: Reconciler) -> list[tuple[str, str]]:
+    """Put A=1 into the ModelDeployment's env (the watch delivers it) and run the pass,
+    which must write the Deployment: the requests it made about the Deployment."""
+    md = edit_env(api.objects[("ModelDeployment", "team-a", "m")], {"A": "1"})
+    r.cache.observe("ModelDeployment", md)
+    api.calls.clear()
+    result = r.reconcile_by_name("team-a", "m")
+    assert result is not None and result.applied == ["Deployment/m"]
+    return [c for c in api.calls if c[1] == "Deployment"]
+
+
+def env_of(api: FakeApiServer, key: Key) -> list[dict[str, str]]:
+    env: list[dict[str, str]] = (
+        api.objects[key]["spec"]["template"]["spec"]["containers"][0].get("env") or []
+    )
+    return env
+
+
 def test_first_pass_creates_what_the_cache_lacks_without_a_read_then_nothing(
     api: FakeApiServer,
 ) -> None:
@@ -240,17 +258,12 @@ def test_a_stale_apply_over_an_applied_child_is_refused_and_read_again(
     result = r.reconcile_by_name("team-a", "m")
     assert result is not None and result.applied == []  # paused is not ours
     assert api.calls == []
-    md = edit_env(api.objects[("ModelDeployment", "team-a", "m")], {"A": "1"})
-    r.cache.observe("ModelDeployment", md)
-    result = r.reconcile_by_name("team-a", "m")
-    assert result is not None and result.applied == ["Deployment/m"]
-    assert api.calls[:3] == [
+    assert _pass_after_an_env_edit(api, r) == [
         ("APPLY", "Deployment"),
         ("GET", "Deployment"),
         ("APPLY", "Deployment"),
     ]
-    env = api.objects[key]["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert {"name": "A", "value": "1"} in env
+    assert {"name": "A", "value": "1"} in env_of(api, key)
 
 
 def _status_write(d: dict[str, Any]) -> None:
@@ -268,18 +281,12 @@ def test_a_conflict_where_only_status_moved_applies_again_without_a_new_plan(
     alone is no stale plan. The child is read, the same apply sent over the new version."""
     r, key = _applied_created_deployment(api)
     api.edit(key, _status_write)  # not yet delivered
-    md = edit_env(api.objects[("ModelDeployment", "team-a", "m")], {"A": "1"})
-    r.cache.observe("ModelDeployment", md)
-    api.calls.clear()
-    result = r.reconcile_by_name("team-a", "m")
-    assert result is not None and result.applied == ["Deployment/m"]
-    assert [c for c in api.calls if c[1] == "Deployment"] == [
+    assert _pass_after_an_env_edit(api, r) == [
         ("APPLY", "Deployment"),
         ("GET", "Deployment"),
         ("APPLY", "Deployment"),
     ]
-    env = api.objects[key]["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert {"name": "A", "value": "1"} in env
+    assert {"name": "A", "value": "1"} in env_of(api, key)
 
 
 def test_the_first_update_is_not_stale_when_only_the_controllers_status_moved(
@@ -293,17 +300,11 @@ def test_the_first_update_is_not_stale_when_only_the_controllers_status_moved(
     r.reconcile_by_name("team-a", "m")
     key = ("Deployment", "team-a", "m")
     api.edit(key, _status_write)  # not yet delivered
-    md = edit_env(api.objects[("ModelDeployment", "team-a", "m")], {"A": "1"})
-    r.cache.observe("ModelDeployment", md)
-    api.calls.clear()
-    result = r.reconcile_by_name("team-a", "m")
-    assert result is not None and result.applied == ["Deployment/m"]
-    assert [c for c in api.calls if c[1] == "Deployment"] == [
+    assert _pass_after_an_env_edit(api, r) == [
         ("PATCH", "Deployment"),
         ("APPLY", "Deployment"),
     ]
-    env = api.objects[key]["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert {"name": "A", "value": "1"} in env
+    assert {"name": "A", "value": "1"} in env_of(api, key)
 
 
 def test_status_that_keeps_moving_ends_the_pass_after_a_bounded_number_of_applies(
@@ -326,8 +327,7 @@ def test_status_that_keeps_moving_ends_the_pass_after_a_bounded_number_of_applie
     # Two plans (the pass, then once more after reading again), each applying at most
     # 1 + STATUS_ONLY_REAPPLIES times; nothing was written.
     assert len(applies) == 2 * (1 + STATUS_ONLY_REAPPLIES)
-    env = api.objects[key]["spec"]["template"]["spec"]["containers"][0].get("env") or []
-    assert {"name": "A", "value": "1"} not in env
+    assert {"name": "A", "value": "1"} not in env_of(api, key)
 
 
 FOREIGN_SERVICE: dict[str, Any] = {

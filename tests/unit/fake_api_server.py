@@ -5,14 +5,16 @@ It keeps the rules a pass depends on: an apply carrying a resourceVersion is ref
 (409) when the object has moved on; a create of a taken name is refused (409
 AlreadyExists) and writes nothing; a create files the object's fields under an Update
 entry of its field manager, an apply under an Apply entry, and `upgrade_to_apply` turns
-the one into the other only where its test of the entry holds (else 422). Kinds in `unserved` answer
-404 (a CRD that is not installed). The real API server's behaviour is checked by the
-e2e tests; this one only counts and refuses.
+the one into the other only where its test of the entry holds (else 422). Kinds in
+`unserved` answer 404 (a CRD that is not installed); a create in a namespace of
+`terminating` answers 403 NamespaceTerminating (a namespace being deleted). The real API
+server's behaviour is checked by the e2e tests; this one only counts and refuses.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -23,12 +25,44 @@ from openmodel.kube import calls as kube
 Key = tuple[str, str, str]
 
 
+def namespace_terminating_error(kind: str, name: str, namespace: str) -> ApiException:
+    """The API server's refusal of a create in a namespace being deleted, as it words it."""
+    message = (
+        f'{kind} "{name}" is forbidden: unable to create new content in namespace '
+        f"{namespace} because it is being terminated"
+    )
+    e = ApiException(status=403, reason="Forbidden")
+    e.body = json.dumps(
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Failure",
+            "message": message,
+            "reason": "Forbidden",
+            "details": {
+                "name": name,
+                "kind": kind,
+                "causes": [
+                    {
+                        "reason": "NamespaceTerminating",
+                        "message": f"namespace {namespace} is being terminated",
+                        "field": "metadata.namespace",
+                    }
+                ],
+            },
+            "code": 403,
+        }
+    )
+    return e
+
+
 class FakeApiServer:
     def __init__(self, unserved: frozenset[str] = frozenset()) -> None:
         self.objects: dict[Key, dict[str, Any]] = {}
         self.calls: list[tuple[str, str]] = []
         self.events: list[dict[str, Any]] = []
         self.unserved = unserved
+        self.terminating: set[str] = set()
         self.version = 100
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeApiServer:
@@ -83,10 +117,12 @@ class FakeApiServer:
     def create(self, _api: Any, obj: Any, field_manager: str | None = None) -> Any:
         kind = obj["kind"]
         self.calls.append(("POST", kind))
+        meta = obj["metadata"]
+        if meta["namespace"] in self.terminating:
+            raise namespace_terminating_error(kind, meta.get("name", ""), meta["namespace"])
         if kind == "Event":
             self.events.append(obj)
             return obj
-        meta = obj["metadata"]
         key = (kind, meta["namespace"], meta["name"])
         if key in self.objects:
             raise ApiException(status=409, reason="AlreadyExists")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
+from fake_api_server import namespace_terminating_error
+from kubernetes.client.exceptions import ApiException
 
 from openmodel.kube import calls as kube
 from openmodel.kube.events import REPEAT_WINDOW_SECONDS, EventMemory, post_event
@@ -55,3 +58,27 @@ def test_memory_is_bounded() -> None:
     assert len(memory) == 4096
     assert memory.repeat_of(("ns", "u0", "Normal", "Ready", "m")) is None
     assert memory.repeat_of(("ns", "u4999", "Normal", "Ready", "m")) is not None
+
+
+def test_an_event_in_a_namespace_being_deleted_is_dropped_without_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def create(_api: Any, obj: Any) -> Any:
+        raise namespace_terminating_error("events", "", obj["metadata"]["namespace"])
+
+    monkeypatch.setattr(kube, "create", create)
+    with caplog.at_level(logging.DEBUG):
+        post_event(None, MD, "Ready", "serving", memory=EventMemory())  # type: ignore[arg-type]
+    assert caplog.records == []
+
+
+def test_an_event_that_cannot_be_posted_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def create(_api: Any, obj: Any) -> Any:
+        raise ApiException(status=403, reason="Forbidden")
+
+    monkeypatch.setattr(kube, "create", create)
+    post_event(None, MD, "Ready", "serving", memory=EventMemory())  # type: ignore[arg-type]
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "could not post event Ready on team-a/m: Forbidden" in caplog.text

@@ -5,10 +5,12 @@ over a newer object, someone else's child never taken over, rate limit and 429."
 from __future__ import annotations
 
 import copy
+import json
+import logging
 from typing import Any
 
 import pytest
-from fake_api_server import FakeApiServer, Key
+from fake_api_server import FakeApiServer, Key, namespace_terminating_error
 from kubernetes.client.exceptions import ApiException
 
 from openmodel.config import PlatformConfig
@@ -342,6 +344,42 @@ FOREIGN_SERVICE: dict[str, Any] = {
     },
     "spec": {"ports": [{"port": 1234}]},
 }
+
+
+def test_a_namespace_being_deleted_ends_the_pass_quietly(
+    api: FakeApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Creates in a namespace being deleted are refused (403 NamespaceTerminating): no
+    permission is missing and its ModelDeployments go with it, so the pass ends with
+    nothing to retry and no warning (the install test reads the log for refusals)."""
+    api.terminating.add("team-a")
+    r = new_reconciler(api)
+    with caplog.at_level(logging.INFO):
+        assert r.reconcile_by_name("team-a", "m") is None
+    assert api.calls == [("POST", "Service")]  # refused at the first create; no status
+    assert [(rec.levelno, rec.getMessage()) for rec in caplog.records] == [
+        (logging.INFO, "team-a/m: the namespace is being deleted; nothing created")
+    ]
+
+
+def test_a_403_is_a_namespace_being_deleted_only_by_that_cause() -> None:
+    rbac = ApiException(status=403, reason="Forbidden")
+    rbac.body = json.dumps(
+        {
+            "kind": "Status",
+            "reason": "Forbidden",
+            "message": 'deployments.apps is forbidden: User "system:serviceaccount:s:o" '
+            'cannot create resource "deployments"',
+            "details": {"group": "apps", "kind": "deployments"},
+            "code": 403,
+        }
+    )
+    unreadable = namespace_terminating_error("deployments", "m", "team-a")
+    unreadable.body = "<html>403</html>"
+    assert not kube.namespace_terminating(rbac)
+    assert not kube.namespace_terminating(ApiException(status=403, reason="Forbidden"))
+    assert not kube.namespace_terminating(unreadable)
+    assert kube.namespace_terminating(namespace_terminating_error("deployments", "m", "team-a"))
 
 
 def test_someone_elses_service_is_not_taken_over(api: FakeApiServer) -> None:

@@ -224,6 +224,18 @@ def create(
     )
 
 
+def namespace_terminating(e: ApiException) -> bool:
+    """A create refused because its namespace is being deleted (403, cause
+    NamespaceTerminating): no permission is missing, and nothing is to be done there."""
+    if e.status != 403:
+        return False
+    try:
+        details = json.loads(e.body or "{}").get("details") or {}
+    except (ValueError, AttributeError):
+        return False
+    return any(c.get("reason") == "NamespaceTerminating" for c in details.get("causes") or [])
+
+
 def upgrade_to_apply(
     api: client.ApiClient, obj: Mapping[str, Any], index: int, field_manager: str = FIELD_MANAGER
 ) -> dict[str, Any]:

@@ -123,6 +123,8 @@ def post_event(
         if name:
             memory.remember(key, str(name))
     except ApiException as e:
+        if kube.namespace_terminating(e):
+            return  # nobody is left to read it
         # Events are best effort by design in Kubernetes; losing one must not block
         # reconciliation, but it must be visible.
         log.warning(

@@ -181,6 +181,18 @@ class Reconciler:
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
         try:
+            return self._pass_reading_once_again(namespace, name, body)
+        except ApiException as e:
+            if not kube.namespace_terminating(e):
+                raise
+            # Its ModelDeployments go with it; a create there is refused until they do.
+            log.info("%s/%s: the namespace is being deleted; nothing created", namespace, name)
+            return None
+
+    def _pass_reading_once_again(
+        self, namespace: str, name: str, body: Mapping[str, Any]
+    ) -> ReconcileResult | None:
+        try:
             return self._reconcile(body)
         except StaleChild as stale:
             obj = stale.obj

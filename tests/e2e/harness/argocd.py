@@ -144,11 +144,14 @@ class ArgoCD:
             return json.loads(response.read())  # type: ignore[no-any-return]
 
     def resource_health(self, app: str, kind: str, name: str) -> tuple[str, str]:
-        """(status, message) of one resource of the Application, ('', '') when absent."""
+        """(status, message) of one resource of the Application, ('', '') when absent,
+        or when the API server does not know the Application yet: it reads Applications
+        from its own informer, a moment behind their create, and answers 403 for one it
+        cannot find (it does not tell a missing Application from a forbidden one)."""
         try:
             nodes = self.resource_tree(app).get("nodes") or []
         except urllib.error.HTTPError as error:
-            if error.code == 404:
+            if error.code in (403, 404):
                 return "", ""
             raise
         for node in nodes:

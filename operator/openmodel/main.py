@@ -37,7 +37,7 @@ from openmodel.model_resolver.hub import HubClient
 from openmodel.model_resolver.loop import ResolverLoop
 from openmodel.model_resolver.store import ModelConfigStore
 from openmodel.reconcile.reconciler import Reconciler, ReconcileResult
-from openmodel.reconcile.resync import audit_forever, resync_forever, resync_once
+from openmodel.reconcile.resync import audit_forever, queue_all, resync_forever
 from openmodel.reconcile.retry import RetryQueue, retry_forever
 from openmodel.reconcile.work_queue import WorkQueue, work_forever
 
@@ -58,7 +58,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     for group, version, plural, _kind in CHILD_KINDS:
         settings.watching.label_selectors[group, version, plural] = OWNER_LABEL
     kube.limit_rate(config.operator.api_qps, config.operator.api_burst)
-    # The workers, and the loops' threads (autoscaler, adapters, resync) beside them.
+    # The workers, and the threads of the loops beside them (autoscaler, adapters, audit).
     api = kube.make_api_client(pool_size=config.operator.workers + 4)
     memo.config = config
     hub_endpoint = config.model_resolver.effective_endpoint()
@@ -75,7 +75,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         cache=memo.cache,
         is_leader=None if elector is None else (lambda: autoscaler.was_leader),
     )
-    autoscaler.on_elected = lambda: asyncio.to_thread(resync_once, memo.reconciler)
+    # Handlers queue keys; these workers run the passes (reconcile/work_queue.py).
+    memo.work = WorkQueue()
+
+    async def resync_now() -> None:  # elected: another replica decided until now
+        queue_all(memo.reconciler, memo.work)
+
+    autoscaler.on_elected = resync_now
     port = telemetry.metrics_port()
     if port is not None:
         telemetry.start_metrics_server(port)
@@ -86,8 +92,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         cache=memo.cache,
     )
     track_operator_maps(memo.reconciler, autoscaler, adapters, memo.cache)
-    # Handlers queue keys; these workers run the passes (reconcile/work_queue.py).
-    memo.work = WorkQueue()
     threads = ThreadPoolExecutor(config.operator.workers, thread_name_prefix="reconcile")
     memo.tasks = [
         *(
@@ -97,7 +101,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             )
             for i in range(config.operator.workers)
         ),
-        asyncio.create_task(resync_forever(memo.reconciler), name="resync"),
+        asyncio.create_task(resync_forever(memo.reconciler, memo.work), name="resync"),
         asyncio.create_task(
             retry_forever(memo.retries, memo.reconciler.reconcile_by_name), name="retries"
         ),
@@ -107,7 +111,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     if config.operator.cache_audit_seconds > 0:
         memo.tasks.append(
             asyncio.create_task(
-                audit_forever(memo.reconciler, config.operator.cache_audit_seconds),
+                audit_forever(memo.reconciler, memo.work, config.operator.cache_audit_seconds),
                 name="cache-audit",
             )
         )

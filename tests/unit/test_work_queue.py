@@ -1,12 +1,17 @@
 """The queue between kopf's event handlers and the reconcile workers
 (reconcile/work_queue.py): a waiting key is queued once, a key taken can be queued
-again, and a failing pass does not end its worker."""
+again, events go before the resync's sweep, and a failing pass does not end its worker."""
 
 from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
+from openmodel.config import PlatformConfig
+from openmodel.reconcile.reconciler import Reconciler
+from openmodel.reconcile.resync import queue_all
 from openmodel.reconcile.work_queue import WorkQueue, work_forever
 
 
@@ -48,3 +53,61 @@ def test_a_failing_pass_is_logged_and_the_worker_goes_on() -> None:
 
     asyncio.run(scenario())
     assert ran == [("a", "bad"), ("a", "good")]
+
+
+def test_what_events_ask_for_goes_before_the_resync_sweep() -> None:
+    async def scenario() -> list[tuple[str, str]]:
+        queue = WorkQueue()
+        for name in ("s1", "s2", "s3"):
+            queue.add(("a", name), background=True)
+        queue.add(("a", "edited"))
+        queue.add(("a", "s2"))  # an event for a swept key: to the front, once
+        queue.add(("a", "s3"), background=True)  # waiting already: no second entry
+        assert len(queue) == 4
+        return [await queue.take() for _ in range(4)]
+
+    assert asyncio.run(scenario()) == [("a", "edited"), ("a", "s2"), ("a", "s1"), ("a", "s3")]
+
+
+def test_a_taken_key_swept_again_is_due_once_more() -> None:
+    async def scenario() -> list[tuple[str, str]]:
+        queue = WorkQueue()
+        queue.add(("a", "m"), background=True)
+        queue.add(("a", "m"))  # moved to the front; its sweep entry is left behind
+        first = await queue.take()
+        queue.add(("a", "m"), background=True)
+        second = await asyncio.wait_for(queue.take(), timeout=5)
+        assert len(queue) == 0
+        return [first, second]
+
+    assert asyncio.run(scenario()) == [("a", "m"), ("a", "m")]
+
+
+def test_a_waiting_worker_wakes_for_a_key_added_later() -> None:
+    async def scenario() -> tuple[str, str]:
+        queue = WorkQueue()
+        taker = asyncio.create_task(queue.take())
+        await asyncio.sleep(0)  # the taker now waits on the empty queue
+        assert not taker.done()
+        queue.add(("a", "late"), background=True)
+        return await asyncio.wait_for(taker, timeout=5)
+
+    assert asyncio.run(scenario()) == ("a", "late")
+
+
+def test_the_resync_queues_the_served_cached_model_deployments_behind_events(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENMODEL_NAMESPACES", "team-*")
+    r = Reconciler(object(), PlatformConfig())  # type: ignore[arg-type]
+    for namespace, name in (("team-a", "m"), ("team-b", "n"), ("other", "o")):
+        md = {"kind": "ModelDeployment", "metadata": {"namespace": namespace, "name": name}}
+        r.cache.observe("ModelDeployment", {**md, "apiVersion": "openmodel.dev/v1alpha1"})
+
+    async def scenario() -> list[tuple[str, str]]:
+        queue = WorkQueue()
+        queue.add(("team-b", "n"))
+        assert queue_all(r, queue) == 2
+        return [await queue.take() for _ in range(len(queue))]
+
+    assert sorted(asyncio.run(scenario())) == [("team-a", "m"), ("team-b", "n")]

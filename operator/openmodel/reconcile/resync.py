@@ -1,14 +1,17 @@
 """Periodic resync and cache audit.
 
-The resync reconciles every cached ModelDeployment again now and then: events drive
-almost everything, and this repairs what a failed pass left behind (an API hiccup during
-an event handler is logged, not retried by kopf). It walks the cache, so a converged
-cluster costs it no request at all.
+The resync queues every cached ModelDeployment for a pass now and then: events drive
+almost everything, and this repairs what a failed pass left behind, or a change no event
+shows (a child's owner label taken off). It walks the cache and hands the keys to the
+reconcile workers (`reconcile/work_queue.py`) behind what events ask for, so a converged
+cluster costs it no request, an edit never waits for the sweep, and a sweep during a
+burst adds almost nothing (most keys are waiting already). A failed pass is retried as
+any other (`RetryQueue`).
 
 The audit compares the cache with one LIST per watched kind, rarely (platform config
 `operator.cacheAuditSeconds`, default hourly): kopf re-lists a watch that fell too far
 behind without telling which objects vanished meanwhile, so a deletion can be missed.
-A difference is logged as a warning and the affected ModelDeployments reconciled.
+A difference is logged as a warning and every ModelDeployment queued again.
 """
 
 from __future__ import annotations
@@ -18,13 +21,12 @@ import logging
 import os
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
 from openmodel.api import API_VERSION, KIND, OWNER_LABEL, PLURAL
 from openmodel.kube import calls as kube
 from openmodel.kube.cache import CHILD_KINDS, resource_version
 from openmodel.namespaces import matches, patterns_from_env
 from openmodel.reconcile.reconciler import Reconciler
+from openmodel.reconcile.work_queue import WorkQueue
 
 log = logging.getLogger(__name__)
 DEFAULT_INTERVAL_SECONDS = 60.0
@@ -41,33 +43,24 @@ _AUDITED = (
 )  # fmt: skip
 
 
-def resync_once(reconciler: Reconciler) -> int:
-    """Reconcile every cached ModelDeployment once; returns how many passes failed."""
-    failures = 0
+def queue_all(reconciler: Reconciler, queue: WorkQueue) -> int:
+    """Queue every served, cached ModelDeployment behind the event-driven work (on the
+    event loop, as the queue wants); returns how many are served."""
     served = patterns_from_env()
+    count = 0
     for body in reconciler.cache.model_deployments():
         meta = body["metadata"]
-        if not matches(meta["namespace"], served):
-            continue
-        try:
-            reconciler.reconcile_by_name(meta["namespace"], meta["name"])
-        except ApiException as e:
-            failures += 1
-            log.warning(
-                "resync of %s/%s failed: %s %s", meta["namespace"], meta["name"], e.status, e.reason
-            )
-    return failures
+        if matches(meta["namespace"], served):
+            queue.add((meta["namespace"], meta["name"]), background=True)
+            count += 1
+    return count
 
 
-async def resync_forever(reconciler: Reconciler) -> None:
+async def resync_forever(reconciler: Reconciler, queue: WorkQueue) -> None:
     interval = float(os.environ.get("OPENMODEL_RESYNC_SECONDS", DEFAULT_INTERVAL_SECONDS))
     while True:
         await asyncio.sleep(interval)
-        try:
-            await asyncio.to_thread(resync_once, reconciler)
-        except Exception:
-            # e.g. the API server unreachable (urllib3 errors): log and keep the loop.
-            log.exception("resync failed; retrying in %.0f s", interval)
+        queue_all(reconciler, queue)
 
 
 def audit_once(reconciler: Reconciler) -> int:
@@ -89,11 +82,11 @@ def audit_once(reconciler: Reconciler) -> int:
     return total
 
 
-async def audit_forever(reconciler: Reconciler, interval: float) -> None:
+async def audit_forever(reconciler: Reconciler, queue: WorkQueue, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
             if await asyncio.to_thread(audit_once, reconciler):
-                await asyncio.to_thread(resync_once, reconciler)
+                queue_all(reconciler, queue)
         except Exception:
             log.exception("cache audit failed; retrying in %.0f s", interval)

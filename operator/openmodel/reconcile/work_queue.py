@@ -9,6 +9,12 @@ lets go of each event once it is in the cache; `workers` tasks take keys and run
 pass each, in threads, reading the newest state from the cache. A key already waiting
 is not queued twice: many events of one ModelDeployment become one pass.
 
+Two lines: what an event asks for goes first; the resync's sweep over every cached
+ModelDeployment waits behind it (`background`), so an edit made while 5,000 converged
+ModelDeployments are swept is not queued behind them, and a sweep during a burst adds
+next to nothing (its keys are waiting already). A waiting background key that an event
+asks for moves to the front line.
+
 All of it runs on kopf's event loop (the handlers are async), so the queue needs no lock.
 """
 
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,19 +33,32 @@ Key = tuple[str, str]
 
 class WorkQueue:
     def __init__(self) -> None:
-        self._keys: asyncio.Queue[Key] = asyncio.Queue()
-        self._waiting: set[Key] = set()
+        self._urgent: deque[Key] = deque()
+        self._background: deque[Key] = deque()
+        # Each waiting key, and whether it waits in the front line. An entry of a line
+        # whose key is not (or no longer) waiting in that line is skipped by `take`.
+        self._waiting: dict[Key, bool] = {}
+        self._added = asyncio.Event()
 
-    def add(self, key: Key) -> None:
-        if key in self._waiting:
+    def add(self, key: Key, *, background: bool = False) -> None:
+        urgent = not background
+        waiting = self._waiting.get(key)
+        if waiting is not None and (waiting or not urgent):
             return
-        self._waiting.add(key)
-        self._keys.put_nowait(key)
+        self._waiting[key] = urgent
+        (self._urgent if urgent else self._background).append(key)
+        self._added.set()
 
     async def take(self) -> Key:
-        key = await self._keys.get()
-        self._waiting.discard(key)
-        return key
+        while True:
+            for line, urgent in ((self._urgent, True), (self._background, False)):
+                while line:
+                    key = line.popleft()
+                    if self._waiting.get(key) is urgent:
+                        del self._waiting[key]
+                        return key
+            self._added.clear()
+            await self._added.wait()
 
     def __len__(self) -> int:
         return len(self._waiting)

@@ -96,7 +96,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.tasks = [
         *(
             asyncio.create_task(
-                work_forever(memo.work, lambda ns, n: _timed(memo, (ns, n)), threads),
+                work_forever(memo.work, lambda ns, n, swept: _timed(memo, (ns, n), swept), threads),
                 name=f"reconcile-worker-{i}",
             )
             for i in range(config.operator.workers)
@@ -182,20 +182,21 @@ async def model_deployment_event(
     memo.work.add((namespace, name))
 
 
-def _timed(memo: kopf.Memo, key: tuple[str, str]) -> ReconcileResult | None:
-    """Run one reconcile pass, counting it in the operator's metrics; a pass that fails
-    is due again after a back-off (`RetryQueue`)."""
+def _timed(memo: kopf.Memo, key: tuple[str, str], swept: bool) -> ReconcileResult | None:
+    """Run one reconcile pass, counting it in the operator's metrics (swept: the resync
+    asked for it, not an event); a pass that fails is due again after a back-off
+    (`RetryQueue`)."""
     started = time.monotonic()
     try:
         reconciler: Reconciler = memo.reconciler
         result = reconciler.reconcile_by_name(*key)
     except Exception:
-        telemetry.record_reconcile("error", time.monotonic() - started)
+        telemetry.record_reconcile("error", time.monotonic() - started, swept=swept)
         memo.retries.failed(key)
         raise
     memo.retries.succeeded(key)
     outcome = "rejected" if result is not None and result.problem is not None else "ok"
-    telemetry.record_reconcile(outcome, time.monotonic() - started)
+    telemetry.record_reconcile(outcome, time.monotonic() - started, swept=swept)
     return result
 
 

@@ -89,6 +89,7 @@ class Telemetry:
 
     registry: CollectorRegistry
     reconcile_total: Counter
+    resync_passes: Counter
     reconcile_duration: Histogram
     scaling_decisions: Counter
     queue_depth: Gauge
@@ -112,6 +113,12 @@ class Telemetry:
         made = cls(
             registry=registry,
             reconcile_total=reconcile_total,
+            resync_passes=Counter(
+                "openmodel_resync_passes_total",
+                "Reconcile passes the resync's sweep asked for (also counted in "
+                "openmodel_reconcile_total); the rest were asked for by events.",
+                registry=registry,
+            ),
             reconcile_duration=Histogram(
                 "openmodel_reconcile_duration_seconds",
                 "Wall time of one reconcile pass.",
@@ -145,13 +152,15 @@ class Telemetry:
         sizes.track("telemetry.desired_replicas", lambda: label_sets(made.desired_replicas))
         return made
 
-    def record_reconcile(self, result: str, seconds: float) -> None:
+    def record_reconcile(self, result: str, seconds: float, *, swept: bool = False) -> None:
         if result not in RESULTS:
             # A typo would silently open a new series; fail where it is written.
             raise ValueError(f"reconcile result must be one of {RESULTS}, got {result!r}")
         if seconds < 0 or math.isnan(seconds):
             raise ValueError(f"reconcile duration must be >= 0 seconds, got {seconds!r}")
         self.reconcile_total.labels(result=result).inc()
+        if swept:
+            self.resync_passes.inc()
         self.reconcile_duration.observe(seconds)
 
     def record_scaling(self, namespace: str, name: str, direction: str) -> None:
@@ -208,9 +217,10 @@ def metrics_port(environ: Mapping[str, str] | None = None) -> int | None:
 _DEFAULT = Telemetry.create(REGISTRY)
 
 
-def record_reconcile(result: str, seconds: float) -> None:
-    """Count one reconcile pass ("ok", "error" or "rejected") and its duration."""
-    _DEFAULT.record_reconcile(result, seconds)
+def record_reconcile(result: str, seconds: float, *, swept: bool = False) -> None:
+    """Count one reconcile pass ("ok", "error" or "rejected") and its duration; swept:
+    the resync's sweep asked for it, not an event."""
+    _DEFAULT.record_reconcile(result, seconds, swept=swept)
 
 
 def record_scaling(namespace: str, name: str, direction: str) -> None:

@@ -52,6 +52,15 @@ def test_record_reconcile_counts_by_result_and_observes_duration(tm):
     assert value(tm, "openmodel_reconcile_duration_seconds_bucket", le="+Inf") == 3.0
 
 
+def test_passes_the_resync_swept_are_counted_apart_and_in_the_total(tm):
+    tm.record_reconcile("ok", 0.01)
+    tm.record_reconcile("ok", 0.01, swept=True)
+    tm.record_reconcile("error", 0.01, swept=True)
+    assert value(tm, "openmodel_resync_passes_total") == 2.0
+    assert value(tm, "openmodel_reconcile_total", result="ok") == 2.0
+    assert value(tm, "openmodel_reconcile_total", result="error") == 1.0
+
+
 @pytest.mark.parametrize("bad", ["OK", "success", ""])
 def test_unknown_reconcile_result_is_refused_not_a_new_series(tm, bad):
     with pytest.raises(ValueError, match="ok"):

@@ -14,29 +14,35 @@ from openmodel.reconcile.reconciler import Reconciler
 from openmodel.reconcile.resync import queue_all
 from openmodel.reconcile.work_queue import WorkQueue, work_forever
 
+Taken = tuple[tuple[str, str], bool]  # (key, swept: from the background line)
+
 
 def test_many_events_of_one_key_wait_as_one_and_order_is_kept() -> None:
-    async def scenario() -> list[tuple[str, str]]:
+    async def scenario() -> list[Taken]:
         queue = WorkQueue()
         for key in [("a", "m"), ("a", "n"), ("a", "m"), ("a", "m")]:
             queue.add(key)
         assert len(queue) == 2
         first = await queue.take()
-        queue.add(first)  # changed again while its pass runs: due once more
+        queue.add(first[0])  # changed again while its pass runs: due once more
         return [first, await queue.take(), await queue.take()]
 
-    assert asyncio.run(scenario()) == [("a", "m"), ("a", "n"), ("a", "m")]
+    assert asyncio.run(scenario()) == [
+        (("a", "m"), False),
+        (("a", "n"), False),
+        (("a", "m"), False),
+    ]
 
 
 def test_a_failing_pass_is_logged_and_the_worker_goes_on() -> None:
-    ran: list[tuple[str, str]] = []
+    ran: list[tuple[str, str, bool]] = []
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         both = asyncio.Event()
 
-        def run(namespace: str, name: str) -> None:
-            ran.append((namespace, name))
+        def run(namespace: str, name: str, swept: bool) -> None:
+            ran.append((namespace, name, swept))
             if len(ran) == 2:
                 loop.call_soon_threadsafe(both.set)
             if name == "bad":
@@ -46,17 +52,17 @@ def test_a_failing_pass_is_logged_and_the_worker_goes_on() -> None:
         with ThreadPoolExecutor(1) as threads:
             worker = asyncio.create_task(work_forever(queue, run, threads))
             queue.add(("a", "bad"))
-            queue.add(("a", "good"))
+            queue.add(("a", "good"), background=True)
             await asyncio.wait_for(both.wait(), timeout=10)
             assert not worker.done()
             worker.cancel()
 
     asyncio.run(scenario())
-    assert ran == [("a", "bad"), ("a", "good")]
+    assert ran == [("a", "bad", False), ("a", "good", True)]
 
 
 def test_what_events_ask_for_goes_before_the_resync_sweep() -> None:
-    async def scenario() -> list[tuple[str, str]]:
+    async def scenario() -> list[Taken]:
         queue = WorkQueue()
         for name in ("s1", "s2", "s3"):
             queue.add(("a", name), background=True)
@@ -66,11 +72,16 @@ def test_what_events_ask_for_goes_before_the_resync_sweep() -> None:
         assert len(queue) == 4
         return [await queue.take() for _ in range(4)]
 
-    assert asyncio.run(scenario()) == [("a", "edited"), ("a", "s2"), ("a", "s1"), ("a", "s3")]
+    assert asyncio.run(scenario()) == [
+        (("a", "edited"), False),
+        (("a", "s2"), False),
+        (("a", "s1"), True),
+        (("a", "s3"), True),
+    ]
 
 
 def test_a_taken_key_swept_again_is_due_once_more() -> None:
-    async def scenario() -> list[tuple[str, str]]:
+    async def scenario() -> list[Taken]:
         queue = WorkQueue()
         queue.add(("a", "m"), background=True)
         queue.add(("a", "m"))  # moved to the front; its sweep entry is left behind
@@ -80,11 +91,11 @@ def test_a_taken_key_swept_again_is_due_once_more() -> None:
         assert len(queue) == 0
         return [first, second]
 
-    assert asyncio.run(scenario()) == [("a", "m"), ("a", "m")]
+    assert asyncio.run(scenario()) == [(("a", "m"), False), (("a", "m"), True)]
 
 
 def test_a_waiting_worker_wakes_for_a_key_added_later() -> None:
-    async def scenario() -> tuple[str, str]:
+    async def scenario() -> Taken:
         queue = WorkQueue()
         taker = asyncio.create_task(queue.take())
         await asyncio.sleep(0)  # the taker now waits on the empty queue
@@ -92,7 +103,7 @@ def test_a_waiting_worker_wakes_for_a_key_added_later() -> None:
         queue.add(("a", "late"), background=True)
         return await asyncio.wait_for(taker, timeout=5)
 
-    assert asyncio.run(scenario()) == ("a", "late")
+    assert asyncio.run(scenario()) == (("a", "late"), True)
 
 
 def test_the_resync_queues_the_served_cached_model_deployments_behind_events(
@@ -104,10 +115,11 @@ def test_the_resync_queues_the_served_cached_model_deployments_behind_events(
         md = {"kind": "ModelDeployment", "metadata": {"namespace": namespace, "name": name}}
         r.cache.observe("ModelDeployment", {**md, "apiVersion": "openmodel.dev/v1alpha1"})
 
-    async def scenario() -> list[tuple[str, str]]:
+    async def scenario() -> list[Taken]:
         queue = WorkQueue()
         queue.add(("team-b", "n"))
         assert queue_all(r, queue) == 2
         return [await queue.take() for _ in range(len(queue))]
 
-    assert sorted(asyncio.run(scenario())) == [("team-a", "m"), ("team-b", "n")]
+    # team-b/n waited for an event already: it stays in the front line.
+    assert asyncio.run(scenario()) == [(("team-b", "n"), False), (("team-a", "m"), True)]

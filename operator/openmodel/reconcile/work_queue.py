@@ -49,14 +49,15 @@ class WorkQueue:
         (self._urgent if urgent else self._background).append(key)
         self._added.set()
 
-    async def take(self) -> Key:
+    async def take(self) -> tuple[Key, bool]:
+        """The next key due, and whether it came from the background line (the sweep)."""
         while True:
             for line, urgent in ((self._urgent, True), (self._background, False)):
                 while line:
                     key = line.popleft()
                     if self._waiting.get(key) is urgent:
                         del self._waiting[key]
-                        return key
+                        return key, not urgent
             self._added.clear()
             await self._added.wait()
 
@@ -65,14 +66,15 @@ class WorkQueue:
 
 
 async def work_forever(
-    queue: WorkQueue, run: Callable[[str, str], object], threads: ThreadPoolExecutor
+    queue: WorkQueue, run: Callable[[str, str, bool], object], threads: ThreadPoolExecutor
 ) -> None:
-    """One worker: take a key, run its pass in a thread, next. A failing pass is logged
-    (`run` records it for a retry) and does not end the worker."""
+    """One worker: take a key, run its pass in a thread (`run(namespace, name, swept)`,
+    swept: from the background line), next. A failing pass is logged (`run` records it
+    for a retry) and does not end the worker."""
     loop = asyncio.get_running_loop()
     while True:
-        namespace, name = await queue.take()
+        (namespace, name), swept = await queue.take()
         try:
-            await loop.run_in_executor(threads, run, namespace, name)
+            await loop.run_in_executor(threads, run, namespace, name, swept)
         except Exception:
             log.exception("pass of %s/%s failed", namespace, name)

@@ -39,7 +39,7 @@ from openmodel.model_resolver.store import ModelConfigStore
 from openmodel.reconcile.reconciler import Reconciler, ReconcileResult
 from openmodel.reconcile.resync import audit_forever, queue_all, resync_forever
 from openmodel.reconcile.retry import RetryQueue, retry_forever
-from openmodel.reconcile.work_queue import WorkQueue, work_forever
+from openmodel.reconcile.work_queue import Line, WorkQueue, work_forever
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def _child_handler(kind: str) -> Callable[..., Any]:
         version = body.metadata.get("resourceVersion")
         if memo.reconciler.own_writes.is_echo(kind, namespace, str(body.metadata.name), version):
             return
-        memo.work.add((namespace, owner))
+        memo.work.add((namespace, owner), Line.CHILD)
 
     child_event.__name__ = f"{kind.lower()}_event"
     return child_event

@@ -12,9 +12,9 @@ import pytest
 from openmodel.config import PlatformConfig
 from openmodel.reconcile.reconciler import Reconciler
 from openmodel.reconcile.resync import queue_all
-from openmodel.reconcile.work_queue import WorkQueue, work_forever
+from openmodel.reconcile.work_queue import Line, WorkQueue, work_forever
 
-Taken = tuple[tuple[str, str], bool]  # (key, swept: from the background line)
+Taken = tuple[tuple[str, str], Line]
 
 
 def test_many_events_of_one_key_wait_as_one_and_order_is_kept() -> None:
@@ -28,9 +28,9 @@ def test_many_events_of_one_key_wait_as_one_and_order_is_kept() -> None:
         return [first, await queue.take(), await queue.take()]
 
     assert asyncio.run(scenario()) == [
-        (("a", "m"), False),
-        (("a", "n"), False),
-        (("a", "m"), False),
+        (("a", "m"), Line.SPEC),
+        (("a", "n"), Line.SPEC),
+        (("a", "m"), Line.SPEC),
     ]
 
 
@@ -52,7 +52,7 @@ def test_a_failing_pass_is_logged_and_the_worker_goes_on() -> None:
         with ThreadPoolExecutor(1) as threads:
             worker = asyncio.create_task(work_forever(queue, run, threads))
             queue.add(("a", "bad"))
-            queue.add(("a", "good"), background=True)
+            queue.add(("a", "good"), line=Line.SWEEP)
             await asyncio.wait_for(both.wait(), timeout=10)
             assert not worker.done()
             worker.cancel()
@@ -61,37 +61,56 @@ def test_a_failing_pass_is_logged_and_the_worker_goes_on() -> None:
     assert ran == [("a", "bad", False), ("a", "good", True)]
 
 
+def test_own_events_go_before_childrens_and_those_before_the_sweep() -> None:
+    async def scenario() -> list[Taken]:
+        queue = WorkQueue()
+        queue.add(("a", "swept"), Line.SWEEP)
+        queue.add(("a", "rolling"), Line.CHILD)
+        queue.add(("a", "rolling"), Line.CHILD)  # its Deployment's status moved again: once
+        queue.add(("a", "new"))
+        queue.add(("a", "swept"), Line.CHILD)  # moves up to the children's line
+        queue.add(("a", "new"), Line.CHILD)  # waits in the first line already: stays
+        assert len(queue) == 3
+        return [await queue.take() for _ in range(3)]
+
+    assert asyncio.run(scenario()) == [
+        (("a", "new"), Line.SPEC),
+        (("a", "rolling"), Line.CHILD),
+        (("a", "swept"), Line.CHILD),
+    ]
+
+
 def test_what_events_ask_for_goes_before_the_resync_sweep() -> None:
     async def scenario() -> list[Taken]:
         queue = WorkQueue()
         for name in ("s1", "s2", "s3"):
-            queue.add(("a", name), background=True)
+            queue.add(("a", name), line=Line.SWEEP)
         queue.add(("a", "edited"))
         queue.add(("a", "s2"))  # an event for a swept key: to the front, once
-        queue.add(("a", "s3"), background=True)  # waiting already: no second entry
+        queue.add(("a", "s3"), line=Line.SWEEP)  # waiting already: no second entry
         assert len(queue) == 4
         return [await queue.take() for _ in range(4)]
 
     assert asyncio.run(scenario()) == [
-        (("a", "edited"), False),
-        (("a", "s2"), False),
-        (("a", "s1"), True),
-        (("a", "s3"), True),
+        (("a", "edited"), Line.SPEC),
+        (("a", "s2"), Line.SPEC),
+        (("a", "s1"), Line.SWEEP),
+        (("a", "s3"), Line.SWEEP),
     ]
 
 
 def test_a_taken_key_swept_again_is_due_once_more() -> None:
     async def scenario() -> list[Taken]:
         queue = WorkQueue()
-        queue.add(("a", "m"), background=True)
+        queue.add(("a", "m"), line=Line.SWEEP)
         queue.add(("a", "m"))  # moved to the front; its sweep entry is left behind
         first = await queue.take()
-        queue.add(("a", "m"), background=True)
+        queue.add(("a", "m"), line=Line.SWEEP)
         second = await asyncio.wait_for(queue.take(), timeout=5)
         assert len(queue) == 0
         return [first, second]
 
-    assert asyncio.run(scenario()) == [(("a", "m"), False), (("a", "m"), True)]
+    assert asyncio.run(scenario()) == [(("a", "m"), Line.SPEC), (("a", "m"), Line.SWEEP)]
 
 
 def test_a_waiting_worker_wakes_for_a_key_added_later() -> None:
@@ -100,10 +119,10 @@ def test_a_waiting_worker_wakes_for_a_key_added_later() -> None:
         taker = asyncio.create_task(queue.take())
         await asyncio.sleep(0)  # the taker now waits on the empty queue
         assert not taker.done()
-        queue.add(("a", "late"), background=True)
+        queue.add(("a", "late"), line=Line.SWEEP)
         return await asyncio.wait_for(taker, timeout=5)
 
-    assert asyncio.run(scenario()) == (("a", "late"), True)
+    assert asyncio.run(scenario()) == (("a", "late"), Line.SWEEP)
 
 
 def test_the_resync_queues_the_served_cached_model_deployments_behind_events(
@@ -122,4 +141,4 @@ def test_the_resync_queues_the_served_cached_model_deployments_behind_events(
         return [await queue.take() for _ in range(len(queue))]
 
     # team-b/n waited for an event already: it stays in the front line.
-    assert asyncio.run(scenario()) == [(("team-b", "n"), False), (("team-a", "m"), True)]
+    assert asyncio.run(scenario()) == [(("team-b", "n"), Line.SPEC), (("team-a", "m"), Line.SWEEP)]

@@ -26,7 +26,7 @@ from openmodel.kube import calls as kube
 from openmodel.kube.cache import CHILD_KINDS, resource_version
 from openmodel.namespaces import matches, patterns_from_env
 from openmodel.reconcile.reconciler import Reconciler
-from openmodel.reconcile.work_queue import WorkQueue
+from openmodel.reconcile.work_queue import Line, WorkQueue
 
 log = logging.getLogger(__name__)
 DEFAULT_INTERVAL_SECONDS = 60.0
@@ -51,7 +51,7 @@ def queue_all(reconciler: Reconciler, queue: WorkQueue) -> int:
     for body in reconciler.cache.model_deployments():
         meta = body["metadata"]
         if matches(meta["namespace"], served):
-            queue.add((meta["namespace"], meta["name"]), background=True)
+            queue.add((meta["namespace"], meta["name"]), Line.SWEEP)
             count += 1
     return count
 

@@ -61,37 +61,42 @@ def test_a_failing_pass_is_logged_and_the_worker_goes_on() -> None:
     assert ran == [("a", "bad", False), ("a", "good", True)]
 
 
-def test_own_events_go_before_childrens_and_those_before_the_sweep() -> None:
+def taken_in_order(adds: list[tuple[str, Line]]) -> list[Taken]:
+    """Add ("a", name) in each line given, then take every waiting key (one each)."""
+
     async def scenario() -> list[Taken]:
         queue = WorkQueue()
-        queue.add(("a", "swept"), Line.SWEEP)
-        queue.add(("a", "rolling"), Line.CHILD)
-        queue.add(("a", "rolling"), Line.CHILD)  # its Deployment's status moved again: once
-        queue.add(("a", "new"))
-        queue.add(("a", "swept"), Line.CHILD)  # moves up to the children's line
-        queue.add(("a", "new"), Line.CHILD)  # waits in the first line already: stays
-        assert len(queue) == 3
-        return [await queue.take() for _ in range(3)]
+        for name, line in adds:
+            queue.add(("a", name), line)
+        return [await queue.take() for _ in range(len(queue))]
 
-    assert asyncio.run(scenario()) == [
-        (("a", "new"), Line.SPEC),
-        (("a", "rolling"), Line.CHILD),
-        (("a", "swept"), Line.CHILD),
-    ]
+    return asyncio.run(scenario())
+
+
+def test_own_events_go_before_childrens_and_those_before_the_sweep() -> None:
+    assert taken_in_order(
+        [
+            ("swept", Line.SWEEP),
+            ("rolling", Line.CHILD),
+            ("rolling", Line.CHILD),  # its Deployment's status moved again: once
+            ("new", Line.SPEC),
+            ("swept", Line.CHILD),  # moves up to the children's line
+            ("new", Line.CHILD),  # waits in the first line already: stays
+        ]
+    ) == [(("a", "new"), Line.SPEC), (("a", "rolling"), Line.CHILD), (("a", "swept"), Line.CHILD)]
 
 
 def test_what_events_ask_for_goes_before_the_resync_sweep() -> None:
-    async def scenario() -> list[Taken]:
-        queue = WorkQueue()
-        for name in ("s1", "s2", "s3"):
-            queue.add(("a", name), line=Line.SWEEP)
-        queue.add(("a", "edited"))
-        queue.add(("a", "s2"))  # an event for a swept key: to the front, once
-        queue.add(("a", "s3"), line=Line.SWEEP)  # waiting already: no second entry
-        assert len(queue) == 4
-        return [await queue.take() for _ in range(4)]
-
-    assert asyncio.run(scenario()) == [
+    assert taken_in_order(
+        [
+            ("s1", Line.SWEEP),
+            ("s2", Line.SWEEP),
+            ("s3", Line.SWEEP),
+            ("edited", Line.SPEC),
+            ("s2", Line.SPEC),  # an event for a swept key: to the front, once
+            ("s3", Line.SWEEP),  # waiting already: no second entry
+        ]
+    ) == [
         (("a", "edited"), Line.SPEC),
         (("a", "s2"), Line.SPEC),
         (("a", "s1"), Line.SWEEP),

@@ -13,11 +13,11 @@ Three lines, taken in order (`Line`): what a ModelDeployment's own event asks fo
 user's create or edit) goes first; what its children's events ask for (a Deployment's
 status moving, a pod turning Ready) next; the resync's sweep over every cached
 ModelDeployment last. So during a burst of 5,000 creations every engine Deployment is
-created before the status of the first ones is brought up to date, and the many status
-changes of one Deployment while it rolls out wait as one key and become one pass
-instead of several; an edit made while 5,000 converged ModelDeployments are swept is not
-queued behind them, and a sweep during a burst adds next to nothing (its keys are
-waiting already). A waiting key asked for by a line before its own moves up to it.
+created before the status of the first ones is brought up to date (that moves status
+writes and Ready Events later; it does not remove work: docs/benchmarks.md); an edit
+made while 5,000 converged ModelDeployments are swept is not queued behind them, and a
+sweep during a burst adds next to nothing (its keys are waiting already). A waiting key
+asked for by a line before its own moves up to it.
 
 All of it runs on kopf's event loop (the handlers are async), so the queue needs no lock.
 """

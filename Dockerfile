@@ -24,7 +24,7 @@ RUN PYTHON=python3 bash hack/verify-image-steps.sh build-wheel /wheels \
 FROM ${PYTHON_IMAGE}
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="openmodel" \
-      org.opencontainers.image.description="Kubernetes operator that serves open-weight LLMs with vLLM or TGI" \
+      org.opencontainers.image.description="Kubernetes operator that serves open-weight LLMs (vLLM, SGLang, llama.cpp or TGI) on your own GPUs" \
       org.opencontainers.image.version="${VERSION}"
 # kopf names itself after the user (getpass.getuser()), which fails for a UID with no
 # passwd entry: give 65532 one, and USER for any other UID a cluster may impose.

@@ -48,9 +48,14 @@ def test_default_images_are_each_engines_own() -> None:
     assert set(images) == set(ENGINES) | {f"{n}-cpu" for n, e in ENGINES.items() if e.cpu_image}
 
 
-def test_a_gguf_engine_is_sized_as_gguf_and_no_other_is() -> None:
+def test_facts_stated_twice_in_an_engine_agree() -> None:
     for engine in ENGINES.values():
+        # Sized as GGUF exactly when it loads GGUF files.
         assert (engine.gguf_file_flag is not None) == engine.memory.weights_always_gguf
+        # The sizing's messages name the engine as people know it.
+        assert engine.memory.label == engine.display_name
+        # A CPU build only for an engine that runs on CPU.
+        assert engine.cpu_image is None or engine.runs_on_cpu
 
 
 @pytest.mark.parametrize(

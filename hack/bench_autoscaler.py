@@ -34,7 +34,6 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 
 from openmodel.autoscaler import (
-    METRIC_NAMES,
     Observation,
     QueueReading,
     ScalingHistory,
@@ -45,8 +44,11 @@ from openmodel.autoscaler import (
     read_queue,
 )
 from openmodel.autoscaler.metrics import parse_exposition
+from openmodel.engines import ENGINES
 from openmodel.simulator import start_simulator
 from openmodel.simulator.exposition import EngineStats, render_vllm
+
+METRIC_NAMES = {name: engine.metric_names for name, engine in ENGINES.items()}
 
 PREFIX = "127.77"
 

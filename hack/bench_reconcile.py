@@ -74,9 +74,9 @@ from kubernetes import client, config  # noqa: E402
 from kubernetes.client.exceptions import ApiException  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from openmodel.api import parse_model_deployment  # noqa: E402
 from openmodel.clock import utc_now  # noqa: E402
 from openmodel.config import PlatformConfig  # noqa: E402
+from openmodel.engines import parse_model_deployment  # noqa: E402
 from openmodel.reconcile.plan import make_plan  # noqa: E402
 from openmodel.reconcile.render import endpoint, label_selector  # noqa: E402
 from openmodel.reconcile.status import Observation, build_status  # noqa: E402

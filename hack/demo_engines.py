@@ -16,8 +16,8 @@ import sys
 
 from kubernetes import client, config
 
-from openmodel.api import GROUP, OWNER_LABEL, PLURAL, VERSION, parse_model_deployment
-from openmodel.engines import engine_for
+from openmodel.api import GROUP, OWNER_LABEL, PLURAL, VERSION
+from openmodel.engines import engine_for, parse_model_deployment
 from openmodel.engines.base import served_model_name
 from openmodel.simulator.server import SimulatorHandle, start_simulator
 

@@ -4,6 +4,10 @@
 CRD schema and CEL rules) into frozen dataclasses the renderers use. It re-checks what
 the schema guarantees too, so that the CLI gives the same errors on a file that never
 reached an API server.
+
+What depends on spec.engine beyond its enum (which sources, files, nodes and adapters an
+engine can serve) is checked by `EngineRules`, passed in by the engines package, which
+imports this module: callers use `openmodel.engines.parse_model_deployment`.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 GROUP = "openmodel.dev"
 VERSION = "v1alpha1"
@@ -20,8 +24,10 @@ PLURAL = "modeldeployments"
 API_VERSION = f"{GROUP}/{VERSION}"
 OWNER_LABEL = "openmodel.dev/model-deployment"
 
+# spec.engine's enum and default (the CRD's); each is a module in openmodel/engines/.
 ENGINES = ("vllm", "tgi", "sglang", "llamacpp")
-# `gpu.type: cpu`: the engine pod runs on CPU-only nodes (llama.cpp only).
+DEFAULT_ENGINE = "vllm"
+# `gpu.type: cpu`: the engine pod runs on CPU-only nodes (engines that can, only).
 CPU_ACCELERATOR = "cpu"
 QUANTIZATIONS = ("none", "awq", "gptq", "fp8", "bitsandbytes", "gguf", "compressed-tensors")
 DEFAULT_SCALE_UP_SECONDS = 0
@@ -29,7 +35,8 @@ DEFAULT_SCALE_DOWN_SECONDS = 300
 DEFAULT_SCALE_TO_ZERO_SECONDS = 600
 DEFAULT_LORA_MAX_RANK = 16
 DEFAULT_LORA_MAX_ADAPTERS = 4
-# vLLM's accepted --max-lora-rank values; anything else stops it at start.
+# spec.lora.maxRank's enum: the --max-lora-rank values engines accept; anything else
+# stops an engine at start.
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 ADAPTER_NAME_MAX = 63
 _ADAPTER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -56,6 +63,17 @@ class SpecError(ValueError):
         self.field = field
         self.message = message
         self.reason = reason
+
+
+class EngineRules(Protocol):
+    """The checks that depend on what spec.engine can serve, each raising SpecError.
+    The engines package answers them from the engine registry (`openmodel.engines`)."""
+
+    def check_adapter_source(self, engine: str, source: str, field: str) -> None:
+        """An adapter's s3:// or gs:// `source` (at `field`), already well-formed."""
+
+    def check_spec(self, spec: ModelDeploymentSpec) -> None:
+        """The whole spec, once every field is parsed."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +152,7 @@ class ModelDeploymentSpec:
     model_info: ModelInfo | None
     adapters: tuple[AdapterSpec, ...] = ()
     lora: LoraSpec | None = None
-    # llama.cpp with a Hugging Face repo: the .gguf file in it (--hf-file).
+    # An engine that loads GGUF files, with a Hugging Face repo: the .gguf file in it.
     gguf_file: str | None = None
 
 
@@ -250,7 +268,7 @@ def _parse_lora(raw: Any) -> LoraSpec | None:
     if rank is not None and rank not in LORA_RANKS:
         raise SpecError(
             f"{path}.maxRank",
-            f"must be one of {', '.join(map(str, LORA_RANKS))} (vLLM's accepted values), "
+            f"must be one of {', '.join(map(str, LORA_RANKS))} (the ranks engines accept), "
             f"got {rank}",
         )
     adapters = _positive_int(raw, "maxAdapters", path, 1)
@@ -260,17 +278,11 @@ def _parse_lora(raw: Any) -> LoraSpec | None:
     )
 
 
-def _check_adapter_source(source: str, path: str, engine: str) -> None:
+def _check_adapter_source(source: str, path: str, engine: str, rules: EngineRules) -> None:
     if source.startswith(("s3://", "gs://")):
         if len(source) <= len("s3://"):
             raise SpecError(path, f"needs a bucket and path after the scheme, got {source!r}")
-        if engine in ("tgi", "sglang"):
-            raise SpecError(
-                path,
-                f"engine {engine!r} cannot load adapters from s3:// or gs://; use engine vllm, "
-                "a Hugging Face repo id or pvc://<claim>/<path>",
-                reason="UnsupportedAdapterSource",
-            )
+        rules.check_adapter_source(engine, source, path)
         return
     if source.startswith("pvc://"):
         if not _PVC_SOURCE.match(source):
@@ -287,7 +299,7 @@ def _check_adapter_source(source: str, path: str, engine: str) -> None:
 
 
 def _parse_adapters(
-    raw: Any, engine: str, model_name: str, max_adapters: int
+    raw: Any, engine: str, model_name: str, max_adapters: int, rules: EngineRules
 ) -> tuple[AdapterSpec, ...]:
     if raw is None:
         return ()
@@ -319,7 +331,7 @@ def _parse_adapters(
         source = _get(item, "source", path, str)
         if not source:
             raise SpecError(f"{path}.source", "is required")
-        _check_adapter_source(source, f"{path}.source", engine)
+        _check_adapter_source(source, f"{path}.source", engine, rules)
         adapters.append(AdapterSpec(name=name, source=source))
     if len(adapters) > max_adapters:
         raise SpecError(
@@ -330,54 +342,14 @@ def _parse_adapters(
     return tuple(adapters)
 
 
-def _parse_gguf_file(raw: Mapping[str, Any], engine: str, model: str) -> str | None:
+def _parse_gguf_file(raw: Mapping[str, Any]) -> str | None:
     gguf_file: str | None = _get(raw, "ggufFile", "spec", str)
     if gguf_file is not None and (gguf_file.startswith("/") or not gguf_file.endswith(".gguf")):
         raise SpecError("spec.ggufFile", f"must be a .gguf file in the repo, got {gguf_file!r}")
-    if gguf_file is not None and engine != "llamacpp":
-        raise SpecError(
-            "spec.ggufFile", f"is for engine 'llamacpp' only (spec.engine is {engine!r})"
-        )
-    if engine == "llamacpp" and not model.startswith("pvc://") and not gguf_file:
-        raise SpecError(
-            "spec.ggufFile",
-            "is required with engine 'llamacpp' and a Hugging Face repo: the .gguf file in "
-            "the repo (llama.cpp --hf-file), e.g. Meta-Llama-3.1-8B-Instruct-Q4_K_M.gguf; "
-            "or give the file itself as spec.model pvc://<claim>/<path>.gguf",
-        )
     return gguf_file
 
 
-def _check_engine_fits(spec: ModelDeploymentSpec) -> None:
-    """What the CRD's CEL rules refuse about an engine's model, GPU and adapters."""
-    if spec.gpu.type == CPU_ACCELERATOR and spec.engine != "llamacpp":
-        raise SpecError(
-            "spec.gpu.type",
-            f"'cpu' (CPU-only nodes) needs engine 'llamacpp' with a GGUF model; engine "
-            f"{spec.engine!r} needs a GPU type",
-            reason="UnsupportedAccelerator",
-        )
-    if spec.gpu.type == CPU_ACCELERATOR and spec.gpu.count not in (None, 1):
-        raise SpecError(
-            "spec.gpu.count", "must be omitted (or 1) with gpu.type 'cpu': one process per replica"
-        )
-    # Before sizing, so an unsized s3:// model is not refused for its size instead.
-    if spec.engine in ("tgi", "sglang", "llamacpp") and spec.model.startswith(("s3://", "gs://")):
-        raise SpecError(
-            "spec.model",
-            f"engine {spec.engine!r} cannot stream weights from s3:// or gs://; use engine "
-            "vllm, a Hugging Face repo id or a pvc:// URI",
-            reason="UnsupportedModelSource",
-        )
-    if spec.engine == "llamacpp" and (spec.adapters or spec.lora is not None):
-        raise SpecError(
-            "spec.adapters",
-            "engine 'llamacpp' serves no named LoRA adapters; use engine vllm or sglang",
-            reason="UnsupportedAdapters",
-        )
-
-
-def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
+def parse_spec(raw: Mapping[str, Any], rules: EngineRules) -> ModelDeploymentSpec:
     """Parse and check a ModelDeployment spec; raises SpecError naming the field."""
     model = _get(raw, "model", "spec", str)
     if not model:
@@ -390,7 +362,7 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
             "must be a Hugging Face repo id like org/name, or a pvc://<claim>/<path>, s3:// or "
             f"gs:// URI, got {model!r}",
         )
-    engine = _get(raw, "engine", "spec", str) or "vllm"
+    engine = _get(raw, "engine", "spec", str) or DEFAULT_ENGINE
     if engine not in ENGINES:
         raise SpecError("spec.engine", f"must be one of {', '.join(ENGINES)}, got {engine!r}")
     quantization = _get(raw, "quantization", "spec", str) or "none"
@@ -431,6 +403,7 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
         engine,
         served_name(model, served),
         DEFAULT_LORA_MAX_ADAPTERS if lora is None else lora.max_adapters,
+        rules,
     )
     spec = ModelDeploymentSpec(
         model=model,
@@ -449,9 +422,9 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
         model_info=_parse_model_info(raw.get("modelInfo")),
         adapters=adapters,
         lora=lora,
-        gguf_file=_parse_gguf_file(raw, engine, model),
+        gguf_file=_parse_gguf_file(raw),
     )
-    _check_engine_fits(spec)
+    rules.check_spec(spec)
     return spec
 
 
@@ -489,7 +462,7 @@ def check_type_meta(body: Mapping[str, Any]) -> None:
         )
 
 
-def parse_model_deployment(body: Mapping[str, Any]) -> ModelDeployment:
+def parse_model_deployment(body: Mapping[str, Any], rules: EngineRules) -> ModelDeployment:
     """Parse a whole ModelDeployment object (as from the API server or a YAML file)."""
     check_type_meta(body)
     meta = body.get("metadata") or {}
@@ -511,5 +484,5 @@ def parse_model_deployment(body: Mapping[str, Any]) -> ModelDeployment:
         namespace=str(meta.get("namespace") or "default"),
         uid=str(meta.get("uid") or ""),
         generation=int(meta.get("generation") or 0),
-        spec=parse_spec(spec),
+        spec=parse_spec(spec, rules),
     )

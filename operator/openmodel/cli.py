@@ -18,10 +18,10 @@ from typing import Any, TextIO
 
 import yaml
 
-from openmodel.api import SpecError, check_type_meta, parse_model_deployment
+from openmodel.api import DEFAULT_ENGINE, SpecError, check_type_meta
 from openmodel.api_schema import SchemaProblem, check_object
 from openmodel.config import ConfigError, PlatformConfig, load_config
-from openmodel.engines import ENGINES, engine_for
+from openmodel.engines import ENGINES, engine_for, parse_model_deployment, parse_spec
 from openmodel.engines.base import quantization_value
 from openmodel.model_resolver.state import ModelConfigState
 from openmodel.reconcile.plan import Plan, make_plan
@@ -133,14 +133,13 @@ def cmd_validate(args: argparse.Namespace, config: PlatformConfig, out: TextIO) 
 
 
 def _size_on_cpu(args: argparse.Namespace, out: TextIO) -> int:
-    """`--gpu cpu`: the llama.cpp pod's requests for the GGUF file the name announces
-    (a repo id or a file name; the type from it, Q4_K_M when it names none)."""
-    from openmodel.api import parse_spec
+    """`--gpu cpu`: the pod requests of the engine that runs on CPU, for the GGUF file the
+    name announces (a repo id or a file name; the type from it, Q4_K_M when it names none)."""
     from openmodel.sizing.cpu import estimate_cpu
 
     raw: dict[str, Any] = {
         "model": f"pvc://cli/{args.model.rstrip('/').rsplit('/', 1)[-1]}",
-        "engine": "llamacpp",
+        "engine": next(name for name, engine in ENGINES.items() if engine.runs_on_cpu),
         "gpu": {"type": "cpu"},
     }
     if args.max_model_len is not None:
@@ -206,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--gpu", required=True, help="accelerator name, e.g. nvidia-h100-80gb")
     size.add_argument("--quantization", default="none")
     size.add_argument("--max-model-len", type=int, default=None)
-    size.add_argument("--engine", default="vllm", choices=list(ENGINES))
+    size.add_argument("--engine", default=DEFAULT_ENGINE, choices=list(ENGINES))
     return parser
 
 

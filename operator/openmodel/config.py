@@ -4,8 +4,8 @@ Loaded from a YAML file (env `OPENMODEL_CONFIG`, mounted from a ConfigMap by the
 chart). Every key is optional:
 
 ```yaml
-engineImages: {vllm: "vllm/vllm-openai:v0.31.0", tgi: "...", sglang: "...", llamacpp: "...",
-               llamacpp-cpu: "..."}   # <engine>-cpu: the image for gpu.type cpu
+engineImages: {<engine>: "<image>", <engine>-cpu: "<image>"}  # over each engine's default
+                         # (Engine.image, .cpu_image); <engine>-cpu: for gpu.type cpu
 accelerators:            # added to / overriding the built-in catalog
   amd-mi300x:
     memoryGiB: 192
@@ -56,6 +56,7 @@ from typing import Any
 import yaml
 
 from openmodel.accelerators import AcceleratorCatalog, AcceleratorConfigError
+from openmodel.engines import default_images
 from openmodel.inference_extension.config import (
     InferenceExtensionConfig,
     parse_inference_extension,
@@ -66,17 +67,9 @@ from openmodel.model_resolver.settings import (
     parse_model_resolver,
 )
 
-DEFAULT_ENGINE_IMAGES: Mapping[str, str] = {
-    "vllm": "vllm/vllm-openai:v0.31.0",
-    "tgi": "ghcr.io/huggingface/text-generation-inference:3.3.6",
-    # v0.5.19-cu129: the last CUDA 12 build (later tags need a CUDA 13 driver).
-    "sglang": "lmsysorg/sglang:v0.5.19-cu129",
-    # llama.cpp publishes rolling tags per variant; pin a build (server-bNNNN) in the
-    # platform config for reproducible rollouts. `<engine>-cpu` is the image for
-    # gpu.type cpu.
-    "llamacpp": "ghcr.io/ggml-org/llama.cpp:server-cuda",
-    "llamacpp-cpu": "ghcr.io/ggml-org/llama.cpp:server",
-}
+# Each engine's own image (engines/<name>.py), and `<engine>-cpu` where it has another
+# build for gpu.type cpu.
+DEFAULT_ENGINE_IMAGES: Mapping[str, str] = default_images()
 
 
 class ConfigError(ValueError):

@@ -18,8 +18,8 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from openmodel.api import parse_model_deployment
 from openmodel.config import parse_config
+from openmodel.engines import parse_model_deployment
 from openmodel.reconcile.drift import object_holds
 from openmodel.reconcile.plan import make_plan
 

@@ -99,7 +99,9 @@ def test_status_is_rewritten_only_when_it_changes() -> None:
 
 
 def test_a_tgi_pod_serves_the_adapters_it_started_with() -> None:
-    from openmodel.adapters.loop import tgi_adapters
+    from openmodel.engines import ENGINES
+
+    tgi_adapters = ENGINES["tgi"].started_adapters
 
     pod = {
         "spec": {

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from openmodel.api import SpecError, parse_model_deployment, parse_spec
+from openmodel.api import SpecError
+from openmodel.engines import parse_model_deployment, parse_spec
 
 GOOD: dict[str, Any] = {"model": "org/m", "gpu": {"type": "nvidia-l4", "count": 1}}
 

@@ -38,16 +38,19 @@ from openmodel.autoscaler.decision import (
 from openmodel.autoscaler.demand import read_demand
 from openmodel.autoscaler.loop import AutoscalerLoop
 from openmodel.autoscaler.metrics import (
-    VLLM_METRICS,
     FailureKind,
     MetricFailure,
+    MetricNames,
     QueueReading,
     read_queue,
 )
 from openmodel.autoscaler.scrape import Scraper, ScrapeTarget
 from openmodel.autoscaler.zero import Demand
 from openmodel.config import PlatformConfig
+from openmodel.engines import ENGINES
 from openmodel.simulator.exposition import EngineStats, render_vllm
+
+VLLM_METRICS = ENGINES["vllm"].metric_names
 
 SUBNET = "127.0.77"
 MAX_BODY = 8 * 1024 * 1024
@@ -305,6 +308,7 @@ def test_scrape_time_is_bounded_by_the_deadline_however_many_pods_hang() -> None
 class FakeEngine:
     port: int
     metrics_path: str = "/metrics"
+    metric_names: MetricNames = VLLM_METRICS
 
 
 @dataclass

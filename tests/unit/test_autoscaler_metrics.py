@@ -9,9 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from openmodel.autoscaler.metrics import (
-    METRIC_NAMES,
-    TGI_METRICS,
-    VLLM_METRICS,
     FailureKind,
     MetricFailure,
     MetricNames,
@@ -21,6 +18,10 @@ from openmodel.autoscaler.metrics import (
     parse_exposition,
     read_queue,
 )
+from openmodel.engines import ENGINES
+
+VLLM_METRICS = ENGINES["vllm"].metric_names
+TGI_METRICS = ENGINES["tgi"].metric_names
 
 # Verbatim from docs/engines.md.
 VLLM_BODY = """\
@@ -74,8 +75,8 @@ def test_tgi_body_from_engine_docs():
 
 
 def test_engine_table_names_both_engines():
-    assert METRIC_NAMES["vllm"].queue == "vllm:num_requests_waiting"
-    assert METRIC_NAMES["tgi"].queue == "tgi_queue_size"
+    assert ENGINES["vllm"].metric_names.queue == "vllm:num_requests_waiting"
+    assert ENGINES["tgi"].metric_names.queue == "tgi_queue_size"
 
 
 def test_vllm_sums_over_engine_series():

@@ -22,15 +22,13 @@ from openmodel.autoscaler.decision import (
     ScalingPolicy,
     decide,
 )
-from openmodel.autoscaler.metrics import (
-    TGI_METRICS,
-    VLLM_METRICS,
-    FailureKind,
-    MetricFailure,
-    QueueReading,
-)
+from openmodel.autoscaler.metrics import FailureKind, MetricFailure, QueueReading
 from openmodel.autoscaler.scrape import Scraper, ScrapeTarget
+from openmodel.engines import ENGINES
 from openmodel.simulator import SimulatorHandle, start_simulator
+
+VLLM_METRICS = ENGINES["vllm"].metric_names
+TGI_METRICS = ENGINES["tgi"].metric_names
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

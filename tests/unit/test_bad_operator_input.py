@@ -13,11 +13,12 @@ import yaml
 
 from openmodel import cli
 from openmodel.accelerators import AcceleratorConfigError, accelerator_from_config
-from openmodel.api import SpecError, parse_model_deployment, status_conditions
+from openmodel.api import SpecError, status_conditions
 from openmodel.api_schema import check_object
 from openmodel.autoscaler.decision import Decision, DecisionReason, ScalingHistory
 from openmodel.autoscaler.loop import autoscaler_status
 from openmodel.config import PlatformConfig
+from openmodel.engines import parse_model_deployment
 from openmodel.kube.status_writer import loop_status_changed
 from openmodel.reconcile.plan import SKIP_FIT_CHECK_ANNOTATION, make_plan, skip_fit_check
 from openmodel.reconcile.status import Observation, build_status, needs_write

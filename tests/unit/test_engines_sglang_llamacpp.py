@@ -11,12 +11,11 @@ import pytest
 import yaml
 
 from openmodel.accelerators import BUILTIN_ACCELERATORS
-from openmodel.adapters.loop import sglang_adapters, started_adapters
 from openmodel.api import ENGINES as API_ENGINES
-from openmodel.api import QUANTIZATIONS, SpecError, parse_model_deployment
-from openmodel.autoscaler.metrics import METRIC_NAMES, QueueReading, parse_exposition, read_queue
+from openmodel.api import QUANTIZATIONS, SpecError
+from openmodel.autoscaler.metrics import QueueReading, parse_exposition, read_queue
 from openmodel.config import DEFAULT_ENGINE_IMAGES, PlatformConfig
-from openmodel.engines import ENGINES
+from openmodel.engines import ENGINES, parse_model_deployment
 from openmodel.engines.base import quantization_value
 from openmodel.reconcile.plan import make_plan
 from openmodel.simulator.exposition import (
@@ -106,7 +105,7 @@ def test_sglang_lora_paths_sorted_and_slots() -> None:
         "--lora-paths", "chat=org/chat-lora", "sql=/models/loras/sql",
     ]  # fmt: skip
     pod = {"spec": {"containers": [{"args": [*args, "--log-level", "info"]}]}}
-    assert sglang_adapters(pod) == started_adapters(pod) == {"chat", "sql"}
+    assert ENGINES["sglang"].started_adapters(pod) == {"chat", "sql"}
 
 
 def test_sglang_refuses_gguf_and_s3() -> None:
@@ -327,7 +326,7 @@ def test_autoscaler_reads_both_engines_queue() -> None:
         ("llamacpp", render_llamacpp(stats)),
     ):
         parse_exposition(body)  # strict grammar
-        reading = read_queue(body, METRIC_NAMES[engine])
+        reading = read_queue(body, ENGINES[engine].metric_names)
         assert reading == QueueReading(waiting=7.0, running=4.0), engine
 
 
@@ -410,7 +409,7 @@ def test_simulated_engine_serves_health_metrics_and_chat(engine: str, health: by
                 await asyncio.sleep(0.1)
                 async with session.get(f"{handle.url}/metrics") as r:
                     text = await r.text()
-                reading = read_queue(text, METRIC_NAMES[engine])
+                reading = read_queue(text, ENGINES[engine].metric_names)
                 assert reading == QueueReading(waiting=2.0, running=1.0), text
                 for response in await asyncio.gather(*chats):
                     assert response.status == 200

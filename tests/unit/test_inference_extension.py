@@ -11,8 +11,8 @@ import pytest
 from fake_api_server import FakeApiServer
 from kubernetes.client.exceptions import ApiException
 
-from openmodel.api import parse_model_deployment
 from openmodel.config import ConfigError, PlatformConfig, parse_config
+from openmodel.engines import parse_model_deployment
 from openmodel.inference_extension.config import (
     EndpointPickerRef,
     GatewayRef,

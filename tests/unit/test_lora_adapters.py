@@ -11,15 +11,9 @@ import pytest
 import yaml
 
 from openmodel.accelerators import BUILTIN_ACCELERATORS
-from openmodel.api import (
-    AdapterSpec,
-    LoraSpec,
-    SpecError,
-    lora_settings,
-    parse_model_deployment,
-    parse_spec,
-)
+from openmodel.api import AdapterSpec, LoraSpec, SpecError, lora_settings
 from openmodel.config import PlatformConfig
+from openmodel.engines import ENGINES, parse_model_deployment, parse_spec
 from openmodel.engines.base import adapter_claims, adapter_path
 from openmodel.reconcile.render import adapter_volume_name, render_children
 from openmodel.sizing import catalogue as c
@@ -402,9 +396,11 @@ def test_lora_overhead_formula() -> None:
 
 
 def test_lora_in_the_estimate_breakdown() -> None:
-    plain = estimate_memory(c.LLAMA_31_8B, BF16, H100, 1, 8192, engine_settings("vllm"))
+    plain = estimate_memory(
+        c.LLAMA_31_8B, BF16, H100, 1, 8192, engine_settings(ENGINES["vllm"].memory)
+    )
     lora = estimate_memory(
-        c.LLAMA_31_8B, BF16, H100, 1, 8192, engine_settings("vllm", (), LoraSpec())
+        c.LLAMA_31_8B, BF16, H100, 1, 8192, engine_settings(ENGINES["vllm"].memory, (), LoraSpec())
     )
     assert plain.lora_gib == 0 and "LoRA" not in plain.summary()
     assert "loraGiBPerGPU" not in plain.to_status()
@@ -417,6 +413,6 @@ def test_lora_in_the_estimate_breakdown() -> None:
 
 
 def test_tgi_has_no_lora_slot_term() -> None:
-    settings = engine_settings("tgi", (), LoraSpec())
+    settings = engine_settings(ENGINES["tgi"].memory, (), LoraSpec())
     est = estimate_memory(c.LLAMA_31_8B, BF16, H100, 1, 8192, settings)
     assert est.lora_gib == 0

@@ -22,9 +22,9 @@ import yaml
 
 import openmodel.__main__ as entry
 import openmodel.main  # noqa: F401  (registers the kopf handlers inspected below)
-from openmodel import config as config_module
 from openmodel import telemetry
 from openmodel.config import DEFAULT_ENGINE_IMAGES, PlatformConfig, parse_config
+from openmodel.engines import ENGINES
 from openmodel.kube import calls as kube
 from openmodel.kube import leader
 
@@ -348,15 +348,18 @@ def test_image_tag_is_the_chart_app_version_and_the_package_version():
     assert chart["appVersion"] == version.group(1)
 
 
-def test_documented_default_engine_images_are_config_pys() -> None:
-    # Copies a person reads: the chart's example, the config reference, config.py's own
-    # docstring. A default bumped in one place only would send them to an old image.
-    vllm = DEFAULT_ENGINE_IMAGES["vllm"]
+def test_documented_default_engine_images_are_the_engines() -> None:
+    # Copies a person reads: the chart's example, the config reference. The default is the
+    # engine module's (engines/vllm.py), which the platform config starts from; a default
+    # bumped in one place only would send them to an old image.
+    vllm = ENGINES["vllm"].image
+    assert DEFAULT_ENGINE_IMAGES["vllm"] == vllm
     values = (CHART / "values.yaml").read_text()
     assert re.search(rf"^\s*#\s+vllm: {re.escape(vllm)}$", values, re.MULTILINE), values
     docs = (REPO / "docs" / "configuration.md").read_text()
     assert f"| `engineImages.vllm` | `{vllm}` |" in docs
-    assert f'engineImages: {{vllm: "{vllm}"' in (config_module.__doc__ or "")
+    for key in DEFAULT_ENGINE_IMAGES:
+        assert f"| `engineImages.{key}` |" in docs, key
 
 
 # -- binaries built by hack/build-control-plane.sh ------------------------------------------

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from openmodel.api import SpecError, parse_model_deployment
+from openmodel.api import SpecError
 from openmodel.config import ConfigError, PlatformConfig, parse_config
+from openmodel.engines import parse_model_deployment
 from openmodel.model_resolver.hub import HubClient
 from openmodel.model_resolver.loop import resolve_once
 from openmodel.model_resolver.settings import ModelResolverConfig

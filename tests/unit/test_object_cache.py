@@ -582,7 +582,7 @@ def test_one_failing_model_deployment_does_not_stop_the_autoscaler_cycle(
 
 def test_cache_size_as_an_integer_quantity_and_garbage_adapter_status() -> None:
     from openmodel.adapters.loop import _has_adapter_status
-    from openmodel.api import parse_model_deployment
+    from openmodel.engines import parse_model_deployment
 
     md = copy.deepcopy(MD)
     md["spec"]["cache"] = {"size": 200}

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from openmodel.api import QUANTIZATIONS, SpecError, parse_model_deployment
+from openmodel.api import QUANTIZATIONS, SpecError
 from openmodel.config import DEFAULT_ENGINE_IMAGES, PlatformConfig, parse_config
-from openmodel.engines import ENGINES
+from openmodel.engines import ENGINES, parse_model_deployment
 from openmodel.engines.base import quantization_flag
 from openmodel.engines.vllm import VLLM
 from openmodel.reconcile.render import render_children

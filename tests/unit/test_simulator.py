@@ -14,16 +14,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from openmodel.autoscaler.metrics import (
-    TGI_METRICS,
-    VLLM_METRICS,
-    QueueReading,
-    parse_exposition,
-    read_queue,
-)
+from openmodel.autoscaler.metrics import QueueReading, parse_exposition, read_queue
+from openmodel.engines import ENGINES
 from openmodel.simulator import SimulatorHandle, start_simulator
 from openmodel.simulator.exposition import Histogram, go_float, rust_float
 from openmodel.simulator.server import PREFILL_FRACTION
+
+VLLM_METRICS = ENGINES["vllm"].metric_names
+TGI_METRICS = ENGINES["tgi"].metric_names
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 

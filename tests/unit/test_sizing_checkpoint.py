@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from openmodel.accelerators import AcceleratorCatalog
-from openmodel.api import SpecError, parse_model_deployment
+from openmodel.api import SpecError
+from openmodel.engines import ENGINES, parse_model_deployment
 from openmodel.model_resolver.local import read_local
 from openmodel.sizing import catalogue as c
 from openmodel.sizing.checkpoint import (
@@ -176,8 +177,9 @@ def spec(model: str, gpu: str, count: int | None, quantization: str = "none") ->
 
 
 def verdict(repo: str, gpu: str, count: int, quantization: str, ck: Checkpoint | None) -> bool:
+    s = spec(repo, gpu, count, quantization)
     try:
-        resolve_gpu_count(spec(repo, gpu, count, quantization), CATALOG.get(gpu), CATALOG, ck)  # type: ignore[arg-type]
+        resolve_gpu_count(s, CATALOG.get(gpu), CATALOG, ck, memory=ENGINES[s.engine].memory)  # type: ignore[arg-type]
     except SpecError as e:
         assert e.reason == "InsufficientGPUMemory", e.message
         return False
@@ -201,9 +203,13 @@ def test_an_uncatalogued_repo_is_sized_from_its_config() -> None:
     ck = checkpoint("Qwen/Qwen2.5-72B-Instruct-AWQ")
     s = spec("acme/house-model-72b", "nvidia-h100-80gb", None)
     with pytest.raises(SpecError) as err:
-        resolve_gpu_count(s, CATALOG.get("nvidia-h100-80gb"), CATALOG)  # type: ignore[arg-type]
+        resolve_gpu_count(
+            s, CATALOG.get("nvidia-h100-80gb"), CATALOG, memory=ENGINES[s.engine].memory
+        )  # type: ignore[arg-type]
     assert err.value.reason == "UnknownModelSize"
-    result = resolve_gpu_count(s, CATALOG.get("nvidia-h100-80gb"), CATALOG, ck)  # type: ignore[arg-type]
+    result = resolve_gpu_count(
+        s, CATALOG.get("nvidia-h100-80gb"), CATALOG, ck, memory=ENGINES[s.engine].memory
+    )  # type: ignore[arg-type]
     assert result.gpu_count == 1 and result.model is not None
     assert result.model.source == "config.json"
     assert result.weight_format.quantization == "awq"

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from openmodel.accelerators import AcceleratorCatalog
-from openmodel.api import ModelDeploymentSpec, SpecError, parse_spec
+from openmodel.api import ModelDeploymentSpec, SpecError
+from openmodel.engines import ENGINES, parse_spec
 from openmodel.sizing import SizingResult, resolve_gpu_count
 
 CATALOG = AcceleratorCatalog()
@@ -26,7 +27,7 @@ def spec(model: str, gpu_type: str, count: int | None = None, **extra: Any) -> M
 def resolve(s: ModelDeploymentSpec) -> SizingResult:
     accelerator = CATALOG.get(s.gpu.type)
     assert accelerator is not None
-    return resolve_gpu_count(s, accelerator, CATALOG)
+    return resolve_gpu_count(s, accelerator, CATALOG, memory=ENGINES[s.engine].memory)
 
 
 def refusal(s: ModelDeploymentSpec) -> SpecError:

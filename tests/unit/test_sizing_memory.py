@@ -6,6 +6,7 @@ import pytest
 
 from openmodel.accelerators import BUILTIN_ACCELERATORS
 from openmodel.api import SpecError
+from openmodel.engines import ENGINES
 from openmodel.sizing import catalogue as c
 from openmodel.sizing.formats import weight_format
 from openmodel.sizing.memory import (
@@ -19,7 +20,7 @@ from openmodel.sizing.parallelism import tp_violations, valid_tp_sizes
 
 H100 = BUILTIN_ACCELERATORS["nvidia-h100-80gb"]
 L4 = BUILTIN_ACCELERATORS["nvidia-l4"]
-VLLM = engine_settings("vllm")
+VLLM = engine_settings(ENGINES["vllm"].memory)
 BF16 = weight_format("none", "x")
 
 
@@ -76,7 +77,7 @@ def test_estimate_adds_up() -> None:
 def test_engine_settings_from_args() -> None:
     assert VLLM.memory_fraction == 0.9
     tuned = engine_settings(
-        "vllm",
+        ENGINES["vllm"].memory,
         ["--gpu-memory-utilization=0.95", "--kv-cache-dtype", "fp8", "--max-model-len", "4096"],
     )
     assert (tuned.memory_fraction, tuned.kv_cache_bytes, tuned.max_model_len_arg) == (
@@ -85,11 +86,11 @@ def test_engine_settings_from_args() -> None:
         4096,
     )
     # TGI gives the KV cache 93 % of what is free after load: 0.95 of the card, modelled.
-    tgi = engine_settings("tgi", ["--max-total-tokens", "2048"])
+    tgi = engine_settings(ENGINES["tgi"].memory, ["--max-total-tokens", "2048"])
     assert tgi.memory_fraction == pytest.approx(0.95)
     assert tgi.max_model_len_arg == 2048
     with pytest.raises(SpecError) as err:
-        engine_settings("vllm", ["--gpu-memory-utilization", "95"])
+        engine_settings(ENGINES["vllm"].memory, ["--gpu-memory-utilization", "95"])
     assert err.value.reason == "InvalidEngineArgs" and err.value.field == "spec.args"
 
 

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from openmodel.accelerators import AcceleratorCatalog
-from openmodel.api import QUANTIZATIONS, ModelInfo, SpecError, parse_spec
+from openmodel.api import QUANTIZATIONS, ModelInfo, SpecError
+from openmodel.engines import ENGINES, parse_spec
 from openmodel.sizing import catalogue as c
 from openmodel.sizing.catalogue import Architecture, recognise
 from openmodel.sizing.fit import resolve_gpu_count
@@ -40,7 +41,7 @@ accelerators = st.sampled_from(
     sorted((a for a in CATALOG.entries.values() if not a.cpu_only), key=lambda a: a.name)
 )
 contexts = st.one_of(st.none(), st.integers(min_value=256, max_value=131072))
-VLLM = engine_settings("vllm")
+VLLM = engine_settings(ENGINES["vllm"].memory)
 
 
 @given(architectures, quantizations, st.integers(1, 8), st.integers(1, 8), accelerators)
@@ -106,7 +107,7 @@ def test_chosen_count_is_valid_fits_and_is_the_smallest(
         raw["maxModelLen"] = max_model_len
     spec = parse_spec(raw)
     try:
-        result = resolve_gpu_count(spec, accelerator, CATALOG)
+        result = resolve_gpu_count(spec, accelerator, CATALOG, memory=ENGINES[spec.engine].memory)
     except SpecError as err:
         assert err.reason == "InsufficientGPUMemory"
         return
@@ -125,7 +126,7 @@ def test_chosen_count_is_valid_fits_and_is_the_smallest(
             accelerator,
             smaller,
             result.estimate.context_tokens,
-            engine_settings(engine),
+            engine_settings(ENGINES[engine].memory),
         )
         assert not est.fits
     # The context handed to the engine fits at the chosen count.
@@ -160,7 +161,7 @@ def test_model_info_size_only_never_crashes(params: float, count: int, accelerat
         }
     )
     try:
-        result = resolve_gpu_count(spec, accelerator, CATALOG)
+        result = resolve_gpu_count(spec, accelerator, CATALOG, memory=ENGINES[spec.engine].memory)
     except SpecError as err:
         assert err.reason in ("InsufficientGPUMemory", "InvalidTensorParallelSize")
         return

@@ -6,13 +6,17 @@ import pytest
 
 from openmodel.accelerators import AcceleratorCatalog
 from openmodel.api import SpecError
+from openmodel.engines import ENGINES
 from openmodel.sizing import format_size_report, size_report
 
 CATALOG = AcceleratorCatalog()
+VLLM_MEMORY = ENGINES["vllm"].memory
 
 
 def test_report_lists_every_valid_count() -> None:
-    report = size_report("meta-llama/Llama-3.1-70B-Instruct", "nvidia-h100-80gb", "none", CATALOG)
+    report = size_report(
+        "meta-llama/Llama-3.1-70B-Instruct", "nvidia-h100-80gb", "none", CATALOG, memory=VLLM_MEMORY
+    )
     assert [row.gpu_count for row in report.rows] == [1, 2, 4, 8]
     # 131.5 GiB of bf16 weights: one H100 cannot, two can (see test_sizing_fit).
     assert [row.fits for row in report.rows] == [False, True, True, True]
@@ -31,6 +35,7 @@ def test_report_with_context_and_quantization() -> None:
         "nvidia-l4",
         "none",
         CATALOG,
+        memory=VLLM_MEMORY,
         max_model_len=32768,
     )
     assert report.weight_format.quantization == "awq"
@@ -41,15 +46,19 @@ def test_report_with_context_and_quantization() -> None:
 
 
 def test_report_nothing_fits() -> None:
-    report = size_report("meta-llama/Llama-3.1-405B-Instruct", "nvidia-t4", "none", CATALOG)
+    report = size_report(
+        "meta-llama/Llama-3.1-405B-Instruct", "nvidia-t4", "none", CATALOG, memory=VLLM_MEMORY
+    )
     assert report.smallest_fit is None
     assert "No valid count fits on one node." in format_size_report(report)
 
 
 def test_report_errors() -> None:
     with pytest.raises(SpecError) as err:
-        size_report("meta-llama/Llama-3.1-8B-Instruct", "nvidia-x999", "none", CATALOG)
+        size_report(
+            "meta-llama/Llama-3.1-8B-Instruct", "nvidia-x999", "none", CATALOG, memory=VLLM_MEMORY
+        )
     assert err.value.reason == "UnknownAccelerator"
     with pytest.raises(SpecError) as err:
-        size_report("acme/unknown", "nvidia-l4", "none", CATALOG)
+        size_report("acme/unknown", "nvidia-l4", "none", CATALOG, memory=VLLM_MEMORY)
     assert err.value.reason == "UnknownModelSize"

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from openmodel.api import parse_model_deployment
 from openmodel.config import PlatformConfig
+from openmodel.engines import parse_model_deployment
 from openmodel.problems import Problem
 from openmodel.reconcile.drift import holds, object_holds
 from openmodel.reconcile.pod_failures import LOG_LINE_LIMIT, engine_failure, engine_failure_message

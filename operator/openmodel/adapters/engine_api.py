@@ -1,6 +1,6 @@
-"""vLLM's runtime adapter API, as vLLM 0.32 answers it (docs/vllm-measured.md).
+"""An engine's runtime adapter API, at the paths and fields its `AdapterApi` states.
 
-`/v1/models` lists each loaded adapter with `parent` = the base model; loads and unloads
+The list lists each loaded adapter with `parent` = the base model; loads and unloads
 answer plain text on success and an OpenAI-style error body otherwise. Nothing here
 decides; every call reports what the engine said.
 """
@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 
 import aiohttp
+
+from openmodel.engines.base import AdapterApi
 
 
 @dataclass(frozen=True)
@@ -31,33 +33,37 @@ def _error_text(status: int, body: str) -> str:
     return f"HTTP {status}: {body.strip()[:300]}"
 
 
-async def loaded_adapters(session: aiohttp.ClientSession, base_url: str) -> frozenset[str]:
+async def loaded_adapters(
+    session: aiohttp.ClientSession, api: AdapterApi, base_url: str
+) -> frozenset[str]:
     """Names of the adapters the engine reports loaded (entries with a parent)."""
-    async with session.get(f"{base_url}/v1/models") as response:
+    async with session.get(f"{base_url}{api.list_path}") as response:
         response.raise_for_status()
         body = await response.json(content_type=None)
     entries = body.get("data") if isinstance(body, dict) else None
     if not isinstance(entries, list):
-        raise ValueError("/v1/models answered without a data list")
+        raise ValueError(f"{api.list_path} answered without a data list")
     return frozenset(
         str(e["id"]) for e in entries if isinstance(e, dict) and e.get("parent") and "id" in e
     )
 
 
 async def load_adapter(
-    session: aiohttp.ClientSession, base_url: str, name: str, path: str
+    session: aiohttp.ClientSession, api: AdapterApi, base_url: str, name: str, path: str
 ) -> EngineAnswer:
-    payload = {"lora_name": name, "lora_path": path}
-    async with session.post(f"{base_url}/v1/load_lora_adapter", json=payload) as response:
+    payload = {api.name_field: name, api.path_field: path}
+    async with session.post(f"{base_url}{api.load_path}", json=payload) as response:
         text = await response.text()
         if response.status == 200:
             return EngineAnswer(True, 200, text.strip())
         return EngineAnswer(False, response.status, _error_text(response.status, text))
 
 
-async def unload_adapter(session: aiohttp.ClientSession, base_url: str, name: str) -> EngineAnswer:
-    payload = {"lora_name": name}
-    async with session.post(f"{base_url}/v1/unload_lora_adapter", json=payload) as response:
+async def unload_adapter(
+    session: aiohttp.ClientSession, api: AdapterApi, base_url: str, name: str
+) -> EngineAnswer:
+    payload = {api.name_field: name}
+    async with session.post(f"{base_url}{api.unload_path}", json=payload) as response:
         text = await response.text()
         # 404: not loaded (any more): what was wanted.
         if response.status in (200, 404):

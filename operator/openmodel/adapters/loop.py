@@ -1,13 +1,14 @@
-"""The adapter loop: every poll, make each ready vLLM pod serve exactly the declared
-adapters, then report what the engines themselves list.
+"""The adapter loop: every poll, make each ready pod of an engine that loads adapters at
+runtime serve exactly the declared adapters, then report what the engines themselves list.
 
-It loads and unloads through vLLM's runtime API, so an adapter change never touches
-the pod template and never restarts a pod; a pod that starts later (scale-up, crash,
-rollout) is given the whole set on the next poll. Two cluster-wide lists per poll
-(ModelDeployments, and pods only when some ModelDeployment declares adapters); one
-writer: with leader election on, only the Lease holder acts. Status goes to the
-status subresource under its own field manager, so it never overwrites the
-reconciler's or the autoscaler's fields.
+It loads and unloads through the engine's runtime API (`AdapterSupport.runtime_api`), so
+an adapter change never touches the pod template and never restarts a pod; a pod that
+starts later (scale-up, crash, rollout) is given the whole set on the next poll. For an
+engine that loads adapters at start only, it reports what each pod was started with.
+Two cluster-wide lists per poll (ModelDeployments, and pods only when some
+ModelDeployment declares adapters); one writer: with leader election on, only the Lease
+holder acts. Status goes to the status subresource under its own field manager, so it
+never overwrites the reconciler's or the autoscaler's fields.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from kubernetes.client.exceptions import ApiException
 from openmodel.adapters.engine_api import load_adapter, loaded_adapters, unload_adapter
 from openmodel.adapters.plan import FailureLog, pod_actions
 from openmodel.adapters.status import PodReport, adapters_status
-from openmodel.api import KIND, OWNER_LABEL, SpecError, parse_model_deployment
+from openmodel.api import KIND, OWNER_LABEL, SpecError
 from openmodel.autoscaler.loop import classify_pods
 from openmodel.config import PlatformConfig
-from openmodel.engines import engine_for
-from openmodel.engines.base import adapter_path
+from openmodel.engines import engine_for, parse_model_deployment
+from openmodel.engines.base import AdapterApi, adapter_path
 from openmodel.kube import calls as kube
 from openmodel.kube.cache import ObjectCache
 from openmodel.kube.events import post_event
@@ -118,20 +119,22 @@ class AdapterLoop:
         except SpecError:
             return  # the reconciler reports it
         declared = {a.name: adapter_path(a.source) for a in md.spec.adapters}
-        port = engine_for(md.spec.engine).port
+        engine = engine_for(md.spec.engine)
+        runtime_api = engine.adapters.runtime_api if engine.adapters is not None else None
         ready = classify_pods(pods).ready
         self.failures.forget_pods_except(namespace, name, set(ready))
-        if md.spec.engine in STATIC_ADAPTER_ENGINES:
-            # TGI loads LORA_ADAPTERS at start and exits if one fails, and cannot list
-            # them (SGLang likewise its --lora-paths): a ready pod serves what it started
-            # with. A change rolls the pods.
-            started_with = {p["metadata"]["name"]: started_adapters(p) for p in pods}
+        if runtime_api is None:
+            # Loaded at start (or not at all), and not listed by the engine: a ready pod
+            # serves what it started with. A change rolls the pods.
+            started_with = {p["metadata"]["name"]: engine.started_adapters(p) for p in pods}
             reports = [PodReport(pod, started_with.get(pod, frozenset())) for pod in sorted(ready)]
         else:
             reports = list(
                 await asyncio.gather(
                     *(
-                        self._serve_pod(session, body, pod, f"http://{ip}:{port}", declared)
+                        self._serve_pod(
+                            session, runtime_api, body, pod, f"http://{ip}:{engine.port}", declared
+                        )
                         for pod, ip in sorted(ready.items())
                     )
                 )
@@ -140,10 +143,10 @@ class AdapterLoop:
         status = adapters_status(
             list(declared), reports, errors, int(body["metadata"].get("generation") or 0)
         )
-        if md.spec.engine in STATIC_ADAPTER_ENGINES:
+        if runtime_api is None and engine.adapters is not None:
             cond = status["conditions"][0]
             cond["message"] = (
-                f"{STATIC_ADAPTER_ENGINES[md.spec.engine]} loads adapters at start, so a change "
+                f"{engine.display_name} loads adapters at start, so a change "
                 "to spec.adapters rolls the pods: " + cond["message"]
             )
         if loop_status_changed(status, body.get("status")):
@@ -152,6 +155,7 @@ class AdapterLoop:
     async def _serve_pod(
         self,
         session: aiohttp.ClientSession,
+        api: AdapterApi,
         body: Mapping[str, Any],
         pod: str,
         base_url: str,
@@ -159,7 +163,7 @@ class AdapterLoop:
     ) -> PodReport:
         namespace, name = _key(body)
         try:
-            loaded = await loaded_adapters(session, base_url)
+            loaded = await loaded_adapters(session, api, base_url)
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             log.info("adapters %s/%s: %s: cannot list adapters: %s", namespace, name, pod, e)
             return PodReport(pod, None)
@@ -168,7 +172,7 @@ class AdapterLoop:
         for adapter, path in actions.load:
             key = (namespace, name, pod, adapter)
             try:
-                answer = await load_adapter(session, base_url, adapter, path)
+                answer = await load_adapter(session, api, base_url, adapter, path)
             except (aiohttp.ClientError, TimeoutError) as e:
                 self.failures.record(key, path, f"load request failed: {e}", self.clock())
                 continue
@@ -182,7 +186,7 @@ class AdapterLoop:
             await self._announce(body, adapter, pod, failure.message)
         for adapter in actions.unload:
             try:
-                answer = await unload_adapter(session, base_url, adapter)
+                answer = await unload_adapter(session, api, base_url, adapter)
             except (aiohttp.ClientError, TimeoutError) as e:
                 log.info(
                     "adapters %s/%s: unload %s on %s failed: %s", namespace, name, adapter, pod, e
@@ -195,7 +199,7 @@ class AdapterLoop:
             return PodReport(pod, loaded)
         # What the engine lists now, not what was sent.
         try:
-            return PodReport(pod, await loaded_adapters(session, base_url))
+            return PodReport(pod, await loaded_adapters(session, api, base_url))
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return PodReport(pod, None)
 
@@ -226,40 +230,6 @@ class AdapterLoop:
         )
         if self.cache is not None and result is not None:
             self.cache.wrote(KIND, result)
-
-
-# Engines that load adapters only at start, by the name status messages use.
-STATIC_ADAPTER_ENGINES = {"tgi": "TGI", "sglang": "SGLang"}
-
-
-def started_adapters(pod: Mapping[str, Any]) -> frozenset[str]:
-    """The adapter names a pod was started with: TGI's LORA_ADAPTERS env, or the
-    `name=path` values after SGLang's --lora-paths."""
-    return tgi_adapters(pod) | sglang_adapters(pod)
-
-
-def tgi_adapters(pod: Mapping[str, Any]) -> frozenset[str]:
-    """The adapter names a TGI pod was started with (its LORA_ADAPTERS env)."""
-    for container in (pod.get("spec") or {}).get("containers") or []:
-        for env in container.get("env") or []:
-            if env.get("name") == "LORA_ADAPTERS":
-                items = str(env.get("value") or "").split(",")
-                return frozenset(i.split("=", 1)[0] for i in items if i)
-    return frozenset()
-
-
-def sglang_adapters(pod: Mapping[str, Any]) -> frozenset[str]:
-    """The adapter names after --lora-paths in an SGLang pod's args."""
-    names: set[str] = set()
-    for container in (pod.get("spec") or {}).get("containers") or []:
-        args = [str(a) for a in container.get("args") or []]
-        if "--lora-paths" not in args:
-            continue
-        for value in args[args.index("--lora-paths") + 1 :]:
-            if value.startswith("--"):
-                break
-            names.add(value.split("=", 1)[0])
-    return frozenset(names)
 
 
 def _key(body: Mapping[str, Any]) -> ObjectKey:

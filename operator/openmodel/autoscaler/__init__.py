@@ -7,7 +7,7 @@
 
 One cycle, as the operator loop runs it for each ModelDeployment with autoscaling::
 
-    results = await scraper.scrape(targets_for(ready_pods), METRIC_NAMES[spec.engine])
+    results = await scraper.scrape(targets_for(ready_pods), engine_for(spec.engine).metric_names)
     observation = Observation.from_results(results, starting=not_ready_pod_names)
     decision = decide(observation=observation, current_replicas=deployment_replicas,
                       policy=policy, history=histories[key], now=time.monotonic())
@@ -27,9 +27,6 @@ from openmodel.autoscaler.decision import (
     decide,
 )
 from openmodel.autoscaler.metrics import (
-    METRIC_NAMES,
-    TGI_METRICS,
-    VLLM_METRICS,
     FailureKind,
     MetricFailure,
     MetricNames,
@@ -40,9 +37,6 @@ from openmodel.autoscaler.metrics import (
 from openmodel.autoscaler.scrape import Scraper, ScrapeTarget
 
 __all__ = [
-    "METRIC_NAMES",
-    "TGI_METRICS",
-    "VLLM_METRICS",
     "Decision",
     "DecisionReason",
     "FailureKind",

@@ -22,9 +22,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from openmodel import telemetry
-from openmodel.api import KIND, OWNER_LABEL, SpecError, parse_model_deployment
+from openmodel.api import KIND, OWNER_LABEL, SpecError
 from openmodel.autoscaler import (
-    METRIC_NAMES,
     Decision,
     DecisionReason,
     Observation,
@@ -38,7 +37,7 @@ from openmodel.autoscaler.demand import DemandReport, read_demand
 from openmodel.autoscaler.zero import Demand, from_zero, to_zero
 from openmodel.clock import utc_now
 from openmodel.config import PlatformConfig
-from openmodel.engines import engine_for
+from openmodel.engines import engine_for, parse_model_deployment
 from openmodel.gateway.ports import GATEWAY_PORT
 from openmodel.kube import calls as kube
 from openmodel.kube.cache import ObjectCache
@@ -324,7 +323,7 @@ class AutoscalerLoop:
             ScrapeTarget(pod=name, host=ip, port=engine.port, path=engine.metrics_path)
             for name, ip in sorted(sets.ready.items())
         ]
-        results = await scraper.scrape(targets, METRIC_NAMES[engine_name]) if targets else {}
+        results = await scraper.scrape(targets, engine.metric_names) if targets else {}
         now = self.clock()
         history = self.histories.get(key) or ScalingHistory.assume(current, at=now)
         observation = Observation.from_results(results, starting=sets.starting)

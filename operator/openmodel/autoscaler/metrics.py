@@ -11,8 +11,8 @@ Two entry points:
   Tests, the simulator's tests and debugging tools use it.
 
 ``read_queue`` applies the same strict line grammar, but only to the lines of the metric
-families it reads (their samples and their ``# HELP``/``# TYPE`` lines). A real vLLM body
-carries hundreds of histogram lines the autoscaler never looks at; validating every one
+families it reads (their samples and their ``# HELP``/``# TYPE`` lines). A real engine's
+body carries hundreds of histogram lines the autoscaler never looks at; validating every one
 of them on 500 pods each cycle would dominate the cycle's CPU time, and an exporter quirk
 in an unrelated family must not freeze autoscaling. A body cut short in transit is caught
 by the HTTP layer (Content-Length / chunked framing, see ``scrape``), not here.
@@ -36,12 +36,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
+from openmodel.engines.base import MetricNames
+
 __all__ = [
-    "LLAMACPP_METRICS",
-    "METRIC_NAMES",
-    "SGLANG_METRICS",
-    "TGI_METRICS",
-    "VLLM_METRICS",
     "Exposition",
     "FailureKind",
     "MetricFailure",
@@ -54,38 +51,6 @@ __all__ = [
     "read_queue",
     "sum_or_inf",
 ]
-
-
-# --- what the autoscaler reads, per engine ------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class MetricNames:
-    """The gauges one engine exports: the queue (the scaling signal) and, for
-    information only, the requests currently being served."""
-
-    queue: str
-    running: str | None = None
-
-
-VLLM_METRICS: Final = MetricNames(
-    queue="vllm:num_requests_waiting", running="vllm:num_requests_running"
-)
-TGI_METRICS: Final = MetricNames(queue="tgi_queue_size", running="tgi_batch_current_size")
-SGLANG_METRICS: Final = MetricNames(
-    queue="sglang:num_queue_reqs", running="sglang:num_running_reqs"
-)
-# `requests_deferred`: tasks that found no free slot and wait in the server's queue.
-LLAMACPP_METRICS: Final = MetricNames(
-    queue="llamacpp:requests_deferred", running="llamacpp:requests_processing"
-)
-# Keyed by the engine name used in `spec.engine`; adding an engine is one entry here.
-METRIC_NAMES: Final[Mapping[str, MetricNames]] = {
-    "vllm": VLLM_METRICS,
-    "tgi": TGI_METRICS,
-    "sglang": SGLANG_METRICS,
-    "llamacpp": LLAMACPP_METRICS,
-}
 
 
 # --- results --------------------------------------------------------------------------
@@ -339,7 +304,7 @@ def _family_lines(body: str, name: str) -> Iterator[tuple[int, str]]:
     """(offset, line) of each sample, HELP or TYPE line of exactly `name`, in order.
 
     str.find skips through the body at C speed; a regular expression anchored at every
-    line start was 10x slower on an 80 KB vLLM body.
+    line start was 10x slower on an engine's 80 KB body.
     """
     end = len(body)
     position = 0
@@ -415,8 +380,9 @@ def _shown(series: list[float]) -> str:
 
 
 def read_queue(body: str, names: MetricNames) -> MetricResult:
-    """The queue gauge of one pod's /metrics body, summed over its series (vLLM has one
-    series per engine core with data parallelism), or why there is none."""
+    """The queue gauge of one pod's metrics body (`names`: the engine's
+    `Engine.metric_names`), summed over its series (an engine may export one per engine
+    core), or why there is none."""
     if not body or body.isspace():  # isspace() stops at the first character; no copy
         return MetricFailure(FailureKind.EMPTY_BODY, "the /metrics body is empty")
     queue_values = _collect(body, names.queue, gauge=True)

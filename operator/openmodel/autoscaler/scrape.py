@@ -3,15 +3,15 @@
     async with Scraper(timeout_s=2.0, concurrency=64, deadline_s=4.0) as scraper:
         # every cycle, for every ModelDeployment:
         results = await scraper.scrape(
-            [ScrapeTarget(pod=p.name, host=p.ip, port=8000) for p in ready_pods],
-            METRIC_NAMES[spec.engine],
+            [ScrapeTarget(pod=p.name, host=p.ip, port=engine.port) for p in ready_pods],
+            engine.metric_names,
         )
         # results: {pod name: QueueReading | MetricFailure}, one entry per target, in order
 
 One ``Scraper`` is meant to live as long as the operator and serve every
 ModelDeployment: it keeps one aiohttp session, so connections to pods are reused from
-one cycle to the next while the engine keeps them open (uvicorn, under vLLM, closes idle
-connections after 5 s; TGI keeps them).
+one cycle to the next while the engine keeps them open (some engines' HTTP servers close
+idle connections after a few seconds, e.g. uvicorn after 5 s; others keep them).
 
 Cost and bounds, for 500 pods per cycle:
 * a fixed pool of ``concurrency`` worker tasks pulls targets from one iterator, so a

@@ -1,16 +1,22 @@
-"""What every inference engine provides to the renderer.
+"""What every inference engine provides to the rest of the operator.
 
-Adding an engine (e.g. SGLang) means one module implementing `Engine` and one line in
-`openmodel.engines.ENGINES`.
+An engine is one module implementing `Engine`: how its pod runs (image, command, args,
+port, probes), what the autoscaler and the gateway read from it (metric names, the body
+by which it refuses requests while draining), which specs it can serve (quantizations,
+model and adapter sources, GGUF files, CPU-only nodes), how the sizing budgets its
+memory (`MemoryKnobs`) and how its LoRA adapters are loaded and listed. Adding one
+means that module, one line in `openmodel.engines.ENGINES` and its name in the API's
+enum (api.py, the CRD).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from openmodel.api import ModelDeploymentSpec, SpecError, served_name
+from openmodel.sizing.memory import MemoryKnobs
 
 
 @dataclass(frozen=True)
@@ -76,9 +82,64 @@ def adapter_claims(spec: ModelDeploymentSpec) -> list[str]:
     return sorted(claims - {model_claim})
 
 
+@dataclass(frozen=True, slots=True)
+class MetricNames:
+    """The gauges one engine exports on its metrics path, read by the autoscaler and the
+    gateway: the queue (the scaling signal) and, for information only, the requests
+    currently being served."""
+
+    queue: str
+    running: str | None = None
+
+
+@dataclass(frozen=True)
+class AdapterApi:
+    """An engine's HTTP API for loading LoRA adapters while it runs: the adapter loop
+    lists, loads and unloads through it, so the pod template never changes."""
+
+    # GET: the served models, each adapter among them with its `parent`.
+    list_path: str
+    # POST {name_field: name, path_field: path}; answers plain text on success.
+    load_path: str
+    # POST {name_field: name}; 404 when the adapter is not loaded.
+    unload_path: str
+    name_field: str
+    path_field: str
+
+
+@dataclass(frozen=True)
+class AdapterSupport:
+    """How an engine serves named LoRA adapters (spec.adapters, spec.lora)."""
+
+    # Whether an adapter's source may be an s3:// or gs:// URI.
+    object_store_sources: bool
+    # Loaded at runtime through this API; None: loaded at start only, so a change rolls
+    # the pods and `Engine.started_adapters` says what a pod serves.
+    runtime_api: AdapterApi | None = None
+
+
 class Engine(Protocol):
     @property
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """The spec.engine value."""
+
+    @property
+    def display_name(self) -> str:
+        """The engine's name in messages to people."""
+
+    @property
+    def image(self) -> str:
+        """The default image (the platform config's `engineImages.<name>` overrides it)."""
+
+    @property
+    def cpu_image(self) -> str | None:
+        """The default image for gpu.type cpu (`engineImages.<name>-cpu`), when it is
+        another build; None: `image` serves there too."""
+
+    @property
+    def runs_on_cpu(self) -> bool:
+        """Whether the engine serves on CPU-only nodes (gpu.type cpu)."""
+
     @property
     def port(self) -> int: ...
     @property
@@ -86,8 +147,14 @@ class Engine(Protocol):
     @property
     def metrics_path(self) -> str: ...
     @property
-    def queue_metric(self) -> str:
-        """The gauge of requests waiting for a slot: the autoscaler's signal."""
+    def metric_names(self) -> MetricNames:
+        """The gauges on `metrics_path`: the queue is the autoscaler's signal and the
+        gateway's balancing weight."""
+
+    @property
+    def draining_refusal(self) -> bytes | None:
+        """Bytes in a small 5xx body by which the engine says it is draining and never
+        ran the request, so the gateway may send it to another pod; None: no such answer."""
 
     @property
     def hf_home(self) -> str:
@@ -104,12 +171,38 @@ class Engine(Protocol):
         """Unsupported spec.quantization value -> one sentence saying what to do instead,
         appended to the refusal."""
 
+    @property
+    def streams_from_object_store(self) -> bool:
+        """Whether spec.model may be an s3:// or gs:// URI the engine streams itself."""
+
+    @property
+    def gguf_file_flag(self) -> str | None:
+        """The flag given spec.ggufFile, the GGUF file in a Hugging Face repo, for an
+        engine that loads one GGUF file (needed unless spec.model is a pvc:// path);
+        None: spec.ggufFile is refused."""
+
+    @property
+    def adapters(self) -> AdapterSupport | None:
+        """How it serves LoRA adapters; None: it serves no named adapters."""
+
+    @property
+    def memory(self) -> MemoryKnobs:
+        """How it budgets GPU memory, for the sizing."""
+
+    @property
+    def suggested(self) -> bool:
+        """Whether refusals suggest this engine instead of one that cannot serve a spec."""
+
     def command(self) -> list[str]: ...
 
     def args(self, spec: ModelDeploymentSpec, gpu_count: int) -> list[str]: ...
 
     def env(self, spec: ModelDeploymentSpec) -> list[dict[str, str]]:
         """Engine-specific environment (before the user's spec.env, which can override)."""
+
+    def started_adapters(self, pod: Mapping[str, Any]) -> frozenset[str]:
+        """The adapter names a pod of this engine was started with (engines that load
+        adapters at start only; empty for the others)."""
 
 
 def quantization_value(engine: Engine, quantization: str) -> str | None:

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from openmodel.api import ModelDeploymentSpec
-from openmodel.engines.base import model_source, quantization_flag, served_model_name
+from openmodel.engines.base import (
+    AdapterSupport,
+    MetricNames,
+    model_source,
+    quantization_flag,
+    served_model_name,
+)
 from openmodel.sizing.cpu import estimate_cpu
+from openmodel.sizing.memory import MemoryKnobs
 
 # llama.cpp reads GGUF only, with the types the file itself records: `none` and `gguf`
 # both pass no flag.
@@ -20,16 +28,40 @@ LLAMACPP_QUANTIZATION_HINTS: Mapping[str, str] = {
 # Request slots: concurrent requests decoded together; more wait in the queue that
 # `llamacpp:requests_deferred` counts. They share the `-c` KV cache (--kv-unified).
 SLOTS = 4
+# Memory on a GPU: no share to set; it allocates the offloaded weights, the whole `-c` KV
+# cache and its compute buffers, and leaves the rest. 0.95 of the card is budgeted (the
+# CUDA context and the driver keep the remainder). On CPU (sizing/cpu.py) its defaults
+# are sized: f16 K and V (`--cache-type-k/v`), one 512-token micro-batch (`-ub`).
+MEMORY = MemoryKnobs(
+    label="llama.cpp",
+    default_fraction=0.95,
+    kv_cache_dtype_flag="--cache-type-k",
+    one_byte_kv_dtypes=("fp8", "q8"),
+    context_flags=("--ctx-size", "-c"),
+    weights_always_gguf=True,
+)
+HF_FILE_FLAG = "--hf-file"
+# `requests_deferred`: tasks that found no free slot and wait in the server's queue.
+METRIC_NAMES = MetricNames(
+    queue="llamacpp:requests_deferred", running="llamacpp:requests_processing"
+)
 
 
 @dataclass(frozen=True)
 class LlamaCpp:
     name: str = "llamacpp"
+    display_name: str = "llama.cpp"
+    # llama.cpp publishes rolling tags per variant; pin a build (server-bNNNN) in the
+    # platform config for reproducible rollouts.
+    image: str = "ghcr.io/ggml-org/llama.cpp:server-cuda"
+    cpu_image: str | None = "ghcr.io/ggml-org/llama.cpp:server"
+    runs_on_cpu: bool = True
     port: int = 8080
     # 503 while the model loads (the server listens from the start), 200 once ready.
     health_path: str = "/health"
     metrics_path: str = "/metrics"
-    queue_metric: str = "llamacpp:requests_deferred"
+    metric_names: MetricNames = METRIC_NAMES
+    draining_refusal: bytes | None = None
     # Where `--hf-repo` downloads go (llama.cpp honours HF_HOME's hub layout).
     hf_home: str = "/root/.cache/huggingface"
     shm_size: str = "1Gi"
@@ -37,6 +69,11 @@ class LlamaCpp:
     quantization_hints: Mapping[str, str] = field(
         default_factory=lambda: LLAMACPP_QUANTIZATION_HINTS
     )
+    streams_from_object_store: bool = False
+    gguf_file_flag: str | None = HF_FILE_FLAG
+    adapters: AdapterSupport | None = None
+    memory: MemoryKnobs = MEMORY
+    suggested: bool = True
 
     def command(self) -> list[str]:
         return ["llama-server"]
@@ -48,7 +85,7 @@ class LlamaCpp:
         if source.pvc_claim is not None:
             out = ["-m", source.reference]
         else:
-            out = ["--hf-repo", source.reference, "--hf-file", spec.gguf_file or ""]
+            out = ["--hf-repo", source.reference, HF_FILE_FLAG, spec.gguf_file or ""]
         out += [
             "--alias",
             served_model_name(spec),
@@ -76,3 +113,6 @@ class LlamaCpp:
 
     def env(self, spec: ModelDeploymentSpec) -> list[dict[str, str]]:
         return []
+
+    def started_adapters(self, pod: Mapping[str, Any]) -> frozenset[str]:
+        return frozenset()  # serves no named adapters

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from openmodel.api import ModelDeploymentSpec, lora_settings
-from openmodel.engines.base import adapter_path, model_source, quantization_flag, served_model_name
+from openmodel.engines.base import (
+    AdapterSupport,
+    MetricNames,
+    adapter_path,
+    model_source,
+    quantization_flag,
+    served_model_name,
+)
+from openmodel.sizing.memory import MemoryKnobs
 
 # SGLang's QUANTIZATION_CHOICES (server_args.py) has every spec.quantization value; gguf
 # is refused here all the same: SGLang loads one local .gguf file at most, and GGUF is
@@ -24,20 +33,48 @@ SGLANG_QUANTIZATION_HINTS: Mapping[str, str] = {
 }
 
 
+# Memory: `--mem-fraction-static` x the card for weights and KV cache. Unset, SGLang
+# computes it from the GPU's memory and parallelism; 0.88 is assumed (its value for one
+# large GPU). LoRA slots (`--max-loras-per-batch`) are preallocated.
+MEMORY = MemoryKnobs(
+    label="SGLang",
+    default_fraction=0.88,
+    fraction_flag="--mem-fraction-static",
+    one_byte_kv_dtypes=("fp8", "q8"),
+    context_flags=("--context-length",),
+    preallocates_lora_slots=True,
+)
+METRIC_NAMES = MetricNames(queue="sglang:num_queue_reqs", running="sglang:num_running_reqs")
+# Adapters are loaded at start from --lora-paths, which it cannot list.
+LORA_PATHS_FLAG = "--lora-paths"
+ADAPTERS = AdapterSupport(object_store_sources=False)
+
+
 @dataclass(frozen=True)
 class SGLang:
     name: str = "sglang"
+    display_name: str = "SGLang"
+    # v0.5.19-cu129: the last CUDA 12 build (later tags need a CUDA 13 driver).
+    image: str = "lmsysorg/sglang:v0.5.19-cu129"
+    cpu_image: str | None = None
+    runs_on_cpu: bool = False
     port: int = 30000
     # 200 once the server is up (it listens only after the weights are loaded).
     health_path: str = "/health"
     metrics_path: str = "/metrics"
-    queue_metric: str = "sglang:num_queue_reqs"
+    metric_names: MetricNames = METRIC_NAMES
+    draining_refusal: bytes | None = None
     hf_home: str = "/root/.cache/huggingface"
     # Tensor-parallel ranks talk through shared memory (NCCL); SGLang's docs ask for a
     # large /dev/shm, as vLLM's do.
     shm_size: str = "8Gi"
     quantizations: Mapping[str, str | None] = field(default_factory=lambda: SGLANG_QUANTIZATIONS)
     quantization_hints: Mapping[str, str] = field(default_factory=lambda: SGLANG_QUANTIZATION_HINTS)
+    streams_from_object_store: bool = False
+    gguf_file_flag: str | None = None
+    adapters: AdapterSupport | None = ADAPTERS
+    memory: MemoryKnobs = MEMORY
+    suggested: bool = True
 
     def command(self) -> list[str]:
         return ["python3", "-m", "sglang.launch_server"]
@@ -77,8 +114,21 @@ class SGLang:
             # Loaded at start, sorted by name: any change rolls the pods, as on TGI.
             if spec.adapters:
                 adapters = sorted(spec.adapters, key=lambda a: a.name)
-                out += ["--lora-paths", *(f"{a.name}={adapter_path(a.source)}" for a in adapters)]
+                out += [LORA_PATHS_FLAG, *(f"{a.name}={adapter_path(a.source)}" for a in adapters)]
         return out
 
     def env(self, spec: ModelDeploymentSpec) -> list[dict[str, str]]:
         return []
+
+    def started_adapters(self, pod: Mapping[str, Any]) -> frozenset[str]:
+        """The adapter names in the `name=path` values after --lora-paths in the pod's args."""
+        names: set[str] = set()
+        for container in (pod.get("spec") or {}).get("containers") or []:
+            args = [str(a) for a in container.get("args") or []]
+            if LORA_PATHS_FLAG not in args:
+                continue
+            for value in args[args.index(LORA_PATHS_FLAG) + 1 :]:
+                if value.startswith("--"):
+                    break
+                names.add(value.split("=", 1)[0])
+        return frozenset(names)

@@ -1,12 +1,21 @@
-"""Hugging Face text-generation-inference (maintenance mode upstream, still supported)."""
+"""Hugging Face text-generation-inference (maintenance mode upstream, still supported,
+so refusals do not suggest it)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from openmodel.api import ModelDeploymentSpec, SpecError
-from openmodel.engines.base import adapter_path, model_source, quantization_flag
+from openmodel.engines.base import (
+    AdapterSupport,
+    MetricNames,
+    adapter_path,
+    model_source,
+    quantization_flag,
+)
+from openmodel.sizing.memory import MemoryKnobs
 
 # gguf is not supported by TGI (the CRD's CEL rule refuses it at apply already);
 # `none` passes no flag.
@@ -26,18 +35,46 @@ TGI_QUANTIZATION_HINTS: Mapping[str, str] = {
 }
 
 
+# Memory: TGI gives its KV cache 93 % of what is free after loading and warm-up (its
+# TGI_WIGGLE_ROOM), times `--cuda-memory-fraction` (default 1.0); its effective share is
+# 0.93-0.98 of the card depending on how much the weights take, so 0.95 x fraction x
+# memory is budgeted. It allocates per loaded adapter, not per LoRA slot.
+MEMORY = MemoryKnobs(
+    label="TGI",
+    default_fraction=1.0,
+    fraction_flag="--cuda-memory-fraction",
+    fraction_scale=0.95,
+    context_flags=("--max-total-tokens",),
+)
+METRIC_NAMES = MetricNames(queue="tgi_queue_size", running="tgi_batch_current_size")
+# The adapters a pod loads at start, `name=path,...` (see `env`). It exits if one fails
+# to load, and cannot list them.
+LORA_ADAPTERS_ENV = "LORA_ADAPTERS"
+ADAPTERS = AdapterSupport(object_store_sources=False)
+
+
 @dataclass(frozen=True)
 class TGI:
     name: str = "tgi"
+    display_name: str = "TGI"
+    image: str = "ghcr.io/huggingface/text-generation-inference:3.3.6"
+    cpu_image: str | None = None
+    runs_on_cpu: bool = False
     # The image sets PORT=80; we pass --port explicitly as well.
     port: int = 80
     health_path: str = "/health"
     metrics_path: str = "/metrics"
-    queue_metric: str = "tgi_queue_size"
+    metric_names: MetricNames = METRIC_NAMES
+    draining_refusal: bytes | None = None
     hf_home: str = "/data"
     shm_size: str = "1Gi"
     quantizations: Mapping[str, str | None] = field(default_factory=lambda: TGI_QUANTIZATIONS)
     quantization_hints: Mapping[str, str] = field(default_factory=lambda: TGI_QUANTIZATION_HINTS)
+    streams_from_object_store: bool = False
+    gguf_file_flag: str | None = None
+    adapters: AdapterSupport | None = ADAPTERS
+    memory: MemoryKnobs = MEMORY
+    suggested: bool = False
 
     def command(self) -> list[str]:
         return ["text-generation-launcher"]
@@ -80,4 +117,13 @@ class TGI:
         # TGI loads adapters at start only: a change here rolls the pods, as it must.
         adapters = sorted(spec.adapters, key=lambda a: a.name)
         value = ",".join(f"{a.name}={adapter_path(a.source)}" for a in adapters)
-        return [{"name": "LORA_ADAPTERS", "value": value}]
+        return [{"name": LORA_ADAPTERS_ENV, "value": value}]
+
+    def started_adapters(self, pod: Mapping[str, Any]) -> frozenset[str]:
+        """The adapter names in the pod's LORA_ADAPTERS env."""
+        for container in (pod.get("spec") or {}).get("containers") or []:
+            for env in container.get("env") or []:
+                if env.get("name") == LORA_ADAPTERS_ENV:
+                    items = str(env.get("value") or "").split(",")
+                    return frozenset(i.split("=", 1)[0] for i in items if i)
+        return frozenset()

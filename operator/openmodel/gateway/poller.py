@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from openmodel.autoscaler import METRIC_NAMES, QueueReading, Scraper, ScrapeTarget
+from openmodel.autoscaler import QueueReading, Scraper, ScrapeTarget
 from openmodel.engines import engine_for
+from openmodel.engines.base import MetricNames
 from openmodel.gateway.balancer import Balancer, PodKey
 from openmodel.gateway.routes import Endpoint, RouteTable
 
@@ -75,7 +76,7 @@ class EnginePoller:
                 ScrapeTarget(pod=e.pod, host=e.host, port=e.port, path=engine.metrics_path)
                 for e in endpoints
             ]
-            work.append(self._queues(scraper, key, targets, backend.engine))
+            work.append(self._queues(scraper, key, targets, engine.metric_names))
             if backend.adapters:
                 work.extend(self._adapters(session, key, e) for e in endpoints)
         await asyncio.gather(*work)
@@ -87,9 +88,9 @@ class EnginePoller:
         scraper: Scraper,
         key: tuple[str, str],
         targets: list[ScrapeTarget],
-        engine: str,
+        metric_names: MetricNames,
     ) -> None:
-        results = await scraper.scrape(targets, METRIC_NAMES[engine])
+        results = await scraper.scrape(targets, metric_names)
         for pod, result in results.items():
             waiting = result.waiting if isinstance(result, QueueReading) else 0.0
             self.balancer.engine_waiting[(key, pod)] = waiting

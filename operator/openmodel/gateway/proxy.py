@@ -34,10 +34,11 @@ from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from openmodel.config import GatewayConfig
+from openmodel.engines import engine_for
 from openmodel.gateway.balancer import Balancer
 from openmodel.gateway.errors import SERVICE_UNAVAILABLE, error_response
 from openmodel.gateway.metrics import GatewayMetrics
-from openmodel.gateway.routes import Endpoint, ObjectKey, Route, RouteTable
+from openmodel.gateway.routes import Backend, Endpoint, ObjectKey, Route, RouteTable
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,6 @@ _HOP_BY_HOP: Final = frozenset(
         "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Content-Length",
     )
 )  # fmt: skip
-# vLLM 0.32's 500 body for a request that reaches it after SIGTERM, while it drains.
-_DRAINING_VLLM: Final = b"cannot schedule new futures after shutdown"
 _SMALL_ERROR_BYTES: Final = 4096
 
 
@@ -100,8 +99,8 @@ class Gateway:
     async def _open(self, _: web.Application) -> None:
         connector = aiohttp.TCPConnector(
             limit=0,
-            # Below uvicorn's 5 s idle timeout (vLLM), so the gateway never reuses a
-            # connection the engine is closing.
+            # Below the shortest idle timeout of an engine's HTTP server (uvicorn's 5 s),
+            # so the gateway never reuses a connection the engine is closing.
             keepalive_timeout=3.0,
         )
         self._session = aiohttp.ClientSession(
@@ -292,12 +291,13 @@ class Gateway:
             retry_after_s=max(1, int(self.config.hold_seconds // 10)),
         )
 
-    def _refused_unrun(self, key: ObjectKey, endpoint: Endpoint, body: bytes) -> bool:
+    def _refused_unrun(self, backend: Backend, endpoint: Endpoint, body: bytes) -> bool:
         """A small 5xx that says the request was never run: from a pod that is leaving,
-        or vLLM's answer while it drains after SIGTERM (it still accepts connections and
-        refuses each new request with a 500 "cannot schedule new futures after shutdown")."""
-        leaving = endpoint.pod not in {e.pod for e in self.table.endpoints(key)}
-        return leaving or _DRAINING_VLLM in body
+        or the engine's answer while it drains after SIGTERM (`Engine.draining_refusal`:
+        an engine may still accept connections and refuse each new request so)."""
+        leaving = endpoint.pod not in {e.pod for e in self.table.endpoints(backend.key)}
+        draining = engine_for(backend.engine).draining_refusal
+        return leaving or (draining is not None and draining in body)
 
     async def _forward(
         self,
@@ -329,7 +329,7 @@ class Gateway:
             size = upstream.content_length
             if upstream.status >= 500 and size is not None and size <= _SMALL_ERROR_BYTES:
                 prefetched = await upstream.read()
-                if self._refused_unrun(key, endpoint, prefetched):
+                if self._refused_unrun(route.backend, endpoint, prefetched):
                     log.info("gateway: %s is shutting down; trying another pod", endpoint.pod)
                     upstream.release()
                     upstream = None

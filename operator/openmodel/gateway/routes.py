@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from openmodel.api import OWNER_LABEL, SpecError, parse_model_deployment
-from openmodel.engines import engine_for
+from openmodel.api import OWNER_LABEL, SpecError
+from openmodel.engines import engine_for, parse_model_deployment
 from openmodel.engines.base import served_model_name
 
 ObjectKey = tuple[str, str]

@@ -5,7 +5,7 @@ models:
   - name: llama              # the served model name clients send
     namespace: bench         # where it would live (labels, /demand)
     modelDeployment: llama
-    engine: vllm             # metric names for the balancer
+    engine: <spec.engine>    # port and metric names; default: spec.engine's default
     port: 8000
     hosts: [127.0.0.1, 127.0.0.2]
     adapters: [sql-lora]     # optional
@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from openmodel.api import DEFAULT_ENGINE
 from openmodel.engines import engine_for
 from openmodel.gateway.routes import Backend, RouteTable
 
@@ -51,7 +52,7 @@ def load_static_routes(path: Path, table: RouteTable) -> None:
         where = f"{path}: models[{i}]"
         if not isinstance(m, Mapping) or not isinstance(m.get("name"), str):
             raise RoutesFileError(f"{where} needs a string `name`")
-        engine = str(m.get("engine", "vllm"))
+        engine = str(m.get("engine", DEFAULT_ENGINE))
         try:
             default_port = engine_for(engine).port
         except (KeyError, ValueError):

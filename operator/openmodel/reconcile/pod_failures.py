@@ -68,9 +68,10 @@ _POINTER_LINE = re.compile(
 def _telling_log_line(terminated: Mapping[str, Any]) -> str | None:
     """The log line that says why the engine stopped. With terminationMessagePolicy
     FallbackToLogsOnError the kubelet puts the log's tail in `message`. Its last line is
-    the error for an argparse refusal or a traceback, but not for a pydantic one (vLLM's
-    config): that ends with a link, the error some lines above. So: the last line that
-    looks like an error and is not a link, else the last non-empty line."""
+    the error for an argparse refusal or a traceback, but not for a pydantic one (an
+    engine's config validation): that ends with a link, the error some lines above. So:
+    the last line that looks like an error and is not a link, else the last non-empty
+    line."""
     lines = [ln for ln in str(terminated.get("message") or "").splitlines() if ln.strip()]
     errors = [ln for ln in lines if _ERROR_WORD.search(ln) and not _POINTER_LINE.match(ln)]
     chosen = errors or lines
@@ -102,7 +103,7 @@ def _container_failure(pod_name: str, cs: Mapping[str, Any]) -> Problem | None:
     if terminated.get("exitCode"):
         return Problem("EngineCrashLoop", _exited(where, terminated, restarts))
     last = (cs.get("lastState") or {}).get("terminated") or {}
-    # An engine is a server: exiting at all is a failure. vLLM exits 0 when its engine
+    # An engine is a server: exiting at all is a failure. Some exit 0 when their engine
     # core dies, so a back-off after a clean exit counts as a crash loop too.
     backing_off = waiting.get("reason") == "CrashLoopBackOff"
     if last and restarts > 0 and (last.get("exitCode") or backing_off):

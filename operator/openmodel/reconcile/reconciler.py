@@ -23,9 +23,10 @@ from typing import Any, TypeVar
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from openmodel.api import API_VERSION, KIND, SpecError, parse_model_deployment
+from openmodel.api import API_VERSION, KIND, SpecError
 from openmodel.clock import utc_now
 from openmodel.config import PlatformConfig
+from openmodel.engines import parse_model_deployment
 from openmodel.inference_extension.gate import InferenceExtensionGate
 from openmodel.kube import calls as kube
 from openmodel.kube.cache import WATCHED, ObjectCache, Reader, owner_text, owner_uids

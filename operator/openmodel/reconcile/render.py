@@ -94,7 +94,7 @@ def image_for(
     md: ModelDeployment, config: PlatformConfig, accelerator: Accelerator | None = None
 ) -> str:
     """spec.image, else the platform's image for the engine: on a CPU-only type its
-    `<engine>-cpu` image when there is one (llama.cpp's `:server` vs `:server-cuda`)."""
+    `<engine>-cpu` image when there is one (the engine's CPU build, `Engine.cpu_image`)."""
     if md.spec.image:
         return md.spec.image
     if accelerator is not None and accelerator.cpu_only:

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from openmodel.accelerators import Accelerator
-from openmodel.api import ModelDeploymentSpec, SpecError
+from openmodel.api import DEFAULT_ENGINE, ModelDeploymentSpec, SpecError
 from openmodel.config import PlatformConfig
+from openmodel.engines import engine_for
 from openmodel.model_resolver.state import SIZING_PENDING, Failed, ModelConfigState, Pending
 from openmodel.sizing import format_size_report, resolve_gpu_count, size_report
 from openmodel.sizing.checkpoint import Checkpoint
@@ -65,7 +66,12 @@ def choose_gpu_count(
         checkpoint = model_config.checkpoint
     try:
         result = resolve_gpu_count(
-            spec, accelerator, config.accelerators, checkpoint=checkpoint, extra_notes=notes
+            spec,
+            accelerator,
+            config.accelerators,
+            checkpoint=checkpoint,
+            extra_notes=notes,
+            memory=engine_for(spec.engine).memory,
         )
     except SpecError as e:
         if isinstance(model_config, Failed) and e.reason == "UnknownModelSize":
@@ -83,7 +89,7 @@ def size_report_text(
     quantization: str,
     config: PlatformConfig,
     max_model_len: int | None = None,
-    engine: str = "vllm",
+    engine: str = DEFAULT_ENGINE,
     checkpoint: Checkpoint | None = None,
 ) -> str:
     report = size_report(
@@ -91,8 +97,8 @@ def size_report_text(
         accelerator_name,
         quantization,
         config.accelerators,
+        memory=engine_for(engine).memory,
         max_model_len=max_model_len,
-        engine=engine,
         checkpoint=checkpoint,
     )
     return format_size_report(report)

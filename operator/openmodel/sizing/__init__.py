@@ -3,7 +3,8 @@
 Pure functions of the spec and the accelerator catalog; no I/O. Modules:
 - `catalogue`: architecture numbers of known model families, repo-id recognition;
 - `formats`: bytes per parameter by quantization, quantization implied by a repo name;
-- `memory`: the per-GPU estimate (weights, KV cache, overhead) against the engine budget;
+- `memory`: the per-GPU estimate (weights, KV cache, overhead) against the engine budget,
+  with the engine's `MemoryKnobs` passed in (sizing sits below the engines);
 - `parallelism`: tensor-parallel rules and valid GPU counts;
 - `fit`: `resolve_gpu_count`, the check the operator and CLI call;
 - `report`: the CLI's per-count table.
@@ -16,6 +17,7 @@ from openmodel.sizing.memory import (
     DEFAULT_MAX_MODEL_LEN,
     EngineSettings,
     Estimate,
+    MemoryKnobs,
     engine_settings,
     estimate_memory,
 )
@@ -27,6 +29,7 @@ __all__ = [
     "Architecture",
     "EngineSettings",
     "Estimate",
+    "MemoryKnobs",
     "ResolvedModel",
     "SizeReport",
     "SizingResult",

@@ -281,7 +281,8 @@ QWEN25_72B = Architecture(
     vocab_size=152064,
 )
 # Qwen's own AWQ/GPTQ 72B checkpoints zero-pad the MLP to 29696 (= 232 x 128) so that
-# tensor parallel 2/4/8 passes vLLM's group-size rule; 29568 = 231 x 128 only allows 1.
+# tensor parallel 2/4/8 passes the group-size rule (sizing/parallelism.py); 29568 =
+# 231 x 128 only allows 1.
 # (QwenLM/Qwen2.5 quantization docs; QwenLM/Qwen2-VL issue 231.)
 QWEN_OFFICIAL_QUANTIZED_72B_INTERMEDIATE = 29696
 

@@ -74,7 +74,7 @@ class CheckpointQuantization:
 
     method: str  # quant_method as written
     # The spec.quantization that loads it; "none" where the engine detects it and no
-    # flag exists (mxfp4: vLLM reads it from the checkpoint).
+    # flag exists (mxfp4: the engine reads it from the checkpoint).
     spec_value: str
     bits: int
     bytes_per_param: float  # for the quantized linear layers, scales included
@@ -513,8 +513,8 @@ def quantization_conflict(stated: str, checkpoint: Checkpoint) -> str | None:
 
     `none` lets the engine read the checkpoint's own format. fp8 and bitsandbytes on an
     unquantized checkpoint quantize at load time. Anything else that differs from the
-    checkpoint's quantization_config stops vLLM at start ("Quantization method specified
-    in the model config ... does not match").
+    checkpoint's quantization_config stops the engine at start (e.g. "Quantization method
+    specified in the model config ... does not match").
     """
     q = checkpoint.quantization
     if stated == "none":

@@ -1,9 +1,9 @@
-"""CPU-only serving (`gpu.type: cpu`, llama.cpp): the pod's CPU and memory requests,
+"""CPU-only serving (`gpu.type: cpu`, GGUF files): the pod's CPU and memory requests,
 sized from the GGUF file and its KV cache.
 
-llama.cpp memory-maps the GGUF file and keeps it resident, allocates its whole KV cache
-at start (`-c` tokens, shared by the `--parallel` slots, f16 K and V unless
-`--cache-type-k/v` say otherwise) and a compute buffer for one micro-batch. So
+A CPU engine (`Engine.runs_on_cpu`) memory-maps the GGUF file and keeps it resident,
+allocates its whole KV cache at start (the context's tokens, shared by its request
+slots, f16 K and V by default) and a compute buffer for one micro-batch. So
 
     memory = file size + c x KV bytes per token + overhead
 
@@ -11,14 +11,14 @@ at start (`-c` tokens, shared by the `--parallel` slots, f16 K and V unless
   the type from the file name, Q4_K_M when it names none);
 - KV bytes per token: 2 (K, V) x layers x KV heads x head_dim x 2 bytes;
 - overhead: 0.5 GiB (runtime, HTTP server, scratch) + the logits of one 512-token
-  micro-batch (llama.cpp's default `-ub`) in fp32, 512 x vocab x 4 bytes, or 0.5 GiB
+  micro-batch (the engine's default) in fp32, 512 x vocab x 4 bytes, or 0.5 GiB
   when the vocabulary is not known.
 The memory limit is the request plus 25 %: the estimate is a floor, and a limit at the
 request would turn a small miss into an OOM kill.
 
 CPU: decoding on CPU is bound by memory bandwidth, which more cores only help up to a
-point; one core per GiB of weights, at least 2 and at most 16. llama.cpp starts as many
-threads as the node has cores unless told, so the engine gets `--threads <cpu>`.
+point; one core per GiB of weights, at least 2 and at most 16. The engine is told to
+start that many threads (else it would start one per core of the node).
 """
 
 from __future__ import annotations

@@ -14,9 +14,12 @@ Context: with spec.maxModelLen (or --max-model-len / --max-total-tokens in spec.
 that is what must fit. Without it the check requires min(model max, 8192) tokens, and
 `SizingResult.max_model_len` says what to start the engine with: the model's full
 context when that fits at the chosen count, else that 8192 cap. The renderer must
-pass it (vLLM `--max-model-len`, TGI `--max-total-tokens`) when the spec does not,
-because left alone vLLM uses the full context and refuses to start when its KV cache
-cannot hold one such sequence.
+pass it (the engine's context flag) when the spec does not, because left alone an
+engine may use the full context and refuse to start when its KV cache cannot hold one
+such sequence.
+
+What differs between engines (their memory share, context and KV flags, LoRA slots,
+GGUF-only loading) comes in as `MemoryKnobs`, from the engine module.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from typing import Any
 
 from openmodel.accelerators import Accelerator, AcceleratorCatalog
 from openmodel.api import ModelDeploymentSpec, SpecError, lora_settings
-from openmodel.sizing.budgets import settings_for
 from openmodel.sizing.catalogue import Architecture, ResolvedModel, resolve_model
 from openmodel.sizing.checkpoint import Checkpoint, quantization_conflict
 from openmodel.sizing.formats import (
@@ -41,6 +43,8 @@ from openmodel.sizing.memory import (
     DEFAULT_MAX_MODEL_LEN,
     EngineSettings,
     Estimate,
+    MemoryKnobs,
+    engine_settings,
     estimate_memory,
 )
 from openmodel.sizing.parallelism import candidate_counts, tp_violations, valid_tp_sizes
@@ -48,7 +52,7 @@ from openmodel.sizing.parallelism import candidate_counts, tp_violations, valid_
 # A shorter maxModelLen is only worth suggesting if it leaves a usable context.
 MIN_USEFUL_CONTEXT = 2048
 MAX_GPU_TYPE_SUGGESTIONS = 3
-# Built-in accelerators older than Ampere: vLLM has no fp8 weight kernels for them, so
+# Built-in accelerators older than Ampere: the engines have no fp8 weight kernels for them, so
 # "use fp8" would be bad advice. (The catalog does not record compute capability.)
 NO_FP8_WEIGHTS = frozenset({"nvidia-t4"})
 
@@ -257,7 +261,7 @@ def _notes(
 
 
 def model_and_format(
-    spec: ModelDeploymentSpec, checkpoint: Checkpoint | None
+    spec: ModelDeploymentSpec, checkpoint: Checkpoint | None, memory: MemoryKnobs
 ) -> tuple[ResolvedModel | None, WeightFormat]:
     """What to size: spec.modelInfo, else the checkpoint's config.json, else the catalogue.
 
@@ -267,7 +271,7 @@ def model_and_format(
     """
     if spec.model_info is not None or checkpoint is None:
         resolved = resolve_model(spec.model, spec.model_info)
-        fmt = weight_format(sized_quantization(spec), weights_name(spec))
+        fmt = weight_format(sized_quantization(spec, memory), weights_name(spec))
         arch = resolved.architecture if resolved is not None else None
         stored = arch.checkpoint_format if arch is not None else None
         if fmt.source == "default" and arch is not None and stored not in (None, "none"):
@@ -283,17 +287,18 @@ def model_and_format(
     model = ResolvedModel(checkpoint.architecture, "config.json")
     if spec.quantization == "none":
         return model, checkpoint.weight_format()
-    return model, weight_format(sized_quantization(spec), weights_name(spec))
+    return model, weight_format(sized_quantization(spec, memory), weights_name(spec))
 
 
 def weights_name(spec: ModelDeploymentSpec) -> str:
-    """The name the weight format is read from: llama.cpp's repo file, else the model."""
+    """The name the weight format is read from: spec.ggufFile (the file in the repo),
+    else the model."""
     return spec.gguf_file or spec.model
 
 
-def sized_quantization(spec: ModelDeploymentSpec) -> str:
-    """spec.quantization, except that llama.cpp loads GGUF whatever it says."""
-    return "gguf" if spec.engine == "llamacpp" else spec.quantization
+def sized_quantization(spec: ModelDeploymentSpec, memory: MemoryKnobs) -> str:
+    """spec.quantization, except for an engine that loads GGUF whatever it says."""
+    return "gguf" if memory.weights_always_gguf else spec.quantization
 
 
 def resolve_gpu_count(
@@ -302,8 +307,11 @@ def resolve_gpu_count(
     catalog: AcceleratorCatalog | None = None,
     checkpoint: Checkpoint | None = None,
     extra_notes: tuple[str, ...] = (),
+    *,
+    memory: MemoryKnobs,
 ) -> SizingResult:
-    """Choose or check spec.gpu.count on `accelerator`.
+    """Choose or check spec.gpu.count on `accelerator`, for the engine whose knobs are
+    `memory` (`Engine.memory`).
 
     `catalog`, when given, lets an InsufficientGPUMemory message suggest other GPU
     types. `checkpoint` is the model's own config.json when it could be read
@@ -311,9 +319,9 @@ def resolve_gpu_count(
     with reason UnknownModelSize, QuantizationMismatch, InvalidTensorParallelSize,
     InsufficientGPUMemory or InvalidEngineArgs.
     """
-    settings = settings_for(spec.engine, spec.args, lora_settings(spec))
+    settings = engine_settings(memory, spec.args, lora_settings(spec))
     requested = settings.max_model_len_arg or spec.max_model_len
-    model, fmt = model_and_format(spec, checkpoint)
+    model, fmt = model_and_format(spec, checkpoint, memory)
     notes = extra_notes + _notes(spec, model, fmt, requested)
     count = spec.gpu.count
 

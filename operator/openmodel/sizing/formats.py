@@ -2,7 +2,7 @@
 
 Rates are for the quantized linear layers ("body"). Quantizers leave the input
 embedding and lm_head in 16-bit (AWQ, GPTQ, FP8 and compressed-tensors checkpoints,
-and vLLM's in-flight fp8/bitsandbytes), so when the architecture gives the embedding
+and fp8/bitsandbytes applied at load time), so when the architecture gives the embedding
 size those parameters are counted at 2 bytes. GGUF quantizes the embeddings too, so a
 GGUF rate is applied to every parameter.
 
@@ -11,9 +11,9 @@ GGUF rate is applied to every parameter.
 - AWQ/GPTQ/compressed-tensors 4-bit, group 128: 4 bits + a 16-bit scale and a 4-bit
   zero per 128 weights = 0.5 + 2.5/128 ≈ 0.52 bytes.
 - GPTQ 8-bit, group 128: 1 + 3/128 ≈ 1.02 bytes.
-- bitsandbytes NF4, vLLM in-flight: 4 bits + an fp32 absmax per 64 weights
+- bitsandbytes NF4, applied at load time: 4 bits + an fp32 absmax per 64 weights
   = 0.5 + 4/64 ≈ 0.56 bytes; 8-bit LLM.int8 ≈ 1 byte.
-- GGUF: bits per weight of the llama.cpp file type the name announces
+- GGUF: bits per weight of the GGUF file type the name announces
   (`openmodel.sizing.gguf`: Q4_K_M ≈ 4.90 → 0.61 bytes; Q4_K_M when the name says none).
 """
 
@@ -40,7 +40,7 @@ class WeightFormat:
     group_size: int | None
     # How it was decided, for messages: "spec.quantization", "repo name", "default".
     source: str
-    # GGUF: the llama.cpp file type sized with, e.g. Q4_K_M.
+    # GGUF: the file type sized with, e.g. Q4_K_M.
     gguf_type: str | None = None
 
     @property

@@ -1,7 +1,7 @@
-"""GGUF weight types: bits per weight of llama.cpp's quantization types, and the type a
+"""GGUF weight types: bits per weight of the format's quantization types, and the type a
 file name announces (`Meta-Llama-3.1-8B-Instruct-Q4_K_M.gguf` -> Q4_K_M).
 
-Two numbers per type, both from llama.cpp's sources:
+Two numbers per type, both from the GGUF reference implementation's sources (ggml):
 - `block_bpw`: the ggml block layout (`ggml/src/ggml-common.h`): bytes per block x 8 /
   weights per block, e.g. block_q4_K = 2 fp16 scales + 12 scale bytes + 128 nibble
   bytes for 256 weights = 144 x 8 / 256 = 4.5 bits;

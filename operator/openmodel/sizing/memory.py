@@ -1,36 +1,36 @@
 """Per-GPU memory estimate: weights + KV cache + runtime overhead against the engine's budget.
 
-The model is what vLLM does at start-up: load the weights (split over tensor-parallel
-ranks), run a profile batch to find the activation peak, then give the rest of
-`gpu_memory_utilization x GPU memory` to the KV cache, and refuse to start when that
-cannot hold one `max_model_len` sequence. So "fits" means
+The model is what a GPU engine does at start-up: load the weights (split over
+tensor-parallel ranks), run a profile batch to find the activation peak, then give the
+rest of its share of GPU memory to the KV cache, and refuse to start when that cannot
+hold one `max_model_len` sequence. So "fits" means
 
     weights/GPU + overhead/GPU + KV(max_model_len)/GPU <= budget/GPU.
 
 Overhead per GPU (a deliberate, slightly pessimistic constant plus a computed peak):
 - 1.5 GiB fixed: CUDA context (~0.5 GiB), cuBLAS/attention workspaces, CUDA graphs;
 - 0.5 GiB more with tensor parallelism: NCCL and custom all-reduce buffers;
-- the profile batch's activation peak: 8192 batched tokens (vLLM's default
-  max_num_batched_tokens for the API server on large GPUs) x the widest tensors alive
+- the profile batch's activation peak: 8192 batched tokens (the default
+  max_num_batched_tokens of an API server on a large GPU) x the widest tensors alive
   in one layer (residual, norm, attention out ≈ 4 x hidden; gate+up ≈ 2 x intermediate
   / tp per active expert) x 2 bytes, plus the sampler's fp32 logits and probabilities
   for 256 sequences (max_num_seqs) x vocabulary. When the width is not known
   (spec.modelInfo) a flat 1 GiB stands in.
-For Llama 3.1 8B on one GPU that is 1.5 + 0.69 + 0.24 ≈ 2.4 GiB; vLLM reports about
+For Llama 3.1 8B on one GPU that is 1.5 + 0.69 + 0.24 ≈ 2.4 GiB; engines report about
 1.5-2 GiB there, so the estimate errs on the side of "does not fit".
 
-LoRA (vLLM with adapters or spec.lora): vLLM preallocates every adapter slot at start,
-A (rank x in) and B (out x rank) for each targeted projection of every layer. Without
-the per-projection widths a flat term stands in, `lora_overhead_bytes`:
-max_loras x max_lora_rank x hidden_size x layers x 2 (A and B) x 4 projections x 2 bytes
-(0.125 GiB for Llama 3.1 8B at the defaults 4 x 16), not divided by tensor parallelism
-(pessimistic: vLLM shards only part of it). 0 when the width or depth is not known,
-and for TGI, which allocates per loaded adapter rather than per slot.
+LoRA (adapters or spec.lora, on an engine that preallocates its adapter slots at start,
+`MemoryKnobs.preallocates_lora_slots`): A (rank x in) and B (out x rank) for each
+targeted projection of every layer. Without the per-projection widths a flat term stands
+in, `lora_overhead_bytes`: max_loras x max_lora_rank x hidden_size x layers x 2 (A and B)
+x 4 projections x 2 bytes (0.125 GiB for Llama 3.1 8B at the defaults 4 x 16), not
+divided by tensor parallelism (pessimistic: engines shard only part of it). 0 when the
+width or depth is not known, and for engines that allocate per loaded adapter rather
+than per slot.
 
-Budget: vLLM `--gpu-memory-utilization` (default 0.9) x memory. TGI gives its KV cache
-93 % of what is free after loading and warm-up (`TGI_WIGGLE_ROOM`), times
-`--cuda-memory-fraction` (default 1.0); its effective share is 0.93-0.98 of the card
-depending on how much the weights take, so 0.95 x fraction x memory is used.
+Budget: the engine's share of GPU memory x memory. Each engine module states its share,
+the flag in spec.args that moves it and its other knobs (`MemoryKnobs`, passed in: the
+sizing does not know engines); `engine_settings` reads spec.args with them.
 """
 
 from __future__ import annotations
@@ -58,26 +58,48 @@ ACTIVATION_FALLBACK_GIB = 1.0
 # Without the architecture the KV cache cannot be computed: require this share of the
 # budget to be left for it (4 GiB on an L4, 14 GiB on an H100).
 UNKNOWN_KV_RESERVE = 0.2
-# vLLM allocates the KV cache in blocks of 16 tokens.
+# A paged KV cache is allocated in blocks of 16 tokens.
 KV_BLOCK_TOKENS = 16
 LORA_PROJECTIONS = 4  # q/k/v, o, gate/up, down
 LORA_DTYPE_BYTES = 2
 
-VLLM_DEFAULT_UTILIZATION = 0.9
-TGI_DEFAULT_MEMORY_FRACTION = 1.0
-TGI_EFFECTIVE_SHARE = 0.95
+
+@dataclass(frozen=True)
+class MemoryKnobs:
+    """How one engine budgets GPU memory, and the spec.args flags that change the
+    estimate. Each engine states its own (`Engine.memory`); `engine_settings` reads
+    spec.args with them."""
+
+    # The engine's name in messages: "<label> <fraction_flag> 0.90".
+    label: str
+    # The share of GPU memory the engine takes when spec.args does not set it.
+    default_fraction: float
+    # The flag in spec.args that sets the share; None: the share is fixed.
+    fraction_flag: str | None = None
+    # The part of the flag's share the engine actually gives its KV cache and weights,
+    # when that is less than it is told; shown in messages as "x <scale>".
+    fraction_scale: float | None = None
+    # The flag naming the KV cache's element type, and the types stored in one byte.
+    kv_cache_dtype_flag: str = "--kv-cache-dtype"
+    one_byte_kv_dtypes: tuple[str, ...] = ("fp8",)
+    # The flags in spec.args that set the context the engine starts with; first found wins.
+    context_flags: tuple[str, ...] = ()
+    # True: every LoRA slot is allocated at start (counted); False: per loaded adapter.
+    preallocates_lora_slots: bool = False
+    # True: the engine loads GGUF files only, so they are sized as GGUF whatever
+    # spec.quantization says.
+    weights_always_gguf: bool = False
 
 
 @dataclass(frozen=True)
 class EngineSettings:
     """The engine knobs that change the estimate, read from defaults and spec.args."""
 
-    engine: str
-    memory_fraction: float  # vLLM --gpu-memory-utilization / TGI share of the card
-    fraction_text: str  # for messages, e.g. "vLLM --gpu-memory-utilization 0.90"
+    memory_fraction: float  # the engine's share of the card
+    fraction_text: str  # for messages, e.g. "<engine> --gpu-memory-utilization 0.90"
     kv_cache_bytes: int  # bytes per KV element: 2 (model dtype) or 1 (fp8)
-    max_model_len_arg: int | None  # --max-model-len / --max-total-tokens in spec.args
-    lora: LoraSpec | None = None  # the LoRA slots vLLM preallocates (None: LoRA off)
+    max_model_len_arg: int | None  # the context flag's value in spec.args
+    lora: LoraSpec | None = None  # the LoRA slots allocated at start (None: none)
 
 
 def _flag_value(args: Sequence[str], flag: str) -> str | None:
@@ -118,30 +140,39 @@ def _tokens(args: Sequence[str], flag: str) -> int | None:
 
 
 def engine_settings(
-    engine: str, args: Sequence[str] = (), lora: LoraSpec | None = None
+    knobs: MemoryKnobs, args: Sequence[str] = (), lora: LoraSpec | None = None
 ) -> EngineSettings:
-    """Defaults for `engine`, overridden by the matching flags in spec.args; `lora` is
+    """The engine's defaults, overridden by the matching flags in spec.args; `lora` is
     `api.lora_settings(spec)`."""
-    kv_dtype = _flag_value(args, "--kv-cache-dtype") or "auto"
-    kv_bytes = 1 if kv_dtype.startswith("fp8") else 2
-    if engine == "tgi":
-        fraction = _fraction(args, "--cuda-memory-fraction", TGI_DEFAULT_MEMORY_FRACTION)
-        return EngineSettings(
-            engine="tgi",
-            memory_fraction=fraction * TGI_EFFECTIVE_SHARE,
-            fraction_text=f"TGI --cuda-memory-fraction {fraction:.2f} x {TGI_EFFECTIVE_SHARE}",
-            kv_cache_bytes=kv_bytes,
-            max_model_len_arg=_tokens(args, "--max-total-tokens"),
-        )
-    utilization = _fraction(args, "--gpu-memory-utilization", VLLM_DEFAULT_UTILIZATION)
+    kv_dtype = _flag_value(args, knobs.kv_cache_dtype_flag) or "auto"
+    kv_bytes = 1 if kv_dtype.startswith(knobs.one_byte_kv_dtypes) else 2
+    if knobs.fraction_flag is None:
+        fraction = knobs.default_fraction
+        memory_fraction = fraction
+        fraction_text = f"{knobs.label} share {fraction:.2f}"
+    else:
+        fraction = _fraction(args, knobs.fraction_flag, knobs.default_fraction)
+        fraction_text = f"{knobs.label} {knobs.fraction_flag} {fraction:.2f}"
+        if knobs.fraction_scale is None:
+            memory_fraction = fraction
+        else:
+            memory_fraction = fraction * knobs.fraction_scale
+            fraction_text += f" x {knobs.fraction_scale}"
     return EngineSettings(
-        engine=engine,
-        memory_fraction=utilization,
-        fraction_text=f"vLLM --gpu-memory-utilization {utilization:.2f}",
+        memory_fraction=memory_fraction,
+        fraction_text=fraction_text,
         kv_cache_bytes=kv_bytes,
-        max_model_len_arg=_tokens(args, "--max-model-len"),
-        lora=lora,
+        max_model_len_arg=_context_arg(args, knobs.context_flags),
+        lora=lora if knobs.preallocates_lora_slots else None,
     )
+
+
+def _context_arg(args: Sequence[str], flags: Sequence[str]) -> int | None:
+    for flag in flags:
+        tokens = _tokens(args, flag)
+        if tokens is not None:
+            return tokens
+    return None
 
 
 @dataclass(frozen=True)
@@ -262,7 +293,7 @@ def kv_bytes_per_token(arch: Architecture, tp: int, kv_cache_bytes: int) -> int 
 
 def kv_window_bytes(arch: Architecture, tp: int, kv_cache_bytes: int, context: int) -> int:
     """Per-GPU bytes the sliding-window layers hold for one sequence of `context`
-    tokens: at most the window, however long the sequence (vLLM's hybrid KV manager
+    tokens: at most the window, however long the sequence (a hybrid KV cache manager
     frees the blocks that fell out of the window)."""
     per_layer = _kv_bytes_per_layer_token(arch, tp, kv_cache_bytes)
     if per_layer is None or not arch.sliding_layers or arch.sliding_window is None:
@@ -312,7 +343,7 @@ def estimate_memory(
     `context_tokens` (what the engine requires of `max_model_len`)."""
     weights = weight_bytes(arch, fmt) / gpu_count / GIB
     overhead = overhead_gib(arch, gpu_count)
-    lora = lora_overhead_bytes(arch, settings.lora) / GIB if settings.engine != "tgi" else 0.0
+    lora = lora_overhead_bytes(arch, settings.lora) / GIB
     budget = accelerator.memory_gib * settings.memory_fraction
     per_token = kv_bytes_per_token(arch, gpu_count, settings.kv_cache_bytes)
     room = budget - weights - overhead - lora

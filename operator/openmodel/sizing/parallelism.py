@@ -1,7 +1,7 @@
 """Tensor-parallel rules: which GPU counts can shard a model.
 
-vLLM's rules (docs/engines.md), applied to TGI's `--num-shard` as well since it shards
-the same tensors the same way:
+The rules of tensor-parallel sharding (docs/engines.md), the same for every GPU engine
+since they shard the same tensors the same way:
 - attention heads % tp == 0;
 - KV heads % tp == 0 when kv_heads >= tp, else tp % kv_heads == 0 (heads replicated);
 - group-wise quantized weights (AWQ, GPTQ, compressed-tensors 4-bit): the row-parallel

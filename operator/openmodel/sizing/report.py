@@ -1,7 +1,7 @@
 """The CLI's sizing report: the estimate at every valid GPU count, and which fit.
 
 report = size_report("meta-llama/Llama-3.1-70B-Instruct", "nvidia-h100-80gb", "none",
-                     AcceleratorCatalog())
+                     AcceleratorCatalog(), memory=engine_for(name).memory)
 print(format_size_report(report))
 """
 
@@ -12,12 +12,11 @@ from dataclasses import dataclass
 
 from openmodel.accelerators import AcceleratorCatalog
 from openmodel.api import ModelInfo, SpecError
-from openmodel.sizing.budgets import settings_for
 from openmodel.sizing.catalogue import ResolvedModel, resolve_model
 from openmodel.sizing.checkpoint import Checkpoint, quantization_conflict
 from openmodel.sizing.fit import required_context
 from openmodel.sizing.formats import WeightFormat, weight_format
-from openmodel.sizing.memory import Estimate, estimate_memory
+from openmodel.sizing.memory import Estimate, MemoryKnobs, engine_settings, estimate_memory
 from openmodel.sizing.parallelism import tp_violations, valid_tp_sizes
 
 
@@ -42,8 +41,9 @@ def size_report(
     accelerator_name: str,
     quantization: str,
     catalog: AcceleratorCatalog,
+    *,
+    memory: MemoryKnobs,
     max_model_len: int | None = None,
-    engine: str = "vllm",
     model_info: ModelInfo | None = None,
     args: Sequence[str] = (),
     checkpoint: Checkpoint | None = None,
@@ -76,7 +76,7 @@ def size_report(
             "UnknownModelSize",
         )
     arch = resolved.architecture
-    settings = settings_for(engine, args)
+    settings = engine_settings(memory, args)
     requested = settings.max_model_len_arg or max_model_len
     context = required_context(arch, requested)
     valid = valid_tp_sizes(arch, fmt, accelerator.max_per_node)

@@ -11,8 +11,11 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from openmodel.autoscaler.metrics import METRIC_NAMES, MetricFailure, read_queue
+from openmodel.autoscaler.metrics import MetricFailure, read_queue
+from openmodel.engines import ENGINES
 from openmodel.simulator.server import start_simulator
+
+METRIC_NAMES = {name: engine.metric_names for name, engine in ENGINES.items()}
 
 
 @dataclass(frozen=True)

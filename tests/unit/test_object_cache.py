@@ -10,7 +10,12 @@ import logging
 from typing import Any
 
 import pytest
-from fake_api_server import FakeApiServer, Key, namespace_terminating_error
+from fake_api_server import (
+    FakeApiServer,
+    Key,
+    namespace_not_found_error,
+    namespace_terminating_error,
+)
 from kubernetes.client.exceptions import ApiException
 
 from openmodel.config import PlatformConfig
@@ -360,6 +365,44 @@ def test_a_namespace_being_deleted_ends_the_pass_quietly(
     assert [(rec.levelno, rec.getMessage()) for rec in caplog.records] == [
         (logging.INFO, "team-a/m: the namespace is being deleted; nothing created")
     ]
+
+
+def test_a_namespace_already_gone_ends_the_pass_quietly(
+    api: FakeApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pass that runs after its namespace was deleted (its ModelDeployment's DELETED
+    event not handled yet): the create answers 404 for the namespace. Nothing is left to
+    serve, so one info line, nothing to retry, no traceback."""
+    api.gone.add("team-a")
+    r = new_reconciler(api)
+    with caplog.at_level(logging.INFO):
+        assert r.reconcile_by_name("team-a", "m") is None
+    assert api.calls == [("POST", "Service")]  # refused at the first create; no status
+    assert [(rec.levelno, rec.getMessage()) for rec in caplog.records] == [
+        (logging.INFO, "team-a/m: the namespace is gone; nothing created")
+    ]
+
+
+def test_a_404_is_a_namespace_gone_only_when_it_names_the_namespace() -> None:
+    child = ApiException(status=404, reason="Not Found")
+    child.body = json.dumps(
+        {
+            "kind": "Status",
+            "reason": "NotFound",
+            "message": 'deployments.apps "m" not found',
+            "details": {"name": "m", "group": "apps", "kind": "deployments"},
+            "code": 404,
+        }
+    )
+    unreadable = namespace_not_found_error("team-a")
+    unreadable.body = "404 page not found"
+    forbidden = namespace_not_found_error("team-a")
+    forbidden.status = 403
+    assert not kube.namespace_not_found(child)
+    assert not kube.namespace_not_found(ApiException(status=404, reason="Not Found"))
+    assert not kube.namespace_not_found(unreadable)
+    assert not kube.namespace_not_found(forbidden)
+    assert kube.namespace_not_found(namespace_not_found_error("team-a"))
 
 
 def test_a_403_is_a_namespace_being_deleted_only_by_that_cause() -> None:

@@ -183,10 +183,14 @@ class Reconciler:
         try:
             return self._pass_reading_once_again(namespace, name, body)
         except ApiException as e:
-            if not kube.namespace_terminating(e):
+            # Its ModelDeployments go with it: a create there is refused until they do,
+            # and once it is gone their DELETED events are on the way.
+            if kube.namespace_terminating(e):
+                log.info("%s/%s: the namespace is being deleted; nothing created", namespace, name)
+            elif kube.namespace_not_found(e):
+                log.info("%s/%s: the namespace is gone; nothing created", namespace, name)
+            else:
                 raise
-            # Its ModelDeployments go with it; a create there is refused until they do.
-            log.info("%s/%s: the namespace is being deleted; nothing created", namespace, name)
             return None
 
     def _pass_reading_once_again(

@@ -511,38 +511,6 @@ def test_retry_after_is_honoured_and_bounded() -> None:
     assert kube.retry_after_seconds({"Retry-After": "Wed, 21 Oct 2015"}, 1) == 2.0
 
 
-# -- one pass per object at a time, without parking workers ------------------------------
-
-
-def test_a_busy_key_is_run_once_more_instead_of_waited_for() -> None:
-    import threading
-
-    from openmodel.reconcile.reconciler import KeyedLocks
-
-    locks = KeyedLocks()
-    started, release = threading.Event(), threading.Event()
-    runs: list[int] = []
-
-    def work() -> int:
-        runs.append(len(runs))
-        if len(runs) == 1:
-            started.set()
-            assert release.wait(10)
-        return len(runs)
-
-    results: list[int | None] = []
-    first = threading.Thread(target=lambda: results.append(locks.run(("ns", "m"), work)))
-    first.start()
-    assert started.wait(10)
-    # Three events for the same object while its pass runs: none waits, one more pass.
-    assert [locks.run(("ns", "m"), work) for _ in range(3)] == [None, None, None]
-    assert locks.run(("ns", "other"), lambda: 7) == 7  # other keys are not held up
-    release.set()
-    first.join(10)
-    assert results == [2] and runs == [0, 1]
-    assert len(locks) == 0
-
-
 def test_a_pod_that_lost_its_owner_label_is_forgotten_by_name() -> None:
     cache = ObjectCache()
     labels = {"labels": {"openmodel.dev/model-deployment": "m"}}
@@ -558,7 +526,7 @@ def test_a_pod_that_lost_its_owner_label_is_forgotten_by_name() -> None:
 
 
 def test_owner_name_from_the_label_or_the_owner_reference() -> None:
-    from openmodel.main import owner_name
+    from openmodel.operator_root import owner_name
 
     labelled = body("Deployment", "m", 1, labels={"openmodel.dev/model-deployment": "m"})
     assert owner_name(labelled) == "m"

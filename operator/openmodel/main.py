@@ -73,7 +73,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         cache=cache,
     )
     operator = build_operator(config, cache, reconciler, autoscaler, adapters)
-    autoscaler.on_elected = operator.sweep
+
+    async def resync_now() -> None:  # elected: another replica decided until now
+        operator.sweep()
+
+    autoscaler.on_elected = resync_now
     operator.start()
     memo.operator = operator
 

@@ -17,7 +17,7 @@ queue's own retries after a failed pass.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,7 +83,7 @@ class Operator:
             return
         self.queue.add((namespace, owner), Line.CHILD)
 
-    async def sweep(self) -> None:
+    def sweep(self) -> None:
         """Queue every served ModelDeployment (elected: another replica decided until now)."""
         queue_all(self.reconciler, self.queue)
 
@@ -103,8 +103,9 @@ class Operator:
 
     # -- the background tasks --------------------------------------------------------------
 
-    def start(self) -> None:
-        """Serve the metrics, start the workers and the loops (on the running event loop)."""
+    def start(self, others: Mapping[str, Coroutine[Any, Any, None]] | None = None) -> None:
+        """Serve the metrics, start the workers, the loops and `others` (more background
+        tasks by name, watched by the liveness probe alike), on the running event loop."""
         port = telemetry.metrics_port()
         if port is not None:
             telemetry.start_metrics_server(port)
@@ -119,6 +120,7 @@ class Operator:
             "resync": resync_forever(self.reconciler, self.queue),
             "autoscaler": self.autoscaler.run_forever(),
             "adapters": self.adapters.run_forever(),
+            **(others or {}),
         }
         audit_seconds = self.config.operator.cache_audit_seconds
         if audit_seconds > 0:

@@ -1,6 +1,6 @@
 """The operator's own Prometheus metrics, and the HTTP server that exposes them.
 
-The reconciler and the autoscaler call the small functions at the bottom
+The reconcile workers and the autoscaler call the small functions at the bottom
 (`record_reconcile`, `record_scaling`, `observe_queue`, `forget`); they write to one
 process-wide `Telemetry` on prometheus_client's default registry, which also carries
 the process and GC collectors. Tests build their own `Telemetry` on a private
@@ -32,6 +32,8 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 RESULTS: Final = ("ok", "error", "rejected")
+# Who asked for a pass (controller/queue.py's `Asker`).
+ASKERS: Final = ("spec", "child", "sweep", "retry", "resolver")
 DIRECTIONS: Final = ("up", "down", "hold")
 METRICS_PORT_ENV: Final = "OPENMODEL_METRICS_PORT"
 DEFAULT_METRICS_PORT: Final = 9090
@@ -90,6 +92,7 @@ class Telemetry:
     registry: CollectorRegistry
     reconcile_total: Counter
     resync_passes: Counter
+    passes_asked: Counter
     reconcile_duration: Histogram
     scaling_decisions: Counter
     queue_depth: Gauge
@@ -108,15 +111,28 @@ class Telemetry:
         # Every result exists from the start, so rate() and alerts see a 0, not no data.
         for result in RESULTS:
             reconcile_total.labels(result=result)
+        passes_asked = Counter(
+            "openmodel_reconcile_passes_total",
+            "Reconcile passes by who asked for them: spec (the ModelDeployment's own event), "
+            "child (an event of one of its children), sweep (the resync, the cache audit, "
+            "an election), retry (the back-off after a failed pass), resolver (a config.json "
+            "answer it waited for). Sums to openmodel_reconcile_total.",
+            ["asked_by"],
+            registry=registry,
+        )
+        for asker in ASKERS:
+            passes_asked.labels(asked_by=asker)
         sizes = InternalSizes()
         registry.register(sizes)
         made = cls(
             registry=registry,
             reconcile_total=reconcile_total,
+            passes_asked=passes_asked,
             resync_passes=Counter(
                 "openmodel_resync_passes_total",
                 "Reconcile passes the resync's sweep asked for (also counted in "
-                "openmodel_reconcile_total); the rest were asked for by events.",
+                "openmodel_reconcile_total); the rest were asked for by events, "
+                "retries and the resolver (openmodel_reconcile_passes_total tells which).",
                 registry=registry,
             ),
             reconcile_duration=Histogram(
@@ -152,14 +168,17 @@ class Telemetry:
         sizes.track("telemetry.desired_replicas", lambda: label_sets(made.desired_replicas))
         return made
 
-    def record_reconcile(self, result: str, seconds: float, *, swept: bool = False) -> None:
+    def record_reconcile(self, result: str, seconds: float, *, asked_by: str) -> None:
         if result not in RESULTS:
             # A typo would silently open a new series; fail where it is written.
             raise ValueError(f"reconcile result must be one of {RESULTS}, got {result!r}")
         if seconds < 0 or math.isnan(seconds):
             raise ValueError(f"reconcile duration must be >= 0 seconds, got {seconds!r}")
+        if asked_by not in ASKERS:
+            raise ValueError(f"a pass is asked for by one of {ASKERS}, got {asked_by!r}")
         self.reconcile_total.labels(result=result).inc()
-        if swept:
+        self.passes_asked.labels(asked_by=asked_by).inc()
+        if asked_by == "sweep":
             self.resync_passes.inc()
         self.reconcile_duration.observe(seconds)
 
@@ -217,10 +236,10 @@ def metrics_port(environ: Mapping[str, str] | None = None) -> int | None:
 _DEFAULT = Telemetry.create(REGISTRY)
 
 
-def record_reconcile(result: str, seconds: float, *, swept: bool = False) -> None:
-    """Count one reconcile pass ("ok", "error" or "rejected") and its duration; swept:
-    the resync's sweep asked for it, not an event."""
-    _DEFAULT.record_reconcile(result, seconds, swept=swept)
+def record_reconcile(result: str, seconds: float, *, asked_by: str) -> None:
+    """Count one reconcile pass ("ok", "error" or "rejected"), its duration and who
+    asked for it (one of ASKERS; "sweep": the resync's, not an event)."""
+    _DEFAULT.record_reconcile(result, seconds, asked_by=asked_by)
 
 
 def record_scaling(namespace: str, name: str, direction: str) -> None:

@@ -7,7 +7,8 @@ AlreadyExists) and writes nothing; a create files the object's fields under an U
 entry of its field manager, an apply under an Apply entry, and `upgrade_to_apply` turns
 the one into the other only where its test of the entry holds (else 422). Kinds in
 `unserved` answer 404 (a CRD that is not installed); a create in a namespace of
-`terminating` answers 403 NamespaceTerminating (a namespace being deleted). The real API
+`terminating` answers 403 NamespaceTerminating (a namespace being deleted), one in a
+namespace of `gone` 404 `namespaces "x" not found` (deleted already). The real API
 server's behaviour is checked by the e2e tests; this one only counts and refuses.
 """
 
@@ -56,6 +57,25 @@ def namespace_terminating_error(kind: str, name: str, namespace: str) -> ApiExce
     return e
 
 
+def namespace_not_found_error(namespace: str) -> ApiException:
+    """The API server's refusal of a write in a namespace that does not exist, as it
+    words it (the details name the namespace, not the object written)."""
+    e = ApiException(status=404, reason="Not Found")
+    e.body = json.dumps(
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": f'namespaces "{namespace}" not found',
+            "reason": "NotFound",
+            "details": {"name": namespace, "kind": "namespaces"},
+            "code": 404,
+        }
+    )
+    return e
+
+
 class FakeApiServer:
     def __init__(self, unserved: frozenset[str] = frozenset()) -> None:
         self.objects: dict[Key, dict[str, Any]] = {}
@@ -63,6 +83,7 @@ class FakeApiServer:
         self.events: list[dict[str, Any]] = []
         self.unserved = unserved
         self.terminating: set[str] = set()
+        self.gone: set[str] = set()
         self.version = 100
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeApiServer:
@@ -120,6 +141,8 @@ class FakeApiServer:
         meta = obj["metadata"]
         if meta["namespace"] in self.terminating:
             raise namespace_terminating_error(kind, meta.get("name", ""), meta["namespace"])
+        if meta["namespace"] in self.gone:
+            raise namespace_not_found_error(meta["namespace"])
         if kind == "Event":
             self.events.append(obj)
             return obj

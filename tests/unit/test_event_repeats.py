@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import pytest
-from fake_api_server import namespace_terminating_error
+from fake_api_server import namespace_not_found_error, namespace_terminating_error
 from kubernetes.client.exceptions import ApiException
 
 from openmodel.kube import calls as kube
@@ -65,6 +65,18 @@ def test_an_event_in_a_namespace_being_deleted_is_dropped_without_a_warning(
 ) -> None:
     def create(_api: Any, obj: Any) -> Any:
         raise namespace_terminating_error("events", "", obj["metadata"]["namespace"])
+
+    monkeypatch.setattr(kube, "create", create)
+    with caplog.at_level(logging.DEBUG):
+        post_event(None, MD, "Ready", "serving", memory=EventMemory())  # type: ignore[arg-type]
+    assert caplog.records == []
+
+
+def test_an_event_in_a_namespace_already_gone_is_dropped_without_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def create(_api: Any, obj: Any) -> Any:
+        raise namespace_not_found_error(obj["metadata"]["namespace"])
 
     monkeypatch.setattr(kube, "create", create)
     with caplog.at_level(logging.DEBUG):

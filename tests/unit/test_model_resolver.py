@@ -145,3 +145,39 @@ def test_sizing_pending_is_not_degraded_and_keeps_ready_honest() -> None:
     assert by_type["Ready"]["status"] == "False" and by_type["Ready"]["reason"] == "SizingPending"
     assert by_type["Degraded"]["status"] == "False"
     assert by_type["Progressing"]["reason"] == "SizingPending"
+
+
+def test_an_answer_asks_the_queue_for_the_waiting_passes(
+    hub: fake_hub.FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resolver runs no pass itself: it records the answer, then the ModelDeployments
+    that waited for it are added to the operator's queue (asked by the resolver, in the
+    first line: their create waited for it), where the workers take them."""
+    from operator_parts import new_operator
+
+    from openmodel.controller.queue import Asker, Line, Taken
+
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    config = PlatformConfig(model_resolver=ModelResolverConfig(endpoint=hub.url))
+    store = ModelConfigStore(config.model_resolver)
+    operator = new_operator(config, store)
+    assert operator.resolver is not None
+    ref = ModelRef("openai/gpt-oss-120b")
+    store.lookup(ref, ("team-a", "b"))
+    store.lookup(ref, ("team-a", "a"))
+
+    async def scenario() -> list[Taken]:
+        resolver = asyncio.create_task(operator.resolver.run_forever())  # type: ignore[union-attr]
+        try:
+            first = await asyncio.wait_for(operator.queue.take(), timeout=20)
+            operator.queue.add(("team-a", "edited"), Line.CHILD)
+            return [first, await operator.queue.take(), await operator.queue.take()]
+        finally:
+            resolver.cancel()
+
+    assert asyncio.run(scenario()) == [
+        (("team-a", "a"), Line.SPEC, Asker.RESOLVER),
+        (("team-a", "b"), Line.SPEC, Asker.RESOLVER),
+        (("team-a", "edited"), Line.CHILD, Asker.CHILD),
+    ]
+    assert isinstance(store.lookup(ref), Resolved)

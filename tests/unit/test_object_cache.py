@@ -10,7 +10,12 @@ import logging
 from typing import Any
 
 import pytest
-from fake_api_server import FakeApiServer, Key, namespace_terminating_error
+from fake_api_server import (
+    FakeApiServer,
+    Key,
+    namespace_not_found_error,
+    namespace_terminating_error,
+)
 from kubernetes.client.exceptions import ApiException
 
 from openmodel.config import PlatformConfig
@@ -362,6 +367,44 @@ def test_a_namespace_being_deleted_ends_the_pass_quietly(
     ]
 
 
+def test_a_namespace_already_gone_ends_the_pass_quietly(
+    api: FakeApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pass that runs after its namespace was deleted (its ModelDeployment's DELETED
+    event not handled yet): the create answers 404 for the namespace. Nothing is left to
+    serve, so one info line, nothing to retry, no traceback."""
+    api.gone.add("team-a")
+    r = new_reconciler(api)
+    with caplog.at_level(logging.INFO):
+        assert r.reconcile_by_name("team-a", "m") is None
+    assert api.calls == [("POST", "Service")]  # refused at the first create; no status
+    assert [(rec.levelno, rec.getMessage()) for rec in caplog.records] == [
+        (logging.INFO, "team-a/m: the namespace is gone; nothing created")
+    ]
+
+
+def test_a_404_is_a_namespace_gone_only_when_it_names_the_namespace() -> None:
+    child = ApiException(status=404, reason="Not Found")
+    child.body = json.dumps(
+        {
+            "kind": "Status",
+            "reason": "NotFound",
+            "message": 'deployments.apps "m" not found',
+            "details": {"name": "m", "group": "apps", "kind": "deployments"},
+            "code": 404,
+        }
+    )
+    unreadable = namespace_not_found_error("team-a")
+    unreadable.body = "404 page not found"
+    forbidden = namespace_not_found_error("team-a")
+    forbidden.status = 403
+    assert not kube.namespace_not_found(child)
+    assert not kube.namespace_not_found(ApiException(status=404, reason="Not Found"))
+    assert not kube.namespace_not_found(unreadable)
+    assert not kube.namespace_not_found(forbidden)
+    assert kube.namespace_not_found(namespace_not_found_error("team-a"))
+
+
 def test_a_403_is_a_namespace_being_deleted_only_by_that_cause() -> None:
     rbac = ApiException(status=403, reason="Forbidden")
     rbac.body = json.dumps(
@@ -468,38 +511,6 @@ def test_retry_after_is_honoured_and_bounded() -> None:
     assert kube.retry_after_seconds({"Retry-After": "Wed, 21 Oct 2015"}, 1) == 2.0
 
 
-# -- one pass per object at a time, without parking workers ------------------------------
-
-
-def test_a_busy_key_is_run_once_more_instead_of_waited_for() -> None:
-    import threading
-
-    from openmodel.reconcile.reconciler import KeyedLocks
-
-    locks = KeyedLocks()
-    started, release = threading.Event(), threading.Event()
-    runs: list[int] = []
-
-    def work() -> int:
-        runs.append(len(runs))
-        if len(runs) == 1:
-            started.set()
-            assert release.wait(10)
-        return len(runs)
-
-    results: list[int | None] = []
-    first = threading.Thread(target=lambda: results.append(locks.run(("ns", "m"), work)))
-    first.start()
-    assert started.wait(10)
-    # Three events for the same object while its pass runs: none waits, one more pass.
-    assert [locks.run(("ns", "m"), work) for _ in range(3)] == [None, None, None]
-    assert locks.run(("ns", "other"), lambda: 7) == 7  # other keys are not held up
-    release.set()
-    first.join(10)
-    assert results == [2] and runs == [0, 1]
-    assert len(locks) == 0
-
-
 def test_a_pod_that_lost_its_owner_label_is_forgotten_by_name() -> None:
     cache = ObjectCache()
     labels = {"labels": {"openmodel.dev/model-deployment": "m"}}
@@ -515,7 +526,7 @@ def test_a_pod_that_lost_its_owner_label_is_forgotten_by_name() -> None:
 
 
 def test_owner_name_from_the_label_or_the_owner_reference() -> None:
-    from openmodel.main import owner_name
+    from openmodel.operator_root import owner_name
 
     labelled = body("Deployment", "m", 1, labels={"openmodel.dev/model-deployment": "m"})
     assert owner_name(labelled) == "m"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import urllib.request
 import uuid
 
@@ -39,9 +40,9 @@ def test_reconcile_results_exist_at_zero_before_any_pass(tm):
 
 
 def test_record_reconcile_counts_by_result_and_observes_duration(tm):
-    tm.record_reconcile("ok", 0.02)
-    tm.record_reconcile("ok", 0.3)
-    tm.record_reconcile("rejected", 0.004)
+    tm.record_reconcile("ok", 0.02, asked_by="spec")
+    tm.record_reconcile("ok", 0.3, asked_by="spec")
+    tm.record_reconcile("rejected", 0.004, asked_by="spec")
     assert value(tm, "openmodel_reconcile_total", result="ok") == 2.0
     assert value(tm, "openmodel_reconcile_total", result="rejected") == 1.0
     assert value(tm, "openmodel_reconcile_total", result="error") == 0.0
@@ -53,18 +54,43 @@ def test_record_reconcile_counts_by_result_and_observes_duration(tm):
 
 
 def test_passes_the_resync_swept_are_counted_apart_and_in_the_total(tm):
-    tm.record_reconcile("ok", 0.01)
-    tm.record_reconcile("ok", 0.01, swept=True)
-    tm.record_reconcile("error", 0.01, swept=True)
+    tm.record_reconcile("ok", 0.01, asked_by="spec")
+    tm.record_reconcile("ok", 0.01, asked_by="sweep")
+    tm.record_reconcile("error", 0.01, asked_by="sweep")
     assert value(tm, "openmodel_resync_passes_total") == 2.0
     assert value(tm, "openmodel_reconcile_total", result="ok") == 2.0
     assert value(tm, "openmodel_reconcile_total", result="error") == 1.0
 
 
+def test_every_pass_is_counted_by_who_asked_and_the_old_readers_still_match(tm):
+    for asker in ("spec", "child", "sweep", "retry", "resolver", "retry"):
+        tm.record_reconcile("ok", 0.01, asked_by=asker)
+    assert value(tm, "openmodel_reconcile_passes_total", asked_by="retry") == 2.0
+    assert value(tm, "openmodel_reconcile_passes_total", asked_by="resolver") == 1.0
+    assert value(tm, "openmodel_resync_passes_total") == 1.0
+    # What tests/e2e/test_property_spec_fuzz.py and hack/bench_reconcile.py read.
+    text = generate_latest(tm.registry).decode()
+    found = re.findall(r'^openmodel_reconcile_total\{result="[a-z]+"\} (\S+)$', text, re.M)
+    assert sorted(float(v) for v in found) == [0.0, 0.0, 6.0]
+    assert re.findall(r"^openmodel_resync_passes_total (\S+)$", text, re.M) == ["1.0"]
+
+
+def test_an_unknown_asker_is_refused(tm):
+    with pytest.raises(ValueError, match="asked for by one of"):
+        tm.record_reconcile("ok", 0.1, asked_by="events")
+    assert value(tm, "openmodel_reconcile_total", result="ok") == 0.0
+
+
+def test_the_queue_askers_are_the_telemetry_askers():
+    from openmodel.controller.queue import Asker
+
+    assert {a.value for a in Asker} == set(telemetry.ASKERS)
+
+
 @pytest.mark.parametrize("bad", ["OK", "success", ""])
 def test_unknown_reconcile_result_is_refused_not_a_new_series(tm, bad):
     with pytest.raises(ValueError, match="ok"):
-        tm.record_reconcile(bad, 0.1)
+        tm.record_reconcile(bad, 0.1, asked_by="spec")
     assert series(tm, "openmodel_reconcile") == {
         (("result", r),) for r in ("ok", "error", "rejected")
     }
@@ -73,7 +99,7 @@ def test_unknown_reconcile_result_is_refused_not_a_new_series(tm, bad):
 @pytest.mark.parametrize("seconds", [-0.1, math.nan])
 def test_negative_or_nan_duration_is_refused(tm, seconds):
     with pytest.raises(ValueError, match="duration"):
-        tm.record_reconcile("ok", seconds)
+        tm.record_reconcile("ok", seconds, asked_by="spec")
     assert value(tm, "openmodel_reconcile_total", result="ok") == 0.0
 
 
@@ -122,7 +148,7 @@ def test_forget_drops_only_that_model_deployments_series(tm):
         tm.record_scaling(ns, name, "up")
         tm.record_scaling(ns, name, "hold")
         tm.observe_queue(ns, name, 2.0, 2)
-    tm.record_reconcile("ok", 0.1)
+    tm.record_reconcile("ok", 0.1, asked_by="spec")
 
     tm.forget("team-a", "llama")
 
@@ -143,7 +169,7 @@ def test_forget_drops_only_that_model_deployments_series(tm):
 
 
 def test_metrics_server_serves_the_registry_over_http(tm):
-    tm.record_reconcile("error", 0.5)
+    tm.record_reconcile("error", 0.5, asked_by="spec")
     tm.observe_queue("team-a", "llama", 3.0, 2)
     server, thread = start_metrics_server(0, addr="127.0.0.1", registry=tm.registry)
     try:
@@ -165,7 +191,7 @@ def test_module_functions_write_to_the_default_registry():
     # A unique name keeps this independent of anything else in the process.
     name = f"md-{uuid.uuid4().hex[:8]}"
     before = REGISTRY.get_sample_value("openmodel_reconcile_total", {"result": "rejected"})
-    telemetry.record_reconcile("rejected", 0.01)
+    telemetry.record_reconcile("rejected", 0.01, asked_by="spec")
     telemetry.record_scaling("ns", name, "down")
     telemetry.observe_queue("ns", name, 1.0, 1)
     after = REGISTRY.get_sample_value("openmodel_reconcile_total", {"result": "rejected"})

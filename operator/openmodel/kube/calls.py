@@ -236,6 +236,18 @@ def namespace_terminating(e: ApiException) -> bool:
     return any(c.get("reason") == "NamespaceTerminating" for c in details.get("causes") or [])
 
 
+def namespace_not_found(e: ApiException) -> bool:
+    """A write refused because its namespace does not exist (any more): 404 whose
+    details name a namespace (`namespaces "x" not found`), not the object written."""
+    if e.status != 404:
+        return False
+    try:
+        details = json.loads(e.body or "{}").get("details") or {}
+    except (ValueError, AttributeError):
+        return False
+    return details.get("kind") == "namespaces" and details.get("group", "") == ""
+
+
 def upgrade_to_apply(
     api: client.ApiClient, obj: Mapping[str, Any], index: int, field_manager: str = FIELD_MANAGER
 ) -> dict[str, Any]:

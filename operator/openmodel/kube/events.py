@@ -123,7 +123,7 @@ def post_event(
         if name:
             memory.remember(key, str(name))
     except ApiException as e:
-        if kube.namespace_terminating(e):
+        if kube.namespace_terminating(e) or kube.namespace_not_found(e):
             return  # nobody is left to read it
         # Events are best effort by design in Kubernetes; losing one must not block
         # reconciliation, but it must be visible.

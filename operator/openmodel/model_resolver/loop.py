@@ -1,8 +1,9 @@
 """The background task that reads config.json files the reconciler asked about.
 
 Started from the operator's startup like the other loops. It fetches what the store
-says is due, records the answer (or the failure and its back-off), then reconciles
-every ModelDeployment that waited on it, on a worker thread as the resync loop does.
+says is due, records the answer (or the failure and its back-off), then asks for a pass
+of every ModelDeployment that waited on it (`ask_pass`: the operator's queue, so the
+workers run those passes as any other).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from openmodel.model_resolver.hub import HubClient, ResolveError, fetch_with_timeout
 from openmodel.model_resolver.state import UNSUPPORTED, Failed, ModelConfigState, ModelRef, Resolved
@@ -39,12 +39,12 @@ class ResolverLoop:
         self,
         store: ModelConfigStore,
         client: HubClient,
-        reconcile: Callable[[str, str], Any],
+        ask_pass: Callable[[tuple[str, str]], object],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.client = client
-        self.reconcile = reconcile
+        self.ask_pass = ask_pass
         self.clock = clock
 
     async def _resolve(self, ref: ModelRef) -> None:
@@ -54,11 +54,8 @@ class ResolverLoop:
                         state.message, state.attempts)  # fmt: skip
         else:
             log.info("config.json of %s resolved at %s", ref, getattr(state, "sha", "?"))
-        for namespace, name in sorted(self.store.record(ref, state, self.clock())):
-            try:
-                await asyncio.to_thread(self.reconcile, namespace, name)
-            except Exception:
-                log.exception("reconcile of %s/%s after resolving %s failed", namespace, name, ref)
+        for waiter in sorted(self.store.record(ref, state, self.clock())):
+            self.ask_pass(waiter)
 
     async def run_forever(self) -> None:
         wake = asyncio.Event()

@@ -2,7 +2,7 @@
 
 Reconcile passes run on kopf's worker threads and only read it: `lookup` answers at
 once (Pending the first time, which also queues the work) and remembers who asked, so
-the resolver loop can reconcile them again when the answer arrives. Failures are
+the resolver loop can ask for their passes again when the answer arrives. Failures are
 retried with back-off (2 s doubling to `maxBackoffSeconds`); a failed entry keeps
 answering Failed meanwhile, so the fallback (catalogue, or the stated count) applies.
 Least recently used entries beyond `cacheEntries` are dropped.

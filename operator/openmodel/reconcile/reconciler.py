@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -42,51 +41,6 @@ from openmodel.reconcile.status import DEGRADED, READY, Observation, build_statu
 log = logging.getLogger(__name__)
 
 ObjectKey = tuple[str, str]
-_T = TypeVar("_T")
-
-
-@dataclass
-class KeyedLocks:
-    """One pass at a time per (namespace, name): a parent event and a child event for the
-    same ModelDeployment arrive on different kopf workers and must not interleave.
-
-    A worker that finds a pass running for its key does not wait for it (a burst of child
-    events would park the whole pool on one object): it marks the key and returns, and
-    the running pass runs once more when it ends, seeing everything those events saw.
-    """
-
-    _guard: threading.Lock = field(default_factory=threading.Lock)
-    _running: set[ObjectKey] = field(default_factory=set)
-    _again: set[ObjectKey] = field(default_factory=set)
-
-    def run(self, key: ObjectKey, work: Callable[[], _T]) -> _T | None:
-        """`work()` now, or, if a pass for `key` is running, once more after it (None)."""
-        with self._guard:
-            if key in self._running:
-                self._again.add(key)
-                return None
-            self._running.add(key)
-        try:
-            while True:
-                result = work()
-                with self._guard:
-                    if key not in self._again:
-                        self._running.discard(key)
-                        return result
-                    self._again.discard(key)
-        except BaseException:
-            with self._guard:
-                self._running.discard(key)
-                self._again.discard(key)
-            raise
-
-    def forget(self, key: ObjectKey) -> None:
-        with self._guard:
-            self._again.discard(key)
-
-    def __len__(self) -> int:
-        with self._guard:
-            return len(self._running) + len(self._again)
 
 
 @dataclass
@@ -160,7 +114,6 @@ class Reconciler:
         self.clock = clock
         # config.json resolutions; None: sizing uses the catalogue only.
         self.model_configs = model_configs
-        self.locks = KeyedLocks()
         self.own_writes = OwnWrites()
         self.inference_extension = InferenceExtensionGate(api)
         self.cache = cache if cache is not None else ObjectCache()
@@ -172,9 +125,11 @@ class Reconciler:
         )
 
     def reconcile_by_name(self, namespace: str, name: str) -> ReconcileResult | None:
+        """One pass. The operator runs it only from its queue's workers
+        (`controller/`), which never run two passes of one ModelDeployment at once."""
         if not self.is_leader():
             return None
-        return self.locks.run((namespace, name), lambda: self._pass(namespace, name))
+        return self._pass(namespace, name)
 
     def _pass(self, namespace: str, name: str) -> ReconcileResult | None:
         # The cache holds the newest ModelDeployment any watch event or write showed.
@@ -184,10 +139,14 @@ class Reconciler:
         try:
             return self._pass_reading_once_again(namespace, name, body)
         except ApiException as e:
-            if not kube.namespace_terminating(e):
+            # Its ModelDeployments go with it: a create there is refused until they do,
+            # and once it is gone their DELETED events are on the way.
+            if kube.namespace_terminating(e):
+                log.info("%s/%s: the namespace is being deleted; nothing created", namespace, name)
+            elif kube.namespace_not_found(e):
+                log.info("%s/%s: the namespace is gone; nothing created", namespace, name)
+            else:
                 raise
-            # Its ModelDeployments go with it; a create there is refused until they do.
-            log.info("%s/%s: the namespace is being deleted; nothing created", namespace, name)
             return None
 
     def _pass_reading_once_again(

@@ -2,11 +2,11 @@
 
 The resync queues every cached ModelDeployment for a pass now and then: events drive
 almost everything, and this repairs what a failed pass left behind, or a change no event
-shows (a child's owner label taken off). It walks the cache and hands the keys to the
-reconcile workers (`reconcile/work_queue.py`) behind what events ask for, so a converged
+shows (a child's owner label taken off). It walks the cache and adds the keys to the
+operator's queue (`controller/queue.py`) behind what events ask for, so a converged
 cluster costs it no request, an edit never waits for the sweep, and a sweep during a
 burst adds almost nothing (most keys are waiting already). A failed pass is retried as
-any other (`RetryQueue`).
+any other (the queue's back-off).
 
 The audit compares the cache with one LIST per watched kind, rarely (platform config
 `operator.cacheAuditSeconds`, default hourly): kopf re-lists a watch that fell too far
@@ -22,11 +22,11 @@ import os
 from typing import Any
 
 from openmodel.api import API_VERSION, KIND, OWNER_LABEL, PLURAL
+from openmodel.controller.queue import Line, PassQueue
 from openmodel.kube import calls as kube
 from openmodel.kube.cache import CHILD_KINDS, resource_version
 from openmodel.namespaces import matches, patterns_from_env
 from openmodel.reconcile.reconciler import Reconciler
-from openmodel.reconcile.work_queue import Line, WorkQueue
 
 log = logging.getLogger(__name__)
 DEFAULT_INTERVAL_SECONDS = 60.0
@@ -43,7 +43,7 @@ _AUDITED = (
 )  # fmt: skip
 
 
-def queue_all(reconciler: Reconciler, queue: WorkQueue) -> int:
+def queue_all(reconciler: Reconciler, queue: PassQueue) -> int:
     """Queue every served, cached ModelDeployment behind the event-driven work (on the
     event loop, as the queue wants); returns how many are served."""
     served = patterns_from_env()
@@ -56,7 +56,7 @@ def queue_all(reconciler: Reconciler, queue: WorkQueue) -> int:
     return count
 
 
-async def resync_forever(reconciler: Reconciler, queue: WorkQueue) -> None:
+async def resync_forever(reconciler: Reconciler, queue: PassQueue) -> None:
     interval = float(os.environ.get("OPENMODEL_RESYNC_SECONDS", DEFAULT_INTERVAL_SECONDS))
     while True:
         await asyncio.sleep(interval)
@@ -82,7 +82,7 @@ def audit_once(reconciler: Reconciler) -> int:
     return total
 
 
-async def audit_forever(reconciler: Reconciler, queue: WorkQueue, interval: float) -> None:
+async def audit_forever(reconciler: Reconciler, queue: PassQueue, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:

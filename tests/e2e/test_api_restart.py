@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from resilience import (
+
+from harness.resilience import (
     Editor,
     OwnCluster,
     burst,
@@ -26,7 +27,6 @@ from resilience import (
     run_outage,
     wait_converged,
 )
-
 from openmodel_fixtures import start_operator
 
 pytestmark = pytest.mark.cluster

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from resilience import (
+
+from harness.resilience import (
     KillRound,
     OwnCluster,
     burst,
@@ -26,7 +27,6 @@ from resilience import (
     own_cluster,
     run_kill_round,
 )
-
 from openmodel_fixtures import ChildProcess, start_operator
 
 pytestmark = pytest.mark.cluster

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import random
 import shutil
@@ -51,7 +52,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from perf.clusters import script_cluster
 from perf.runs import commit, interrupt_on_signals, log
 
-from harness import NotYet, wait_for
+from harness import NotYet, delete_namespace, wait_for
 from harness.audit import AuditedRequest
 from harness.engine_fleet import EngineFleet, LoadGenerator
 from harness.operator import OperatorProcess, autoscaled_small_md, start_operator
@@ -177,11 +178,14 @@ def run(args: argparse.Namespace, workdir: Path) -> bool:
     ok = True
     namespace = args.namespace
     identity = f"{namespace}-operator"
-    with script_cluster(workdir, args.kubeconfig) as cluster:
+    with script_cluster(workdir, args.kubeconfig) as cluster, contextlib.ExitStack() as stack:
         api = cluster.api
         log(f"{cluster.describe()} ({workdir})")
         kubeconfig = operator_identity(api, identity, workdir)
         create_namespace(api, namespace)
+        if not cluster.own:
+            # Not this script's cluster: its namespace goes once the operator has stopped.
+            stack.callback(delete_namespace, api, namespace)
         env = {"OPENMODEL_RESYNC_SECONDS": "60", "OPENMODEL_NAMESPACES": namespace}
         if args.operator_path:
             env["PYTHONPATH"] = str(Path(args.operator_path).resolve())

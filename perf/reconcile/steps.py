@@ -41,7 +41,7 @@ from .kubeio import (
 )
 from .plane import BenchControlPlane, node_pool_for
 from .results import Results, median
-from harness import apply_node_pool, wait_nodes_ready
+from harness import apply_node_pool, delete_namespace, wait_nodes_ready
 from harness.audit import BENCH_USER_AGENT, AuditLog
 from harness.kubeconfig import api_client_for
 from harness.operator import install_crd, start_operator
@@ -168,6 +168,9 @@ def operator_steps(
     api, audit = cluster.api, cluster.audit
     ns = namespaces_of(args).operator
     pace, deadline = pace_of(args), deadline_for(count)
+    if args.kubeconfig:
+        # Not this script's cluster: its namespace goes once the operator has stopped.
+        stack.callback(delete_namespace, api, ns)
     # 2. operator
     started_at = time.time()
     op = start_operator(cluster.kubeconfig, workdir, extra_env=operator_env(args, workdir))

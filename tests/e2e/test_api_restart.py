@@ -4,7 +4,7 @@ itself (the same process throughout) and converges: every edit made before, duri
 and after the outage is in the Deployments and every status says what the world shows.
 
 On a control plane of its own (the session's is shared by every other test). The
-longer version, with times, is hack/chaos_api_restart.py.
+longer version, with times, is `python -m perf.chaos_api_restart`.
 """
 
 from __future__ import annotations

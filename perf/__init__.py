@@ -13,5 +13,6 @@ Chaos and soak: `chaos_operator_kill`, `chaos_api_restart`, `chaos_leader_failov
 
 The control plane, the operator process, the audit log and the world checks come from
 the e2e harness (`harness`, installed beside this package); every name taken from the
-operator package is imported in `perf.openmodel_api` alone.
+operator package is imported in `perf.openmodel_api` (the renderer side, all that
+bench_reconcile imports) or `perf.openmodel_engines` (autoscaler, simulator, engines).
 """

@@ -63,7 +63,7 @@ import yaml
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from perf.openmodel_api import EngineStats, render_vllm, simulator_server
+from perf.openmodel_engines import EngineStats, render_vllm, simulator_server
 
 from harness import (
     NotYet,

@@ -33,7 +33,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from types import FrameType
 
-from perf.openmodel_api import (
+from perf.openmodel_engines import (
     METRIC_NAMES,
     EngineStats,
     QueueReading,

@@ -16,14 +16,10 @@ import sys
 
 from kubernetes import client, config
 
-from perf.openmodel_api import (
-    GROUP,
-    OWNER_LABEL,
-    PLURAL,
-    VERSION,
+from perf.openmodel_api import GROUP, OWNER_LABEL, PLURAL, VERSION, parse_model_deployment
+from perf.openmodel_engines import (
     SimulatorHandle,
     engine_for,
-    parse_model_deployment,
     served_model_name,
     start_simulator,
 )

@@ -365,6 +365,7 @@ def summary(results: list[Results]) -> bool:
         "op/plain",
         "req/MD",
         "op CPU s",
+        "op cores",
         "peak RSS MiB",
         "idle op r/w per min",
         "edit med s (empty)",

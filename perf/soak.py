@@ -9,10 +9,9 @@ Starts its own control plane (the e2e harness, audited kube-apiserver, KWOK node
 pool, CRD; or uses --kubeconfig's cluster, without an audit log: no write is then seen
 once calm) and the operator, serving the namespace alone, under a ServiceAccount of its
 own (the e2e tests' platform config: autoscaler poll 1 s; production resync, 60 s).
-`--count` ModelDeployments:
-`--autoscaled` of them autoscaled (1 H100 each, min 1, max 4) with a simulated vLLM on
-every Ready pod (harness.engine_fleet), the rest plain (2 A100 each, 0-2
-replicas: some run, some wait Unschedulable). During the soak, once a second: an edit
+`--count` ModelDeployments: `--autoscaled` of them autoscaled (1 H100 each, min 1, max
+4) with a simulated vLLM on every Ready pod (harness.engine_fleet), the rest plain (2
+A100 each, 0-2 replicas: some run, some wait Unschedulable). During the soak, once a second: an edit
 (replicas or maxModelLen) of a random one (70 %), a delete (15 %) or the re-creation of
 a deleted one under a NEW name (15 %: maps keyed by name must let the old one go); the
 load on each autoscaled model changes every 30 s (0-6 clients on engines of 2 slots).

@@ -28,11 +28,13 @@ from perf.runs import note
 from .cpu import cpu_delta, cpu_snapshot, wait_calm
 from .kubeio import (
     COLLECTIONS,
+    Timeout,
     apply_body,
     create,
     create_namespace,
     delete_namespace,
     list_items,
+    wait_until,
 )
 from .plane import GPU_TYPES
 from .results import Results
@@ -41,6 +43,9 @@ from harness.operator import load_example
 from harness.rawapi import call
 
 EXAMPLE = "llama70b-awq.yaml"
+# The checks after each floor list from the API server's watch cache (resourceVersion=0),
+# which can be a moment behind the last write on a busy machine; the time is taken before.
+CACHE_LAG_DEADLINE = 30.0
 
 
 @dataclass(frozen=True)
@@ -152,10 +157,17 @@ def floors(
     res.plain_seconds = time.monotonic() - started
     res.phase("plain", cpu_delta(cpu0, cpu_snapshot(pids)), res.plain_seconds)
     res.plain_requests = audit.between(plain_wall0, time.time())
-    n_dep = len(list_items(api, "Deployment", plain_ns, metadata_only=True))
-    n_svc = len(list_items(api, "Service", plain_ns, metadata_only=True))
-    if (n_dep, n_svc) != (count, count):
-        raise RuntimeError(f"{plain_ns} holds {n_dep} Deployments and {n_svc} Services")
+    held: dict[str, int] = {}
+
+    def all_created() -> bool:
+        for kind in ("Deployment", "Service"):
+            held[kind] = len(list_items(api, kind, plain_ns, metadata_only=True))
+        return held == {"Deployment": count, "Service": count}
+
+    try:
+        wait_until(f"{plain_ns} to list every object", all_created, CACHE_LAG_DEADLINE, 0.2)
+    except Timeout:
+        raise RuntimeError(f"{plain_ns} holds {held}, not {count} of each") from None
     note(
         f"  {res.plain_seconds:.2f}s; deleting {plain_ns}: the next step starts on an empty cluster"
     )
@@ -179,12 +191,22 @@ def floors(
     res.same_seconds = time.monotonic() - started
     res.phase("same writes", cpu_delta(cpu0, cpu_snapshot(pids)), res.same_seconds)
     res.same_requests = audit.between(same_wall0, time.time())
-    with_status = sum(
-        1
-        for md in list_items(api, "ModelDeployment", same_ns)
-        if (md.get("status") or {}).get("observedGeneration") == md["metadata"].get("generation")
-    )
-    if with_status != count:
-        raise RuntimeError(f"{same_ns}: {with_status} of {count} ModelDeployments have a status")
+    with_status = [0]
+
+    def every_status() -> bool:
+        with_status[0] = sum(
+            1
+            for md in list_items(api, "ModelDeployment", same_ns)
+            if (md.get("status") or {}).get("observedGeneration")
+            == md["metadata"].get("generation")
+        )
+        return with_status[0] == count
+
+    try:
+        wait_until(f"{same_ns} to list every status", every_status, CACHE_LAG_DEADLINE, 0.2)
+    except Timeout:
+        raise RuntimeError(
+            f"{same_ns}: {with_status[0]} of {count} ModelDeployments have a status"
+        ) from None
     note(f"  {res.same_seconds:.2f}s; deleting {same_ns}")
     note(f"  {same_ns} deleted in {delete_namespace(api, same_ns, deadline):.0f}s")

@@ -37,7 +37,7 @@ start_process() {  # start_process NAME COMMAND...: in its own session, logged, 
 
 if [ "${1:-up}" = down ]; then
   for p in engines gateway operator; do stop_process "$p"; done
-  [ -x .venv/bin/python ] && .venv/bin/python hack/cluster.py down
+  [ -x .venv/bin/python ] && .venv/bin/python -m perf.cluster down
   exit 0
 fi
 
@@ -45,7 +45,7 @@ bash hack/bootstrap.sh
 bin=$(bash hack/build-control-plane.sh 2>/dev/null | tail -1)
 kubectl="$bin/kubectl"
 
-export_line=$(.venv/bin/python hack/cluster.py up | grep '^export KUBECONFIG=' | tail -1)
+export_line=$(.venv/bin/python -m perf.cluster up | grep '^export KUBECONFIG=' | tail -1)
 eval "$export_line"
 log "cluster up: $export_line"
 
@@ -71,7 +71,7 @@ if ! "$kubectl" wait --for=condition=Ready md/llama70b-awq --timeout=120s; then
   exit 1
 fi
 
-start_process engines .venv/bin/python hack/demo_engines.py default llama70b-awq
+start_process engines .venv/bin/python -m perf.demo_engines default llama70b-awq
 gateway="http://127.0.0.1:$gateway_port"
 log "a chat completion through the gateway ($gateway), held until the engine answers"
 answer=$(curl -sS --max-time 60 "$gateway/v1/chat/completions" -H 'Content-Type: application/json' \

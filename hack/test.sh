@@ -5,6 +5,6 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 bash hack/bootstrap.sh
-.venv/bin/ruff check operator tests hack
+.venv/bin/ruff check operator tests perf
 .venv/bin/mypy
 exec .venv/bin/pytest -q -p no:cacheprovider --durations=12 "$@"

@@ -14,6 +14,7 @@ from typing import Any
 from kubernetes import client
 
 from harness import NotYet, describe_namespace, wait_for
+from harness.k8s import HasMetadata, as_object, name_of
 from openmodel_fixtures import GROUP, PLURAL, VERSION, condition, create_md
 
 OWNER_LABEL = "openmodel.dev/model-deployment"
@@ -47,7 +48,7 @@ def list_mds(api: client.ApiClient, namespace: str) -> list[dict[str, Any]]:
     listed = client.CustomObjectsApi(api).list_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL
     )
-    return list(listed["items"])
+    return list(as_object(listed)["items"])
 
 
 def converged(md: Mapping[str, Any]) -> bool:
@@ -86,11 +87,10 @@ def wait_fleet_converged(
     return time.monotonic() - started
 
 
-def owners(obj: Any) -> list[tuple[str, str, str, bool]]:
+def owners(obj: HasMetadata) -> list[tuple[str, str, str, bool]]:
     """(kind, name, uid, controller) of each owner reference of a client model object."""
-    return [
-        (o.kind, o.name, o.uid, bool(o.controller)) for o in (obj.metadata.owner_references or [])
-    ]
+    references = (obj.metadata.owner_references if obj.metadata else None) or []
+    return [(o.kind, o.name, o.uid, bool(o.controller)) for o in references]
 
 
 def assert_one_child_each(
@@ -103,12 +103,16 @@ def assert_one_child_each(
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
     deployments = apps.list_namespaced_deployment(namespace).items
     services = core.list_namespaced_service(namespace).items
-    assert sorted(d.metadata.name for d in deployments) == sorted(names)
-    assert sorted(s.metadata.name for s in services) == sorted(names)
-    for child in [*deployments, *services]:
-        name = child.metadata.name
+    assert sorted(name_of(d) for d in deployments) == sorted(names)
+    assert sorted(name_of(s) for s in services) == sorted(names)
+    children: list[tuple[str, HasMetadata]] = [
+        *(("Deployment", d) for d in deployments),
+        *(("Service", s) for s in services),
+    ]
+    for kind, child in children:
+        name = name_of(child)
         assert owners(child) == [("ModelDeployment", name, uids[name], True)], (
-            f"{child.kind}/{name}: {owners(child)}"
+            f"{kind}/{name}: {owners(child)}"
         )
     if not first_rollout_only:
         return
@@ -116,11 +120,12 @@ def assert_one_child_each(
     for rs in apps.list_namespaced_replica_set(namespace).items:
         for kind, owner, _, _ in owners(rs):
             if kind == "Deployment":
-                replica_sets.setdefault(owner, []).append(rs.metadata.name)
+                replica_sets.setdefault(owner, []).append(name_of(rs))
     assert {n: len(replica_sets.get(n, [])) for n in names} == dict.fromkeys(names, 1), replica_sets
     pods: dict[str, int] = {}
     for pod in core.list_namespaced_pod(namespace).items:
-        if pod.metadata.deletion_timestamp is None:
-            owner = (pod.metadata.labels or {}).get(OWNER_LABEL, "")
+        meta = pod.metadata or client.V1ObjectMeta()
+        if meta.deletion_timestamp is None:
+            owner = (meta.labels or {}).get(OWNER_LABEL, "")
             pods[owner] = pods.get(owner, 0) + 1
     assert pods == dict.fromkeys(names, 1), pods

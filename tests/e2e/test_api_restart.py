@@ -4,7 +4,7 @@ itself (the same process throughout) and converges: every edit made before, duri
 and after the outage is in the Deployments and every status says what the world shows.
 
 On a control plane of its own (the session's is shared by every other test). The
-longer version, with times, is hack/chaos_api_restart.py.
+longer version, with times, is `python -m perf.chaos_api_restart`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from resilience import (
+
+from harness.resilience import (
     Editor,
     OwnCluster,
     burst,
@@ -26,7 +27,6 @@ from resilience import (
     run_outage,
     wait_converged,
 )
-
 from openmodel_fixtures import start_operator
 
 pytestmark = pytest.mark.cluster

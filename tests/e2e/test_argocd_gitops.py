@@ -25,10 +25,10 @@ import yaml
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from engine_fleet import EngineFleet, LoadGenerator
 from harness import NotYet, describe_namespace, wait_for
 from harness import argocd as argo
 from harness.argocd import ArgoCD
+from harness.engine_fleet import EngineFleet, LoadGenerator
 from openmodel_fixtures import (
     EXAMPLES,
     GROUP,

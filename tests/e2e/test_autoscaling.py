@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from engine_fleet import EngineFleet, LoadGenerator
 from harness import NotYet, describe_namespace, wait_for
+from harness.engine_fleet import EngineFleet, LoadGenerator
 from openmodel_fixtures import OperatorProcess, autoscaled_small_md, condition, create_md, get_md
 
 pytestmark = pytest.mark.cluster

@@ -19,8 +19,8 @@ import aiohttp
 import pytest
 from kubernetes import client
 
-from engine_fleet import EngineFleet
 from harness import NotYet, wait_for
+from harness.engine_fleet import EngineFleet
 from openmodel_fixtures import GROUP, PLURAL, VERSION, GatewayProcess, OperatorProcess, create_md
 
 pytestmark = pytest.mark.cluster

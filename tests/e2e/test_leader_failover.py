@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from failover import FailoverResult, run_failover
-from resilience import own_cluster
 
+from harness.failover import FailoverResult, run_failover
+from harness.resilience import own_cluster
 from openmodel_fixtures import AUTOSCALER_POLL_SECONDS
 
 pytestmark = pytest.mark.cluster

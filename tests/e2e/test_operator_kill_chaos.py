@@ -4,7 +4,7 @@ exactly one Deployment and one Service, no child is left without its owner, ever
 edit reached its Deployment and every status says what the world shows.
 
 On a control plane of its own (the session's operator would do the work otherwise).
-The long version (10 rounds of 100) is hack/chaos_operator_kill.py.
+The long version (10 rounds of 100) is `python -m perf.chaos_operator_kill`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from resilience import (
+
+from harness.resilience import (
     KillRound,
     OwnCluster,
     burst,
@@ -26,7 +27,6 @@ from resilience import (
     own_cluster,
     run_kill_round,
 )
-
 from openmodel_fixtures import ChildProcess, start_operator
 
 pytestmark = pytest.mark.cluster

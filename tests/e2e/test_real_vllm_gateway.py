@@ -24,13 +24,13 @@ import aiohttp
 import pytest
 from kubernetes import client
 
-from engine_fleet import EngineFleet
 from harness import (
     Cluster,
     NotYet,
     describe_namespace,
     wait_for,
 )
+from harness.engine_fleet import EngineFleet
 from openmodel_fixtures import (
     AUTOSCALER_POLL_SECONDS,
     GROUP,

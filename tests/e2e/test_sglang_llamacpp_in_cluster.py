@@ -12,8 +12,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from engine_fleet import EngineFleet, LoadGenerator
 from harness import NotYet, describe_namespace, wait_for
+from harness.engine_fleet import EngineFleet, LoadGenerator
 from openmodel_fixtures import OperatorProcess, condition, create_md, get_md, load_example
 
 pytestmark = pytest.mark.cluster

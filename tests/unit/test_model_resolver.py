@@ -5,10 +5,9 @@ resolution is pending or after it failed."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
+import fake_hub
 import pytest
 
 from openmodel.api import SpecError
@@ -22,9 +21,6 @@ from openmodel.model_resolver.store import ModelConfigStore, backoff_seconds, mo
 from openmodel.problems import Problem
 from openmodel.reconcile.plan import make_plan
 from openmodel.reconcile.status import Observation, desired_conditions
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-import fake_hub
 
 HEAD = {
     "apiVersion": "openmodel.dev/v1alpha1",

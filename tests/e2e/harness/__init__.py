@@ -1,6 +1,12 @@
 """Test harness for openmodel's e2e tests: a real control plane as local
 processes, KWOK GPU nodes, and helpers for writing cluster tests.
 
+Installed as a package beside openmodel (pyproject.toml), shared with the benchmarks
+and chaos scripts of `perf`: the operator and gateway processes (`harness.operator`),
+kube-apiserver's audit log (`harness.audit`), raw API requests (`harness.rawapi`),
+simulated engines (`harness.engine_fleet`), the resilience scenarios and their world
+check (`harness.resilience`, `harness.failover`).
+
 Typical use from a test (fixtures live in tests/e2e/conftest.py):
 
     from harness import wait_for, NotYet, pod_summary

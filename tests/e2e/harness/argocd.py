@@ -35,6 +35,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from . import binaries
+from .k8s import as_object
 from .launcher import Launch, launch
 from .ports import free_port
 from .process import Component, ComponentError, read_tail
@@ -230,7 +231,8 @@ def install_crds(api: client.ApiClient, kubeconfig: Path, crd_dir: Path) -> None
         states = {}
         for name in ("applications", "appprojects", "applicationsets"):
             crd = ext.read_custom_resource_definition(f"{name}.{GROUP}")
-            states[name] = {c.type: c.status for c in crd.status.conditions or []}
+            conditions = (crd.status.conditions if crd.status else None) or []
+            states[name] = {c.type: c.status for c in conditions}
         done = all(s.get("Established") == "True" for s in states.values())
         return done or NotYet(states)
 
@@ -251,7 +253,7 @@ def install_config(api: client.ApiClient, kubeconfig: Path) -> None:
     health check merged in as docs/gitops.md says, and the ``default`` AppProject."""
     core = client.CoreV1Api(api)
     try:
-        core.create_namespace({"metadata": {"name": NAMESPACE}})
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
     except ApiException as error:
         if error.status != 409:
             raise
@@ -476,15 +478,15 @@ def application(
 
 def create_application(api: client.ApiClient, body: dict[str, Any]) -> dict[str, Any]:
     custom = client.CustomObjectsApi(api)
-    return custom.create_namespaced_custom_object(  # type: ignore[no-any-return]
-        GROUP, VERSION, NAMESPACE, "applications", body
+    return as_object(
+        custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "applications", body)
     )
 
 
 def get_application(api: client.ApiClient, name: str) -> dict[str, Any]:
     custom = client.CustomObjectsApi(api)
-    return custom.get_namespaced_custom_object(  # type: ignore[no-any-return]
-        GROUP, VERSION, NAMESPACE, "applications", name
+    return as_object(
+        custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "applications", name)
     )
 
 

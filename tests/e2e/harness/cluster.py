@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from kubernetes import client, config
+from kubernetes import client
 
 from . import binaries
 from .controlplane import ControlPlane, kwok_launch
+from .kubeconfig import api_client_for
 from .launcher import launch
 from .nodepool import (
     DEFAULT_POOL_FILE,
@@ -68,7 +69,7 @@ class Cluster:
 
     def api_client(self) -> client.ApiClient:
         """A new kubernetes-client ApiClient for the admin kubeconfig."""
-        return config.new_client_from_config(config_file=str(self.kubeconfig))
+        return api_client_for(self.kubeconfig)
 
     def stop(self) -> None:
         """Stop what this harness started (local mode: the whole control plane)."""
@@ -100,7 +101,7 @@ def choose_mode(environ: dict[str, str] | None = None) -> Mode:
     if forced:
         if forced not in MODES:
             raise ValueError(f"OPENMODEL_TEST_CLUSTER={forced!r}: expected one of {MODES}")
-        return forced  # type: ignore[return-value]
+        return forced
     if env.get("KUBECONFIG"):
         return "existing"
     if docker_engine_running():

@@ -70,11 +70,11 @@ class ControlPlane:
         bin_dir: Path | None = None,
         owned: bool = True,
         pod_network: ipaddress.IPv4Network = DEFAULT_POD_NETWORK,
-    ) -> ControlPlane:
+    ) -> Self:
         """Start every component and wait until each reports healthy.
 
         ``owned=False`` lets the processes outlive this Python process (for
-        ``hack/cluster.py up``); stop them later with ``stop_from_state``.
+        ``python -m perf.cluster up``); stop them later with ``stop_from_state``.
         Pod IPs come from ``pod_network`` or, when another live cluster holds
         it, the next free network of its size (``self.pod_network``).
         """
@@ -210,12 +210,16 @@ class ControlPlane:
         return str(self.bin_dir / name)
 
     def _etcd(self) -> Launch:
+        if self.etcd_data_dir is None:
+            raise RuntimeError("etcd's data directory is made before etcd starts")
+        data_dir = self.etcd_data_dir / "data"
+
         def argv(ports: list[int]) -> list[str]:
             client_url, peer_url = (f"http://127.0.0.1:{p}" for p in ports)
             return [
                 self._exe("etcd"),
                 "--name=default",
-                f"--data-dir={self.etcd_data_dir / 'data'}",
+                f"--data-dir={data_dir}",
                 f"--listen-client-urls={client_url}",
                 f"--advertise-client-urls={client_url}",
                 f"--listen-peer-urls={peer_url}",

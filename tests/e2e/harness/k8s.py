@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import uuid
 from pathlib import Path
+from typing import Any, Protocol
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -19,7 +20,10 @@ def create_namespace(api: client.ApiClient, prefix: str = "e2e", timeout: float 
     (pods cannot be created before the controller manager has made it)."""
     core = client.CoreV1Api(api)
     name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name, "labels": {"openmodel.test/e2e": "true"}}})
+    labels = {"openmodel.test/e2e": "true"}
+    core.create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels))
+    )
 
     def default_service_account() -> bool | NotYet:
         try:
@@ -53,7 +57,9 @@ def service_account_token(
     response = client.CoreV1Api(api).create_namespaced_service_account_token(
         name, namespace, request
     )
-    token: str = response.status.token
+    token = response.status.token if response.status else None
+    if not token:
+        raise RuntimeError(f"no token in the TokenRequest answer for {namespace}/{name}")
     return token
 
 
@@ -75,16 +81,57 @@ def service_account_kubeconfig(
     return write_token_kubeconfig(path, configuration.host, ca_data, token, user)
 
 
+def as_object(answer: object) -> dict[str, Any]:
+    """A CustomObjectsApi answer, which is the object's JSON (the generated client types it
+    `object`)."""
+    if not isinstance(answer, dict):
+        raise TypeError(f"expected a JSON object from the API server, got {type(answer)}")
+    return answer
+
+
+def pod_ready(pod: client.V1Pod) -> bool:
+    """The pod's Ready condition is True."""
+    conditions = (pod.status.conditions if pod.status else None) or []
+    return any(c.type == "Ready" and c.status == "True" for c in conditions)
+
+
+def node_ready(node: client.V1Node) -> bool:
+    """The node's Ready condition is True."""
+    conditions = (node.status.conditions if node.status else None) or []
+    return any(c.type == "Ready" and c.status == "True" for c in conditions)
+
+
+def pod_ip(pod: client.V1Pod) -> str | None:
+    """The pod's IP, None while it has none or once it is being deleted."""
+    if pod.status is None or (pod.metadata and pod.metadata.deletion_timestamp):
+        return None
+    return pod.status.pod_ip or None
+
+
+class HasMetadata(Protocol):
+    """A kubernetes client model of an object (V1Pod, V1Deployment, ...)."""
+
+    metadata: client.V1ObjectMeta | None
+
+
+def name_of(obj: HasMetadata) -> str:
+    """metadata.name of an object read from the API server (which always sets it)."""
+    if obj.metadata is None or obj.metadata.name is None:
+        raise ValueError(f"an object without a name: {obj}")
+    return obj.metadata.name
+
+
 def pod_summary(pod: client.V1Pod) -> str:
     """One line: name, phase, node, IP and the conditions that are not True."""
-    status = pod.status
+    status = pod.status or client.V1PodStatus()
     conditions = [
         f"{c.type}={c.status}({c.reason}: {c.message})"
         for c in status.conditions or []
         if c.status != "True"
     ]
+    node = pod.spec.node_name if pod.spec else None
     return (
-        f"{pod.metadata.name} phase={status.phase} node={pod.spec.node_name} "
+        f"{name_of(pod)} phase={status.phase} node={node} "
         f"ip={status.pod_ip} {' '.join(conditions)}".rstrip()
     )
 

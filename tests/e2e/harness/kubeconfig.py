@@ -1,4 +1,5 @@
-"""Kubeconfig files: client-certificate users and ServiceAccount-token users."""
+"""Kubeconfig files: client-certificate users and ServiceAccount-token users, and a
+kubernetes client for one."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kubernetes import client, config
 
 
 def _b64(path: Path) -> str:
@@ -57,3 +59,12 @@ def write_token_kubeconfig(
     (only for clusters whose CA the caller does not know).
     """
     return _write(path, _document(server, ca_data, user, {"token": token}))
+
+
+def api_client_for(kubeconfig: Path) -> client.ApiClient:
+    """A kubernetes ApiClient for a kubeconfig file."""
+    # The kubernetes config loaders carry no annotations.
+    api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(kubeconfig)
+    )
+    return api

@@ -14,6 +14,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from .k8s import name_of
 from .wait import NotYet, wait_for
 
 DEFAULT_POOL_FILE = Path(__file__).resolve().parents[1] / "gpu-nodes.yaml"
@@ -208,7 +209,8 @@ def apply_node_pool(api: client.ApiClient, pool: NodePool) -> list[str]:
     for manifest in pool.manifests():
         name = manifest["metadata"]["name"]
         try:
-            core.create_node(manifest)
+            # A dict body is sent as it is; the generated signature names the model only.
+            core.create_node(manifest)  # type: ignore[arg-type]
         except ApiException as error:
             if error.status != 409:
                 raise
@@ -230,12 +232,15 @@ def delete_node_pool(api: client.ApiClient, pool: NodePool) -> None:
 
 
 def _node_problems(node: client.V1Node) -> list[str]:
-    ready = next((c for c in node.status.conditions or [] if c.type == "Ready"), None)
+    conditions = (node.status.conditions if node.status else None) or []
+    ready = next((c for c in conditions if c.type == "Ready"), None)
     problems = []
     if ready is None or ready.status != "True":
         problems.append(f"Ready={ready.status if ready else 'absent'}")
     not_ready_taints = [
-        t.key for t in node.spec.taints or [] if t.key.startswith("node.kubernetes.io/")
+        t.key
+        for t in (node.spec.taints if node.spec else None) or []
+        if t.key.startswith("node.kubernetes.io/")
     ]
     if not_ready_taints:
         problems.append(f"taints {not_ready_taints}")
@@ -248,7 +253,7 @@ def wait_nodes_ready(api: client.ApiClient, names: list[str], timeout: float = 6
     wanted = set(names)
 
     def all_ready() -> bool | NotYet:
-        nodes = {n.metadata.name: n for n in core.list_node().items if n.metadata.name in wanted}
+        nodes = {name_of(n): n for n in core.list_node().items if name_of(n) in wanted}
         pending = {name: ["absent"] for name in wanted - nodes.keys()}
         pending |= {name: p for name, node in nodes.items() if (p := _node_problems(node))}
         return True if not pending else NotYet(dict(sorted(pending.items())))

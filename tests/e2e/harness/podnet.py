@@ -4,7 +4,7 @@ never hand out the same pod IP.
 Pod IPs are loopback addresses (all of 127.0.0.0/8 routes to ``lo``), which
 the API server accepts in pod status, so a process on this machine can bind a
 pod's IP as if it were the pod. Two test sessions (or a session and
-``hack/cluster.py up``) running at once would otherwise both give out
+``python -m perf.cluster up``) running at once would otherwise both give out
 127.64.0.1 and their simulated engines would fight over ``127.64.0.1:8000``.
 A lease is an exclusive ``flock`` on a file per network: the kernel releases
 it when the last holder exits, however it exits (even SIGKILL). The file

@@ -5,7 +5,7 @@ file. Nothing outlives the Python process that owns it: components started
 with ``owned=True`` get SIGKILL from the kernel if this process dies
 (PR_SET_PDEATHSIG), are stopped by an ``atexit`` hook, and SIGTERM/SIGHUP are
 turned into KeyboardInterrupt so that pytest's teardown (and ``finally``
-blocks) run. ``hack/cluster.py up`` starts components with ``owned=False`` so
+blocks) run. ``python -m perf.cluster up`` starts components with ``owned=False`` so
 they keep running after it exits; ``stop_detached`` ends them later by pid.
 """
 

@@ -146,7 +146,9 @@ class SlowProxy:
         self.retry_after = retry_after
         self._random = random.Random(seed)
         upstream = client.Configuration()
-        config.load_kube_config(config_file=str(upstream_kubeconfig), client_configuration=upstream)
+        config.load_kube_config(  # type: ignore[no-untyped-call]  # the loaders are unannotated
+            config_file=str(upstream_kubeconfig), client_configuration=upstream
+        )
         self._upstream = upstream
         self._records: list[Recorded] = []
         self._lock = threading.Lock()

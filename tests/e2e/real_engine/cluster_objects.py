@@ -11,6 +11,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from harness import Cluster, NotYet, create_namespace, delete_namespace, wait_for
+from harness.k8s import name_of, pod_ip, pod_ready
 
 CLAIM = "tiny"
 
@@ -26,8 +27,9 @@ def model_volume(api: client.ApiClient, namespace: str, model_dir: Path) -> str:
     """
     core = client.CoreV1Api(api)
     pv_name = f"{CLAIM}-{namespace}"
+    # Dict bodies are sent as they are; the generated signatures name the models only.
     core.create_persistent_volume(
-        {
+        {  # type: ignore[arg-type]
             "apiVersion": "v1",
             "kind": "PersistentVolume",
             "metadata": {"name": pv_name, "labels": {"openmodel.test/model-volume": "true"}},
@@ -43,7 +45,7 @@ def model_volume(api: client.ApiClient, namespace: str, model_dir: Path) -> str:
     )
     core.create_namespaced_persistent_volume_claim(
         namespace,
-        {
+        {  # type: ignore[arg-type]
             "apiVersion": "v1",
             "kind": "PersistentVolumeClaim",
             "metadata": {"name": CLAIM},
@@ -57,7 +59,8 @@ def model_volume(api: client.ApiClient, namespace: str, model_dir: Path) -> str:
     )
 
     def bound() -> bool | NotYet:
-        phase = core.read_namespaced_persistent_volume_claim(CLAIM, namespace).status.phase
+        status = core.read_namespaced_persistent_volume_claim(CLAIM, namespace).status
+        phase = status.phase if status else None
         return phase == "Bound" or NotYet(phase)
 
     wait_for(bound, 30, f"PVC {namespace}/{CLAIM} to bind to PV {pv_name}")
@@ -68,7 +71,7 @@ def delete_model_volumes(api: client.ApiClient) -> None:
     core = client.CoreV1Api(api)
     for pv in core.list_persistent_volume(label_selector="openmodel.test/model-volume").items:
         try:
-            core.delete_persistent_volume(pv.metadata.name)
+            core.delete_persistent_volume(name_of(pv))
         except ApiException as e:
             if e.status != 404:
                 raise
@@ -79,13 +82,7 @@ def ready_pods(core: client.CoreV1Api, namespace: str, name: str) -> list[client
     pods = core.list_namespaced_pod(
         namespace, label_selector=f"openmodel.dev/model-deployment={name}"
     ).items
-    return [
-        p
-        for p in pods
-        if not p.metadata.deletion_timestamp
-        and p.status.pod_ip
-        and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
-    ]
+    return [p for p in pods if pod_ip(p) and pod_ready(p)]
 
 
 @contextmanager

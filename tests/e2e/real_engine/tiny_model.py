@@ -35,6 +35,10 @@ import json
 import random
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer  # installed beside vLLM, imported when building
 
 SEED = 0
 HEAD_DIM = 32
@@ -98,7 +102,7 @@ def training_text(rng: random.Random) -> list[str]:
     return lines
 
 
-def build_tokenizer(rng: random.Random):  # -> tokenizers.Tokenizer
+def build_tokenizer(rng: random.Random) -> Tokenizer:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE(unk_token=UNK))

@@ -84,7 +84,7 @@ def parse_serve(cli_argv: list[str]) -> argparse.Namespace:
         raise Captured(args)
 
     original = serve.ServeSubcommand.cmd
-    serve.ServeSubcommand.cmd = staticmethod(capture)  # type: ignore[method-assign]
+    serve.ServeSubcommand.cmd = staticmethod(capture)
     saved_argv = sys.argv
     sys.argv = ["vllm", *cli_argv]
     try:
@@ -95,7 +95,7 @@ def parse_serve(cli_argv: list[str]) -> argparse.Namespace:
         raise ParseRefused("vllm did not reach the serve command (help printed?)")
     finally:
         sys.argv = saved_argv
-        serve.ServeSubcommand.cmd = original  # type: ignore[method-assign]
+        serve.ServeSubcommand.cmd = original
     if args.subparser != "serve":
         raise ParseRefused(f"parsed as `vllm {args.subparser}`, not `vllm serve`")
     # The first thing ServeSubcommand.cmd does: the positional model wins.
@@ -115,7 +115,7 @@ def parse_api_server(argv: list[str]) -> argparse.Namespace:
     parser = FlexibleArgumentParser(description="vLLM OpenAI-Compatible RESTful API server.")
     parser.prog = "api_server.py"
     parser = make_arg_parser(parser)
-    args = parser.parse_args(argv)
+    args: argparse.Namespace = parser.parse_args(argv)
     configure_logging_from_args(args)
     validate_parsed_serve_args(args)
     return args

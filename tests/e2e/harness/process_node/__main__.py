@@ -23,8 +23,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from kubernetes import config
-
+from ..kubeconfig import api_client_for
 from .node import ProcessNode
 
 
@@ -50,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(threadName)s %(message)s"
     )
-    api = config.new_client_from_config(config_file=args.kubeconfig)
+    api = api_client_for(Path(args.kubeconfig))
     images = {ref: Path(path) for ref, path in args.image}
     cpus = args.node_cpus or (os.cpu_count() or 1) / max(1, len(args.node))
     nodes = [

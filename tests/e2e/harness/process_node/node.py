@@ -33,6 +33,10 @@ RENEW_SECONDS = 10.0
 STATUS_SECONDS = 60.0
 
 
+def addresses(node: client.V1Node) -> list[client.V1NodeAddress]:
+    return list((node.status.addresses if node.status else None) or [])
+
+
 @dataclass
 class AddressPool:
     """Pod addresses of the node's /24, handed out round robin so a new pod does not
@@ -77,7 +81,8 @@ class ProcessNode:
         self.workers: dict[str, PodWorker] = {}
         node = client.CoreV1Api(api).read_node(name, _request_timeout=API_TIMEOUT)
         host_ip = next(
-            (a.address for a in node.status.addresses or [] if a.type == "InternalIP"), "127.0.0.1"
+            (a.address for a in addresses(node) if a.type == "InternalIP"),
+            "127.0.0.1",
         )
         self.ctx = NodeContext(
             name=name,
@@ -105,7 +110,8 @@ class ProcessNode:
     def _post_status(self) -> None:
         core = client.CoreV1Api(self.api)
         node = core.read_node(self.name, _request_timeout=API_TIMEOUT)
-        before = next((c for c in node.status.conditions or [] if c.type == "Ready"), None)
+        conditions = (node.status.conditions if node.status else None) or []
+        before = next((c for c in conditions if c.type == "Ready"), None)
         ready = self._ready_condition()
         if before is not None and before.status == "True" and before.last_transition_time:
             ready["lastTransitionTime"] = before.last_transition_time.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -142,7 +148,12 @@ class ProcessNode:
         except ApiException as e:
             if e.status != 404:
                 raise
-            coord.create_namespaced_lease("kube-node-lease", body, _request_timeout=API_TIMEOUT)
+            # A dict body is sent as it is; the generated signature names the model only.
+            coord.create_namespaced_lease(
+                "kube-node-lease",
+                body,  # type: ignore[arg-type]
+                _request_timeout=API_TIMEOUT,
+            )
 
     def _heartbeat(self) -> None:
         last_status = 0.0

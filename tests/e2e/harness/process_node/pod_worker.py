@@ -410,8 +410,11 @@ class PodWorker(threading.Thread):
             "count": 1,
         }
         try:
+            # A dict body is sent as it is; the generated signature names the model only.
             client.CoreV1Api(self.ctx.api).create_namespaced_event(
-                self.namespace, body, _request_timeout=API_TIMEOUT
+                self.namespace,
+                body,  # type: ignore[arg-type]
+                _request_timeout=API_TIMEOUT,
             )
         except ApiException as e:
             log.warning(

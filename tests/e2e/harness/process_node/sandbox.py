@@ -82,7 +82,7 @@ def release_network(cidr: ipaddress.IPv4Network) -> None:
 
 def remove_stale(cidr: ipaddress.IPv4Network) -> list[str]:
     """Sandboxes in ``cidr`` that a killed process node left behind, removed."""
-    removed = []
+    removed: list[str] = []
     if not NETNS_DIR.is_dir():
         return removed
     for entry in NETNS_DIR.iterdir():

@@ -183,15 +183,17 @@ def _pvc_path(api: client.ApiClient, namespace: str, claim: str) -> str:
         if e.status == 404:
             raise VolumeNotReady(f'persistentvolumeclaim "{claim}" not found') from None
         raise
-    if pvc.status.phase != "Bound" or not pvc.spec.volume_name:
+    phase = pvc.status.phase if pvc.status else None
+    volume = pvc.spec.volume_name if pvc.spec else None
+    if phase != "Bound" or not volume:
         raise VolumeNotReady(f'persistentvolumeclaim "{claim}" is not bound')
-    pv = core.read_persistent_volume(pvc.spec.volume_name, _request_timeout=API_TIMEOUT)
-    if pv.spec.host_path is not None:
+    pv = core.read_persistent_volume(volume, _request_timeout=API_TIMEOUT)
+    if pv.spec is not None and pv.spec.host_path is not None:
         return str(pv.spec.host_path.path)
-    if pv.spec.local is not None:
+    if pv.spec is not None and pv.spec.local is not None:
         return str(pv.spec.local.path)
     raise VolumeNotReady(
-        f"persistentvolume {pv.metadata.name}: only hostPath and local volumes can be "
+        f"persistentvolume {volume}: only hostPath and local volumes can be "
         "mounted on a process node"
     )
 

@@ -2,7 +2,7 @@
 every Ready pod of the ModelDeployment, serving its served model name, so that a request
 through the gateway gets an answer on a machine without GPUs.
 
-    python hack/demo_engines.py NAMESPACE NAME     # until SIGTERM; KUBECONFIG from env
+    python -m perf.demo_engines NAMESPACE NAME     # until SIGTERM; KUBECONFIG from env
 
 KWOK pods have loopback IPs (127.64.0.0/10 here); nothing else listens on them.
 """
@@ -16,29 +16,30 @@ import sys
 
 from kubernetes import client, config
 
-from openmodel.api import GROUP, OWNER_LABEL, PLURAL, VERSION
-from openmodel.engines import engine_for, parse_model_deployment
-from openmodel.engines.base import served_model_name
-from openmodel.simulator.server import SimulatorHandle, start_simulator
+from perf.openmodel_api import GROUP, OWNER_LABEL, PLURAL, VERSION, parse_model_deployment
+from perf.openmodel_engines import (
+    SimulatorHandle,
+    engine_for,
+    served_model_name,
+    start_simulator,
+)
+
+from harness.k8s import as_object, pod_ip, pod_ready
 
 
 def ready_ips(core: client.CoreV1Api, namespace: str, name: str) -> set[str]:
     pods = core.list_namespaced_pod(namespace, label_selector=f"{OWNER_LABEL}={name}").items
-    return {
-        p.status.pod_ip
-        for p in pods
-        if p.status.pod_ip
-        and not p.metadata.deletion_timestamp
-        and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
-    }
+    return {ip for p in pods if (ip := pod_ip(p)) and pod_ready(p)}
 
 
 async def follow(namespace: str, name: str) -> None:
-    config.load_kube_config()
+    config.load_kube_config()  # type: ignore[no-untyped-call]  # the loaders are unannotated
     api = client.ApiClient()
     core = client.CoreV1Api(api)
-    body = client.CustomObjectsApi(api).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, name
+    body = as_object(
+        client.CustomObjectsApi(api).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name
+        )
     )
     md = parse_model_deployment(body)
     served, port = served_model_name(md.spec), engine_for(md.spec.engine).port

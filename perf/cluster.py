@@ -1,8 +1,8 @@
 """Run the e2e test cluster for manual use, in the background.
 
-    .venv/bin/python hack/cluster.py up       # start (or report it is already up)
-    .venv/bin/python hack/cluster.py status   # components, API readiness, nodes
-    .venv/bin/python hack/cluster.py down     # stop every process it started
+    .venv/bin/python -m perf.cluster up       # start (or report it is already up)
+    .venv/bin/python -m perf.cluster status   # components, API readiness, nodes
+    .venv/bin/python -m perf.cluster down     # stop every process it started
 
 The cluster is the one the e2e tests use (local control plane + KWOK GPU node
 pool from tests/e2e/gpu-nodes.yaml); its files live in .cluster/ in the repo.
@@ -19,33 +19,39 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
+from kubernetes import client
 
-from kubernetes import client, config  # noqa: E402
+from perf.runs import REPO
 
-from harness import start_local_cluster, stop_from_state  # noqa: E402
-from harness.health import client_tls, probe  # noqa: E402
-from harness.process import process_matches  # noqa: E402
+from harness import start_local_cluster, stop_from_state
+from harness.health import client_tls, probe
+from harness.k8s import node_ready
+from harness.kubeconfig import api_client_for
+from harness.process import process_matches
 
 STATE_DIR = REPO / ".cluster"
 STATE_FILE = STATE_DIR / "state.json"
 
 
-def _read_state() -> dict | None:
+State = dict[str, Any]  # the control plane's state file (ControlPlane.state())
+
+
+def _read_state() -> State | None:
     if not STATE_FILE.exists():
         return None
-    return json.loads(STATE_FILE.read_text())
+    state: State = json.loads(STATE_FILE.read_text())
+    return state
 
 
-def _dead_components(state: dict) -> list[str]:
+def _dead_components(state: State) -> list[str]:
     return [
         c["name"] for c in state["components"] if not process_matches(c["pid"], c["executable"])
     ]
 
 
-def _export_line(state: dict) -> str:
+def _export_line(state: State) -> str:
     return f"export KUBECONFIG={state['kubeconfig']}"
 
 
@@ -73,7 +79,7 @@ def up() -> int:
     return 0
 
 
-def _down(state: dict) -> list[str]:
+def _down(state: State) -> list[str]:
     stopped = stop_from_state(state)
     STATE_FILE.unlink(missing_ok=True)
     for entry in STATE_DIR.iterdir():
@@ -108,13 +114,9 @@ def status() -> int:
     print(f"kube-apiserver /readyz: {code} {body.strip()[:80]}")
     if code != 200:
         return 1
-    with config.new_client_from_config(config_file=state["kubeconfig"]) as api:
+    with api_client_for(Path(state["kubeconfig"])) as api:
         nodes = client.CoreV1Api(api).list_node().items
-        ready = [
-            n
-            for n in nodes
-            if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
-        ]
+        ready = [n for n in nodes if node_ready(n)]
     print(f"nodes: {len(ready)}/{len(nodes)} Ready, pod IPs from {state.get('pod_network')}")
     print(_export_line(state))
     return 0 if not _dead_components(state) else 1

@@ -26,6 +26,8 @@ from kubernetes import client
 
 from openmodel.simulator.server import SimulatorHandle, start_simulator
 
+from .k8s import name_of, pod_ip, pod_ready
+
 T = TypeVar("T")
 
 
@@ -73,11 +75,9 @@ class EngineFleet:
         )
         out = {}
         for pod in pods.items:
-            ready = any(
-                c.type == "Ready" and c.status == "True" for c in pod.status.conditions or []
-            )
-            if ready and pod.status.pod_ip and not pod.metadata.deletion_timestamp:
-                out[pod.status.pod_ip] = pod.metadata.name
+            ip = pod_ip(pod)
+            if ip and pod_ready(pod):
+                out[ip] = name_of(pod)
         return out
 
     async def _watch(self) -> None:

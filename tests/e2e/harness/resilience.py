@@ -1,9 +1,9 @@
-"""Shared by the resilience e2e tests and the hack/chaos_*.py and hack/soak.py scripts.
+"""Shared by the resilience e2e tests and the perf.chaos_* and perf.soak scripts.
 
 - `own_cluster`: a control plane of its own (about 10 s to start here), with kube-apiserver
-  writing a JSON audit log (`AuditLog` reads it: who wrote what, with the request body for
-  Deployment writes, so a write of `spec.replicas` can be attributed), the KWOK node pool
-  and the CRD.
+  writing a JSON audit log (`audit.AuditLog` reads it: who wrote what, with the request
+  body for Deployment writes, so a write of `spec.replicas` can be attributed), the KWOK
+  node pool and the CRD.
 - `Burst`: a seeded sequence of ModelDeployment creations and edits, run one operation
   at a time so that "SIGKILL after operation k" is reproducible whatever the speed.
 - `world_problems`: everything that is wrong in a namespace right now: a ModelDeployment
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 import json
 import logging
 import os
@@ -24,25 +23,22 @@ import random
 import signal
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import urllib3
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from harness import (
-    ControlPlane,
-    apply_node_pool,
-    load_node_pool,
-    service_account_kubeconfig,
-    wait_for,
-    wait_nodes_ready,
-)
-from harness.launcher import Launch
-from openmodel_fixtures import ChildProcess, install_crd, load_example
+from .audit import AuditedControlPlane, AuditLog
+from .controlplane import ControlPlane
+from .k8s import service_account_kubeconfig
+from .kubeconfig import api_client_for
+from .nodepool import apply_node_pool, load_node_pool, wait_nodes_ready
+from .operator import ChildProcess, install_crd, load_example
+from .rawapi import call, request
+from .wait import wait_for
 
 OWNER_LABEL = "openmodel.dev/model-deployment"
 MD_PATH = "/apis/openmodel.dev/v1alpha1/namespaces/{ns}/modeldeployments"
@@ -57,50 +53,6 @@ PATHS = {
 GPU_PRODUCTS = {"nvidia-h100-80gb": "H100", "nvidia-a100-80gb": "A100"}
 MAX_MODEL_LENS = (8192, 16384, 32768)
 REPLICAS = (0, 1, 2)
-AUDIT_WRITES = ("create", "update", "patch", "delete", "deletecollection")
-# Watches, reads and non-resource URLs are left out (the log stays small over a soak);
-# Deployment writes keep their request body (who set spec.replicas); the rest: metadata.
-AUDIT_POLICY = """\
-apiVersion: audit.k8s.io/v1
-kind: Policy
-omitStages: [RequestReceived, ResponseStarted]
-rules:
-  - level: None
-    verbs: [watch, get, list]
-  - level: None
-    nonResourceURLs: ["*"]
-  - level: Request
-    resources: [{group: apps, resources: [deployments]}]
-  - level: Metadata
-"""
-
-
-# -- control plane -----------------------------------------------------------------
-
-
-class AuditedControlPlane(ControlPlane):
-    """The harness's control plane with kube-apiserver writing `audit.log` (JSON)."""
-
-    @property
-    def audit_log_path(self) -> Path:
-        return self.workdir / "audit.log"
-
-    def _apiserver(self) -> Launch:
-        base = super()._apiserver()
-        policy = self.workdir / "audit-policy.yaml"
-        policy.write_text(AUDIT_POLICY)
-        log = self.audit_log_path
-
-        def argv(ports: list[int]) -> list[str]:
-            return [
-                *base.argv(ports),
-                f"--audit-policy-file={policy}",
-                f"--audit-log-path={log}",
-                "--audit-log-format=json",
-                "--audit-log-maxbackup=0",
-            ]
-
-        return dataclasses.replace(base, argv=argv)
 
 
 @dataclasses.dataclass
@@ -122,7 +74,7 @@ def own_cluster(workdir: Path) -> Iterator[OwnCluster]:
     pool = load_node_pool().without_process_nodes()
     plane = AuditedControlPlane.start(workdir / "cluster", pod_network=pool.pod_network)
     try:
-        api = config.new_client_from_config(config_file=str(plane.kubeconfig))
+        api = api_client_for(plane.kubeconfig)
         api.user_agent = "openmodel-resilience"
         wait_nodes_ready(api, apply_node_pool(api, pool.with_pod_network(plane.pod_network)))
         install_crd(api)
@@ -166,30 +118,6 @@ def sa_user(name: str) -> str:
 
 
 # -- API access (raw JSON, independent of the operator's own client code) -------------
-
-
-def request(
-    api: client.ApiClient,
-    method: str,
-    path: str,
-    body: Any = None,
-    content_type: str = "application/json",
-    timeout: float = 30.0,
-) -> dict[str, Any]:
-    method, url, headers, serialized, _ = api.param_serialize(
-        method,
-        path,
-        header_params={"Accept": "application/json", "Content-Type": content_type},
-        body=body,
-        auth_settings=["BearerToken"],
-    )
-    response = api.call_api(
-        method, url, header_params=headers, body=serialized, _request_timeout=timeout
-    )
-    data: bytes = response.read()
-    if not 200 <= response.status <= 299:
-        raise ApiException(status=response.status, reason=data[:300].decode(errors="replace"))
-    return json.loads(data) if data else {}  # type: ignore[no-any-return]
 
 
 def list_items(api: client.ApiClient, kind: str, namespace: str) -> list[dict[str, Any]]:
@@ -402,87 +330,6 @@ def sigkill(child: ChildProcess) -> None:
     child.process.wait(timeout=10)
 
 
-# -- the audit log -------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class AuditedRequest:
-    t: float  # epoch seconds the response completed
-    user: str
-    user_agent: str
-    verb: str
-    group: str
-    resource: str
-    subresource: str
-    namespace: str
-    name: str
-    code: int
-    field_manager: str
-    # Deployment writes only (AUDIT_POLICY); a list for a JSON patch.
-    body: Mapping[str, Any] | list[Any] | None
-
-    @property
-    def writes_replicas(self) -> bool:
-        """A Deployment write whose body sets spec.replicas (an apply or patch of it, or
-        a whole object: create/update)."""
-        if self.resource != "deployments" or self.subresource or self.verb not in AUDIT_WRITES:
-            return False
-        if isinstance(self.body, list):  # a JSON patch: its operations' paths
-            return any(str(op.get("path", "")).startswith("/spec/replicas") for op in self.body)
-        return "replicas" in ((self.body or {}).get("spec") or {})
-
-
-class AuditLog:
-    """Incremental reader of kube-apiserver's JSON audit log."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-        self.partial = b""
-        self.requests: list[AuditedRequest] = []
-
-    def poll(self) -> list[AuditedRequest]:
-        try:
-            with self.path.open("rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            return self.requests
-        self.offset += len(data)
-        lines = (self.partial + data).split(b"\n")
-        self.partial = lines.pop()
-        for line in lines:
-            if line.strip():
-                self.requests.append(_parse(json.loads(line)))
-        return self.requests
-
-    def writes(self, user_prefix: str = "", since: float = 0.0) -> list[AuditedRequest]:
-        return [
-            r
-            for r in self.poll()
-            if r.verb in AUDIT_WRITES and r.user.startswith(user_prefix) and r.t >= since
-        ]
-
-
-def _parse(ev: Mapping[str, Any]) -> AuditedRequest:
-    ref = ev.get("objectRef") or {}
-    query = urllib.parse.parse_qs(urllib.parse.urlsplit(ev.get("requestURI", "")).query)
-    return AuditedRequest(
-        t=dt.datetime.fromisoformat(ev["stageTimestamp"]).timestamp(),
-        user=(ev.get("user") or {}).get("username", ""),
-        user_agent=ev.get("userAgent", ""),
-        verb=ev.get("verb", ""),
-        group=ref.get("apiGroup", ""),
-        resource=ref.get("resource", ""),
-        subresource=ref.get("subresource", ""),
-        namespace=ref.get("namespace", ""),
-        name=ref.get("name", ""),
-        code=int((ev.get("responseStatus") or {}).get("code") or 0),
-        field_manager=(query.get("fieldManager") or [""])[0],
-        body=ev.get("requestObject"),
-    )
-
-
 # -- one chaos round: a burst with SIGKILLs of the operator ---------------------------
 
 
@@ -608,13 +455,9 @@ class Outage:
 
 def api_ready(api: client.ApiClient) -> bool:
     try:
-        method, url, headers, _, _ = api.param_serialize(
-            "GET", "/readyz", header_params={"Accept": "text/plain"}, auth_settings=["BearerToken"]
-        )
-        response = api.call_api(method, url, header_params=headers, _request_timeout=2)
-        response.read()
-        return bool(response.status == 200)
-    except (urllib3.exceptions.HTTPError, OSError):
+        call(api, "GET", "/readyz", accept="text/plain", timeout=2)
+        return True
+    except (ApiException, urllib3.exceptions.HTTPError, OSError):
         return False
 
 

@@ -1,10 +1,10 @@
 """Restart kube-apiserver, and separately etcd, while the operator runs and
 ModelDeployments are being edited; measure the time to converge once the API is back.
 
-    .venv/bin/python hack/chaos_api_restart.py [--seed 26] [--count 100] [--rounds 3]
+    .venv/bin/python -m perf.chaos_api_restart [--seed 26] [--count 100] [--rounds 3]
         [--failed-edits 5] [--edits-after 20] [--deadline 300] [--keep]
 
-Starts its own control plane (tests/e2e harness, audited kube-apiserver, KWOK node
+Starts its own control plane (the e2e harness, audited kube-apiserver, KWOK node
 pool, CRD) and the operator under a ServiceAccount of its own (production resync,
 60 s). Creates `--count` ModelDeployments and waits until they converge. Then, per
 round, for kube-apiserver and then etcd: an editor thread edits random
@@ -12,7 +12,7 @@ ModelDeployments (replicas, maxModelLen, gpu.type) every 0.1 s; the component is
 stopped (SIGTERM) and kept down until `--failed-edits` edits have failed, started
 again with the same command line, ports and data directory; once kube-apiserver
 answers /readyz ("the API is back") and `--edits-after` more edits went through, the
-editor stops and the script waits until the world is right (tests/e2e/resilience.py
+editor stops and the script waits until the world is right (harness.resilience
 `world_problems`: children, orphans, every edit in the Deployment, status against
 the world). The operator must be the same process all along (no restart of its own).
 
@@ -27,20 +27,15 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
-from types import FrameType
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
-sys.path.insert(0, str(REPO / "hack"))
+from perf.runs import commit, interrupt_on_signals, log
 
-from chaos_operator_kill import commit  # noqa: E402
-from resilience import (  # noqa: E402
+from harness.operator import start_operator
+from harness.resilience import (
     Editor,
     Outage,
     burst,
@@ -51,23 +46,15 @@ from resilience import (  # noqa: E402
     wait_converged,
 )
 
-from openmodel_fixtures import start_operator  # noqa: E402
-
 NAMESPACE = "outage"
 COMPONENTS = ("kube-apiserver", "etcd")
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m perf.chaos_api_restart",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--seed", type=int, default=26)
     parser.add_argument("--count", type=int, default=100)
@@ -76,9 +63,12 @@ def main() -> int:
     parser.add_argument("--edits-after", type=int, default=20)
     parser.add_argument("--deadline", type=float, default=300.0)
     parser.add_argument("--keep", action="store_true")
-    args = parser.parse_args()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    interrupt_on_signals()
     print(f"commit {commit()}; seed {args.seed}; {args.count} ModelDeployments")
     rng = random.Random(args.seed)
     workdir = Path(tempfile.mkdtemp(prefix="openmodel-e2e-chaos-api-"))
@@ -137,7 +127,12 @@ def main() -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"\n== {len(outages)} outage(s), {args.count} ModelDeployments ==")
+    return report(outages, args.count, failed)
+
+
+def report(outages: list[Outage], count: int, failed: str | None) -> int:
+    """The outages as a table, the converge times per component; 1 when one failed."""
+    print(f"\n== {len(outages)} outage(s), {count} ModelDeployments ==")
     print("  component        down s  api ready s  converge after API s  after last edit s")
     for o in outages:
         print(

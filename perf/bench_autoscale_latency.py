@@ -1,11 +1,12 @@
 """Autoscaler reaction time: from a load spike to a new Deployment `spec.replicas`.
 
-Starts its own local cluster (tests/e2e harness: real control plane + KWOK GPU nodes),
-installs the CRD, then for each poll interval P (``--poll``, default 1 and 5 s) starts
-the operator with ``autoscaler.pollSeconds: P`` (its own process per P), creates an
-autoscaled ModelDeployment (min 1, max 4, targetQueueDepth 1,
+Starts its own local cluster (the e2e harness: real control plane + KWOK GPU nodes; or
+uses --kubeconfig's), installs the CRD, then for each poll interval P (``--poll``,
+default 1 and 5 s) starts the operator with ``autoscaler.pollSeconds: P`` (its own
+process per P, serving its own namespace alone, named after --namespace-prefix),
+creates an autoscaled ModelDeployment (min 1, max 4, targetQueueDepth 1,
 scaleDownStabilizationSeconds 2) and runs a simulated vLLM engine on every Ready pod
-(tests/e2e/engine_fleet.py). Then, ``--runs`` times:
+(harness.engine_fleet). Then, ``--runs`` times:
 
   1. wait until idle at 1 replica (one engine, nothing waiting, one pod, scraped since),
      then until a chosen phase of the poll cycle has passed since the operator's last
@@ -30,8 +31,9 @@ everything), 2 on an error. Everything is bounded: ``--max-seconds`` for the who
 (SIGALRM), a deadline on every wait; the fleet, the operator and the cluster are stopped
 on every exit path (error, timeout, Ctrl-C, SIGTERM).
 
-    .venv/bin/python hack/bench_autoscale_latency.py [--poll 1 --poll 5] [--runs 5]
+    .venv/bin/python -m perf.bench_autoscale_latency [--poll 1 --poll 5] [--runs 5]
         [--clients 8] [--seed N] [--max-seconds 900] [--keep-workdir]
+        [--kubeconfig PATH --namespace-prefix PREFIX]
 """
 
 from __future__ import annotations
@@ -58,19 +60,12 @@ from types import FrameType
 from typing import Any
 
 import yaml
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
+from perf.openmodel_engines import EngineStats, render_vllm, simulator_server
 
-from kubernetes import client, watch  # noqa: E402
-from kubernetes.client.exceptions import ApiException  # noqa: E402
-
-import openmodel.simulator.server as sim_server  # noqa: E402
-from openmodel.simulator.exposition import EngineStats  # noqa: E402
-
-from engine_fleet import EngineFleet, LoadGenerator  # noqa: E402
-from harness import (  # noqa: E402
-    Cluster,
+from harness import (
     NotYet,
     create_namespace,
     delete_namespace,
@@ -78,7 +73,10 @@ from harness import (  # noqa: E402
     start_local_cluster,
     wait_for,
 )
-from openmodel_fixtures import (  # noqa: E402
+from harness.engine_fleet import EngineFleet, LoadGenerator
+from harness.k8s import as_object, name_of, node_ready
+from harness.kubeconfig import api_client_for
+from harness.operator import (
     GROUP,
     PLURAL,
     SMALL_MODEL_SPEC,
@@ -137,7 +135,7 @@ class StampedStats(EngineStats):
             PROBE.first_waiting = time.monotonic()
 
 
-_render_vllm = sim_server.render_vllm  # type: ignore[attr-defined]
+_render_vllm = render_vllm
 
 
 def _stamped_render_vllm(stats: EngineStats, model: str) -> str:
@@ -147,11 +145,21 @@ def _stamped_render_vllm(stats: EngineStats, model: str) -> str:
 
 def instrument_simulators() -> None:
     """Every simulator started by this process from now on reports to PROBE."""
-    setattr(sim_server, "EngineStats", StampedStats)  # noqa: B010
-    setattr(sim_server, "render_vllm", _stamped_render_vllm)  # noqa: B010
+    setattr(simulator_server, "EngineStats", StampedStats)  # noqa: B010
+    setattr(simulator_server, "render_vllm", _stamped_render_vllm)  # noqa: B010
 
 
 # --- the Deployment's replicas, as a watch delivers them -------------------------------
+
+
+def replicas_of(deployment: client.V1Deployment) -> int:
+    """spec.replicas (the API server defaults it to 1)."""
+    spec = deployment.spec
+    return 1 if spec is None or spec.replicas is None else spec.replicas
+
+
+def resource_version_of(deployment: client.V1Deployment) -> str | None:
+    return deployment.metadata.resource_version if deployment.metadata else None
 
 
 @dataclass
@@ -171,9 +179,9 @@ class ReplicaWatch:
     def start(self) -> ReplicaWatch:
         apps = client.AppsV1Api(self.api)
         dep = apps.read_namespaced_deployment(self.name, self.namespace)
-        self._record(int(dep.spec.replicas))
+        self._record(replicas_of(dep))
         self._thread = threading.Thread(
-            target=self._run, args=(dep.metadata.resource_version,), daemon=True
+            target=self._run, args=(resource_version_of(dep),), daemon=True
         )
         self._thread.start()
         return self
@@ -192,8 +200,8 @@ class ReplicaWatch:
             try:
                 if resource_version is None:  # expired: start again from a fresh read
                     dep = apps.read_namespaced_deployment(self.name, self.namespace)
-                    self._record(int(dep.spec.replicas))
-                    resource_version = dep.metadata.resource_version
+                    self._record(replicas_of(dep))
+                    resource_version = resource_version_of(dep)
                 stream = watch.Watch().stream(
                     apps.list_namespaced_deployment,
                     self.namespace,
@@ -402,19 +410,17 @@ def last_scrape() -> str:
 
 def nodes_not_ready(api: client.ApiClient) -> str:
     nodes = client.CoreV1Api(api).list_node().items
-    bad = [
-        n.metadata.name
-        for n in nodes
-        if not any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
-    ]
+    bad = [name_of(n) for n in nodes if not node_ready(n)]
     return f"nodes not Ready: {bad or 'none'} of {len(nodes)}"
 
 
 def autoscaler_state(api: client.ApiClient, namespace: str) -> str:
     """What the operator last wrote in the ModelDeployment's status."""
     try:
-        md = client.CustomObjectsApi(api).get_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, NAME
+        md = as_object(
+            client.CustomObjectsApi(api).get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, NAME
+            )
         )
     except ApiException as e:
         return f"status unreadable: {e.status}"
@@ -424,7 +430,8 @@ def autoscaler_state(api: client.ApiClient, namespace: str) -> str:
 
 
 def measure_poll(
-    cluster: Cluster,
+    kubeconfig: Path,
+    namespace_prefix: str,
     api: client.ApiClient,
     workdir: Path,
     poll: float,
@@ -435,14 +442,14 @@ def measure_poll(
     stack: contextlib.ExitStack,
 ) -> PollResult:
     label = f"p{poll:g}".replace(".", "-")
-    namespace = create_namespace(api, f"bench-latency-{label}")
+    namespace = create_namespace(api, f"{namespace_prefix}-{label}")
     stack.callback(delete_namespace, api, namespace)
     config_path = workdir / f"latency-{label}-config.yaml"
     config_path.write_text(yaml.safe_dump({"autoscaler": {"pollSeconds": poll}}))
     operator: OperatorProcess = start_operator(
-        cluster.kubeconfig,
+        kubeconfig,
         workdir,
-        {"OPENMODEL_CONFIG": str(config_path)},
+        {"OPENMODEL_CONFIG": str(config_path), "OPENMODEL_NAMESPACES": namespace},
         name=f"operator-latency-{label}",
     )
     stack.callback(operator.stop)
@@ -454,7 +461,7 @@ def measure_poll(
     ).start()
     stack.callback(fleet.stop)
     wait_for(lambda: len(fleet.urls()) == 1 or NotYet(fleet.urls()), 90, "the first engine")
-    watch_api = cluster.api_client()
+    watch_api = api_client_for(kubeconfig)
     stack.callback(watch_api.close)
     replicas = ReplicaWatch(watch_api, namespace, NAME, max_seconds=budget).start()
     stack.callback(replicas.stop)
@@ -576,10 +583,15 @@ def run_all(args: argparse.Namespace, workdir: Path, started: float) -> list[Pol
     rng = random.Random(args.seed)
     stack = contextlib.ExitStack()
     try:
-        cluster = start_local_cluster(workdir / "cluster")
-        stack.callback(cluster.stop)
-        print(f"cluster up in {time.monotonic() - started:.1f}s", flush=True)
-        api = cluster.api_client()
+        if args.kubeconfig:
+            kubeconfig = args.kubeconfig
+            print(f"on the cluster of {kubeconfig}", flush=True)
+        else:
+            cluster = start_local_cluster(workdir / "cluster")
+            stack.callback(cluster.stop)
+            kubeconfig = cluster.kubeconfig
+            print(f"cluster up in {time.monotonic() - started:.1f}s", flush=True)
+        api = api_client_for(kubeconfig)
         stack.callback(api.close)
         install_crd(api)
         for poll in args.poll:
@@ -588,7 +600,16 @@ def run_all(args: argparse.Namespace, workdir: Path, started: float) -> list[Pol
                 remaining = args.max_seconds - (time.monotonic() - started)
                 results.append(
                     measure_poll(
-                        cluster, api, workdir, poll, args.runs, args.clients, remaining, rng, inner
+                        kubeconfig,
+                        args.namespace_prefix,
+                        api,
+                        workdir,
+                        poll,
+                        args.runs,
+                        args.clients,
+                        remaining,
+                        rng,
+                        inner,
                     )
                 )
             finally:
@@ -598,9 +619,11 @@ def run_all(args: argparse.Namespace, workdir: Path, started: float) -> list[Pol
     return results
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m perf.bench_autoscale_latency",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--poll", type=float, action="append", help="autoscaler.pollSeconds (repeatable; 1 and 5)"
@@ -610,7 +633,11 @@ def main() -> int:
     parser.add_argument("--seed", type=int, help="seed of the spike phases (default: random)")
     parser.add_argument("--max-seconds", type=float, default=900.0, help="whole-script bound")
     parser.add_argument("--keep-workdir", action="store_true", help="keep logs even on success")
-    args = parser.parse_args()
+    parser.add_argument("--kubeconfig", type=Path, help="a cluster already up, not a fresh one")
+    parser.add_argument(
+        "--namespace-prefix", default="bench-latency", help="namespaces PREFIX-p<P>-<random>"
+    )
+    args = parser.parse_args(argv)
     args.poll = args.poll or [1.0, 5.0]
     args.seed = random.randrange(10**6) if args.seed is None else args.seed
     if any(p <= 0 for p in args.poll) or args.runs < 1 or args.clients <= SLOTS + TARGET:

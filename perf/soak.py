@@ -1,15 +1,17 @@
 """Soak: the operator for `--minutes` with 100 ModelDeployments under random edits, deletes
 and re-creates and an autoscaled load on simulated engines; then calm.
 
-    .venv/bin/python hack/soak.py [--minutes 30] [--count 100] [--autoscaled 4]
+    .venv/bin/python -m perf.soak [--minutes 30] [--count 100] [--autoscaled 4]
         [--seed 5] [--calm-window 120] [--operator-path DIR] [--keep]
+        [--kubeconfig PATH --namespace NAME]
 
-Starts its own control plane (tests/e2e harness, audited kube-apiserver, KWOK node
-pool, CRD) and the operator under a ServiceAccount of its own (the e2e tests' platform
-config: autoscaler poll 1 s; production resync, 60 s). `--count` ModelDeployments:
-`--autoscaled` of them autoscaled (1 H100 each, min 1, max 4) with a simulated vLLM on
-every Ready pod (tests/e2e/engine_fleet.py), the rest plain (2 A100 each, 0-2
-replicas: some run, some wait Unschedulable). During the soak, once a second: an edit
+Starts its own control plane (the e2e harness, audited kube-apiserver, KWOK node
+pool, CRD; or uses --kubeconfig's cluster, without an audit log: no write is then seen
+once calm) and the operator, serving the namespace alone, under a ServiceAccount of its
+own (the e2e tests' platform config: autoscaler poll 1 s; production resync, 60 s).
+`--count` ModelDeployments: `--autoscaled` of them autoscaled (1 H100 each, min 1, max
+4) with a simulated vLLM on every Ready pod (harness.engine_fleet), the rest plain (2
+A100 each, 0-2 replicas: some run, some wait Unschedulable). During the soak, once a second: an edit
 (replicas or maxModelLen) of a random one (70 %), a delete (15 %) or the re-creation of
 a deleted one under a NEW name (15 %: maps keyed by name must let the old one go); the
 load on each autoscaled model changes every 30 s (0-6 clients on engines of 2 slots).
@@ -17,7 +19,7 @@ load on each autoscaled model changes every 30 s (0-6 clients on engines of 2 sl
 Every 10 s: the operator's RSS and its openmodel_internal_entries gauges (the sizes of
 its maps; exposed when main.py calls `map_sizes.track_operator_maps`, else reported
 missing). Then the load and the churn stop; once the world is right
-(tests/e2e/resilience.py `world_problems`) and every autoscaled Deployment is back at
+(harness.resilience `world_problems`) and every autoscaled Deployment is back at
 1 replica, the operator's writes are counted from the audit log for `--calm-window`
 seconds.
 
@@ -31,26 +33,31 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import random
 import shutil
-import signal
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
-sys.path.insert(0, str(REPO / "hack"))
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from prometheus_client.parser import text_string_to_metric_families
 
-from chaos_operator_kill import commit  # noqa: E402
-from kubernetes.client.exceptions import ApiException  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from resilience import (  # noqa: E402
+from perf.clusters import script_cluster
+from perf.runs import commit, interrupt_on_signals, log
+
+from harness import NotYet, delete_namespace, wait_for
+from harness.audit import AuditedRequest
+from harness.engine_fleet import EngineFleet, LoadGenerator
+from harness.operator import OperatorProcess, autoscaled_small_md, start_operator
+from harness.process import rss_bytes
+from harness.rawapi import request
+from harness.resilience import (
     MAX_MODEL_LENS,
     MD_PATH,
     REPLICAS,
@@ -58,35 +65,18 @@ from resilience import (  # noqa: E402
     list_items,
     md_body,
     operator_identity,
-    own_cluster,
-    request,
     sa_user,
     wait_converged,
 )
 
-from engine_fleet import EngineFleet, LoadGenerator  # noqa: E402
-from harness import NotYet, wait_for  # noqa: E402
-from harness.process import rss_bytes  # noqa: E402
-from openmodel_fixtures import (  # noqa: E402
-    OperatorProcess,
-    autoscaled_small_md,
-    start_operator,
-)
-
-NAMESPACE = "soak"
 SAMPLE_SECONDS = 10.0
 LOAD_PERIOD = 30.0
-IDENTITY = "soak-operator"
 QUIET_SECONDS = 15.0
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def scaled_body(name: str) -> dict[str, Any]:
+def scaled_body(namespace: str, name: str) -> dict[str, Any]:
     return autoscaled_small_md(
-        NAMESPACE,
+        namespace,
         name,
         minReplicas=1,
         maxReplicas=4,
@@ -95,8 +85,8 @@ def scaled_body(name: str) -> dict[str, Any]:
     )
 
 
-def plain_body(name: str, rng: random.Random) -> dict[str, Any]:
-    body = md_body(name, NAMESPACE, rng)
+def plain_body(namespace: str, name: str, rng: random.Random) -> dict[str, Any]:
+    body = md_body(name, namespace, rng)
     body["spec"]["gpu"]["type"] = "nvidia-a100-80gb"  # the H100s are the autoscaled ones'
     return body
 
@@ -133,14 +123,15 @@ def slope_mib_per_hour(samples: list[Sample]) -> float:
 
 @dataclasses.dataclass
 class Churn:
+    namespace: str
     rng: random.Random
     live: dict[str, dict[str, Any]]  # name -> body
     deleted: list[str] = dataclasses.field(default_factory=list)
     generation: int = 0
     counts: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
 
-    def step(self, api: Any) -> None:
-        path = MD_PATH.format(ns=NAMESPACE)
+    def step(self, api: client.ApiClient) -> None:
+        path = MD_PATH.format(ns=self.namespace)
         roll = self.rng.random()
         try:
             if roll < 0.15 and self.deleted:
@@ -177,19 +168,24 @@ class Churn:
 
     def _body_like(self, old: str, name: str) -> dict[str, Any]:
         if old.startswith("scaled"):
-            return scaled_body(name)
-        return plain_body(name, self.rng)
+            return scaled_body(self.namespace, name)
+        return plain_body(self.namespace, name, self.rng)
 
 
 def run(args: argparse.Namespace, workdir: Path) -> bool:
     rng = random.Random(args.seed)
     ok = True
-    with own_cluster(workdir) as cluster:
+    namespace = args.namespace
+    identity = f"{namespace}-operator"
+    with script_cluster(workdir, args.kubeconfig) as cluster, contextlib.ExitStack() as stack:
         api = cluster.api
-        log(f"control plane, nodes and CRD up in {cluster.start_seconds:.1f}s ({workdir})")
-        kubeconfig = operator_identity(api, IDENTITY, workdir)
-        create_namespace(api, NAMESPACE)
-        env = {"OPENMODEL_RESYNC_SECONDS": "60"}
+        log(f"{cluster.describe()} ({workdir})")
+        kubeconfig = operator_identity(api, identity, workdir)
+        create_namespace(api, namespace)
+        if not cluster.own:
+            # Not this script's cluster: its namespace goes once the operator has stopped.
+            stack.callback(delete_namespace, api, namespace)
+        env = {"OPENMODEL_RESYNC_SECONDS": "60", "OPENMODEL_NAMESPACES": namespace}
         if args.operator_path:
             env["PYTHONPATH"] = str(Path(args.operator_path).resolve())
         op = start_operator(kubeconfig, workdir, env, name="operator")
@@ -199,20 +195,20 @@ def run(args: argparse.Namespace, workdir: Path) -> bool:
         try:
             live: dict[str, dict[str, Any]] = {}
             for i in range(args.autoscaled):
-                live[f"scaled-{i}"] = scaled_body(f"scaled-{i}")
+                live[f"scaled-{i}"] = scaled_body(namespace, f"scaled-{i}")
             for i in range(args.count - args.autoscaled):
-                live[f"md-{i:03d}"] = plain_body(f"md-{i:03d}", rng)
+                live[f"md-{i:03d}"] = plain_body(namespace, f"md-{i:03d}", rng)
             for body in live.values():
-                request(api, "POST", MD_PATH.format(ns=NAMESPACE), body)
-            took = wait_converged(api, [NAMESPACE], 300)
+                request(api, "POST", MD_PATH.format(ns=namespace), body)
+            took = wait_converged(api, [namespace], 300)
             log(f"{len(live)} ModelDeployments converged in {took:.1f}s")
             for i in range(args.autoscaled):
                 # One fleet per base name: it serves the re-created ones too (same pods'
                 # label only for the same name; a re-created one gets a fleet below).
                 fleets[f"scaled-{i}"] = EngineFleet(
-                    api, NAMESPACE, f"scaled-{i}", slots=2, service_time=0.3, max_seconds=budget
+                    api, namespace, f"scaled-{i}", slots=2, service_time=0.3, max_seconds=budget
                 ).start()
-            churn = Churn(rng, live)
+            churn = Churn(namespace, rng, live)
             samples: list[Sample] = []
             started = time.monotonic()
             end = started + args.minutes * 60
@@ -237,7 +233,7 @@ def run(args: argparse.Namespace, workdir: Path) -> bool:
                         if name not in fleets:
                             fleets[name] = EngineFleet(
                                 api,
-                                NAMESPACE,
+                                namespace,
                                 name,
                                 slots=2,
                                 service_time=0.3,
@@ -265,26 +261,26 @@ def run(args: argparse.Namespace, workdir: Path) -> bool:
             for load in loads.values():
                 load.stop()
             loads.clear()
-            took = wait_converged(api, [NAMESPACE], 300)
+            took = wait_converged(api, [namespace], 300)
             scaled = [n for n in churn.live if n.startswith("scaled")]
 
             def at_min() -> bool | NotYet:
                 deps = {
                     d["metadata"]["name"]: d["spec"].get("replicas")
-                    for d in list_items(api, "Deployment", NAMESPACE)
+                    for d in list_items(api, "Deployment", namespace)
                 }
                 high = {n: deps.get(n) for n in scaled if deps.get(n) != 1}
                 return not high or NotYet(high)
 
             wait_for(at_min, 300, "every autoscaled Deployment back at 1 replica", interval=1)
-            took = wait_converged(api, [NAMESPACE], 300)
+            took = wait_converged(api, [namespace], 300)
             log(f"converged, autoscaled at 1 replica ({took:.1f}s); waiting for quiet")
             # The autoscaler writes its status once more a poll after the last scale-down:
             # calm starts once the operator has written nothing for QUIET_SECONDS.
             quiet_started = time.monotonic()
 
             def quiet() -> bool | NotYet:
-                writes = cluster.audit.writes(sa_user(IDENTITY))
+                writes = cluster.audit.writes(sa_user(identity))
                 last = writes[-1].t if writes else 0.0
                 return time.time() - last >= QUIET_SECONDS or NotYet(f"last write {last}")
 
@@ -301,7 +297,7 @@ def run(args: argparse.Namespace, workdir: Path) -> bool:
             time.sleep(1.0)  # the audit line of a request in flight at the window's end
             calm = [
                 r
-                for r in cluster.audit.writes(sa_user(IDENTITY), since=calm_from)
+                for r in cluster.audit.writes(sa_user(identity), since=calm_from)
                 if r.t < calm_from + args.calm_window
             ]
             final = Sample(
@@ -325,7 +321,7 @@ def report(
     args: argparse.Namespace,
     samples: list[Sample],
     final: Sample,
-    calm: list[Any],
+    calm: list[AuditedRequest],
     churn: Churn,
     quiet_after: float,
 ) -> bool:
@@ -380,13 +376,11 @@ def report(
     return ok
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m perf.soak",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--count", type=int, default=100)
@@ -394,10 +388,15 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--calm-window", type=float, default=120.0)
     parser.add_argument("--operator-path", help="an openmodel package to run (PYTHONPATH)")
+    parser.add_argument("--kubeconfig", type=Path, help="a cluster already up, not a fresh one")
+    parser.add_argument("--namespace", default="soak", help="the ModelDeployments' namespace")
     parser.add_argument("--keep", action="store_true")
-    args = parser.parse_args()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    interrupt_on_signals()
     workdir = Path(tempfile.mkdtemp(prefix="openmodel-e2e-soak-"))
     code = 2
     try:

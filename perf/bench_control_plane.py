@@ -2,7 +2,7 @@
 running -> every component healthy and all KWOK nodes Ready) and the resident
 memory of each component once up.
 
-    .venv/bin/python hack/bench_control_plane.py [--runs 3]
+    .venv/bin/python -m perf.bench_control_plane [--runs 3]
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
-
-from harness import start_local_cluster  # noqa: E402
-from harness.process import rss_bytes  # noqa: E402
+from harness import ControlPlane, start_local_cluster
+from harness.process import rss_bytes
 
 SETTLE_SECONDS = 10.0  # let controllers finish their initial sync before reading RSS
+
+
+def component_rss(plane: ControlPlane) -> dict[str, int]:
+    """Each component's resident memory now, in bytes."""
+    return {name: rss_bytes(c.pid) for name, c in plane.components.items()}
 
 
 def one_run(workdir: Path) -> tuple[dict[str, float], dict[str, int]]:
@@ -31,7 +33,7 @@ def one_run(workdir: Path) -> tuple[dict[str, float], dict[str, int]]:
     assert plane is not None
     try:
         time.sleep(SETTLE_SECONDS)
-        rss = {name: rss_bytes(c.pid) for name, c in plane.components.items()}
+        rss = component_rss(plane)
     finally:
         cluster.stop()
     timings = {f"{name} healthy": t for name, t in plane.startup_seconds.items()}
@@ -39,10 +41,10 @@ def one_run(workdir: Path) -> tuple[dict[str, float], dict[str, int]]:
     return timings, rss
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m perf.bench_control_plane", description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
-    runs = parser.parse_args().runs
+    runs = parser.parse_args(argv).runs
     all_timings: list[dict[str, float]] = []
     all_rss: list[dict[str, int]] = []
     for index in range(runs):

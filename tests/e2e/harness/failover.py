@@ -1,6 +1,6 @@
 """Two operator replicas with leader election, the holder SIGKILLed while it scales.
 
-Shared by tests/e2e/test_leader_failover.py and hack/chaos_leader_failover.py.
+Shared by tests/e2e/test_leader_failover.py and perf/chaos_leader_failover.py.
 
 Operators "op-a" and "op-b" run as ServiceAccounts openmodel-system/op-a and /op-b
 (their requests carry that user in the audit log) with OPENMODEL_LEADER_ELECTION=true;
@@ -22,22 +22,22 @@ from collections import defaultdict
 from typing import Any
 
 from kubernetes import client
-from resilience import (
+
+from .audit import AuditedRequest
+from .engine_fleet import EngineFleet, LoadGenerator
+from .operator import OperatorProcess, autoscaled_small_md, start_operator
+from .rawapi import request
+from .resilience import (
     OPERATOR_NAMESPACE,
-    AuditedRequest,
     OwnCluster,
     create_namespace,
     md_body,
     operator_identity,
-    request,
     sa_user,
     sigkill,
     wait_converged,
 )
-
-from engine_fleet import EngineFleet, LoadGenerator
-from harness import NotYet, wait_for
-from openmodel_fixtures import OperatorProcess, autoscaled_small_md, start_operator
+from .wait import NotYet, wait_for
 
 NAMESPACE = "failover"
 SCALED = "scaled"

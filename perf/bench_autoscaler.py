@@ -16,7 +16,7 @@ process, the one measured, then runs:
 CPU is ``time.process_time()`` of this process (the child's serving CPU is not counted);
 wall time is printed alongside. Everything is bounded by ``--max-seconds`` (SIGALRM).
 
-    .venv/bin/python hack/bench_autoscaler.py [--pods 500] [--cycles 5] [--engine vllm]
+    .venv/bin/python -m perf.bench_autoscaler [--pods 500] [--cycles 5] [--engine vllm]
 """
 
 from __future__ import annotations
@@ -33,22 +33,22 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from types import FrameType
 
-from openmodel.autoscaler import (
-    Observation,
+from perf.openmodel_engines import (
+    METRIC_NAMES,
+    EngineStats,
     QueueReading,
+    ScaleObservation,
     ScalingHistory,
     ScalingPolicy,
     Scraper,
     ScrapeTarget,
     decide,
+    parse_exposition,
     read_queue,
+    render_vllm,
+    start_simulator,
 )
-from openmodel.autoscaler.metrics import parse_exposition
-from openmodel.engines import ENGINES
-from openmodel.simulator import start_simulator
-from openmodel.simulator.exposition import EngineStats, render_vllm
-
-METRIC_NAMES = {name: engine.metric_names for name, engine in ENGINES.items()}
+from perf.runs import REPO
 
 PREFIX = "127.77"
 
@@ -121,7 +121,7 @@ async def autoscaler_cycles(
             scraper = Scraper(timeout_s=10, concurrency=concurrency, deadline_s=60)
         with measured(cold if cycle == 0 else warm):
             results = await scraper.scrape(targets, names)
-            observation = Observation.from_results(results)
+            observation = ScaleObservation.from_results(results)
             decision = decide(
                 observation=observation,
                 current_replicas=len(targets),
@@ -158,7 +158,7 @@ async def hanging_cycle(targets: list[ScrapeTarget], engine: str, concurrency: i
     async with Scraper(timeout_s=2, concurrency=concurrency, deadline_s=60) as scraper:
         results = await scraper.scrape(targets, METRIC_NAMES[engine])
     decision = decide(
-        observation=Observation.from_results(results),
+        observation=ScaleObservation.from_results(results),
         current_replicas=len(targets),
         policy=ScalingPolicy(min_replicas=1, max_replicas=1000, target_queue_depth=4),
         history=ScalingHistory(),
@@ -175,7 +175,7 @@ def time_per_call(fn: Callable[[], object], repeat: int) -> float:
 
 
 def micro(pods: int) -> None:
-    observation = Observation(waiting={f"pod-{i}": float(i % 5) for i in range(pods)})
+    observation = ScaleObservation(waiting={f"pod-{i}": float(i % 5) for i in range(pods)})
     policy = ScalingPolicy(min_replicas=1, max_replicas=1000, target_queue_depth=4)
     history = ScalingHistory()
     for t in range(20):  # a full 300 s window of history
@@ -208,13 +208,14 @@ def micro(pods: int) -> None:
 
 
 def parent(args: argparse.Namespace) -> None:
-    command = [sys.executable, __file__, "--serve", "--engine", args.engine]
+    command = [sys.executable, "-m", "perf.bench_autoscaler", "--serve", "--engine", args.engine]
     command += ["--pods", str(args.pods), "--hanging", str(args.hanging)]
     child = subprocess.Popen(
         command,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        cwd=REPO,  # where `-m perf...` finds the package without an install
     )
     try:
         assert child.stdout is not None
@@ -276,8 +277,10 @@ def parent(args: argparse.Namespace) -> None:
             child.wait()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m perf.bench_autoscaler", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--pods", type=int, default=500)
     parser.add_argument("--cycles", type=int, default=5, help="warm autoscaler cycles")
     parser.add_argument("--baseline-cycles", type=int, default=3)
@@ -286,7 +289,7 @@ def main() -> None:
     parser.add_argument("--engine", choices=sorted(METRIC_NAMES), default="vllm")
     parser.add_argument("--max-seconds", type=int, default=300, help="hard bound on the run")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.pods < 1 or args.hanging < 0 or args.pods + args.hanging > 250 * 250:
         parser.error("--pods >= 1, --hanging >= 0, together at most 62500")
     if args.serve:

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-CONFIGS = Path(__file__).resolve().parents[1] / "unit" / "data" / "hf-configs"
+CONFIGS = Path(__file__).resolve().parent / "unit" / "data" / "hf-configs"
 UNAUTHORIZED_REPO = "acme/private"
 MISSING_REPO = "acme/absent"
 SLOW_REPO = "acme/slow"

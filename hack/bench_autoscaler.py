@@ -43,7 +43,7 @@ from openmodel.autoscaler import (
     decide,
     read_queue,
 )
-from openmodel.autoscaler.metrics import parse_exposition
+from openmodel.engine_metrics.exposition import parse_exposition
 from openmodel.engines import ENGINES
 from openmodel.simulator import start_simulator
 from openmodel.simulator.exposition import EngineStats, render_vllm

@@ -7,17 +7,10 @@ model name (demo_engines). One place to follow when engine facts move in the pac
 from __future__ import annotations
 
 import openmodel.simulator.server as simulator_server
-from openmodel.autoscaler import (
-    QueueReading,
-    ScalingHistory,
-    ScalingPolicy,
-    Scraper,
-    ScrapeTarget,
-    decide,
-    read_queue,
-)
 from openmodel.autoscaler import Observation as ScaleObservation
-from openmodel.autoscaler.metrics import parse_exposition
+from openmodel.autoscaler import ScalingHistory, ScalingPolicy, decide
+from openmodel.engine_metrics.exposition import QueueReading, parse_exposition, read_queue
+from openmodel.engine_metrics.scrape import Scraper, ScrapeTarget
 from openmodel.engines import ENGINES, engine_for
 from openmodel.engines.base import served_model_name
 from openmodel.simulator.exposition import EngineStats, render_vllm

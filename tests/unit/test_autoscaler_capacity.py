@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from openmodel.autoscaler import Observation, ScalingHistory, ScalingPolicy, decide
-from openmodel.autoscaler.metrics import QueueReading
+from openmodel.engine_metrics.exposition import QueueReading
 
 POLICY = ScalingPolicy(min_replicas=1, max_replicas=10, target_queue_depth=2, scale_down_window_s=0)
 

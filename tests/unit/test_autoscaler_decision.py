@@ -17,7 +17,7 @@ from openmodel.autoscaler.decision import (
     ScalingPolicy,
     decide,
 )
-from openmodel.autoscaler.metrics import FailureKind, MetricFailure, QueueReading
+from openmodel.engine_metrics.exposition import FailureKind, MetricFailure, QueueReading
 
 POLICY = ScalingPolicy(min_replicas=1, max_replicas=100, target_queue_depth=4)
 

@@ -37,16 +37,16 @@ from openmodel.autoscaler.decision import (
 )
 from openmodel.autoscaler.demand import read_demand
 from openmodel.autoscaler.loop import AutoscalerLoop
-from openmodel.autoscaler.metrics import (
+from openmodel.autoscaler.zero import Demand
+from openmodel.config import PlatformConfig
+from openmodel.engine_metrics.exposition import (
     FailureKind,
     MetricFailure,
     MetricNames,
     QueueReading,
     read_queue,
 )
-from openmodel.autoscaler.scrape import Scraper, ScrapeTarget
-from openmodel.autoscaler.zero import Demand
-from openmodel.config import PlatformConfig
+from openmodel.engine_metrics.scrape import Scraper, ScrapeTarget
 from openmodel.engines import ENGINES
 from openmodel.simulator.exposition import EngineStats, render_vllm
 

@@ -1,4 +1,4 @@
-"""Prometheus text parsing and queue extraction (openmodel.autoscaler.metrics)."""
+"""Prometheus text parsing and queue extraction (openmodel.engine_metrics.exposition)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from openmodel.autoscaler.metrics import (
+from openmodel.engine_metrics.exposition import (
     FailureKind,
     MetricFailure,
     MetricNames,

@@ -1,4 +1,4 @@
-"""Concurrent /metrics scraping (openmodel.autoscaler.scrape) against local HTTP servers.
+"""Concurrent /metrics scraping (openmodel.engine_metrics.scrape) against local HTTP servers.
 
 Every server binds 127.0.0.1 (or another 127.0.0.0/8 address) on a port the kernel picks.
 """
@@ -22,8 +22,8 @@ from openmodel.autoscaler.decision import (
     ScalingPolicy,
     decide,
 )
-from openmodel.autoscaler.metrics import FailureKind, MetricFailure, QueueReading
-from openmodel.autoscaler.scrape import Scraper, ScrapeTarget
+from openmodel.engine_metrics.exposition import FailureKind, MetricFailure, QueueReading
+from openmodel.engine_metrics.scrape import Scraper, ScrapeTarget
 from openmodel.engines import ENGINES
 from openmodel.simulator import SimulatorHandle, start_simulator
 

@@ -13,8 +13,8 @@ import yaml
 from openmodel.accelerators import BUILTIN_ACCELERATORS
 from openmodel.api import ENGINES as API_ENGINES
 from openmodel.api import QUANTIZATIONS, SpecError
-from openmodel.autoscaler.metrics import QueueReading, parse_exposition, read_queue
 from openmodel.config import DEFAULT_ENGINE_IMAGES, PlatformConfig
+from openmodel.engine_metrics.exposition import QueueReading, parse_exposition, read_queue
 from openmodel.engines import ENGINES, parse_model_deployment
 from openmodel.engines.base import quantization_value
 from openmodel.reconcile.plan import make_plan

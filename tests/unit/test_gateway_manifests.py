@@ -7,8 +7,7 @@ from typing import Any
 import test_manifests
 from test_manifests import M, rule_set, template
 
-from openmodel.config import GatewayConfig
-from openmodel.gateway.ports import GATEWAY_PORT
+from openmodel.config import GATEWAY_PORT, GatewayConfig
 
 NAME = "openmodel-gateway"
 helm = test_manifests.helm  # the fixture

@@ -12,13 +12,13 @@ from fake_api_server import FakeApiServer
 from kubernetes.client.exceptions import ApiException
 
 from openmodel.config import ConfigError, PlatformConfig, parse_config
-from openmodel.engines import parse_model_deployment
-from openmodel.inference_extension.config import (
+from openmodel.config.inference_extension import (
     EndpointPickerRef,
     GatewayRef,
     InferenceExtensionConfig,
     parse_inference_extension,
 )
+from openmodel.engines import parse_model_deployment
 from openmodel.inference_extension.discovery import CrdDiscovery
 from openmodel.inference_extension.gate import UNAVAILABLE_REASON, InferenceExtensionGate
 from openmodel.inference_extension.render import MODEL_NAME_HEADER

@@ -12,10 +12,10 @@ import pytest
 
 from openmodel.api import SpecError
 from openmodel.config import ConfigError, PlatformConfig, parse_config
+from openmodel.config.model_resolver import ModelResolverConfig
 from openmodel.engines import parse_model_deployment
 from openmodel.model_resolver.hub import HubClient
 from openmodel.model_resolver.loop import resolve_once
-from openmodel.model_resolver.settings import ModelResolverConfig
 from openmodel.model_resolver.state import Failed, ModelRef, Pending, Resolved
 from openmodel.model_resolver.store import ModelConfigStore, backoff_seconds, model_ref_for
 from openmodel.problems import Problem

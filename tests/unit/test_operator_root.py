@@ -13,9 +13,9 @@ from prometheus_client import REGISTRY
 
 from openmodel import main, telemetry
 from openmodel.config import PlatformConfig
+from openmodel.config.model_resolver import ModelResolverConfig
 from openmodel.controller.queue import Asker, Line, Taken
 from openmodel.map_sizes import entries
-from openmodel.model_resolver.settings import ModelResolverConfig
 from openmodel.model_resolver.state import Failed, ModelRef, Pending
 from openmodel.model_resolver.store import ModelConfigStore
 from openmodel.operator_root import Operator

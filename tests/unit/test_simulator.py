@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from openmodel.autoscaler.metrics import QueueReading, parse_exposition, read_queue
+from openmodel.engine_metrics.exposition import QueueReading, parse_exposition, read_queue
 from openmodel.engines import ENGINES
 from openmodel.simulator import SimulatorHandle, start_simulator
 from openmodel.simulator.exposition import Histogram, go_float, rust_float

@@ -29,13 +29,13 @@ from openmodel.adapters.engine_api import load_adapter, loaded_adapters, unload_
 from openmodel.adapters.plan import FailureLog, pod_actions
 from openmodel.adapters.status import PodReport, adapters_status
 from openmodel.api import KIND, OWNER_LABEL, SpecError
-from openmodel.autoscaler.loop import classify_pods
 from openmodel.config import PlatformConfig
 from openmodel.engines import engine_for, parse_model_deployment
 from openmodel.engines.base import AdapterApi, adapter_path
 from openmodel.kube import calls as kube
 from openmodel.kube.cache import ObjectCache
 from openmodel.kube.events import post_event
+from openmodel.kube.pods import classify_pods
 from openmodel.kube.status_writer import apply_loop_status, loop_status_changed
 from openmodel.namespaces import matches, patterns_from_env
 

@@ -1,7 +1,8 @@
-"""The autoscaler's parts that need no Kubernetes: read, scrape, decide.
+"""The autoscaler: decide replicas from the engines' queues, and the loop that writes them.
 
-* ``metrics``:  Prometheus text -> ``QueueReading`` | ``MetricFailure`` (``read_queue``).
-* ``scrape``:   ``Scraper.scrape(targets, names)`` -> {pod: result}, concurrent, bounded.
+Reading and scraping the engines' metrics is ``openmodel.engine_metrics`` (the gateway
+reads them too); here:
+
 * ``decision``: ``decide(observation=, current_replicas=, policy=, history=, now=)`` ->
   ``Decision`` (desired replicas, new history, reason, message). Pure.
 
@@ -14,7 +15,7 @@ One cycle, as the operator loop runs it for each ModelDeployment with autoscalin
     histories[key] = decision.history
     if decision.desired_replicas != deployment_replicas: write replicas, emit an event
 
-The loop (pod listing, replica writes, status, leader election) lives elsewhere.
+The loop (``loop.py``: pods from the cache, replica writes, status) runs it.
 """
 
 from openmodel.autoscaler.decision import (
@@ -26,30 +27,13 @@ from openmodel.autoscaler.decision import (
     ScalingPolicy,
     decide,
 )
-from openmodel.autoscaler.metrics import (
-    FailureKind,
-    MetricFailure,
-    MetricNames,
-    MetricResult,
-    QueueReading,
-    read_queue,
-)
-from openmodel.autoscaler.scrape import Scraper, ScrapeTarget
 
 __all__ = [
     "Decision",
     "DecisionReason",
-    "FailureKind",
-    "MetricFailure",
-    "MetricNames",
-    "MetricResult",
     "Observation",
-    "QueueReading",
     "Recommendation",
     "ScalingHistory",
     "ScalingPolicy",
-    "ScrapeTarget",
-    "Scraper",
     "decide",
-    "read_queue",
 ]

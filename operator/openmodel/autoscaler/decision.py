@@ -77,7 +77,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Final, Protocol
 
-from openmodel.autoscaler.metrics import MetricResult, QueueReading, sum_or_inf
+from openmodel.engine_metrics.exposition import MetricResult, QueueReading, sum_or_inf
 
 __all__ = [
     "AutoscalingFields",

@@ -29,20 +29,19 @@ from openmodel.autoscaler import (
     Observation,
     ScalingHistory,
     ScalingPolicy,
-    Scraper,
-    ScrapeTarget,
     decide,
 )
 from openmodel.autoscaler.demand import DemandReport, read_demand
 from openmodel.autoscaler.zero import Demand, from_zero, to_zero
 from openmodel.clock import utc_now
-from openmodel.config import PlatformConfig
+from openmodel.config import GATEWAY_PORT, PlatformConfig
+from openmodel.engine_metrics.scrape import Scraper, ScrapeTarget
 from openmodel.engines import engine_for, parse_model_deployment
-from openmodel.gateway.ports import GATEWAY_PORT
 from openmodel.kube import calls as kube
 from openmodel.kube.cache import ObjectCache
 from openmodel.kube.events import post_event
 from openmodel.kube.leader import LeaseElector
+from openmodel.kube.pods import classify_pods
 from openmodel.kube.status_writer import apply_loop_status, loop_status_changed
 from openmodel.namespaces import matches, patterns_from_env
 
@@ -50,32 +49,6 @@ log = logging.getLogger(__name__)
 
 SCALING_ACTIVE = "ScalingActive"
 ObjectKey = tuple[str, str]
-
-
-@dataclass(frozen=True)
-class PodSets:
-    ready: dict[str, str]  # pod name -> pod IP
-    starting: frozenset[str]
-
-
-def classify_pods(pods: Sequence[Mapping[str, Any]]) -> PodSets:
-    """Ready pods with an IP are scraped; other live pods are capacity on the way.
-    Pods being deleted are neither: they are leaving, whatever they report."""
-    ready: dict[str, str] = {}
-    starting: set[str] = set()
-    for pod in pods:
-        meta, status = pod["metadata"], pod.get("status") or {}
-        if meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
-            continue
-        is_ready = any(
-            c.get("type") == "Ready" and c.get("status") == "True"
-            for c in status.get("conditions") or []
-        )
-        if is_ready and status.get("podIP"):
-            ready[meta["name"]] = status["podIP"]
-        else:
-            starting.add(meta["name"])
-    return PodSets(ready=ready, starting=frozenset(starting))
 
 
 def autoscaler_status(

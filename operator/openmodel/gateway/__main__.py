@@ -12,8 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from openmodel.config import ConfigError, load_config
-from openmodel.gateway.ports import GATEWAY_PORT
+from openmodel.config import GATEWAY_PORT, ConfigError, load_config
 from openmodel.gateway.server import serve
 from openmodel.gateway.static import RoutesFileError
 

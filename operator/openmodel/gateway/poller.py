@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from openmodel.autoscaler import QueueReading, Scraper, ScrapeTarget
+from openmodel.engine_metrics.exposition import QueueReading
+from openmodel.engine_metrics.scrape import Scraper, ScrapeTarget
 from openmodel.engines import engine_for
 from openmodel.engines.base import MetricNames
 from openmodel.gateway.balancer import Balancer, PodKey

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from openmodel.inference_extension.config import InferenceExtensionConfig
+from openmodel.config.inference_extension import InferenceExtensionConfig
 
 POOL_GROUP = "inference.networking.k8s.io"
 POOL_API_VERSION = f"{POOL_GROUP}/v1"

@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from openmodel.model_resolver.settings import ModelResolverConfig
+from openmodel.config.model_resolver import ModelResolverConfig
 from openmodel.model_resolver.state import (
     NOT_FOUND,
     TIMEOUT,

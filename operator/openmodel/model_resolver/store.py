@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from openmodel.api import ModelDeploymentSpec
-from openmodel.model_resolver.settings import ModelResolverConfig
+from openmodel.config.model_resolver import ModelResolverConfig
 from openmodel.model_resolver.state import Failed, ModelConfigState, ModelRef, Pending, Resolved
 from openmodel.sizing.formats import implied_quantization
 

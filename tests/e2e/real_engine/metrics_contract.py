@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from openmodel.autoscaler.metrics import MetricFailure, read_queue
+from openmodel.engine_metrics.exposition import MetricFailure, read_queue
 from openmodel.engines import ENGINES
 from openmodel.simulator.server import start_simulator
 

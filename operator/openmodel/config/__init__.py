@@ -35,10 +35,10 @@ operator:                # the operator process itself (docs/configuration.md)
   apiQPS: 100            # requests per second to the API server, sustained (token bucket)
   apiBurst: 200          # ... and in a burst; 429 answers are retried after Retry-After
   cacheAuditSeconds: 3600  # compare the watch cache with one LIST per kind; 0 = never
-modelResolver:           # read config.json from the Hub for sizing (model_resolver/settings.py)
+modelResolver:           # read config.json from the Hub for sizing (config/model_resolver.py)
   endpoint: null         # the Hub's base URL; env HF_ENDPOINT wins; neither: catalogue only
   tokenFile: null        # the only token the operator reads (never hfTokenSecretRef)
-inferenceExtension:      # InferencePool + HTTPRoute per model (inference_extension/config.py)
+inferenceExtension:      # InferencePool + HTTPRoute per model (config/inference_extension.py)
   enabled: false
   gateway: {name: inference-gateway, namespace: gateway-system}
   endpointPickerRef: {name: "{name}-epp", port: 9002}
@@ -51,29 +51,28 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
 from openmodel.accelerators import AcceleratorCatalog, AcceleratorConfigError
-from openmodel.engines import default_images
-from openmodel.inference_extension.config import (
+from openmodel.config.errors import (
+    ConfigError as ConfigError,  # re-exported: the error of every key
+)
+from openmodel.config.inference_extension import (
     InferenceExtensionConfig,
     parse_inference_extension,
 )
-from openmodel.model_resolver.settings import (
+from openmodel.config.model_resolver import (
     ModelResolverConfig,
     ResolverConfigError,
     parse_model_resolver,
 )
+from openmodel.engines import default_images
 
 # Each engine's own image (engines/<name>.py), and `<engine>-cpu` where it has another
 # build for gpu.type cpu.
 DEFAULT_ENGINE_IMAGES: Mapping[str, str] = default_images()
-
-
-class ConfigError(ValueError):
-    """The platform config file is malformed; the message names the key."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +86,11 @@ class AutoscalerConfig:
 class AdaptersConfig:
     # How often the adapter loop compares each pod's loaded adapters with the spec.
     poll_seconds: float = 5.0
+
+
+# Where the gateway listens: its Service and pods, and the autoscaler's demand reads
+# (`GET :8080/demand`). A fact of the manifests, not a setting.
+GATEWAY_PORT: Final = 8080
 
 
 @dataclass(frozen=True)

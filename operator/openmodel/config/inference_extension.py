@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from openmodel.config.errors import ConfigError
+
 KEY = "inferenceExtension"
 FAILURE_MODES = ("FailClose", "FailOpen")
 DEFAULT_PICKER_PORT = 9002
@@ -58,9 +60,6 @@ class InferenceExtensionConfig:
 
 
 def _fail(message: str) -> NoReturn:
-    # Imported here, not at the top: openmodel.config imports this module.
-    from openmodel.config import ConfigError
-
     raise ConfigError(message)
 
 

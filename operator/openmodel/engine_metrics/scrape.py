@@ -43,7 +43,7 @@ from typing import Final
 import aiohttp
 import yarl
 
-from openmodel.autoscaler.metrics import (
+from openmodel.engine_metrics.exposition import (
     FailureKind,
     MetricFailure,
     MetricNames,

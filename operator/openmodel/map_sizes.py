@@ -1,7 +1,7 @@
 """Export the sizes of the operator's in-memory maps as openmodel_internal_entries.
 
 Every map here is keyed per ModelDeployment (or per its children, adapters, series):
-a soak (hack/soak.py) reads these gauges to show that they follow the number of
+a soak (`python -m perf.soak`) reads these gauges to show that they follow the number of
 ModelDeployments and shrink after deletes, instead of growing with time.
 """
 

@@ -68,7 +68,7 @@ def test_every_pass_is_counted_by_who_asked_and_the_old_readers_still_match(tm):
     assert value(tm, "openmodel_reconcile_passes_total", asked_by="retry") == 2.0
     assert value(tm, "openmodel_reconcile_passes_total", asked_by="resolver") == 1.0
     assert value(tm, "openmodel_resync_passes_total") == 1.0
-    # What tests/e2e/test_property_spec_fuzz.py and hack/bench_reconcile.py read.
+    # What tests/e2e/test_property_spec_fuzz.py and perf/bench_reconcile read.
     text = generate_latest(tm.registry).decode()
     found = re.findall(r'^openmodel_reconcile_total\{result="[a-z]+"\} (\S+)$', text, re.M)
     assert sorted(float(v) for v in found) == [0.0, 0.0, 6.0]

@@ -32,6 +32,7 @@ from openmodel.kube import diagnostics
 from openmodel.kube.cache import CHILD_KINDS, ObjectCache
 from openmodel.kube.kopf_tuning import NoDiffBase
 from openmodel.kube.leader import leader_elector
+from openmodel.kube.leadership import Leadership
 from openmodel.map_sizes import track_operator_maps
 from openmodel.model_resolver.hub import HubClient
 from openmodel.model_resolver.loop import ResolverLoop
@@ -58,37 +59,39 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     for group, version, plural, _kind in CHILD_KINDS:
         settings.watching.label_selectors[group, version, plural] = OWNER_LABEL
     kube.limit_rate(config.operator.api_qps, config.operator.api_burst)
+    # One Lease renewer apart from every loop (its own client and thread); every write
+    # of `api` asks it first.
+    leadership = Leadership(leader_elector(kube.make_api_client(pool_size=1)))
     # The workers, and the threads of the loops beside them (autoscaler, adapters, audit).
-    api = kube.make_api_client(pool_size=config.operator.workers + 4)
+    api = kube.make_api_client(
+        pool_size=config.operator.workers + 4, write_guard=leadership.write_window
+    )
     memo.config = config
     hub_endpoint = config.model_resolver.effective_endpoint()
     model_configs = ModelConfigStore(config.model_resolver) if hub_endpoint else None
     memo.cache = ObjectCache()
     memo.retries = RetryQueue()
-    elector = leader_elector(api)
-    # The autoscaler loop renews the Lease; everything that writes asks it.
-    autoscaler = AutoscalerLoop(api, config, elector=elector, cache=memo.cache)
+    autoscaler = AutoscalerLoop(api, config, leadership=leadership, cache=memo.cache)
     memo.reconciler = Reconciler(
         api,
         config,
         model_configs=model_configs,
         cache=memo.cache,
-        is_leader=None if elector is None else (lambda: autoscaler.was_leader),
+        is_leader=leadership.is_leader,
     )
     # Handlers queue keys; these workers run the passes (reconcile/work_queue.py).
     memo.work = WorkQueue()
 
-    async def resync_now() -> None:  # elected: another replica decided until now
-        queue_all(memo.reconciler, memo.work)
-
-    autoscaler.on_elected = resync_now
+    # Elected: another replica decided until now.
+    leadership.when_elected(autoscaler.start_afresh)
+    leadership.when_elected(lambda: queue_all(memo.reconciler, memo.work))
     port = telemetry.metrics_port()
     if port is not None:
         telemetry.start_metrics_server(port)
     adapters = AdapterLoop(
         api,
         config,
-        is_leader=None if elector is None else (lambda: autoscaler.was_leader),
+        leadership=leadership,
         cache=memo.cache,
     )
     track_operator_maps(memo.reconciler, autoscaler, adapters, memo.cache)
@@ -108,6 +111,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         asyncio.create_task(autoscaler.run_forever(), name="autoscaler"),
         asyncio.create_task(adapters.run_forever(), name="adapters"),
     ]
+    if leadership.elector is not None:
+        memo.tasks.append(asyncio.create_task(leadership.run_forever(), name="leadership"))
     if config.operator.cache_audit_seconds > 0:
         memo.tasks.append(
             asyncio.create_task(

@@ -61,7 +61,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     kube.limit_rate(config.operator.api_qps, config.operator.api_burst)
     # One Lease renewer apart from every loop (its own client and thread); every write
     # of `api` asks it first.
-    leadership = Leadership(leader_elector(kube.make_api_client(pool_size=1)))
+    leadership = Leadership(leader_elector(kube.make_api_client(pool_size=1, retries=False)))
     # The workers, and the threads of the loops beside them (autoscaler, adapters, audit).
     api = kube.make_api_client(
         pool_size=config.operator.workers + 4, write_guard=leadership.write_window

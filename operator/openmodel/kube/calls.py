@@ -94,7 +94,10 @@ def _cap(timeout: Any, seconds: float) -> Any:
 
 
 def make_api_client(
-    kubeconfig: str | None = None, pool_size: int = 0, write_guard: WriteGuard | None = None
+    kubeconfig: str | None = None,
+    pool_size: int = 0,
+    write_guard: WriteGuard | None = None,
+    retries: bool = True,
 ) -> client.ApiClient:
     """An ApiClient from a kubeconfig file, in-cluster credentials, or the default.
 
@@ -102,7 +105,9 @@ def make_api_client(
     makes requests at once. The client's default (5 per CPU: 10 here) is below the
     operator's 16 workers, and each connection over it is closed after its request and
     a new TLS handshake made for the next one, by the operator and the API server.
-    `write_guard`: asked before every write (`GuardedApiClient`)."""
+    `write_guard`: asked before every write (`GuardedApiClient`). `retries` False: a
+    request that times out is not sent again by the HTTP layer (which would otherwise
+    repeat a GET or PUT up to three times, each with the whole timeout)."""
     configuration = client.Configuration()
     if kubeconfig:
         config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
@@ -113,6 +118,8 @@ def make_api_client(
             config.load_kube_config(client_configuration=configuration)
     if pool_size > configuration.connection_pool_maxsize:
         configuration.connection_pool_maxsize = pool_size
+    if not retries:
+        configuration.retries = False
     if write_guard is not None:
         return GuardedApiClient(configuration, write_guard)
     return client.ApiClient(configuration)

@@ -51,12 +51,14 @@ class Elector:
     def __init__(self) -> None:
         self.held = True
         self.attempts = 0
+        self.hung = 0
         self.hang = threading.Event()
         self.released = threading.Event()
 
     def try_acquire_or_renew(self) -> bool:
         self.attempts += 1
         if self.hang.is_set():
+            self.hung += 1
             self.released.wait(30)
         return self.held
 
@@ -163,34 +165,35 @@ def test_another_holder_ends_the_hold_at_once(caplog: pytest.LogCaptureFixture) 
     assert any("another replica holds" in r.getMessage() for r in caplog.records)
 
 
-def test_the_renewer_never_doubles_a_hung_attempt_and_lapses_on_time() -> None:
-    """The real task, with short timings: the second attempt hangs; the hold ends at its
-    deadline while the attempt is still out, and no other attempt is sent meanwhile."""
+def test_the_renewer_lapses_while_an_attempt_hangs_and_sends_no_other() -> None:
+    """The real task, with short timings: an attempt hangs; the hold ends by its deadline
+    while that attempt is still out, and no other attempt is sent meanwhile."""
     timing = LeaseTiming(lease_seconds=0.9, renew_deadline_seconds=0.6, retry_period_seconds=0.1)
     elector = Elector()
     lead = Leadership(elector, timing=timing)
 
-    async def scenario() -> tuple[float, int, int]:
+    async def scenario() -> tuple[float, int]:
         task = asyncio.create_task(lead.run_forever())
         try:
             while not lead.is_leader():
                 await asyncio.sleep(0.01)
             elector.hang.set()
             hung_from = time.monotonic()
-            attempts = elector.attempts
             while lead.is_leader():
+                assert time.monotonic() < hung_from + 5, "a hung attempt kept the hold"
                 await asyncio.sleep(0.01)
             lapsed_after = time.monotonic() - hung_from
             await asyncio.sleep(0.3)  # three retry periods with the attempt still out
-            return lapsed_after, attempts, elector.attempts
+            return lapsed_after, elector.hung
         finally:
             elector.released.set()
             task.cancel()
 
-    lapsed_after, attempts_before, attempts_after = asyncio.run(scenario())
-    assert lapsed_after <= timing.renew_deadline_seconds + 0.05, lapsed_after
-    # The hung attempt is the one after those that held, and the only one sent since.
-    assert attempts_after == attempts_before + 1
+    lapsed_after, hung = asyncio.run(scenario())
+    # By the deadline of the last renewal that answered (started before the hang); the
+    # slack is the test's own polling, well under what another renewal would add.
+    assert lapsed_after < timing.renew_deadline_seconds + 0.3, lapsed_after
+    assert hung == 1
 
 
 # -- the write guard of the API client ---------------------------------------------------
@@ -319,3 +322,80 @@ def test_a_pass_stops_quietly_at_the_first_write_after_the_hold_lapsed(
     api.calls.clear()
     assert r.reconcile_by_name("team-a", "m") is None
     assert api.calls == []
+
+
+def test_the_adapter_loop_asks_before_each_request_to_an_engine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from openmodel.adapters import loop as adapters_loop
+    from openmodel.adapters.engine_api import EngineAnswer
+
+    sent: list[str] = []
+
+    async def loaded(session: object, base_url: str) -> frozenset[str]:
+        return frozenset({"old"})
+
+    async def load(session: object, base_url: str, name: str, path: str) -> EngineAnswer:
+        sent.append(f"load {name}")
+        return EngineAnswer(ok=True, status=200, message="")
+
+    async def unload(session: object, base_url: str, name: str) -> EngineAnswer:
+        sent.append(f"unload {name}")
+        return EngineAnswer(ok=True, status=200, message="")
+
+    monkeypatch.setattr(adapters_loop, "loaded_adapters", loaded)
+    monkeypatch.setattr(adapters_loop, "load_adapter", load)
+    monkeypatch.setattr(adapters_loop, "unload_adapter", unload)
+    clock = Clock(0.0)
+    lead, _ = leadership(clock)
+    loop = adapters_loop.AdapterLoop(object(), PlatformConfig(), leadership=lead)  # type: ignore[arg-type]
+    body = {"metadata": {"namespace": "ns", "name": "m"}}
+
+    def serve() -> object:
+        return asyncio.run(loop._serve_pod(None, body, "p", "http://x", {"new": "/a/new"}))  # type: ignore[arg-type]
+
+    with pytest.raises(NotLeader):
+        serve()
+    assert sent == []
+    lead.attempted(0.0, held=True)
+    serve()
+    assert sent == ["load new", "unload old"]
+
+
+def test_an_autoscaler_cycle_refused_a_write_stops_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from openmodel.autoscaler.loop import AutoscalerLoop
+    from openmodel.kube.cache import ObjectCache
+
+    cache = ObjectCache()
+    md = copy.deepcopy(MD)
+    md["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 2, "targetQueueDepth": 1}
+    cache.observe("ModelDeployment", md)
+    cache.observe(
+        "Deployment",
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "namespace": "team-a",
+                "name": "m",
+                "resourceVersion": "3",
+                "labels": {"openmodel.dev/model-deployment": "m"},
+            },
+            "spec": {"replicas": 1},
+        },
+    )
+    loop = AutoscalerLoop(object(), PlatformConfig(), cache=cache, namespaces=[])  # type: ignore[arg-type]
+    tried: list[str] = []
+
+    async def refused(*args: Any, **kw: Any) -> None:
+        tried.append("scale_one")
+        raise NotLeader("me-1")
+
+    loop.scale_one = refused  # type: ignore[method-assign]
+    caplog.set_level(logging.INFO)
+    with pytest.raises(NotLeader):
+        asyncio.run(loop.cycle(None))  # type: ignore[arg-type]
+    assert tried == ["scale_one"]
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []

@@ -6,12 +6,13 @@ Deployment spec.replicas from kube-apiserver's audit log.
 
 Each round on a fresh control plane (harness.failover `run_failover`): operators
 op-a and op-b under ServiceAccounts of their own, OPENMODEL_LEADER_ELECTION=true, the
-autoscaler poll of the e2e tests (1 s); an autoscaled ModelDeployment with simulated
+autoscaler poll of the e2e tests (1 s), the Lease renewed every retry period (2 s,
+kube/leadership.py); an autoscaled ModelDeployment with simulated
 engines under load and three plain ones; every one edited once while both run; op-a
 SIGKILLed; the load stops so that op-b must scale down.
 
-Bound: leaseDurationSeconds (read from the Lease) + one autoscaler poll, from the kill
-to op-b's acquireTime. Prints per round the takeover time, and per replica the writes
+Bound: leaseDurationSeconds (read from the Lease) + one retry period, from the kill to
+op-b's acquireTime. Prints per round the takeover time, and per replica the writes
 that set spec.replicas under each field manager, and those made by the replica that
 did not hold the Lease. Exit status 1 when a bound or the autoscaler's single-writer
 rule is broken, 2 on an error.
@@ -27,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from openmodel.kube.leadership import RETRY_PERIOD_SECONDS
 from perf.runs import commit
 
 from harness.failover import FailoverResult, run_failover
@@ -38,7 +40,7 @@ def broken_rules(res: FailoverResult) -> list[str]:
     """The bounds one failover broke: the takeover's, and the autoscaler's single writer
     (op-a wrote replicas after its SIGKILL, or op-b before it held the Lease)."""
     broken = []
-    bound = res.lease_seconds + AUTOSCALER_POLL_SECONDS
+    bound = res.lease_seconds + RETRY_PERIOD_SECONDS
     if res.takeover_seconds > bound:
         broken.append(f"takeover {res.takeover_seconds:.2f}s > {bound:.0f}s")
     a, b = res.autoscaler_writes["op-a"], res.autoscaler_writes["op-b"]
@@ -57,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=77)
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
-    print(f"commit {commit()}; seed {args.seed}; autoscaler poll {AUTOSCALER_POLL_SECONDS}s")
+    print(
+        f"commit {commit()}; seed {args.seed}; autoscaler poll {AUTOSCALER_POLL_SECONDS}s; "
+        f"Lease retry period {RETRY_PERIOD_SECONDS}s"
+    )
     rng = random.Random(args.seed)
     results: list[FailoverResult] = []
     broken: list[str] = []
@@ -65,14 +70,14 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tempfile.mkdtemp(prefix="openmodel-e2e-chaos-leader-"))
         try:
             with own_cluster(workdir) as cluster:
-                res = run_failover(cluster, rng, AUTOSCALER_POLL_SECONDS)
+                res = run_failover(cluster, rng, RETRY_PERIOD_SECONDS)
         finally:
             if args.keep:
                 print(f"kept {workdir}")
             else:
                 shutil.rmtree(workdir, ignore_errors=True)
         results.append(res)
-        bound = res.lease_seconds + AUTOSCALER_POLL_SECONDS
+        bound = res.lease_seconds + RETRY_PERIOD_SECONDS
         print(
             f"[{time.strftime('%H:%M:%S')}] round {r}: takeover {res.takeover_seconds:.2f}s"
             f" (bound {bound:.0f}s)\n{res.describe()}",

@@ -32,6 +32,7 @@ from openmodel.kube import diagnostics
 from openmodel.kube.cache import CHILD_KINDS, ObjectCache
 from openmodel.kube.kopf_tuning import NoDiffBase
 from openmodel.kube.leader import leader_elector
+from openmodel.kube.leadership import Leadership
 from openmodel.model_resolver.store import ModelConfigStore
 from openmodel.operator_root import Operator, build_operator
 from openmodel.reconcile.reconciler import Reconciler
@@ -51,34 +52,30 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     for group, version, plural, _kind in CHILD_KINDS:
         settings.watching.label_selectors[group, version, plural] = OWNER_LABEL
     kube.limit_rate(config.operator.api_qps, config.operator.api_burst)
+    # One Lease renewer apart from every loop (its own client and thread); every write
+    # of `api` asks it first.
+    leadership = Leadership(leader_elector(kube.make_api_client(pool_size=1, retries=False)))
     # The workers, and the threads of the loops beside them (autoscaler, adapters, audit).
-    api = kube.make_api_client(pool_size=config.operator.workers + 4)
+    api = kube.make_api_client(
+        pool_size=config.operator.workers + 4, write_guard=leadership.write_window
+    )
     hub_endpoint = config.model_resolver.effective_endpoint()
     model_configs = ModelConfigStore(config.model_resolver) if hub_endpoint else None
     cache = ObjectCache()
-    elector = leader_elector(api)
-    # The autoscaler loop renews the Lease; everything that writes asks it.
-    autoscaler = AutoscalerLoop(api, config, elector=elector, cache=cache)
+    autoscaler = AutoscalerLoop(api, config, leadership=leadership, cache=cache)
     reconciler = Reconciler(
         api,
         config,
         model_configs=model_configs,
         cache=cache,
-        is_leader=None if elector is None else (lambda: autoscaler.was_leader),
+        is_leader=leadership.is_leader,
     )
-    adapters = AdapterLoop(
-        api,
-        config,
-        is_leader=None if elector is None else (lambda: autoscaler.was_leader),
-        cache=cache,
-    )
+    adapters = AdapterLoop(api, config, leadership=leadership, cache=cache)
     operator = build_operator(config, cache, reconciler, autoscaler, adapters)
-
-    async def resync_now() -> None:  # elected: another replica decided until now
-        operator.sweep()
-
-    autoscaler.on_elected = resync_now
-    operator.start()
+    # Elected: another replica decided until now.
+    leadership.when_elected(autoscaler.start_afresh)
+    leadership.when_elected(operator.sweep)
+    operator.start(None if leadership.elector is None else {"leadership": leadership.run_forever()})
     memo.operator = operator
 
 

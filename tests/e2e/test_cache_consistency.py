@@ -37,13 +37,13 @@ def cache_namespace(api_client: client.ApiClient, crd: None) -> Iterator[str]:
 def requests(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """(method, path) of every request the operator's kube module makes, answered or not."""
     seen: list[tuple[str, str]] = []
-    real = kube._call_once
+    real = kube.call_once
 
     def counted(api: client.ApiClient, method: str, path: str, **kw: Any) -> dict[str, Any]:
         seen.append((method, path))
         return real(api, method, path, **kw)
 
-    monkeypatch.setattr(kube, "_call_once", counted)
+    monkeypatch.setattr(kube, "call_once", counted)
     return seen
 
 

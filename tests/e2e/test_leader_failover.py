@@ -1,6 +1,6 @@
 """Two operator processes with leader election: SIGKILL the Lease holder while it scales
-a loaded model; the other takes over within the Lease duration plus one autoscaler
-poll and scales from then on, and the audit log shows who wrote Deployment
+a loaded model; the other takes over within the Lease duration plus one retry period
+(kube/leadership.py) and scales from then on, and the audit log shows who wrote Deployment
 `spec.replicas` (each operator runs under a ServiceAccount of its own).
 
 The e2e test for the elector alone (an injected clock) is test_leader_election.py.
@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from openmodel.kube.leadership import RETRY_PERIOD_SECONDS
+
 from harness.failover import FailoverResult, run_failover
 from harness.resilience import own_cluster
-from openmodel_fixtures import AUTOSCALER_POLL_SECONDS
 
 pytestmark = pytest.mark.cluster
 
@@ -29,7 +30,7 @@ def failover(request: pytest.FixtureRequest) -> Iterator[FailoverResult]:
     workdir = Path(tempfile.mkdtemp(prefix="openmodel-e2e-failover-"))
     failed_before = request.session.testsfailed
     with own_cluster(workdir) as cluster:
-        result = run_failover(cluster, random.Random(77), AUTOSCALER_POLL_SECONDS)
+        result = run_failover(cluster, random.Random(77), RETRY_PERIOD_SECONDS)
     print(result.describe())
     yield result
     if request.session.testsfailed == failed_before:
@@ -38,10 +39,9 @@ def failover(request: pytest.FixtureRequest) -> Iterator[FailoverResult]:
 
 def test_standby_takes_over_scaling_within_the_lease_bound(failover: FailoverResult) -> None:
     result = failover
-    # The bound: the holder renews every poll, so its last renewal is at most one poll
-    # before the kill; the Lease is free lease_seconds after that renewal, and the
-    # standby looks every poll.
-    bound = result.lease_seconds + AUTOSCALER_POLL_SECONDS
+    # The bound: the kill comes after the holder's last renewal; the Lease is free
+    # lease_seconds after that renewal, and the standby tries every retry period.
+    bound = result.lease_seconds + RETRY_PERIOD_SECONDS
     assert result.takeover_seconds <= bound, result.describe()
     assert result.new_holder.startswith("op-b-")
     # The autoscaler's writes of spec.replicas: the first leader's only before the kill,

@@ -7,7 +7,8 @@ starts later (scale-up, crash, rollout) is given the whole set on the next poll.
 engine that loads adapters at start only, it reports what each pod was started with.
 Two cluster-wide lists per poll (ModelDeployments, and pods only when some
 ModelDeployment declares adapters); one writer: with leader election on, only the Lease
-holder acts. Status goes to the status subresource under its own field manager, so it
+holder acts, and it asks again before each request to an engine and each write
+(`kube/leadership.py`). Status goes to the status subresource under its own field manager, so it
 never overwrites the reconciler's or the autoscaler's fields.
 """
 
@@ -35,6 +36,7 @@ from openmodel.engines.base import AdapterApi, adapter_path
 from openmodel.kube import calls as kube
 from openmodel.kube.cache import ObjectCache
 from openmodel.kube.events import post_event
+from openmodel.kube.leadership import Leadership, NotLeader
 from openmodel.kube.pods import classify_pods
 from openmodel.kube.status_writer import apply_loop_status, loop_status_changed
 from openmodel.namespaces import matches, patterns_from_env
@@ -49,9 +51,9 @@ REQUEST_TIMEOUT_SECONDS = 30.0  # a load reads the adapter from disk
 class AdapterLoop:
     api: client.ApiClient
     config: PlatformConfig
-    # With leader election on: whether this replica holds the Lease (the autoscaler loop
-    # renews it; one renewer, so the two loops never race for it). None: always act.
-    is_leader: Callable[[], bool] | None = None
+    # Asked before each cycle and each load or unload; the API writes go through the
+    # guarded API client.
+    leadership: Leadership = field(default_factory=Leadership)
     clock: Callable[[], float] = time.monotonic
     failures: FailureLog = field(default_factory=FailureLog)
     namespaces: list[str] = field(default_factory=patterns_from_env)
@@ -67,16 +69,15 @@ class AdapterLoop:
             while True:
                 started = self.clock()
                 try:
-                    if await self._lead():
+                    if self.leadership.is_leader():
                         await self.cycle(session)
+                except NotLeader:
+                    log.info("adapters: no longer the leader; the cycle stopped before writing")
                 except ApiException as e:
                     log.warning("adapter cycle failed: %s %s", e.status, e.reason)
                 except Exception:
                     log.exception("adapter cycle failed; retrying next poll")
                 await asyncio.sleep(max(0.0, poll - (self.clock() - started)))
-
-    async def _lead(self) -> bool:
-        return self.is_leader is None or self.is_leader()
 
     async def cycle(self, session: aiohttp.ClientSession) -> None:
         mds: Sequence[Mapping[str, Any]] = (
@@ -171,6 +172,7 @@ class AdapterLoop:
         changed = False
         for adapter, path in actions.load:
             key = (namespace, name, pod, adapter)
+            self.leadership.check()
             try:
                 answer = await load_adapter(session, api, base_url, adapter, path)
             except (aiohttp.ClientError, TimeoutError) as e:
@@ -185,6 +187,7 @@ class AdapterLoop:
             failure = self.failures.record(key, path, answer.message, self.clock())
             await self._announce(body, adapter, pod, failure.message)
         for adapter in actions.unload:
+            self.leadership.check()
             try:
                 answer = await unload_adapter(session, api, base_url, adapter)
             except (aiohttp.ClientError, TimeoutError) as e:

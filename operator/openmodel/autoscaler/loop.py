@@ -3,7 +3,8 @@ decide, and write the Deployment's replicas and the ModelDeployment's autoscaler
 
 It writes the Deployment's `spec.replicas` only, under its own field manager, and never
 the ModelDeployment's spec. Three cluster-wide list calls per cycle, whatever the number
-of ModelDeployments. With leader election on, only the Lease holder runs cycles.
+of ModelDeployments. With leader election on, only the Lease holder runs cycles, and each
+write asks again (`kube/leadership.py`): a cycle that outlives the hold stops, quietly.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import dataclasses
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +41,7 @@ from openmodel.engines import engine_for, parse_model_deployment
 from openmodel.kube import calls as kube
 from openmodel.kube.cache import ObjectCache
 from openmodel.kube.events import post_event
-from openmodel.kube.leader import LeaseElector
+from openmodel.kube.leadership import Leadership, NotLeader
 from openmodel.kube.pods import classify_pods
 from openmodel.kube.status_writer import apply_loop_status, loop_status_changed
 from openmodel.namespaces import matches, patterns_from_env
@@ -85,7 +86,8 @@ def autoscaler_status(
 class AutoscalerLoop:
     api: client.ApiClient
     config: PlatformConfig
-    elector: LeaseElector | None = None
+    # Asked before each cycle; the writes themselves go through the guarded API client.
+    leadership: Leadership = field(default_factory=Leadership)
     clock: Callable[[], float] = time.monotonic
     histories: dict[ObjectKey, ScalingHistory] = field(default_factory=dict)
     capacities: dict[ObjectKey, float] = field(default_factory=dict)
@@ -93,11 +95,8 @@ class AutoscalerLoop:
     last_active: dict[ObjectKey, float] = field(default_factory=dict)
     # Namespace patterns served (empty: all), as for kopf's watches.
     namespaces: list[str] = field(default_factory=patterns_from_env)
-    was_leader: bool = False
     # The operator's watch-fed cache; None (tests, scripts): list from the API each cycle.
     cache: ObjectCache | None = None
-    # Run when this replica takes the Lease (the operator: reconcile everything once).
-    on_elected: Callable[[], Awaitable[object]] | None = None
     _demand_session: aiohttp.ClientSession = field(init=False, repr=False)
 
     async def run_forever(self) -> None:
@@ -112,8 +111,10 @@ class AutoscalerLoop:
             while True:
                 started = self.clock()
                 try:
-                    if await self._lead():
+                    if self.leadership.is_leader():
                         await self.cycle(scraper)
+                except NotLeader:
+                    log.info("autoscaler: no longer the leader; the cycle stopped before writing")
                 except ApiException as e:
                     log.warning("autoscaler cycle failed: %s %s", e.status, e.reason)
                 except Exception:
@@ -122,27 +123,11 @@ class AutoscalerLoop:
                     log.exception("autoscaler cycle failed; retrying next poll")
                 await asyncio.sleep(max(0.0, poll - (self.clock() - started)))
 
-    async def _lead(self) -> bool:
-        if self.elector is None:
-            return True
-        try:
-            leader = await asyncio.to_thread(self.elector.try_acquire_or_renew)
-        except Exception:
-            # Not renewed: another replica may take the Lease over soon; stop acting now.
-            self.was_leader = False
-            raise
-        elected = leader and not self.was_leader
-        if not leader and self.was_leader:
-            log.warning("operator: lost the Lease (%s); standing by", self.elector.identity)
-        self.was_leader = leader
-        if elected:
-            log.info("operator: became leader (%s)", self.elector.identity)
-            # Another replica decided until now: start from what is, not from old memory.
-            self.histories.clear()
-            self.last_active.clear()
-            if self.on_elected is not None:
-                await self.on_elected()
-        return leader
+    def start_afresh(self) -> None:
+        """Elected: another replica decided until now; start from what is, not from old
+        memory of scaling and activity."""
+        self.histories.clear()
+        self.last_active.clear()
 
     async def _model_deployments(self) -> Sequence[Mapping[str, Any]]:
         if self.cache is not None:
@@ -220,8 +205,11 @@ class AutoscalerLoop:
         # One ModelDeployment's failure (an API error on its write...) must neither stop
         # the others nor skip the forgetting of deleted ones below.
         outcomes = await asyncio.gather(*work, return_exceptions=True)
+        not_leader: NotLeader | None = None
         for key, outcome in zip(keys, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
+            if isinstance(outcome, NotLeader):
+                not_leader = outcome
+            elif isinstance(outcome, BaseException):
                 if isinstance(outcome, asyncio.CancelledError):
                     raise outcome
                 log.warning(
@@ -232,6 +220,8 @@ class AutoscalerLoop:
             self.capacities.pop(gone, None)
             self.last_active.pop(gone, None)
             telemetry.forget(*gone)
+        if not_leader is not None:
+            raise not_leader
 
     async def _demand(self, mds: Sequence[Mapping[str, Any]]) -> DemandReport:
         """What the gateways hold, asked only when some ModelDeployment may sit at zero."""

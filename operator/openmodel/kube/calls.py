@@ -14,7 +14,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
+from kubernetes.client import rest
 from kubernetes.client.exceptions import ApiException
 
 from openmodel.api import API_VERSION, KIND, PLURAL
@@ -43,13 +45,69 @@ _COLLECTIONS: Mapping[tuple[str, str], str] = {
 }
 
 
-def make_api_client(kubeconfig: str | None = None, pool_size: int = 0) -> client.ApiClient:
+# Raises when this process may not write now (with leader election: it does not hold
+# the Lease); else returns how many seconds a write sent now may take at most.
+WriteGuard = Callable[[], float]
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class GuardedApiClient(client.ApiClient):
+    """An ApiClient that asks its `write_guard` just before each request that is not a
+    read leaves, after any wait for the rate limit: so no writer can forget to.
+
+    A write is also given up when the guard's time runs out (the Lease expires), so none
+    is still on its way once another replica may write; a write that failed that way is
+    reported as the guard's refusal, not as an API failure."""
+
+    def __init__(self, configuration: client.Configuration, write_guard: WriteGuard) -> None:
+        super().__init__(configuration)
+        self.write_guard = write_guard
+
+    def call_api(
+        self,
+        method: str,
+        url: str,
+        header_params: Any = None,
+        body: Any = None,
+        post_params: Any = None,
+        _request_timeout: Any = None,
+    ) -> rest.RESTResponse:
+        if method.upper() in READ_METHODS:
+            return super().call_api(method, url, header_params, body, post_params, _request_timeout)
+        allowed = self.write_guard()
+        try:
+            return super().call_api(
+                method, url, header_params, body, post_params, _cap(_request_timeout, allowed)
+            )
+        except urllib3.exceptions.HTTPError:
+            self.write_guard()  # time ran out meanwhile: its refusal says why
+            raise
+
+
+def _cap(timeout: Any, seconds: float) -> Any:
+    """The request timeout (None, seconds, or a (connect, read) pair) cut to `seconds`."""
+    if seconds == float("inf"):
+        return timeout
+    if isinstance(timeout, tuple):
+        return tuple(min(t, seconds) for t in timeout)
+    return seconds if timeout is None else min(float(timeout), seconds)
+
+
+def make_api_client(
+    kubeconfig: str | None = None,
+    pool_size: int = 0,
+    write_guard: WriteGuard | None = None,
+    retries: bool = True,
+) -> client.ApiClient:
     """An ApiClient from a kubeconfig file, in-cluster credentials, or the default.
 
     `pool_size`: connections kept open to the API server, at least one per thread that
     makes requests at once. The client's default (5 per CPU: 10 here) is below the
     operator's 16 workers, and each connection over it is closed after its request and
-    a new TLS handshake made for the next one, by the operator and the API server."""
+    a new TLS handshake made for the next one, by the operator and the API server.
+    `write_guard`: asked before every write (`GuardedApiClient`). `retries` False: a
+    request that times out is not sent again by the HTTP layer (which would otherwise
+    repeat a GET or PUT up to three times, each with the whole timeout)."""
     configuration = client.Configuration()
     if kubeconfig:
         config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
@@ -60,6 +118,10 @@ def make_api_client(kubeconfig: str | None = None, pool_size: int = 0) -> client
             config.load_kube_config(client_configuration=configuration)
     if pool_size > configuration.connection_pool_maxsize:
         configuration.connection_pool_maxsize = pool_size
+    if not retries:
+        configuration.retries = False
+    if write_guard is not None:
+        return GuardedApiClient(configuration, write_guard)
     return client.ApiClient(configuration)
 
 
@@ -137,7 +199,7 @@ def call(
         if _rate_limit is not None:
             _rate_limit.acquire()
         try:
-            return _call_once(
+            return call_once(
                 api, method, path, body=body, content_type=content_type, query=query,
                 timeout=timeout,
             )  # fmt: skip
@@ -150,7 +212,7 @@ def call(
     raise AssertionError("unreachable")
 
 
-def _call_once(
+def call_once(
     api: client.ApiClient,
     method: str,
     path: str,
@@ -160,7 +222,9 @@ def _call_once(
     query: list[tuple[str, str]] | None = None,
     timeout: float = 30.0,
 ) -> dict[str, Any]:
-    """One request; raises ApiException (with status and body) on a non-2xx answer."""
+    """One request, not rate-limited and never retried (the Lease's own requests: a
+    renewal must not queue behind a burst of writes); raises ApiException (with status
+    and body) on a non-2xx answer."""
     method, url, headers, serialized, _ = api.param_serialize(
         method,
         path,

@@ -1,10 +1,12 @@
-"""Lease-based leader election (coordination.k8s.io/v1).
+"""Lease-based leader election (coordination.k8s.io/v1): one acquire-or-renew attempt.
 
 With several operator replicas, only the holder of the Lease writes: it reconciles,
 autoscales and loads adapters; a standby keeps its watches and cache warm and reconciles
 everything once when it takes over. Two writers of the same replicas is a failure mode
 seen elsewhere. Updates use the Lease's resourceVersion, so two candidates can never
 both win the same round. (The Lease keeps its historical name `openmodel-autoscaler`.)
+When to attempt, and how long an attempt keeps this replica the leader, is
+`kube/leadership.py`'s business.
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ from kubernetes.client.exceptions import ApiException
 from openmodel.kube import calls as kube
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
+# leaseDurationSeconds written into the Lease: a standby takes it over this long after
+# the holder's last renewTime (client-go's default).
+LEASE_SECONDS = 15
+# One request of an attempt is given up after this long: a hung connection must not hold
+# the renewals (a new attempt, on a new connection, comes a retry period later).
+REQUEST_TIMEOUT_SECONDS = 4.0
 
 
 def _now() -> dt.datetime:
@@ -44,8 +52,9 @@ class LeaseElector:
     namespace: str
     name: str
     identity: str
-    lease_seconds: int = 15
+    lease_seconds: int = LEASE_SECONDS
     clock: Callable[[], dt.datetime] = _now
+    request_timeout: float = REQUEST_TIMEOUT_SECONDS
 
     def _body(self, resource_version: str | None, acquire: str) -> dict[str, Any]:
         meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
@@ -63,16 +72,19 @@ class LeaseElector:
             },
         }
 
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        return kube.call_once(self.api, method, path, body=body, timeout=self.request_timeout)
+
     def try_acquire_or_renew(self) -> bool:
         """True when this candidate holds the lease after the call."""
         path = LEASES.format(ns=self.namespace)
         try:
-            lease = kube.call(self.api, "GET", f"{path}/{self.name}")
+            lease = self._call("GET", f"{path}/{self.name}")
         except ApiException as e:
             if e.status != 404:
                 raise
             try:
-                kube.call(self.api, "POST", path, body=self._body(None, _format(self.clock())))
+                self._call("POST", path, self._body(None, _format(self.clock())))
             except ApiException as create_error:
                 if create_error.status == 409:
                     return False
@@ -88,7 +100,7 @@ class LeaseElector:
         acquire = spec.get("acquireTime") if holder == self.identity else _format(self.clock())
         body = self._body(lease["metadata"]["resourceVersion"], acquire or _format(self.clock()))
         try:
-            kube.call(self.api, "PUT", f"{path}/{self.name}", body=body)
+            self._call("PUT", f"{path}/{self.name}", body)
         except ApiException as e:
             if e.status == 409:  # someone else renewed or took it first
                 return False
@@ -99,8 +111,10 @@ class LeaseElector:
 def leader_elector(api: client.ApiClient) -> LeaseElector | None:
     """An elector when OPENMODEL_LEADER_ELECTION=true (several replicas), else None.
 
-    The Lease lives in the operator's namespace (OPENMODEL_POD_NAMESPACE, from the
-    downward API); the identity is the pod name plus the process id.
+    `api`: a client of the Lease's own (its own connections: a renewal never waits for
+    one behind the workers' writes). The Lease lives in the operator's namespace
+    (OPENMODEL_POD_NAMESPACE, from the downward API); the identity is the pod name plus
+    the process id.
     """
     if os.environ.get("OPENMODEL_LEADER_ELECTION", "").lower() != "true":
         return None

@@ -30,6 +30,7 @@ from openmodel.inference_extension.gate import InferenceExtensionGate
 from openmodel.kube import calls as kube
 from openmodel.kube.cache import WATCHED, ObjectCache, Reader, owner_text, owner_uids
 from openmodel.kube.events import post_event
+from openmodel.kube.leadership import NotLeader
 from openmodel.model_resolver.state import ModelConfigState
 from openmodel.model_resolver.store import ModelConfigStore, model_ref_for
 from openmodel.problems import Problem
@@ -118,7 +119,8 @@ class Reconciler:
         self.inference_extension = InferenceExtensionGate(api)
         self.cache = cache if cache is not None else ObjectCache()
         # With leader election: only the Lease holder writes; a standby keeps its cache
-        # warm (the watches run) and reconciles everything when it takes over.
+        # warm (the watches run) and reconciles everything when it takes over. Asked at
+        # the start of a pass; each write asks again (the API client's write guard).
         self.is_leader = is_leader or (lambda: True)
         self.reader = Reader(
             self.cache, lambda av, kind, ns, name: kube.get(self.api, av, kind, ns, name)
@@ -129,7 +131,12 @@ class Reconciler:
         (`controller/`), which never run two passes of one ModelDeployment at once."""
         if not self.is_leader():
             return None
-        return self._pass(namespace, name)
+        try:
+            return self._pass(namespace, name)
+        except NotLeader:
+            # The hold lapsed mid-pass: the next leader reconciles everything anyway.
+            log.info("%s/%s: no longer the leader; pass stopped before writing", namespace, name)
+            return None
 
     def _pass(self, namespace: str, name: str) -> ReconcileResult | None:
         # The cache holds the newest ModelDeployment any watch event or write showed.

@@ -7,9 +7,8 @@ Operators "op-a" and "op-b" run as ServiceAccounts openmodel-system/op-a and /op
 the Lease is openmodel-system/openmodel-autoscaler, identity `<POD_NAME>-<pid>`. One
 autoscaled ModelDeployment (min 1, max 3) gets simulated engines on its pods'
 addresses and a load that needs more than one; three plain ones are there for the
-reconcile handlers, which run in both replicas (only the autoscaler and adapter loops
-follow the Lease). Midway every ModelDeployment is edited (maxModelLen), so both
-replicas' reconcile handlers see a spec change.
+reconcile passes. Midway every ModelDeployment is edited (maxModelLen), so both
+replicas' handlers see a spec change; only the Lease holder may write it.
 """
 
 from __future__ import annotations
@@ -137,11 +136,11 @@ def _deployment_replicas(api: client.ApiClient) -> int:
 def run_failover(
     cluster: OwnCluster,
     rng: random.Random,
-    poll_seconds: float,
+    renew_seconds: float,
     plain: int = 3,
     clients: int = 6,
 ) -> FailoverResult:
-    """`poll_seconds`: the operators' autoscaler poll (their platform config)."""
+    """`renew_seconds`: how often the holder renews the Lease (the retry period)."""
     api, workdir = cluster.api, cluster.plane.workdir
     kubeconfigs = {name: operator_identity(api, name, workdir) for name in NAMES}
     create_namespace(api, NAMESPACE)
@@ -209,7 +208,7 @@ def run_failover(
                 content_type="application/merge-patch+json",
             )
         wait_converged(api, [NAMESPACE], 90, alive=alive)
-        # Kill half a poll after a renewal: the kill then always follows the holder's last
+        # Kill half a period after a renewal: the kill then always follows the holder's last
         # renewal by a margin, whatever the machine's timing.
         seen = str((_lease(api) or {})["spec"]["renewTime"])
         wait_for(
@@ -222,9 +221,9 @@ def run_failover(
         first_holder = str(before["spec"]["holderIdentity"])
         renewed = _micro(str(before["spec"]["renewTime"]))
         wait_for(
-            lambda: time.time() >= renewed + poll_seconds / 2 or NotYet("not yet"),
+            lambda: time.time() >= renewed + renew_seconds / 2 or NotYet("not yet"),
             30,
-            "half a poll after the renewal",
+            "half a period after the renewal",
             interval=0.01,
         )
         killed_at = time.time()

@@ -8,9 +8,14 @@ sends when it sheds load: 429, `Retry-After`, a `Status` body with reason
 TooManyRequests. Responses, watches included, are streamed chunk by chunk (nothing is
 buffered), so a watch's events reach the operator as the API server sends them.
 
-Each request is recorded (arrival and answer times, status, whether it was throttled,
-who sent it), so a test can count 429s and check how soon a throttled request came
-back. It runs in a thread of the test process, with its own event loop.
+`stall()` makes it hang: every request that arrives from then on waits, unanswered and
+not forwarded, until `resume()`, then goes on to the API server as any other (a hung API
+server that recovers); streams already open (watches) keep flowing. A request whose
+client gives up meanwhile is dropped, never forwarded.
+
+Each request is recorded (arrival and answer times, status, whether it was throttled or
+held by a stall, who sent it), so a test can count 429s and check how soon a throttled
+request came back. It runs in a thread of the test process, with its own event loop.
 """
 
 from __future__ import annotations
@@ -62,8 +67,9 @@ class Recorded:
     body_digest: str
     arrived: float
     answered: float  # when the status line was sent (a watch goes on after it)
-    status: int
+    status: int  # 0: the client gave up before an answer (dropped, never forwarded)
     throttled: bool
+    held: bool = False  # arrived during a stall
 
     @property
     def is_watch(self) -> bool:
@@ -151,6 +157,8 @@ class SlowProxy:
         )
         self._upstream = upstream
         self._records: list[Recorded] = []
+        self._flowing: asyncio.Event | None = None  # cleared: stalled
+        self._holding = 0
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="slow-proxy")
@@ -166,6 +174,27 @@ class SlowProxy:
     def records(self) -> list[Recorded]:
         with self._lock:
             return list(self._records)
+
+    @property
+    def holding(self) -> int:
+        """Requests waiting now for the stall to end."""
+        with self._lock:
+            return self._holding
+
+    def stall(self) -> None:
+        """From now on, hold every new request until `resume()`."""
+        asyncio.run_coroutine_threadsafe(self._set_flowing(False), self._loop).result(10)
+
+    def resume(self) -> None:
+        """Forward the held requests (those whose client still waits) and the next ones."""
+        asyncio.run_coroutine_threadsafe(self._set_flowing(True), self._loop).result(10)
+
+    async def _set_flowing(self, flowing: bool) -> None:
+        assert self._flowing is not None
+        if flowing:
+            self._flowing.set()
+        else:
+            self._flowing.clear()
 
     def write_kubeconfig(self, path: Path) -> Path:
         """A kubeconfig for the proxy: plain HTTP, a placeholder token (the proxy
@@ -207,6 +236,8 @@ class SlowProxy:
         return {"Authorization": f"{prefix} {token}" if prefix else token}
 
     async def _start(self) -> None:
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         connector = aiohttp.TCPConnector(ssl=self._ssl_context(), limit=0)
         # auto_decompress off: bytes go through as the API server encoded them.
         self._session = aiohttp.ClientSession(
@@ -232,7 +263,9 @@ class SlowProxy:
         with self._lock:
             return self._random.random() < self.throttle_share
 
-    def _record(self, request: web.Request, body: bytes, arrived: float, status: int) -> None:
+    def _record(
+        self, request: web.Request, body: bytes, arrived: float, status: int, held: bool = False
+    ) -> None:
         record = Recorded(
             method=request.method,
             path=request.path_qs,
@@ -242,6 +275,7 @@ class SlowProxy:
             answered=time.monotonic(),
             status=status,
             throttled=status == 429,
+            held=held,
         )
         with self._lock:
             self._records.append(record)
@@ -249,10 +283,11 @@ class SlowProxy:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         arrived = time.monotonic()
         body = await request.read()
+        held = await self._wait_while_stalled(request, body, arrived)
         throttle = self._throttle()
         await asyncio.sleep(self.delay)
         if throttle:
-            self._record(request, body, arrived, 429)
+            self._record(request, body, arrived, 429, held)
             return web.Response(
                 status=429,
                 body=too_many_requests_body(self.retry_after),
@@ -271,7 +306,7 @@ class SlowProxy:
                 headers={k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP},
             )
             await response.prepare(request)
-            self._record(request, body, arrived, upstream.status)
+            self._record(request, body, arrived, upstream.status, held)
             try:
                 async for chunk in upstream.content.iter_any():
                     await response.write(chunk)
@@ -280,3 +315,21 @@ class SlowProxy:
                 return response
             await response.write_eof()
             return response
+
+    async def _wait_while_stalled(self, request: web.Request, body: bytes, arrived: float) -> bool:
+        """True when the request was held by a stall; a client that gives up meanwhile
+        cancels this handler (handler_cancellation): recorded with status 0, dropped."""
+        assert self._flowing is not None
+        if self._flowing.is_set():
+            return False
+        with self._lock:
+            self._holding += 1
+        try:
+            await self._flowing.wait()
+        except asyncio.CancelledError:
+            self._record(request, body, arrived, 0, held=True)
+            raise
+        finally:
+            with self._lock:
+                self._holding -= 1
+        return True

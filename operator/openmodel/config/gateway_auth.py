@@ -6,7 +6,7 @@ gateway:
   auth:
     mode: enforce              # off | audit | enforce (docs/security.md)
     audiences: []              # TokenReview audiences; [] = the API server's own
-    tokenCacheSeconds: 60      # a revoked token stops working within this
+    tokenCacheSeconds: 60      # a revoked token stops working within this (+ 10 s, the API's)
     tokenCacheSize: 10000      # tokens remembered (LRU)
     deniedCacheSeconds: 5      # a token the API server refused, remembered this long
     accessCacheSeconds: 10     # a revoked RoleBinding stops working within this

@@ -3,7 +3,8 @@ bounded time.
 
 - A token the API server vouched for is remembered for `tokenCacheSeconds` (never past
   the JWT's own `exp`): a revoked token (its ServiceAccount deleted, its Secret removed)
-  stops working within that bound.
+  stops working within that bound plus the API server's own cache of authenticated
+  tokens (10 s in kube-apiserver).
 - A token it refused is remembered for `deniedCacheSeconds` only, in its own LRU, so a
   stream of random tokens can neither grow memory nor evict the good ones.
 - Concurrent requests with one token share one review; at most `maxConcurrentReviews`

@@ -3,8 +3,9 @@
 #   bash hack/demo.sh        # bootstrap, start the local control plane with KWOK GPU nodes,
 #                            # install the CRD, run the operator, apply
 #                            # examples/llama70b-awq.yaml and show it reconciled, then
-#                            # start the gateway and a simulated engine on the KWOK pod
-#                            # and send a chat completion through the gateway
+#                            # start the gateway (auth enforced) and a simulated engine
+#                            # on the KWOK pod, mint a ServiceAccount token allowed to use
+#                            # the model, and send a chat completion through the gateway
 #   bash hack/demo.sh down   # stop the operator and the control plane
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -49,8 +50,11 @@ export_line=$(.venv/bin/python -m perf.cluster up | grep '^export KUBECONFIG=' |
 eval "$export_line"
 log "cluster up: $export_line"
 
-"$kubectl" apply -f crds/modeldeployment.yaml
-"$kubectl" wait --for=condition=Established crd/modeldeployments.openmodel.dev --timeout=60s
+"$kubectl" apply -f crds/modeldeployment.yaml -f crds/apikey.yaml
+"$kubectl" wait --for=condition=Established crd/modeldeployments.openmodel.dev \
+  crd/apikeys.openmodel.dev --timeout=60s
+# Who may use models through the gateway (docs/security.md): the openmodel-user role.
+"$kubectl" apply -f manifests/aggregate-roles.yaml
 
 gateway_port=18081
 mkdir -p "$state"
@@ -73,8 +77,16 @@ fi
 
 start_process engines .venv/bin/python -m perf.demo_engines default llama70b-awq
 gateway="http://127.0.0.1:$gateway_port"
+# The gateway enforces auth (the default): a ServiceAccount allowed to use the model.
+"$kubectl" create serviceaccount demo-client --dry-run=client -o yaml | "$kubectl" apply -f -
+"$kubectl" create rolebinding demo-client-use --clusterrole=openmodel-user \
+  --serviceaccount=default:demo-client --dry-run=client -o yaml | "$kubectl" apply -f -
+token=$("$kubectl" create token demo-client --duration=1h)
+refused=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 "$gateway/v1/models")
+log "without a token the gateway answers $refused; with demo-client's token:"
 log "a chat completion through the gateway ($gateway), held until the engine answers"
 answer=$(curl -sS --max-time 60 "$gateway/v1/chat/completions" -H 'Content-Type: application/json' \
+  -H "Authorization: Bearer $token" \
   -d '{"model": "llama-3.1-70b-instruct", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}') || {
   log "no answer; gateway log tail:"; tail -20 "$state/gateway.log" >&2; exit 1; }
 echo
@@ -87,5 +99,6 @@ echo
 "$kubectl" get nodes -L nvidia.com/gpu.product,nvidia.com/gpu.count
 echo
 echo "$export_line"
-echo "# the gateway: $gateway/v1/models (simulated engine: the pods are KWOK's)"
+echo "# the gateway: $gateway/v1/models (simulated engine: the pods are KWOK's); send"
+echo "#   -H \"Authorization: Bearer \$($kubectl create token demo-client)\""
 echo "# the operator keeps running; stop everything with: bash hack/demo.sh down"

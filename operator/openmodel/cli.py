@@ -6,6 +6,9 @@
   runs; exit 1 on a problem.
 - `openmodel size MODEL --gpu TYPE [--quantization Q]` prints the memory estimate and
   the GPU counts that work.
+- `openmodel apikey create --namespace NS --service-account SA NAME` creates an APIKey
+  (with your kubeconfig: RBAC on `apikeys` decides who may) carrying SA's rights at the
+  gateway, and prints the key, once; only its digest is stored (docs/security.md).
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
+from kubernetes.client.exceptions import ApiException
 
 from openmodel.api import DEFAULT_ENGINE, SpecError, check_type_meta
 from openmodel.api_schema import SchemaProblem, check_object
 from openmodel.config import ConfigError, PlatformConfig, load_config
 from openmodel.engines import ENGINES, engine_for, parse_model_deployment, parse_spec
 from openmodel.engines.base import quantization_value
+from openmodel.gateway.auth.api_keys import API_KEY_PLURAL, API_KEY_VERSION, api_key_object, new_key
+from openmodel.kube import calls as kube
 from openmodel.model_resolver.state import ModelConfigState
 from openmodel.reconcile.plan import Plan, make_plan
 
@@ -183,6 +189,34 @@ def cmd_size(args: argparse.Namespace, config: PlatformConfig, out: TextIO) -> i
     return 0
 
 
+def cmd_apikey(args: argparse.Namespace, _: PlatformConfig, out: TextIO) -> int:
+    api = kube.make_api_client(args.kubeconfig)
+    ns, account = args.namespace, args.service_account
+    try:
+        found = kube.call(api, "GET", f"/api/v1/namespaces/{ns}/serviceaccounts/{account}")
+    except ApiException as e:
+        print(f"openmodel: ServiceAccount {ns}/{account}: HTTP {e.status} {e.reason}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_INVALID
+    key_id, key, digest = new_key()
+    body = api_key_object(ns, args.name, account, found["metadata"]["uid"], key_id, digest)
+    path = f"/apis/openmodel.dev/{API_KEY_VERSION}/namespaces/{ns}/{API_KEY_PLURAL}"
+    try:
+        kube.call(api, "POST", path, body=body)
+    except ApiException as e:
+        print(f"openmodel: creating APIKey {ns}/{args.name}: HTTP {e.status} {e.reason}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_INVALID
+    print(
+        f"APIKey {ns}/{args.name} created, carrying the rights of ServiceAccount {account}. "
+        "The key is shown once, store it now (send it as `Authorization: Bearer <key>`, "
+        "or as the OpenAI SDK's api_key):",
+        file=sys.stderr,
+    )
+    print(key, file=out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="openmodel", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -206,10 +240,19 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--quantization", default="none")
     size.add_argument("--max-model-len", type=int, default=None)
     size.add_argument("--engine", default=DEFAULT_ENGINE, choices=list(ENGINES))
+    apikey = sub.add_parser("apikey", help="API keys for the gateway")
+    apikey_sub = apikey.add_subparsers(dest="apikey_command", required=True)
+    create = apikey_sub.add_parser("create", help="create an API key and print it once")
+    create.add_argument("name", help="the APIKey object's name")
+    create.add_argument("--namespace", "-n", required=True)
+    create.add_argument(
+        "--service-account", required=True, help="the ServiceAccount (of NAMESPACE) it acts as"
+    )
+    create.add_argument("--kubeconfig", default=None, help="default: $KUBECONFIG or ~/.kube")
     return parser
 
 
-COMMANDS = {"render": cmd_render, "validate": cmd_validate, "size": cmd_size}
+COMMANDS = {"render": cmd_render, "validate": cmd_validate, "size": cmd_size, "apikey": cmd_apikey}
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -61,7 +61,13 @@ class Processes:
         self.env = {k: v for k, v in os.environ.items() if k != "OPENMODEL_CONFIG"}
         self.env["PYTHONUNBUFFERED"] = "1"
 
-    def start(self, name: str, argv: Sequence[str], cpus: set[int] | None = None) -> Child:
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        cpus: set[int] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Child:
         log = self.workdir / f"{name}.log"
         with log.open("wb") as out:
             popen = subprocess.Popen(
@@ -69,7 +75,7 @@ class Processes:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=self.env,
+                env={**self.env, **(env or {})},
                 cwd=REPO,
                 start_new_session=True,  # Ctrl-C reaches us; we stop them in order
                 preexec_fn=_die_with_parent,
@@ -209,6 +215,10 @@ def start_gateway(
             indent=2,
         )
     )
+    # Static routes, no cluster to ask who a caller is: the door is off, said explicitly
+    # (perf/bench_gateway_auth.py measures the door's own cost).
+    config = procs.workdir / "gateway-config.yaml"
+    config.write_text(json.dumps({"gateway": {"auth": {"mode": "off"}}}))
     port = _bindable(GATEWAY_HOST, 0)
     if port is None:
         raise BenchError(f"cannot bind {GATEWAY_HOST}")
@@ -217,6 +227,7 @@ def start_gateway(
         [sys.executable, "-m", "openmodel.gateway", "--host", GATEWAY_HOST,
          "--port", str(port), "--routes", str(routes), "--log-level", "WARNING"],
         cpus,
+        env={"OPENMODEL_CONFIG": str(config)},
     )  # fmt: skip
     base = f"http://{GATEWAY_HOST}:{port}"
     wait_until(

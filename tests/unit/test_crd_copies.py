@@ -19,9 +19,9 @@ FIX = "run `bash hack/sync-crds.sh`"
 
 
 def test_there_is_a_crd_to_copy():
-    assert [p.name for p in SOURCES] == ["modeldeployment.yaml"]
-    crd = yaml.safe_load(SOURCES[0].read_text())
-    assert crd["metadata"]["name"] == "modeldeployments.openmodel.dev"
+    assert [p.name for p in SOURCES] == ["apikey.yaml", "modeldeployment.yaml"]
+    names = [yaml.safe_load(p.read_text())["metadata"]["name"] for p in SOURCES]
+    assert names == ["apikeys.openmodel.dev", "modeldeployments.openmodel.dev"]
 
 
 @pytest.mark.parametrize("copy_dir", COPY_DIRS)

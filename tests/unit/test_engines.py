@@ -9,12 +9,14 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from openmodel import api
 from openmodel.api import SpecError
 from openmodel.config import DEFAULT_ENGINE_IMAGES, PlatformConfig
 from openmodel.engines import ENGINES, RULES, default_images, parse_model_deployment
 from openmodel.engines.rules import RegistryRules
+from openmodel.gateway.auth.access_control import AccessControl
 from openmodel.gateway.proxy import Gateway
 from openmodel.gateway.routes import Backend, Endpoint, RouteTable
 from openmodel.reconcile.plan import make_plan
@@ -219,7 +221,7 @@ def test_the_gateway_retries_on_the_drain_answer_of_the_backends_own_engine() ->
         backend = Backend(("ns", "m"), "m", frozenset(), engine=name, port=engine.port)
         table.put_backend(backend, [running])
         [endpoint] = table.endpoints(backend.key)
-        gateway = Gateway(table, PlatformConfig().gateway)
+        gateway = Gateway(table, PlatformConfig().gateway, AccessControl.off(CollectorRegistry()))
         retried = gateway._refused_unrun(backend, endpoint, answer)
         assert retried == (engine.draining_refusal is not None), name
         assert not gateway._refused_unrun(backend, endpoint, b'{"error":"out of memory"}')

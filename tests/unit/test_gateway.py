@@ -13,8 +13,10 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from openmodel.config import GatewayConfig
+from openmodel.gateway.auth.access_control import AccessControl
 from openmodel.gateway.balancer import Balancer
 from openmodel.gateway.proxy import Gateway
 from openmodel.gateway.routes import Backend, Endpoint, RouteTable, backend_from, endpoint_from
@@ -141,7 +143,7 @@ class Running:
 
 @asynccontextmanager
 async def running_gateway(config: GatewayConfig, table: RouteTable) -> AsyncIterator[Running]:
-    gateway = Gateway(table, config)
+    gateway = Gateway(table, config, AccessControl.off(CollectorRegistry()))
     gateway.ready = True
     runner = web.AppRunner(gateway.application(), handler_cancellation=True)
     await runner.setup()

@@ -28,6 +28,8 @@ gateway:                 # the OpenAI gateway (python -m openmodel.gateway)
   demandSelector: app.kubernetes.io/name=openmodel,app.kubernetes.io/component=gateway
   demandNamespace: openmodel-system
   demandUrls: []         # or fixed demand URLs (local runs)
+  auth: {mode: enforce}  # off | audit | enforce, caches (config/gateway_auth.py)
+  tls: {}                # {certFile, keyFile}: serve HTTPS (config/gateway_auth.py)
 startupBudgetSeconds: 1800
 clusterDomain: cluster.local
 operator:                # the operator process itself (docs/configuration.md)
@@ -58,6 +60,15 @@ import yaml
 from openmodel.accelerators import AcceleratorCatalog, AcceleratorConfigError
 from openmodel.config.errors import (
     ConfigError as ConfigError,  # re-exported: the error of every key
+)
+from openmodel.config.gateway_auth import (
+    AuthMode as AuthMode,  # re-exported: the gateway's and the tests' one import
+)
+from openmodel.config.gateway_auth import (
+    GatewayAuthConfig,
+    GatewayTlsConfig,
+    parse_gateway_auth,
+    parse_gateway_tls,
 )
 from openmodel.config.inference_extension import (
     InferenceExtensionConfig,
@@ -103,6 +114,8 @@ class GatewayConfig:
     demand_selector: str = "app.kubernetes.io/name=openmodel,app.kubernetes.io/component=gateway"
     demand_namespace: str = "openmodel-system"
     demand_urls: tuple[str, ...] = ()
+    auth: GatewayAuthConfig = field(default_factory=GatewayAuthConfig)
+    tls: GatewayTlsConfig = field(default_factory=GatewayTlsConfig)
 
 
 @dataclass(frozen=True)
@@ -167,7 +180,7 @@ def _parse_gateway(raw: Any) -> GatewayConfig:
         raise ConfigError("gateway must be a mapping")
     known = {
         "namespaces", "holdSeconds", "holdQueueLength", "maxBodyBytes", "queuePollSeconds",
-        "demandSelector", "demandNamespace", "demandUrls",
+        "demandSelector", "demandNamespace", "demandUrls", "auth", "tls",
     }  # fmt: skip
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -182,6 +195,8 @@ def _parse_gateway(raw: Any) -> GatewayConfig:
         demand_selector=_text(raw, "demandSelector", "gateway", d.demand_selector),
         demand_namespace=_text(raw, "demandNamespace", "gateway", d.demand_namespace),
         demand_urls=_strings(raw, "demandUrls", "gateway"),
+        auth=parse_gateway_auth(raw.get("auth")),
+        tls=parse_gateway_tls(raw.get("tls")),
     )
 
 

@@ -32,6 +32,9 @@ class Caller:
     name: str
     # The API key used (its resource's name), when the caller came with one.
     api_key: str | None = None
+    # The groups TokenReview returned (for an API key: its ServiceAccount's groups);
+    # asked about in SubjectAccessReviews, so group RoleBindings work.
+    groups: tuple[str, ...] = ()
 
     @property
     def identity(self) -> str:

@@ -1,16 +1,18 @@
 """The OpenAI-compatible proxy: route by `model`, hold while a model has no ready pod,
 forward, and stream the answer back chunk by chunk.
 
-    gateway = Gateway(table, config.gateway)
+    gateway = Gateway(table, config.gateway, access)  # access: gateway/auth/
     app = gateway.application()          # aiohttp; run with handler_cancellation=True
     ...  gateway.notify() whenever the table or the scraped state changes
 
-Request path, in order: body within `maxBodyBytes` (else 413), valid JSON object (400),
-a string `model` (400), a known model (404), then a pod: the least loaded routable one,
-or, with none, hold (at most `holdQueueLength` per ModelDeployment, else 503 at once)
-until one is ready or `holdSeconds` pass (503 with Retry-After). Connecting to a pod
-that just left is retried on another pod (nothing was sent yet); once the engine
-answered, its status and body go to the client unchanged. A client that goes away
+Request path, in order: the caller authenticated before the body is read (401, or 503
+when the API server cannot answer; gateway/auth/), body within `maxBodyBytes` (else
+413), valid JSON object (400), a string `model` (400), a known model (404), of the
+ModelDeployments claiming it the first the caller may use (403), then a pod: the least
+loaded routable one, or, with none, hold (at most `holdQueueLength` per ModelDeployment,
+else 503 at once) until one is ready or `holdSeconds` pass (503 with Retry-After).
+Connecting to a pod that just left is retried on another pod (nothing was sent yet);
+once the engine answered, its status and body go to the client unchanged. A client that goes away
 (while held or mid-stream) is forgotten: the handler is cancelled (the app runs with
 handler cancellation), its hold slot and in-flight count are released, and the
 upstream connection is closed, which makes the engine abort the request.
@@ -35,6 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from openmodel.config import GatewayConfig
 from openmodel.engines import engine_for
+from openmodel.gateway.auth.access_control import AccessControl
 from openmodel.gateway.balancer import Balancer
 from openmodel.gateway.errors import SERVICE_UNAVAILABLE, error_response
 from openmodel.gateway.metrics import GatewayMetrics
@@ -68,6 +71,8 @@ class ModelActivity:
 class Gateway:
     table: RouteTable
     config: GatewayConfig
+    # Who may call, and use what (built from config.auth by gateway/server.py).
+    access: AccessControl
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     balancer: Balancer = field(default_factory=Balancer)
     activity: dict[ObjectKey, ModelActivity] = field(default_factory=dict)
@@ -84,7 +89,9 @@ class Gateway:
         self._changed = asyncio.Event()
 
     def application(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.max_body_bytes)
+        app = web.Application(
+            client_max_size=self.config.max_body_bytes, middlewares=[self.access.middleware]
+        )
         for path in ROUTED_PATHS:
             app.router.add_post(path, self.handle_inference)
         app.router.add_get("/v1/models", self.handle_models)
@@ -127,9 +134,12 @@ class Gateway:
             return web.Response(status=503, text="routes not loaded yet")
         return web.Response(text="ok")
 
-    async def handle_models(self, _: web.Request) -> web.StreamResponse:
+    async def handle_models(self, request: web.Request) -> web.StreamResponse:
+        usable = await self.access.usable(request, self.table.model_claims())
+        if isinstance(usable, web.Response):
+            return usable
         data: list[dict[str, Any]] = []
-        for name, route in self.table.model_names():
+        for name, route in usable:
             entry: dict[str, Any] = {
                 "id": name,
                 "object": "model",
@@ -200,8 +210,8 @@ class Gateway:
             return error_response(
                 400, "`model` is required (a string)", "missing_model", param="model"
             )
-        route = self.table.route(model)
-        if route is None:
+        routes = self.table.routes(model)
+        if not routes:
             self.metrics.errors.labels(model, "model_not_found").inc()
             return error_response(
                 404,
@@ -210,6 +220,10 @@ class Gateway:
                 "model_not_found",
                 param="model",
             )
+        route = await self.access.choose(request, model, routes)
+        if isinstance(route, web.Response):
+            self.metrics.errors.labels(model, f"auth_{route.status}").inc()
+            return route
         return await self._serve(request, raw, model, route, received)
 
     async def _serve(

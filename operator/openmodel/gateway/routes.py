@@ -2,8 +2,9 @@
 
 Fed with ModelDeployment and Pod objects (from watches, or a static file); answers
 lookups without I/O. A name is a ModelDeployment's served model name or one of its
-adapters' names. Two ModelDeployments claiming the same name: the older one (creation
-time, then namespace/name) keeps it and the conflict is reported, never a coin toss.
+adapters' names. Two ModelDeployments claiming the same name: every claimant is kept,
+oldest first (creation time, then namespace/name), and the conflict is reported, never a
+coin toss; the gateway routes to the first the caller may use (gateway/auth/).
 
 A pod is routable while it is Ready, has an IP and is not being deleted. A pod that
 is leaving keeps its requests in flight (the proxy never cuts them) but gets no new ones.
@@ -95,6 +96,8 @@ class RouteTable:
     # ModelDeployment -> pod name -> the Pod object as last seen (ready or not).
     pods: dict[ObjectKey, dict[str, Mapping[str, Any]]] = field(default_factory=dict)
     names: dict[str, Route] = field(default_factory=dict)
+    # Every ModelDeployment claiming a name, oldest first (names[n] is claims[n][0]).
+    claims: dict[str, list[Route]] = field(default_factory=dict)
     conflicts: dict[str, list[ObjectKey]] = field(default_factory=dict)
     version: int = 0  # bumped on every change that can affect routing
 
@@ -158,19 +161,25 @@ class RouteTable:
             for adapter in backend.adapters:
                 claims.setdefault(adapter, []).append((backend, adapter))
         names: dict[str, Route] = {}
+        routes: dict[str, list[Route]] = {}
         conflicts: dict[str, list[ObjectKey]] = {}
         for name, owners in claims.items():
             owners.sort(key=lambda o: (o[0].created, o[0].key))
-            names[name] = Route(backend=owners[0][0], adapter=owners[0][1])
+            routes[name] = [Route(backend=b, adapter=a) for b, a in owners]
+            names[name] = routes[name][0]
             if len(owners) > 1:
                 conflicts[name] = [o[0].key for o in owners]
-        self.names, self.conflicts = names, conflicts
+        self.names, self.claims, self.conflicts = names, routes, conflicts
         self.version += 1
 
     # --- lookups ---
 
     def route(self, model: str) -> Route | None:
         return self.names.get(model)
+
+    def routes(self, model: str) -> list[Route]:
+        """Every ModelDeployment claiming `model`, oldest first; [] for an unknown name."""
+        return self.claims.get(model, [])
 
     def endpoints(self, key: ObjectKey) -> list[Endpoint]:
         backend = self.backends.get(key)
@@ -181,3 +190,6 @@ class RouteTable:
 
     def model_names(self) -> list[tuple[str, Route]]:
         return sorted(self.names.items())
+
+    def model_claims(self) -> list[tuple[str, list[Route]]]:
+        return sorted(self.claims.items())

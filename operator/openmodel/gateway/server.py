@@ -1,5 +1,6 @@
-"""Run the gateway: the proxy app, its routes (cluster watches or a static file) and the
-engine poller, on one event loop.
+"""Run the gateway: the proxy app, its door (authentication and authorization, in the
+configured mode), its routes (cluster watches or a static file) and the engine poller, on
+one event loop; HTTPS when the config names a certificate and key.
 
     await serve(config, host="0.0.0.0", port=GATEWAY_PORT)             # from the cluster
     await serve(config, port=..., routes_file=Path("routes.yaml"))     # static routes
@@ -11,11 +12,21 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
-from openmodel.config import PlatformConfig
+from openmodel.config import AuthMode, GatewayConfig, PlatformConfig
+from openmodel.gateway.auth.access_control import AccessControl
+from openmodel.gateway.auth.access_review import AccessReviewer
+from openmodel.gateway.auth.api_key_watch import ApiKeyWatch
+from openmodel.gateway.auth.api_keys import ApiKeyIndex
+from openmodel.gateway.auth.kube_reviews import KubeReviews
+from openmodel.gateway.auth.token_review import TokenReviewer
+from openmodel.gateway.metrics import GatewayMetrics
 from openmodel.gateway.poller import EnginePoller
 from openmodel.gateway.proxy import Gateway
 from openmodel.gateway.routes import RouteTable
@@ -31,6 +42,46 @@ log = logging.getLogger(__name__)
 _DRAIN_SECONDS = 60.0
 
 
+def start_access_control(
+    config: GatewayConfig, registry: CollectorRegistry, loop: asyncio.AbstractEventLoop
+) -> tuple[AccessControl, list[Callable[[], None]]]:
+    """The door for `config.auth.mode`, its API-key watch started; and what stops it."""
+    auth = config.auth
+    if auth.mode is AuthMode.OFF:
+        log.warning(
+            "gateway: AUTHENTICATION IS OFF (gateway.auth.mode: off): anyone who reaches "
+            "this gateway may use every model it routes; use it for local demos only"
+        )
+        return AccessControl.off(registry), []
+    api = kube.make_api_client(pool_size=auth.max_concurrent_reviews, retries=False)
+    reviews = KubeReviews(api, auth)
+    keys = ApiKeyIndex()
+    key_watch = ApiKeyWatch(kube.make_api_client(), keys, loop)
+    key_watch.start()
+    access = AccessControl(
+        auth.mode,
+        registry,
+        tokens=TokenReviewer(reviews.review_token, auth),
+        keys=keys,
+        access=AccessReviewer(reviews.review_access, auth),
+    )
+    log.info(
+        "gateway: auth mode %s; tokens trusted for %gs, access decisions for %gs",
+        auth.mode.value, auth.token_cache_seconds, auth.access_cache_seconds,
+    )  # fmt: skip
+    return access, [key_watch.stop, reviews.close]
+
+
+def tls_context(config: GatewayConfig) -> ssl.SSLContext | None:
+    if not config.tls.enabled:
+        return None
+    assert config.tls.cert_file is not None and config.tls.key_file is not None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.tls.cert_file, config.tls.key_file)
+    return context
+
+
 async def serve(
     config: PlatformConfig,
     host: str = "0.0.0.0",
@@ -40,7 +91,9 @@ async def serve(
 ) -> None:
     loop = asyncio.get_running_loop()
     table = RouteTable()
-    gateway = Gateway(table, config.gateway)
+    metrics = GatewayMetrics()
+    access, stop_access = start_access_control(config.gateway, metrics.registry, loop)
+    gateway = Gateway(table, config.gateway, access, metrics)
     watcher: ClusterRoutes | None = None
     if routes_file is not None:
         load_static_routes(routes_file, table)
@@ -68,9 +121,10 @@ async def serve(
         shutdown_timeout=_DRAIN_SECONDS,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=2048)
+    tls = tls_context(config.gateway)
+    site = web.TCPSite(runner, host, port, backlog=2048, ssl_context=tls)
     await site.start()
-    log.info("gateway listening on %s:%s", host, port)
+    log.info("gateway listening on %s://%s:%s", "https" if tls else "http", host, port)
     stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         # Not possible off the main thread (tests run the gateway in a thread).
@@ -84,4 +138,6 @@ async def serve(
         await asyncio.gather(poll_task, return_exceptions=True)
         if watcher is not None:
             watcher.stop()
+        for stop_part in stop_access:
+            stop_part()
         await runner.cleanup()

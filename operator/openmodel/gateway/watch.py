@@ -130,7 +130,8 @@ class ClusterRoutes:
             self._conflicts = dict(self.table.conflicts)
             for name, owners in self._conflicts.items():
                 log.warning(
-                    "gateway: model name %r is claimed by %s; routed to the oldest, %s",
+                    "gateway: model name %r is claimed by %s; routed to the oldest the "
+                    "caller may use (%s when it may use all)",
                     name, ", ".join("/".join(o) for o in owners), "/".join(owners[0]),
                 )  # fmt: skip
         self.on_change()

@@ -30,6 +30,7 @@ from .wait import NotYet, WaitTimeout, wait_for
 
 REPO = Path(__file__).resolve().parents[3]
 CRD_FILE = REPO / "crds" / "modeldeployment.yaml"
+API_KEY_CRD_FILE = REPO / "crds" / "apikey.yaml"
 EXAMPLES = REPO / "examples"
 GROUP, VERSION, PLURAL = "openmodel.dev", "v1alpha1", "modeldeployments"
 # The tests' platform config: a fast autoscaler poll, so the closed loop runs in seconds.
@@ -43,8 +44,8 @@ TEST_PLATFORM_CONFIG: dict[str, dict[str, Any]] = {
 }
 
 
-def install_crd(api: client.ApiClient) -> None:
-    body = yaml.safe_load(CRD_FILE.read_text())
+def install_crd(api: client.ApiClient, path: Path = CRD_FILE) -> None:
+    body = yaml.safe_load(path.read_text())
     ext = client.ApiextensionsV1Api(api)
     try:
         existing = ext.read_custom_resource_definition(body["metadata"]["name"])
@@ -62,7 +63,7 @@ def install_crd(api: client.ApiClient) -> None:
         conds = {c.type: c.status for c in (crd.status.conditions if crd.status else None) or []}
         return conds.get("Established") == "True" or NotYet(conds)
 
-    wait_for(established, 30, "the ModelDeployment CRD to be Established")
+    wait_for(established, 30, f"the CRD {body['metadata']['name']} to be Established")
 
 
 def free_port() -> int:
@@ -206,14 +207,31 @@ class GatewayProcess(ChildProcess):
         return f"{self.url}/demand"
 
 
-def start_gateway(kubeconfig: Path, workdir: Path, name: str = "gateway") -> GatewayProcess:
+# The session's gateway serves the routing, streaming and scaling tests with auth off,
+# said explicitly: they are about where requests go, and a test about the door starts a
+# gateway of its own in enforce or audit mode (tests/e2e/test_gateway_auth.py).
+AUTH_OFF: dict[str, Any] = {"mode": "off"}
+
+
+def start_gateway(
+    kubeconfig: Path,
+    workdir: Path,
+    name: str = "gateway",
+    auth: dict[str, Any] | None = None,
+    tls: dict[str, str] | None = None,
+) -> GatewayProcess:
     """`python -m openmodel.gateway` on 127.0.0.1, routing every namespace of the cluster
     (pods' IPs are reachable from the host: loopback for KWOK pods, the process nodes'
-    veths for real engines)."""
+    veths for real engines). `auth`: the platform config's gateway.auth (default: off);
+    `tls`: gateway.tls (serves https://)."""
     port = free_port()
     log_path = workdir / f"{name}.log"
     config_path = workdir / f"{name}-config.yaml"
-    config_path.write_text(yaml.safe_dump(platform_config()))
+    config = platform_config()
+    config["gateway"]["auth"] = auth if auth is not None else AUTH_OFF
+    if tls is not None:
+        config["gateway"]["tls"] = tls
+    config_path.write_text(yaml.safe_dump(config))
     env = {
         **os.environ,
         "KUBECONFIG": str(kubeconfig),
@@ -221,7 +239,8 @@ def start_gateway(kubeconfig: Path, workdir: Path, name: str = "gateway") -> Gat
         "PYTHONUNBUFFERED": "1",
     }
     argv = [sys.executable, "-m", "openmodel.gateway", "--host", "127.0.0.1", "--port", str(port)]
-    gw = GatewayProcess(spawn(argv, env, log_path), log_path, f"http://127.0.0.1:{port}")
+    scheme = "https" if tls is not None else "http"
+    gw = GatewayProcess(spawn(argv, env, log_path), log_path, f"{scheme}://127.0.0.1:{port}")
     wait_until_answering(gw, f"{gw.url}/readyz", "gateway")
     return gw
 

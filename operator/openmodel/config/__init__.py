@@ -28,6 +28,7 @@ gateway:                 # the OpenAI gateway (python -m openmodel.gateway)
   demandSelector: app.kubernetes.io/name=openmodel,app.kubernetes.io/component=gateway
   demandNamespace: openmodel-system
   demandUrls: []         # or fixed demand URLs (local runs)
+  limits: {}             # per identity / per namespace budgets (config/gateway_limits.py)
 startupBudgetSeconds: 1800
 clusterDomain: cluster.local
 operator:                # the operator process itself (docs/configuration.md)
@@ -59,6 +60,7 @@ from openmodel.accelerators import AcceleratorCatalog, AcceleratorConfigError
 from openmodel.config.errors import (
     ConfigError as ConfigError,  # re-exported: the error of every key
 )
+from openmodel.config.gateway_limits import GatewayLimitsConfig, parse_gateway_limits
 from openmodel.config.inference_extension import (
     InferenceExtensionConfig,
     parse_inference_extension,
@@ -103,6 +105,7 @@ class GatewayConfig:
     demand_selector: str = "app.kubernetes.io/name=openmodel,app.kubernetes.io/component=gateway"
     demand_namespace: str = "openmodel-system"
     demand_urls: tuple[str, ...] = ()
+    limits: GatewayLimitsConfig = field(default_factory=GatewayLimitsConfig)
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,7 @@ def _parse_gateway(raw: Any) -> GatewayConfig:
         raise ConfigError("gateway must be a mapping")
     known = {
         "namespaces", "holdSeconds", "holdQueueLength", "maxBodyBytes", "queuePollSeconds",
-        "demandSelector", "demandNamespace", "demandUrls",
+        "demandSelector", "demandNamespace", "demandUrls", "limits",
     }  # fmt: skip
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -182,6 +185,7 @@ def _parse_gateway(raw: Any) -> GatewayConfig:
         demand_selector=_text(raw, "demandSelector", "gateway", d.demand_selector),
         demand_namespace=_text(raw, "demandNamespace", "gateway", d.demand_namespace),
         demand_urls=_strings(raw, "demandUrls", "gateway"),
+        limits=parse_gateway_limits(raw.get("limits")),
     )
 
 

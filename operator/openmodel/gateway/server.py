@@ -11,11 +11,15 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
+from kubernetes import client
 
 from openmodel.config import PlatformConfig
+from openmodel.gateway.limits.replicas import ReplicaCount
 from openmodel.gateway.poller import EnginePoller
 from openmodel.gateway.proxy import Gateway
 from openmodel.gateway.routes import RouteTable
@@ -40,8 +44,10 @@ async def serve(
 ) -> None:
     loop = asyncio.get_running_loop()
     table = RouteTable()
-    gateway = Gateway(table, config.gateway)
+    limits = config.gateway.limits
+    gateway = Gateway(table, config.gateway, replicas=ReplicaCount(limits.replicas or 1))
     watcher: ClusterRoutes | None = None
+    background: list[asyncio.Task[None]] = []
     if routes_file is not None:
         load_static_routes(routes_file, table)
         gateway.ready = True
@@ -55,10 +61,13 @@ async def serve(
             kube.make_api_client(), table, loop, gateway.notify, patterns, on_synced=synced
         )
         watcher.start()
+        if limits.enabled and limits.replicas is None:
+            follow = gateway.replicas.follow(_gateway_pods(config, kube.make_api_client()))
+            background.append(asyncio.create_task(follow, name="gateway-replicas"))
     poller = EnginePoller(
         table, gateway.balancer, config.gateway.queue_poll_seconds, gateway.notify
     )
-    poll_task = asyncio.create_task(poller.run_forever(), name="engine-poller")
+    background.append(asyncio.create_task(poller.run_forever(), name="engine-poller"))
     runner = web.AppRunner(
         gateway.application(),
         access_log=None,
@@ -80,8 +89,23 @@ async def serve(
         await stop.wait()
     finally:
         log.info("gateway stopping: no new connections, requests in flight finish")
-        poll_task.cancel()
-        await asyncio.gather(poll_task, return_exceptions=True)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         if watcher is not None:
             watcher.stop()
         await runner.cleanup()
+
+
+def _gateway_pods(
+    config: PlatformConfig, api: client.ApiClient
+) -> Callable[[], list[dict[str, Any]]]:
+    """The gateway's own pods (the ones the autoscaler reads demand from), listed."""
+    gw = config.gateway
+
+    def list_pods() -> list[dict[str, Any]]:
+        return kube.list_objects(
+            api, "v1", "Pod", gw.demand_namespace, label_selector=gw.demand_selector
+        )
+
+    return list_pods

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import re
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -173,10 +174,11 @@ def gateway_usage(url: str, namespace: str) -> dict[str, dict[str, float]]:
     for line in text.splitlines():
         for kind in ("prompt", "completion"):
             name = f"openmodel_gateway_usage_{kind}_tokens_total{{"
-            mine = f'{{namespace="{namespace}"' in line and f',model_deployment="{REAL}"' in line
-            if line.startswith(name) and mine:
-                model = line.split('model="', 1)[1].split('"', 1)[0]
-                counts = found.setdefault(model, {"prompt": 0.0, "completion": 0.0})
+            if not line.startswith(name):
+                continue
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+            if labels["namespace"] == namespace and labels["model_deployment"] == REAL:
+                counts = found.setdefault(labels["model"], {"prompt": 0.0, "completion": 0.0})
                 counts[kind] += float(line.rsplit(" ", 1)[1])
     return found
 

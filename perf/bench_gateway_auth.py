@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from typing import Final
 
+from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from prometheus_client import CollectorRegistry
 
@@ -35,7 +36,7 @@ from openmodel.gateway.auth.access_control import AccessControl
 from openmodel.gateway.auth.access_review import AccessQuestion, AccessReviewer
 from openmodel.gateway.auth.api_keys import ApiKeyIndex, api_key_object, new_key
 from openmodel.gateway.auth.token_review import TokenReviewer, TokenVerdict
-from openmodel.gateway.caller import CALLER_KEY
+from openmodel.gateway.caller import CALLER_KEY, Caller
 from openmodel.gateway.routes import Backend, Route
 
 TARGET_MS: Final = 0.2
@@ -86,10 +87,12 @@ class CountingReviews:
 async def per_request_ms(
     control: AccessControl, header: str, routes: Sequence[Route], requests: int
 ) -> float:
-    request = make_mocked_request("POST", "/v1/chat/completions")
+    request: web.Request = make_mocked_request("POST", "/v1/chat/completions")
     started = time.process_time()
     for _ in range(requests):
         caller = await control.authenticate(header)
+        if not isinstance(caller, Caller):
+            raise SystemExit(f"the door refused a caller it should let in: {caller.status}")
         request[CALLER_KEY] = caller
         chosen = await control.choose(request, MODEL, routes)
         if not isinstance(chosen, Route):

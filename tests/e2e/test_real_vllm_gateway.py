@@ -6,7 +6,11 @@ others are simulated engines on KWOK GPU nodes. The real one starts at zero repl
 gateway's /demand, brings 0 -> 1, and all 20 are answered when the pod is Ready. Then
 the adapter and the other models are reached by name, /v1/models lists all of them, an
 unknown model gets the 404 body, and after scaleToZeroAfterSeconds the model goes back
-to zero by itself. One real-engine start.
+to zero by itself. Along the way the gateway's usage counters for the real model equal
+the sum of the `usage` fields vLLM returned (plain answers and streams, with the usage
+chunk asked for by the client or only by the gateway, which then strips it), and a
+marker sent in a prompt and as a bearer token never shows in the gateway's log. One
+real-engine start.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import re
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -54,6 +59,7 @@ ADAPTER = "gw-a1"
 SIMULATED = {"sim-l4": "nvidia-l4", "sim-h100": "nvidia-h100-80gb"}
 TO_ZERO_AFTER = 30
 CONCURRENT = 20
+MARKER = "zq-usage-marker-51c0"
 
 
 def real_md(namespace: str) -> dict[str, Any]:
@@ -145,6 +151,44 @@ async def burst(url: str, model: str, count: int) -> list[tuple[int, Any, float]
         return await asyncio.gather(*(chat(session, url, model) for _ in range(count)))
 
 
+async def stream(
+    url: str, path: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[str, dict[str, int] | None]:
+    """A streamed request: its whole text and the usage chunk's usage, if one came."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{url}{path}", json={**body, "stream": True}, headers=headers) as r,
+    ):
+        assert r.status == 200, await r.text()
+        text = await r.text()
+    events = [e.removeprefix("data: ") for e in text.split("\n\n") if e.startswith("data: {")]
+    usages = [json.loads(e)["usage"] for e in events if '"usage"' in e]
+    return text, (usages[-1] if usages else None)
+
+
+def gateway_usage(url: str, namespace: str) -> dict[str, dict[str, float]]:
+    """The gateway's usage counters for the real ModelDeployment, per model name."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    found: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        for kind in ("prompt", "completion"):
+            name = f"openmodel_gateway_usage_{kind}_tokens_total{{"
+            if not line.startswith(name):
+                continue
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+            if labels["namespace"] == namespace and labels["model_deployment"] == REAL:
+                counts = found.setdefault(labels["model"], {"prompt": 0.0, "completion": 0.0})
+                counts[kind] += float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def add(total: dict[str, dict[str, float]], model: str, usage: dict[str, int]) -> None:
+    counts = total.setdefault(model, {"prompt": 0.0, "completion": 0.0})
+    counts["prompt"] += usage["prompt_tokens"]
+    counts["completion"] += usage["completion_tokens"]
+
+
 def _time(value: dt.datetime) -> float:
     return value.timestamp()
 
@@ -213,6 +257,36 @@ def test_one_gateway_routes_every_model_and_a_real_vllm_scales_from_zero_and_bac
         assert status == 200 and body["model"] == name, body
         after = sum(h.stats.succeeded for _, h in fleet.handles.values())
         assert after == before + 1, f"{name}: its own engine did not answer"
+
+    # Usage: the counters equal the usage vLLM returned, streams included.
+    returned: dict[str, dict[str, float]] = {}
+    for _, body, _ in answers:
+        add(returned, SERVED, body["usage"])
+    add(returned, ADAPTER, adapter_status[1]["usage"])
+    chat_body = {
+        "model": SERVED,
+        "messages": [{"role": "user", "content": f"the cat and the dog {MARKER}"}],
+        "max_tokens": 6,
+        "temperature": 0,
+    }
+    asked = {**chat_body, "stream_options": {"include_usage": True}}
+    text, usage = asyncio.run(stream(gateway.url, "/v1/chat/completions", asked))
+    assert usage is not None and usage["completion_tokens"] >= 1, text
+    add(returned, SERVED, usage)
+    # The same request, greedy, without asking: same usage, counted; the chunk stripped.
+    bearer = {"Authorization": f"Bearer {MARKER}"}
+    text, stripped = asyncio.run(stream(gateway.url, "/v1/chat/completions", chat_body, bearer))
+    assert stripped is None and '"usage"' not in text and text.endswith("data: [DONE]\n\n")
+    add(returned, SERVED, usage)
+    completion = {"model": ADAPTER, "prompt": "the cat", "max_tokens": 5, "temperature": 0,
+                  "stream_options": {"include_usage": True}}  # fmt: skip
+    _, adapter_usage = asyncio.run(stream(gateway.url, "/v1/completions", completion))
+    assert adapter_usage is not None
+    add(returned, ADAPTER, adapter_usage)
+    counted = gateway_usage(gateway.url, ns)
+    print(f"usage returned by vLLM {returned}; counted by the gateway {counted}")
+    assert counted == returned
+
     listed = {m["id"] for m in get_json(f"{gateway.url}/v1/models")["data"]}
     assert {SERVED, ADAPTER, *SIMULATED} <= listed
     status, body, _ = asyncio.run(burst(gateway.url, "no-such-model", 1))[0]
@@ -230,3 +304,5 @@ def test_one_gateway_routes_every_model_and_a_real_vllm_scales_from_zero_and_bac
     demand = get_json(gateway.demand_url)
     mine = [m for m in demand["models"] if m["namespace"] == ns and m["name"] == REAL]
     assert mine and mine[0]["held"] == 0 and mine[0]["inFlight"] == 0
+    log = gateway.log_path.read_text()
+    assert MARKER not in log, [line for line in log.splitlines() if MARKER in line]

@@ -578,3 +578,39 @@ def test_helm_metrics_service_and_aggregated_roles_are_optional(helm):
     assert ("ClusterRole", "openmodel-modeldeployments-edit") not in rendered
     assert ("ClusterRole", "openmodel-modeldeployments-view") not in rendered
     assert ("ClusterRole", OPERATOR) in rendered
+
+
+LIMITS_VALUES = """
+config:
+  gateway:
+    limits:
+      perIdentity: {requestsPerMinute: 600, tokensPerMinute: 200000, concurrentRequests: 16}
+      perNamespace: {tokensPerMinute: 1000000}
+      namespaces:
+        team-a: {perIdentity: {tokensPerMinute: null}}
+      defaultMaxTokens: 512
+      windowSeconds: 30
+      replicas: auto
+"""
+
+
+def test_helm_takes_gateway_limits_and_refuses_a_misspelt_one(helm, tmp_path):
+    values = tmp_path / "values.yaml"
+    values.write_text(LIMITS_VALUES)
+    rendered = template(helm, "-f", str(values))
+    raw = yaml.safe_load(rendered[("ConfigMap", "openmodel-config")]["data"]["config.yaml"])
+    limits = parse_config(raw).gateway.limits
+    assert limits.defaults.per_identity.tokens_per_minute == 200000
+    assert limits.for_namespace("team-a").per_identity.tokens_per_minute is None
+    assert (limits.window_seconds, limits.default_max_tokens, limits.replicas) == (30, 512, None)
+    assert KUBE_VERSION
+    argv = [str(helm), "template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION.group(1)]
+    result = subprocess.run(
+        [*argv, "--set", "config.gateway.limits.perIdentity.tokensPerHour=1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "tokensPerHour" in result.stderr

@@ -30,6 +30,7 @@ gateway:                 # the OpenAI gateway (python -m openmodel.gateway)
   demandUrls: []         # or fixed demand URLs (local runs)
   auth: {mode: enforce}  # off | audit | enforce, caches (config/gateway_auth.py)
   tls: {}                # {certFile, keyFile}: serve HTTPS (config/gateway_auth.py)
+  limits: {}             # per identity / per namespace budgets (config/gateway_limits.py)
 startupBudgetSeconds: 1800
 clusterDomain: cluster.local
 operator:                # the operator process itself (docs/configuration.md)
@@ -70,6 +71,7 @@ from openmodel.config.gateway_auth import (
     parse_gateway_auth,
     parse_gateway_tls,
 )
+from openmodel.config.gateway_limits import GatewayLimitsConfig, parse_gateway_limits
 from openmodel.config.inference_extension import (
     InferenceExtensionConfig,
     parse_inference_extension,
@@ -116,6 +118,7 @@ class GatewayConfig:
     demand_urls: tuple[str, ...] = ()
     auth: GatewayAuthConfig = field(default_factory=GatewayAuthConfig)
     tls: GatewayTlsConfig = field(default_factory=GatewayTlsConfig)
+    limits: GatewayLimitsConfig = field(default_factory=GatewayLimitsConfig)
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,7 @@ def _parse_gateway(raw: Any) -> GatewayConfig:
         raise ConfigError("gateway must be a mapping")
     known = {
         "namespaces", "holdSeconds", "holdQueueLength", "maxBodyBytes", "queuePollSeconds",
-        "demandSelector", "demandNamespace", "demandUrls", "auth", "tls",
+        "demandSelector", "demandNamespace", "demandUrls", "auth", "tls", "limits",
     }  # fmt: skip
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -197,6 +200,7 @@ def _parse_gateway(raw: Any) -> GatewayConfig:
         demand_urls=_strings(raw, "demandUrls", "gateway"),
         auth=parse_gateway_auth(raw.get("auth")),
         tls=parse_gateway_tls(raw.get("tls")),
+        limits=parse_gateway_limits(raw.get("limits")),
     )
 
 

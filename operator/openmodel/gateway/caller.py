@@ -45,7 +45,7 @@ class Caller:
 
 
 ANONYMOUS: Final = Caller(CallerKind.ANONYMOUS, "", "anonymous")
-CALLER_KEY: Final = "openmodel.caller"
+CALLER_KEY: Final = web.RequestKey("openmodel.caller", Caller)
 
 
 def caller_of(request: web.Request) -> Caller:

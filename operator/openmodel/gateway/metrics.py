@@ -2,6 +2,12 @@
 
 Labels: `namespace` and `model_deployment` name where the request was routed, `model`
 as the client asked (errors before routing have `model=""` when none was readable).
+
+Usage and limit counters add who asked: `identity` (`Caller.identity`) and
+`caller_namespace` (the caller's namespace, "" for users and `anonymous`). Their values
+come only from identities authentication accepted (or `anonymous`), and `model` only
+from models the route table knows (an unknown one is refused before), so a caller
+cannot grow the label sets with made-up values.
 """
 
 from __future__ import annotations
@@ -50,6 +56,45 @@ class GatewayMetrics:
             "How long requests were held before being forwarded or refused.",
             ["namespace", "model_deployment"],
             buckets=_HOLD_BUCKETS,
+            registry=r,
+        )
+        who = ["caller_namespace", "identity"]
+        self.usage_requests = Counter(
+            "openmodel_gateway_usage_requests",
+            "Requests an engine answered (any status), by caller and model.",
+            [*route, *who],
+            registry=r,
+        )
+        self.usage_prompt_tokens = Counter(
+            "openmodel_gateway_usage_prompt_tokens",
+            "Prompt tokens, as the engine's `usage` counted them, by caller and model.",
+            [*route, *who],
+            registry=r,
+        )
+        self.usage_completion_tokens = Counter(
+            "openmodel_gateway_usage_completion_tokens",
+            "Completion tokens, as the engine's `usage` counted them, by caller and model.",
+            [*route, *who],
+            registry=r,
+        )
+        self.usage_estimated_tokens = Counter(
+            "openmodel_gateway_usage_estimated_tokens",
+            "Tokens of answers the engine gave no usage for (a stream the client left or "
+            "the engine cut): the prompt estimate plus one token per event streamed. Not "
+            "in the prompt/completion counters.",
+            [*route, *who],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "openmodel_gateway_rate_limited_requests",
+            "Requests refused with 429 by a limit, by caller, scope (identity or "
+            "namespace) and reason.",
+            [*route, *who, "scope", "reason"],
+            registry=r,
+        )
+        self.limit_replicas = Gauge(
+            "openmodel_gateway_limit_replicas",
+            "Gateway replicas this one believes share the limits (each enforces limit / N).",
             registry=r,
         )
         self.added_latency = Histogram(

@@ -8,16 +8,24 @@ forward, and stream the answer back chunk by chunk.
 Request path, in order: the caller authenticated before the body is read (401, or 503
 when the API server cannot answer; gateway/auth/), body within `maxBodyBytes` (else
 413), valid JSON object (400), a string `model` (400), a known model (404), of the
-ModelDeployments claiming it the first the caller may use (403), then a pod: the least
-loaded routable one, or, with none, hold (at most `holdQueueLength` per ModelDeployment,
-else 503 at once) until one is ready or `holdSeconds` pass (503 with Retry-After).
-Connecting to a pod that just left is retried on another pod (nothing was sent yet);
-once the engine answered, its status and body go to the client unchanged. A client that goes away
+ModelDeployments claiming it the first the caller may use (403), the caller's limits
+(429 with Retry-After; gateway/limits/), then a pod: the least loaded routable one, or,
+with none, hold (at most `holdQueueLength` per ModelDeployment, else 503 at once) until
+one is ready or `holdSeconds` pass (503 with Retry-After). Connecting to a pod that just
+left is retried on another pod (nothing was sent yet); once the engine answered, its
+status and body go to the client unchanged (but for the usage chunk the gateway asked
+for itself, below). A client that goes away
 (while held or mid-stream) is forgotten: the handler is cancelled (the app runs with
 handler cancellation), its hold slot and in-flight count are released, and the
 upstream connection is closed, which makes the engine abort the request.
 Nothing the operator does cuts a request in flight: a pod being deleted gets no new
 requests, and the ones it has finish on the connection they started on.
+
+Limits and usage (`limits/`, `usage.py`): once routed, a request is admitted against its
+caller's budgets before it is held or forwarded (else 429 with Retry-After), charged a
+reservation of the tokens it may use, and settled when its answer ends against the
+engine's `usage`, which the usage counters add up. Streams ask the engine for its usage
+chunk and drop it from the client's stream when the client did not ask for it.
 """
 
 from __future__ import annotations
@@ -39,9 +47,14 @@ from openmodel.config import GatewayConfig
 from openmodel.engines import engine_for
 from openmodel.gateway.auth.access_control import AccessControl
 from openmodel.gateway.balancer import Balancer
+from openmodel.gateway.caller import caller_of
 from openmodel.gateway.errors import SERVICE_UNAVAILABLE, error_response
+from openmodel.gateway.limits.limiter import Admission, Limiter, Refusal
+from openmodel.gateway.limits.replicas import ReplicaCount
+from openmodel.gateway.limits.reservation import completion_reservation, prompt_estimate
 from openmodel.gateway.metrics import GatewayMetrics
 from openmodel.gateway.routes import Backend, Endpoint, ObjectKey, Route, RouteTable
+from openmodel.gateway.usage import StreamUsageReader, UsagePlan, UsageReader
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +81,15 @@ class ModelActivity:
 
 
 @dataclass
+class Exchange:
+    """One admitted request's answer, as far as limits and usage need it."""
+
+    reader: UsageReader
+    prompt_estimate: int
+    status: int | None = None  # the engine's status, once its answer went to the client
+
+
+@dataclass
 class Gateway:
     table: RouteTable
     config: GatewayConfig
@@ -78,8 +100,14 @@ class Gateway:
     activity: dict[ObjectKey, ModelActivity] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     ready: bool = False  # the first full list of the routes arrived
+    replicas: ReplicaCount = field(default_factory=ReplicaCount)
+    limiter: Limiter = field(init=False)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _session: aiohttp.ClientSession | None = None
+
+    def __post_init__(self) -> None:
+        self.limiter = Limiter(self.config.limits, replicas=lambda: self.replicas.current)
+        self.metrics.limit_replicas.set_function(lambda: self.replicas.current)
 
     # --- wiring ---
 
@@ -231,6 +259,72 @@ class Gateway:
     ) -> web.StreamResponse:
         key = route.backend.key
         labels = (key[0], key[1])
+        caller = caller_of(request)
+        who = (caller.namespace, caller.identity)
+        body = json.loads(raw)  # handle_inference checked it is a JSON object
+        prompt = prompt_estimate(body)
+        reserved = prompt + completion_reservation(
+            request.path, body, self.config.limits.default_max_tokens
+        )
+        admitted = self.limiter.admit(caller, reserved)
+        if isinstance(admitted, Refusal):
+            self.metrics.rate_limited.labels(
+                *labels, model, *who, admitted.scope, admitted.reason
+            ).inc()
+            self.metrics.errors.labels(model, "rate_limited").inc()
+            self.metrics.requests.labels(*labels, model, "429").inc()
+            return error_response(
+                429,
+                admitted.message,
+                "rate_limit_exceeded",
+                kind=admitted.kind,
+                retry_after_s=admitted.retry_after_s,
+            )
+        plan = UsagePlan.of(request.path, body)
+        exchange = Exchange(plan.reader(), prompt)
+        try:
+            return await self._route(
+                request, plan.forwarded_body(raw, body), model, route, received, exchange
+            )
+        finally:
+            self._settle(admitted, exchange, (*labels, model, *who))
+
+    def _settle(self, admitted: Admission, exchange: Exchange, labels: tuple[str, ...]) -> None:
+        """The answer ended (or the client left): count the usage, settle the tokens.
+        With no usage from the engine: nothing when no answer came or the engine refused
+        (it generated nothing); for a stream cut short, the prompt estimate plus one token
+        per event streamed; otherwise the reservation stands."""
+        if exchange.status is None:
+            admitted.finish(0)
+            return
+        self.metrics.usage_requests.labels(*labels).inc()
+        usage = exchange.reader.usage
+        if usage is not None:
+            self.metrics.usage_prompt_tokens.labels(*labels).inc(usage.prompt_tokens)
+            self.metrics.usage_completion_tokens.labels(*labels).inc(usage.completion_tokens)
+            admitted.finish(usage.total)
+        elif exchange.status >= 300:
+            admitted.finish(0)
+        elif exchange.reader.events:
+            streamed = exchange.prompt_estimate + exchange.reader.events
+            self.metrics.usage_estimated_tokens.labels(*labels).inc(streamed)
+            admitted.finish(streamed)
+        else:
+            self.metrics.usage_estimated_tokens.labels(*labels).inc(admitted.reserved_tokens)
+            admitted.finish(None)
+
+    async def _route(
+        self,
+        request: web.Request,
+        raw: bytes,
+        model: str,
+        route: Route,
+        received: float,
+        exchange: Exchange,
+    ) -> web.StreamResponse:
+        """Pick a pod (holding while there is none) and forward, until one answers."""
+        key = route.backend.key
+        labels = (key[0], key[1])
         activity = self._activity(key)
         activity.last_request = time.monotonic()
         deadline = time.monotonic() + self.config.hold_seconds
@@ -248,7 +342,9 @@ class Gateway:
                     return response
                 tried.clear()
                 continue
-            result = await self._forward(request, raw, route, endpoint, received, held_for)
+            result = await self._forward(
+                request, raw, route, endpoint, received, held_for, exchange
+            )
             if result is not None:
                 self.metrics.requests.labels(*labels, model, str(result.status)).inc()
                 activity.last_request = time.monotonic()
@@ -321,8 +417,11 @@ class Gateway:
         endpoint: Endpoint,
         received: float,
         held_for: float,
+        exchange: Exchange,
     ) -> web.StreamResponse | None:
-        """Send to one pod and stream its answer back. None: could not connect (retry)."""
+        """Send to one pod and stream its answer back. None: could not connect (retry).
+        A 200 answer passes through `exchange.reader` (usage read, usage chunk dropped
+        when the client did not ask for it); others pass unchanged."""
         assert self._session is not None
         key = route.backend.key
         url = endpoint.base_url + request.path
@@ -353,16 +452,26 @@ class Gateway:
                 reason=upstream.reason,
                 headers=_forwardable(upstream.headers),
             )
-            if upstream.content_length is not None:
+            reader = exchange.reader if upstream.status == 200 else None
+            if upstream.content_length is not None and not isinstance(reader, StreamUsageReader):
                 response.content_length = upstream.content_length
             await response.prepare(request)
+            exchange.status = upstream.status
             added = (time.perf_counter() - received) - held_for - engine_headers
             self.metrics.added_latency.labels(*key).observe(max(0.0, added))
             if prefetched is not None:
                 await response.write(prefetched)
-            else:
+            elif reader is None:
                 async for chunk in upstream.content.iter_any():
                     await response.write(chunk)
+            else:
+                async for chunk in upstream.content.iter_any():
+                    passed = reader.feed(chunk)
+                    if passed:
+                        await response.write(passed)
+                tail = reader.end()
+                if tail:
+                    await response.write(tail)
             await response.write_eof()
             upstream.release()
             upstream = None

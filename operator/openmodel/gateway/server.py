@@ -15,8 +15,10 @@ import signal
 import ssl
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
+from kubernetes import client
 from prometheus_client import CollectorRegistry
 
 from openmodel.config import AuthMode, GatewayConfig, PlatformConfig
@@ -26,6 +28,7 @@ from openmodel.gateway.auth.api_key_watch import ApiKeyWatch
 from openmodel.gateway.auth.api_keys import ApiKeyIndex
 from openmodel.gateway.auth.kube_reviews import KubeReviews
 from openmodel.gateway.auth.token_review import TokenReviewer
+from openmodel.gateway.limits.replicas import ReplicaCount
 from openmodel.gateway.metrics import GatewayMetrics
 from openmodel.gateway.poller import EnginePoller
 from openmodel.gateway.proxy import Gateway
@@ -93,8 +96,12 @@ async def serve(
     table = RouteTable()
     metrics = GatewayMetrics()
     access, stop_access = start_access_control(config.gateway, metrics.registry, loop)
-    gateway = Gateway(table, config.gateway, access, metrics)
+    limits = config.gateway.limits
+    gateway = Gateway(
+        table, config.gateway, access, metrics, replicas=ReplicaCount(limits.replicas or 1)
+    )
     watcher: ClusterRoutes | None = None
+    background: list[asyncio.Task[None]] = []
     if routes_file is not None:
         load_static_routes(routes_file, table)
         gateway.ready = True
@@ -108,10 +115,13 @@ async def serve(
             kube.make_api_client(), table, loop, gateway.notify, patterns, on_synced=synced
         )
         watcher.start()
+        if limits.enabled and limits.replicas is None:
+            follow = gateway.replicas.follow(_gateway_pods(config, kube.make_api_client()))
+            background.append(asyncio.create_task(follow, name="gateway-replicas"))
     poller = EnginePoller(
         table, gateway.balancer, config.gateway.queue_poll_seconds, gateway.notify
     )
-    poll_task = asyncio.create_task(poller.run_forever(), name="engine-poller")
+    background.append(asyncio.create_task(poller.run_forever(), name="engine-poller"))
     runner = web.AppRunner(
         gateway.application(),
         access_log=None,
@@ -134,10 +144,25 @@ async def serve(
         await stop.wait()
     finally:
         log.info("gateway stopping: no new connections, requests in flight finish")
-        poll_task.cancel()
-        await asyncio.gather(poll_task, return_exceptions=True)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         if watcher is not None:
             watcher.stop()
         for stop_part in stop_access:
             stop_part()
         await runner.cleanup()
+
+
+def _gateway_pods(
+    config: PlatformConfig, api: client.ApiClient
+) -> Callable[[], list[dict[str, Any]]]:
+    """The gateway's own pods (the ones the autoscaler reads demand from), listed."""
+    gw = config.gateway
+
+    def list_pods() -> list[dict[str, Any]]:
+        return kube.list_objects(
+            api, "v1", "Pod", gw.demand_namespace, label_selector=gw.demand_selector
+        )
+
+    return list_pods

@@ -10,9 +10,9 @@ in front of a simulated engine (`python -m openmodel.simulator`):
 - a marker sent in a prompt and as a bearer token never reaches the gateways' logs (run
   at DEBUG).
 
-Identities: authentication is another part of the gateway; until it stores a caller
-every request is `anonymous`, one identity (tests/unit/test_gateway_limits.py shows
-other identities and namespaces unaffected, with a stand-in for authentication). The
+Identities: these gateways run with authentication off (static routes, no API server),
+so every request is `anonymous`, one identity (tests/unit/test_gateway_limits_in_process.py
+shows other identities and namespaces unaffected, with a stand-in for authentication). The
 limits' window is 10 s here (`gateway.limits.windowSeconds`) so a run covers 2 windows
 in 20 s; the arithmetic is the same as over the default 60 s.
 """
@@ -79,7 +79,9 @@ def start_gateways(workdir: Path, engine_port: int, replicas: int) -> list[Gatew
         "windowSeconds": WINDOW_S,
         "replicas": replicas,
     }
-    config.write_text(yaml.safe_dump({"gateway": {"limits": limits}}))
+    # Auth off: static routes and no API server here, so every request is the one
+    # `anonymous` identity (the door itself is tests/e2e/test_gateway_auth.py's).
+    config.write_text(yaml.safe_dump({"gateway": {"limits": limits, "auth": {"mode": "off"}}}))
     env = {**os.environ, "OPENMODEL_CONFIG": str(config), "PYTHONUNBUFFERED": "1"}
     gateways = []
     for i in range(replicas):

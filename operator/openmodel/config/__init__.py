@@ -62,6 +62,7 @@ from openmodel.accelerators import AcceleratorCatalog, AcceleratorConfigError
 from openmodel.config.errors import (
     ConfigError as ConfigError,  # re-exported: the error of every key
 )
+from openmodel.config.errors import checked_mapping
 from openmodel.config.gateway_auth import (
     AuthMode as AuthMode,  # re-exported: the gateway's and the tests' one import
 )
@@ -179,15 +180,11 @@ def _text(raw: Mapping[str, Any], key: str, where: str, default: str) -> str:
 
 
 def _parse_gateway(raw: Any) -> GatewayConfig:
-    if not isinstance(raw, Mapping):
-        raise ConfigError("gateway must be a mapping")
-    known = {
+    known = (
         "namespaces", "holdSeconds", "holdQueueLength", "maxBodyBytes", "queuePollSeconds",
         "demandSelector", "demandNamespace", "demandUrls", "auth", "tls", "limits",
-    }  # fmt: skip
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"gateway: unknown key(s) {unknown}; known: {sorted(known)}")
+    )  # fmt: skip
+    raw = checked_mapping(raw, "gateway", known)
     d = GatewayConfig()
     return GatewayConfig(
         namespaces=_strings(raw, "namespaces", "gateway"),
@@ -205,12 +202,7 @@ def _parse_gateway(raw: Any) -> GatewayConfig:
 
 
 def _parse_operator(raw: Any) -> OperatorConfig:
-    if not isinstance(raw, Mapping):
-        raise ConfigError("operator must be a mapping")
-    known = {"workers", "apiQPS", "apiBurst", "cacheAuditSeconds"}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"operator: unknown key(s) {unknown}; known: {sorted(known)}")
+    raw = checked_mapping(raw, "operator", ("workers", "apiQPS", "apiBurst", "cacheAuditSeconds"))
     d = OperatorConfig()
     audit = raw.get("cacheAuditSeconds", d.cache_audit_seconds)
     if isinstance(audit, bool) or not isinstance(audit, int | float) or audit < 0:

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from openmodel.config.errors import ConfigError
+from openmodel.config.errors import ConfigError, checked_mapping
 
 
 class AuthMode(enum.StrEnum):
@@ -81,11 +81,7 @@ def _positive(raw: Mapping[str, Any], key: str, default: float, *, whole: bool) 
 def parse_gateway_auth(raw: Any) -> GatewayAuthConfig:
     if raw is None:
         return GatewayAuthConfig()
-    if not isinstance(raw, Mapping):
-        raise ConfigError("gateway.auth must be a mapping")
-    unknown = sorted(set(raw) - set(_AUTH_KEYS))
-    if unknown:
-        raise ConfigError(f"gateway.auth: unknown key(s) {unknown}; known: {sorted(_AUTH_KEYS)}")
+    raw = checked_mapping(raw, "gateway.auth", _AUTH_KEYS)
     mode = raw.get("mode", AuthMode.ENFORCE.value)
     if mode not in {m.value for m in AuthMode}:
         raise ConfigError(
@@ -119,11 +115,7 @@ def parse_gateway_auth(raw: Any) -> GatewayAuthConfig:
 def parse_gateway_tls(raw: Any) -> GatewayTlsConfig:
     if raw is None:
         return GatewayTlsConfig()
-    if not isinstance(raw, Mapping):
-        raise ConfigError("gateway.tls must be a mapping")
-    unknown = sorted(set(raw) - {"certFile", "keyFile"})
-    if unknown:
-        raise ConfigError(f"gateway.tls: unknown key(s) {unknown}; known: certFile, keyFile")
+    raw = checked_mapping(raw, "gateway.tls", ("certFile", "keyFile"))
     cert, key = raw.get("certFile"), raw.get("keyFile")
     if cert is None and key is None:
         return GatewayTlsConfig()

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, NoReturn
 
-from openmodel.config.errors import ConfigError
+from openmodel.config.errors import ConfigError, checked_mapping
 
 KEY: Final = "gateway.limits"
 _LIMIT_KEYS: Final = {
@@ -90,17 +90,8 @@ def _fail(message: str) -> NoReturn:
     raise ConfigError(message)
 
 
-def _mapping(raw: Any, where: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
-    if not isinstance(raw, Mapping):
-        _fail(f"{where} must be a mapping, got {raw!r}")
-    unknown = sorted(str(k) for k in raw if k not in allowed)
-    if unknown:
-        _fail(f"{where} has unknown key(s) {', '.join(unknown)}; known: {', '.join(allowed)}")
-    return raw
-
-
 def _limits(raw: Any, where: str, over: Limits) -> Limits:
-    section = _mapping(raw, where, tuple(_LIMIT_KEYS))
+    section = checked_mapping(raw, where, tuple(_LIMIT_KEYS))
     changes: dict[str, int | None] = {}
     for key, attribute in _LIMIT_KEYS.items():
         if key not in section:
@@ -114,7 +105,7 @@ def _limits(raw: Any, where: str, over: Limits) -> Limits:
 
 
 def _tenant(raw: Any, where: str, over: TenantLimits) -> TenantLimits:
-    section = _mapping(raw, where, tuple(_SCOPE_KEYS))
+    section = checked_mapping(raw, where, tuple(_SCOPE_KEYS))
     changes = {
         attribute: _limits(section[key], f"{where}.{key}", getattr(over, attribute))
         for key, attribute in _SCOPE_KEYS.items()
@@ -136,7 +127,7 @@ def parse_gateway_limits(raw: Any) -> GatewayLimitsConfig:
     if raw is None:
         return GatewayLimitsConfig()
     allowed = (*_SCOPE_KEYS, "namespaces", "defaultMaxTokens", "windowSeconds", "replicas")
-    section = _mapping(raw, KEY, allowed)
+    section = checked_mapping(raw, KEY, allowed)
     defaults = _tenant({k: section[k] for k in _SCOPE_KEYS if k in section}, KEY, TenantLimits())
     overrides_raw = section.get("namespaces", {})
     if not isinstance(overrides_raw, Mapping):

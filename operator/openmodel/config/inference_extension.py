@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from openmodel.config.errors import ConfigError
+from openmodel.config.errors import ConfigError, checked_mapping
 
 KEY = "inferenceExtension"
 FAILURE_MODES = ("FailClose", "FailOpen")
@@ -63,15 +63,6 @@ def _fail(message: str) -> NoReturn:
     raise ConfigError(message)
 
 
-def _mapping(raw: Any, where: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
-    if not isinstance(raw, Mapping):
-        _fail(f"{where} must be a mapping, got {raw!r}")
-    unknown = sorted(str(k) for k in raw if k not in allowed)
-    if unknown:
-        _fail(f"{where} has unknown key(s) {', '.join(unknown)}; known: {', '.join(allowed)}")
-    return raw
-
-
 def _optional_string(raw: Mapping[str, Any], key: str, where: str) -> str | None:
     return None if raw.get(key) is None else _required_string(raw, key, where)
 
@@ -85,7 +76,7 @@ def _required_string(raw: Mapping[str, Any], key: str, where: str) -> str:
 
 def _gateway(raw: Any) -> GatewayRef:
     where = f"{KEY}.gateway"
-    gateway = _mapping(raw, where, ("name", "namespace", "sectionName"))
+    gateway = checked_mapping(raw, where, ("name", "namespace", "sectionName"))
     return GatewayRef(
         name=_required_string(gateway, "name", where),
         namespace=_optional_string(gateway, "namespace", where),
@@ -95,7 +86,7 @@ def _gateway(raw: Any) -> GatewayRef:
 
 def _endpoint_picker(raw: Any) -> EndpointPickerRef:
     where = f"{KEY}.endpointPickerRef"
-    picker = _mapping(raw, where, ("name", "port", "kind", "group", "failureMode"))
+    picker = checked_mapping(raw, where, ("name", "port", "kind", "group", "failureMode"))
     name = _required_string(picker, "name", where)
     kind = _optional_string(picker, "kind", where) or "Service"
     group = picker.get("group", "")
@@ -120,7 +111,7 @@ def parse_inference_extension(raw: Any) -> InferenceExtensionConfig:
     openmodel.config.ConfigError naming the key."""
     if raw is None:
         return InferenceExtensionConfig()
-    section = _mapping(raw, KEY, ("enabled", "gateway", "endpointPickerRef"))
+    section = checked_mapping(raw, KEY, ("enabled", "gateway", "endpointPickerRef"))
     enabled = section.get("enabled", False)
     if not isinstance(enabled, bool):
         _fail(f"{KEY}.enabled must be true or false, got {enabled!r}")

@@ -252,16 +252,23 @@ class Gateway:
         if isinstance(route, web.Response):
             self.metrics.errors.labels(model, f"auth_{route.status}").inc()
             return route
-        return await self._serve(request, raw, model, route, received)
+        return await self._serve(request, raw, body, model, route, received)
 
     async def _serve(
-        self, request: web.Request, raw: bytes, model: str, route: Route, received: float
+        self,
+        request: web.Request,
+        raw: bytes,
+        body: dict[str, Any],
+        model: str,
+        route: Route,
+        received: float,
     ) -> web.StreamResponse:
+        """Admit `body` (parsed from `raw` by `handle_inference`) under the caller's
+        limits, route it, and settle its usage."""
         key = route.backend.key
         labels = (key[0], key[1])
         caller = caller_of(request)
         who = (caller.namespace, caller.identity)
-        body = json.loads(raw)  # handle_inference checked it is a JSON object
         prompt = prompt_estimate(body)
         reserved = prompt + completion_reservation(
             request.path, body, self.config.limits.default_max_tokens

@@ -293,11 +293,8 @@ def namespace_terminating(e: ApiException) -> bool:
     NamespaceTerminating): no permission is missing, and nothing is to be done there."""
     if e.status != 403:
         return False
-    try:
-        details = json.loads(e.body or "{}").get("details") or {}
-    except (ValueError, AttributeError):
-        return False
-    return any(c.get("reason") == "NamespaceTerminating" for c in details.get("causes") or [])
+    causes = _status_details(e).get("causes") or []
+    return any(c.get("reason") == "NamespaceTerminating" for c in causes)
 
 
 def namespace_not_found(e: ApiException) -> bool:
@@ -305,11 +302,17 @@ def namespace_not_found(e: ApiException) -> bool:
     details name a namespace (`namespaces "x" not found`), not the object written."""
     if e.status != 404:
         return False
+    details = _status_details(e)
+    return details.get("kind") == "namespaces" and details.get("group", "") == ""
+
+
+def _status_details(e: ApiException) -> Mapping[str, Any]:
+    """The `details` of the Status an API error carries; {} when its body is no Status."""
     try:
         details = json.loads(e.body or "{}").get("details") or {}
     except (ValueError, AttributeError):
-        return False
-    return details.get("kind") == "namespaces" and details.get("group", "") == ""
+        return {}
+    return details if isinstance(details, Mapping) else {}
 
 
 def upgrade_to_apply(

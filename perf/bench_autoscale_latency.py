@@ -44,7 +44,6 @@ import copy
 import itertools
 import os
 import random
-import shutil
 import signal
 import statistics
 import sys
@@ -64,6 +63,7 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from perf.openmodel_engines import EngineStats, render_vllm, simulator_server
+from perf.runs import note, remove_or_keep
 
 from harness import (
     NotYet,
@@ -670,10 +670,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         return 2
     finally:
-        if code == 0 and not args.keep_workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            print(f"files kept in {workdir}", file=sys.stderr)
+        remove_or_keep(workdir, code != 0 or args.keep_workdir, say=note)
 
 
 if __name__ == "__main__":

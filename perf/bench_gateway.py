@@ -39,7 +39,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -57,6 +56,7 @@ from perf.gateway.processes import (
     start_gateway,
 )
 from perf.gateway.report import ms, print_conditions, report
+from perf.runs import remove_or_keep
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -147,10 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         procs.stop_all()
-        if args.keep:
-            print(f"  work directory kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        remove_or_keep(workdir, args.keep)
 
 
 if __name__ == "__main__":

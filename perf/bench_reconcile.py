@@ -57,16 +57,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shutil
+import functools
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from perf.reconcile.report import report, summary
 from perf.reconcile.results import Results
 from perf.reconcile.steps import run
-from perf.runs import REPO, interrupt_on_signals, note
+from perf.runs import REPO, interrupt_on_signals, note, remove_or_keep
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -166,29 +167,27 @@ def measure(args: argparse.Namespace) -> int:
             except Exception as e:
                 note(f"error: {type(e).__name__}: {e}")
                 code = 2
-            try:
-                ok &= report(res)
-            except Exception as e:
-                if code == 0:
-                    raise
-                note(f"(partial report failed: {type(e).__name__}: {e})")
-                ok = False
+            ok &= _verdict(functools.partial(report, res), "report", code)
             if code:
                 break
-        try:
-            ok &= summary(results)
-        except Exception as e:
-            if code == 0:
-                raise
-            note(f"(partial summary failed: {type(e).__name__}: {e})")
-            ok = False
+        ok &= _verdict(functools.partial(summary, results), "summary", code)
         print(f"\nresult over every count: {'every target met' if ok else 'a target was MISSED'}")
         return code or (0 if ok else 1)
     finally:
-        if args.keep or code:
-            note(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        remove_or_keep(workdir, args.keep or code != 0, say=note)
+
+
+def _verdict(judge: Callable[[], bool], what: str, code: int) -> bool:
+    """`judge()`: print a report and say whether its targets were met. After an error
+    (`code` != 0) the results are partial and may not add up: a report that then fails
+    is noted and counts as a miss; without an error its failure is a bug and raised."""
+    try:
+        return judge()
+    except Exception as e:
+        if code == 0:
+            raise
+        note(f"(partial {what} failed: {type(e).__name__}: {e})")
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import argparse
 import random
-import shutil
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from perf.runs import commit, interrupt_on_signals, log
+from perf.runs import commit, interrupt_on_signals, log, remove_or_keep
 
 from harness.operator import start_operator
 from harness.resilience import (
@@ -122,10 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         log("interrupted; everything this script started was stopped")
         return 130
     finally:
-        if args.keep or failed:
-            log(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        remove_or_keep(workdir, args.keep or bool(failed))
 
     return report(outages, args.count, failed)
 

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import random
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from openmodel.kube.leadership import RETRY_PERIOD_SECONDS
-from perf.runs import commit
+from perf.runs import commit, remove_or_keep
 
 from harness.failover import FailoverResult, run_failover
 from harness.operator import AUTOSCALER_POLL_SECONDS
@@ -72,10 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             with own_cluster(workdir) as cluster:
                 res = run_failover(cluster, rng, RETRY_PERIOD_SECONDS)
         finally:
-            if args.keep:
-                print(f"kept {workdir}")
-            else:
-                shutil.rmtree(workdir, ignore_errors=True)
+            remove_or_keep(workdir, args.keep)
         results.append(res)
         bound = res.lease_seconds + RETRY_PERIOD_SECONDS
         print(

@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import argparse
 import random
-import shutil
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 from perf.clusters import ScriptCluster, script_cluster
-from perf.runs import commit, interrupt_on_signals, log
+from perf.runs import commit, interrupt_on_signals, log, remove_or_keep
 
 from harness.operator import ChildProcess, start_operator
 from harness.resilience import (
@@ -157,10 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         log("interrupted; everything this script started was stopped")
         return 130
     finally:
-        if args.keep or failed:
-            log(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        remove_or_keep(workdir, args.keep or bool(failed))
     return report(results, args.rounds, failed)
 
 

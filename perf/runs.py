@@ -1,12 +1,15 @@
-"""What every script shares: timestamped log lines, the commit being measured, and
-signals turned into KeyboardInterrupt so that every `finally` stops what was started."""
+"""What every script shares: timestamped log lines, the commit being measured, signals
+turned into KeyboardInterrupt so that every `finally` stops what was started, and the
+end of a work directory."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import TextIO
@@ -47,3 +50,12 @@ def interrupt_on_signals() -> None:
 def note(message: str) -> None:
     """A progress line on stderr, for scripts whose stdout is the report alone."""
     log(message, file=sys.stderr)
+
+
+def remove_or_keep(workdir: Path, keep: bool, say: Callable[[str], None] = log) -> None:
+    """A script's work directory at its end: kept, with a line saying where, when asked
+    to or when its logs are the evidence of a failure; else removed."""
+    if keep:
+        say(f"kept {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -36,7 +36,6 @@ import collections
 import contextlib
 import dataclasses
 import random
-import shutil
 import sys
 import tempfile
 import time
@@ -49,7 +48,7 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
 from perf.clusters import script_cluster
-from perf.runs import commit, interrupt_on_signals, log
+from perf.runs import commit, interrupt_on_signals, log, remove_or_keep
 
 from harness import NotYet, delete_namespace, wait_for
 from harness.audit import AuditedRequest
@@ -408,10 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"error: {type(e).__name__}: {e}")
         code = 2
     finally:
-        if args.keep or code:
-            log(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        remove_or_keep(workdir, args.keep or code != 0)
     return code
 
 

@@ -174,19 +174,26 @@ def chat_status(gw: GatewayProcess, key: str, model: str) -> int:
     return 200
 
 
-def raw_post(gw: GatewayProcess, headers: dict[str, str]) -> tuple[int, dict[str, Any], Any]:
-    body = json.dumps({"model": "x", "messages": []}).encode()
+def post_chat(
+    gw: GatewayProcess, body: dict[str, Any], headers: dict[str, str], timeout: float
+) -> tuple[int, dict[str, Any], Any]:
+    """A chat completion sent by hand (headers the SDK would not send): status, JSON
+    answer, headers."""
     request = urllib.request.Request(
         f"{gw.url}/v1/chat/completions",
-        data=body,
+        data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json", **headers},
         method="POST",
     )
     try:
-        with urllib.request.urlopen(request, timeout=30) as r:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
             return r.status, json.loads(r.read()), r.headers
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read()), e.headers
+
+
+def raw_post(gw: GatewayProcess, headers: dict[str, str]) -> tuple[int, dict[str, Any], Any]:
+    return post_chat(gw, {"model": "x", "messages": []}, headers, timeout=30)
 
 
 def metric(gw: GatewayProcess, name: str, label: str) -> float:
@@ -263,20 +270,9 @@ def test_team_b_needs_a_token_then_a_binding_and_loses_both(
 
 
 def raw_post_model(gw: GatewayProcess, token: str, model: str) -> tuple[int, dict[str, Any], Any]:
-    body = json.dumps(
-        {"model": model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
-    ).encode()
-    request = urllib.request.Request(
-        f"{gw.url}/v1/chat/completions",
-        data=body,
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
-        method="POST",
-    )
+    body = {"model": model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
     try:
-        with urllib.request.urlopen(request, timeout=3) as r:
-            return r.status, json.loads(r.read()), r.headers
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read()), e.headers
+        return post_chat(gw, body, {"Authorization": f"Bearer {token}"}, timeout=3)
     except TimeoutError:
         return 0, {"held": "no answer within 3 s: waiting for a pod with the adapter"}, None
 

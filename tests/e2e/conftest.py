@@ -17,6 +17,7 @@ from kubernetes import client
 
 from harness import Cluster, create_namespace, delete_namespace, provide_cluster
 from openmodel_fixtures import (  # noqa: F401  (fixtures for the operator tests)
+    api_key_crd,
     crd,
     gateway,
     operator,

@@ -16,6 +16,7 @@ from kubernetes import client
 
 from harness import Cluster
 from harness.operator import (
+    API_KEY_CRD_FILE,
     AUTOSCALER_POLL_SECONDS,
     CRD_FILE,
     EXAMPLES,
@@ -31,15 +32,18 @@ from harness.operator import (
     condition,
     create_md,
     get_md,
+    grant_use,
     install_crd,
     load_example,
     operator_dumps,
     platform_config,
+    revoke_use,
     start_gateway,
     start_operator,
 )
 
 __all__ = [
+    "API_KEY_CRD_FILE",
     "AUTOSCALER_POLL_SECONDS",
     "CACHE_TEST_NAMESPACE_PREFIX",
     "CRD_FILE",
@@ -58,17 +62,20 @@ __all__ = [
     "ChildProcess",
     "GatewayProcess",
     "OperatorProcess",
+    "api_key_crd",
     "autoscaled_small_md",
     "condition",
     "crd",
     "create_md",
     "gateway",
     "get_md",
+    "grant_use",
     "install_crd",
     "load_example",
     "operator",
     "operator_dumps",
     "platform_config",
+    "revoke_use",
     "start_gateway",
     "start_operator",
 ]
@@ -90,6 +97,12 @@ PERF_NAMESPACE_PREFIX = "e2e-perf"
 @pytest.fixture(scope="session")
 def crd(api_client: client.ApiClient) -> None:
     install_crd(api_client)
+
+
+@pytest.fixture(scope="session")
+def api_key_crd(api_client: client.ApiClient) -> None:
+    """The APIKey CRD, which a gateway with authentication on watches."""
+    install_crd(api_client, API_KEY_CRD_FILE)
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,6 @@ from kubernetes.client.exceptions import ApiException
 from harness import Cluster, NotYet, wait_for
 from harness.engine_fleet import EngineFleet
 from harness.k8s import create_namespace, delete_namespace, service_account_token
-from harness.operator import API_KEY_CRD_FILE
 from harness.slow_proxy import SlowProxy
 from openmodel_fixtures import (
     GROUP,
@@ -42,7 +41,8 @@ from openmodel_fixtures import (
     GatewayProcess,
     OperatorProcess,
     create_md,
-    install_crd,
+    grant_use,
+    revoke_use,
     start_gateway,
 )
 
@@ -77,11 +77,6 @@ class Teams:
     served: str
     adapter: str
     fleet: EngineFleet
-
-
-@pytest.fixture(scope="module")
-def api_key_crd(api_client: client.ApiClient) -> None:
-    install_crd(api_client, API_KEY_CRD_FILE)
 
 
 @pytest.fixture(scope="module")
@@ -128,35 +123,6 @@ def md(namespace: str, served: str, adapter: str | None = None) -> dict[str, Any
         "metadata": {"name": NAME, "namespace": namespace},
         "spec": spec,
     }
-
-
-def bind_use(api: client.ApiClient, namespace: str, caller_ns: str, account: str) -> str:
-    """A RoleBinding in `namespace` to openmodel-user's rule, as a Role of the test's own
-    (the ClusterRole ships in manifests/, which the session does not install)."""
-    rbac = client.RbacAuthorizationV1Api(api)
-    role = f"use-{caller_ns}-{account}"
-    rbac.create_namespaced_role(
-        namespace,
-        {
-            "metadata": {"name": role},
-            "rules": [{"apiGroups": [GROUP], "resources": ["modeldeployments"], "verbs": ["use"]}],
-        },
-    )
-    rbac.create_namespaced_role_binding(
-        namespace,
-        {
-            "metadata": {"name": role},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
-            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": caller_ns}],
-        },
-    )
-    return role
-
-
-def unbind(api: client.ApiClient, namespace: str, role: str) -> None:
-    rbac = client.RbacAuthorizationV1Api(api)
-    rbac.delete_namespaced_role_binding(role, namespace)
-    rbac.delete_namespaced_role(role, namespace)
 
 
 def sdk(gw: GatewayProcess, key: str) -> openai.OpenAI:
@@ -233,15 +199,15 @@ def test_team_b_needs_a_token_then_a_binding_and_loses_both(
 
     # Granted: 200 within the bound (the refusal was cached); revoked right after the
     # grant was cached, the worst case: 403 within the bound.
-    role = bind_use(api_client, teams.a, teams.b, "client")
+    role = grant_use(api_client, teams.a, teams.b, "client")
     granted = become(lambda: chat_status(door, token, teams.served), 200, 30, "use granted")
     print(f"RoleBinding created -> 200 after {granted:.2f}s (bound {ACCESS_BOUND_S}s)")
-    unbind(api_client, teams.a, role)
+    revoke_use(api_client, teams.a, role)
     revoked = become(lambda: chat_status(door, token, teams.served), 403, 30, "binding revoked")
     print(f"RoleBinding deleted -> 403 after {revoked:.2f}s (bound {ACCESS_BOUND_S}s)")
     assert granted <= ACCESS_BOUND_S + SLACK_S and revoked <= ACCESS_BOUND_S + SLACK_S
 
-    role = bind_use(api_client, teams.a, teams.b, "client")
+    role = grant_use(api_client, teams.a, teams.b, "client")
     become(lambda: chat_status(door, token, teams.served), 200, 30, "use granted again")
     answer = sdk(door, token).chat.completions.create(
         model=teams.served, messages=[{"role": "user", "content": "hi"}], max_tokens=4
@@ -263,7 +229,7 @@ def test_team_b_needs_a_token_then_a_binding_and_loses_both(
     print(f"ServiceAccount deleted -> 401 after {gone:.2f}s (bound {TOKEN_BOUND_S}s "
           f"+ the API server's {APISERVER_TOKEN_CACHE_S}s)")  # fmt: skip
     assert gone <= bound + SLACK_S
-    unbind(api_client, teams.a, role)
+    revoke_use(api_client, teams.a, role)
     client.CoreV1Api(api_client).create_namespaced_service_account(
         teams.b, {"metadata": {"name": "client"}}
     )
@@ -291,7 +257,7 @@ def create_key(cluster: Cluster, namespace: str, account: str, name: str) -> str
 def test_an_api_key_from_the_cli_works_until_revoked_or_rotated(
     api_client: client.ApiClient, cluster: Cluster, door: GatewayProcess, teams: Teams
 ) -> None:
-    role = bind_use(api_client, teams.a, teams.b, "keyed")
+    role = grant_use(api_client, teams.a, teams.b, "keyed")
     client.CoreV1Api(api_client).create_namespaced_service_account(
         teams.b, {"metadata": {"name": "keyed"}}
     )
@@ -319,7 +285,7 @@ def test_an_api_key_from_the_cli_works_until_revoked_or_rotated(
         print(f"APIKey deleted -> 401 after {revoked:.2f}s (the watch)")
         assert chat_status(door, second, teams.served) == 200
     finally:
-        unbind(api_client, teams.a, role)
+        revoke_use(api_client, teams.a, role)
 
 
 def random_jwt(rng: random.Random) -> str:
@@ -451,7 +417,7 @@ def test_a_name_claimed_twice_goes_to_the_claimant_the_caller_may_use(
         client.CoreV1Api(api_client).create_namespaced_service_account(
             teams.b, {"metadata": {"name": "c-user"}}
         )
-        role = bind_use(api_client, c, teams.b, "c-user")
+        role = grant_use(api_client, c, teams.b, "c-user")
         token = service_account_token(api_client, teams.b, "c-user")
 
         def served_by_c() -> int:
@@ -460,7 +426,7 @@ def test_a_name_claimed_twice_goes_to_the_claimant_the_caller_may_use(
             return status if handled else -status
 
         become(served_by_c, 200, 30, "team-c's claimant to answer")
-        unbind(api_client, c, role)
+        revoke_use(api_client, c, role)
     finally:
         fleet.stop()
         delete_namespace(api_client, c)
@@ -475,7 +441,7 @@ def test_p50_with_auth_on_and_off_side_by_side(
     api_client: client.ApiClient, door: GatewayProcess, gateway: GatewayProcess, teams: Teams
 ) -> None:
     """Reported, not gated: this machine's noise is about 1 ms at this level."""
-    role = bind_use(api_client, teams.a, teams.b, "client")
+    role = grant_use(api_client, teams.a, teams.b, "client")
     token = service_account_token(api_client, teams.b, "client")
     try:
         become(lambda: chat_status(door, token, teams.served), 200, 30, "use granted")
@@ -504,4 +470,53 @@ def test_p50_with_auth_on_and_off_side_by_side(
         print(f"end-to-end p50, 300 sequential completions each, alternated: auth off "
               f"{off1:.2f} / {off2:.2f} ms, auth on (cached) {on1:.2f} / {on2:.2f} ms")  # fmt: skip
     finally:
-        unbind(api_client, teams.a, role)
+        revoke_use(api_client, teams.a, role)
+
+
+def test_a_caller_over_its_limit_gets_429_and_another_identity_is_unaffected(
+    api_client: client.ApiClient, cluster: Cluster, teams: Teams
+) -> None:
+    """Limits keyed by the identity TokenReview vouched for: two ServiceAccounts of one
+    namespace, each with its own budget of requests per window."""
+    per_window = 3
+    limits = {
+        "perIdentity": {"requestsPerMinute": per_window},
+        "windowSeconds": 60,
+        "replicas": 1,
+    }
+    gw = start_gateway(
+        cluster.kubeconfig, cluster.workdir, name="gateway-auth-limits", auth=AUTH, limits=limits
+    )
+    core = client.CoreV1Api(api_client)
+    roles = []
+    try:
+        tokens = {}
+        for account in ("heavy", "light"):
+            core.create_namespaced_service_account(teams.b, {"metadata": {"name": account}})
+            roles.append(grant_use(api_client, teams.a, teams.b, account))
+            tokens[account] = service_account_token(api_client, teams.b, account)
+        # The first 200 may take the access cache's bound; it counts against the budget.
+        become(lambda: chat_status(gw, tokens["heavy"], teams.served), 200, 30, "use granted")
+        statuses = [chat_status(gw, tokens["heavy"], teams.served) for _ in range(per_window)]
+        assert statuses == [200] * (per_window - 1) + [429], statuses
+        body = {"model": teams.served, "messages": [{"role": "user", "content": "hi"}]}
+        status, answer, headers = post_chat(
+            gw, body, {"Authorization": f"Bearer {tokens['heavy']}"}, timeout=30
+        )
+        assert status == 429 and answer["error"]["code"] == "rate_limit_exceeded", answer
+        assert 0 < int(headers["Retry-After"]) <= 60, headers["Retry-After"]
+        # The other identity of the same namespace still has its whole budget.
+        assert [chat_status(gw, tokens["light"], teams.served) for _ in range(per_window)] == [
+            200
+        ] * per_window
+        heavy = f'identity="system:serviceaccount:{teams.b}:heavy"'
+        light = f'identity="system:serviceaccount:{teams.b}:light"'
+        assert metric(gw, "openmodel_gateway_usage_requests_total", heavy) == per_window
+        assert metric(gw, "openmodel_gateway_usage_requests_total", light) == per_window
+        assert metric(gw, "openmodel_gateway_rate_limited_requests_total", heavy) == 2
+    finally:
+        gw.stop()
+        for role in roles:
+            revoke_use(api_client, teams.a, role)
+        for account in ("heavy", "light"):
+            core.delete_namespaced_service_account(account, teams.b)

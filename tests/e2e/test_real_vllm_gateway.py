@@ -9,8 +9,11 @@ unknown model gets the 404 body, and after scaleToZeroAfterSeconds the model goe
 to zero by itself. Along the way the gateway's usage counters for the real model equal
 the sum of the `usage` fields vLLM returned (plain answers and streams, with the usage
 chunk asked for by the client or only by the gateway, which then strips it), and a
-marker sent in a prompt and as a bearer token never shows in the gateway's log. One
-real-engine start.
+marker sent in a prompt and as a bearer token never shows in the gateway's log. A second
+gateway with authentication enforced (real TokenReview and SubjectAccessReview) keeps a
+caller of another namespace out of the real model and its adapter (401 without a token,
+403 with one) until a RoleBinding grants `use`, then lets the real adapter answer it
+through the official OpenAI SDK. One real-engine start.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import openai
 import pytest
 from kubernetes import client
 
@@ -36,6 +40,7 @@ from harness import (
     wait_for,
 )
 from harness.engine_fleet import EngineFleet
+from harness.k8s import create_namespace, delete_namespace, service_account_token
 from openmodel_fixtures import (
     AUTOSCALER_POLL_SECONDS,
     GROUP,
@@ -45,6 +50,8 @@ from openmodel_fixtures import (
     condition,
     create_md,
     get_md,
+    grant_use,
+    start_gateway,
 )
 from real_engine.cluster_objects import engine_namespace
 from real_engine.cpu import CPU_ARGS, CPU_ENV, START_TIMEOUT
@@ -189,6 +196,56 @@ def add(total: dict[str, dict[str, float]], model: str, usage: dict[str, int]) -
     counts["completion"] += usage["completion_tokens"]
 
 
+def door_refuses_then_admits(
+    api_client: client.ApiClient, cluster: Cluster, namespace: str
+) -> None:
+    """The real model and its adapter behind a gateway that enforces authentication: a
+    caller of another namespace gets 401 without a token and 403 with its token, then 200
+    from the real engine (the adapter's own answer) once a RoleBinding grants `use`."""
+    door = start_gateway(
+        cluster.kubeconfig, cluster.workdir, name="gateway-real-door",
+        auth={"mode": "enforce", "accessCacheSeconds": 1, "deniedCacheSeconds": 1},
+    )  # fmt: skip
+    caller_ns = create_namespace(api_client, "e2e-real-caller")
+    try:
+        client.CoreV1Api(api_client).create_namespaced_service_account(
+            caller_ns, {"metadata": {"name": "client"}}
+        )
+        token = service_account_token(api_client, caller_ns, "client")
+
+        def sdk(key: str) -> openai.OpenAI:
+            return openai.OpenAI(base_url=f"{door.url}/v1", api_key=key, max_retries=0)
+
+        def completion(key: str, model: str) -> Any:
+            return sdk(key).completions.create(
+                model=model, prompt="the cat", max_tokens=4, temperature=0
+            )
+
+        for model in (SERVED, ADAPTER):
+            with pytest.raises(openai.AuthenticationError):
+                completion("none", model)
+            with pytest.raises(openai.PermissionDeniedError) as refused:
+                completion(token, model)
+            assert refused.value.body["code"] == "permission_denied"  # type: ignore[index]
+        assert not {m.id for m in sdk(token).models.list()} & {SERVED, ADAPTER}
+
+        grant_use(api_client, namespace, caller_ns, "client")
+
+        def adapter_answer() -> Any:
+            try:
+                return completion(token, ADAPTER)
+            except openai.PermissionDeniedError as e:
+                return NotYet(e.status_code)
+
+        answer = wait_for(adapter_answer, 30, "the RoleBinding to let the caller in")
+        assert answer.model == ADAPTER and answer.usage.completion_tokens >= 1, answer
+        assert completion(token, SERVED).model == SERVED
+        assert {SERVED, ADAPTER} <= {m.id for m in sdk(token).models.list()}
+    finally:
+        door.stop()
+        delete_namespace(api_client, caller_ns)
+
+
 def _time(value: dt.datetime) -> float:
     return value.timestamp()
 
@@ -200,6 +257,8 @@ def test_one_gateway_routes_every_model_and_a_real_vllm_scales_from_zero_and_bac
     fleets: dict[str, EngineFleet],
     gateway: GatewayProcess,
     operator: OperatorProcess,
+    cluster: Cluster,
+    api_key_crd: None,
 ) -> None:
     ns = gateway_namespace
     core = client.CoreV1Api(api_client)
@@ -257,6 +316,8 @@ def test_one_gateway_routes_every_model_and_a_real_vllm_scales_from_zero_and_bac
         assert status == 200 and body["model"] == name, body
         after = sum(h.stats.succeeded for _, h in fleet.handles.values())
         assert after == before + 1, f"{name}: its own engine did not answer"
+
+    door_refuses_then_admits(api_client, cluster, ns)
 
     # Usage: the counters equal the usage vLLM returned, streams included.
     returned: dict[str, dict[str, float]] = {}

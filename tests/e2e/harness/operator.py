@@ -213,17 +213,44 @@ class GatewayProcess(ChildProcess):
 AUTH_OFF: dict[str, Any] = {"mode": "off"}
 
 
+def grant_use(api: client.ApiClient, namespace: str, caller_ns: str, account: str) -> str:
+    """A RoleBinding in `namespace` giving ServiceAccount `caller_ns/account` the verb `use`
+    on ModelDeployments (openmodel-user's rule, as a Role of the test's own: the ClusterRole
+    ships in manifests/, which the session does not install). Returns the Role's name,
+    which the RoleBinding shares."""
+    rbac = client.RbacAuthorizationV1Api(api)
+    role = f"use-{caller_ns}-{account}"
+    rules = [client.V1PolicyRule(api_groups=[GROUP], resources=[PLURAL], verbs=["use"])]
+    rbac.create_namespaced_role(
+        namespace, client.V1Role(metadata=client.V1ObjectMeta(name=role), rules=rules)
+    )
+    binding = client.V1RoleBinding(
+        metadata=client.V1ObjectMeta(name=role),
+        role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name=role),
+        subjects=[client.RbacV1Subject(kind="ServiceAccount", name=account, namespace=caller_ns)],
+    )
+    rbac.create_namespaced_role_binding(namespace, binding)
+    return role
+
+
+def revoke_use(api: client.ApiClient, namespace: str, role: str) -> None:
+    rbac = client.RbacAuthorizationV1Api(api)
+    rbac.delete_namespaced_role_binding(role, namespace)
+    rbac.delete_namespaced_role(role, namespace)
+
+
 def start_gateway(
     kubeconfig: Path,
     workdir: Path,
     name: str = "gateway",
     auth: dict[str, Any] | None = None,
     tls: dict[str, str] | None = None,
+    limits: dict[str, Any] | None = None,
 ) -> GatewayProcess:
     """`python -m openmodel.gateway` on 127.0.0.1, routing every namespace of the cluster
     (pods' IPs are reachable from the host: loopback for KWOK pods, the process nodes'
     veths for real engines). `auth`: the platform config's gateway.auth (default: off);
-    `tls`: gateway.tls (serves https://)."""
+    `tls`: gateway.tls (serves https://); `limits`: gateway.limits (default: none)."""
     port = free_port()
     log_path = workdir / f"{name}.log"
     config_path = workdir / f"{name}-config.yaml"
@@ -231,6 +258,8 @@ def start_gateway(
     config["gateway"]["auth"] = auth if auth is not None else AUTH_OFF
     if tls is not None:
         config["gateway"]["tls"] = tls
+    if limits is not None:
+        config["gateway"]["limits"] = limits
     config_path.write_text(yaml.safe_dump(config))
     env = {
         **os.environ,

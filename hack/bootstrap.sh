@@ -23,8 +23,9 @@ if [ ! -f "$stamp" ]; then
 fi
 
 # Debian packages, by the command each provides: lua5.1 for the Argo CD health-check
-# tests, redis-server for the Argo CD the GitOps e2e tests run.
-for pair in lua5.1:lua5.1 redis-server:redis-server; do
+# tests, redis-server for the Argo CD the GitOps e2e tests run, nftables for the process
+# nodes (pods reach each other only; NetworkPolicy enforcement, tests/e2e/harness/netpol.py).
+for pair in lua5.1:lua5.1 redis-server:redis-server nft:nftables; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 && continue
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

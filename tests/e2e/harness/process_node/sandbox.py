@@ -7,6 +7,12 @@ reach ``<podIP>:<port>`` exactly as in a cluster, and a server inside that binds
 two pods on one node never fight over a port. Process-node pod addresses come from
 198.18.0.0/15 (RFC 2544's benchmarking range: routed here only to these veths, with an
 ``unreachable`` route for each node's /24 so nothing leaves the machine).
+
+Pods reach each other as in a cluster's flat network: the host routes between the veths
+(IP forwarding on, and proxy ARP on each host-side link, so a pod's on-link default route
+finds any address the host can route), and a forward filter of the host's own
+(``FORWARD_TABLE``) lets forwarded packets go only from one pod link to another, so a
+pod's packets still never leave the machine.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from pathlib import Path
 
 NETNS_DIR = Path("/run/netns")
 NETNS_PREFIX = "openmodel-pod-"
+HOST_LINK_PREFIX = "om"
+FORWARD_TABLE = "openmodel_pod_forwarding"
 
 
 class SandboxError(RuntimeError):
@@ -45,7 +53,7 @@ class Sandbox:
 
     @property
     def host_link(self) -> str:
-        return f"om{_hex(self.address)}"  # 10 characters: link names stop at 15
+        return f"{HOST_LINK_PREFIX}{_hex(self.address)}"  # 10 characters: names stop at 15
 
     def create(self) -> None:
         self.destroy()  # a sandbox left by a killed process node
@@ -58,6 +66,9 @@ class Sandbox:
             _ip("-n", ns, "link", "set", "eth0", "up")
             # A device route: the host answers ARP for its own addresses on any link.
             _ip("-n", ns, "route", "add", "default", "dev", "eth0")
+            Path(f"/proc/sys/net/ipv4/conf/{link}/proxy_arp").write_text("1")
+            # Proxied ARP replies otherwise wait a random 0-0.8 s (the kernel's default).
+            Path(f"/proc/sys/net/ipv4/neigh/{link}/proxy_delay").write_text("0")
             _ip("link", "set", link, "up")
             _ip("route", "replace", f"{ip}/32", "dev", link)
         except SandboxError:
@@ -72,8 +83,35 @@ class Sandbox:
 
 
 def guard_network(cidr: ipaddress.IPv4Network) -> None:
-    """Addresses of the node's range without a pod are unreachable, not sent away."""
+    """Addresses of the node's range without a pod are unreachable, not sent away; pods
+    reach each other and nothing else through the host."""
     _ip("route", "replace", "unreachable", str(cidr))
+    enable_pod_forwarding()
+
+
+def enable_pod_forwarding() -> None:
+    """IP forwarding on, limited by a forward filter to pod link -> pod link (the host's
+    other forwarding, if it does any, passes as before). Idempotent: the table is
+    replaced whole."""
+    script = f"""table inet {FORWARD_TABLE}
+delete table inet {FORWARD_TABLE}
+table inet {FORWARD_TABLE} {{
+  chain forward {{
+    type filter hook forward priority 0; policy accept;
+    iifname "{HOST_LINK_PREFIX}*" oifname != "{HOST_LINK_PREFIX}*" drop
+    oifname "{HOST_LINK_PREFIX}*" iifname != "{HOST_LINK_PREFIX}*" drop
+  }}
+}}
+"""
+    try:
+        done = subprocess.run(
+            ["nft", "-f", "-"], input=script, capture_output=True, text=True, check=False
+        )
+    except FileNotFoundError:
+        raise SandboxError("nft is missing (Debian package nftables)") from None
+    if done.returncode != 0:
+        raise SandboxError(f"nft: {done.stderr.strip()}")
+    Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
 
 
 def release_network(cidr: ipaddress.IPv4Network) -> None:

@@ -23,6 +23,12 @@ KIND = "ModelDeployment"
 PLURAL = "modeldeployments"
 API_VERSION = f"{GROUP}/{VERSION}"
 OWNER_LABEL = "openmodel.dev/model-deployment"
+# A namespace labelled `openmodel.dev/data: private` holds data that must never leave the
+# cluster: engine telemetry stays off there whatever the platform chose, its
+# ModelDeployments get no egress exception to addresses outside the cluster, and nothing
+# of openmodel sends its requests out (docs/security.md).
+DATA_LABEL = "openmodel.dev/data"
+DATA_PRIVATE = "private"
 
 # spec.engine's enum and default (the CRD's); each is a module in openmodel/engines/.
 ENGINES = ("vllm", "tgi", "sglang", "llamacpp")
@@ -154,6 +160,9 @@ class ModelDeploymentSpec:
     lora: LoraSpec | None = None
     # An engine that loads GGUF files, with a Hugging Face repo: the .gguf file in it.
     gguf_file: str | None = None
+    # Names of the platform's egress allowlist entries the engine pods may reach
+    # (spec.network.egress), beyond what fetching weights needs.
+    egress_exceptions: tuple[str, ...] = ()
 
 
 def lora_settings(spec: ModelDeploymentSpec) -> LoraSpec | None:
@@ -349,6 +358,25 @@ def _parse_gguf_file(raw: Mapping[str, Any]) -> str | None:
     return gguf_file
 
 
+def _parse_network(raw: Any) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        raise SpecError("spec.network", f"must be an object, got {raw!r}")
+    unknown = sorted(str(k) for k in raw if k != "egress")
+    if unknown:
+        raise SpecError("spec.network", f"unknown field(s) {', '.join(unknown)}; known: egress")
+    egress = raw.get("egress") or []
+    if not isinstance(egress, list) or not all(isinstance(e, str) and e for e in egress):
+        raise SpecError(
+            "spec.network.egress",
+            "must be a list of names from the platform's egress allowlist, e.g. [internal-tools]",
+        )
+    if len(set(egress)) != len(egress):
+        raise SpecError("spec.network.egress", "names an allowlist entry twice")
+    return tuple(egress)
+
+
 def parse_spec(raw: Mapping[str, Any], rules: EngineRules) -> ModelDeploymentSpec:
     """Parse and check a ModelDeployment spec; raises SpecError naming the field."""
     model = _get(raw, "model", "spec", str)
@@ -423,6 +451,7 @@ def parse_spec(raw: Mapping[str, Any], rules: EngineRules) -> ModelDeploymentSpe
         adapters=adapters,
         lora=lora,
         gguf_file=_parse_gguf_file(raw),
+        egress_exceptions=_parse_network(raw.get("network")),
     )
     rules.check_spec(spec)
     return spec

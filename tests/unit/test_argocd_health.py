@@ -26,8 +26,16 @@ import pytest
 import yaml
 
 from openmodel.adapters.status import ADAPTERS_READY
+from openmodel.privacy.egress import Egress, EgressPlan
 from openmodel.problems import Problem
-from openmodel.reconcile.status import RECONCILER_CONDITIONS, Observation, build_status
+from openmodel.reconcile.status import (
+    DEGRADED,
+    EGRESS_OPEN,
+    PROGRESSING,
+    READY,
+    Observation,
+    build_status,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 ARGOCD = REPO / "argocd"
@@ -220,6 +228,7 @@ def _operator_status_shape() -> tuple[set[str], set[str]]:
         deployment=deployment,
         gpu="1x nvidia-l4",
         problem=Problem("Unschedulable", "m"),
+        egress=EgressPlan(Egress.CLOSED, ()),
     )
     status = build_status(obs, None, "2025-01-01T00:00:00Z").status
     return set(status), set(status["conditions"][0])
@@ -238,8 +247,9 @@ def test_testdata_statuses_have_the_operators_shape(case):
         status
     )
     types = [c["type"] for c in status["conditions"]]
-    assert types[:3] == list(RECONCILER_CONDITIONS)
-    assert set(types[3:]) <= {ADAPTERS_READY}
+    assert types[:3] == [READY, PROGRESSING, DEGRADED]
+    # EgressOpen: written with the plan it describes (absent only before the first one).
+    assert set(types[3:]) <= {EGRESS_OPEN, ADAPTERS_READY}
     for cond in status["conditions"]:
         assert set(cond) == condition_keys
         assert cond["status"] in ("True", "False")

@@ -65,7 +65,7 @@ def test_absent_means_disabled_and_nothing_extra_is_rendered() -> None:
     assert parse_config({}).inference_extension == InferenceExtensionConfig()
     children = render(md_with(), PlatformConfig())
     assert children.inference_pool is None and children.http_route is None
-    assert [o["kind"] for o in children.all()] == ["Deployment", "Service"]
+    assert [o["kind"] for o in children.all()] == ["NetworkPolicy", "Deployment", "Service"]
 
 
 def test_full_section_parses_with_the_v1_schema_defaults() -> None:
@@ -198,7 +198,7 @@ def test_route_matches_the_repo_id_by_default_and_every_adapter_name() -> None:
 
 def test_children_order_puts_the_extension_objects_last() -> None:
     kinds = [o["kind"] for o in render(md_with(), config_with()).all()]
-    assert kinds == ["Deployment", "Service", "InferencePool", "HTTPRoute"]
+    assert kinds == ["NetworkPolicy", "Deployment", "Service", "InferencePool", "HTTPRoute"]
 
 
 # -- discovery ---------------------------------------------------------------------------
@@ -312,7 +312,7 @@ def test_enabled_without_crds_applies_the_rest_and_warns_once(fake: FakeApiServe
     r = reconciler(fake, probe, clock)
     first = r.reconcile_by_name("team-a", "m")
     assert first is not None and first.problem is None
-    assert first.applied == ["Service/m", "Deployment/m"]  # the engine last
+    assert first.applied == ["NetworkPolicy/m", "Service/m", "Deployment/m"]  # the engine last
     assert first.status_written
     (event,) = warnings(fake)
     assert event["type"] == "Warning"

@@ -223,7 +223,9 @@ def test_user_env_still_overrides_the_engine_env() -> None:
         env=[{"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "False"}],
     )
     names = [e["name"] for e in engine_container(md)["env"]]
-    assert names[-1] == "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
+    # The user's entry comes after the engine's (only the telemetry switches follow it).
+    last = max(i for i, n in enumerate(names) if n == "VLLM_ALLOW_RUNTIME_LORA_UPDATING")
+    assert last > names.index("VLLM_ALLOW_RUNTIME_LORA_UPDATING")
     assert env_of(md)["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "False"
 
 

@@ -135,6 +135,8 @@ EXPECTED_OPERATOR_RULES = {
     ("", "persistentvolumeclaims"): {"get", "list", "watch", "create", "patch"},
     ("inference.networking.k8s.io", "inferencepools"): {"get", "create", "patch"},
     ("gateway.networking.k8s.io", "httproutes"): {"get", "create", "patch"},
+    ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "namespaces"): {"get"},
     ("", "pods"): {"list", "watch"},
     ("", "events"): {"create", "patch"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
@@ -157,7 +159,10 @@ def test_operator_cluster_role_has_no_secrets_wildcards_or_escalation():
     for group, resource, verb in rule_set(M[("ClusterRole", OPERATOR)]):
         assert "*" not in (group, resource, verb)
         assert resource != "secrets"
-        assert verb not in ("escalate", "bind", "impersonate", "delete", "deletecollection")
+        assert verb not in ("escalate", "bind", "impersonate", "deletecollection")
+        # One delete: the engine pods' own NetworkPolicy when the platform turns policies
+        # off (patch could already open it; delete gives no power beyond that).
+        assert verb != "delete" or resource == "networkpolicies"
         # The operator never writes a ModelDeployment's spec.
         assert not (resource == "modeldeployments" and verb in ("update", "patch", "create"))
 
@@ -491,12 +496,13 @@ def test_helm_replicas_above_one_turn_on_leader_election(helm):
 def test_helm_watch_namespaces_become_env_and_namespace_watch_rights(helm):
     default = template(helm)
     assert "OPENMODEL_NAMESPACES" not in env(default)
-    assert not verbs_on(default[("ClusterRole", OPERATOR)], "", "namespaces")
+    # get: one namespace's openmodel.dev/data label (reconcile/reconciler.py).
+    assert verbs_on(default[("ClusterRole", OPERATOR)], "", "namespaces") == {"get"}
     chosen = template(helm, "--set", "watchNamespaces={team-a,team-b}")
     assert env(chosen)["OPENMODEL_NAMESPACES"] == "team-a,team-b"
     # The operator splits it exactly like this (openmodel/__main__.py).
     assert [n for n in env(chosen)["OPENMODEL_NAMESPACES"].split(",") if n] == ["team-a", "team-b"]
-    assert verbs_on(chosen[("ClusterRole", OPERATOR)], "", "namespaces") == {"list", "watch"}
+    assert verbs_on(chosen[("ClusterRole", OPERATOR)], "", "namespaces") == {"get", "list", "watch"}
 
 
 AMD_VALUES = """

@@ -176,9 +176,11 @@ def test_first_pass_creates_what_the_cache_lacks_without_a_read_then_nothing(
     r = new_reconciler(api)
     result = r.reconcile_by_name("team-a", "m")
     assert result is not None and result.problem is None
-    # A create per child (no GET first: a taken name answers 409), the engine last, one
-    # status; no ModelDeployment read, no pod list, and no "Applied" Event for a creation.
+    # A create per child (no GET first: a taken name answers 409), the engine pods'
+    # NetworkPolicy first and the engine last, one status; no ModelDeployment read, no pod
+    # list, and no "Applied" Event for a creation.
     assert api.calls == [
+        ("POST", "NetworkPolicy"),
         ("POST", "Service"),
         ("POST", "Deployment"),
         ("APPLY", "ModelDeployment/status"),
@@ -361,7 +363,7 @@ def test_a_namespace_being_deleted_ends_the_pass_quietly(
     r = new_reconciler(api)
     with caplog.at_level(logging.INFO):
         assert r.reconcile_by_name("team-a", "m") is None
-    assert api.calls == [("POST", "Service")]  # refused at the first create; no status
+    assert api.calls == [("POST", "NetworkPolicy")]  # refused at the first create; no status
     assert [(rec.levelno, rec.getMessage()) for rec in caplog.records] == [
         (logging.INFO, "team-a/m: the namespace is being deleted; nothing created")
     ]
@@ -377,7 +379,7 @@ def test_a_namespace_already_gone_ends_the_pass_quietly(
     r = new_reconciler(api)
     with caplog.at_level(logging.INFO):
         assert r.reconcile_by_name("team-a", "m") is None
-    assert api.calls == [("POST", "Service")]  # refused at the first create; no status
+    assert api.calls == [("POST", "NetworkPolicy")]  # refused at the first create; no status
     assert [(rec.levelno, rec.getMessage()) for rec in caplog.records] == [
         (logging.INFO, "team-a/m: the namespace is gone; nothing created")
     ]
@@ -432,10 +434,11 @@ def test_someone_elses_service_is_not_taken_over(api: FakeApiServer) -> None:
     assert result is not None and result.problem is not None
     assert result.problem.reason == CHILD_NOT_OWNED
     assert "Service/m already exists and is owned by ConfigMap/legacy" in result.problem.message
-    assert result.applied == []
+    # Only the policy, which confines engine pods that do not exist yet.
+    assert result.applied == ["NetworkPolicy/m"]
     assert api.objects[("Service", "team-a", "m")] == FOREIGN_SERVICE  # untouched
     # The create was refused (nothing written), the name read; no engine started.
-    assert api.calls[:2] == [("POST", "Service"), ("GET", "Service")]
+    assert api.calls[:3] == [("POST", "NetworkPolicy"), ("POST", "Service"), ("GET", "Service")]
     assert ("POST", "Deployment") not in api.calls
     assert ("APPLY", "Deployment") not in api.calls
     # Not kept in the cache: nothing would tell it when that Service goes.
@@ -443,7 +446,7 @@ def test_someone_elses_service_is_not_taken_over(api: FakeApiServer) -> None:
     del api.objects[("Service", "team-a", "m")]
     converged = r.reconcile_by_name("team-a", "m")
     assert converged is not None and converged.problem is None
-    assert converged.applied == ["Service/m", "Deployment/m"]
+    assert converged.applied == ["Service/m", "Deployment/m"]  # the policy was made before
 
 
 def test_our_child_whose_label_was_removed_is_found_by_its_create_and_updated(

@@ -220,7 +220,8 @@ def test_user_args_and_env_are_appended_after_generated_ones() -> None:
     assert c["args"][-3:] == ["--enable-lora", "--max-num-seqs", "64"]
     assert c["args"][0] == BASE["spec"]["model"]  # user args never displace the positional
     names = [e["name"] for e in c["env"]]
-    assert names == ["HF_HOME", "HF_TOKEN", "VLLM_LOGGING_LEVEL"]
+    telemetry = ["VLLM_NO_USAGE_STATS", "DO_NOT_TRACK", "HF_HUB_DISABLE_TELEMETRY"]
+    assert names == ["HF_HOME", "HF_TOKEN", "VLLM_LOGGING_LEVEL", *telemetry]
     token = c["env"][1]
     assert token == {
         "name": "HF_TOKEN",

@@ -45,6 +45,9 @@ inferenceExtension:      # InferencePool + HTTPRoute per model (config/inference
   enabled: false
   gateway: {name: inference-gateway, namespace: gateway-system}
   endpointPickerRef: {name: "{name}-epp", port: 9002}
+privacy:                 # what may leave an engine pod, who may reach it (config/privacy.py)
+  engineTelemetry: false # engines' own usage reporting stays off unless true
+  networkPolicy: {enabled: true}  # a NetworkPolicy per ModelDeployment, its peers
 ```
 """
 
@@ -82,6 +85,7 @@ from openmodel.config.model_resolver import (
     ResolverConfigError,
     parse_model_resolver,
 )
+from openmodel.config.privacy import PrivacyConfig, parse_privacy
 from openmodel.engines import default_images
 
 # Each engine's own image (engines/<name>.py), and `<engine>-cpu` where it has another
@@ -149,6 +153,7 @@ class PlatformConfig:
     inference_extension: InferenceExtensionConfig = field(default_factory=InferenceExtensionConfig)
     model_resolver: ModelResolverConfig = field(default_factory=ModelResolverConfig)
     operator: OperatorConfig = field(default_factory=OperatorConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
 
 def _number(raw: Mapping[str, Any], key: str, where: str, default: float) -> float:
@@ -266,6 +271,7 @@ def parse_config(raw: Mapping[str, Any]) -> PlatformConfig:
         inference_extension=parse_inference_extension(raw.get("inferenceExtension")),
         model_resolver=_model_resolver(raw.get("modelResolver")),
         operator=_parse_operator(raw.get("operator", {})),
+        privacy=parse_privacy(raw.get("privacy")),
     )
 
 

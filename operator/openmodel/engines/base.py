@@ -161,6 +161,16 @@ class Engine(Protocol):
         """Where the engine keeps its Hugging Face cache (HF_HOME)."""
 
     @property
+    def telemetry_opt_out(self) -> Mapping[str, str]:
+        """Environment that turns off what the engine and the libraries it uses report
+        home (usage statistics), by their documented switches; empty: nothing to switch."""
+
+    @property
+    def offline_env(self) -> Mapping[str, str]:
+        """Environment that keeps the engine from fetching anything (weights, tokenizer,
+        configs) when the model is already local; empty: it fetches nothing by itself."""
+
+    @property
     def shm_size(self) -> str: ...
     @property
     def quantizations(self) -> Mapping[str, str | None]:

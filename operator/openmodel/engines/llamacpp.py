@@ -64,6 +64,10 @@ class LlamaCpp:
     draining_refusal: bytes | None = None
     # Where `--hf-repo` downloads go (llama.cpp honours HF_HOME's hub layout).
     hf_home: str = "/root/.cache/huggingface"
+    # llama-server reports nothing home; `--offline` (env LLAMA_ARG_OFFLINE) keeps its
+    # -hf download path from the network.
+    telemetry_opt_out: Mapping[str, str] = field(default_factory=dict)
+    offline_env: Mapping[str, str] = field(default_factory=lambda: {"LLAMA_ARG_OFFLINE": "1"})
     shm_size: str = "1Gi"
     quantizations: Mapping[str, str | None] = field(default_factory=lambda: LLAMACPP_QUANTIZATIONS)
     quantization_hints: Mapping[str, str] = field(

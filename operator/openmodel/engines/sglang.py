@@ -65,6 +65,14 @@ class SGLang:
     metric_names: MetricNames = METRIC_NAMES
     draining_refusal: bytes | None = None
     hf_home: str = "/root/.cache/huggingface"
+    # SGLang sends no usage statistics of its own; the Hugging Face libraries it loads
+    # models with have telemetry, and DO_NOT_TRACK is the common switch.
+    telemetry_opt_out: Mapping[str, str] = field(
+        default_factory=lambda: {"HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"}
+    )
+    offline_env: Mapping[str, str] = field(
+        default_factory=lambda: {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    )
     # Tensor-parallel ranks talk through shared memory (NCCL); SGLang's docs ask for a
     # large /dev/shm, as vLLM's do.
     shm_size: str = "8Gi"

@@ -67,6 +67,14 @@ class TGI:
     metric_names: MetricNames = METRIC_NAMES
     draining_refusal: bytes | None = None
     hf_home: str = "/data"
+    # TGI's launcher reports usage statistics unless `--usage-stats off` (env
+    # USAGE_STATS); its Python server uses huggingface_hub.
+    telemetry_opt_out: Mapping[str, str] = field(
+        default_factory=lambda: {"USAGE_STATS": "off", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    )
+    offline_env: Mapping[str, str] = field(
+        default_factory=lambda: {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    )
     shm_size: str = "1Gi"
     quantizations: Mapping[str, str | None] = field(default_factory=lambda: TGI_QUANTIZATIONS)
     quantization_hints: Mapping[str, str] = field(default_factory=lambda: TGI_QUANTIZATION_HINTS)

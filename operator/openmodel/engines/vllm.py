@@ -91,6 +91,18 @@ class VLLM:
     # still accepts connections and refuses each new request so.
     draining_refusal: bytes | None = b"cannot schedule new futures after shutdown"
     hf_home: str = "/root/.cache/huggingface"
+    # vLLM's usage_lib reports home unless one of these is set (vllm/usage/usage_lib.py:
+    # VLLM_NO_USAGE_STATS, DO_NOT_TRACK); huggingface_hub's own telemetry beside it.
+    telemetry_opt_out: Mapping[str, str] = field(
+        default_factory=lambda: {
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+        }
+    )
+    offline_env: Mapping[str, str] = field(
+        default_factory=lambda: {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    )
     shm_size: str = "8Gi"
     quantizations: Mapping[str, str | None] = field(default_factory=lambda: VLLM_QUANTIZATIONS)
     quantization_hints: Mapping[str, str] = field(default_factory=lambda: VLLM_QUANTIZATION_HINTS)

@@ -44,6 +44,7 @@ CHILD_KINDS = (
     ("apps", "v1", "deployments", "Deployment"),
     ("", "v1", "services", "Service"),
     ("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim"),
+    ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
     ("", "v1", "pods", POD),
 )
 

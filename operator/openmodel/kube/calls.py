@@ -34,6 +34,9 @@ _COLLECTIONS: Mapping[tuple[str, str], str] = {
     ("v1", "PersistentVolumeClaim"): "/api/v1/namespaces/{ns}/persistentvolumeclaims",
     ("v1", "Pod"): "/api/v1/namespaces/{ns}/pods",
     ("v1", "Event"): "/api/v1/namespaces/{ns}/events",
+    ("networking.k8s.io/v1", "NetworkPolicy"): (
+        "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies"
+    ),
     # Gateway API Inference Extension children (inference_extension/).
     ("inference.networking.k8s.io/v1", "InferencePool"): (
         "/apis/inference.networking.k8s.io/v1/namespaces/{ns}/inferencepools"
@@ -43,6 +46,8 @@ _COLLECTIONS: Mapping[tuple[str, str], str] = {
     ),
     (API_VERSION, KIND): f"/apis/{API_VERSION}/namespaces/{{ns}}/{PLURAL}",
 }
+# Cluster-scoped objects the operator reads by name.
+_CLUSTER_COLLECTIONS: Mapping[str, str] = {"Namespace": "/api/v1/namespaces"}
 
 
 # Raises when this process may not write now (with leader election: it does not hold
@@ -346,6 +351,26 @@ def get(
         if e.status == 404:
             return None
         raise
+
+
+def namespace_labels(api: client.ApiClient, name: str) -> dict[str, str]:
+    """A namespace's labels ({} when it is gone)."""
+    try:
+        found = call(api, "GET", f"{_CLUSTER_COLLECTIONS['Namespace']}/{name}")
+    except ApiException as e:
+        if e.status == 404:
+            return {}
+        raise
+    return dict((found.get("metadata") or {}).get("labels") or {})
+
+
+def delete(api: client.ApiClient, api_version: str, kind: str, namespace: str, name: str) -> None:
+    """DELETE one object; gone already is fine."""
+    try:
+        call(api, "DELETE", object_path(api_version, kind, namespace, name))
+    except ApiException as e:
+        if e.status != 404:
+            raise
 
 
 def list_objects(

@@ -15,7 +15,13 @@ from openmodel.config import PlatformConfig
 from openmodel.engines import engine_for
 from openmodel.engines.base import quantization_flag
 from openmodel.model_resolver.state import ModelConfigState
-from openmodel.reconcile.render import Children, render_children, resolve_accelerator
+from openmodel.privacy.egress import EgressPlan
+from openmodel.reconcile.render import (
+    Children,
+    plan_egress,
+    render_children,
+    resolve_accelerator,
+)
 from openmodel.reconcile.sizing_bridge import GpuChoice, choose_gpu_count
 
 SKIP_FIT_CHECK_ANNOTATION = "openmodel.dev/skip-fit-check"
@@ -27,6 +33,7 @@ class Plan:
     children: Children
     replicas: int
     gpu: GpuChoice
+    egress: EgressPlan
 
 
 def desired_replicas(md: ModelDeployment, current: int | None) -> int:
@@ -67,6 +74,7 @@ def make_plan(
     current_replicas: int | None,
     annotations: Mapping[str, Any] | None = None,
     model_config: ModelConfigState | None = None,
+    private: bool = False,
 ) -> Plan:
     """Raises SpecError (with a CamelCase reason) for a spec that cannot be served.
 
@@ -74,7 +82,8 @@ def make_plan(
     tensor-parallel check (one replica is one pod on one node). For a model the sizing
     catalogue does not know, the scheduler judges the count and its Unschedulable
     reason is reported as is. `model_config` is where reading the model's own
-    config.json stands (None: not read, the catalogue sizes it).
+    config.json stands (None: not read, the catalogue sizes it). `private`: the
+    namespace is labelled openmodel.dev/data=private.
     """
     skip = skip_fit_check(annotations)
     accelerator = resolve_accelerator(md, config)
@@ -89,5 +98,8 @@ def make_plan(
         # Without it the engine takes the model's full context, which may not fit.
         md = replace(md, spec=replace(md.spec, max_model_len=gpu.max_model_len))
     return Plan(
-        children=render_children(md, config, gpu.count, replicas), replicas=replicas, gpu=gpu
+        children=render_children(md, config, gpu.count, replicas, private),
+        replicas=replicas,
+        gpu=gpu,
+        egress=plan_egress(md, config, private),
     )

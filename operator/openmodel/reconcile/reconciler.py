@@ -22,7 +22,14 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from openmodel.api import API_VERSION, KIND, SpecError
+from openmodel.api import (
+    API_VERSION,
+    DATA_LABEL,
+    DATA_PRIVATE,
+    KIND,
+    ModelDeploymentSpec,
+    SpecError,
+)
 from openmodel.clock import utc_now
 from openmodel.config import PlatformConfig
 from openmodel.engines import parse_model_deployment
@@ -33,6 +40,7 @@ from openmodel.kube.events import post_event
 from openmodel.kube.leadership import NotLeader
 from openmodel.model_resolver.state import ModelConfigState
 from openmodel.model_resolver.store import ModelConfigStore, model_ref_for
+from openmodel.privacy.egress import EgressPlan
 from openmodel.problems import Problem
 from openmodel.reconcile.drift import object_holds
 from openmodel.reconcile.plan import make_plan
@@ -40,6 +48,8 @@ from openmodel.reconcile.render import endpoint, label_selector
 from openmodel.reconcile.status import DEGRADED, READY, Observation, build_status, needs_write
 
 log = logging.getLogger(__name__)
+
+POLICY_API_VERSION, POLICY_KIND = "networking.k8s.io/v1", "NetworkPolicy"
 
 ObjectKey = tuple[str, str]
 
@@ -189,13 +199,15 @@ class Reconciler:
         sizing: dict[str, Any] | None = None
         desired_replicas: int | None = None
         md_endpoint: str | None = None
+        egress: EgressPlan | None = None
         try:
             md = parse_model_deployment(body)
             md_endpoint = endpoint(md, self.config)
             current = (deployment or {}).get("spec", {}).get("replicas")
             annotations = meta.get("annotations")
             model_config = self._model_config(md.spec, annotations, (namespace, name))
-            plan = make_plan(md, self.config, current, annotations, model_config)
+            private = self._private_namespace(namespace, md.spec)
+            plan = make_plan(md, self.config, current, annotations, model_config, private)
             # gpu.type cpu has no GPU count.
             count = plan.gpu.count
             gpu_text = f"{count}x {md.spec.gpu.type}" if count else md.spec.gpu.type
@@ -235,6 +247,9 @@ class Reconciler:
                 (updated if observed is not None else created).append(f"{obj['kind']}/{_name(obj)}")
                 if obj["kind"] == "Deployment":
                     deployment = result
+            if not self.config.privacy.network_policy.enabled:
+                self._withdraw_network_policy(namespace, name, uid)
+            egress = plan.egress
             if foreign:
                 # Someone else's object of the same name: never taken over silently.
                 raise SpecError(
@@ -261,6 +276,7 @@ class Reconciler:
             problem=problem,
             gpu=gpu_text,
             sizing=sizing,
+            egress=egress if problem is None else None,
         )
         update = build_status(obs, body.get("status"), self.clock())
         written = False
@@ -292,6 +308,24 @@ class Reconciler:
             elif t.condition == READY and t.status == "True":
                 post_event(self.api, body, "Ready", t.message)
         return ReconcileResult(applied=applied, status_written=written, problem=problem)
+
+    def _private_namespace(self, namespace: str, spec: ModelDeploymentSpec) -> bool:
+        """Whether the namespace is labelled openmodel.dev/data=private. Asked only when
+        the answer can change what is rendered (an egress exception, or engine telemetry
+        the platform turned on), so the common pass makes no request for it."""
+        if not (spec.egress_exceptions or self.config.privacy.engine_telemetry):
+            return False
+        return kube.namespace_labels(self.api, namespace).get(DATA_LABEL) == DATA_PRIVATE
+
+    def _withdraw_network_policy(self, namespace: str, name: str, uid: str) -> None:
+        """The platform turned NetworkPolicies off: ours, from before, is deleted."""
+        found = self.reader.child(POLICY_API_VERSION, POLICY_KIND, namespace, name, uid)
+        if found is None or uid not in owner_uids(found):
+            return
+        kube.delete(self.api, POLICY_API_VERSION, POLICY_KIND, namespace, name)
+        self.cache.drop(POLICY_KIND, namespace, name)
+        log.info("%s/%s: NetworkPolicy deleted (privacy.networkPolicy.enabled is false)",
+                 namespace, name)  # fmt: skip
 
     def _apply_child(
         self, obj: dict[str, Any], observed: Mapping[str, Any] | None, owner_uid: str

@@ -22,6 +22,8 @@ from openmodel.engines.base import (
     served_model_name,
 )
 from openmodel.inference_extension.render import render_http_route, render_inference_pool
+from openmodel.privacy.egress import EgressPlan, egress_plan
+from openmodel.privacy.render import offline_env, render_network_policy, telemetry_env
 from openmodel.reconcile import placement
 from openmodel.sizing.cpu import estimate_cpu
 
@@ -38,9 +40,19 @@ class Children:
     # Gateway API Inference Extension (platform config `inferenceExtension.enabled`).
     inference_pool: dict[str, Any] | None = None
     http_route: dict[str, Any] | None = None
+    # The engine pods' NetworkPolicy (platform config `privacy.networkPolicy.enabled`).
+    network_policy: dict[str, Any] | None = None
 
     def all(self) -> list[dict[str, Any]]:
-        objects = (self.pvc, self.deployment, self.service, self.inference_pool, self.http_route)
+        # The policy first: engine pods never run before what confines them exists.
+        objects = (
+            self.network_policy,
+            self.pvc,
+            self.deployment,
+            self.service,
+            self.inference_pool,
+            self.http_route,
+        )
         return [o for o in objects if o is not None]
 
 
@@ -132,7 +144,9 @@ def _probes(engine: Engine, config: PlatformConfig) -> dict[str, Any]:
     }
 
 
-def _env(md: ModelDeployment, engine: Engine) -> list[dict[str, Any]]:
+def _env(
+    md: ModelDeployment, engine: Engine, config: PlatformConfig, private: bool
+) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [{"name": "HF_HOME", "value": engine.hf_home}]
     ref = md.spec.hf_token_secret_ref
     if ref is not None:
@@ -143,8 +157,11 @@ def _env(md: ModelDeployment, engine: Engine) -> list[dict[str, Any]]:
             }
         )
     env.extend(engine.env(md.spec))
-    # User env comes last, so it can override what we generate.
+    env.extend(offline_env(md.spec, engine))
+    # User env after what we generate, so it can override it; the telemetry switches
+    # after that, so it cannot turn on what the platform keeps off.
     env.extend(dict(e) for e in md.spec.env)
+    env.extend(telemetry_env(engine, config, private))
     return env
 
 
@@ -201,6 +218,7 @@ def render_deployment(
     accelerator: Accelerator,
     gpu_count: int,
     replicas: int,
+    private: bool = False,
 ) -> dict[str, Any]:
     engine = engine_for(md.spec.engine)
     volumes, mounts = _volumes(md, engine)
@@ -210,7 +228,7 @@ def render_deployment(
         "command": engine.command(),
         "args": engine.args(md.spec, gpu_count) + list(md.spec.args),
         "ports": [{"name": "http", "containerPort": engine.port, "protocol": "TCP"}],
-        "env": _env(md, engine),
+        "env": _env(md, engine, config, private),
         "resources": _resources(md, accelerator, gpu_count),
         "volumeMounts": mounts,
         # An engine that dies while loading writes its reason only to its log; with
@@ -297,16 +315,38 @@ def render_children(
     config: PlatformConfig,
     gpu_count: int,
     replicas: int,
+    private: bool = False,
 ) -> Children:
-    """Everything the operator applies for `md`; raises SpecError for what it cannot serve."""
+    """Everything the operator applies for `md`; raises SpecError for what it cannot serve.
+    `private`: its namespace is labelled openmodel.dev/data=private."""
     accelerator = resolve_accelerator(md, config)
     extension = config.inference_extension.enabled
+    egress = plan_egress(md, config, private)
     return Children(
-        deployment=render_deployment(md, config, accelerator, gpu_count, replicas),
+        deployment=render_deployment(md, config, accelerator, gpu_count, replicas, private),
         service=render_service(md),
         pvc=render_pvc(md),
         inference_pool=render_pool(md, config) if extension else None,
         http_route=render_route(md, config) if extension else None,
+        network_policy=(
+            render_policy(md, config, egress) if config.privacy.network_policy.enabled else None
+        ),
+    )
+
+
+def plan_egress(md: ModelDeployment, config: PlatformConfig, private: bool) -> EgressPlan:
+    """What the engine pods may reach (status.egress); SpecError for an exception the
+    platform does not allow."""
+    return egress_plan(md.spec, config.privacy.network_policy, private)
+
+
+def render_policy(
+    md: ModelDeployment, config: PlatformConfig, egress: EgressPlan
+) -> dict[str, Any]:
+    """The engine pods' NetworkPolicy, named like the ModelDeployment."""
+    port = engine_for(md.spec.engine).port
+    return render_network_policy(
+        _metadata(md, md.name), selector_labels(md.name), port, egress, config
     )
 
 

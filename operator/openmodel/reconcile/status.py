@@ -6,6 +6,8 @@ Conditions (metav1.Condition shape) owned by the reconciler:
 - `Degraded`: the spec cannot be served as written, or its engine keeps failing; the
   reason says why (UnknownAccelerator, Unschedulable, InsufficientGPUMemory,
   EngineCrashLoop, EngineStartFailed, ...).
+- `EgressOpen`: whether the engine pods may connect beyond their node, and to what
+  (`status.egress` is its one-word form). Informational: neither healthy nor not.
 `status.reason` repeats the one reason a person scanning `kubectl get md` should see.
 The autoscaler owns `status.autoscaler` and its own condition type, written under a
 different field manager, so the two never overwrite each other.
@@ -18,13 +20,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from openmodel.api import status_conditions
+from openmodel.privacy.egress import Egress, EgressPlan
 from openmodel.problems import Problem
 from openmodel.reconcile.pod_failures import engine_failure, unschedulable_message
 
 READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
-RECONCILER_CONDITIONS = (READY, PROGRESSING, DEGRADED)
+EGRESS_OPEN = "EgressOpen"
+RECONCILER_CONDITIONS = (READY, PROGRESSING, DEGRADED, EGRESS_OPEN)
+_EGRESS_REASONS = {
+    Egress.OPEN: "EgressAllowed",
+    Egress.CLOSED: "NodeOnly",
+    Egress.UNRESTRICTED: "NoNetworkPolicy",
+}
 # Problem reasons that mean "not decided yet" rather than "cannot be served".
 PENDING = frozenset({"SizingPending"})
 
@@ -41,6 +50,8 @@ class Observation:
     problem: Problem | None = None
     gpu: str | None = None
     sizing: Mapping[str, Any] | None = None
+    # None when the spec was not applied this pass: the egress in place stays reported.
+    egress: EgressPlan | None = None
 
 
 @dataclass(frozen=True)
@@ -130,7 +141,19 @@ def desired_conditions(obs: Observation) -> list[dict[str, Any]]:
         degraded_c = _condition(DEGRADED, True, problem.reason, problem.message, g)
     else:
         degraded_c = _condition(DEGRADED, False, "AsExpected", "the spec can be served", g)
-    return [ready_c, progressing_c, degraded_c]
+    conditions = [ready_c, progressing_c, degraded_c]
+    if obs.egress is not None:
+        state = obs.egress.state
+        conditions.append(
+            _condition(
+                EGRESS_OPEN,
+                state is not Egress.CLOSED,
+                _EGRESS_REASONS[state],
+                obs.egress.message,
+                g,
+            )
+        )
+    return conditions
 
 
 def headline_reason(conditions: Sequence[Mapping[str, Any]]) -> str:
@@ -150,7 +173,11 @@ def build_status(obs: Observation, observed_status: Any, now: str) -> StatusUpda
     previous = status_conditions(observed_status)
     conditions = []
     transitions = []
-    for cond in desired_conditions(obs):
+    wanted = desired_conditions(obs)
+    kept_egress = previous.get(EGRESS_OPEN)
+    if obs.egress is None and kept_egress is not None:
+        wanted.append(dict(kept_egress))  # the policy in place did not change
+    for cond in wanted:
         before = previous.get(cond["type"])
         kept = before.get("lastTransitionTime") if before is not None else None
         if before is not None and before.get("status") == cond["status"] and kept:
@@ -182,6 +209,10 @@ def build_status(obs: Observation, observed_status: Any, now: str) -> StatusUpda
         status["gpu"] = obs.gpu
     if obs.sizing is not None:
         status["sizing"] = dict(obs.sizing)
+    if obs.egress is not None:
+        status["egress"] = obs.egress.state.value
+    elif isinstance(observed_status, Mapping) and isinstance(observed_status.get("egress"), str):
+        status["egress"] = observed_status["egress"]
     return StatusUpdate(status=status, transitions=transitions)
 
 
@@ -208,4 +239,4 @@ def needs_write(desired: Mapping[str, Any], observed: Any) -> bool:
             if before.get(k) != cond.get(k):
                 return True
     # Fields we used to write and no longer do (e.g. sizing for an unknown model).
-    return any(k in observed for k in ("endpoint", "gpu", "sizing") if k not in desired)
+    return any(k in observed for k in ("endpoint", "gpu", "sizing", "egress") if k not in desired)

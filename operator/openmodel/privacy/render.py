@@ -1,0 +1,83 @@
+"""The engine pods' environment switches and their NetworkPolicy, rendered."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from openmodel.api import ModelDeploymentSpec
+from openmodel.config import PlatformConfig
+from openmodel.engines.base import Engine
+from openmodel.privacy.egress import EgressPlan, fetches_at_start, rule_dicts
+
+
+def offline_env(spec: ModelDeploymentSpec, engine: Engine) -> list[dict[str, str]]:
+    """Offline when everything the engine loads is on claims (before the user's env,
+    which may override it: a tokenizer named by repo id in spec.args, say)."""
+    if fetches_at_start(spec):
+        return []
+    return [{"name": k, "value": v} for k, v in engine.offline_env.items()]
+
+
+def telemetry_env(engine: Engine, config: PlatformConfig, private: bool) -> list[dict[str, str]]:
+    """Telemetry off unless the platform opted in, and never in a private namespace.
+    Rendered after the user's env: the last of two equal names wins, so a team cannot
+    turn on what the platform keeps off."""
+    if config.privacy.engine_telemetry and not private:
+        return []
+    return [{"name": k, "value": v} for k, v in engine.telemetry_opt_out.items()]
+
+
+def _match_labels(selector: str) -> dict[str, str] | None:
+    """`k=v,k2=v2` as matchLabels; None for a selector with other operators."""
+    labels = {}
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        key, sep, value = term.partition("=")
+        if not sep or key.endswith("!") or value.startswith("="):
+            return None
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def _namespace(name: str) -> dict[str, Any]:
+    return {"matchLabels": {"kubernetes.io/metadata.name": name}}
+
+
+def _gateway_peer(config: PlatformConfig) -> dict[str, Any]:
+    gateway = config.gateway
+    peer: dict[str, Any] = {"namespaceSelector": _namespace(gateway.demand_namespace)}
+    labels = _match_labels(gateway.demand_selector)
+    if labels:
+        peer["podSelector"] = {"matchLabels": labels}
+    return peer
+
+
+def render_network_policy(
+    metadata: Mapping[str, Any],
+    pod_labels: Mapping[str, str],
+    port: int,
+    egress: EgressPlan,
+    config: PlatformConfig,
+) -> dict[str, Any]:
+    """Ingress on the engine port from the gateway, the operator and the peers the platform
+    adds; egress as `egress` plans it (none at all when closed). Traffic from the pods'
+    own node is allowed by NetworkPolicy itself (kubelet probes)."""
+    policy = config.privacy.network_policy
+    operator = {
+        "namespaceSelector": _namespace(policy.operator_namespace),
+        "podSelector": dict(policy.operator_selector),
+    }
+    peers = [_gateway_peer(config), operator, *rule_dicts(policy.engine_ingress_from)]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": dict(metadata),
+        "spec": {
+            "podSelector": {"matchLabels": dict(pod_labels)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": port}]}],
+            # No rules: no key (the API server drops an empty list, and the drift check
+            # would see a difference on every pass).
+            **({"egress": rule_dicts(egress.rules)} if egress.rules else {}),
+        },
+    }

@@ -12,103 +12,47 @@ the documentation writes it.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import ipaddress
 import os
-import socket
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
-from harness.netpol import ContainerPort, PodInfo, apply, host_addresses, ruleset
-from harness.process_node.sandbox import NETNS_DIR, Sandbox, enable_pod_forwarding
+from harness.netpol import (
+    ContainerPort,
+    Listener,
+    PodInfo,
+    apply,
+    connects,
+    connects_from,
+    host_addresses,
+    ruleset,
+)
+from harness.process_node.sandbox import Sandbox, enable_pod_forwarding
 from harness.process_nodes import process_nodes_unavailable
 
-CLONE_NEWNET = 0x40000000
 # A /24 of 198.19.0.0/16 per test process, so two sessions on one machine never meet.
-BASE = ipaddress.IPv4Network("198.19.0.0/16").subnets(new_prefix=24)
-SUBNETS = list(BASE)
-T = TypeVar("T")
+SUBNETS = list(ipaddress.IPv4Network("198.19.0.0/16").subnets(new_prefix=24))
 
 
 def _subnet(offset: int) -> ipaddress.IPv4Network:
     return SUBNETS[(os.getpid() * 3 + offset) % 250]
 
 
-def in_netns(netns: str, work: Callable[[], T]) -> T:
-    """Runs `work` in a thread that entered `netns`: sockets it makes live there."""
-    result: list[T] = []
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        with open(NETNS_DIR / netns) as handle:
-            if libc.setns(handle.fileno(), CLONE_NEWNET) != 0:
-                failure.append(OSError(ctypes.get_errno(), f"setns {netns}"))
-                return
-        try:
-            result.append(work())
-        except BaseException as e:
-            failure.append(e)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return result[0]
-
-
 @dataclass
 class Pod:
     info: PodInfo
     sandbox: Sandbox
-    listeners: list[socket.socket] = field(default_factory=list)
+    listener: Listener | None = None
 
     @property
     def ip(self) -> str:
         return str(self.sandbox.address)
 
-    def listen(self, *ports: int) -> None:
-        def bind() -> list[socket.socket]:
-            made = []
-            for port in ports:
-                s = socket.socket()
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind(("0.0.0.0", port))
-                s.listen(16)
-                made.append(s)
-            return made
-
-        for s in in_netns(self.sandbox.netns, bind):
-            self.listeners.append(s)
-            threading.Thread(target=_accept_forever, args=(s,), daemon=True).start()
-
     def connects(self, address: str, port: int) -> bool:
-        return in_netns(self.sandbox.netns, lambda: _connects(address, port))
-
-
-def _accept_forever(listener: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        while True:
-            conn, _ = listener.accept()
-            conn.sendall(b"ok")
-            conn.close()
-
-
-def _connects(address: str, port: int) -> bool:
-    """A TCP connection that completes and reads the listener's greeting."""
-    with socket.socket() as s:
-        s.settimeout(2)
-        try:
-            s.connect((address, port))
-            return s.recv(2) == b"ok"
-        except (ConnectionRefusedError, TimeoutError, OSError):
-            return False
+        return connects_from(self.sandbox.netns, address, port)
 
 
 class World:
@@ -134,9 +78,8 @@ class World:
         sandbox.create()
         name = f"p{len(self.pods)}" if known else ""
         info = PodInfo(namespace, name, labels or {}, address if known else None, ports)
-        pod = Pod(info, sandbox)
+        pod = Pod(info, sandbox, Listener(sandbox.netns, *listen) if listen else None)
         self.pods.append(pod)
-        pod.listen(*listen)
         return pod
 
     def enforce(self, target: Pod, policies: list[dict[str, Any]]) -> str:
@@ -152,8 +95,8 @@ class World:
 
     def close(self) -> None:
         for pod in self.pods:
-            for s in pod.listeners:
-                s.close()
+            if pod.listener is not None:
+                pod.listener.close()
             pod.sandbox.destroy()
 
 
@@ -175,7 +118,7 @@ def policy(name: str, spec: dict[str, Any], namespace: str = "default") -> dict[
 
 
 def from_host(address: str, port: int) -> bool:
-    return _connects(address, port)
+    return connects(address, port)
 
 
 def test_the_documentation_example_db_policy(world: World) -> None:
@@ -258,15 +201,11 @@ def test_default_deny_and_allow_all(world: World) -> None:
     assert peer.connects(target.ip, 8000), "egress isolation leaves ingress open"
     (host,) = [a for a in host_addresses() if not a.startswith("127.")][:1] or ["127.0.0.1"]
     assert host  # the node's address: egress to it always passes (the next check)
-    node_listener = socket.socket()
-    node_listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    node_listener.bind((host, 0))
-    node_listener.listen(4)
-    threading.Thread(target=_accept_forever, args=(node_listener,), daemon=True).start()
+    node = Listener(None, 0)
     try:
-        assert target.connects(host, node_listener.getsockname()[1])
+        assert target.connects(host, node.sockets[0].getsockname()[1])
     finally:
-        node_listener.close()
+        node.close()
 
     allow_all_egress = policy(
         "allow-all-egress", {"podSelector": {}, "egress": [{}], "policyTypes": ["Egress"]}

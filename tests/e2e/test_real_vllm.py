@@ -16,7 +16,9 @@ or config loading.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
+import os
 import threading
 import time
 import urllib.error
@@ -38,6 +40,9 @@ from harness import (
     describe_namespace,
     wait_for,
 )
+from harness.netpol import Listener, connects_from
+from harness.process_node.policy import outbound_connections
+from harness.process_node.sandbox import Sandbox
 from openmodel_fixtures import GROUP, PLURAL, VERSION, OperatorProcess, condition, create_md, get_md
 from real_engine.cluster_objects import (
     engine_namespace,
@@ -221,6 +226,60 @@ def test_openai_api_answers_on_the_pod(served: Served) -> None:
     assert all(line.startswith("data: ") for line in lines)
     assert len(chunks) >= 2, "a stream of one chunk is not streaming"
     assert all(c["object"] == "text_completion" for c in chunks)
+
+
+def test_the_engine_pod_is_confined_and_opened_no_connection(
+    api_client: client.ApiClient, served: Served
+) -> None:
+    """The NetworkPolicy the operator rendered for a model on a claim (no egress at all),
+    enforced by the process node as a network plugin would: the real vLLM opened no
+    connection beyond its own pod while it started and served the requests above (its
+    telemetry off, offline), and a connection it tries now to an address outside is
+    refused, while an unconfined namespace reaches that address."""
+    md = get_md(api_client, served.namespace, served.name)
+    assert md["status"]["egress"] == "Closed"
+    assert condition(md, "EgressOpen")["reason"] == "NodeOnly"
+    policy = client.NetworkingV1Api(api_client).read_namespaced_network_policy(
+        served.name, served.namespace
+    )
+    assert policy.spec.policy_types == ["Ingress", "Egress"] and not policy.spec.egress
+    environ = dict(
+        item.split("=", 1)
+        for item in Path(f"/proc/{engine_pid(served.pod)}/environ")
+        .read_bytes()
+        .decode()
+        .split("\0")
+        if "=" in item
+    )
+    for switch in (
+        "VLLM_NO_USAGE_STATS",
+        "DO_NOT_TRACK",
+        "HF_HUB_DISABLE_TELEMETRY",
+        "HF_HUB_OFFLINE",
+    ):
+        assert environ.get(switch) == "1", switch
+
+    netns = Sandbox(ipaddress.IPv4Address(served.pod.status.pod_ip)).netns
+    opened, where = outbound_connections(netns)
+    print(f"\nengine pod: {opened} outbound connection(s) since its sandbox was made {where}")
+    assert (opened, where) == (0, [])
+
+    # An address outside the cluster (a namespace of its own, routed here only) with a
+    # listener, reached from an unconfined namespace, refused from the engine's.
+    outside = Sandbox(ipaddress.IPv4Address(f"198.19.{os.getpid() % 200 + 10}.250"))
+    bystander = Sandbox(ipaddress.IPv4Address(f"198.19.{os.getpid() % 200 + 10}.251"))
+    outside.create()
+    bystander.create()
+    listener = Listener(outside.netns, 443)
+    try:
+        assert connects_from(bystander.netns, str(outside.address), 443)
+        assert not connects_from(netns, str(outside.address), 443)
+        opened, where = outbound_connections(netns)
+        assert (opened, where) == (1, [f"{outside.address} . 443"]), (opened, where)
+    finally:
+        listener.close()
+        outside.destroy()
+        bystander.destroy()
 
 
 def test_simulator_metrics_match_the_real_vllm(served: Served) -> None:

@@ -137,6 +137,9 @@ def test_drift_semantics() -> None:
     assert object_holds(
         {"apiVersion": "v1", "kind": "Service", "spec": {"x": 1}}, {"spec": {"x": 1, "y": 2}}
     )
+    # An empty list we set is stored as no key; rules someone added to it are drift.
+    assert holds({"spec": {"egress": []}}, {"spec": {"policyTypes": ["Egress"]}})
+    assert not holds({"spec": {"egress": []}}, {"spec": {"egress": [{}]}})
 
 
 def test_own_writes_recognise_only_their_exact_echo() -> None:

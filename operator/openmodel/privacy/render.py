@@ -76,8 +76,9 @@ def render_network_policy(
             "podSelector": {"matchLabels": dict(pod_labels)},
             "policyTypes": ["Ingress", "Egress"],
             "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": port}]}],
-            # No rules: no key (the API server drops an empty list, and the drift check
-            # would see a difference on every pass).
-            **({"egress": rule_dicts(egress.rules)} if egress.rules else {}),
+            # Always stated, even empty: applied (with force) it is a field we own, so
+            # rules someone adds by hand are taken out again; the API server stores an
+            # empty list as no key, which the drift check reads as the same.
+            "egress": rule_dicts(egress.rules),
         },
     }

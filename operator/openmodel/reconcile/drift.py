@@ -4,7 +4,9 @@ Server-side apply is idempotent, but a no-op apply is still a request; comparing
 keeps a converged cluster at zero writes. Semantics follow what apply would change:
 every field we set must hold our value; fields the server defaulted or others own are
 ignored. Lists of scalars (args, command) must match exactly; lists of objects must
-match element by element, so a removed volume or env var is seen as drift.
+match element by element, so a removed volume or env var is seen as drift. An empty list
+we set holds where the server has no key: Kubernetes omits empty lists when it stores
+an object (a NetworkPolicy's `egress: []`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ def holds(desired: Any, observed: Any) -> bool:
             return False
         return all(holds(v, observed.get(k)) for k, v in desired.items())
     if isinstance(desired, Sequence) and not isinstance(desired, str):
+        if observed is None and not desired:
+            return True
         if not isinstance(observed, Sequence) or isinstance(observed, str):
             return False
         if len(desired) != len(observed):

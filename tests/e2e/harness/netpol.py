@@ -34,13 +34,21 @@ outside the cluster) a name matches nothing, as it cannot be resolved.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import ipaddress
+import socket
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from pathlib import Path
+from typing import Any, Final, Literal, TypeVar
 
 TABLE: Final = "openmodel_netpol"
+NETNS_DIR: Final = Path("/run/netns")
+CLONE_NEWNET: Final = 0x40000000
+T = TypeVar("T")
 Direction = Literal["Ingress", "Egress"]
 PROTOCOLS: Final = ("TCP", "UDP", "SCTP")
 
@@ -349,3 +357,78 @@ def host_addresses() -> list[str]:
         ["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True
     ).stdout
     return sorted({line.split()[3].split("/")[0] for line in out.splitlines() if line.strip()})
+
+
+def in_netns(netns: str, work: Callable[[], T]) -> T:
+    """Runs `work` in a thread that entered the network namespace `netns`: the sockets it
+    makes live there (a socket keeps its namespace), as a process in the pod would."""
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        with open(NETNS_DIR / netns) as handle:
+            if libc.setns(handle.fileno(), CLONE_NEWNET) != 0:
+                failure.append(OSError(ctypes.get_errno(), f"setns {netns}"))
+                return
+        try:
+            result.append(work())
+        except BaseException as e:
+            failure.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+GREETING: Final = b"ok"
+
+
+def connects(address: str, port: int, timeout: float = 2.0) -> bool:
+    """A TCP connection that completes and reads a `Listener`'s greeting."""
+    with socket.socket() as s:
+        s.settimeout(timeout)
+        try:
+            s.connect((address, port))
+            return s.recv(len(GREETING)) == GREETING
+        except OSError:
+            return False
+
+
+def connects_from(netns: str, address: str, port: int) -> bool:
+    return in_netns(netns, lambda: connects(address, port))
+
+
+class Listener:
+    """TCP listeners on `ports` of every address of a network namespace (None: this
+    one), each greeting and closing every connection, until closed."""
+
+    def __init__(self, netns: str | None, *ports: int) -> None:
+        def bind() -> list[socket.socket]:
+            made = []
+            for port in ports:
+                s = socket.socket()
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("0.0.0.0", port))
+                s.listen(16)
+                made.append(s)
+            return made
+
+        self.sockets = bind() if netns is None else in_netns(netns, bind)
+        for s in self.sockets:
+            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
+
+    @staticmethod
+    def _serve(listener: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                conn.sendall(GREETING)
+                conn.close()
+
+    def close(self) -> None:
+        for s in self.sockets:
+            s.close()

@@ -5,6 +5,7 @@
     --image REF=DIR         (repeatable: DIR stands for the image's filesystem)
     --node-cpus N           (cores per node, CFS quota; default: the machine's divided
                              between the nodes)
+    --no-network-policy     (pods run unconfined, as without an enforcing network plugin)
 
 /healthz on 127.0.0.1:P answers 200 once every node has posted Ready. On SIGTERM every
 container is stopped, every sandbox removed, and the process exits 0.
@@ -25,6 +26,7 @@ from types import FrameType
 
 from ..kubeconfig import api_client_for
 from .node import ProcessNode
+from .policy import PolicyEnforcer
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -45,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     # Each node stands for a machine of its own: by default the machine's cores are
     # divided between the nodes (CFS quota), so one node's engines cannot starve another's.
     parser.add_argument("--node-cpus", type=float, default=None)
+    parser.add_argument("--no-network-policy", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(threadName)s %(message)s"
@@ -52,14 +55,24 @@ def main(argv: list[str] | None = None) -> int:
     api = api_client_for(Path(args.kubeconfig))
     images = {ref: Path(path) for ref, path in args.image}
     cpus = args.node_cpus or (os.cpu_count() or 1) / max(1, len(args.node))
+    ready = threading.Event()
+    stop = threading.Event()
+    enforcer = None if args.no_network_policy else PolicyEnforcer(api, stop)
+    if enforcer is not None:
+        threading.Thread(target=enforcer.run, name="network-policy", daemon=True).start()
     nodes = [
         ProcessNode(
-            api, name, ipaddress.IPv4Network(cidr), args.root, images, args.backoff_seconds, cpus
+            api,
+            name,
+            ipaddress.IPv4Network(cidr),
+            args.root,
+            images,
+            args.backoff_seconds,
+            cpus,
+            enforcer,
         )
         for name, cidr in args.node
     ]
-    ready = threading.Event()
-    stop = threading.Event()
 
     class Health(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:

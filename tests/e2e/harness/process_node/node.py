@@ -23,6 +23,7 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from .pod_worker import NODE_ENV_MARKER, NodeContext, PodWorker, node_cgroup, now_rfc3339
+from .policy import PolicyEnforcer
 from .sandbox import guard_network, release_network, remove_stale
 from .spec import API_TIMEOUT
 
@@ -71,6 +72,7 @@ class ProcessNode:
         images: dict[str, Path],
         backoff_initial: float,
         cpus: float,
+        enforcer: PolicyEnforcer | None = None,
     ) -> None:
         self.api = api
         self.name = name
@@ -93,6 +95,7 @@ class ProcessNode:
             release_address=self.addresses.give_back,
             backoff_initial=backoff_initial,
             cgroup=node_cgroup(name, cpus),
+            enforcer=enforcer,
         )
 
     # -- node liveness ---------------------------------------------------------------

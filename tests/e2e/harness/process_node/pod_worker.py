@@ -34,6 +34,7 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from .policy import PolicyEnforcer
 from .probes import ProbeState, run_probe
 from .sandbox import Sandbox
 from .spec import (
@@ -124,6 +125,9 @@ class NodeContext:
     release_address: Callable[[ipaddress.IPv4Address], None]
     backoff_initial: float = BACKOFF_INITIAL
     cgroup: Path | None = None  # the node's cpu cgroup (node_cgroup)
+    # NetworkPolicy enforcement (policy.py); None: pods run unconfined, as without a
+    # network plugin that enforces policies.
+    enforcer: PolicyEnforcer | None = None
 
 
 def log_tail(path: Path) -> str:
@@ -249,6 +253,8 @@ class PodWorker(threading.Thread):
 
     def _run(self) -> None:
         self.sandbox.create()
+        if self.ctx.enforcer is not None:
+            self.ctx.enforcer.confine(self.pod, str(self.address), self.sandbox.netns)
         while not self.deleting():
             try:
                 self._step(time.monotonic())
@@ -655,6 +661,8 @@ class PodWorker(threading.Thread):
                 raise
 
     def _teardown(self) -> None:
+        if self.ctx.enforcer is not None:
+            self.ctx.enforcer.release(self.uid)
         self.sandbox.destroy()
         if self.cgroup is not None:
             with contextlib.suppress(OSError):  # still has a process: left for the OS

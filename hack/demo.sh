@@ -57,16 +57,19 @@ log "cluster up: $export_line"
 "$kubectl" apply -f manifests/aggregate-roles.yaml
 
 gateway_port=18081
+# /metrics and /demand: the gateway's metrics port (not 9090, the operator's here).
+gateway_metrics_port=18082
 mkdir -p "$state"
 cat >"$state/platform-config.yaml" <<EOF
 # The demo's platform config: the autoscaler reads held requests from the local gateway.
 gateway:
-  demandUrls: ["http://127.0.0.1:$gateway_port/demand"]
+  demandUrls: ["http://127.0.0.1:$gateway_metrics_port/demand"]
 EOF
 export OPENMODEL_CONFIG="$repo/$state/platform-config.yaml"
 OPENMODEL_LIVENESS=http://127.0.0.1:18080/healthz \
   start_process operator .venv/bin/python -m openmodel
-start_process gateway .venv/bin/python -m openmodel.gateway --host 127.0.0.1 --port "$gateway_port"
+start_process gateway .venv/bin/python -m openmodel.gateway --host 127.0.0.1 --port "$gateway_port" \
+  --metrics-port "$gateway_metrics_port"
 
 "$kubectl" apply -f examples/llama70b-awq.yaml
 if ! "$kubectl" wait --for=condition=Ready md/llama70b-awq --timeout=120s; then

@@ -115,14 +115,14 @@ def main(argv: list[str] | None = None) -> int:
         gateway_cpus, load_cpus = cpu_split(args.pin_gateway)
         engines = start_engines(procs, args.engines, args.slots, args.service_time, load_cpus)
         targets = engine_targets(engines)
-        gateway, url = start_gateway(procs, targets, gateway_cpus)
+        gateway, url, metrics_url = start_gateway(procs, targets, gateway_cpus)
         print(f"  gateway: pid {gateway.pid} at {url}; engines at port {targets[0][1]}")
         if gateway_cpus and load_cpus:
             print(
                 f"  pinned: gateway on CPU {sorted(gateway_cpus)}, engines and clients on "
                 f"{sorted(load_cpus)} (both paths)"
             )
-        bench = Bench(args, procs, engines, targets, gateway, url, load_cpus)
+        bench = Bench(args, procs, engines, targets, gateway, url, metrics_url, load_cpus)
         phases: list[Phase] = []
         for concurrency in concurrencies:
             for path in ("direct", "gateway"):

@@ -135,6 +135,7 @@ class Bench:
     targets: list[tuple[str, int]]
     gateway: Child
     gateway_url: str
+    gateway_metrics_url: str  # /metrics is on the gateway's metrics port
     load_cpus: set[int] | None  # engines' and clients' CPUs with --pin-gateway
 
     def run_phase(self, path: str, concurrency: int, phase_no: int) -> Phase:
@@ -163,7 +164,7 @@ class Bench:
         watched = [c for c, _ in clients] + [self.gateway] + self.engines
 
         def sample() -> Sample:
-            buckets = added_buckets(http_get(self.gateway_url + "/metrics")[1])
+            buckets = added_buckets(http_get(self.gateway_metrics_url + "/metrics")[1])
             cpu = {c.pid: cpu_seconds(c.pid, missing=0.0) for c in watched}
             cpu[os.getpid()] = cpu_seconds(os.getpid(), missing=0.0)
             return Sample(time.monotonic(), cpu, machine_cpu(), buckets, all_processes_cpu())

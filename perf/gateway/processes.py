@@ -196,7 +196,8 @@ def http_get(url: str, timeout_s: float = 5.0) -> tuple[int, str]:
 
 def start_gateway(
     procs: Processes, targets: Sequence[tuple[str, int]], cpus: set[int] | None
-) -> tuple[Child, str]:
+) -> tuple[Child, str, str]:
+    """The gateway process, its API's base URL and its metrics port's (/metrics)."""
     routes = procs.workdir / "routes.yaml"
     routes.write_text(
         json.dumps(  # JSON is YAML
@@ -219,13 +220,14 @@ def start_gateway(
     # (perf/bench_gateway_auth.py measures the door's own cost).
     config = procs.workdir / "gateway-config.yaml"
     config.write_text(json.dumps({"gateway": {"auth": {"mode": "off"}}}))
-    port = _bindable(GATEWAY_HOST, 0)
-    if port is None:
+    port, metrics_port = _bindable(GATEWAY_HOST, 0), _bindable(GATEWAY_HOST, 0)
+    if port is None or metrics_port is None:
         raise BenchError(f"cannot bind {GATEWAY_HOST}")
     gateway = procs.start(
         "gateway",
         [sys.executable, "-m", "openmodel.gateway", "--host", GATEWAY_HOST,
-         "--port", str(port), "--routes", str(routes), "--log-level", "WARNING"],
+         "--port", str(port), "--metrics-port", str(metrics_port), "--routes", str(routes),
+         "--log-level", "WARNING"],
         cpus,
         env={"OPENMODEL_CONFIG": str(config)},
     )  # fmt: skip
@@ -233,4 +235,4 @@ def start_gateway(
     wait_until(
         "the gateway", lambda: http_get(base + "/readyz")[0] == 200, [gateway], START_DEADLINE_S
     )
-    return gateway, base
+    return gateway, base, f"http://{GATEWAY_HOST}:{metrics_port}"

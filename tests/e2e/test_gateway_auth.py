@@ -163,7 +163,7 @@ def raw_post(gw: GatewayProcess, headers: dict[str, str]) -> tuple[int, dict[str
 
 
 def metric(gw: GatewayProcess, name: str, label: str) -> float:
-    with urllib.request.urlopen(f"{gw.url}/metrics", timeout=10) as r:
+    with urllib.request.urlopen(f"{gw.metrics_url}/metrics", timeout=10) as r:
         text = r.read().decode()
     for line in text.splitlines():
         if line.startswith(name + "{") and label in line:

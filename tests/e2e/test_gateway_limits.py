@@ -85,11 +85,15 @@ def start_gateways(workdir: Path, engine_port: int, replicas: int) -> list[Gatew
     env = {**os.environ, "OPENMODEL_CONFIG": str(config), "PYTHONUNBUFFERED": "1"}
     gateways = []
     for i in range(replicas):
-        port = free_port()
+        port, metrics_port = free_port(), free_port()
         log = workdir / f"gateway-{replicas}-{i}.log"
         argv = [sys.executable, "-m", "openmodel.gateway", "--host", "127.0.0.1", "--port",
-                str(port), "--routes", str(routes), "--log-level", "DEBUG"]  # fmt: skip
-        gw = GatewayProcess(spawn(argv, env, log), log, f"http://127.0.0.1:{port}")
+                str(port), "--metrics-port", str(metrics_port), "--routes", str(routes),
+                "--log-level", "DEBUG"]  # fmt: skip
+        gw = GatewayProcess(
+            spawn(argv, env, log), log, f"http://127.0.0.1:{port}",
+            f"http://127.0.0.1:{metrics_port}",
+        )  # fmt: skip
         wait_until_answering(gw, f"{gw.url}/readyz", "gateway")
         gateways.append(gw)
     return gateways
@@ -138,12 +142,12 @@ def busiest_window(answers: list[Answer]) -> float:
     return best
 
 
-def metric_sum(urls: list[str], name: str) -> float:
+def metric_sum(gateways: list[GatewayProcess], name: str) -> float:
     async def read() -> float:
         total = 0.0
         async with aiohttp.ClientSession() as session:
-            for url in urls:
-                async with session.get(f"{url}/metrics") as r:
+            for gw in gateways:
+                async with session.get(f"{gw.metrics_url}/metrics") as r:
                     text = await r.text()
                 for line in text.splitlines():
                     if line.startswith(name + "{") and 'identity="anonymous"' in line:
@@ -188,10 +192,10 @@ def test_accepted_tokens_stay_within_the_limit_with_one_and_two_gateways(
         assert busiest >= budget * 2 / 3, busiest
         assert total <= windows * budget + replicas * PER_REQUEST
         # The gateways' usage counters: the engine's usage the clients received.
-        prompt = metric_sum(urls, "openmodel_gateway_usage_prompt_tokens_total")
-        completion = metric_sum(urls, "openmodel_gateway_usage_completion_tokens_total")
+        prompt = metric_sum(gateways, "openmodel_gateway_usage_prompt_tokens_total")
+        completion = metric_sum(gateways, "openmodel_gateway_usage_completion_tokens_total")
         assert prompt + completion == total
-        limited = metric_sum(urls, "openmodel_gateway_rate_limited_requests_total")
+        limited = metric_sum(gateways, "openmodel_gateway_rate_limited_requests_total")
         assert limited == len(refused)
     finally:
         for gw in gateways:

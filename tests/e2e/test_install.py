@@ -1,7 +1,9 @@
 """The install against the real control plane: `kubectl apply -k manifests/`, Pod
 Security "restricted" admission of the operator pod, the operator working with exactly
-its ServiceAccount's rights, the aggregated user roles, and the Helm chart's objects
-accepted by the API server.
+its ServiceAccount's rights, the aggregated user roles, the NetworkPolicies and (with
+two gateway replicas) the gateway's PodDisruptionBudget, and the Helm chart's objects
+accepted by the API server. (No CNI enforces the policies here: what they allow is
+checked field by field in tests/unit/test_network_policies.py.)
 
 The operator cannot run from its image here (no container runtime: KWOK only pretends
 to run pods), so the RBAC proof runs `python -m openmodel` locally with a kubeconfig
@@ -185,6 +187,21 @@ def test_operator_pod_is_admitted_under_restricted_pod_security(
         e.message for e in core.list_namespaced_event(SYSTEM).items if e.reason == "FailedCreate"
     ]
     assert failed == []
+
+
+# -- the NetworkPolicies ---------------------------------------------------------------
+
+
+def test_network_policies_are_stored_as_written(installed: None, cluster: Cluster) -> None:
+    policies = [o for o in manifest_objects() if o["kind"] == "NetworkPolicy"]
+    assert {p["metadata"]["name"] for p in policies} == {"openmodel-gateway", OPERATOR}
+    for policy in policies:
+        name = policy["metadata"]["name"]
+        got = kubectl(cluster, "-n", SYSTEM, "get", "networkpolicy", name, "-o", "json")
+        assert got.returncode == 0, got.stderr
+        # Nothing dropped or defaulted differently (a misplaced key would be refused by
+        # the strict field validation of `apply --server-side` already).
+        assert yaml.safe_load(got.stdout)["spec"] == policy["spec"], name
 
 
 # -- the operator's ServiceAccount -------------------------------------------------------
@@ -450,9 +467,13 @@ def test_built_in_roles_cover_model_deployments(
 
 @pytest.mark.parametrize(
     "values",
-    [[], ["--set", "replicaCount=2", "--set", "watchNamespaces={team-a,team-b}"]],
+    [
+        [],
+        ["--set", "replicaCount=2", "--set", "watchNamespaces={team-a,team-b}",
+         "--set", "gateway.replicaCount=2"],
+    ],
     ids=["defaults", "two-replicas-two-namespaces"],
-)
+)  # fmt: skip
 def test_helm_chart_objects_are_accepted_by_the_api_server(
     installed: None, cluster: Cluster, api_client: client.ApiClient, values: list[str]
 ) -> None:
@@ -488,6 +509,16 @@ def test_helm_chart_objects_are_accepted_by_the_api_server(
         assert "deployment.apps/openmodel-operator serverside-applied (server dry run)" in (
             applied.stdout
         )
+        accepted = [
+            "networkpolicy.networking.k8s.io/openmodel-gateway",
+            "networkpolicy.networking.k8s.io/openmodel-operator",
+        ]
+        if "gateway.replicaCount=2" in values:
+            accepted.append("poddisruptionbudget.policy/openmodel-gateway")
+        else:
+            assert "poddisruptionbudget" not in applied.stdout, applied.stdout
+        for name in accepted:
+            assert f"{name} serverside-applied (server dry run)" in applied.stdout, name
     finally:
         delete_namespace(api_client, target)
 

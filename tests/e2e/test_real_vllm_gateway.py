@@ -173,9 +173,10 @@ async def stream(
     return text, (usages[-1] if usages else None)
 
 
-def gateway_usage(url: str, namespace: str) -> dict[str, dict[str, float]]:
-    """The gateway's usage counters for the real ModelDeployment, per model name."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+def gateway_usage(metrics_url: str, namespace: str) -> dict[str, dict[str, float]]:
+    """The gateway's usage counters for the real ModelDeployment, per model name (read on
+    its metrics port)."""
+    with urllib.request.urlopen(f"{metrics_url}/metrics", timeout=10) as r:
         text = r.read().decode()
     found: dict[str, dict[str, float]] = {}
     for line in text.splitlines():
@@ -344,7 +345,7 @@ def test_one_gateway_routes_every_model_and_a_real_vllm_scales_from_zero_and_bac
     _, adapter_usage = asyncio.run(stream(gateway.url, "/v1/completions", completion))
     assert adapter_usage is not None
     add(returned, ADAPTER, adapter_usage)
-    counted = gateway_usage(gateway.url, ns)
+    counted = gateway_usage(gateway.metrics_url, ns)
     print(f"usage returned by vLLM {returned}; counted by the gateway {counted}")
     assert counted == returned
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
@@ -15,11 +17,12 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from openmodel.config import GatewayConfig
+from openmodel.config import GatewayConfig, parse_config
 from openmodel.gateway.auth.access_control import AccessControl
 from openmodel.gateway.balancer import Balancer
 from openmodel.gateway.proxy import Gateway
 from openmodel.gateway.routes import Backend, Endpoint, RouteTable, backend_from, endpoint_from
+from openmodel.gateway.server import serve
 from openmodel.simulator.server import SimulatorHandle, start_simulator
 
 T = TypeVar("T")
@@ -130,6 +133,7 @@ def test_adapter_requests_go_only_to_pods_that_loaded_it() -> None:
 class Running:
     gateway: Gateway
     url: str
+    metrics_url: str  # the metrics port: /metrics, /demand
     session: aiohttp.ClientSession
 
     async def post(self, path: str, body: Any, **kw: Any) -> tuple[int, Any, Any]:
@@ -141,21 +145,28 @@ class Running:
             return r.status, (json.loads(text) if text else None), r.headers
 
 
+async def listening(runner: web.AppRunner) -> str:
+    """`runner`'s app served on a free loopback port: its base URL."""
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
 @asynccontextmanager
 async def running_gateway(config: GatewayConfig, table: RouteTable) -> AsyncIterator[Running]:
     gateway = Gateway(table, config, AccessControl.off(CollectorRegistry()))
     gateway.ready = True
     runner = web.AppRunner(gateway.application(), handler_cancellation=True)
-    await runner.setup()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    await web.SockSite(runner, sock).start()
+    monitoring = web.AppRunner(gateway.monitoring_application())
+    url, metrics_url = await listening(runner), await listening(monitoring)
     async with aiohttp.ClientSession() as session:
         try:
-            yield Running(gateway, f"http://127.0.0.1:{port}", session)
+            yield Running(gateway, url, metrics_url, session)
         finally:
             await runner.cleanup()
+            await monitoring.cleanup()
 
 
 def backend(name: str, port: int, ns: str = "team-a") -> Backend:
@@ -320,7 +331,7 @@ def test_engine_errors_pass_through_unchanged() -> None:
                 status, body, _ = await gw.post("/v1/completions", {"model": "m", "prompt": 3})
                 assert status == 400
                 assert "prompt" in body["error"]["message"]
-                async with gw.session.get(gw.url + "/metrics") as r:
+                async with gw.session.get(gw.metrics_url + "/metrics") as r:
                     text = await r.text()
                 assert 'openmodel_gateway_requests_total{code="400"' in text
         finally:
@@ -364,3 +375,89 @@ def test_a_request_refused_by_a_draining_engine_is_retried_on_another_pod() -> N
             await other_sim.stop()
 
     run(scenario)
+
+
+# --- the two ports, through the gateway's own serve() ---
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def answered(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
+    """GET `url` once the server listens (connection refused until then, 20 s at most)."""
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:
+        try:
+            async with session.get(url) as r:
+                return r.status, await r.text()
+        except aiohttp.ClientConnectorError:
+            assert asyncio.get_running_loop().time() < deadline, f"{url}: nothing listens"
+            await asyncio.sleep(0.05)
+
+
+def test_metrics_and_demand_are_served_on_the_metrics_port_only(tmp_path: Path) -> None:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(
+        "models: [{name: m, namespace: team-a, modelDeployment: m, port: 8000, hosts: []}]\n"
+    )
+    config = parse_config({"gateway": {"auth": {"mode": "off"}}})
+    port, metrics_port = free_port(), free_port()
+    api, metrics = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}"
+
+    async def scenario() -> dict[str, tuple[int, str]]:
+        stop = asyncio.Event()
+        served = asyncio.create_task(
+            serve(config, "127.0.0.1", port, routes, stop, metrics_port=metrics_port)
+        )
+        seen: dict[str, tuple[int, str]] = {}
+        try:
+            async with aiohttp.ClientSession() as session:
+                for base in (api, metrics):
+                    for path in ("/healthz", "/readyz", "/v1/models", "/metrics", "/demand"):
+                        seen[base + path] = await answered(session, base + path)
+        finally:
+            stop.set()
+            await served
+        return seen
+
+    seen = run(scenario)
+    # The API port: the probes and the API, and no usage counters or demand.
+    assert seen[api + "/healthz"][0] == seen[api + "/readyz"][0] == 200
+    assert seen[api + "/v1/models"][0] == 200
+    assert seen[api + "/metrics"][0] == seen[api + "/demand"][0] == 404
+    # The metrics port: exactly those two.
+    status, text = seen[metrics + "/metrics"]
+    assert status == 200 and "openmodel_gateway_requests_total" in text
+    status, text = seen[metrics + "/demand"]
+    assert status == 200
+    assert [(m["namespace"], m["name"]) for m in json.loads(text)["models"]] == [("team-a", "m")]
+    for path in ("/healthz", "/readyz", "/v1/models"):
+        assert seen[metrics + path][0] == 404, path
+
+
+def test_metrics_port_zero_serves_no_metrics_port(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text("models: []\n")
+    config = parse_config({"gateway": {"auth": {"mode": "off"}}})
+    port = free_port()
+
+    async def scenario() -> int:
+        stop = asyncio.Event()
+        served = asyncio.create_task(serve(config, "127.0.0.1", port, routes, stop, metrics_port=0))
+        try:
+            async with aiohttp.ClientSession() as session:
+                status, _ = await answered(session, f"http://127.0.0.1:{port}/readyz")
+        finally:
+            stop.set()
+            await served
+        return status
+
+    with caplog.at_level(logging.INFO, logger="openmodel.gateway.server"):
+        assert run(scenario) == 200
+    assert "no metrics port" in caplog.text
+    assert "gateway metrics (/metrics, /demand) on" not in caplog.text

@@ -626,13 +626,16 @@ def test_the_gateway_serves_https_with_the_configured_pair(
     routes.write_text("models: []\n")
     tls = {"certFile": str(pki.apiserver.cert), "keyFile": str(pki.apiserver.key)}
     config = parse_config({"gateway": {"auth": {"mode": "off"}, "tls": tls}})
-    with socket.socket() as s:
+    with socket.socket() as s, socket.socket() as m:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        m.bind(("127.0.0.1", 0))
+        port, metrics_port = s.getsockname()[1], m.getsockname()[1]
 
-    async def scenario() -> tuple[int, bool]:
+    async def scenario() -> tuple[int, bool, int]:
         stop = asyncio.Event()
-        served = asyncio.create_task(serve(config, "127.0.0.1", port, routes, stop))
+        served = asyncio.create_task(
+            serve(config, "127.0.0.1", port, routes, stop, metrics_port=metrics_port)
+        )
         trusted = ssl.create_default_context(cafile=str(pki.ca.cert))
         deadline = time.monotonic() + 20
         try:
@@ -652,14 +655,18 @@ def test_the_gateway_serves_https_with_the_configured_pair(
                         plain_answered = True
                 except aiohttp.ClientError:
                     plain_answered = False
+                # The metrics port stays plain HTTP (in-cluster, policy-restricted).
+                async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as r:
+                    metrics_status = r.status
         finally:
             stop.set()
             await served
-        return status, plain_answered
+        return status, plain_answered, metrics_status
 
     with caplog.at_level(logging.WARNING):
-        status, plain_answered = run(scenario())
+        status, plain_answered, metrics_status = run(scenario())
     assert status == 200 and not plain_answered
+    assert metrics_status == 200
     assert "AUTHENTICATION IS OFF" in caplog.text
 
 

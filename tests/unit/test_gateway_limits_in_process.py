@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from openmodel.config import ConfigError, GatewayConfig, parse_config
 from openmodel.config.gateway_limits import (
@@ -415,8 +415,8 @@ class Running:
             return r.status, (json.loads(text) if text else None), r.headers
 
     async def metric(self, name: str, **labels: str) -> float:
-        async with self.session.get(self.url + "/metrics") as r:
-            text = await r.text()
+        # What /metrics (on the metrics port, not started here) would serve.
+        text = generate_latest(self.gateway.metrics.registry).decode()
         total = 0.0
         for line in text.splitlines():
             if line.startswith(name + "{") and all(

@@ -8,7 +8,13 @@ import test_manifests
 import yaml
 from test_manifests import M, rule_set, template
 
-from openmodel.config import GATEWAY_PORT, AuthMode, GatewayConfig, parse_config
+from openmodel.config import (
+    GATEWAY_METRICS_PORT,
+    GATEWAY_PORT,
+    AuthMode,
+    GatewayConfig,
+    parse_config,
+)
 
 NAME = "openmodel-gateway"
 helm = test_manifests.helm  # the fixture
@@ -50,13 +56,25 @@ def test_the_gateway_listens_where_the_service_and_the_autoscaler_expect() -> No
         "openmodel.gateway",
         "--port",
         str(GATEWAY_PORT),
+        "--metrics-port",
+        str(GATEWAY_METRICS_PORT),
     ]
     assert container["ports"] == [
-        {"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"}
+        {"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": GATEWAY_METRICS_PORT, "protocol": "TCP"},
     ]
+    # The probes on the API port; the API's Service exposes that port only, /metrics has
+    # a Service of its own.
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["port"] == "http"
     service = M[("Service", NAME)]
-    assert service["spec"]["ports"][0]["port"] == GATEWAY_PORT
+    assert [p["port"] for p in service["spec"]["ports"]] == [GATEWAY_PORT]
     assert service["spec"]["selector"].items() <= gateway_pod(M)["metadata"]["labels"].items()
+    metrics = M[("Service", f"{NAME}-metrics")]
+    assert [(p["port"], p["targetPort"]) for p in metrics["spec"]["ports"]] == [
+        (GATEWAY_METRICS_PORT, "metrics")
+    ]
+    assert metrics["spec"]["selector"] == service["spec"]["selector"]
     # It drains 60 s on SIGTERM (gateway/server.py): the grace period must cover it.
     assert gateway_pod(M)["spec"]["terminationGracePeriodSeconds"] > 60
 
@@ -71,9 +89,15 @@ def test_helm_renders_the_same_gateway_as_manifests(helm: Any) -> None:
     for field in ("command", "ports", "readinessProbe", "livenessProbe", "resources", "env",
                   "securityContext", "volumeMounts", "image"):  # fmt: skip
         assert got_c[field] == want_c[field], field
-    assert ("Service", NAME) in rendered
+    assert ("Service", NAME) in rendered and ("Service", f"{NAME}-metrics") in rendered
+    assert (
+        rendered[("Service", f"{NAME}-metrics")]["spec"]["ports"]
+        == M[("Service", f"{NAME}-metrics")]["spec"]["ports"]
+    )
     off = template(helm, "--set", "gateway.enabled=false")
     assert ("Deployment", NAME) not in off and ("ClusterRole", NAME) not in off
+    assert ("Service", f"{NAME}-metrics") not in off
+    assert ("NetworkPolicy", NAME) not in off and ("NetworkPolicy", "openmodel-operator") in off
 
 
 AGGREGATE = "rbac.authorization.k8s.io/aggregate-to-"
@@ -129,3 +153,75 @@ def test_helm_renders_the_same_roles_and_mounts_a_tls_secret(helm: Any) -> None:
 
     unaggregated = template(helm, "--set", "rbac.aggregateToDefaultRoles=false")
     assert aggregated_to(unaggregated[("ClusterRole", "openmodel-user")]) == set()
+
+
+# --- several replicas: a disruption budget and spreading -----------------------------------
+
+
+HOSTNAME = "kubernetes.io/hostname"
+
+
+def anti_affinity_terms(objs: dict[tuple[str, str], Any]) -> list[dict[str, Any]]:
+    affinity = gateway_pod(objs)["spec"].get("affinity") or {}
+    preferred = (affinity.get("podAntiAffinity") or {}).get(
+        "preferredDuringSchedulingIgnoredDuringExecution", []
+    )
+    return [p["podAffinityTerm"] for p in preferred]
+
+
+def test_one_gateway_replica_has_no_disruption_budget_and_no_anti_affinity(helm: Any) -> None:
+    assert M[("Deployment", NAME)]["spec"]["replicas"] == 1
+    assert not [k for k in M if k[0] == "PodDisruptionBudget"]
+    assert "affinity" not in gateway_pod(M)["spec"]
+    one = template(helm)
+    assert not [k for k in one if k[0] == "PodDisruptionBudget"]
+    assert "affinity" not in gateway_pod(one)["spec"]
+
+
+def test_two_gateway_replicas_get_a_budget_of_one_and_prefer_different_nodes(helm: Any) -> None:
+    two = template(helm, "--set", "gateway.replicaCount=2")
+    deployment = two[("Deployment", NAME)]
+    assert deployment["spec"]["replicas"] == 2
+    budget = two[("PodDisruptionBudget", NAME)]["spec"]
+    assert budget["maxUnavailable"] == 1 and "minAvailable" not in budget
+    assert budget["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    pod_labels = gateway_pod(two)["metadata"]["labels"]
+    assert budget["selector"] == deployment["spec"]["selector"]
+    assert budget["selector"]["matchLabels"].items() <= pod_labels.items()
+    # Preferred, never required: a one-node cluster still runs both.
+    affinity = gateway_pod(two)["spec"]["affinity"]
+    assert set(affinity) == {"podAntiAffinity"}
+    assert set(affinity["podAntiAffinity"]) == {"preferredDuringSchedulingIgnoredDuringExecution"}
+    (term,) = anti_affinity_terms(two)
+    assert term["topologyKey"] == HOSTNAME
+    assert term["labelSelector"] == deployment["spec"]["selector"]
+
+
+GATEWAY_AFFINITY = """
+gateway:
+  replicaCount: 3
+  affinity:
+    nodeAffinity:
+      requiredDuringSchedulingIgnoredDuringExecution:
+        nodeSelectorTerms:
+          - matchExpressions: [{key: node-role/edge, operator: Exists}]
+  topologySpreadConstraints:
+    - maxSkew: 1
+      topologyKey: topology.kubernetes.io/zone
+      whenUnsatisfiable: ScheduleAnyway
+      labelSelector: {matchLabels: {app.kubernetes.io/component: gateway}}
+"""
+
+
+def test_gateway_affinity_replaces_the_default_and_spread_constraints_pass_through(
+    helm: Any, tmp_path: Any
+) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(GATEWAY_AFFINITY)
+    chosen = template(helm, "-f", str(values))
+    spec = gateway_pod(chosen)["spec"]
+    wanted = yaml.safe_load(GATEWAY_AFFINITY)["gateway"]
+    assert spec["affinity"] == wanted["affinity"]
+    assert spec["topologySpreadConstraints"] == wanted["topologySpreadConstraints"]
+    assert ("PodDisruptionBudget", NAME) in chosen  # the budget does not depend on it
+    assert "topologySpreadConstraints" not in gateway_pod(template(helm))["spec"]

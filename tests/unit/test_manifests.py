@@ -434,6 +434,7 @@ def test_helm_lint_strict(helm):
     out = run(
         helm, "lint", CHART, "--strict", "--set", "replicaCount=3",
         "--set", "watchNamespaces={team-a,team-b}", "--set", "metrics.service.enabled=false",
+        "--set", "gateway.replicaCount=2", "--set", "networkPolicy.enabled=false",
     )  # fmt: skip
     assert "0 chart(s) failed" in out
 
@@ -560,11 +561,14 @@ def test_helm_config_is_what_config_py_reads(helm, tmp_path):
 
 def helm_refusal(helm, setting: str) -> str:
     """What `helm template` said when it refused the chart with `--set setting`."""
+    return helm_refusal_of(helm, "--set", setting)
+
+
+def helm_refusal_of(helm, *args: str) -> str:
+    """What `helm template` said when it refused the chart with `args` (e.g. -f FILE)."""
     assert KUBE_VERSION
     argv = [str(helm), "template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION.group(1)]
-    result = subprocess.run(
-        [*argv, "--set", setting], capture_output=True, text=True, timeout=60, check=False
-    )
+    result = subprocess.run([*argv, *args], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode != 0, result.stdout[-2000:]
     return result.stderr
 
@@ -582,6 +586,7 @@ def test_helm_metrics_service_and_aggregated_roles_are_optional(helm):
         "rbac.aggregateToDefaultRoles=false",
     )
     assert ("Service", "openmodel-operator-metrics") not in rendered
+    assert ("Service", "openmodel-gateway-metrics") not in rendered
     assert ("ClusterRole", "openmodel-modeldeployments-edit") not in rendered
     assert ("ClusterRole", "openmodel-modeldeployments-view") not in rendered
     assert ("ClusterRole", OPERATOR) in rendered

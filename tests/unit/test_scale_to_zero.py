@@ -13,8 +13,9 @@ import pytest
 from aiohttp import web
 
 from openmodel.autoscaler import DecisionReason, Observation, ScalingHistory, ScalingPolicy, decide
-from openmodel.autoscaler.demand import read_demand
+from openmodel.autoscaler.demand import gateway_demand_urls, read_demand
 from openmodel.autoscaler.zero import Demand, engines_idle, from_zero, to_zero
+from openmodel.config import GATEWAY_METRICS_PORT, GATEWAY_PORT
 
 T = TypeVar("T")
 POLICY = ScalingPolicy(min_replicas=1, max_replicas=4, target_queue_depth=4)
@@ -127,3 +128,25 @@ def test_demand_is_summed_over_gateways_and_a_silent_one_makes_it_incomplete() -
             await runner.cleanup()
 
     run(scenario)
+
+
+def gateway_pod(ip: str, phase: str = "Running", leaving: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": f"gateway-{ip}"}
+    if leaving:
+        meta["deletionTimestamp"] = "2026-12-01T00:00:00Z"
+    return {"metadata": meta, "status": {"phase": phase, "podIP": ip}}
+
+
+def test_the_autoscaler_reads_demand_on_the_gateways_metrics_port() -> None:
+    assert GATEWAY_METRICS_PORT != GATEWAY_PORT  # /demand is off the API port
+    pods = [
+        gateway_pod("10.0.0.1"),
+        gateway_pod("fd00::2"),
+        gateway_pod("10.0.0.3", phase="Pending"),
+        gateway_pod("10.0.0.4", leaving=True),
+        {"metadata": {"name": "no-ip-yet"}, "status": {"phase": "Running"}},
+    ]
+    assert gateway_demand_urls(pods) == [
+        f"http://10.0.0.1:{GATEWAY_METRICS_PORT}/demand",
+        f"http://[fd00::2]:{GATEWAY_METRICS_PORT}/demand",
+    ]

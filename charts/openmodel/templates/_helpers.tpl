@@ -20,6 +20,12 @@ app.kubernetes.io/name: openmodel
 app.kubernetes.io/component: operator
 {{- end -}}
 
+{{- define "openmodel.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: openmodel
+app.kubernetes.io/component: gateway
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
 {{- define "openmodel.labels" -}}
 app.kubernetes.io/name: openmodel
 app.kubernetes.io/part-of: openmodel

@@ -8,6 +8,10 @@ Each gateway answers (see ``openmodel.gateway.demand``)::
 and ``read_demand`` sums them per ModelDeployment. A gateway that does not answer, or
 answers garbage, makes every ``Demand`` incomplete (idleness unknown, so nothing goes
 to zero on its account) while what the others report still wakes models up.
+
+The gateways are found as pods (`gateway_demand_urls`: their IPs, on the gateway's metrics
+port, where /demand is served apart from the OpenAI API) plus any fixed URLs of the
+platform config (`gateway.demandUrls`, local runs).
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import yarl
 
 from openmodel.autoscaler.zero import Demand
+from openmodel.config import GATEWAY_METRICS_PORT
 
 ObjectKey = tuple[str, str]
 # Counts above this are garbage, not demand: an integer of 400 digits parses from JSON,
@@ -70,6 +76,21 @@ def _entries(body: Any) -> list[tuple[ObjectKey, int, int, float | None]]:
             raise ValueError(f"{ns}/{name}: idleSeconds must be a number >= 0")
         out.append(((ns, name), held, in_flight, None if idle is None else float(idle)))
     return out
+
+
+def gateway_demand_urls(pods: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The /demand URL of every running gateway pod that is not being deleted (one that
+    is leaving finishes its requests but takes no new ones)."""
+    urls = []
+    for pod in pods:
+        status = pod.get("status") or {}
+        ip = status.get("podIP")
+        leaving = (pod.get("metadata") or {}).get("deletionTimestamp")
+        if ip and status.get("phase") == "Running" and not leaving:
+            # URL.build brackets an IPv6 pod IP.
+            url = yarl.URL.build(scheme="http", host=ip, port=GATEWAY_METRICS_PORT, path="/demand")
+            urls.append(str(url))
+    return urls
 
 
 async def _fetch(session: aiohttp.ClientSession, url: str, timeout_s: float) -> Any:

@@ -32,10 +32,10 @@ from openmodel.autoscaler import (
     ScalingPolicy,
     decide,
 )
-from openmodel.autoscaler.demand import DemandReport, read_demand
+from openmodel.autoscaler.demand import DemandReport, gateway_demand_urls, read_demand
 from openmodel.autoscaler.zero import Demand, from_zero, to_zero
 from openmodel.clock import utc_now
-from openmodel.config import GATEWAY_PORT, PlatformConfig
+from openmodel.config import PlatformConfig
 from openmodel.engine_metrics.scrape import Scraper, ScrapeTarget
 from openmodel.engines import engine_for, parse_model_deployment
 from openmodel.kube import calls as kube
@@ -248,13 +248,7 @@ class AutoscalerLoop:
             if e.status in (403, 404):
                 return []  # no gateway installed here (or not ours to see)
             raise
-        urls = []
-        for pod in pods:
-            status = pod.get("status") or {}
-            leaving = pod["metadata"].get("deletionTimestamp")
-            if status.get("podIP") and status.get("phase") == "Running" and not leaving:
-                urls.append(f"http://{status['podIP']}:{GATEWAY_PORT}/demand")
-        return urls
+        return gateway_demand_urls(pods)
 
     async def scale_one(
         self,

@@ -24,7 +24,7 @@ gateway:                 # the OpenAI gateway (python -m openmodel.gateway)
   holdQueueLength: 256   # requests held per model at most; more get 503 at once
   maxBodyBytes: 8388608  # larger request bodies get 413
   queuePollSeconds: 2    # how often the gateway reads the engines' queue gauges
-  # the gateway pods the autoscaler reads held requests from (GET :8080/demand):
+  # the gateway pods the autoscaler reads held requests from (GET :9090/demand):
   demandSelector: app.kubernetes.io/name=openmodel,app.kubernetes.io/component=gateway
   demandNamespace: openmodel-system
   demandUrls: []         # or fixed demand URLs (local runs)
@@ -106,9 +106,13 @@ class AdaptersConfig:
     poll_seconds: float = 5.0
 
 
-# Where the gateway listens: its Service and pods, and the autoscaler's demand reads
-# (`GET :8080/demand`). A fact of the manifests, not a setting.
+# Where the gateway listens, facts of the manifests and the chart, not settings: the
+# OpenAI API (and the kubelet's probes) on GATEWAY_PORT, its Service's port; /metrics and
+# /demand on GATEWAY_METRICS_PORT, always plain HTTP, so a NetworkPolicy can open it to
+# the monitoring namespace and the operator (whose autoscaler reads `GET :9090/demand`)
+# only, whoever may call the API.
 GATEWAY_PORT: Final = 8080
+GATEWAY_METRICS_PORT: Final = 9090
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@
 * ``static``   -- routes from a file instead (benchmarks).
 * ``balancer`` -- least outstanding work among a model's pods.
 * ``poller``   -- engines' queue gauges and loaded adapters, for the balancer.
-* ``proxy``    -- the HTTP side: route, hold, forward, stream; /v1/models, /demand.
+* ``proxy``    -- the HTTP side: route, hold, forward, stream; /v1/models; and, on the
+                  metrics port, /metrics and /demand.
 * ``limits``   -- per identity and per namespace budgets: admit, refuse (429), settle.
 * ``usage``    -- the engine's token count of each answer (and the streams' usage chunk).
 * ``server``   -- runs it all (``python -m openmodel.gateway``).

@@ -1,4 +1,7 @@
-"""python -m openmodel.gateway [--host H] [--port P] [--routes FILE]
+"""python -m openmodel.gateway [--host H] [--port P] [--metrics-port M] [--routes FILE]
+
+The OpenAI API on --port (8080); /metrics and /demand on --metrics-port (9090, plain
+HTTP; 0: not served).
 
 Platform config from OPENMODEL_CONFIG (its `gateway` section), the cluster from
 KUBECONFIG or the in-cluster service account.
@@ -12,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from openmodel.config import GATEWAY_PORT, ConfigError, load_config
+from openmodel.config import GATEWAY_METRICS_PORT, GATEWAY_PORT, ConfigError, load_config
 from openmodel.gateway.server import serve
 from openmodel.gateway.static import RoutesFileError
 
@@ -21,13 +24,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m openmodel.gateway", description=__doc__)
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=GATEWAY_PORT)
+    parser.add_argument(
+        "--metrics-port", type=int, default=GATEWAY_METRICS_PORT,
+        help="plain-HTTP port of /metrics and /demand; 0: not served",
+    )  # fmt: skip
     parser.add_argument("--routes", type=Path, help="static routes file instead of the cluster")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
     try:
         config = load_config()
-        asyncio.run(serve(config, args.host, args.port, args.routes))
+        asyncio.run(
+            serve(config, args.host, args.port, args.routes, metrics_port=args.metrics_port)
+        )
     except (ConfigError, RoutesFileError) as e:
         print(f"openmodel gateway: {e}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@ forward, and stream the answer back chunk by chunk.
 
     gateway = Gateway(table, config.gateway, access)  # access: gateway/auth/
     app = gateway.application()          # aiohttp; run with handler_cancellation=True
+    monitoring = gateway.monitoring_application()  # /metrics, /demand: another port
     ...  gateway.notify() whenever the table or the scraped state changes
 
 Request path, in order: the caller authenticated before the body is read (401, or 503
@@ -117,6 +118,7 @@ class Gateway:
         self._changed = asyncio.Event()
 
     def application(self) -> web.Application:
+        """The API port's app: the OpenAI routes behind the door, and the kubelet's probes."""
         app = web.Application(
             client_max_size=self.config.max_body_bytes, middlewares=[self.access.middleware]
         )
@@ -125,10 +127,18 @@ class Gateway:
         app.router.add_get("/v1/models", self.handle_models)
         app.router.add_get("/healthz", self.handle_healthz)
         app.router.add_get("/readyz", self.handle_readyz)
-        app.router.add_get("/demand", self.handle_demand)
-        app.router.add_get("/metrics", self.handle_metrics)
         app.on_startup.append(self._open)
         app.on_cleanup.append(self._close)
+        return app
+
+    def monitoring_application(self) -> web.Application:
+        """The metrics port's app: /metrics (Prometheus) and /demand (the autoscaler).
+        Apart from the API because they tell per-identity usage and per-model demand to
+        whoever reaches them: a NetworkPolicy opens this port to monitoring and the
+        operator only (docs/security.md)."""
+        app = web.Application()
+        app.router.add_get("/demand", self.handle_demand)
+        app.router.add_get("/metrics", self.handle_metrics)
         return app
 
     async def _open(self, _: web.Application) -> None:

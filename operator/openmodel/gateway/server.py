@@ -1,9 +1,12 @@
 """Run the gateway: the proxy app, its door (authentication and authorization, in the
 configured mode), its routes (cluster watches or a static file) and the engine poller, on
-one event loop; HTTPS when the config names a certificate and key.
+one event loop; HTTPS when the config names a certificate and key. /metrics and /demand
+are served on a second port, always plain HTTP (in-cluster, opened by a NetworkPolicy to
+Prometheus and the operator only; docs/security.md).
 
     await serve(config, host="0.0.0.0", port=GATEWAY_PORT)             # from the cluster
     await serve(config, port=..., routes_file=Path("routes.yaml"))     # static routes
+    await serve(config, port=..., metrics_port=0)                      # no metrics port
 """
 
 from __future__ import annotations
@@ -21,7 +24,13 @@ from aiohttp import web
 from kubernetes import client
 from prometheus_client import CollectorRegistry
 
-from openmodel.config import AuthMode, GatewayConfig, PlatformConfig
+from openmodel.config import (
+    GATEWAY_METRICS_PORT,
+    GATEWAY_PORT,
+    AuthMode,
+    GatewayConfig,
+    PlatformConfig,
+)
 from openmodel.gateway.auth.access_control import AccessControl
 from openmodel.gateway.auth.access_review import AccessReviewer
 from openmodel.gateway.auth.api_key_watch import ApiKeyWatch
@@ -88,10 +97,12 @@ def tls_context(config: GatewayConfig) -> ssl.SSLContext | None:
 async def serve(
     config: PlatformConfig,
     host: str = "0.0.0.0",
-    port: int = 8080,
+    port: int = GATEWAY_PORT,
     routes_file: Path | None = None,
     stop: asyncio.Event | None = None,
+    metrics_port: int = GATEWAY_METRICS_PORT,
 ) -> None:
+    """Serve until SIGTERM/SIGINT or `stop`; `metrics_port` 0: no /metrics, /demand."""
     loop = asyncio.get_running_loop()
     table = RouteTable()
     metrics = GatewayMetrics()
@@ -122,6 +133,8 @@ async def serve(
         table, gateway.balancer, config.gateway.queue_poll_seconds, gateway.notify
     )
     background.append(asyncio.create_task(poller.run_forever(), name="engine-poller"))
+    # First, so that an API port that answers (the readiness probe) implies this one does.
+    monitoring = await _serve_monitoring(gateway, host, metrics_port)
     runner = web.AppRunner(
         gateway.application(),
         access_log=None,
@@ -152,6 +165,21 @@ async def serve(
         for stop_part in stop_access:
             stop_part()
         await runner.cleanup()
+        # After the drain: /demand keeps reporting the requests still in flight meanwhile.
+        if monitoring is not None:
+            await monitoring.cleanup()
+
+
+async def _serve_monitoring(gateway: Gateway, host: str, port: int) -> web.AppRunner | None:
+    """/metrics and /demand on their own plain-HTTP port (none when `port` is 0)."""
+    if port == 0:
+        log.info("gateway: no metrics port (/metrics and /demand not served)")
+        return None
+    runner = web.AppRunner(gateway.monitoring_application(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info("gateway metrics (/metrics, /demand) on http://%s:%s", host, port)
+    return runner
 
 
 def _gateway_pods(

@@ -39,7 +39,8 @@ TEST_PLATFORM_CONFIG: dict[str, dict[str, Any]] = {
     "autoscaler": {"pollSeconds": AUTOSCALER_POLL_SECONDS, "scrapeTimeoutSeconds": 0.5},
     "adapters": {"pollSeconds": 1.0},
     # The session's gateway (see the `gateway` fixture) polls engines every 0.5 s; the
-    # operator reads the gateway's held requests from its /demand URL (set at start).
+    # operator reads the gateway's held requests from its /demand URL (set at start; on
+    # the gateway's metrics port).
     "gateway": {"queuePollSeconds": 0.5, "holdSeconds": 600},
 }
 
@@ -198,13 +199,14 @@ def start_operator(
 
 @dataclass
 class GatewayProcess(ChildProcess):
-    url: str = ""
+    url: str = ""  # the OpenAI API (http:// or https://)
+    metrics_url: str = ""  # /metrics and /demand: the metrics port, always http://
     # It drains requests in flight for up to 60 s on SIGTERM (gateway/server.py).
     STOP_SECONDS = 70.0
 
     @property
     def demand_url(self) -> str:
-        return f"{self.url}/demand"
+        return f"{self.metrics_url}/demand"
 
 
 # The session's gateway serves the routing, streaming and scaling tests with auth off,
@@ -251,7 +253,7 @@ def start_gateway(
     (pods' IPs are reachable from the host: loopback for KWOK pods, the process nodes'
     veths for real engines). `auth`: the platform config's gateway.auth (default: off);
     `tls`: gateway.tls (serves https://); `limits`: gateway.limits (default: none)."""
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     log_path = workdir / f"{name}.log"
     config_path = workdir / f"{name}-config.yaml"
     config = platform_config()
@@ -267,9 +269,15 @@ def start_gateway(
         "OPENMODEL_CONFIG": str(config_path),
         "PYTHONUNBUFFERED": "1",
     }
-    argv = [sys.executable, "-m", "openmodel.gateway", "--host", "127.0.0.1", "--port", str(port)]
+    argv = [sys.executable, "-m", "openmodel.gateway", "--host", "127.0.0.1", "--port", str(port),
+            "--metrics-port", str(metrics_port)]  # fmt: skip
     scheme = "https" if tls is not None else "http"
-    gw = GatewayProcess(spawn(argv, env, log_path), log_path, f"{scheme}://127.0.0.1:{port}")
+    gw = GatewayProcess(
+        spawn(argv, env, log_path),
+        log_path,
+        f"{scheme}://127.0.0.1:{port}",
+        f"http://127.0.0.1:{metrics_port}",
+    )
     wait_until_answering(gw, f"{gw.url}/readyz", "gateway")
     return gw
 

@@ -12,8 +12,9 @@ ModelDeployments it may use (once the route is known), in the configured mode.
   WARNING at start).
 
 The caller is stored on the request under `CALLER_KEY` (gateway/caller.py) for the
-limits and the usage counters. `/healthz`, `/readyz`, `/metrics` and `/demand` stay
-open (probes, Prometheus, the autoscaler): docs/security.md.
+limits and the usage counters. `/healthz` and `/readyz` stay open (the kubelet's
+probes); `/metrics` and `/demand` are not on this port at all but on the metrics port,
+which a NetworkPolicy opens to Prometheus and the autoscaler only: docs/security.md.
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ from kubernetes.client.exceptions import ApiException
 
 from .probes import ProbeState, run_probe
 from .sandbox import Sandbox
+from .service_proxy import ServiceProxy, kubernetes_service_env, listen_in_netns
 from .spec import (
     API_TIMEOUT,
     ConfigError,
@@ -48,6 +49,7 @@ from .spec import (
     image_root,
     volume_sources,
 )
+from .volumes import write_file_volumes
 
 log = logging.getLogger("process-node")
 
@@ -122,6 +124,10 @@ class NodeContext:
     root: Path
     images: Mapping[str, Path]
     release_address: Callable[[ipaddress.IPv4Address], None]
+    # The `kubernetes` Service (ClusterIP, port) and the API server's own address, which
+    # each pod's ServiceProxy joins.
+    kubernetes_service: tuple[str, int]
+    api_server: tuple[str, int]
     backoff_initial: float = BACKOFF_INITIAL
     cgroup: Path | None = None  # the node's cpu cgroup (node_cgroup)
 
@@ -214,6 +220,7 @@ class PodWorker(threading.Thread):
         self.started_rfc = now_rfc3339()
         self.last_written: dict[str, Any] | None = None
         self.pending_reason: tuple[str, str] | None = None
+        self.service_proxy: ServiceProxy | None = None
 
     # -- called from the node's watch thread ---------------------------------------
     def update(self, pod: dict[str, Any]) -> None:
@@ -249,6 +256,7 @@ class PodWorker(threading.Thread):
 
     def _run(self) -> None:
         self.sandbox.create()
+        self._serve_kubernetes_service()
         while not self.deleting():
             try:
                 self._step(time.monotonic())
@@ -262,6 +270,13 @@ class PodWorker(threading.Thread):
         if not self._gone and not self._shutdown:
             self._write_status()
             self._delete_from_api()
+
+    def _serve_kubernetes_service(self) -> None:
+        host, port = self.ctx.kubernetes_service
+        self.sandbox.add_local_address(host)
+        listener = listen_in_netns(self.sandbox.netns_path, (host, port))
+        name = f"{self.namespace}/{self.pod_name}"
+        self.service_proxy = ServiceProxy(listener, self.ctx.api_server, name).start()
 
     def _step(self, now: float) -> None:
         if self.sources is None:
@@ -282,7 +297,9 @@ class PodWorker(threading.Thread):
 
     def _prepare_volumes(self) -> None:
         try:
-            self.sources = volume_sources(self.ctx.api, self.pod, self.pod_dir, self.shm_dir)
+            sources = volume_sources(self.ctx.api, self.pod, self.pod_dir, self.shm_dir)
+            volumes_dir = self.pod_dir / "volumes"
+            self.sources = sources | write_file_volumes(self.ctx.api, self.pod, volumes_dir)
             self.pending_reason = None
         except VolumeNotReady as e:
             self.pending_reason = ("ContainerCreating", f"MountVolume.SetUp failed: {e}")
@@ -310,7 +327,10 @@ class PodWorker(threading.Thread):
             return
         pod = self._pod_with_ip()
         try:
-            env = container_env(self.ctx.api, pod, spec, root)
+            env = {
+                **kubernetes_service_env(*self.ctx.kubernetes_service),
+                **container_env(self.ctx.api, pod, spec, root),
+            }
             assert self.sources is not None
             mounts = container_mounts(spec, self.sources, self.pod_dir / "tmp" / run.name)
         except ConfigError as e:
@@ -655,6 +675,8 @@ class PodWorker(threading.Thread):
                 raise
 
     def _teardown(self) -> None:
+        if self.service_proxy is not None:
+            self.service_proxy.close()
         self.sandbox.destroy()
         if self.cgroup is not None:
             with contextlib.suppress(OSError):  # still has a process: left for the OS

@@ -337,3 +337,31 @@ def test_a_pod_of_the_operator_image_reaches_the_api_server_at_the_service_addre
         "secrets": 403,  # a real answer of the authorizer: this account may not
         "server": "https://10.0.0.1:443",
     }, seen
+
+
+def test_pre_stop_hook_runs_before_the_stop_signal(
+    api_client: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    core = client.CoreV1Api(api_client)
+    script = "trap 'date +%s.%N > /out/term; exit 0' TERM; while true; do sleep 0.1; done"
+    hook = {"preStop": {"exec": {"command": ["sh", "-c", "sleep 1; date +%s.%N > /out/hook"]}}}
+    serving_pod(
+        api_client,
+        namespace,
+        "hooked",
+        script=script,
+        container={
+            "lifecycle": hook,
+            "volumeMounts": [{"name": "out", "mountPath": "/out"}],
+            "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1},
+        },
+        volumes=[{"name": "out", "hostPath": {"path": str(tmp_path)}}],
+    )
+    core.delete_namespaced_pod("hooked", namespace)
+    wait_for(
+        lambda: (tmp_path / "term").exists() or NotYet(sorted(p.name for p in tmp_path.iterdir())),
+        20,
+        "the stop signal",
+    )
+    # The hook ran in the container (its /out), and the signal came after it ended.
+    assert float((tmp_path / "hook").read_text()) < float((tmp_path / "term").read_text())

@@ -34,6 +34,7 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from .lifecycle import GRACE_EXTENSION, run_pre_stop
 from .probes import ProbeState, run_probe
 from .sandbox import Sandbox
 from .service_proxy import ServiceProxy, kubernetes_service_env, listen_in_netns
@@ -546,10 +547,15 @@ class PodWorker(threading.Thread):
         process = run.process
         if process is None or process.poll() is not None:
             return
+        hook_started = time.monotonic()
+        failed = run_pre_stop(run.spec, str(self.address), process.pid, grace)
+        if failed is not None:
+            self._event("FailedPreStopHook", failed)
+        grace = grace - (time.monotonic() - hook_started)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=grace)
+            process.wait(timeout=max(grace, GRACE_EXTENSION))
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)

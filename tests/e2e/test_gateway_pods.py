@@ -342,6 +342,7 @@ class Disruption:
     dropped: float  # seconds until the clients' view no longer had it
     in_flight: list[Outcome]  # requests on it when it was taken away
     outcomes: list[Outcome]  # every request that ended from `at` to the step's end
+    replaced: float | None = None  # seconds until a replacement was in the clients' view
 
     @property
     def failed(self) -> list[Outcome]:
@@ -354,9 +355,10 @@ class Disruption:
         return [o for o in self.outcomes if o.ip == self.ip and o.started <= self.at + self.dropped]
 
     def line(self, what: str) -> str:
+        replaced = "" if self.replaced is None else f", replaced after {self.replaced:.2f}s"
         return (
             f"{what} {self.pod} ({self.ip}): the EndpointSlice dropped it after "
-            f"{self.dropped:.3f}s; {len(self.in_flight)} requests in flight on it, "
+            f"{self.dropped:.3f}s{replaced}; {len(self.in_flight)} requests in flight on it, "
             f"{sum(o.ok for o in self.in_flight)} answered 200; {len(self.exposed)} sent to "
             f"it before the drop; {summary(self.outcomes)}"
         )
@@ -410,7 +412,10 @@ class Scenario:
 
         await self.until(replaced, 90, self.what)
         await self.steady(time.monotonic())
-        return self._disruption(pod, ip, at)
+        disruption = self._disruption(pod, ip, at)
+        joined = [self.endpoints.joined_at(new, at) for new in set(self.endpoints.ready) - before]
+        disruption.replaced = min(t for t in joined if t is not None) - at
+        return disruption
 
     async def kill(self, ip: str) -> Disruption:
         """SIGKILL the gateway process of the pod at `ip` (the node restarts it later,

@@ -1,5 +1,7 @@
 """The gateway as real pods behind its Service: two replicas from the shipped manifests
-on the process nodes, one deleted under load (it drains), then one SIGKILLed.
+on the process nodes, one deleted under load (it drains), then one SIGKILLed; then the
+Deployment given a preStop sleep (which the shipped one lacks) and one pod deleted again.
+The numbers are printed (``-s``) and recorded in docs/reliability.md, section 10.
 
 What is installed: manifests/gateway.yaml and the platform config of manifests/config.yaml
 (auth ``enforce`` as shipped), as objects patched in this test only (the shipped files
@@ -18,13 +20,13 @@ EndpointSlices and spread requests over the endpoints that are ``ready`` (a term
 pod's endpoint is not), each request on a new connection. A connection refused before
 anything was sent is tried on the next endpoint (what a balancer does on a connect
 failure, e.g. Envoy's ``connect-failure`` retry); it is counted, and a request fails when
-every endpoint refused it or anything else than a 200 came back.
+every endpoint refused it or anything else than a 200 came back. That is the Service as
+a client-side balancer sees it, not through a ClusterIP.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import signal
@@ -112,9 +114,7 @@ def kubectl_apply(cluster: Cluster, objects: list[dict[str, Any]]) -> None:
 @dataclass
 class Install:
     namespace: str  # the gateway's
-    model_namespace: str
     token: str  # the caller's: a ServiceAccount of the model namespace allowed to `use`
-    fleet: EngineFleet
 
 
 @pytest.fixture
@@ -144,15 +144,17 @@ def install(
         wait_for(lambda: len(fleet.urls()) == 1 or NotYet(fleet.urls()), 60, "an engine")
         kubectl_apply(cluster, gateway_objects(gateway_namespace, namespace))
         token = service_account_token(api_client, namespace, "client")
-        yield Install(gateway_namespace, namespace, token, fleet)
+        yield Install(gateway_namespace, token)
     finally:
         fleet.stop()
         delete_namespace(api_client, gateway_namespace)
         name = f"{SERVICE}-{gateway_namespace}"
-        with contextlib.suppress(client.ApiException):
-            rbac.delete_cluster_role_binding(name)
-        with contextlib.suppress(client.ApiException):
-            rbac.delete_cluster_role(name)
+        for delete in (rbac.delete_cluster_role_binding, rbac.delete_cluster_role):
+            try:
+                delete(name)
+            except client.ApiException as e:
+                if e.status != 404:
+                    raise
 
 
 def model_deployment(namespace: str) -> dict[str, Any]:

@@ -1,13 +1,15 @@
 """One pod on the process node, from binding to deletion, as a kubelet runs it.
 
-A worker thread per pod: it sets up the network sandbox, resolves env and volumes,
-starts every container's command exactly as rendered (via ``container_init``), runs the
-startup, readiness and liveness probes from the spec, restarts containers that exit or
-fail liveness (restartPolicy, with the kubelet's back-off: 10 s doubling to 300 s), and
-reports pod status as the kubelet does: Ready only while readiness passes, container
-states with exit codes, restartCount, and ``lastState.terminated.message`` from the log
-tail under ``terminationMessagePolicy: FallbackToLogsOnError``. On deletion it sends
-SIGTERM, waits the grace period, SIGKILLs, and removes the pod from the API.
+A worker thread per pod: it sets up the network sandbox and the ``kubernetes`` Service
+inside it (``service_proxy``), resolves env and volumes (configMap, secret and projected
+ones written as files: ``volumes``), starts every container's command exactly as
+rendered (via ``container_init``), runs the startup, readiness and liveness probes from
+the spec, restarts containers that exit or fail liveness (restartPolicy, with the
+kubelet's back-off: 10 s doubling to 300 s), and reports pod status as the kubelet does:
+Ready only while readiness passes, container states with exit codes, restartCount, and
+``lastState.terminated.message`` from the log tail under ``terminationMessagePolicy:
+FallbackToLogsOnError``. On deletion it runs the preStop hook (``lifecycle``), sends
+SIGTERM, waits the rest of the grace period, SIGKILLs, and removes the pod from the API.
 """
 
 from __future__ import annotations

@@ -5,11 +5,14 @@ test starts in about a second. What the real-engine tests rely on is checked dir
 env from a Secret and the downward API, an emptyDir mount, the pod's own address,
 readiness that follows the probe both ways, restart with the exit code and log tail in
 lastState, a missing Secret reported as the kubelet reports it, and deletion that
-signals the process and waits for it.
+signals the process and waits for it. And what a pod of the operator's image needs
+(the gateway's): configMap, secret and ServiceAccount (``kube-api-access-*``) volumes as
+files, and the API server at the ``kubernetes`` Service's address from inside the pod.
 """
 
 from __future__ import annotations
 
+import json
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,7 +22,7 @@ import pytest
 from kubernetes import client
 
 from harness import Cluster, NotYet, describe_namespace, wait_for
-from harness.process_nodes import HOST_IMAGE
+from harness.process_nodes import HOST_IMAGE, OPERATOR_IMAGE
 
 pytestmark = pytest.mark.cluster
 
@@ -200,3 +203,165 @@ def test_deletion_signals_the_process_and_waits_for_it(
         return ("graceful" not in names and not Path(f"/proc/{pid}").exists()) or NotYet(names)
 
     wait_for(gone, 20, "the pod and its process to be gone")
+
+
+def serving_pod(
+    api_client: client.ApiClient, namespace: str, name: str, **pod: Any
+) -> client.V1PodStatus:
+    """Create pod `name` of host_pod's shape with `pod` over its spec and container;
+    its status once Ready."""
+    core = client.CoreV1Api(api_client)
+    body = host_pod(name, pod.pop("script", "sleep 60"), **pod.pop("container", {}))
+    body["spec"] |= pod
+    core.create_namespaced_pod(namespace, body)
+
+    def serving() -> client.V1PodStatus | NotYet:
+        s = pod_status(core, namespace, name)
+        return s if ready(s) else NotYet(s.container_statuses)
+
+    return wait_for(serving, 60, lambda: describe_namespace(api_client, namespace))
+
+
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+READY_ON_FILE = {"httpGet": {"path": "/done", "port": "http"}, "periodSeconds": 1}
+
+
+def test_token_ca_namespace_configmap_and_secret_files_as_a_kubelet_writes_them(
+    api_client: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(api_client)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "reader"}})
+    core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "app"}, "data": {"config.yaml": "a: 1\n", "x": "y"}}
+    )
+    core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "creds"}, "stringData": {"password": "s3cret"}}
+    )
+    script = (
+        f"cp {SERVICE_ACCOUNT_DIR}/token {SERVICE_ACCOUNT_DIR}/ca.crt "
+        f"{SERVICE_ACCOUNT_DIR}/namespace /etc/app/config.yaml /etc/creds/pw /srv/ && "
+        "ls /etc/app > /srv/app-files && touch /srv/done && "
+        "exec python3 -m http.server 8080 --bind 0.0.0.0 --directory /srv"
+    )
+    mounts = [
+        {"name": "srv", "mountPath": "/srv"},
+        {"name": "app", "mountPath": "/etc/app", "readOnly": True},
+        {"name": "creds", "mountPath": "/etc/creds"},
+    ]
+    only_config = [{"key": "config.yaml", "path": "config.yaml"}]
+    password_as_pw = [{"key": "password", "path": "pw"}]
+    volumes = [
+        {"name": "srv", "emptyDir": {}},
+        {"name": "app", "configMap": {"name": "app", "items": only_config}},
+        {"name": "creds", "secret": {"secretName": "creds", "items": password_as_pw}},
+    ]
+    status = serving_pod(
+        api_client,
+        namespace,
+        "reader",
+        script=script,
+        container={"volumeMounts": mounts, "readinessProbe": READY_ON_FILE},
+        volumes=volumes,
+        serviceAccountName="reader",
+        automountServiceAccountToken=True,
+    )
+    pod = core.read_namespaced_pod("reader", namespace)
+    # The ServiceAccount admission plugin made the volume; the node wrote its files.
+    projected = [v for v in pod.spec.volumes if v.name.startswith("kube-api-access-")]
+    assert len(projected) == 1, [v.name for v in pod.spec.volumes]
+
+    def fetch(name: str) -> str:
+        code, body = get(f"http://{status.pod_ip}:8080/{name}")
+        assert code == 200, (name, code)
+        return body
+
+    assert fetch("namespace") == namespace
+    assert fetch("config.yaml") == "a: 1\n" and fetch("pw") == "s3cret"
+    assert fetch("app-files") == "config.yaml\n"  # items: only the key named
+    ca = Path(api_client.configuration.ssl_ca_cert).read_text()
+    assert fetch("ca.crt") == ca  # kube-root-ca.crt, published by the controller-manager
+    token = fetch("token")
+    review = client.AuthenticationV1Api(api_client).create_token_review(
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
+    )
+    assert review.status.authenticated, review.status
+    assert review.status.user.username == f"system:serviceaccount:{namespace}:reader"
+    # A bound token: the pod it was made for is in its claims.
+    assert review.status.user.extra["authentication.kubernetes.io/pod-name"] == ["reader"]
+
+
+IN_CLUSTER_CLIENT = """
+import functools, http.server, json, os
+from kubernetes import client, config
+config.load_incluster_config()
+api = client.ApiClient()
+review = client.AuthenticationV1Api(api).create_self_subject_review(
+    {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+try:
+    client.CoreV1Api(api).list_namespaced_secret("kube-system")
+    secrets = 200
+except client.ApiException as e:
+    secrets = e.status
+with open("/srv/done", "w") as out:
+    json.dump({"user": review.status.user_info.username, "secrets": secrets,
+               "server": api.configuration.host}, out)
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory="/srv")
+http.server.ThreadingHTTPServer(("0.0.0.0", 8080), handler).serve_forever()
+"""
+
+
+def test_a_pod_of_the_operator_image_reaches_the_api_server_at_the_service_address(
+    api_client: client.ApiClient, namespace: str
+) -> None:
+    """The kubernetes client's in-cluster config (KUBERNETES_SERVICE_HOST/PORT, the
+    mounted token and CA) against the real API server through the kubernetes Service."""
+    core = client.CoreV1Api(api_client)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "probe"}})
+    status = serving_pod(
+        api_client,
+        namespace,
+        "incluster",
+        container={
+            "image": f"{OPERATOR_IMAGE}:0.1.0",
+            "command": ["python", "-c", IN_CLUSTER_CLIENT],
+            "readinessProbe": READY_ON_FILE,
+        },
+        serviceAccountName="probe",
+        automountServiceAccountToken=True,
+    )
+    code, body = get(f"http://{status.pod_ip}:8080/done")
+    assert code == 200, code
+    seen = json.loads(body)
+    assert seen == {
+        "user": f"system:serviceaccount:{namespace}:probe",
+        "secrets": 403,  # a real answer of the authorizer: this account may not
+        "server": "https://10.0.0.1:443",
+    }, seen
+
+
+def test_pre_stop_hook_runs_before_the_stop_signal(
+    api_client: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    core = client.CoreV1Api(api_client)
+    script = "trap 'date +%s.%N > /out/term; exit 0' TERM; while true; do sleep 0.1; done"
+    hook = {"preStop": {"exec": {"command": ["sh", "-c", "sleep 1; date +%s.%N > /out/hook"]}}}
+    serving_pod(
+        api_client,
+        namespace,
+        "hooked",
+        script=script,
+        container={
+            "lifecycle": hook,
+            "volumeMounts": [{"name": "out", "mountPath": "/out"}],
+            "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1},
+        },
+        volumes=[{"name": "out", "hostPath": {"path": str(tmp_path)}}],
+    )
+    core.delete_namespaced_pod("hooked", namespace)
+    wait_for(
+        lambda: (tmp_path / "term").exists() or NotYet(sorted(p.name for p in tmp_path.iterdir())),
+        20,
+        "the stop signal",
+    )
+    # The hook ran in the container (its /out), and the signal came after it ended.
+    assert float((tmp_path / "hook").read_text()) < float((tmp_path / "term").read_text())

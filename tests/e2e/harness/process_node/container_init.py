@@ -38,15 +38,24 @@ def _missing_ancestors(path: Path) -> list[Path]:
     return missing[::-1]
 
 
-def bind(source: str, target: str, read_only: bool, created: list[str]) -> None:
-    """Bind ``source`` at ``target``; mount points made on the host's filesystem (which
-    stands for the image's) are appended to ``created`` so the node can remove them."""
-    src = Path(source)
+def open_source(source: str, target: str) -> int:
+    """An O_PATH descriptor of ``source``: bound through ``/proc/self/fd/N``, it stays
+    reachable after an earlier mount covered its path (a volume mounted on /tmp covers
+    the sources the node keeps under the host's /tmp)."""
+    try:
+        return os.open(source, os.O_PATH)
+    except FileNotFoundError:
+        raise OSError(2, f"mount source {source} (for {target}) does not exist") from None
+
+
+def bind(source_fd: int, target: str, read_only: bool, created: list[str]) -> None:
+    """Bind the opened source at ``target``; mount points made on the host's filesystem
+    (which stands for the image's) are appended to ``created`` so the node can remove
+    them."""
+    source = f"/proc/self/fd/{source_fd}"
     dst = Path(target)
-    if not src.exists():
-        raise OSError(2, f"mount source {source} (for {target}) does not exist")
     created.extend(str(p) for p in _missing_ancestors(dst))
-    if src.is_dir():
+    if Path(source).is_dir():
         dst.mkdir(parents=True, exist_ok=True)
     else:
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -62,8 +71,10 @@ def main(spec_path: str) -> None:
     # Opened now: the node's files may be under a directory a mount below covers (/tmp).
     with Path(spec_path).with_suffix(".created").open("w") as record:
         try:
-            for mount in spec["mounts"]:
-                bind(mount["source"], mount["target"], mount["readOnly"], created)
+            sources = [open_source(m["source"], m["target"]) for m in spec["mounts"]]
+            for mount, source_fd in zip(spec["mounts"], sources, strict=True):
+                bind(source_fd, mount["target"], mount["readOnly"], created)
+                os.close(source_fd)
         finally:
             record.write("".join(f"{path}\n" for path in created))
     env: dict[str, str] = spec["env"]

@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,8 @@ class ProcessNode:
             root=root / name,
             images=images,
             release_address=self.addresses.give_back,
+            kubernetes_service=kubernetes_service(api),
+            api_server=api_server_address(api),
             backoff_initial=backoff_initial,
             cgroup=node_cgroup(name, cpus),
             enforcer=enforcer,
@@ -290,6 +293,25 @@ class ProcessNode:
                     pod.rmdir()
             with contextlib.suppress(OSError):  # busy while a container lingers
                 self.ctx.cgroup.rmdir()
+
+
+def kubernetes_service(api: client.ApiClient) -> tuple[str, int]:
+    """The ``kubernetes`` Service's ClusterIP and https port, which the API server
+    creates itself (10.0.0.1:443 here)."""
+    service = client.CoreV1Api(api).read_namespaced_service(
+        "kubernetes", "default", _request_timeout=API_TIMEOUT
+    )
+    ports = (service.spec.ports if service.spec else None) or []
+    port = next((p.port for p in ports if p.name == "https"), 443)
+    return str(service.spec.cluster_ip if service.spec else ""), int(port)
+
+
+def api_server_address(api: client.ApiClient) -> tuple[str, int]:
+    """Where the API server listens (host and port of the kubeconfig's server URL)."""
+    url = urllib.parse.urlsplit(api.configuration.host)
+    if url.hostname is None:
+        raise ValueError(f"no host in the API server URL {api.configuration.host!r}")
+    return url.hostname, url.port or 443
 
 
 def kill_stale_containers(node: str) -> list[int]:

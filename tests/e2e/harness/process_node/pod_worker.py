@@ -1,13 +1,15 @@
 """One pod on the process node, from binding to deletion, as a kubelet runs it.
 
-A worker thread per pod: it sets up the network sandbox, resolves env and volumes,
-starts every container's command exactly as rendered (via ``container_init``), runs the
-startup, readiness and liveness probes from the spec, restarts containers that exit or
-fail liveness (restartPolicy, with the kubelet's back-off: 10 s doubling to 300 s), and
-reports pod status as the kubelet does: Ready only while readiness passes, container
-states with exit codes, restartCount, and ``lastState.terminated.message`` from the log
-tail under ``terminationMessagePolicy: FallbackToLogsOnError``. On deletion it sends
-SIGTERM, waits the grace period, SIGKILLs, and removes the pod from the API.
+A worker thread per pod: it sets up the network sandbox and the ``kubernetes`` Service
+inside it (``service_proxy``), resolves env and volumes (configMap, secret and projected
+ones written as files: ``volumes``), starts every container's command exactly as
+rendered (via ``container_init``), runs the startup, readiness and liveness probes from
+the spec, restarts containers that exit or fail liveness (restartPolicy, with the
+kubelet's back-off: 10 s doubling to 300 s), and reports pod status as the kubelet does:
+Ready only while readiness passes, container states with exit codes, restartCount, and
+``lastState.terminated.message`` from the log tail under ``terminationMessagePolicy:
+FallbackToLogsOnError``. On deletion it runs the preStop hook (``lifecycle``), sends
+SIGTERM, waits the rest of the grace period, SIGKILLs, and removes the pod from the API.
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from .lifecycle import GRACE_EXTENSION, run_pre_stop
 from .policy import PolicyEnforcer
 from .probes import ProbeState, run_probe
 from .sandbox import Sandbox
+from .service_proxy import ServiceProxy, kubernetes_service_env, listen_in_netns
 from .spec import (
     API_TIMEOUT,
     ConfigError,
@@ -49,6 +53,7 @@ from .spec import (
     image_root,
     volume_sources,
 )
+from .volumes import write_file_volumes
 
 log = logging.getLogger("process-node")
 
@@ -123,6 +128,10 @@ class NodeContext:
     root: Path
     images: Mapping[str, Path]
     release_address: Callable[[ipaddress.IPv4Address], None]
+    # The `kubernetes` Service (ClusterIP, port) and the API server's own address, which
+    # each pod's ServiceProxy joins.
+    kubernetes_service: tuple[str, int]
+    api_server: tuple[str, int]
     backoff_initial: float = BACKOFF_INITIAL
     cgroup: Path | None = None  # the node's cpu cgroup (node_cgroup)
     # NetworkPolicy enforcement (policy.py); None: pods run unconfined, as without a
@@ -218,6 +227,7 @@ class PodWorker(threading.Thread):
         self.started_rfc = now_rfc3339()
         self.last_written: dict[str, Any] | None = None
         self.pending_reason: tuple[str, str] | None = None
+        self.service_proxy: ServiceProxy | None = None
 
     # -- called from the node's watch thread ---------------------------------------
     def update(self, pod: dict[str, Any]) -> None:
@@ -253,6 +263,7 @@ class PodWorker(threading.Thread):
 
     def _run(self) -> None:
         self.sandbox.create()
+        self._serve_kubernetes_service()
         if self.ctx.enforcer is not None:
             self.ctx.enforcer.confine(self.pod, str(self.address), self.sandbox.netns)
         while not self.deleting():
@@ -268,6 +279,13 @@ class PodWorker(threading.Thread):
         if not self._gone and not self._shutdown:
             self._write_status()
             self._delete_from_api()
+
+    def _serve_kubernetes_service(self) -> None:
+        host, port = self.ctx.kubernetes_service
+        self.sandbox.add_local_address(host)
+        listener = listen_in_netns(self.sandbox.netns_path, (host, port))
+        name = f"{self.namespace}/{self.pod_name}"
+        self.service_proxy = ServiceProxy(listener, self.ctx.api_server, name).start()
 
     def _step(self, now: float) -> None:
         if self.sources is None:
@@ -288,7 +306,9 @@ class PodWorker(threading.Thread):
 
     def _prepare_volumes(self) -> None:
         try:
-            self.sources = volume_sources(self.ctx.api, self.pod, self.pod_dir, self.shm_dir)
+            sources = volume_sources(self.ctx.api, self.pod, self.pod_dir, self.shm_dir)
+            volumes_dir = self.pod_dir / "volumes"
+            self.sources = sources | write_file_volumes(self.ctx.api, self.pod, volumes_dir)
             self.pending_reason = None
         except VolumeNotReady as e:
             self.pending_reason = ("ContainerCreating", f"MountVolume.SetUp failed: {e}")
@@ -316,7 +336,10 @@ class PodWorker(threading.Thread):
             return
         pod = self._pod_with_ip()
         try:
-            env = container_env(self.ctx.api, pod, spec, root)
+            env = {
+                **kubernetes_service_env(*self.ctx.kubernetes_service),
+                **container_env(self.ctx.api, pod, spec, root),
+            }
             assert self.sources is not None
             mounts = container_mounts(spec, self.sources, self.pod_dir / "tmp" / run.name)
         except ConfigError as e:
@@ -532,10 +555,15 @@ class PodWorker(threading.Thread):
         process = run.process
         if process is None or process.poll() is not None:
             return
+        hook_started = time.monotonic()
+        failed = run_pre_stop(run.spec, str(self.address), process.pid, grace)
+        if failed is not None:
+            self._event("FailedPreStopHook", failed)
+        grace = grace - (time.monotonic() - hook_started)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=grace)
+            process.wait(timeout=max(grace, GRACE_EXTENSION))
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
@@ -663,6 +691,8 @@ class PodWorker(threading.Thread):
     def _teardown(self) -> None:
         if self.ctx.enforcer is not None:
             self.ctx.enforcer.release(self.uid)
+        if self.service_proxy is not None:
+            self.service_proxy.close()
         self.sandbox.destroy()
         if self.cgroup is not None:
             with contextlib.suppress(OSError):  # still has a process: left for the OS

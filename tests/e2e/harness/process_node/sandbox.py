@@ -13,6 +13,14 @@ Pods reach each other as in a cluster's flat network: the host routes between th
 finds any address the host can route), and a forward filter of the host's own
 (``FORWARD_TABLE``) lets forwarded packets go only from one pod link to another, so a
 pod's packets still never leave the machine.
+
+KWOK pods have loopback addresses (127.64.0.0/10, harness/podnet.py) served by the host's
+``lo``; inside a pod's namespace those would be the pod's own ``lo``. So that a pod
+reaches them as pods reach each other in a cluster (the gateway as a pod, the simulated
+engines on the host), the range is routed to the host over the veth: a unicast route in
+the namespace's ``local`` table (more specific than its ``local 127.0.0.0/8``, so the
+rest of 127/8 stays the pod's own) and ``route_localnet`` on both ends of the veth, which
+lets loopback addresses cross a real link.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ import ipaddress
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..podnet import SEARCH_SPACE as KWOK_POD_SPACE
 
 NETNS_DIR = Path("/run/netns")
 NETNS_PREFIX = "openmodel-pod-"
@@ -37,6 +47,15 @@ def _ip(*args: str, check: bool = True) -> None:
     result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
     if check and result.returncode != 0:
         raise SandboxError(f"ip {' '.join(args)}: {result.stderr.strip()}")
+
+
+def _sysctl(setting: str, netns: str | None = None) -> None:
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    result = subprocess.run(
+        [*prefix, "sysctl", "-q", "-w", setting], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise SandboxError(f"sysctl -w {setting}: {result.stderr.strip()}")
 
 
 def _hex(address: ipaddress.IPv4Address) -> str:
@@ -66,14 +85,25 @@ class Sandbox:
             _ip("-n", ns, "link", "set", "eth0", "up")
             # A device route: the host answers ARP for its own addresses on any link.
             _ip("-n", ns, "route", "add", "default", "dev", "eth0")
+            _ip("-n", ns, "route", "add", "table", "local", str(KWOK_POD_SPACE), "dev", "eth0")
+            _sysctl("net.ipv4.conf.eth0.route_localnet=1", netns=ns)
             Path(f"/proc/sys/net/ipv4/conf/{link}/proxy_arp").write_text("1")
             # Proxied ARP replies otherwise wait a random 0-0.8 s (the kernel's default).
             Path(f"/proc/sys/net/ipv4/neigh/{link}/proxy_delay").write_text("0")
             _ip("link", "set", link, "up")
+            _sysctl(f"net.ipv4.conf.{link}.route_localnet=1")
             _ip("route", "replace", f"{ip}/32", "dev", link)
         except SandboxError:
             self.destroy()
             raise
+
+    def add_local_address(self, address: str) -> None:
+        """``address`` answers inside the pod's namespace (on its ``lo``)."""
+        _ip("-n", self.netns, "addr", "add", f"{address}/32", "dev", "lo")
+
+    @property
+    def netns_path(self) -> Path:
+        return NETNS_DIR / self.netns
 
     def destroy(self) -> None:
         _ip("route", "del", f"{self.address}/32", check=False)

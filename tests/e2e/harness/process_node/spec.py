@@ -54,7 +54,7 @@ def image_root(image: str, images: Mapping[str, Path]) -> Path:
     raise ImageError(f"image {image!r} has no local root on this process node (known: {known})")
 
 
-def _field_ref(path: str, pod: Mapping[str, Any]) -> str:
+def field_ref(path: str, pod: Mapping[str, Any]) -> str:
     meta, status = pod["metadata"], pod.get("status") or {}
     values = {
         "metadata.name": meta.get("name"),
@@ -158,7 +158,7 @@ def container_env(
         elif "configMapKeyRef" in source:
             value = _read_key(api, "ConfigMap", namespace, source["configMapKeyRef"])
         elif "fieldRef" in source:
-            value = _field_ref(source["fieldRef"]["fieldPath"], pod)
+            value = field_ref(source["fieldRef"]["fieldPath"], pod)
         else:
             raise ConfigError(f"env {name}: unsupported valueFrom {sorted(source)}")
         if value is not None:
@@ -216,6 +216,8 @@ def volume_sources(
             out[name] = (_pvc_path(api, namespace, ref["claimName"]), bool(ref.get("readOnly")))
         elif "hostPath" in volume:
             out[name] = (volume["hostPath"]["path"], False)
+        elif any(kind in volume for kind in ("configMap", "secret", "projected")):
+            continue  # files the node writes: volumes.write_file_volumes
         else:
             kinds = sorted(k for k in volume if k != "name")
             raise ConfigError(f"volume {name}: type {kinds} is not supported on a process node")

@@ -34,6 +34,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,8 @@ import aiohttp
 import pytest
 import yaml
 from kubernetes import client, watch
+
+from openmodel.config import GATEWAY_METRICS_PORT
 
 from harness import Cluster, NotYet, binaries, describe_namespace, wait_for
 from harness.engine_fleet import EngineFleet
@@ -96,17 +99,41 @@ def gateway_objects(namespace: str, model_namespace: str) -> list[dict[str, Any]
             assert gateway["auth"]["mode"] == "enforce", config  # as shipped
             gateway["namespaces"] = [model_namespace]
             gateway["demandNamespace"] = namespace
+            # Limits on (far above the load), shared by `replicas: auto`: each gateway
+            # counts the ready gateway pods and enforces its share.
+            gateway["limits"] = {"perIdentity": {"requestsPerMinute": 10_000_000}}
             obj["data"]["config.yaml"] = yaml.safe_dump(config)
     return objects
 
 
+LIMIT_REPLICAS = "openmodel_gateway_limit_replicas"
+
+
+def gauge(url: str, name: str) -> float:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    (value,) = [
+        float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")
+    ]
+    return value
+
+
 def kubectl_apply(cluster: Cluster, objects: list[dict[str, Any]]) -> None:
     done = subprocess.run(
-        [str(binaries.require_bin_dir() / "kubectl"), f"--kubeconfig={cluster.kubeconfig}",
-         "apply", "--server-side", "-f", "-"],
-        input=yaml.safe_dump_all(objects), capture_output=True, text=True, timeout=60,
+        [
+            str(binaries.require_bin_dir() / "kubectl"),
+            f"--kubeconfig={cluster.kubeconfig}",
+            "apply",
+            "--server-side",
+            "-f",
+            "-",
+        ],
+        input=yaml.safe_dump_all(objects),
+        capture_output=True,
+        text=True,
+        timeout=60,
         check=False,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -130,15 +157,23 @@ def install(
         client.CoreV1Api(api_client).create_namespaced_service_account(
             namespace, {"metadata": {"name": "client"}}
         )
-        rbac.create_namespaced_role(namespace, {
-            "metadata": {"name": "use"},
-            "rules": [{"apiGroups": [GROUP], "resources": ["modeldeployments"], "verbs": ["use"]}],
-        })  # fmt: skip
-        rbac.create_namespaced_role_binding(namespace, {
-            "metadata": {"name": "use"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "use"},
-            "subjects": [{"kind": "ServiceAccount", "name": "client", "namespace": namespace}],
-        })  # fmt: skip
+        rbac.create_namespaced_role(
+            namespace,
+            {
+                "metadata": {"name": "use"},
+                "rules": [
+                    {"apiGroups": [GROUP], "resources": ["modeldeployments"], "verbs": ["use"]}
+                ],
+            },
+        )
+        rbac.create_namespaced_role_binding(
+            namespace,
+            {
+                "metadata": {"name": "use"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "use"},
+                "subjects": [{"kind": "ServiceAccount", "name": "client", "namespace": namespace}],
+            },
+        )
         fleet.start()
         wait_for(lambda: len(fleet.urls()) == 1 or NotYet(fleet.urls()), 60, "an engine")
         kubectl_apply(cluster, gateway_objects(gateway_namespace, namespace))
@@ -268,8 +303,11 @@ class Load:
         self._stop.set()
 
     async def _client(self, session: aiohttp.ClientSession) -> None:
-        body = {"model": self.model, "messages": [{"role": "user", "content": "hi"}],
-                "max_tokens": 4}  # fmt: skip
+        body = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 4,
+        }
         headers = {"Authorization": f"Bearer {self.token}"}
         while not self._stop.is_set():
             view = self.endpoints.ready
@@ -477,6 +515,16 @@ def test_a_gateway_pod_deleted_or_killed_under_load(
         p.spec.containers[0].lifecycle.pre_stop.sleep.seconds for p in gateway_pods(api_client, gw)
     }
     assert hook > 0, "the shipped gateway keeps serving a moment before it drains"
+
+    def limit_shares() -> list[float] | NotYet:
+        shares = [
+            gauge(f"http://{ip}:{GATEWAY_METRICS_PORT}/metrics", LIMIT_REPLICAS)
+            for ip in sorted(pod_ips)
+        ]
+        return shares if shares == [REPLICAS] * REPLICAS else NotYet(shares)
+
+    # `replicas: auto`: each pod found the other and takes half of every budget.
+    wait_for(limit_shares, 30, "each gateway pod to count two replicas for its limits")
     endpoints = ServiceEndpoints(api_client, gw).start()
     try:
         # Every process-node pod IP is in the Service's EndpointSlice (no kube-proxy:

@@ -2,12 +2,15 @@
 every model source (a Hub repo, a claim, an object store), the policy is accepted, owned,
 equal to what `openmodel render` prints for the same manifest and platform config,
 restored after a hand edit, and garbage-collected with its ModelDeployment; an egress
-exception the platform does not allow is refused by name. (Enforcement is the process
-nodes': tests/e2e/test_netpol_enforcement.py, tests/e2e/test_real_vllm.py.)"""
+exception the platform does not allow is refused by name; and, enforced on the process
+nodes, the engine port admits the gateway's and the operator's pods and nobody else (the
+engines' egress: tests/e2e/test_real_vllm.py; the enforcement itself:
+tests/e2e/test_netpol_enforcement.py)."""
 
 from __future__ import annotations
 
 import copy
+import ipaddress
 import os
 import subprocess
 import sys
@@ -20,7 +23,13 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from openmodel.api import OWNER_LABEL
+
 from harness import Cluster, NotYet, create_namespace, delete_namespace, wait_for
+from harness.netpol import connects, connects_from
+from harness.nodepool import RUNTIME_LABEL
+from harness.process_node.sandbox import Sandbox
+from harness.process_nodes import HOST_IMAGE
 from openmodel_fixtures import (
     GROUP,
     PLURAL,
@@ -177,3 +186,100 @@ def test_an_exception_the_platform_did_not_list_is_refused_by_name(
     assert degraded["reason"] == "EgressNotAllowed"
     assert "'the-internet'" in degraded["message"] and "spec.network.egress" in degraded["message"]
     assert isinstance(live_policy(api_client, namespace, "wants-out"), NotYet)
+
+
+def process_pod(name: str, labels: dict[str, str], command: list[str]) -> dict[str, Any]:
+    """A pod of the host image on a process node (the only nodes whose pods really run,
+    and whose network namespaces the process node confines)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "nodeSelector": {RUNTIME_LABEL: "process"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+            "automountServiceAccountToken": False,
+            "terminationGracePeriodSeconds": 2,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": HOST_IMAGE,
+                    "command": command,
+                    "ports": [{"name": "http", "containerPort": ENGINE_PORT}],
+                }
+            ],
+        },
+    }
+
+
+ENGINE_PORT = 8000  # vLLM's
+GATEWAY = {"app.kubernetes.io/name": "openmodel", "app.kubernetes.io/component": "gateway"}
+OPERATOR = {"app.kubernetes.io/name": "openmodel", "app.kubernetes.io/component": "operator"}
+
+
+def test_the_engine_port_admits_the_gateway_and_operator_pods_and_nobody_else(
+    api_client: client.ApiClient, cluster: Cluster
+) -> None:
+    """The policy `openmodel render` prints, applied and enforced on the process nodes: a
+    pod standing for the engine (labelled as the ModelDeployment's pods, serving on the
+    engine port) is reached from the gateway's and the operator's pods and from its node,
+    and not from a pod without those labels nor from one with them in another namespace.
+    The platform config names the test's namespace as the gateway's and the operator's."""
+    cluster.require_process_nodes()
+    system = create_namespace(api_client, "e2e-np-sys")
+    stranger_ns = create_namespace(api_client, "e2e-np-other")
+    core = client.CoreV1Api(api_client)
+    try:
+        config = cluster.workdir / f"netpol-{system}.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "gateway": {"demandNamespace": system},
+                    "privacy": {"networkPolicy": {"operator": {"namespace": system}}},
+                }
+            )
+        )
+        body = manifest(system, "vllm-claim")
+        policy = rendered_policy(body, config, cluster.workdir)
+        policy["metadata"].pop("ownerReferences", None)  # no ModelDeployment here
+        client.NetworkingV1Api(api_client).create_namespaced_network_policy(system, policy)
+        serve = ["python3", "-m", "http.server", str(ENGINE_PORT), "--bind", "0.0.0.0"]
+        idle = ["sleep", "3600"]
+        pods = {
+            (system, "engine"): process_pod("engine", {OWNER_LABEL: "vllm-claim"}, serve),
+            (system, "gateway"): process_pod("gateway", GATEWAY, idle),
+            (system, "operator"): process_pod("operator", OPERATOR, idle),
+            (system, "unlabelled"): process_pod("unlabelled", {}, idle),
+            (stranger_ns, "gateway-elsewhere"): process_pod("gateway-elsewhere", GATEWAY, idle),
+        }
+        for (ns, _), pod in pods.items():
+            core.create_namespaced_pod(ns, pod)
+
+        def addresses() -> dict[str, str] | NotYet:
+            found = {}
+            for ns, name in pods:
+                status = core.read_namespaced_pod(name, ns).status
+                if status.phase != "Running" or not status.pod_ip:
+                    return NotYet(f"{ns}/{name}: {status.phase}")
+                found[name] = status.pod_ip
+            engine_up = connects(found["engine"], ENGINE_PORT, greeting=False)
+            return found if engine_up else NotYet("the engine pod does not listen yet")
+
+        ips = wait_for(addresses, 60, "the pods to run")
+
+        def reaches(name: str) -> bool:
+            netns = Sandbox(ipaddress.IPv4Address(ips[name])).netns
+            return connects_from(netns, ips["engine"], ENGINE_PORT, greeting=False)
+
+        verdicts = {name: reaches(name) for name in ips if name != "engine"}
+        assert verdicts == {
+            "gateway": True,
+            "operator": True,
+            "unlabelled": False,
+            "gateway-elsewhere": False,
+        }, verdicts
+        # The node (the operator and gateway as host processes in the other tests).
+        assert connects(ips["engine"], ENGINE_PORT, greeting=False)
+    finally:
+        delete_namespace(api_client, system)
+        delete_namespace(api_client, stranger_ns)

@@ -387,19 +387,19 @@ def in_netns(netns: str, work: Callable[[], T]) -> T:
 GREETING: Final = b"ok"
 
 
-def connects(address: str, port: int, timeout: float = 2.0) -> bool:
-    """A TCP connection that completes and reads a `Listener`'s greeting."""
+def connects(address: str, port: int, timeout: float = 2.0, greeting: bool = True) -> bool:
+    """A TCP connection that completes (and, with `greeting`, reads a `Listener`'s)."""
     with socket.socket() as s:
         s.settimeout(timeout)
         try:
             s.connect((address, port))
-            return s.recv(len(GREETING)) == GREETING
+            return not greeting or s.recv(len(GREETING)) == GREETING
         except OSError:
             return False
 
 
-def connects_from(netns: str, address: str, port: int) -> bool:
-    return in_netns(netns, lambda: connects(address, port))
+def connects_from(netns: str, address: str, port: int, greeting: bool = True) -> bool:
+    return in_netns(netns, lambda: connects(address, port, greeting=greeting))
 
 
 class Listener:

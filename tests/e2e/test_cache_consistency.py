@@ -69,7 +69,8 @@ def test_stale_cache_never_reverts_a_newer_change_and_a_calm_pass_is_free(
 
     first = r.reconcile_by_name(ns, NAME)
     assert first is not None and first.problem is None
-    assert first.applied == [f"Service/{NAME}", f"Deployment/{NAME}"]  # created, engine last
+    # Created: the engine pods' policy first, the engine last.
+    assert first.applied == [f"NetworkPolicy/{NAME}", f"Service/{NAME}", f"Deployment/{NAME}"]
     deployment_path = kube.object_path("apps/v1", "Deployment", ns, NAME)
     rendered_image = _image(kube.call(api_client, "GET", deployment_path))
 
@@ -119,6 +120,9 @@ def test_stale_cache_never_reverts_a_newer_change_and_a_calm_pass_is_free(
     service = kube.get(api_client, "v1", "Service", ns, NAME)
     assert service is not None
     r.cache.observe("Service", service)
+    policy = kube.get(api_client, "networking.k8s.io/v1", "NetworkPolicy", ns, NAME)
+    assert policy is not None
+    r.cache.observe("NetworkPolicy", policy)
     md_now = kube.get(api_client, "openmodel.dev/v1alpha1", "ModelDeployment", ns, NAME)
     assert md_now is not None
     r.cache.observe("ModelDeployment", md_now)

@@ -41,6 +41,9 @@ operator:                # the operator process itself (docs/configuration.md)
 modelResolver:           # read config.json from the Hub for sizing (config/model_resolver.py)
   endpoint: null         # the Hub's base URL; env HF_ENDPOINT wins; neither: catalogue only
   tokenFile: null        # the only token the operator reads (never hfTokenSecretRef)
+cache:                   # the weights cache and its download Job (config/cache.py)
+  accessMode: ReadWriteMany
+  downloaderImage: openmodel/operator:0.1.0
 inferenceExtension:      # InferencePool + HTTPRoute per model (config/inference_extension.py)
   enabled: false
   gateway: {name: inference-gateway, namespace: gateway-system}
@@ -59,6 +62,7 @@ from typing import Any, Final
 import yaml
 
 from openmodel.accelerators import AcceleratorCatalog, AcceleratorConfigError
+from openmodel.config.cache import CacheConfig, parse_cache
 from openmodel.config.errors import (
     ConfigError as ConfigError,  # re-exported: the error of every key
 )
@@ -149,6 +153,7 @@ class PlatformConfig:
     inference_extension: InferenceExtensionConfig = field(default_factory=InferenceExtensionConfig)
     model_resolver: ModelResolverConfig = field(default_factory=ModelResolverConfig)
     operator: OperatorConfig = field(default_factory=OperatorConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
 
 def _number(raw: Mapping[str, Any], key: str, where: str, default: float) -> float:
@@ -266,6 +271,7 @@ def parse_config(raw: Mapping[str, Any]) -> PlatformConfig:
         inference_extension=parse_inference_extension(raw.get("inferenceExtension")),
         model_resolver=_model_resolver(raw.get("modelResolver")),
         operator=_parse_operator(raw.get("operator", {})),
+        cache=parse_cache(raw.get("cache")),
     )
 
 

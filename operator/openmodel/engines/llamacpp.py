@@ -10,6 +10,7 @@ from openmodel.api import ModelDeploymentSpec
 from openmodel.engines.base import (
     AdapterSupport,
     MetricNames,
+    WeightFiles,
     model_source,
     quantization_flag,
     served_model_name,
@@ -64,6 +65,8 @@ class LlamaCpp:
     draining_refusal: bytes | None = None
     # Where `--hf-repo` downloads go (llama.cpp honours HF_HOME's hub layout).
     hf_home: str = "/root/.cache/huggingface"
+    # llama-server fetches its GGUF file itself (--hf-repo); no download Job yet.
+    weight_files: WeightFiles | None = None
     shm_size: str = "1Gi"
     quantizations: Mapping[str, str | None] = field(default_factory=lambda: LLAMACPP_QUANTIZATIONS)
     quantization_hints: Mapping[str, str] = field(

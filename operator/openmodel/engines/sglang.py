@@ -8,8 +8,10 @@ from typing import Any
 
 from openmodel.api import ModelDeploymentSpec, lora_settings
 from openmodel.engines.base import (
+    SNAPSHOT_FILES,
     AdapterSupport,
     MetricNames,
+    WeightFiles,
     adapter_path,
     model_source,
     quantization_flag,
@@ -65,6 +67,7 @@ class SGLang:
     metric_names: MetricNames = METRIC_NAMES
     draining_refusal: bytes | None = None
     hf_home: str = "/root/.cache/huggingface"
+    weight_files: WeightFiles | None = SNAPSHOT_FILES
     # Tensor-parallel ranks talk through shared memory (NCCL); SGLang's docs ask for a
     # large /dev/shm, as vLLM's do.
     shm_size: str = "8Gi"

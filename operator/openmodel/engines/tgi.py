@@ -9,8 +9,10 @@ from typing import Any
 
 from openmodel.api import ModelDeploymentSpec, SpecError
 from openmodel.engines.base import (
+    SNAPSHOT_FILES,
     AdapterSupport,
     MetricNames,
+    WeightFiles,
     adapter_path,
     model_source,
     quantization_flag,
@@ -67,6 +69,7 @@ class TGI:
     metric_names: MetricNames = METRIC_NAMES
     draining_refusal: bytes | None = None
     hf_home: str = "/data"
+    weight_files: WeightFiles | None = SNAPSHOT_FILES
     shm_size: str = "1Gi"
     quantizations: Mapping[str, str | None] = field(default_factory=lambda: TGI_QUANTIZATIONS)
     quantization_hints: Mapping[str, str] = field(default_factory=lambda: TGI_QUANTIZATION_HINTS)

@@ -14,9 +14,10 @@ from openmodel.api import ModelDeployment, SpecError
 from openmodel.config import PlatformConfig
 from openmodel.engines import engine_for
 from openmodel.engines.base import quantization_flag
-from openmodel.model_resolver.state import ModelConfigState
+from openmodel.model_resolver.state import ModelConfigState, Resolved
 from openmodel.reconcile.render import Children, render_children, resolve_accelerator
 from openmodel.reconcile.sizing_bridge import GpuChoice, choose_gpu_count
+from openmodel.weights.render import check_cache_size
 
 SKIP_FIT_CHECK_ANNOTATION = "openmodel.dev/skip-fit-check"
 ANNOTATION_BOOLEANS = {"true": True, "false": False}
@@ -88,6 +89,14 @@ def make_plan(
     if md.spec.max_model_len is None and gpu.max_model_len is not None:
         # Without it the engine takes the model's full context, which may not fit.
         md = replace(md, spec=replace(md.spec, max_model_len=gpu.max_model_len))
-    return Plan(
-        children=render_children(md, config, gpu.count, replicas), replicas=replicas, gpu=gpu
+    # The weights download fetches the commit the resolver read config.json at.
+    resolved = model_config if isinstance(model_config, Resolved) else None
+    children = render_children(
+        md, config, gpu.count, replicas, commit=None if resolved is None else resolved.sha
     )
+    if resolved is not None:
+        checkpoint = resolved.checkpoint
+        check_cache_size(
+            md, children.cache, checkpoint.weight_bytes, checkpoint.weight_bytes_source
+        )
+    return Plan(children=children, replicas=replicas, gpu=gpu)

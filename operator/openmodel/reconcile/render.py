@@ -11,7 +11,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from openmodel.accelerators import Accelerator
-from openmodel.api import API_VERSION, KIND, OWNER_LABEL, ModelDeployment, SpecError
+from openmodel.api import (
+    API_VERSION,
+    KIND,
+    OWNER_LABEL,
+    READ_ONLY_MANY,
+    READ_WRITE_ONCE,
+    ModelDeployment,
+    SpecError,
+)
 from openmodel.config import PlatformConfig
 from openmodel.engines import engine_for
 from openmodel.engines.base import (
@@ -24,6 +32,13 @@ from openmodel.engines.base import (
 from openmodel.inference_extension.render import render_http_route, render_inference_pool
 from openmodel.reconcile import placement
 from openmodel.sizing.cpu import estimate_cpu
+from openmodel.weights.render import (
+    CachePlan,
+    cache_plan,
+    engine_cache_env,
+    render_claim,
+    render_download_job,
+)
 
 SERVICE_PORT = 8000
 CONTAINER_NAME = "engine"
@@ -38,9 +53,15 @@ class Children:
     # Gateway API Inference Extension (platform config `inferenceExtension.enabled`).
     inference_pool: dict[str, Any] | None = None
     http_route: dict[str, Any] | None = None
+    # The weights cache (weights/): the download Job, and what it stands for.
+    download_job: dict[str, Any] | None = None
+    cache: CachePlan | None = None
 
     def all(self) -> list[dict[str, Any]]:
-        objects = (self.pvc, self.deployment, self.service, self.inference_pool, self.http_route)
+        objects = (
+            self.pvc, self.download_job, self.deployment, self.service, self.inference_pool,
+            self.http_route,
+        )  # fmt: skip
         return [o for o in objects if o is not None]
 
 
@@ -62,10 +83,6 @@ def selector_labels(name: str) -> dict[str, str]:
 
 def label_selector(name: str) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(name).items()))
-
-
-def cache_claim_name(md: ModelDeployment) -> str:
-    return f"{md.name}-cache"
 
 
 def endpoint(md: ModelDeployment, config: PlatformConfig) -> str:
@@ -132,8 +149,10 @@ def _probes(engine: Engine, config: PlatformConfig) -> dict[str, Any]:
     }
 
 
-def _env(md: ModelDeployment, engine: Engine) -> list[dict[str, Any]]:
+def _env(md: ModelDeployment, engine: Engine, cache: CachePlan | None) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [{"name": "HF_HOME", "value": engine.hf_home}]
+    # Weights fetched by the download Job: the engine fetches nothing at start.
+    env.extend(engine_cache_env(cache))
     ref = md.spec.hf_token_secret_ref
     if ref is not None:
         env.append(
@@ -149,17 +168,22 @@ def _env(md: ModelDeployment, engine: Engine) -> list[dict[str, Any]]:
 
 
 def _volumes(
-    md: ModelDeployment, engine: Engine
+    md: ModelDeployment, engine: Engine, cache: CachePlan | None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     volumes: list[dict[str, Any]] = [
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": engine.shm_size}}
     ]
     mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"}]
-    if md.spec.cache is not None:
+    if cache is not None:
+        # A claim filled beforehand (ReadOnlyMany) is only read.
+        read_only = {"readOnly": True} if cache.access_mode == READ_ONLY_MANY else {}
         volumes.append(
-            {"name": "hf-cache", "persistentVolumeClaim": {"claimName": cache_claim_name(md)}}
+            {
+                "name": "hf-cache",
+                "persistentVolumeClaim": {"claimName": cache.claim_name, **read_only},
+            }
         )
-        mounts.append({"name": "hf-cache", "mountPath": engine.hf_home})
+        mounts.append({"name": "hf-cache", "mountPath": engine.hf_home, **read_only})
     source = model_source(md.spec.model)
     if source.pvc_claim is not None and source.mount_path is not None:
         volumes.append(
@@ -201,16 +225,17 @@ def render_deployment(
     accelerator: Accelerator,
     gpu_count: int,
     replicas: int,
+    cache: CachePlan | None = None,
 ) -> dict[str, Any]:
     engine = engine_for(md.spec.engine)
-    volumes, mounts = _volumes(md, engine)
+    volumes, mounts = _volumes(md, engine, cache)
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": image_for(md, config, accelerator),
         "command": engine.command(),
         "args": engine.args(md.spec, gpu_count) + list(md.spec.args),
         "ports": [{"name": "http", "containerPort": engine.port, "protocol": "TCP"}],
-        "env": _env(md, engine),
+        "env": _env(md, engine, cache),
         "resources": _resources(md, accelerator, gpu_count),
         "volumeMounts": mounts,
         # An engine that dies while loading writes its reason only to its log; with
@@ -225,6 +250,7 @@ def render_deployment(
         "metadata": _metadata(md, md.name),
         "spec": {
             "replicas": replicas,
+            **_strategy(cache),
             "selector": {"matchLabels": selector_labels(md.name)},
             "template": {
                 "metadata": {
@@ -246,6 +272,14 @@ def render_deployment(
     }
 
 
+def _strategy(cache: CachePlan | None) -> dict[str, Any]:
+    # A ReadWriteOnce claim attaches to one node: a surge pod placed on another could
+    # never start, and the old pod would wait for it forever.
+    if cache is not None and cache.access_mode == READ_WRITE_ONCE:
+        return {"strategy": {"type": "Recreate"}}
+    return {}
+
+
 def render_service(md: ModelDeployment) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -258,24 +292,6 @@ def render_service(md: ModelDeployment) -> dict[str, Any]:
                 {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
             ],
         },
-    }
-
-
-def render_pvc(md: ModelDeployment) -> dict[str, Any] | None:
-    cache = md.spec.cache
-    if cache is None:
-        return None
-    spec: dict[str, Any] = {
-        "accessModes": ["ReadWriteOnce"],
-        "resources": {"requests": {"storage": cache.size}},
-    }
-    if cache.storage_class_name is not None:
-        spec["storageClassName"] = cache.storage_class_name
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": _metadata(md, cache_claim_name(md)),
-        "spec": spec,
     }
 
 
@@ -297,16 +313,25 @@ def render_children(
     config: PlatformConfig,
     gpu_count: int,
     replicas: int,
+    commit: str | None = None,
 ) -> Children:
-    """Everything the operator applies for `md`; raises SpecError for what it cannot serve."""
+    """Everything the operator applies for `md`; raises SpecError for what it cannot serve.
+    `commit`: the one the model resolver pinned, which the weights download fetches."""
     accelerator = resolve_accelerator(md, config)
     extension = config.inference_extension.enabled
+    cache = cache_plan(md, config, commit)
     return Children(
-        deployment=render_deployment(md, config, accelerator, gpu_count, replicas),
+        deployment=render_deployment(md, config, accelerator, gpu_count, replicas, cache),
         service=render_service(md),
-        pvc=render_pvc(md),
+        pvc=None if cache is None else render_claim(md, cache, config, _metadata(md, md.name)),
         inference_pool=render_pool(md, config) if extension else None,
         http_route=render_route(md, config) if extension else None,
+        download_job=(
+            None
+            if cache is None
+            else render_download_job(md, cache, config, _metadata(md, md.name))
+        ),
+        cache=cache,
     )
 
 

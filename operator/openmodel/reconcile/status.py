@@ -20,13 +20,15 @@ from typing import Any
 from openmodel.api import status_conditions
 from openmodel.problems import Problem
 from openmodel.reconcile.pod_failures import engine_failure, unschedulable_message
+from openmodel.weights.state import DOWNLOADING_WEIGHTS
 
 READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 RECONCILER_CONDITIONS = (READY, PROGRESSING, DEGRADED)
-# Problem reasons that mean "not decided yet" rather than "cannot be served".
-PENDING = frozenset({"SizingPending"})
+# Problem reasons that mean "not decided yet" rather than "cannot be served": sizing
+# waits for config.json, the engine for its weights (weights/state.py).
+PENDING = frozenset({"SizingPending", DOWNLOADING_WEIGHTS})
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Observation:
     problem: Problem | None = None
     gpu: str | None = None
     sizing: Mapping[str, Any] | None = None
+    cache: Mapping[str, Any] | None = None  # status.cache (weights/state.py)
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,8 @@ def build_status(obs: Observation, observed_status: Any, now: str) -> StatusUpda
         status["gpu"] = obs.gpu
     if obs.sizing is not None:
         status["sizing"] = dict(obs.sizing)
+    if obs.cache is not None:
+        status["cache"] = dict(obs.cache)
     return StatusUpdate(status=status, transitions=transitions)
 
 
@@ -208,4 +213,4 @@ def needs_write(desired: Mapping[str, Any], observed: Any) -> bool:
             if before.get(k) != cond.get(k):
                 return True
     # Fields we used to write and no longer do (e.g. sizing for an unknown model).
-    return any(k in observed for k in ("endpoint", "gpu", "sizing") if k not in desired)
+    return any(k in observed for k in ("endpoint", "gpu", "sizing", "cache") if k not in desired)

@@ -36,8 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub import HfApi, get_cached_repo_tree, snapshot_download
 from huggingface_hub.errors import (
+    CachedRepoTreeNotFoundError,
     GatedRepoError,
     HfHubHTTPError,
     LocalEntryNotFoundError,
@@ -234,18 +235,26 @@ def fetch(
 
 
 def _verify(request: Request, cache_dir: Path, folder: Path) -> Result:
+    """A claim filled beforehand: the files a download would have chosen (from the tree
+    listing the cache keeps of the commit) are all in its snapshot. Nothing is asked of
+    the Hub (`local_files_only`)."""
+    revision = request.commit or request.revision
+    try:
+        tree = get_cached_repo_tree(request.repo, revision=revision, cache_dir=cache_dir)
+    except CachedRepoTreeNotFoundError as e:
+        raise LocalEntryNotFoundError(str(e)) from e
+    sizes = {f.path: int(f.size) for f in tree}
+    files = choose_files(sizes, request.allow, request.ignore)
     path = Path(
         snapshot_download(
             request.repo,
-            revision=request.commit or request.revision,
+            revision=revision,
             cache_dir=cache_dir,
-            allow_patterns=list(request.allow),
-            ignore_patterns=list(request.ignore),
+            allow_patterns=files,
             local_files_only=True,
         )
     )
-    files = [p for p in path.rglob("*") if p.is_file()]
-    return Result(revision=path.name, bytes=sum(p.stat().st_size for p in files), files=len(files))
+    return Result(revision=path.name, bytes=sum(sizes[name] for name in files), files=len(files))
 
 
 DOWNLOAD_FAILED = "DownloadFailed"

@@ -416,3 +416,26 @@ def test_a_failed_download_is_degraded_and_starts_no_engine(
     assert status(api)["reason"] == "DownloadUnauthorized"
     assert not [k for k in api.objects if k[0] == "Deployment"]
     assert any(e["reason"] == "DownloadUnauthorized" and e["type"] == "Warning" for e in api.events)
+
+
+def test_a_download_pod_that_cannot_be_placed_is_degraded_with_the_schedulers_words(
+    api: FakeApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stuck = pod("Pending")
+    stuck["status"]["conditions"] = [
+        {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": "0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims.",
+        }
+    ]
+    monkeypatch.setattr(kube, "list_objects", lambda *a, **k: [stuck])
+    r = reconciler()
+    r.reconcile_by_name("team-a", "m")
+    job_moves(r, api, active=1)
+    r.reconcile_by_name("team-a", "m")
+    assert conditions(api)["Degraded"] == ("True", "DownloadUnschedulable")
+    degraded = next(c for c in status(api)["conditions"] if c["type"] == "Degraded")
+    assert "unbound immediate PersistentVolumeClaims" in degraded["message"]
+    assert not [k for k in api.objects if k[0] == "Deployment"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ from openmodel.model_resolver.store import ModelConfigStore, model_ref_for
 from openmodel.problems import Problem
 from openmodel.reconcile.drift import object_holds
 from openmodel.reconcile.plan import make_plan
+from openmodel.reconcile.pod_failures import engine_failure, unschedulable_message
 from openmodel.reconcile.render import endpoint, label_selector
 from openmodel.reconcile.status import DEGRADED, READY, Observation, build_status, needs_write
 from openmodel.weights import state as weights_state
@@ -193,6 +194,7 @@ class Reconciler:
         md_endpoint: str | None = None
         cache: weights_state.CacheState | None = None
         cache_plan: CachePlan | None = None
+        download_pods: list[dict[str, Any]] = []
         previous_cache = (body.get("status") or {}).get("cache")
         try:
             md = parse_model_deployment(body)
@@ -208,7 +210,7 @@ class Reconciler:
             desired_replicas = plan.replicas
             cache_plan = plan.children.cache
             if cache_plan is not None:
-                cache = self._cache_state(cache_plan, namespace, uid, previous_cache)
+                cache, download_pods = self._cache_state(cache_plan, namespace, uid, previous_cache)
             # The engine starts (or changes) only on a complete cache: a Deployment that
             # runs already is left as it is while a new download runs.
             hold_engine = cache is not None and cache.phase != weights_state.READY
@@ -262,7 +264,7 @@ class Reconciler:
             problem = Problem(e.reason, f"{e.field}: {e.message}")
         applied = created + updated
         if problem is None and cache is not None:
-            problem = _cache_problem(cache)
+            problem = _cache_problem(cache, download_pods)
         superseded = self._tidy_weights(cache_plan, cache, namespace, name, uid, deployment)
 
         pods = self.reader.pods(namespace, name)
@@ -458,12 +460,13 @@ class Reconciler:
 
     def _cache_state(
         self, plan: CachePlan, namespace: str, uid: str, previous: Any
-    ) -> weights_state.CacheState:
-        """Where the weights download stands. The Job comes from the watch cache; its pods
-        (one LIST) and the running pod's newest log line (one GET) only while it runs,
-        once after it finished, and when it failed."""
+    ) -> tuple[weights_state.CacheState, list[dict[str, Any]]]:
+        """Where the weights download stands, and the Job's pods when they were read. The
+        Job comes from the watch cache; its pods (one LIST) and the running pod's newest
+        log line (one GET) only while it runs, once after it finished, and when it
+        failed."""
         if plan.job_name is None:
-            return weights_state.observe(plan, None)
+            return weights_state.observe(plan, None), []
         job = self.reader.child("batch/v1", "Job", namespace, plan.job_name, uid)
         if job is not None and uid not in owner_uids(job):
             raise SpecError(
@@ -481,7 +484,7 @@ class Reconciler:
             pod = weights_state.running_pod(pods)
             if pod is not None and weights_state.job_condition(job or {}, "Complete") is None:
                 line = kube.log_tail(self.api, namespace, pod, DOWNLOAD_CONTAINER, 1)
-        return weights_state.observe(plan, job, pods, line, previous)
+        return weights_state.observe(plan, job, pods, line, previous), pods
 
     def _tidy_weights(
         self,
@@ -571,11 +574,22 @@ class Reconciler:
         return None if ref is None else self.model_configs.lookup(ref, key)
 
 
-def _cache_problem(cache: weights_state.CacheState) -> Problem | None:
-    """A failed download is Degraded with its cause; one running holds the engine back
-    (a pending reason, not a fault)."""
+def _cache_problem(
+    cache: weights_state.CacheState, pods: Sequence[Mapping[str, Any]]
+) -> Problem | None:
+    """A failed download is Degraded with its cause, and so is one whose pod cannot be
+    placed (an unbound claim, no node) or started (its image); one running holds the
+    engine back (a pending reason, not a fault)."""
     if cache.phase == weights_state.FAILED:
         return Problem(cache.reason or weights_state.DOWNLOAD_FAILED, cache.message or "")
+    if cache.phase == weights_state.READY:
+        return None
+    stuck = unschedulable_message(pods)
+    if stuck is not None:
+        return Problem("DownloadUnschedulable", f"download Job {cache.job}: {stuck}")
+    failing = engine_failure(pods)
+    if failing is not None and failing.reason == "EngineStartFailed":
+        return Problem("DownloadStartFailed", f"download Job {cache.job}: {failing.message}")
     if cache.phase != weights_state.READY:
         return Problem(
             weights_state.DOWNLOADING_WEIGHTS,

@@ -106,7 +106,6 @@ def needs_pods(job: Mapping[str, Any] | None, previous: Any, job_name: str | Non
         isinstance(previous, Mapping)
         and previous.get("job") == job_name
         and previous.get("phase") == READY
-        and previous.get("revision")
     )
 
 

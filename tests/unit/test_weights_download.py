@@ -9,6 +9,8 @@ import errno
 import io
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -236,3 +238,23 @@ def test_pickled_weights_only_without_safetensors() -> None:
     assert download.choose_files(sizes, ALLOW, ()) == ["config.json", "model.safetensors"]
     del sizes["model.safetensors"]
     assert download.choose_files(sizes, ALLOW, ()) == ["config.json", "pytorch_model.bin"]
+
+
+def test_the_module_runs_as_the_jobs_command(hub: fake_hub.FakeHub, tmp_path: Path) -> None:
+    """`python -m openmodel.weights.download`, as the Job's container runs it: its exit
+    code is what the Job's podFailurePolicy reads."""
+    env = {
+        **os.environ,
+        "HF_HOME": str(tmp_path / "home"),
+        "HF_ENDPOINT": hub.url,
+        "OPENMODEL_TERMINATION_LOG": str(tmp_path / "termination-log"),
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+    env.pop("HF_TOKEN", None)
+    env.pop("HF_HUB_CACHE", None)
+    command = [sys.executable, "-m", "openmodel.weights.download", "--allow", "*.json"]
+    done = subprocess.run([*command, "--repo", REPO], env=env, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert json.loads((tmp_path / "termination-log").read_text())["phase"] == "Ready"
+    gated = subprocess.run([*command, "--repo", GATED], env=env, capture_output=True, timeout=60)
+    assert gated.returncode == EXIT_UNAUTHORIZED, gated.stderr.decode()[-2000:]

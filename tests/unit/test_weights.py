@@ -439,3 +439,44 @@ def test_a_download_pod_that_cannot_be_placed_is_degraded_with_the_schedulers_wo
     degraded = next(c for c in status(api)["conditions"] if c["type"] == "Degraded")
     assert "unbound immediate PersistentVolumeClaims" in degraded["message"]
     assert not [k for k in api.objects if k[0] == "Deployment"]
+
+
+def test_the_old_read_write_once_claim_is_named_once_the_engine_moved_off_it(
+    api: FakeApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upgrade: `m-cache` (ReadWriteOnce, made by an earlier version) stays mounted
+    until the engine runs from the new `m-cache-rwx`; then it is named for deletion (the
+    operator holds no delete right), never orphaned."""
+    old_claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": "m-cache",
+            "namespace": "team-a",
+            "resourceVersion": "3",
+            "labels": {"openmodel.dev/model-deployment": "m"},
+            "ownerReferences": [{"uid": "u-1", "controller": True}],
+        },
+        "spec": {"accessModes": ["ReadWriteOnce"]},
+    }
+    result = json.dumps({"phase": "Ready", "revision": "c" * 40, "bytes": 10, "files": 3})
+    monkeypatch.setattr(kube, "list_objects", lambda *a, **k: [pod("Succeeded", 0, result)])
+    r = reconciler()
+    r.cache.observe("PersistentVolumeClaim", old_claim)
+    r.reconcile_by_name("team-a", "m")
+    job_moves(r, api, succeeded=1, conditions=[{"type": "Complete", "status": "True"}])
+    r.reconcile_by_name("team-a", "m")
+    deployment = api.objects[("Deployment", "team-a", "m")]
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "hf-cache", "persistentVolumeClaim": {"claimName": "m-cache-rwx"}} in volumes
+    # Not rolled out yet: the old claim may still be mounted by an old pod.
+    assert "supersededClaims" not in status(api)["cache"]
+    deployment["metadata"]["generation"] = 2
+    deployment["status"] = {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1,
+                            "readyReplicas": 1}  # fmt: skip
+    r.cache.observe("Deployment", copy.deepcopy(deployment))
+    r.reconcile_by_name("team-a", "m")
+    assert status(api)["cache"]["supersededClaims"] == ["m-cache"]
+    assert any(
+        e["reason"] == "CacheClaimSuperseded" and "m-cache" in e["message"] for e in api.events
+    )

@@ -105,10 +105,21 @@ class SecretKeyRef:
     key: str
 
 
+# spec.cache.accessMode's enum. ReadWriteOnce attaches to one node only.
+CACHE_ACCESS_MODES = ("ReadWriteMany", "ReadOnlyMany", "ReadWriteOnce")
+READ_WRITE_ONCE = "ReadWriteOnce"
+READ_ONLY_MANY = "ReadOnlyMany"
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
 @dataclass(frozen=True)
 class CacheSpec:
     size: str
     storage_class_name: str | None
+    # None: the platform config's cache.accessMode (docs/api.md, Weights cache).
+    access_mode: str | None = None
+    # A claim someone else made, shared between ModelDeployments; None: the operator's own.
+    claim_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -171,6 +182,19 @@ def lora_settings(spec: ModelDeploymentSpec) -> LoraSpec | None:
     if spec.lora is not None:
         return spec.lora
     return LoraSpec() if spec.adapters else None
+
+
+def requested_revision(args: tuple[str, ...] | list[str]) -> str:
+    """The branch, tag or commit of the model the engine is told with `--revision` in
+    spec.args (the engines' own flag), else `main`: what the model resolver reads and
+    the weights download fetches."""
+    revision = "main"
+    for i, arg in enumerate(args):
+        if arg == "--revision" and i + 1 < len(args):
+            revision = args[i + 1]
+        elif arg.startswith("--revision="):
+            revision = arg.split("=", 1)[1]
+    return revision
 
 
 def served_name(model: str, served_model_name: str | None) -> str:
@@ -377,6 +401,51 @@ def _parse_network(raw: Any) -> tuple[str, ...]:
     return tuple(egress)
 
 
+def _cache_access_mode(raw: Mapping[str, Any]) -> str | None:
+    mode = _get(raw, "accessMode", "spec.cache", str)
+    if mode is not None and mode not in CACHE_ACCESS_MODES:
+        raise SpecError(
+            "spec.cache.accessMode", f"must be one of {', '.join(CACHE_ACCESS_MODES)}, got {mode!r}"
+        )
+    claim = raw.get("claimName")
+    if mode == READ_ONLY_MANY and not claim:
+        raise SpecError(
+            "spec.cache.claimName",
+            "is required with accessMode ReadOnlyMany: a claim the platform filled beforehand "
+            "(the operator cannot write one)",
+        )
+    return mode  # type: ignore[no-any-return]
+
+
+def _cache_claim_name(raw: Mapping[str, Any]) -> str | None:
+    claim = _get(raw, "claimName", "spec.cache", str)
+    if claim is not None and (len(claim) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(claim)):
+        raise SpecError(
+            "spec.cache.claimName", f"must be a claim name (a DNS-1123 subdomain), got {claim!r}"
+        )
+    return claim  # type: ignore[no-any-return]
+
+
+def most_replicas(spec: ModelDeploymentSpec) -> int:
+    """The most replicas the spec allows at once: autoscaling's maximum, else replicas."""
+    auto_max = spec.autoscaling.max_replicas if spec.autoscaling is not None else 0
+    return max(spec.replicas, auto_max)
+
+
+def check_cache_access_mode(spec: ModelDeploymentSpec, mode: str, field: str) -> None:
+    """ReadWriteOnce attaches to one node: refused when a second replica is possible.
+    `mode` is the spec's or the platform default's (`field` names where it came from)."""
+    if mode == READ_WRITE_ONCE and most_replicas(spec) > 1:
+        raise SpecError(
+            field,
+            "ReadWriteOnce cannot be mounted by replicas on different nodes and "
+            "spec.replicas or spec.autoscaling.maxReplicas is above 1: use ReadWriteMany "
+            "(NFS, EFS, Filestore, CephFS) or ReadOnlyMany (a claim filled beforehand, with "
+            "spec.cache.claimName)",
+            reason="CacheAccessMode",
+        )
+
+
 def parse_spec(raw: Mapping[str, Any], rules: EngineRules) -> ModelDeploymentSpec:
     """Parse and check a ModelDeployment spec; raises SpecError naming the field."""
     model = _get(raw, "model", "spec", str)
@@ -423,7 +492,12 @@ def parse_spec(raw: Mapping[str, Any], rules: EngineRules) -> ModelDeploymentSpe
         if not isinstance(size, str) or not size:
             raise SpecError("spec.cache.size", "is required, e.g. 200Gi")
         sc = cache_raw.get("storageClassName")
-        cache = CacheSpec(size=size, storage_class_name=sc if isinstance(sc, str) else None)
+        cache = CacheSpec(
+            size=size,
+            storage_class_name=sc if isinstance(sc, str) else None,
+            access_mode=_cache_access_mode(cache_raw),
+            claim_name=_cache_claim_name(cache_raw),
+        )
     served = _get(raw, "servedModelName", "spec", str)
     lora = _parse_lora(raw.get("lora"))
     adapters = _parse_adapters(
@@ -453,6 +527,8 @@ def parse_spec(raw: Mapping[str, Any], rules: EngineRules) -> ModelDeploymentSpe
         gguf_file=_parse_gguf_file(raw),
         egress_exceptions=_parse_network(raw.get("network")),
     )
+    if cache is not None and cache.access_mode is not None:
+        check_cache_access_mode(spec, cache.access_mode, "spec.cache.accessMode")
     rules.check_spec(spec)
     return spec
 

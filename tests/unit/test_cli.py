@@ -23,7 +23,14 @@ def test_render_prints_deployment_service_and_pvc() -> None:
     code, text = run(["render", "-f", str(EXAMPLES / "qwen7b-l4.yaml")])
     assert code == 0
     kinds = [d["kind"] for d in yaml.safe_load_all(text)]
-    assert kinds == ["NetworkPolicy", "PersistentVolumeClaim", "Deployment", "Service"]
+    assert kinds == [
+        "NetworkPolicy",
+        "NetworkPolicy",
+        "PersistentVolumeClaim",
+        "Job",
+        "Deployment",
+        "Service",
+    ]
 
 
 def test_render_fills_max_model_len_from_sizing(tmp_path: Path) -> None:

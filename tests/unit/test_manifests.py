@@ -138,6 +138,8 @@ EXPECTED_OPERATOR_RULES = {
     ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "namespaces"): {"get"},
     ("", "pods"): {"list", "watch"},
+    ("batch", "jobs"): {"get", "list", "watch", "create", "patch"},
+    ("", "pods/log"): {"get"},
     ("", "events"): {"create", "patch"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
 }
@@ -224,6 +226,7 @@ def test_no_rule_for_a_resource_nobody_uses():
     used |= {
         ("openmodel.dev", "modeldeployments/status"),  # kube.apply(subresource="status")
         ("apiextensions.k8s.io", "customresourcedefinitions"),  # kopf's resource scanning
+        ("", "pods/log"),  # kube.log_tail: a weights download's progress line
     }
     assert set(grouped(rule_set(role))) <= used
 

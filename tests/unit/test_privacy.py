@@ -58,7 +58,7 @@ def env(children: Any) -> dict[str, str]:
 
 
 def render(model: Any, config: PlatformConfig | None = None, private: bool = False) -> Any:
-    return render_children(model, config or PlatformConfig(), 1, 1, private)
+    return render_children(model, config or PlatformConfig(), 1, 1, private=private)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -304,3 +304,32 @@ def test_status_egress_and_its_condition_and_a_refused_edit_keeps_what_is_in_pla
     refused = build_status(observation(None, Problem("X", "y")), first, "later").status
     assert refused["egress"] == "Open"
     assert [c for c in refused["conditions"] if c["type"] == EGRESS_OPEN] == [cond]
+
+
+def test_a_cached_model_serves_with_no_egress_and_only_its_download_job_reaches_out() -> None:
+    model = md("vllm", cache={"size": "40Gi"})
+    children = render(model)
+    spec = children.network_policy["spec"]
+    assert spec["egress"] == []  # the engine fetches nothing: the Job did
+    assert make_plan(model, PlatformConfig(), None).egress.state is Egress.CLOSED
+    assert dict(engine_for("vllm").offline_env).items() <= env(children).items()
+    job_policy = children.download_policy
+    assert job_policy["metadata"]["name"] == "m-weights"
+    assert job_policy["spec"]["podSelector"] == {"matchLabels": {"openmodel.dev/weights-for": "m"}}
+    job_labels = children.download_job["spec"]["template"]["metadata"]["labels"]
+    assert job_labels.items() >= job_policy["spec"]["podSelector"]["matchLabels"].items()
+    assert job_policy["spec"]["ingress"] == []
+    dns, weights = job_policy["spec"]["egress"]
+    assert {"protocol": "UDP", "port": 53} in dns["ports"]
+    assert weights["to"][0]["ipBlock"]["cidr"] == "0.0.0.0/0"
+
+
+def test_a_filled_claim_is_checked_by_a_job_that_reaches_nothing() -> None:
+    model = md("vllm", cache={"size": "40Gi", "accessMode": "ReadOnlyMany", "claimName": "w"})
+    job_policy = render(model).download_policy
+    assert job_policy["spec"]["egress"] == [] and job_policy["spec"]["ingress"] == []
+
+
+def test_no_job_no_job_policy() -> None:
+    assert render(md("vllm", model=ON_CLAIM["vllm"], cache={"size": "1Gi"})).download_policy is None
+    assert render(md("vllm")).download_policy is None

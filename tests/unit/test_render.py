@@ -267,7 +267,9 @@ def test_cache_pvc_is_mounted_at_engine_hf_home() -> None:
     for engine, home in (("vllm", "/root/.cache/huggingface"), ("tgi", "/data")):
         children = render(md_with(engine=engine, quantization="none", cache={"size": "200Gi"}))
         assert children.pvc is not None
-        assert children.pvc["metadata"]["name"] == "m-cache"
+        # ReadWriteMany by default (the platform config's cache.accessMode).
+        assert children.pvc["metadata"]["name"] == "m-cache-rwx"
+        assert children.pvc["spec"]["accessModes"] == ["ReadWriteMany"]
         assert children.pvc["spec"]["resources"]["requests"]["storage"] == "200Gi"
         c = container(children)
         assert {"name": "hf-cache", "mountPath": home} in c["volumeMounts"]

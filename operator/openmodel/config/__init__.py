@@ -41,6 +41,9 @@ operator:                # the operator process itself (docs/configuration.md)
 modelResolver:           # read config.json from the Hub for sizing (config/model_resolver.py)
   endpoint: null         # the Hub's base URL; env HF_ENDPOINT wins; neither: catalogue only
   tokenFile: null        # the only token the operator reads (never hfTokenSecretRef)
+cache:                   # the weights cache and its download Job (config/cache.py)
+  accessMode: ReadWriteMany
+  downloaderImage: openmodel/operator:0.1.0
 inferenceExtension:      # InferencePool + HTTPRoute per model (config/inference_extension.py)
   enabled: false
   gateway: {name: inference-gateway, namespace: gateway-system}
@@ -62,6 +65,7 @@ from typing import Any, Final
 import yaml
 
 from openmodel.accelerators import AcceleratorCatalog, AcceleratorConfigError
+from openmodel.config.cache import CacheConfig, parse_cache
 from openmodel.config.errors import (
     ConfigError as ConfigError,  # re-exported: the error of every key
 )
@@ -158,6 +162,7 @@ class PlatformConfig:
     model_resolver: ModelResolverConfig = field(default_factory=ModelResolverConfig)
     operator: OperatorConfig = field(default_factory=OperatorConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
 
 def _number(raw: Mapping[str, Any], key: str, where: str, default: float) -> float:
@@ -276,6 +281,7 @@ def parse_config(raw: Mapping[str, Any]) -> PlatformConfig:
         model_resolver=_model_resolver(raw.get("modelResolver")),
         operator=_parse_operator(raw.get("operator", {})),
         privacy=parse_privacy(raw.get("privacy")),
+        cache=parse_cache(raw.get("cache")),
     )
 
 

@@ -118,6 +118,29 @@ class AdapterSupport:
     runtime_api: AdapterApi | None = None
 
 
+@dataclass(frozen=True)
+class WeightFiles:
+    """The files of a Hugging Face snapshot an engine loads: what the weights download
+    Job fetches (glob patterns, as `huggingface_hub` matches them; `*` crosses `/`).
+    The downloader adds one rule of its own: `*.bin`/`*.pt`/`*.pth` only when the
+    revision has no `*.safetensors` (a repo often ships both)."""
+
+    allow: tuple[str, ...]
+    ignore: tuple[str, ...] = ()
+
+
+# A transformers-style checkpoint: config and generation config, tokenizer files, the
+# weights and their index, a chat template, and the code of a `trust_remote_code` model.
+# Meta's repos add the original consolidated checkpoint under original/: never loaded.
+SNAPSHOT_FILES = WeightFiles(
+    allow=(
+        "*.json", "*.safetensors", "*.bin", "*.pt", "*.pth", "*.model", "*.tiktoken",
+        "*.txt", "*.py", "*.jinja",
+    ),
+    ignore=("original/*",),
+)  # fmt: skip
+
+
 class Engine(Protocol):
     @property
     def name(self) -> str:
@@ -169,6 +192,11 @@ class Engine(Protocol):
     def offline_env(self) -> Mapping[str, str]:
         """Environment that keeps the engine from fetching anything (weights, tokenizer,
         configs) when the model is already local; empty: it fetches nothing by itself."""
+
+    @property
+    def weight_files(self) -> WeightFiles | None:
+        """The snapshot files the weights download Job fetches into the cache before the
+        engine starts offline; None: the engine fetches its own weights at start."""
 
     @property
     def shm_size(self) -> str: ...

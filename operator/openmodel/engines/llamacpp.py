@@ -10,6 +10,7 @@ from openmodel.api import ModelDeploymentSpec
 from openmodel.engines.base import (
     AdapterSupport,
     MetricNames,
+    WeightFiles,
     model_source,
     quantization_flag,
     served_model_name,
@@ -68,6 +69,8 @@ class LlamaCpp:
     # -hf download path from the network.
     telemetry_opt_out: Mapping[str, str] = field(default_factory=dict)
     offline_env: Mapping[str, str] = field(default_factory=lambda: {"LLAMA_ARG_OFFLINE": "1"})
+    # llama-server fetches its GGUF file itself (--hf-repo); no download Job yet.
+    weight_files: WeightFiles | None = None
     shm_size: str = "1Gi"
     quantizations: Mapping[str, str | None] = field(default_factory=lambda: LLAMACPP_QUANTIZATIONS)
     quantization_hints: Mapping[str, str] = field(

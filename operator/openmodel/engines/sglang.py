@@ -8,8 +8,10 @@ from typing import Any
 
 from openmodel.api import ModelDeploymentSpec, lora_settings
 from openmodel.engines.base import (
+    SNAPSHOT_FILES,
     AdapterSupport,
     MetricNames,
+    WeightFiles,
     adapter_path,
     model_source,
     quantization_flag,
@@ -73,6 +75,7 @@ class SGLang:
     offline_env: Mapping[str, str] = field(
         default_factory=lambda: {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     )
+    weight_files: WeightFiles | None = SNAPSHOT_FILES
     # Tensor-parallel ranks talk through shared memory (NCCL); SGLang's docs ask for a
     # large /dev/shm, as vLLM's do.
     shm_size: str = "8Gi"

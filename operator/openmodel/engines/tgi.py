@@ -9,8 +9,10 @@ from typing import Any
 
 from openmodel.api import ModelDeploymentSpec, SpecError
 from openmodel.engines.base import (
+    SNAPSHOT_FILES,
     AdapterSupport,
     MetricNames,
+    WeightFiles,
     adapter_path,
     model_source,
     quantization_flag,
@@ -75,6 +77,7 @@ class TGI:
     offline_env: Mapping[str, str] = field(
         default_factory=lambda: {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     )
+    weight_files: WeightFiles | None = SNAPSHOT_FILES
     shm_size: str = "1Gi"
     quantizations: Mapping[str, str | None] = field(default_factory=lambda: TGI_QUANTIZATIONS)
     quantization_hints: Mapping[str, str] = field(default_factory=lambda: TGI_QUANTIZATION_HINTS)

@@ -13,9 +13,11 @@ from typing import Any
 
 from openmodel.api import ModelDeploymentSpec, lora_settings
 from openmodel.engines.base import (
+    SNAPSHOT_FILES,
     AdapterApi,
     AdapterSupport,
     MetricNames,
+    WeightFiles,
     model_source,
     quantization_flag,
     served_model_name,
@@ -103,6 +105,7 @@ class VLLM:
     offline_env: Mapping[str, str] = field(
         default_factory=lambda: {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     )
+    weight_files: WeightFiles | None = SNAPSHOT_FILES
     shm_size: str = "8Gi"
     quantizations: Mapping[str, str | None] = field(default_factory=lambda: VLLM_QUANTIZATIONS)
     quantization_hints: Mapping[str, str] = field(default_factory=lambda: VLLM_QUANTIZATION_HINTS)

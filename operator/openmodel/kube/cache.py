@@ -46,6 +46,8 @@ CHILD_KINDS = (
     ("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim"),
     ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
     ("", "v1", "pods", POD),
+    # The weights download Jobs (weights/): a finished download starts the engine.
+    ("batch", "v1", "jobs", "Job"),
 )
 
 
@@ -169,6 +171,17 @@ class ObjectCache:
 
     def model_deployments(self) -> list[Body]:
         return self.all_of(KIND)
+
+    def labelled(self, kind: str, namespace: str, owner: str) -> list[Body]:
+        """The cached objects of `kind` in `namespace` carrying the owner label `owner`."""
+        with self._lock:
+            return [
+                b
+                for (k, ns, _), b in self._objects.items()
+                if k == kind
+                and ns == namespace
+                and ((b.get("metadata") or {}).get("labels") or {}).get(OWNER_LABEL) == owner
+            ]
 
     def sizes(self) -> dict[str, int]:
         """Objects held per kind (the operator's metrics report them)."""

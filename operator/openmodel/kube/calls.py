@@ -33,6 +33,7 @@ _COLLECTIONS: Mapping[tuple[str, str], str] = {
     ("v1", "Service"): "/api/v1/namespaces/{ns}/services",
     ("v1", "PersistentVolumeClaim"): "/api/v1/namespaces/{ns}/persistentvolumeclaims",
     ("v1", "Pod"): "/api/v1/namespaces/{ns}/pods",
+    ("batch/v1", "Job"): "/apis/batch/v1/namespaces/{ns}/jobs",
     ("v1", "Event"): "/api/v1/namespaces/{ns}/events",
     ("networking.k8s.io/v1", "NetworkPolicy"): (
         "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies"
@@ -384,6 +385,31 @@ def list_objects(
     result = call(api, "GET", collection_path(api_version, kind, namespace), query=query)
     items: list[dict[str, Any]] = result.get("items", [])
     return items
+
+
+def log_tail(
+    api: client.ApiClient, namespace: str, pod: str, container: str, lines: int
+) -> str | None:
+    """The last `lines` lines of a container's log (None: the pod or its log is gone)."""
+    if _rate_limit is not None:
+        _rate_limit.acquire()
+    path = f"{collection_path('v1', 'Pod', namespace)}/{pod}/log"
+    method, url, headers, _, _ = api.param_serialize(
+        "GET",
+        path,
+        query_params=[("container", container), ("tailLines", str(lines))],
+        header_params={"Accept": "text/plain"},
+        auth_settings=["BearerToken"],
+    )
+    response = api.call_api(method, url, header_params=headers, _request_timeout=10.0)
+    data = response.read()
+    if response.status in (400, 404):  # not started yet, or gone
+        return None
+    if not 200 <= response.status <= 299:
+        raise ApiException.from_response(
+            http_resp=response, body=data.decode("utf-8", "replace") if data else None, data=None
+        )
+    return data.decode("utf-8", "replace") if data else ""
 
 
 def list_all_model_deployments(api: client.ApiClient) -> list[dict[str, Any]]:

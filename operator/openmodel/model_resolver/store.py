@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from openmodel.api import ModelDeploymentSpec
+from openmodel.api import ModelDeploymentSpec, requested_revision
 from openmodel.config.model_resolver import ModelResolverConfig
 from openmodel.model_resolver.state import Failed, ModelConfigState, ModelRef, Pending, Resolved
 from openmodel.sizing.formats import implied_quantization
@@ -23,16 +23,6 @@ from openmodel.sizing.formats import implied_quantization
 SKIP_FIT_CHECK_ANNOTATION = "openmodel.dev/skip-fit-check"
 FIRST_RETRY_SECONDS = 2.0
 Waiter = tuple[str, str]  # (namespace, name) of a ModelDeployment
-
-
-def _revision(args: tuple[str, ...]) -> str:
-    revision = "main"
-    for i, arg in enumerate(args):
-        if arg == "--revision" and i + 1 < len(args):
-            revision = args[i + 1]
-        elif arg.startswith("--revision="):
-            revision = arg.split("=", 1)[1]
-    return revision
 
 
 def model_ref_for(
@@ -48,7 +38,7 @@ def model_ref_for(
     skip = (annotations or {}).get(SKIP_FIT_CHECK_ANNOTATION) == "true"
     if skip and spec.gpu.count is not None:
         return None
-    return ModelRef(spec.model, _revision(spec.args))
+    return ModelRef(spec.model, requested_revision(spec.args))
 
 
 def backoff_seconds(attempts: int, ceiling: float) -> float:

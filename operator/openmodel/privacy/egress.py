@@ -42,11 +42,11 @@ class EgressPlan:
         return "engine pods may reach: " + "; ".join(self.reasons)
 
 
-def fetches_at_start(spec: ModelDeploymentSpec) -> bool:
+def fetches_at_start(spec: ModelDeploymentSpec, prefetched: bool = False) -> bool:
     """Whether the engine fetches anything itself: weights by repo id or from an object
-    store, or an adapter that is not on a claim. A model and adapters all on claims
-    are local."""
-    if model_source(spec.model).pvc_claim is None:
+    store, or an adapter that is not on a claim. A model on a claim, or fetched for it
+    by the download Job (`prefetched`), is local; adapters on claims too."""
+    if model_source(spec.model).pvc_claim is None and not prefetched:
         return True
     return any(not a.source.startswith("pvc://") for a in spec.adapters)
 
@@ -56,7 +56,10 @@ def _names_address_ranges(rules: tuple[EgressRule, ...]) -> bool:
 
 
 def egress_plan(
-    spec: ModelDeploymentSpec, config: NetworkPolicyConfig, private: bool
+    spec: ModelDeploymentSpec,
+    config: NetworkPolicyConfig,
+    private: bool,
+    prefetched: bool = False,
 ) -> EgressPlan:
     """The engine pods' egress; SpecError (reason EgressNotAllowed) for an exception the
     platform's allowlist does not hold, or one that names address ranges in a namespace
@@ -72,7 +75,7 @@ def egress_plan(
         return EgressPlan(Egress.UNRESTRICTED, ())
     rules: list[EgressRule] = []
     reasons: list[str] = []
-    if fetches_at_start(spec):
+    if fetches_at_start(spec, prefetched):
         rules += [*config.dns_egress, *config.weights_egress]
         reasons.append("the weights sources (the engine fetches the model or an adapter)")
     for name in spec.egress_exceptions:

@@ -11,10 +11,13 @@ from openmodel.engines.base import Engine
 from openmodel.privacy.egress import EgressPlan, fetches_at_start, rule_dicts
 
 
-def offline_env(spec: ModelDeploymentSpec, engine: Engine) -> list[dict[str, str]]:
-    """Offline when everything the engine loads is on claims (before the user's env,
-    which may override it: a tokenizer named by repo id in spec.args, say)."""
-    if fetches_at_start(spec):
+def offline_env(
+    spec: ModelDeploymentSpec, engine: Engine, prefetched: bool = False
+) -> list[dict[str, str]]:
+    """Offline when everything the engine loads is on claims or was fetched for it by the
+    download Job (`prefetched`); before the user's env, which may override it (a
+    tokenizer named by repo id in spec.args, say)."""
+    if fetches_at_start(spec, prefetched):
         return []
     return [{"name": k, "value": v} for k, v in engine.offline_env.items()]
 
@@ -80,5 +83,28 @@ def render_network_policy(
             # rules someone adds by hand are taken out again; the API server stores an
             # empty list as no key, which the drift check reads as the same.
             "egress": rule_dicts(egress.rules),
+        },
+    }
+
+
+def render_download_network_policy(
+    metadata: Mapping[str, Any],
+    pod_labels: Mapping[str, str],
+    fetches: bool,
+    config: PlatformConfig,
+) -> dict[str, Any]:
+    """The download Job's pods: nothing may connect to them; they reach DNS and the
+    weights sources when they fetch (a check of a filled claim reaches nothing)."""
+    policy = config.privacy.network_policy
+    rules = (*policy.dns_egress, *policy.weights_egress) if fetches else ()
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": dict(metadata),
+        "spec": {
+            "podSelector": {"matchLabels": dict(pod_labels)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [],
+            "egress": rule_dicts(rules),
         },
     }

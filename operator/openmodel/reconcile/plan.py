@@ -14,7 +14,7 @@ from openmodel.api import ModelDeployment, SpecError
 from openmodel.config import PlatformConfig
 from openmodel.engines import engine_for
 from openmodel.engines.base import quantization_flag
-from openmodel.model_resolver.state import ModelConfigState
+from openmodel.model_resolver.state import ModelConfigState, Resolved
 from openmodel.privacy.egress import EgressPlan
 from openmodel.reconcile.render import (
     Children,
@@ -23,6 +23,7 @@ from openmodel.reconcile.render import (
     resolve_accelerator,
 )
 from openmodel.reconcile.sizing_bridge import GpuChoice, choose_gpu_count
+from openmodel.weights.render import check_cache_size
 
 SKIP_FIT_CHECK_ANNOTATION = "openmodel.dev/skip-fit-check"
 ANNOTATION_BOOLEANS = {"true": True, "false": False}
@@ -97,9 +98,24 @@ def make_plan(
     if md.spec.max_model_len is None and gpu.max_model_len is not None:
         # Without it the engine takes the model's full context, which may not fit.
         md = replace(md, spec=replace(md.spec, max_model_len=gpu.max_model_len))
+    # The weights download fetches the commit the resolver read config.json at.
+    resolved = model_config if isinstance(model_config, Resolved) else None
+    children = render_children(
+        md,
+        config,
+        gpu.count,
+        replicas,
+        commit=None if resolved is None else resolved.sha,
+        private=private,
+    )
+    if resolved is not None:
+        checkpoint = resolved.checkpoint
+        check_cache_size(
+            md, children.cache, checkpoint.weight_bytes, checkpoint.weight_bytes_source
+        )
     return Plan(
-        children=render_children(md, config, gpu.count, replicas, private),
+        children=children,
         replicas=replicas,
         gpu=gpu,
-        egress=plan_egress(md, config, private),
+        egress=plan_egress(md, config, private, children.cache),
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,8 +44,11 @@ from openmodel.privacy.egress import EgressPlan
 from openmodel.problems import Problem
 from openmodel.reconcile.drift import object_holds
 from openmodel.reconcile.plan import make_plan
+from openmodel.reconcile.pod_failures import engine_failure, unschedulable_message
 from openmodel.reconcile.render import endpoint, label_selector
 from openmodel.reconcile.status import DEGRADED, READY, Observation, build_status, needs_write
+from openmodel.weights import state as weights_state
+from openmodel.weights.render import DOWNLOAD_CONTAINER, CachePlan, own_claim_names
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +203,10 @@ class Reconciler:
         desired_replicas: int | None = None
         md_endpoint: str | None = None
         egress: EgressPlan | None = None
+        cache: weights_state.CacheState | None = None
+        cache_plan: CachePlan | None = None
+        download_pods: list[dict[str, Any]] = []
+        previous_cache = (body.get("status") or {}).get("cache")
         try:
             md = parse_model_deployment(body)
             md_endpoint = endpoint(md, self.config)
@@ -213,8 +220,16 @@ class Reconciler:
             gpu_text = f"{count}x {md.spec.gpu.type}" if count else md.spec.gpu.type
             sizing = plan.gpu.estimate
             desired_replicas = plan.replicas
+            cache_plan = plan.children.cache
+            if cache_plan is not None:
+                cache, download_pods = self._cache_state(cache_plan, namespace, uid, previous_cache)
+            # The engine starts (or changes) only on a complete cache: a Deployment that
+            # runs already is left as it is while a new download runs.
+            hold_engine = cache is not None and cache.phase != weights_state.READY
             work: list[tuple[dict[str, Any], Mapping[str, Any] | None]] = []
             for obj in self.inference_extension.applicable(plan.children.all(), body):
+                if obj["kind"] == "Deployment" and hold_engine:
+                    continue
                 if obj["kind"] == "Deployment":
                     observed = deployment
                 else:
@@ -263,6 +278,9 @@ class Reconciler:
         except SpecError as e:
             problem = Problem(e.reason, f"{e.field}: {e.message}")
         applied = created + updated
+        if problem is None and cache is not None:
+            problem = _cache_problem(cache, download_pods)
+        superseded = self._tidy_weights(cache_plan, cache, namespace, name, uid, deployment)
 
         pods = self.reader.pods(namespace, name)
         obs = Observation(
@@ -277,6 +295,7 @@ class Reconciler:
             gpu=gpu_text,
             sizing=sizing,
             egress=egress if problem is None else None,
+            cache=None if cache is None else _cache_status(cache, superseded),
         )
         update = build_status(obs, body.get("status"), self.clock())
         written = False
@@ -302,6 +321,8 @@ class Reconciler:
             # thousand creations posts no thousand "Applied" events. A change of an
             # existing child (a rollout, or a hand edit put back) is worth an Event.
             post_event(self.api, body, "Applied", f"applied {', '.join(updated)}")
+        if cache is not None:
+            self._post_cache_events(body, previous_cache, cache, superseded)
         for t in update.transitions:
             if t.condition == DEGRADED and t.status == "True":
                 post_event(self.api, body, t.reason, t.message, "Warning")
@@ -318,14 +339,16 @@ class Reconciler:
         return kube.namespace_labels(self.api, namespace).get(DATA_LABEL) == DATA_PRIVATE
 
     def _withdraw_network_policy(self, namespace: str, name: str, uid: str) -> None:
-        """The platform turned NetworkPolicies off: ours, from before, is deleted."""
-        found = self.reader.child(POLICY_API_VERSION, POLICY_KIND, namespace, name, uid)
-        if found is None or uid not in owner_uids(found):
-            return
-        kube.delete(self.api, POLICY_API_VERSION, POLICY_KIND, namespace, name)
-        self.cache.drop(POLICY_KIND, namespace, name)
-        log.info("%s/%s: NetworkPolicy deleted (privacy.networkPolicy.enabled is false)",
-                 namespace, name)  # fmt: skip
+        """The platform turned NetworkPolicies off: ours, from before, are deleted (the
+        engine pods' and the download Job pods')."""
+        for policy in (name, f"{name}-weights"):
+            found = self.reader.child(POLICY_API_VERSION, POLICY_KIND, namespace, policy, uid)
+            if found is None or uid not in owner_uids(found):
+                continue
+            kube.delete(self.api, POLICY_API_VERSION, POLICY_KIND, namespace, policy)
+            self.cache.drop(POLICY_KIND, namespace, policy)
+            log.info("%s/%s: NetworkPolicy %s deleted (privacy.networkPolicy.enabled is false)",
+                     namespace, name, policy)  # fmt: skip
 
     def _apply_child(
         self, obj: dict[str, Any], observed: Mapping[str, Any] | None, owner_uid: str
@@ -471,6 +494,112 @@ class Reconciler:
             query=[("fieldManager", REPAIR_FIELD_MANAGER)],
         )
 
+    def _cache_state(
+        self, plan: CachePlan, namespace: str, uid: str, previous: Any
+    ) -> tuple[weights_state.CacheState, list[dict[str, Any]]]:
+        """Where the weights download stands, and the Job's pods when they were read. The
+        Job comes from the watch cache; its pods (one LIST) and the running pod's newest
+        log line (one GET) only while it runs, once after it finished, and when it
+        failed."""
+        if plan.job_name is None:
+            return weights_state.observe(plan, None), []
+        job = self.reader.child("batch/v1", "Job", namespace, plan.job_name, uid)
+        if job is not None and uid not in owner_uids(job):
+            raise SpecError(
+                "metadata.name",
+                f"Job/{plan.job_name} already exists and {owner_text(job)}: openmodel does "
+                "not take over objects it does not own",
+                reason=CHILD_NOT_OWNED,
+            )
+        pods: list[dict[str, Any]] = []
+        line: str | None = None
+        if weights_state.needs_pods(job, previous, plan.job_name):
+            pods = kube.list_objects(
+                self.api, "v1", "Pod", namespace, f"batch.kubernetes.io/job-name={plan.job_name}"
+            )
+            pod = weights_state.running_pod(pods)
+            if pod is not None and weights_state.job_condition(job or {}, "Complete") is None:
+                line = kube.log_tail(self.api, namespace, pod, DOWNLOAD_CONTAINER, 1)
+        return weights_state.observe(plan, job, pods, line, previous), pods
+
+    def _tidy_weights(
+        self,
+        plan: CachePlan | None,
+        cache: weights_state.CacheState | None,
+        namespace: str,
+        name: str,
+        uid: str,
+        deployment: Mapping[str, Any] | None,
+    ) -> list[str]:
+        """Once a download is complete: retire the ModelDeployment's other download Jobs
+        (a deadline and a TTL of 0, so the Job controller removes them; the operator
+        deletes nothing), and name its own claims no pod template mounts any more (an
+        access-mode change, e.g. the upgrade from ReadWriteOnce claims), which the
+        platform deletes."""
+        if plan is None or cache is None or cache.phase != weights_state.READY:
+            return []
+        for job in self.cache.labelled("Job", namespace, name):
+            job_name = _name(job)
+            if job_name == plan.job_name or uid not in owner_uids(job):
+                continue
+            if (job.get("spec") or {}).get("ttlSecondsAfterFinished") == 0:
+                continue
+            self._wrote(
+                "Job",
+                kube.call(
+                    self.api,
+                    "PATCH",
+                    kube.object_path("batch/v1", "Job", namespace, job_name),
+                    body={"spec": {"activeDeadlineSeconds": 1, "ttlSecondsAfterFinished": 0}},
+                    content_type="application/merge-patch+json",
+                    query=[("fieldManager", kube.FIELD_MANAGER)],
+                ),
+            )
+            log.info("%s/%s: retired the superseded download Job %s", namespace, name, job_name)
+        if deployment is None or not _rolled_out(deployment):
+            return []
+        mounted = _mounted_claims(deployment)
+        superseded = []
+        for claim in own_claim_names(name):
+            if claim == plan.claim_name or claim in mounted:
+                continue
+            held = self.cache.get("PersistentVolumeClaim", namespace, claim)
+            if held is not None and uid in owner_uids(held):
+                superseded.append(claim)
+        return superseded
+
+    def _post_cache_events(
+        self,
+        body: Mapping[str, Any],
+        previous: Any,
+        cache: weights_state.CacheState,
+        superseded: list[str],
+    ) -> None:
+        before = previous if isinstance(previous, Mapping) else {}
+        same_job = before.get("job") == cache.job
+        if cache.job is None:
+            return
+        if cache.phase == weights_state.DOWNLOADING and not (
+            same_job and before.get("phase") == weights_state.DOWNLOADING
+        ):
+            post_event(self.api, body, "DownloadStarted", f"download Job {cache.job} started")
+        if cache.phase == weights_state.READY and not (
+            same_job and before.get("phase") == weights_state.READY
+        ):
+            post_event(
+                self.api, body, "DownloadComplete",
+                f"download Job {cache.job} complete: {cache.revision or 'revision unknown'}, "
+                f"{cache.bytes_total or 0} bytes in claim {cache.claim_name}",
+            )  # fmt: skip
+        if superseded and before.get("supersededClaims") != superseded:
+            post_event(
+                self.api, body, "CacheClaimSuperseded",
+                f"claim(s) {', '.join(superseded)} no longer mounted (the cache moved to "
+                f"{cache.claim_name}): delete them when nothing else uses them "
+                "(kubectl delete pvc …); they go with the ModelDeployment otherwise",
+                "Warning",
+            )  # fmt: skip
+
     def _model_config(
         self, spec: Any, annotations: Mapping[str, Any] | None, key: ObjectKey
     ) -> ModelConfigState | None:
@@ -479,6 +608,57 @@ class Reconciler:
             return None
         ref = model_ref_for(spec, annotations)
         return None if ref is None else self.model_configs.lookup(ref, key)
+
+
+def _cache_problem(
+    cache: weights_state.CacheState, pods: Sequence[Mapping[str, Any]]
+) -> Problem | None:
+    """A failed download is Degraded with its cause, and so is one whose pod cannot be
+    placed (an unbound claim, no node) or started (its image); one running holds the
+    engine back (a pending reason, not a fault)."""
+    if cache.phase == weights_state.FAILED:
+        return Problem(cache.reason or weights_state.DOWNLOAD_FAILED, cache.message or "")
+    if cache.phase == weights_state.READY:
+        return None
+    stuck = unschedulable_message(pods)
+    if stuck is not None:
+        return Problem("DownloadUnschedulable", f"download Job {cache.job}: {stuck}")
+    failing = engine_failure(pods)
+    if failing is not None and failing.reason == "EngineStartFailed":
+        return Problem("DownloadStartFailed", f"download Job {cache.job}: {failing.message}")
+    if cache.phase != weights_state.READY:
+        return Problem(
+            weights_state.DOWNLOADING_WEIGHTS,
+            f"the engine starts once download Job {cache.job} has filled claim "
+            f"{cache.claim_name} ({cache.progress})",
+        )
+    return None
+
+
+def _cache_status(cache: weights_state.CacheState, superseded: list[str]) -> dict[str, Any]:
+    out = cache.status()
+    if superseded:
+        out["supersededClaims"] = superseded
+    return out
+
+
+def _rolled_out(deployment: Mapping[str, Any]) -> bool:
+    spec, st = deployment.get("spec") or {}, deployment.get("status") or {}
+    want = int(spec.get("replicas", 1))
+    caught_up = st.get("observedGeneration", 0) >= (deployment.get("metadata") or {}).get(
+        "generation", 0
+    )
+    return bool(caught_up and st.get("updatedReplicas", 0) >= want
+                and st.get("replicas", 0) == st.get("updatedReplicas", 0))  # fmt: skip
+
+
+def _mounted_claims(deployment: Mapping[str, Any]) -> set[str]:
+    volumes = ((deployment.get("spec") or {}).get("template") or {}).get("spec", {}).get("volumes")
+    return {
+        str(v["persistentVolumeClaim"].get("claimName"))
+        for v in volumes or []
+        if isinstance(v, Mapping) and isinstance(v.get("persistentVolumeClaim"), Mapping)
+    }
 
 
 def _plan_inputs(obj: Mapping[str, Any]) -> tuple[Any, ...]:

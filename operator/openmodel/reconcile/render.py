@@ -11,7 +11,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from openmodel.accelerators import Accelerator
-from openmodel.api import API_VERSION, KIND, OWNER_LABEL, ModelDeployment, SpecError
+from openmodel.api import (
+    API_VERSION,
+    KIND,
+    OWNER_LABEL,
+    READ_ONLY_MANY,
+    READ_WRITE_ONCE,
+    ModelDeployment,
+    SpecError,
+)
 from openmodel.config import PlatformConfig
 from openmodel.engines import engine_for
 from openmodel.engines.base import (
@@ -23,9 +31,21 @@ from openmodel.engines.base import (
 )
 from openmodel.inference_extension.render import render_http_route, render_inference_pool
 from openmodel.privacy.egress import EgressPlan, egress_plan
-from openmodel.privacy.render import offline_env, render_network_policy, telemetry_env
+from openmodel.privacy.render import (
+    offline_env,
+    render_download_network_policy,
+    render_network_policy,
+    telemetry_env,
+)
 from openmodel.reconcile import placement
 from openmodel.sizing.cpu import estimate_cpu
+from openmodel.weights.render import (
+    WEIGHTS_FOR_LABEL,
+    CachePlan,
+    cache_plan,
+    render_claim,
+    render_download_job,
+)
 
 SERVICE_PORT = 8000
 CONTAINER_NAME = "engine"
@@ -40,14 +60,21 @@ class Children:
     # Gateway API Inference Extension (platform config `inferenceExtension.enabled`).
     inference_pool: dict[str, Any] | None = None
     http_route: dict[str, Any] | None = None
-    # The engine pods' NetworkPolicy (platform config `privacy.networkPolicy.enabled`).
+    # The engine pods' NetworkPolicy (platform config `privacy.networkPolicy.enabled`),
+    # and the download Job pods' (only they reach the weights sources then).
     network_policy: dict[str, Any] | None = None
+    download_policy: dict[str, Any] | None = None
+    # The weights cache (weights/): the download Job, and what it stands for.
+    download_job: dict[str, Any] | None = None
+    cache: CachePlan | None = None
 
     def all(self) -> list[dict[str, Any]]:
-        # The policy first: engine pods never run before what confines them exists.
+        # The policies first: no pod runs before what confines it exists.
         objects = (
             self.network_policy,
+            self.download_policy,
             self.pvc,
+            self.download_job,
             self.deployment,
             self.service,
             self.inference_pool,
@@ -74,10 +101,6 @@ def selector_labels(name: str) -> dict[str, str]:
 
 def label_selector(name: str) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(name).items()))
-
-
-def cache_claim_name(md: ModelDeployment) -> str:
-    return f"{md.name}-cache"
 
 
 def endpoint(md: ModelDeployment, config: PlatformConfig) -> str:
@@ -145,7 +168,11 @@ def _probes(engine: Engine, config: PlatformConfig) -> dict[str, Any]:
 
 
 def _env(
-    md: ModelDeployment, engine: Engine, config: PlatformConfig, private: bool
+    md: ModelDeployment,
+    engine: Engine,
+    config: PlatformConfig,
+    cache: CachePlan | None,
+    private: bool,
 ) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [{"name": "HF_HOME", "value": engine.hf_home}]
     ref = md.spec.hf_token_secret_ref
@@ -157,7 +184,8 @@ def _env(
             }
         )
     env.extend(engine.env(md.spec))
-    env.extend(offline_env(md.spec, engine))
+    # Weights on claims, or fetched by the download Job: the engine fetches nothing.
+    env.extend(offline_env(md.spec, engine, prefetched(cache)))
     # User env after what we generate, so it can override it; the telemetry switches
     # after that, so it cannot turn on what the platform keeps off.
     env.extend(dict(e) for e in md.spec.env)
@@ -166,17 +194,22 @@ def _env(
 
 
 def _volumes(
-    md: ModelDeployment, engine: Engine
+    md: ModelDeployment, engine: Engine, cache: CachePlan | None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     volumes: list[dict[str, Any]] = [
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": engine.shm_size}}
     ]
     mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"}]
-    if md.spec.cache is not None:
+    if cache is not None:
+        # A claim filled beforehand (ReadOnlyMany) is only read.
+        read_only = {"readOnly": True} if cache.access_mode == READ_ONLY_MANY else {}
         volumes.append(
-            {"name": "hf-cache", "persistentVolumeClaim": {"claimName": cache_claim_name(md)}}
+            {
+                "name": "hf-cache",
+                "persistentVolumeClaim": {"claimName": cache.claim_name, **read_only},
+            }
         )
-        mounts.append({"name": "hf-cache", "mountPath": engine.hf_home})
+        mounts.append({"name": "hf-cache", "mountPath": engine.hf_home, **read_only})
     source = model_source(md.spec.model)
     if source.pvc_claim is not None and source.mount_path is not None:
         volumes.append(
@@ -218,17 +251,18 @@ def render_deployment(
     accelerator: Accelerator,
     gpu_count: int,
     replicas: int,
+    cache: CachePlan | None = None,
     private: bool = False,
 ) -> dict[str, Any]:
     engine = engine_for(md.spec.engine)
-    volumes, mounts = _volumes(md, engine)
+    volumes, mounts = _volumes(md, engine, cache)
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": image_for(md, config, accelerator),
         "command": engine.command(),
         "args": engine.args(md.spec, gpu_count) + list(md.spec.args),
         "ports": [{"name": "http", "containerPort": engine.port, "protocol": "TCP"}],
-        "env": _env(md, engine, config, private),
+        "env": _env(md, engine, config, cache, private),
         "resources": _resources(md, accelerator, gpu_count),
         "volumeMounts": mounts,
         # An engine that dies while loading writes its reason only to its log; with
@@ -243,6 +277,7 @@ def render_deployment(
         "metadata": _metadata(md, md.name),
         "spec": {
             "replicas": replicas,
+            **_strategy(cache),
             "selector": {"matchLabels": selector_labels(md.name)},
             "template": {
                 "metadata": {
@@ -264,6 +299,14 @@ def render_deployment(
     }
 
 
+def _strategy(cache: CachePlan | None) -> dict[str, Any]:
+    # A ReadWriteOnce claim attaches to one node: a surge pod placed on another could
+    # never start, and the old pod would wait for it forever.
+    if cache is not None and cache.access_mode == READ_WRITE_ONCE:
+        return {"strategy": {"type": "Recreate"}}
+    return {}
+
+
 def render_service(md: ModelDeployment) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -276,24 +319,6 @@ def render_service(md: ModelDeployment) -> dict[str, Any]:
                 {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
             ],
         },
-    }
-
-
-def render_pvc(md: ModelDeployment) -> dict[str, Any] | None:
-    cache = md.spec.cache
-    if cache is None:
-        return None
-    spec: dict[str, Any] = {
-        "accessModes": ["ReadWriteOnce"],
-        "resources": {"requests": {"storage": cache.size}},
-    }
-    if cache.storage_class_name is not None:
-        spec["storageClassName"] = cache.storage_class_name
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": _metadata(md, cache_claim_name(md)),
-        "spec": spec,
     }
 
 
@@ -315,29 +340,47 @@ def render_children(
     config: PlatformConfig,
     gpu_count: int,
     replicas: int,
+    commit: str | None = None,
     private: bool = False,
 ) -> Children:
     """Everything the operator applies for `md`; raises SpecError for what it cannot serve.
+    `commit`: the one the model resolver pinned, which the weights download fetches;
     `private`: its namespace is labelled openmodel.dev/data=private."""
     accelerator = resolve_accelerator(md, config)
     extension = config.inference_extension.enabled
-    egress = plan_egress(md, config, private)
+    cache = cache_plan(md, config, commit)
+    egress = plan_egress(md, config, private, cache)
+    policies = config.privacy.network_policy.enabled
     return Children(
-        deployment=render_deployment(md, config, accelerator, gpu_count, replicas, private),
+        deployment=render_deployment(md, config, accelerator, gpu_count, replicas, cache, private),
         service=render_service(md),
-        pvc=render_pvc(md),
+        pvc=None if cache is None else render_claim(md, cache, config, _metadata(md, md.name)),
         inference_pool=render_pool(md, config) if extension else None,
         http_route=render_route(md, config) if extension else None,
-        network_policy=(
-            render_policy(md, config, egress) if config.privacy.network_policy.enabled else None
+        download_job=(
+            None
+            if cache is None
+            else render_download_job(md, cache, config, _metadata(md, md.name))
+        ),
+        cache=cache,
+        network_policy=render_policy(md, config, egress) if policies else None,
+        download_policy=(
+            render_download_policy(md, config, cache) if policies and cache is not None else None
         ),
     )
 
 
-def plan_egress(md: ModelDeployment, config: PlatformConfig, private: bool) -> EgressPlan:
+def prefetched(cache: CachePlan | None) -> bool:
+    """Whether a download Job fetches the weights for the engine (which then fetches none)."""
+    return cache is not None and cache.download is not None
+
+
+def plan_egress(
+    md: ModelDeployment, config: PlatformConfig, private: bool, cache: CachePlan | None
+) -> EgressPlan:
     """What the engine pods may reach (status.egress); SpecError for an exception the
     platform does not allow."""
-    return egress_plan(md.spec, config.privacy.network_policy, private)
+    return egress_plan(md.spec, config.privacy.network_policy, private, prefetched(cache))
 
 
 def render_policy(
@@ -362,3 +405,18 @@ def render_route(md: ModelDeployment, config: PlatformConfig) -> dict[str, Any]:
     """The HTTPRoute to that pool, for the served model name and every adapter's name."""
     names = [served_model_name(md.spec), *sorted(a.name for a in md.spec.adapters)]
     return render_http_route(_metadata(md, md.name), md.name, names, config.inference_extension)
+
+
+def render_download_policy(
+    md: ModelDeployment, config: PlatformConfig, cache: CachePlan
+) -> dict[str, Any] | None:
+    """The download Job pods' NetworkPolicy (`<name>-weights`): nothing in, and out only
+    DNS and the weights sources; None when the cache has no Job."""
+    if cache.download is None:
+        return None
+    return render_download_network_policy(
+        _metadata(md, f"{md.name}-weights"),
+        {WEIGHTS_FOR_LABEL: md.name},
+        fetches=not cache.download.verify_only,
+        config=config,
+    )

@@ -23,6 +23,7 @@ from openmodel.api import status_conditions
 from openmodel.privacy.egress import Egress, EgressPlan
 from openmodel.problems import Problem
 from openmodel.reconcile.pod_failures import engine_failure, unschedulable_message
+from openmodel.weights.state import DOWNLOADING_WEIGHTS
 
 READY = "Ready"
 PROGRESSING = "Progressing"
@@ -34,8 +35,9 @@ _EGRESS_REASONS = {
     Egress.CLOSED: "NodeOnly",
     Egress.UNRESTRICTED: "NoNetworkPolicy",
 }
-# Problem reasons that mean "not decided yet" rather than "cannot be served".
-PENDING = frozenset({"SizingPending"})
+# Problem reasons that mean "not decided yet" rather than "cannot be served": sizing
+# waits for config.json, the engine for its weights (weights/state.py).
+PENDING = frozenset({"SizingPending", DOWNLOADING_WEIGHTS})
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class Observation:
     sizing: Mapping[str, Any] | None = None
     # None when the spec was not applied this pass: the egress in place stays reported.
     egress: EgressPlan | None = None
+    cache: Mapping[str, Any] | None = None  # status.cache (weights/state.py)
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,8 @@ def build_status(obs: Observation, observed_status: Any, now: str) -> StatusUpda
         status["egress"] = obs.egress.state.value
     elif isinstance(observed_status, Mapping) and isinstance(observed_status.get("egress"), str):
         status["egress"] = observed_status["egress"]
+    if obs.cache is not None:
+        status["cache"] = dict(obs.cache)
     return StatusUpdate(status=status, transitions=transitions)
 
 
@@ -239,4 +244,5 @@ def needs_write(desired: Mapping[str, Any], observed: Any) -> bool:
             if before.get(k) != cond.get(k):
                 return True
     # Fields we used to write and no longer do (e.g. sizing for an unknown model).
-    return any(k in observed for k in ("endpoint", "gpu", "sizing", "egress") if k not in desired)
+    stale = ("endpoint", "gpu", "sizing", "egress", "cache")
+    return any(k in observed for k in stale if k not in desired)

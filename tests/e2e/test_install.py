@@ -316,7 +316,7 @@ def test_operator_with_only_its_service_account_serves_a_model_deployment(
         name="operator-as-sa",
     )
     try:
-        _serve_and_repair(api_client, namespace)
+        _serve_and_repair(api_client, namespace, tmp_path / "cache")
         if hasattr(openmodel.kube.leader, "leader_elector"):  # leader election wired in
             _lease_held_by(api_client, "e2e-install")
         # kopf and the operator log refusals as warnings (Python's last-resort handler
@@ -346,11 +346,39 @@ def _lease_held_by(api: client.ApiClient, identity_prefix: str) -> None:
     wait_for(held, 30, f"a Lease in {SYSTEM} held by the operator (Role on leases)")
 
 
-def _serve_and_repair(api: client.ApiClient, namespace: str) -> None:
+def _serve_and_repair(api: client.ApiClient, namespace: str, cache_dir: Path) -> None:
+    core = client.CoreV1Api(api)
+    body = load_example("qwen7b-l4.yaml", namespace)  # has a cache: a claim and a Job too
+    name = body["metadata"]["name"]
+    # No provisioner here: a hostPath volume stands for the ReadWriteMany one the claim
+    # asks for, bound to it in advance; KWOK completes the download Job's pod.
+    volume = f"install-cache-{namespace}"
+    core.create_persistent_volume(
+        {  # type: ignore[arg-type]
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": volume},
+            "spec": {
+                "capacity": {"storage": body["spec"]["cache"]["size"]},
+                "accessModes": ["ReadWriteMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": str(cache_dir), "type": "DirectoryOrCreate"},
+                "claimRef": {"namespace": namespace, "name": f"{name}-cache-rwx"},
+            },
+        }
+    )
+    try:
+        _serve_and_repair_cached(api, namespace, name, body)
+    finally:
+        core.delete_persistent_volume(volume)
+
+
+def _serve_and_repair_cached(
+    api: client.ApiClient, namespace: str, name: str, body: dict[str, Any]
+) -> None:
     custom = client.CustomObjectsApi(api)
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
-    body = load_example("qwen7b-l4.yaml", namespace)  # has a cache: a PVC too
-    name = body["metadata"]["name"]
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
 
     def children() -> tuple[Any, Any, Any] | NotYet:
@@ -358,12 +386,14 @@ def _serve_and_repair(api: client.ApiClient, namespace: str) -> None:
             return (
                 apps.read_namespaced_deployment(name, namespace),
                 core.read_namespaced_service(name, namespace),
-                core.read_namespaced_persistent_volume_claim(f"{name}-cache", namespace),
+                core.read_namespaced_persistent_volume_claim(f"{name}-cache-rwx", namespace),
             )
         except ApiException as e:
             return NotYet(f"{e.status} {e.reason}")
 
-    deployment, service, _ = wait_for(children, 30, lambda: describe_namespace(api, namespace))
+    # The engine only once the download Job completed (the Job, its pod and the claim
+    # are the service account's to create and read, too).
+    deployment, service, _ = wait_for(children, 60, lambda: describe_namespace(api, namespace))
     assert deployment.metadata.owner_references[0].name == name
 
     def status_written() -> dict[str, Any] | NotYet:

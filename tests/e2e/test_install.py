@@ -37,6 +37,7 @@ from harness import (
     service_account_kubeconfig,
     wait_for,
 )
+from harness.k8s import bind_cache_volume
 from openmodel_fixtures import (
     GROUP,
     PLURAL,
@@ -350,23 +351,9 @@ def _serve_and_repair(api: client.ApiClient, namespace: str, cache_dir: Path) ->
     core = client.CoreV1Api(api)
     body = load_example("qwen7b-l4.yaml", namespace)  # has a cache: a claim and a Job too
     name = body["metadata"]["name"]
-    # No provisioner here: a hostPath volume stands for the ReadWriteMany one the claim
-    # asks for, bound to it in advance; KWOK completes the download Job's pod.
-    volume = f"install-cache-{namespace}"
-    core.create_persistent_volume(
-        {  # type: ignore[arg-type]
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": volume},
-            "spec": {
-                "capacity": {"storage": body["spec"]["cache"]["size"]},
-                "accessModes": ["ReadWriteMany"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
-                "hostPath": {"path": str(cache_dir), "type": "DirectoryOrCreate"},
-                "claimRef": {"namespace": namespace, "name": f"{name}-cache-rwx"},
-            },
-        }
+    # KWOK completes the download Job's pod once its claim is bound.
+    volume = bind_cache_volume(
+        api, namespace, f"{name}-cache-rwx", body["spec"]["cache"]["size"], cache_dir
     )
     try:
         _serve_and_repair_cached(api, namespace, name, body)

@@ -16,6 +16,7 @@ from openmodel.kube import calls as kube
 from openmodel.reconcile.drift import object_holds
 
 from harness import NotYet, describe_namespace, wait_for
+from harness.k8s import bind_cache_volume
 from openmodel_fixtures import EXAMPLES, OperatorProcess, condition, create_md, get_md, load_example
 
 pytestmark = pytest.mark.cluster
@@ -28,6 +29,7 @@ def test_cli_render_equals_what_the_operator_creates(
     operator: OperatorProcess,
     tmp_path: Path,
     example: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     body = load_example(example, namespace)
     f = tmp_path / example
@@ -36,6 +38,22 @@ def test_cli_render_equals_what_the_operator_creates(
     assert cli_main(["render", "-f", str(f)], out=out) == 0
     rendered = list(yaml.safe_load_all(out.getvalue()))
     assert rendered, "render printed nothing"
+    claims = [o for o in rendered if o["kind"] == "PersistentVolumeClaim"]
+    # A weights cache: the engine follows its download Job, which runs once the claim
+    # is bound (KWOK completes the Job's pod).
+    volumes = [
+        bind_cache_volume(
+            api_client,
+            namespace,
+            c["metadata"]["name"],
+            c["spec"]["resources"]["requests"]["storage"],
+            tmp_path / "cache",
+        )
+        for c in claims
+    ]
+    request.addfinalizer(
+        lambda: [client.CoreV1Api(api_client).delete_persistent_volume(v) for v in volumes]
+    )
     create_md(api_client, body)
     name = body["metadata"]["name"]
     uid = get_md(api_client, namespace, name)["metadata"]["uid"]
@@ -51,7 +69,7 @@ def test_cli_render_equals_what_the_operator_creates(
             seen.append(live)
         return seen
 
-    live_objects = wait_for(created, 30, lambda: describe_namespace(api_client, namespace))
+    live_objects = wait_for(created, 60, lambda: describe_namespace(api_client, namespace))
     for obj, live in zip(rendered, live_objects, strict=True):
         # The file has no uid; the operator adds the owner reference.
         assert [r["uid"] for r in live["metadata"]["ownerReferences"]] == [uid]

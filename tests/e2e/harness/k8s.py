@@ -150,3 +150,29 @@ def describe_namespace(api: client.ApiClient, namespace: str, max_events: int = 
         for e in events
     ]
     return "\n".join(lines)
+
+
+def bind_cache_volume(
+    api: client.ApiClient, namespace: str, claim: str, size: str, path: Path
+) -> str:
+    """A hostPath PersistentVolume at `path` standing for the ReadWriteMany volume a
+    weights-cache claim asks for, bound to it in advance (no provisioner here), so the
+    download Job's pod can run (KWOK completes it) and the engine follows. Returns the
+    volume's name; it is cluster-wide and retained: delete it when done."""
+    name = f"cache-{namespace}-{claim}"[:253]
+    client.CoreV1Api(api).create_persistent_volume(
+        {  # type: ignore[arg-type]
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": name},
+            "spec": {
+                "capacity": {"storage": size},
+                "accessModes": ["ReadWriteMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": str(path), "type": "DirectoryOrCreate"},
+                "claimRef": {"namespace": namespace, "name": claim},
+            },
+        }
+    )
+    return name

@@ -182,6 +182,7 @@ def test_the_schema_names_every_value_and_no_other():
         ("serviceAccount.create=yes", "create"),
         ("crds.enabled=maybe", "enabled"),
         ("tests.enable=false", "enable"),
+        ("tests.gatewayURL=models.example.com", "gatewayURL"),
         ("config.privacy.networkPolicy.operator.namespce=x", "namespce"),
         ("config.operator.workerz=3", "workerz"),
         ("resources.request.cpu=1", "request"),
@@ -568,6 +569,11 @@ def test_helm_test_follows_tls_the_audience_and_the_gateway_scheduling(helm, tmp
     # Helm merges a map value into the default: the os label stays.
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux", "pool": "edge"}
     assert pod["tolerations"] == yaml.safe_load(GATEWAY_SCHEDULING)["gateway"]["tolerations"]
+    chosen = template(helm, "--set", "tests.gatewayURL=https://models.example.com")
+    pod = chosen[("Pod", "openmodel-test")]["spec"]
+    assert pod["containers"][0]["env"] == [
+        {"name": "GATEWAY_URL", "value": "https://models.example.com"}
+    ]
     for off in ("tests.enabled=false", "gateway.enabled=false"):
         assert not [k for k, o in template(helm, "--set", off).items() if is_hook(o)], off
 

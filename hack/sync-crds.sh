@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Copies every CRD in crds/ (the single source of truth) to the places that ship it:
-# manifests/crds/ (kubectl apply -k), charts/openmodel/crds/ (Helm) and
+# manifests/crds/ (kubectl apply -k), charts/openmodel/files/crds/ (Helm: rendered by
+# templates/crds.yaml, so that `helm upgrade` upgrades them too) and
 # operator/openmodel/data/crds/ (packaged: `openmodel validate` walks its schema offline).
 #
 #   hack/sync-crds.sh           copy; prints what changed
@@ -9,7 +10,7 @@
 # OPENMODEL_REPO_ROOT overrides the repository root (the unit test uses a scratch copy).
 set -euo pipefail
 root=${OPENMODEL_REPO_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}
-targets=(manifests/crds charts/openmodel/crds operator/openmodel/data/crds)
+targets=(manifests/crds charts/openmodel/files/crds operator/openmodel/data/crds)
 check=0
 case "${1:-}" in
   "") ;;

@@ -49,6 +49,7 @@ __all__ = [
     "CRD_FILE",
     "EXAMPLES",
     "GROUP",
+    "HELM_RELEASE_NAMESPACE_PREFIX",
     "INFERENCE_EXTENSION_NAMESPACE_PREFIX",
     "MODEL_CONFIG_NAMESPACE_PREFIX",
     "PERF_NAMESPACE_PREFIX",
@@ -80,7 +81,9 @@ __all__ = [
     "start_operator",
 ]
 
-SESSION_SCOPE = "!e2e-rbac-*,!e2e-gwie-*,!e2e-hub-*,!e2e-slow-*,!e2e-cache-*,!e2e-perf-*"
+SESSION_SCOPE = (
+    "!e2e-rbac-*,!e2e-gwie-*,!e2e-hub-*,!e2e-slow-*,!e2e-cache-*,!e2e-perf-*,!e2e-helmmd-*"
+)
 RESTRICTED_NAMESPACE_PREFIX = "e2e-rbac"
 # test_inference_pool_and_route.py runs its own operator (feature on) in e2e-gwie-* namespaces.
 INFERENCE_EXTENSION_NAMESPACE_PREFIX = "e2e-gwie"
@@ -92,6 +95,8 @@ CACHE_TEST_NAMESPACE_PREFIX = "e2e-cache"
 SLOW_API_NAMESPACE_PREFIX = "e2e-slow"
 # test_perf_smoke.py runs the perf scripts (their own operators) in e2e-perf-* namespaces.
 PERF_NAMESPACE_PREFIX = "e2e-perf"
+# test_helm_release.py: the chart's operator (a pod) serves e2e-helmmd-* namespaces.
+HELM_RELEASE_NAMESPACE_PREFIX = "e2e-helmmd"
 
 
 @pytest.fixture(scope="session")

@@ -510,8 +510,10 @@ def test_helm_chart_objects_are_accepted_by_the_api_server(
     try:
         chart = str(REPO / "charts" / "openmodel")
         rendered = subprocess.run(
+            # --skip-tests: `helm test`'s pod names a ServiceAccount that a dry run does
+            # not create (test_helm_release.py runs it for real).
             [str(helm), "template", "openmodel", chart, "--namespace", target,
-             "--kube-version", server, "--include-crds", *values],
+             "--kube-version", server, "--skip-tests", *values],
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert rendered.returncode == 0, rendered.stderr
@@ -558,7 +560,11 @@ def test_helm_install_and_uninstall(
         )  # fmt: skip
 
     try:
-        done = run_helm("install", "om-e2e", str(REPO / "charts" / "openmodel"))
+        # The CRDs exist already (the kubectl install's, not Helm's): a second install
+        # leaves them to whoever manages them (docs/install.md).
+        done = run_helm(
+            "install", "om-e2e", str(REPO / "charts" / "openmodel"), "--set", "crds.enabled=false"
+        )
         assert done.returncode == 0, done.stderr
         status = run_helm("status", "om-e2e", "-o", "json")
         assert status.returncode == 0, status.stderr

@@ -38,7 +38,7 @@ from openmodel.autoscaler.decision import (
 from openmodel.autoscaler.demand import read_demand
 from openmodel.autoscaler.loop import AutoscalerLoop
 from openmodel.autoscaler.zero import Demand
-from openmodel.config import PlatformConfig
+from openmodel.config import GatewayConfig, PlatformConfig
 from openmodel.engine_metrics.exposition import (
     FailureKind,
     MetricFailure,
@@ -702,6 +702,31 @@ def test_a_broken_gateway_makes_demand_incomplete_and_never_raises(
     assert not report.complete and report.by_model == {}
     assert len(report.failures) == 1 and why in report.failures[0], report.failures
     assert report.for_model(("ns", "m")) == Demand(complete=False)
+
+
+def test_no_gateway_pod_in_the_demand_namespace_is_logged_once_per_change(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    gateway_pod = {"metadata": {"name": "gw"}, "status": {"phase": "Running", "podIP": "10.1.2.3"}}
+    listed: list[list[dict[str, Any]]] = [[], [], [gateway_pod], [gateway_pod], []]
+    asked: list[tuple[str, str | None]] = []
+
+    def list_objects(api: Any, version: str, kind: str, namespace: str, **kw: Any) -> Any:
+        asked.append((namespace, kw.get("label_selector")))
+        return listed.pop(0)
+
+    monkeypatch.setattr(loop_module.kube, "list_objects", list_objects)
+    config = PlatformConfig(gateway=GatewayConfig(demand_namespace="ai-platform"))
+    loop = AutoscalerLoop(api=client.ApiClient(), config=config)
+    caplog.set_level("INFO", logger=loop_module.log.name)
+    found = [loop._gateway_pod_urls() for _ in range(5)]
+    assert found == [[], [], ["http://10.1.2.3:9090/demand"], ["http://10.1.2.3:9090/demand"], []]
+    assert {namespace for namespace, _ in asked} == {"ai-platform"}
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert [level for level, _ in lines] == ["WARNING", "INFO", "WARNING"], lines
+    assert "no running gateway pod in namespace ai-platform" in lines[0][1]
+    assert "gateway.demandNamespace" in lines[0][1]
+    assert "reading demand from gateway pods in namespace ai-platform" in lines[1][1]
 
 
 def test_an_idle_countdown_writes_the_status_once_not_every_poll(

@@ -1,4 +1,4 @@
-"""crds/ is the single source of truth; manifests/crds/, charts/openmodel/crds/ and the
+"""crds/ is the single source of truth; manifests/crds/, charts/openmodel/files/crds/ and the
 packaged operator/openmodel/data/crds/ are byte-identical copies made by hack/sync-crds.sh."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 SYNC = REPO / "hack" / "sync-crds.sh"
 SOURCES = sorted((REPO / "crds").glob("*.yaml"))
-COPY_DIRS = ("manifests/crds", "charts/openmodel/crds", "operator/openmodel/data/crds")
+COPY_DIRS = ("manifests/crds", "charts/openmodel/files/crds", "operator/openmodel/data/crds")
 FIX = "run `bash hack/sync-crds.sh`"
 
 
@@ -64,12 +64,12 @@ def scratch(tmp_path: Path) -> Path:
 
 
 def test_sync_check_names_a_stale_copy_and_sync_repairs_it(scratch):
-    stale = scratch / "charts/openmodel/crds/modeldeployment.yaml"
+    stale = scratch / "charts/openmodel/files/crds/modeldeployment.yaml"
     stale.write_text(stale.read_text().replace("maxLength: 512", "maxLength: 513"))
 
     check = run_sync(scratch, "--check")
     assert check.returncode == 1
-    assert "charts/openmodel/crds/modeldeployment.yaml differs" in check.stderr
+    assert "charts/openmodel/files/crds/modeldeployment.yaml differs" in check.stderr
     assert "manifests/crds" not in check.stderr
 
     fix = run_sync(scratch)

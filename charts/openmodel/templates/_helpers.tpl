@@ -40,6 +40,20 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 app.kubernetes.io/component: operator
 {{- end -}}
 
+{{- /* repository:tag, or repository:tag@digest with image.digest (the digest decides). */}}
 {{- define "openmodel.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- $ref := printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- if .Values.image.digest -}}
+{{- $ref = printf "%s@%s" $ref .Values.image.digest -}}
+{{- end -}}
+{{- $ref -}}
+{{- end -}}
+
+{{- define "openmodel.gatewayName" -}}
+{{- printf "%s-gateway" (include "openmodel.fullname" .) -}}
+{{- end -}}
+
+{{- /* The gateway's in-cluster URL (its Service, port 8080). */}}
+{{- define "openmodel.gatewayURL" -}}
+{{- printf "%s://%s.%s.svc.%s:8080" (ternary "https" "http" (not (empty .Values.gateway.tls.secretName))) (include "openmodel.gatewayName" .) .Release.Namespace (.Values.config.clusterDomain | default "cluster.local") -}}
 {{- end -}}

@@ -98,6 +98,9 @@ class AutoscalerLoop:
     # The operator's watch-fed cache; None (tests, scripts): list from the API each cycle.
     cache: ObjectCache | None = None
     _demand_session: aiohttp.ClientSession = field(init=False, repr=False)
+    # Whether the last look found gateway pods to read demand from: logged on a change,
+    # not every poll.
+    _gateway_pods_found: bool | None = field(default=None, init=False, repr=False)
 
     async def run_forever(self) -> None:
         poll = self.config.autoscaler.poll_seconds
@@ -245,10 +248,32 @@ class AutoscalerLoop:
                 self.api, "v1", "Pod", gw.demand_namespace, label_selector=gw.demand_selector
             )
         except ApiException as e:
-            if e.status in (403, 404):
-                return []  # no gateway installed here (or not ours to see)
-            raise
-        return gateway_demand_urls(pods)
+            if e.status not in (403, 404):
+                raise
+            pods = []  # no gateway installed here (or not ours to see)
+        urls = gateway_demand_urls(pods)
+        self._note_gateway_pods(bool(urls))
+        return urls
+
+    def _note_gateway_pods(self, found: bool) -> None:
+        """Say when gateway pods appear or go: without them a model at zero never wakes
+        (held requests are invisible), which a namespace mismatch would cause silently."""
+        if found == self._gateway_pods_found:
+            return
+        self._gateway_pods_found = found
+        gw = self.config.gateway
+        if found:
+            log.info(
+                "autoscaler: reading demand from gateway pods in namespace %s (%s)",
+                gw.demand_namespace, gw.demand_selector,
+            )  # fmt: skip
+        else:
+            log.warning(
+                "autoscaler: no running gateway pod in namespace %s matching %s: requests held "
+                "by a gateway cannot wake a model from zero (is gateway.demandNamespace the "
+                "gateway's namespace?)",
+                gw.demand_namespace, gw.demand_selector,
+            )  # fmt: skip
 
     async def scale_one(
         self,

@@ -213,6 +213,13 @@ accelerators:
     tolerations: [{key: pool, operator: Exists}]
 autoscaler: {pollSeconds: 5, tolerance: 0.1, scrapeTimeoutSeconds: 2}
 adapters: {pollSeconds: 5}
+cache:
+  accessMode: ReadWriteMany
+  storageClassName: nfs
+  downloaderImage: registry.example/openmodel:1
+  downloadTimeoutSeconds: 3600
+  downloadBackoffLimit: 2
+  hubEndpoint: https://hub.example
 gateway:
   namespaces: [team-a]
   holdSeconds: 300

@@ -1,0 +1,231 @@
+"""ModelDeployments as Flux reads them: the real kstatus library (sigs.k8s.io/cli-utils,
+built from its Go module by hack/build-kstatus.sh into hack/kstatus's small program)
+computes the status of live ModelDeployments on the real API server, fetched with the
+cluster's kubeconfig, and each verdict must be the one docs/gitops.md's table states.
+
+The adapter failure is written by the test under the adapter loop's field manager
+(openmodel-adapters) with the adapter loop's own status builder, as the loop writes it
+after an engine refuses a load: the suite's engines on KWOK nodes load no adapter. The
+ModelDeployment declares none, so the running adapter loop leaves that status alone,
+and the reconciler's pass (which a status change from another writer queues) derives
+Stalled/Reconciling from it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from openmodel.adapters.status import PodReport, adapters_status
+from openmodel.kube.calls import ADAPTERS_FIELD_MANAGER
+from openmodel.kube.status_writer import apply_loop_status
+
+from harness import Cluster, NotYet, describe_namespace, wait_for
+from openmodel_fixtures import (
+    GROUP,
+    PLURAL,
+    REPO,
+    SMALL_MODEL_SPEC,
+    VERSION,
+    OperatorProcess,
+    condition,
+    create_md,
+    get_md,
+    load_example,
+)
+
+GITOPS_DOC = REPO / "docs" / "gitops.md"
+NAME = "llama70b-awq"  # the example's name
+
+
+def documented_verdicts() -> dict[str, str]:
+    """docs/gitops.md, "What kstatus says": the first column -> the last (bold dropped)."""
+    text = GITOPS_DOC.read_text()
+    section = text.split("### What kstatus says", 1)[1].split("\n#", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and not set(cells[0]) <= set("-") and cells[0] != "the ModelDeployment":
+            rows[cells[0]] = re.sub(r"[*`]", "", cells[2])
+    return rows
+
+
+DOC = documented_verdicts()
+
+
+@pytest.fixture(scope="module")
+def kstatus_bin() -> Path:
+    """Built once (seconds after the control-plane build; it shares its Go caches)."""
+    built = subprocess.run(
+        ["bash", str(REPO / "hack" / "build-kstatus.sh")],
+        capture_output=True, text=True, timeout=1200, check=False,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    return Path(built.stdout.strip().splitlines()[-1]) / "kstatus"
+
+
+def kstatus_live(exe: Path, cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    """The library's verdict on the object as the API server serves it now."""
+    out = subprocess.run(
+        [str(exe), "-kubeconfig", str(cluster.kubeconfig), "-n", namespace, name],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def kstatus_of(exe: Path, obj: dict[str, Any]) -> dict[str, Any]:
+    out = subprocess.run(
+        [str(exe), "-"], input=json.dumps(obj), capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def small_md(namespace: str, **spec: Any) -> dict[str, Any]:
+    return load_example("llama70b-awq.yaml", namespace, **{**SMALL_MODEL_SPEC, **spec})
+
+
+def settled(
+    api: client.ApiClient, namespace: str, want: dict[str, tuple[str, str]], generation: int = 1
+) -> dict[str, Any]:
+    """Wait until the operator judged `generation` and each condition type has the
+    (status, reason) wanted."""
+
+    def check() -> dict[str, Any] | NotYet:
+        md = get_md(api, namespace, NAME)
+        if (md.get("status") or {}).get("observedGeneration") != generation:
+            return NotYet(md.get("status"))
+        for type_, (status, reason) in want.items():
+            c = condition(md, type_)
+            if (c.get("status"), c.get("reason")) != (status, reason):
+                return NotYet(md["status"]["conditions"])
+        return md
+
+    return wait_for(check, 60, lambda: describe_namespace(api, namespace))
+
+
+def assert_documented(verdict: dict[str, Any], case: str) -> None:
+    assert verdict["status"] == DOC[case], (case, verdict)
+
+
+def test_doc_table_lists_every_case_checked_here() -> None:
+    assert set(DOC) == {
+        "serving",
+        "scaled to zero",
+        "unknown accelerator, nothing deployed",
+        "refused edit while the old pods serve",
+        "adapter refused by the engine",
+        "adapters still loading",
+        "spec edited, the operator has not looked yet",
+        "no status yet (the operator has not looked)",
+    }
+
+
+def test_serving_then_refused_edit_then_stale_generation(
+    api_client: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    cluster: Cluster,
+    kstatus_bin: Path,
+) -> None:
+    created = create_md(api_client, small_md(namespace))
+    # The object exactly as the API server answered the create: no status yet.
+    assert "status" not in created
+    assert_documented(
+        kstatus_of(kstatus_bin, created), "no status yet (the operator has not looked)"
+    )
+
+    settled(api_client, namespace, {"Ready": ("True", "Ready"), "Stalled": ("False", "AsExpected")})
+    assert_documented(kstatus_live(kstatus_bin, cluster, namespace, NAME), "serving")
+
+    custom = client.CustomObjectsApi(api_client)
+    edit = {"spec": {"gpu": {"type": "amd-mi300x", "count": 1}}}
+    edited = custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, NAME, edit)
+    # The API server's answer to the edit: generation 2 over a status of generation 1.
+    assert edited["metadata"]["generation"] == 2 and edited["status"]["observedGeneration"] == 1
+    assert_documented(
+        kstatus_of(kstatus_bin, edited), "spec edited, the operator has not looked yet"
+    )
+
+    md = settled(
+        api_client,
+        namespace,
+        {"Ready": ("True", "Ready"), "Degraded": ("True", "UnknownAccelerator")},
+        generation=2,
+    )
+    assert condition(md, "Stalled")["reason"] == "UnknownAccelerator"
+    verdict = kstatus_live(kstatus_bin, cluster, namespace, NAME)
+    assert_documented(verdict, "refused edit while the old pods serve")
+    assert "amd-mi300x" in verdict["message"]
+
+
+def test_unknown_accelerator_fails(
+    api_client: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    cluster: Cluster,
+    kstatus_bin: Path,
+) -> None:
+    create_md(api_client, small_md(namespace, gpu={"type": "amd-mi300x", "count": 1}))
+    settled(api_client, namespace, {"Degraded": ("True", "UnknownAccelerator"),
+                                    "Ready": ("False", "NotDeployed")})  # fmt: skip
+    verdict = kstatus_live(kstatus_bin, cluster, namespace, NAME)
+    assert_documented(verdict, "unknown accelerator, nothing deployed")
+    assert "amd-mi300x" in verdict["message"]
+
+
+def test_scaled_to_zero_is_current(
+    api_client: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    cluster: Cluster,
+    kstatus_bin: Path,
+) -> None:
+    create_md(api_client, small_md(namespace, replicas=0))
+    settled(api_client, namespace, {"Ready": ("True", "ScaledToZero"),
+                                    "Reconciling": ("False", "ScaledToZero")})  # fmt: skip
+    assert_documented(kstatus_live(kstatus_bin, cluster, namespace, NAME), "scaled to zero")
+
+
+def test_adapters_loading_then_refused(
+    api_client: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    cluster: Cluster,
+    kstatus_bin: Path,
+) -> None:
+    create_md(api_client, small_md(namespace))
+    md = settled(api_client, namespace, {"Ready": ("True", "Ready")})
+    pods = client.CoreV1Api(api_client).list_namespaced_pod(
+        namespace, label_selector=f"openmodel.dev/model-deployment={NAME}"
+    )
+    pod = pods.items[0].metadata.name
+
+    def write_adapter_status(errors: dict[str, str]) -> None:
+        status = adapters_status(["legal"], [PodReport(pod, frozenset())], errors, 1)
+        # Without `adapters` the running loop, seeing none declared, leaves it alone.
+        del status["adapters"]
+        observed = get_md(api_client, namespace, NAME).get("status")
+        key = (namespace, NAME)
+        assert apply_loop_status(api_client, key, status, observed, ADAPTERS_FIELD_MANAGER)
+
+    write_adapter_status({})
+    settled(api_client, namespace, {"AdaptersReady": ("False", "AdapterMissing"),
+                                    "Reconciling": ("True", "AdapterMissing")})  # fmt: skip
+    assert_documented(kstatus_live(kstatus_bin, cluster, namespace, NAME), "adapters still loading")
+
+    write_adapter_status({"legal": "HTTP 500: LoRA rank 64 is greater than max_lora_rank 16."})
+    md = settled(api_client, namespace, {"AdaptersReady": ("False", "AdapterFailed"),
+                                         "Stalled": ("True", "AdapterFailed")})  # fmt: skip
+    assert condition(md, "Degraded")["status"] == "False"
+    verdict = kstatus_live(kstatus_bin, cluster, namespace, NAME)
+    assert_documented(verdict, "adapter refused by the engine")
+    assert "max_lora_rank" in verdict["message"]

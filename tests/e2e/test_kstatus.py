@@ -3,6 +3,8 @@ built from its Go module by hack/build-kstatus.sh into hack/kstatus's small prog
 computes the status of live ModelDeployments on the real API server, fetched with the
 cluster's kubeconfig, and each verdict must be the one docs/gitops.md's table states.
 
+The crash loop is the real llama-server (hack/install-llama-server.sh) on a process node,
+given a flag it does not know: it exits at once, and the node restarts it.
 The adapter failure is written by the test under the adapter loop's field manager
 (openmodel-adapters) with the adapter loop's own status builder, as the loop writes it
 after an engine refuses a load: the suite's engines on KWOK nodes load no adapter. The
@@ -27,6 +29,7 @@ from openmodel.kube.calls import ADAPTERS_FIELD_MANAGER
 from openmodel.kube.status_writer import apply_loop_status
 
 from harness import Cluster, NotYet, describe_namespace, wait_for
+from harness.process_nodes import llama_server_root
 from openmodel_fixtures import (
     GROUP,
     PLURAL,
@@ -39,6 +42,7 @@ from openmodel_fixtures import (
     get_md,
     load_example,
 )
+from real_engine.cluster_objects import engine_namespace
 
 GITOPS_DOC = REPO / "docs" / "gitops.md"
 NAME = "llama70b-awq"  # the example's name
@@ -124,6 +128,7 @@ def test_doc_table_lists_every_case_checked_here() -> None:
         "refused edit while the old pods serve",
         "adapter refused by the engine",
         "adapters still loading",
+        "engine crash loop",
         "spec edited, the operator has not looked yet",
         "no status yet (the operator has not looked)",
     }
@@ -229,3 +234,35 @@ def test_adapters_loading_then_refused(
     verdict = kstatus_live(kstatus_bin, cluster, namespace, NAME)
     assert_documented(verdict, "adapter refused by the engine")
     assert "max_lora_rank" in verdict["message"]
+
+
+@pytest.mark.real_engine
+def test_crash_loop_fails(
+    api_client: client.ApiClient,
+    operator: OperatorProcess,
+    cluster: Cluster,
+    kstatus_bin: Path,
+    tmp_path: Path,
+) -> None:
+    assert (llama_server_root() / "bin" / "llama-server").is_file(), (
+        "llama-server is not built: run `bash hack/install-llama-server.sh`"
+    )
+    model_file = tmp_path / "empty.gguf"
+    model_file.write_bytes(b"")  # never read: the flag fails first
+    with engine_namespace(api_client, cluster, "e2e-kstatus-crash", model_file) as namespace:
+        body = load_example("llama70b-awq.yaml", namespace)
+        body["spec"] = {
+            "model": "pvc://tiny/empty.gguf",
+            "engine": "llamacpp",
+            "quantization": "gguf",
+            "gpu": {"type": "nvidia-a10g", "count": 1},  # the process nodes
+            "maxModelLen": 2048,
+            "args": ["--no-such-flag"],
+        }
+        create_md(api_client, body)
+        md = settled(api_client, namespace, {"Degraded": ("True", "EngineCrashLoop"),
+                                             "Stalled": ("True", "EngineCrashLoop")})  # fmt: skip
+        assert condition(md, "Ready")["status"] == "False"
+        verdict = kstatus_live(kstatus_bin, cluster, namespace, NAME)
+        assert_documented(verdict, "engine crash loop")
+        assert "--no-such-flag" in verdict["message"]

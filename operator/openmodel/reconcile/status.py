@@ -1,7 +1,7 @@
 """Status rebuilt from the world: a pure function of what was observed.
 
 Conditions (metav1.Condition shape) owned by the reconciler:
-- `Ready`: the engine pods serve the current spec.
+- `Ready`: the engine pods serve the current spec (or it sits at zero replicas, as asked).
 - `Progressing`: a rollout or scale is under way.
 - `Degraded`: the spec cannot be served as written, or its engine keeps failing; the
   reason says why (UnknownAccelerator, Unschedulable, InsufficientGPUMemory,

@@ -44,6 +44,8 @@ from openmodel_fixtures import (
 )
 from real_engine.cluster_objects import engine_namespace
 
+pytestmark = pytest.mark.cluster
+
 GITOPS_DOC = REPO / "docs" / "gitops.md"
 NAME = "llama70b-awq"  # the example's name
 
@@ -117,6 +119,7 @@ def settled(
 
 
 def assert_documented(verdict: dict[str, Any], case: str) -> None:
+    print(f"kstatus | {case} | {verdict['status']} | {verdict['message'][:90]}")  # -rP shows it
     assert verdict["status"] == DOC[case], (case, verdict)
 
 

@@ -5,8 +5,12 @@
 //
 //	kstatus FILE...                       objects from files, "-" for stdin
 //	kstatus -kubeconfig K -n NS [NAME...] ModelDeployments fetched live (all in NS without NAME)
+//	kstatus -flux KUSTOMIZATION.yaml ...  also what Flux says with that Kustomization's
+//	                                      spec.healthCheckExprs (flux.go)
 //
-// One JSON line per object: {"namespace", "name", "kind", "status", "message"}.
+// One JSON line per object: {"namespace", "name", "kind", "status", "message"}, and with
+// -flux "flux" (the status those expressions give, "" when none is for the object's kind)
+// or "fluxError" (an expression that could not be evaluated).
 package main
 
 import (
@@ -33,6 +37,8 @@ type verdict struct {
 	Kind      string `json:"kind"`
 	Status    string `json:"status"`
 	Message   string `json:"message"`
+	Flux      string `json:"flux,omitempty"`
+	FluxError string `json:"fluxError,omitempty"`
 }
 
 func main() {
@@ -41,7 +47,17 @@ func main() {
 	group := flag.String("group", "openmodel.dev", "API group of the live objects")
 	version := flag.String("version", "v1alpha1", "API version of the live objects")
 	resource := flag.String("resource", "modeldeployments", "resource (plural) of the live objects")
+	fluxKustomization := flag.String("flux", "", "a Flux Kustomization whose spec.healthCheckExprs to evaluate too")
 	flag.Parse()
+
+	var flux *fluxChecks
+	if *fluxKustomization != "" {
+		var err error
+		if flux, err = loadFluxChecks(*fluxKustomization); err != nil {
+			fmt.Fprintln(os.Stderr, "kstatus:", err)
+			os.Exit(2)
+		}
+	}
 
 	var objects []*unstructured.Unstructured
 	var err error
@@ -62,7 +78,15 @@ func main() {
 			fmt.Fprintf(os.Stderr, "kstatus: %s/%s: %v\n", obj.GetNamespace(), obj.GetName(), err)
 			os.Exit(1)
 		}
-		line := verdict{obj.GetNamespace(), obj.GetName(), obj.GetKind(), result.Status.String(), result.Message}
+		line := verdict{
+			Namespace: obj.GetNamespace(), Name: obj.GetName(), Kind: obj.GetKind(),
+			Status: result.Status.String(), Message: result.Message,
+		}
+		if flux != nil {
+			if line.Flux, err = flux.verdict(obj); err != nil {
+				line.FluxError = err.Error()
+			}
+		}
 		if err := out.Encode(line); err != nil {
 			fmt.Fprintln(os.Stderr, "kstatus:", err)
 			os.Exit(2)

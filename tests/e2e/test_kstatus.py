@@ -5,6 +5,8 @@ cluster's kubeconfig, and each verdict must be the one docs/gitops.md's table st
 
 The crash loop is the real llama-server (hack/install-llama-server.sh) on a process node,
 given a flag it does not know: it exits at once, and the node restarts it.
+Each object is also judged under the Flux healthCheckExprs docs/gitops.md shows, evaluated
+with cel-go as Flux evaluates them (hack/kstatus/flux.go).
 The adapter failure is written by the test under the adapter loop's field manager
 (openmodel-adapters) with the adapter loop's own status builder, as the loop writes it
 after an engine refuses a load: the suite's engines on KWOK nodes load no adapter. The
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,19 +53,51 @@ GITOPS_DOC = REPO / "docs" / "gitops.md"
 NAME = "llama70b-awq"  # the example's name
 
 
-def documented_verdicts() -> dict[str, str]:
-    """docs/gitops.md, "What kstatus says": the first column -> the last (bold dropped)."""
+def documented_verdicts() -> dict[str, tuple[str, str]]:
+    """docs/gitops.md, "What kstatus says": the first column -> (kstatus, Flux with the
+    documented healthCheckExprs), bold dropped."""
     text = GITOPS_DOC.read_text()
     section = text.split("### What kstatus says", 1)[1].split("\n#", 1)[0]
     rows = {}
     for line in section.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 3 and not set(cells[0]) <= set("-") and cells[0] != "the ModelDeployment":
-            rows[cells[0]] = re.sub(r"[*`]", "", cells[2])
+        cells = [re.sub(r"[*`]", "", c.strip()) for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and not set(cells[0]) <= set("-") and cells[0] != "the ModelDeployment":
+            rows[cells[0]] = (cells[2], cells[3])
     return rows
 
 
+def documented_kustomization() -> str:
+    """The Flux Kustomization docs/gitops.md shows, with its healthCheckExprs."""
+    blocks = re.findall(r"```yaml\n(.*?)```", GITOPS_DOC.read_text(), re.DOTALL)
+    (found,) = [b for b in blocks if "kind: Kustomization" in b and "healthCheckExprs" in b]
+    return found
+
+
 DOC = documented_verdicts()
+
+
+@dataclass(frozen=True)
+class Judge:
+    """The kstatus program, with the documented Flux expressions."""
+
+    exe: Path
+    kustomization: Path
+    kubeconfig: Path
+
+    def _run(self, args: list[str], stdin: str | None = None) -> dict[str, Any]:
+        out = subprocess.run(
+            [str(self.exe), "-flux", str(self.kustomization), *args],
+            input=stdin, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+    def live(self, namespace: str, name: str) -> dict[str, Any]:
+        """The verdicts on the object as the API server serves it now."""
+        return self._run(["-kubeconfig", str(self.kubeconfig), "-n", namespace, name])
+
+    def of(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return self._run(["-"], json.dumps(obj))
 
 
 @pytest.fixture(scope="module")
@@ -76,23 +111,16 @@ def kstatus_bin() -> Path:
     return Path(built.stdout.strip().splitlines()[-1]) / "kstatus"
 
 
-def kstatus_live(exe: Path, cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
-    """The library's verdict on the object as the API server serves it now."""
-    out = subprocess.run(
-        [str(exe), "-kubeconfig", str(cluster.kubeconfig), "-n", namespace, name],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
+@pytest.fixture(scope="module")
+def kustomization(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("flux") / "kustomization.yaml"
+    path.write_text(documented_kustomization())
+    return path
 
 
-def kstatus_of(exe: Path, obj: dict[str, Any]) -> dict[str, Any]:
-    out = subprocess.run(
-        [str(exe), "-"], input=json.dumps(obj), capture_output=True, text=True, timeout=60,
-        check=False,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
+@pytest.fixture
+def judge(kstatus_bin: Path, kustomization: Path, cluster: Cluster) -> Judge:
+    return Judge(kstatus_bin, kustomization, cluster.kubeconfig)
 
 
 def small_md(namespace: str, **spec: Any) -> dict[str, Any]:
@@ -119,8 +147,10 @@ def settled(
 
 
 def assert_documented(verdict: dict[str, Any], case: str) -> None:
-    print(f"kstatus | {case} | {verdict['status']} | {verdict['message'][:90]}")  # -rP shows it
-    assert verdict["status"] == DOC[case], (case, verdict)
+    # An expression that cannot be evaluated is what kstatus's poller reports Unknown.
+    flux = "Unknown" if verdict.get("fluxError") else verdict.get("flux")
+    print(f"kstatus | {case} | {verdict['status']} | {flux} | {verdict['message'][:80]}")
+    assert (verdict["status"], flux) == DOC[case], (case, verdict)
 
 
 def test_doc_table_lists_every_case_checked_here() -> None:
@@ -141,27 +171,22 @@ def test_serving_then_refused_edit_then_stale_generation(
     api_client: client.ApiClient,
     namespace: str,
     operator: OperatorProcess,
-    cluster: Cluster,
-    kstatus_bin: Path,
+    judge: Judge,
 ) -> None:
     created = create_md(api_client, small_md(namespace))
     # The object exactly as the API server answered the create: no status yet.
     assert "status" not in created
-    assert_documented(
-        kstatus_of(kstatus_bin, created), "no status yet (the operator has not looked)"
-    )
+    assert_documented(judge.of(created), "no status yet (the operator has not looked)")
 
     settled(api_client, namespace, {"Ready": ("True", "Ready"), "Stalled": ("False", "AsExpected")})
-    assert_documented(kstatus_live(kstatus_bin, cluster, namespace, NAME), "serving")
+    assert_documented(judge.live(namespace, NAME), "serving")
 
     custom = client.CustomObjectsApi(api_client)
     edit = {"spec": {"gpu": {"type": "amd-mi300x", "count": 1}}}
     edited = custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, NAME, edit)
     # The API server's answer to the edit: generation 2 over a status of generation 1.
     assert edited["metadata"]["generation"] == 2 and edited["status"]["observedGeneration"] == 1
-    assert_documented(
-        kstatus_of(kstatus_bin, edited), "spec edited, the operator has not looked yet"
-    )
+    assert_documented(judge.of(edited), "spec edited, the operator has not looked yet")
 
     md = settled(
         api_client,
@@ -170,7 +195,7 @@ def test_serving_then_refused_edit_then_stale_generation(
         generation=2,
     )
     assert condition(md, "Stalled")["reason"] == "UnknownAccelerator"
-    verdict = kstatus_live(kstatus_bin, cluster, namespace, NAME)
+    verdict = judge.live(namespace, NAME)
     assert_documented(verdict, "refused edit while the old pods serve")
     assert "amd-mi300x" in verdict["message"]
 
@@ -179,13 +204,12 @@ def test_unknown_accelerator_fails(
     api_client: client.ApiClient,
     namespace: str,
     operator: OperatorProcess,
-    cluster: Cluster,
-    kstatus_bin: Path,
+    judge: Judge,
 ) -> None:
     create_md(api_client, small_md(namespace, gpu={"type": "amd-mi300x", "count": 1}))
     settled(api_client, namespace, {"Degraded": ("True", "UnknownAccelerator"),
                                     "Ready": ("False", "NotDeployed")})  # fmt: skip
-    verdict = kstatus_live(kstatus_bin, cluster, namespace, NAME)
+    verdict = judge.live(namespace, NAME)
     assert_documented(verdict, "unknown accelerator, nothing deployed")
     assert "amd-mi300x" in verdict["message"]
 
@@ -194,21 +218,19 @@ def test_scaled_to_zero_is_current(
     api_client: client.ApiClient,
     namespace: str,
     operator: OperatorProcess,
-    cluster: Cluster,
-    kstatus_bin: Path,
+    judge: Judge,
 ) -> None:
     create_md(api_client, small_md(namespace, replicas=0))
     settled(api_client, namespace, {"Ready": ("True", "ScaledToZero"),
                                     "Reconciling": ("False", "ScaledToZero")})  # fmt: skip
-    assert_documented(kstatus_live(kstatus_bin, cluster, namespace, NAME), "scaled to zero")
+    assert_documented(judge.live(namespace, NAME), "scaled to zero")
 
 
 def test_adapters_loading_then_refused(
     api_client: client.ApiClient,
     namespace: str,
     operator: OperatorProcess,
-    cluster: Cluster,
-    kstatus_bin: Path,
+    judge: Judge,
 ) -> None:
     create_md(api_client, small_md(namespace))
     md = settled(api_client, namespace, {"Ready": ("True", "Ready")})
@@ -228,13 +250,13 @@ def test_adapters_loading_then_refused(
     write_adapter_status({})
     settled(api_client, namespace, {"AdaptersReady": ("False", "AdapterMissing"),
                                     "Reconciling": ("True", "AdapterMissing")})  # fmt: skip
-    assert_documented(kstatus_live(kstatus_bin, cluster, namespace, NAME), "adapters still loading")
+    assert_documented(judge.live(namespace, NAME), "adapters still loading")
 
     write_adapter_status({"legal": "HTTP 500: LoRA rank 64 is greater than max_lora_rank 16."})
     md = settled(api_client, namespace, {"AdaptersReady": ("False", "AdapterFailed"),
                                          "Stalled": ("True", "AdapterFailed")})  # fmt: skip
     assert condition(md, "Degraded")["status"] == "False"
-    verdict = kstatus_live(kstatus_bin, cluster, namespace, NAME)
+    verdict = judge.live(namespace, NAME)
     assert_documented(verdict, "adapter refused by the engine")
     assert "max_lora_rank" in verdict["message"]
 
@@ -244,7 +266,7 @@ def test_crash_loop_fails(
     api_client: client.ApiClient,
     operator: OperatorProcess,
     cluster: Cluster,
-    kstatus_bin: Path,
+    judge: Judge,
     tmp_path: Path,
 ) -> None:
     assert (llama_server_root() / "bin" / "llama-server").is_file(), (
@@ -266,6 +288,6 @@ def test_crash_loop_fails(
         md = settled(api_client, namespace, {"Degraded": ("True", "EngineCrashLoop"),
                                              "Stalled": ("True", "EngineCrashLoop")})  # fmt: skip
         assert condition(md, "Ready")["status"] == "False"
-        verdict = kstatus_live(kstatus_bin, cluster, namespace, NAME)
+        verdict = judge.live(namespace, NAME)
         assert_documented(verdict, "engine crash loop")
         assert "--no-such-flag" in verdict["message"]

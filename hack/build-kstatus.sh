@@ -16,7 +16,7 @@ CLI_UTILS_VERSION=v0.37.2 # keep equal to the version in hack/kstatus/go.mod
 
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${OPENMODEL_CACHE:-$HOME/.cache/openmodel}
-bin="$cache/bin/kstatus-cli-utils-$CLI_UTILS_VERSION-$(sha256sum "$here/kstatus/go.sum" "$here/kstatus/main.go" | sha256sum | cut -c1-12)"
+bin="$cache/bin/kstatus-cli-utils-$CLI_UTILS_VERSION-$(cat "$here"/kstatus/go.mod "$here"/kstatus/go.sum "$here"/kstatus/*.go | sha256sum | cut -c1-12)"
 export GOMODCACHE="$cache/go/mod"
 export GOCACHE="$cache/go/build"
 export GOFLAGS=-mod=mod

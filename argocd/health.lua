@@ -45,6 +45,15 @@ if adapters ~= nil and adapters.status == "False" and adapters.reason == "Adapte
 end
 
 local ready = condition(status.conditions, "Ready")
+-- Scaled to zero is a state the user asked for (replicas: 0, or autoscaling with
+-- minReplicas 0 and no requests): nothing serves, nothing is wrong, and no pod is there
+-- to load adapters on. The operator writes it as Ready True; statuses written before
+-- that said Ready False, and read the same.
+if ready ~= nil and ready.reason == "ScaledToZero" then
+  hs.status = "Healthy"
+  hs.message = ready.message or "scaled to zero replicas"
+  return hs
+end
 if ready ~= nil and ready.status == "True" and adapters ~= nil and adapters.status == "False" then
   hs.status = "Progressing"
   hs.message = adapters.message or "loading adapters"
@@ -55,14 +64,6 @@ if ready ~= nil and ready.status == "True" then
   hs.message = ready.message or "Ready"
   return hs
 end
--- Scaled to zero is a state the user asked for (replicas: 0, or autoscaling with
--- minReplicas 0 and no requests): nothing serves, nothing is wrong.
-if ready ~= nil and ready.status == "False" and ready.reason == "ScaledToZero" then
-  hs.status = "Healthy"
-  hs.message = ready.message or "scaled to zero replicas"
-  return hs
-end
-
 hs.status = "Progressing"
 if ready ~= nil and ready.message ~= nil then
   hs.message = ready.message

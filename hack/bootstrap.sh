@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the demo and the tests need, on a fresh machine of this kind:
 # a virtual environment with the pinned Python dependencies, the Go-built control
-# plane and Argo CD (cached, rebuilt only when missing), Debian's Lua 5.1 for the Argo CD
+# plane, Argo CD and the kstatus check (cached, rebuilt only when missing), Debian's Lua 5.1 for the Argo CD
 # health-check tests and redis for Argo CD, and the vLLM CPU environment for the real-engine tests. Safe to run again: each step skips what is already there.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -38,6 +38,7 @@ for pair in lua5.1:lua5.1 redis-server:redis-server nft:nftables; do
 done
 
 bash hack/build-control-plane.sh >&2
+bash hack/build-kstatus.sh >&2  # the kstatus library Flux uses, for tests/e2e/test_kstatus.py (shares the Go caches)
 bash hack/build-argocd.sh >&2  # Argo CD for the GitOps e2e tests (tests/e2e/test_argocd_*.py)
 bash hack/fetch-gateway-crds.sh >/dev/null  # Gateway API + Inference Extension CRDs for the e2e tests
 # The real vLLM engine (CPU build) for the real-engine tests, in its own cached venv.

@@ -33,8 +33,11 @@ from openmodel.reconcile.status import (
     EGRESS_OPEN,
     PROGRESSING,
     READY,
+    RECONCILING,
+    STALLED,
     Observation,
     build_status,
+    kstatus_conditions,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -249,7 +252,15 @@ def test_testdata_statuses_have_the_operators_shape(case):
     types = [c["type"] for c in status["conditions"]]
     assert types[:3] == [READY, PROGRESSING, DEGRADED]
     # EgressOpen: written with the plan it describes (absent only before the first one).
-    assert set(types[3:]) <= {EGRESS_OPEN, ADAPTERS_READY}
+    assert set(types[3:]) <= {EGRESS_OPEN, ADAPTERS_READY, STALLED, RECONCILING}
+    # kstatus's two, exactly as the operator derives them from the others.
+    by_type = {c["type"]: c for c in status["conditions"]}
+    derived = kstatus_conditions(
+        status["conditions"], by_type.get(ADAPTERS_READY), status["observedGeneration"]
+    )
+    for cond in derived:
+        written = {k: v for k, v in by_type[cond["type"]].items() if k != "lastTransitionTime"}
+        assert written == cond
     for cond in status["conditions"]:
         assert set(cond) == condition_keys
         assert cond["status"] in ("True", "False")
@@ -333,6 +344,30 @@ def test_degraded_wins_over_ready_whatever_the_condition_order(lua):
     conditions[2].update(status="True", reason="Unschedulable", message="no GPU left")
     obj["status"]["conditions"] = list(reversed(conditions))
     assert health(lua, obj) == ("Degraded", "no GPU left")
+
+
+def test_scaled_to_zero_with_adapters_declared_is_healthy(lua):
+    """At zero no pod is there to load adapters on: the adapter loop says NoReadyPods."""
+    obj = copy.deepcopy(load("testdata/scaled-to-zero.yaml"))
+    obj["status"]["conditions"].append(
+        {
+            "type": ADAPTERS_READY,
+            "status": "False",
+            "reason": "NoReadyPods",
+            "message": "no ready pod to load adapters on",
+            "observedGeneration": 2,
+            "lastTransitionTime": "2025-11-20T11:00:00Z",
+        }
+    )
+    assert health(lua, obj) == ("Healthy", "scaled to zero replicas")
+
+
+def test_scaled_to_zero_as_older_operators_wrote_it_is_healthy(lua):
+    obj = copy.deepcopy(load("testdata/scaled-to-zero.yaml"))
+    for cond in obj["status"]["conditions"]:
+        if cond["type"] == READY:
+            cond["status"] = "False"
+    assert health(lua, obj) == ("Healthy", "scaled to zero replicas")
 
 
 def test_non_ascii_text_reaches_the_script_intact(lua):

@@ -100,7 +100,13 @@ def test_spec_problem_keeps_running_children_ready() -> None:
 
 def test_transition_time_kept_when_status_unchanged_and_no_rewrite() -> None:
     first = build_status(obs(), None, "T1")
-    assert {t.condition for t in first.transitions} == {"Ready", "Progressing", "Degraded"}
+    assert {t.condition for t in first.transitions} == {
+        "Ready",
+        "Progressing",
+        "Degraded",
+        "Stalled",
+        "Reconciling",
+    }
     second = build_status(obs(), first.status, "T2")
     assert all(c["lastTransitionTime"] == "T1" for c in second.status["conditions"])
     assert second.transitions == []

@@ -327,7 +327,7 @@ class Reconciler:
             if t.condition == DEGRADED and t.status == "True":
                 post_event(self.api, body, t.reason, t.message, "Warning")
             elif t.condition == READY and t.status == "True":
-                post_event(self.api, body, "Ready", t.message)
+                post_event(self.api, body, t.reason, t.message)  # Ready, or ScaledToZero
         return ReconcileResult(applied=applied, status_written=written, problem=problem)
 
     def _private_namespace(self, namespace: str, spec: ModelDeploymentSpec) -> bool:

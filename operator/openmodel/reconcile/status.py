@@ -1,13 +1,17 @@
 """Status rebuilt from the world: a pure function of what was observed.
 
 Conditions (metav1.Condition shape) owned by the reconciler:
-- `Ready`: the engine pods serve the current spec.
+- `Ready`: the engine pods serve the current spec (or it sits at zero replicas, as asked).
 - `Progressing`: a rollout or scale is under way.
 - `Degraded`: the spec cannot be served as written, or its engine keeps failing; the
   reason says why (UnknownAccelerator, Unschedulable, InsufficientGPUMemory,
   EngineCrashLoop, EngineStartFailed, ...).
 - `EgressOpen`: whether the engine pods may connect beyond their node, and to what
   (`status.egress` is its one-word form). Informational: neither healthy nor not.
+- `Stalled` and `Reconciling`: the two conditions kstatus (Flux, cli-utils, kpt) reads,
+  derived from the three above and the adapter loop's `AdaptersReady` (docs/gitops.md):
+  Stalled whenever Degraded (or an adapter was refused), else Reconciling while not Ready
+  (or adapters still loading). A scaled-to-zero model is Ready: idle as asked, not waiting.
 `status.reason` repeats the one reason a person scanning `kubectl get md` should see.
 The autoscaler owns `status.autoscaler` and its own condition type, written under a
 different field manager, so the two never overwrite each other.
@@ -29,7 +33,11 @@ READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 EGRESS_OPEN = "EgressOpen"
-RECONCILER_CONDITIONS = (READY, PROGRESSING, DEGRADED, EGRESS_OPEN)
+STALLED = "Stalled"
+RECONCILING = "Reconciling"
+RECONCILER_CONDITIONS = (READY, PROGRESSING, DEGRADED, EGRESS_OPEN, STALLED, RECONCILING)
+# Written by the adapter loop (openmodel.adapters.status), read here for kstatus's view.
+ADAPTERS_READY = "AdaptersReady"
 _EGRESS_REASONS = {
     Egress.OPEN: "EgressAllowed",
     Egress.CLOSED: "NodeOnly",
@@ -117,9 +125,11 @@ def desired_conditions(obs: Observation) -> list[dict[str, Any]]:
     elif obs.deployment is None:
         ready_c = _condition(READY, False, "NotDeployed", "no engine Deployment exists yet", g)
     elif rolled_out and want == 0:
-        # Not Ready: nothing answers right now. A request through the gateway is held
-        # and wakes the model when autoscaling allows zero (see docs/gateway.md).
-        ready_c = _condition(READY, False, "ScaledToZero", "scaled to zero replicas", g)
+        # Ready: zero is what was asked for (replicas: 0, or the autoscaler at minReplicas
+        # 0), so waiting tools (kubectl wait, kstatus, Argo CD) see it settled. Nothing
+        # answers right now: a request through the gateway is held and wakes the model
+        # when autoscaling allows zero (see docs/gateway.md).
+        ready_c = _condition(READY, True, "ScaledToZero", "scaled to zero replicas", g)
     elif rolled_out:
         ready_c = _condition(READY, True, "Ready", f"{ready}/{want} replicas ready", g)
     else:
@@ -159,6 +169,40 @@ def desired_conditions(obs: Observation) -> list[dict[str, Any]]:
     return conditions
 
 
+def kstatus_conditions(
+    conditions: Sequence[Mapping[str, Any]], adapters: Mapping[str, Any] | None, generation: int
+) -> list[dict[str, Any]]:
+    """`Stalled` and `Reconciling` from Ready/Progressing/Degraded and `AdaptersReady` (as
+    last written by the adapter loop, or None), never both True, so kstatus says Failed,
+    InProgress or Current (through Ready True) as docs/gitops.md tells."""
+    by_type = {c["type"]: c for c in conditions}
+    degraded, ready = by_type[DEGRADED], by_type[READY]
+    adapters = adapters or {}
+    adapters_false = adapters.get("status") == "False"
+    adapters_message = str(adapters.get("message") or "")
+    if degraded["status"] == "True":
+        stalled = (True, str(degraded["reason"]), str(degraded["message"]))
+    elif adapters_false and adapters.get("reason") == "AdapterFailed":
+        stalled = (True, "AdapterFailed", adapters_message)
+    else:
+        stalled = (False, "AsExpected", "nothing keeps the spec from being served")
+    if stalled[0]:
+        reconciling = (False, "Stalled", "no progress without a change: see Stalled")
+    elif ready["status"] != "True":
+        progressing = by_type[PROGRESSING]
+        source = progressing if progressing["status"] == "True" else ready
+        reconciling = (True, str(source["reason"]), str(ready["message"]))
+    elif adapters_false and ready["reason"] != "ScaledToZero":
+        # Adapters still loading on a serving model (at zero there is no pod to load on).
+        reconciling = (True, str(adapters.get("reason")), adapters_message)
+    else:
+        reconciling = (False, str(ready["reason"]), str(ready["message"]))
+    return [
+        _condition(STALLED, *stalled, generation),
+        _condition(RECONCILING, *reconciling, generation),
+    ]
+
+
 def headline_reason(conditions: Sequence[Mapping[str, Any]]) -> str:
     """The reason `kubectl get md` shows: why it cannot be served when Degraded (a
     refused edit leaves Ready True or NotDeployed, which would hide the refusal), else
@@ -177,6 +221,7 @@ def build_status(obs: Observation, observed_status: Any, now: str) -> StatusUpda
     conditions = []
     transitions = []
     wanted = desired_conditions(obs)
+    wanted += kstatus_conditions(wanted, previous.get(ADAPTERS_READY), obs.generation)
     kept_egress = previous.get(EGRESS_OPEN)
     if obs.egress is None and kept_egress is not None:
         wanted.append(dict(kept_egress))  # the policy in place did not change

@@ -253,7 +253,8 @@ def md_problems(
     )
     mine = [p for p in pods if (p["metadata"].get("labels") or {}).get(OWNER_LABEL) == name]
     expected = {
-        "Ready": "True" if rolled_out and want > 0 else "False",
+        # At zero replicas too: ScaledToZero is Ready (healthy and idle; docs/gitops.md).
+        "Ready": "True" if rolled_out else "False",
         "Progressing": "False" if rolled_out else "True",
         "Degraded": "True" if _unschedulable(mine) else "False",
     }

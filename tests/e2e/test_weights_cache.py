@@ -12,12 +12,14 @@ fake Hub (tests/unit/test_weights_download.py), not here.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
 from harness import NotYet, describe_namespace, wait_for
+from harness.k8s import bind_cache_volume
 from openmodel_fixtures import (
     GROUP,
     PLURAL,
@@ -51,28 +53,6 @@ def cached_md(namespace: str) -> dict[str, Any]:
     }
 
 
-def cache_volume(core: client.CoreV1Api, namespace: str, tmp: str) -> str:
-    """A hostPath PV standing for a ReadWriteMany volume, pre-bound to the claim the
-    operator will make (no provisioner here)."""
-    name = f"weights-{namespace}"
-    core.create_persistent_volume(
-        {  # type: ignore[arg-type]
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": name, "labels": {"openmodel.test/model-volume": "true"}},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadWriteMany"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
-                "hostPath": {"path": tmp, "type": "DirectoryOrCreate"},
-                "claimRef": {"namespace": namespace, "name": CLAIM},
-            },
-        }
-    )
-    return name
-
-
 def test_the_engine_waits_for_its_weights_then_runs_offline(
     api_client: client.ApiClient,
     namespace: str,
@@ -82,7 +62,7 @@ def test_the_engine_waits_for_its_weights_then_runs_offline(
     core = client.CoreV1Api(api_client)
     batch = client.BatchV1Api(api_client)
     apps = client.AppsV1Api(api_client)
-    volume = cache_volume(core, namespace, str(tmp_path))
+    volume = bind_cache_volume(api_client, namespace, CLAIM, "1Gi", Path(tmp_path))
 
     def explain() -> str:
         return f"{describe_namespace(api_client, namespace)}\n{operator.log_tail()}"

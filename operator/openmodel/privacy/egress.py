@@ -51,6 +51,11 @@ def fetches_at_start(spec: ModelDeploymentSpec, prefetched: bool = False) -> boo
     return any(not a.source.startswith("pvc://") for a in spec.adapters)
 
 
+def weights_rules(config: NetworkPolicyConfig) -> tuple[EgressRule, ...]:
+    """What fetching weights needs: DNS, then the weights sources."""
+    return (*config.dns_egress, *config.weights_egress)
+
+
 def _names_address_ranges(rules: tuple[EgressRule, ...]) -> bool:
     return any("ipBlock" in peer for rule in rules for peer in rule.get("to") or [])
 
@@ -76,7 +81,7 @@ def egress_plan(
     rules: list[EgressRule] = []
     reasons: list[str] = []
     if fetches_at_start(spec, prefetched):
-        rules += [*config.dns_egress, *config.weights_egress]
+        rules += weights_rules(config)
         reasons.append("the weights sources (the engine fetches the model or an adapter)")
     for name in spec.egress_exceptions:
         entry = config.egress_allowlist.get(name)

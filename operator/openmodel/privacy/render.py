@@ -8,7 +8,7 @@ from typing import Any
 from openmodel.api import ModelDeploymentSpec
 from openmodel.config import PlatformConfig
 from openmodel.engines.base import Engine
-from openmodel.privacy.egress import EgressPlan, fetches_at_start, rule_dicts
+from openmodel.privacy.egress import EgressPlan, fetches_at_start, rule_dicts, weights_rules
 
 
 def offline_env(
@@ -71,20 +71,8 @@ def render_network_policy(
         "podSelector": dict(policy.operator_selector),
     }
     peers = [_gateway_peer(config), operator, *rule_dicts(policy.engine_ingress_from)]
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": dict(metadata),
-        "spec": {
-            "podSelector": {"matchLabels": dict(pod_labels)},
-            "policyTypes": ["Ingress", "Egress"],
-            "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": port}]}],
-            # Always stated, even empty: applied (with force) it is a field we own, so
-            # rules someone adds by hand are taken out again; the API server stores an
-            # empty list as no key, which the drift check reads as the same.
-            "egress": rule_dicts(egress.rules),
-        },
-    }
+    ingress = [{"from": peers, "ports": [{"protocol": "TCP", "port": port}]}]
+    return _network_policy(metadata, pod_labels, ingress, rule_dicts(egress.rules))
 
 
 def render_download_network_policy(
@@ -95,8 +83,20 @@ def render_download_network_policy(
 ) -> dict[str, Any]:
     """The download Job's pods: nothing may connect to them; they reach DNS and the
     weights sources when they fetch (a check of a filled claim reaches nothing)."""
-    policy = config.privacy.network_policy
-    rules = (*policy.dns_egress, *policy.weights_egress) if fetches else ()
+    rules = weights_rules(config.privacy.network_policy) if fetches else ()
+    return _network_policy(metadata, pod_labels, [], rule_dicts(rules))
+
+
+def _network_policy(
+    metadata: Mapping[str, Any],
+    pod_labels: Mapping[str, str],
+    ingress: list[dict[str, Any]],
+    egress: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """A policy isolating the selected pods both ways. Both lists are always stated,
+    even empty: applied (with force) they are fields we own, so rules someone adds by
+    hand are taken out again; the API server stores an empty list as no key, which the
+    drift check reads as the same."""
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -104,7 +104,7 @@ def render_download_network_policy(
         "spec": {
             "podSelector": {"matchLabels": dict(pod_labels)},
             "policyTypes": ["Ingress", "Egress"],
-            "ingress": [],
-            "egress": rule_dicts(rules),
+            "ingress": ingress,
+            "egress": egress,
         },
     }

@@ -164,7 +164,8 @@ def bind_cache_volume(
         {  # type: ignore[arg-type]
             "apiVersion": "v1",
             "kind": "PersistentVolume",
-            "metadata": {"name": name},
+            # The session's cleanup (real_engine.cluster_objects) finds it by this label.
+            "metadata": {"name": name, "labels": {"openmodel.test/model-volume": "true"}},
             "spec": {
                 "capacity": {"storage": size},
                 "accessModes": ["ReadWriteMany"],

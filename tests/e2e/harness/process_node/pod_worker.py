@@ -64,6 +64,9 @@ TERMINATION_LOG_LINES = 80
 TERMINATION_LOG_BYTES = 2048
 NODE_ENV_MARKER = "OPENMODEL_PROCESS_NODE"
 HARNESS_DIR = Path(__file__).resolve().parents[2]  # tests/e2e, for `-m harness...`
+# The checkout the operator's image stands for (process_nodes.operator_venv): its venv
+# imports the package from here.
+CHECKOUT = Path(__file__).resolve().parents[4]
 _PR_SET_PDEATHSIG = 1
 
 
@@ -341,7 +344,9 @@ class PodWorker(threading.Thread):
                 **container_env(self.ctx.api, pod, spec, root),
             }
             assert self.sources is not None
-            mounts = container_mounts(spec, self.sources, self.pod_dir / "tmp" / run.name)
+            mounts = container_mounts(
+                spec, self.sources, self.pod_dir / "tmp" / run.name, [root, CHECKOUT]
+            )
         except ConfigError as e:
             run.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
             run.restart_at = now + 2.0

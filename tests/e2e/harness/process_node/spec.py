@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,10 +225,16 @@ def volume_sources(
 
 
 def container_mounts(
-    container: Mapping[str, Any], sources: Mapping[str, tuple[str, bool]], scratch: Path
+    container: Mapping[str, Any],
+    sources: Mapping[str, tuple[str, bool]],
+    scratch: Path,
+    image_paths: Sequence[Path] = (),
 ) -> list[Mount]:
     """The container's volumeMounts, plus its own /tmp (a container does not share the
-    host's), in the order they are mounted."""
+    host's), in the order they are mounted. ``image_paths`` are the host directories
+    that stand for the image (its root, the checkout an editable install imports): one
+    that a mount covers (a checkout under /tmp) is bound again at its own path, read-only,
+    after the mounts, so the image stays whole wherever the host keeps it."""
     mounts = []
     for m in container.get("volumeMounts") or []:
         if m["name"] not in sources:
@@ -239,4 +245,7 @@ def container_mounts(
         mounts.append(Mount(source, m["mountPath"], read_only or bool(m.get("readOnly"))))
     # Last: sources under the host's /tmp must be bound before /tmp is covered.
     mounts.append(Mount(str(scratch), "/tmp", False))
+    for path in image_paths:
+        if any(path.is_relative_to(m.target) for m in mounts):
+            mounts.append(Mount(str(path), str(path), True))
     return mounts

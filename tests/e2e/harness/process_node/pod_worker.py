@@ -344,9 +344,8 @@ class PodWorker(threading.Thread):
                 **container_env(self.ctx.api, pod, spec, root),
             }
             assert self.sources is not None
-            mounts = container_mounts(
-                spec, self.sources, self.pod_dir / "tmp" / run.name, [root, CHECKOUT]
-            )
+            scratch = self.pod_dir / "tmp" / run.name
+            mounts = container_mounts(spec, self.sources, scratch, [root, CHECKOUT])
         except ConfigError as e:
             run.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
             run.restart_at = now + 2.0
@@ -361,7 +360,7 @@ class PodWorker(threading.Thread):
             run.state = {"waiting": {"reason": "CreateContainerError", "message": "no command"}}
             run.restart_at = now + 5.0
             return
-        Path(mounts[-1].source).mkdir(parents=True, exist_ok=True)
+        scratch.mkdir(parents=True, exist_ok=True)
         log_dir = self.pod_dir / "logs" / run.name
         log_dir.mkdir(parents=True, exist_ok=True)
         run.log_path = log_dir / f"{run.restart_count}.log"

@@ -190,10 +190,12 @@ log "without a token the gateway answers $refused; with demo-client's token:"
 log "a chat completion through the gateway ($gateway), held until the engine answers"
 answer=$(curl -sS --max-time 120 "$gateway/v1/chat/completions" -H 'Content-Type: application/json' \
   -H "Authorization: Bearer $token" \
-  -d "{\"model\": \"$model\", \"messages\": [{\"role\": \"user\", \"content\": \"$prompt\"}], \"max_tokens\": 12, \"temperature\": 0}") || {
+  -d "{\"model\": \"$model\", \"messages\": [{\"role\": \"user\", \"content\": \"$prompt\"}], \"max_tokens\": 12, \"seed\": 7}") || {
   log "no answer; gateway log tail:"; tail -20 "$state/gateway.log" >&2; exit 1; }
 echo
-echo "POST $gateway/v1/chat/completions (model $model) -> $answer"
+echo "POST $gateway/v1/chat/completions (model $model, \"$prompt\") -> $answer"
+echo
+echo "the answer: $(.venv/bin/python -c 'import json, sys; print(repr(json.load(sys.stdin)["choices"][0]["message"]["content"]))' <<<"$answer")"
 echo
 "$kubectl" get md
 echo

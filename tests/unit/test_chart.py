@@ -7,6 +7,7 @@ README generated from values.yaml."""
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -36,6 +37,10 @@ import openmodel.config as config_module
 from openmodel.config import PlatformConfig, parse_config
 
 helm = test_manifests.helm  # the fixture
+_spec = importlib.util.spec_from_file_location("dashboard_script", REPO / "hack" / "dashboard.py")
+assert _spec is not None and _spec.loader is not None
+dashboard_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(dashboard_script)
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 OTHER_NAMESPACE = "ai-platform"
@@ -643,3 +648,13 @@ def test_chart_readme_is_generated_from_the_current_values():
     for key in ("crds.enabled", "gateway.tolerations", "metrics.serviceMonitor.enabled",
                 "serviceAccount.create", "image.digest", "tests.enabled"):  # fmt: skip
         assert f"| `{key}` |" in readme, key
+
+
+def test_the_dashboard_is_optional_and_the_same_as_the_generated_one(helm):
+    assert not [k for k in template(helm) if k == ("ConfigMap", "openmodel-dashboard-cost")]
+    rendered = template(helm, "--set", "metrics.dashboard.enabled=true")
+    config_map = rendered[("ConfigMap", "openmodel-dashboard-cost")]
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    board = json.loads(config_map["data"]["openmodel-cost.json"])
+    assert board == dashboard_script.dashboard()
+    assert dashboard_script.main(["--check"]) == 0

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import importlib.util
 import io
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -18,10 +20,13 @@ from openmodel.config import ConfigError, parse_config
 from openmodel.config.cost import CostConfig, parse_cost
 from openmodel.engine_metrics.exposition import QueueReading, read_queue
 from openmodel.engines import engine_for
+from openmodel.gateway.metrics import GatewayMetrics
 from openmodel.metering import report
 from openmodel.metering.ledger import Holding, Ledger, PodSample, Totals, hourly_cost
 from openmodel.metering.metrics import MeteringMetrics
+from openmodel.telemetry import Telemetry
 
+REPO = Path(__file__).resolve().parents[2]
 H100 = "nvidia-h100-80gb"
 PRICES = CostConfig(currency="EUR", gpu_hour_prices={H100: 3.6}, cpu_core_hour_price=0.036)
 KEY = ("team-a", "llama")
@@ -301,3 +306,19 @@ def test_openmodel_cost_says_why_it_cannot_read() -> None:
         code = cli.main(["cost", "--prometheus", "http://127.0.0.1:9", "--since", "3x"])
     assert code == 1
     assert "--since must be" in err.getvalue()
+
+
+def test_every_metric_a_dashboard_query_names_is_one_we_export() -> None:
+    spec = importlib.util.spec_from_file_location("dashboard", REPO / "hack" / "dashboard.py")
+    assert spec is not None and spec.loader is not None
+    board = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(board)
+    registry = CollectorRegistry()
+    MeteringMetrics(registry)
+    Telemetry.create(registry)
+    GatewayMetrics(registry)
+    exported: set[str] = set()
+    for family in registry.collect():
+        exported.add(f"{family.name}_total" if family.type == "counter" else family.name)
+    named = {m for query in board.queries() for m in re.findall(r"openmodel_[a-z_]+", query)}
+    assert named and named <= exported, named - exported

@@ -35,6 +35,7 @@ from test_manifests import (
 
 import openmodel.config as config_module
 from openmodel.config import PlatformConfig, parse_config
+from openmodel.metering import dashboard
 
 helm = test_manifests.helm  # the fixture
 _spec = importlib.util.spec_from_file_location("dashboard_script", REPO / "hack" / "dashboard.py")
@@ -656,5 +657,5 @@ def test_the_dashboard_is_optional_and_the_same_as_the_generated_one(helm):
     config_map = rendered[("ConfigMap", "openmodel-dashboard-cost")]
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     board = json.loads(config_map["data"]["openmodel-cost.json"])
-    assert board == dashboard_script.dashboard()
+    assert board == dashboard.dashboard()
     assert dashboard_script.main(["--check"]) == 0

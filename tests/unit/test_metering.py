@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import http.server
-import importlib.util
 import io
 import json
 import re
@@ -21,7 +20,7 @@ from openmodel.config.cost import CostConfig, parse_cost
 from openmodel.engine_metrics.exposition import QueueReading, read_queue
 from openmodel.engines import engine_for
 from openmodel.gateway.metrics import GatewayMetrics
-from openmodel.metering import report
+from openmodel.metering import dashboard, report
 from openmodel.metering.ledger import Holding, Ledger, PodSample, Totals, hourly_cost
 from openmodel.metering.metrics import MeteringMetrics
 from openmodel.telemetry import Telemetry
@@ -309,10 +308,6 @@ def test_openmodel_cost_says_why_it_cannot_read() -> None:
 
 
 def test_every_metric_a_dashboard_query_names_is_one_we_export() -> None:
-    spec = importlib.util.spec_from_file_location("dashboard", REPO / "hack" / "dashboard.py")
-    assert spec is not None and spec.loader is not None
-    board = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(board)
     registry = CollectorRegistry()
     MeteringMetrics(registry)
     Telemetry.create(registry)
@@ -320,5 +315,5 @@ def test_every_metric_a_dashboard_query_names_is_one_we_export() -> None:
     exported: set[str] = set()
     for family in registry.collect():
         exported.add(f"{family.name}_total" if family.type == "counter" else family.name)
-    named = {m for query in board.queries() for m in re.findall(r"openmodel_[a-z_]+", query)}
+    named = {m for query in dashboard.queries() for m in re.findall(r"openmodel_[a-z_]+", query)}
     assert named and named <= exported, named - exported

@@ -232,7 +232,8 @@ def dashboard_queries_answer(
 
         def counted() -> bool | NotYet:
             grown = prometheus.query(
-                f'increase(openmodel_engine_generation_tokens_total{{namespace="{ns}"}}[5m])'
+                "increase(openmodel_engine_generation_tokens_total"
+                f'{{namespace="{ns}",name="{REAL}"}}[5m])'
             )
             return bool(grown and float(grown[0]["value"][1]) > 0) or NotYet(grown)
 

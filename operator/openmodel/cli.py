@@ -9,13 +9,17 @@
 - `openmodel apikey create --namespace NS --service-account SA NAME` creates an APIKey
   (with your kubeconfig: RBAC on `apikeys` decides who may) carrying SA's rights at the
   gateway, and prints the key, once; only its digest is stored (docs/security.md).
+- `openmodel cost [--metrics-url URL | --prometheus URL --since 30d] [--compare-api IN OUT]`
+  prints GPU-hours, tokens and cost per ModelDeployment and namespace, and against a
+  paid API priced IN and OUT per million tokens, the monthly volume where the two meet
+  (docs/cost.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -217,6 +221,65 @@ def cmd_apikey(args: argparse.Namespace, _: PlatformConfig, out: TextIO) -> int:
     return 0
 
 
+_PERIOD_HOURS = {"m": 1 / 60, "h": 1.0, "d": 24.0, "w": 168.0}
+
+
+def _period_hours(period: str) -> float:
+    number, unit = period[:-1], period[-1:]
+    if unit not in _PERIOD_HOURS or not number.isdigit() or int(number) == 0:
+        raise ValueError(
+            f"--since must be a number and one of m, h, d, w (e.g. 30d), got {period!r}"
+        )
+    return int(number) * _PERIOD_HOURS[unit]
+
+
+def _get(url: str, timeout: float = 10.0) -> bytes:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        body: bytes = response.read()
+        return body
+
+
+def _prometheus_query(base: str) -> Callable[[str], list[tuple[dict[str, str], float]]]:
+    import json
+    import urllib.parse
+
+    def query(promql: str) -> list[tuple[dict[str, str], float]]:
+        url = f"{base.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
+        answer = json.loads(_get(url))
+        if answer.get("status") != "success":
+            raise ValueError(f"Prometheus refused {promql!r}: {answer.get('error')}")
+        return [(r["metric"], float(r["value"][1])) for r in answer["data"]["result"]]
+
+    return query
+
+
+def cmd_cost(args: argparse.Namespace, config: PlatformConfig, out: TextIO) -> int:
+    from openmodel.metering import report
+
+    try:
+        if args.prometheus:
+            hours = _period_hours(args.since)
+            usages = report.usage_from_prometheus(
+                _prometheus_query(args.prometheus), args.since, hours
+            )
+            source = f"{args.prometheus}, the last {args.since}"
+        else:
+            usages = report.usage_from_exposition(_get(args.metrics_url).decode())
+            source = f"{args.metrics_url}, since metering began"
+    except (OSError, ValueError, KeyError) as e:
+        print(f"openmodel cost: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    api = None if args.compare_api is None else report.ApiPrices(*args.compare_api)
+    seen = {a for u in usages.values() for a in u.accelerators}
+    unpriced = [a for a in seen if config.cost.gpu_hour_price(a) is None]
+    print(f"# {source}", file=out)
+    for line in report.report_lines(usages, config.cost.currency, api, unpriced):
+        print(line, file=out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="openmodel", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -249,10 +312,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--service-account", required=True, help="the ServiceAccount (of NAMESPACE) it acts as"
     )
     create.add_argument("--kubeconfig", default=None, help="default: $KUBECONFIG or ~/.kube")
+    cost = sub.add_parser("cost", help="GPU-hours, tokens and cost per ModelDeployment")
+    cost.add_argument(
+        "--metrics-url",
+        default="http://localhost:9090/metrics",
+        help="the operator's metrics (the leader's; e.g. through kubectl port-forward): "
+        "totals since metering began",
+    )
+    cost.add_argument("--prometheus", help="a Prometheus scraping the operator: use --since")
+    cost.add_argument("--since", default="30d", help="the period, with --prometheus (30d, 12h)")
+    cost.add_argument(
+        "--compare-api",
+        nargs=2,
+        type=float,
+        metavar=("PRICE_IN", "PRICE_OUT"),
+        help="a paid API's prices per million prompt and generated tokens",
+    )
     return parser
 
 
-COMMANDS = {"render": cmd_render, "validate": cmd_validate, "size": cmd_size, "apikey": cmd_apikey}
+COMMANDS = {
+    "render": cmd_render,
+    "validate": cmd_validate,
+    "size": cmd_size,
+    "apikey": cmd_apikey,
+    "cost": cmd_cost,
+}
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:

@@ -33,6 +33,7 @@ from openmodel.kube.cache import CHILD_KINDS, ObjectCache
 from openmodel.kube.kopf_tuning import NoDiffBase
 from openmodel.kube.leader import leader_elector
 from openmodel.kube.leadership import Leadership
+from openmodel.metering.loop import MeteringLoop
 from openmodel.model_resolver.store import ModelConfigStore
 from openmodel.operator_root import Operator, build_operator
 from openmodel.reconcile.reconciler import Reconciler
@@ -75,7 +76,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # Elected: another replica decided until now.
     leadership.when_elected(autoscaler.start_afresh)
     leadership.when_elected(operator.sweep)
-    operator.start(None if leadership.elector is None else {"leadership": leadership.run_forever()})
+    metering = MeteringLoop(api, config, leadership=leadership, cache=cache)
+    others = {"metering": metering.run_forever()}
+    if leadership.elector is not None:
+        others["leadership"] = leadership.run_forever()
+    operator.start(others)
     memo.operator = operator
 
 

@@ -33,6 +33,9 @@ import openai
 import pytest
 from kubernetes import client
 
+from openmodel.engine_metrics.exposition import parse_exposition
+from openmodel.metering import dashboard
+
 from harness import (
     Cluster,
     NotYet,
@@ -41,6 +44,7 @@ from harness import (
 )
 from harness.engine_fleet import EngineFleet
 from harness.k8s import create_namespace, delete_namespace, service_account_token
+from harness.prometheus import start_prometheus
 from openmodel_fixtures import (
     AUTOSCALER_POLL_SECONDS,
     GROUP,
@@ -191,6 +195,60 @@ def gateway_usage(metrics_url: str, namespace: str) -> dict[str, dict[str, float
     return found
 
 
+def engine_tokens(metrics_url: str, namespace: str) -> dict[str, float]:
+    """The operator's metering counters of the engines' tokens for the real model."""
+    with urllib.request.urlopen(f"{metrics_url}/metrics", timeout=5) as response:
+        exposition = parse_exposition(response.read().decode())
+    found: dict[str, float] = {}
+    for sample in exposition.samples:
+        if sample.name.endswith("_tokens_total") and dict(sample.labels) == {
+            "namespace": namespace,
+            "name": REAL,
+        }:
+            found[sample.name] = sample.value
+    return found
+
+
+def dashboard_queries_answer(
+    cluster: Cluster,
+    ns: str,
+    operator: OperatorProcess,
+    gateway: GatewayProcess,
+    engine_ip: str,
+) -> None:
+    """Every query of the Grafana dashboard (hack/dashboard.py), run by a real Prometheus
+    scraping the operator, the gateway and the real vLLM, returns data for this model."""
+    targets = {
+        "operator": operator.metrics_url.removeprefix("http://"),
+        "gateway": gateway.metrics_url.removeprefix("http://"),
+        "vllm": f"{engine_ip}:8000",
+    }
+    prometheus = start_prometheus(cluster.workdir / "prometheus", targets)
+    try:
+        prometheus.wait_until_scraped(list(targets))
+        # Something to count while it watches: one more answer.
+        status, _, _ = asyncio.run(burst(gateway.url, SERVED, 1))[0]
+        assert status == 200
+
+        def counted() -> bool | NotYet:
+            grown = prometheus.query(
+                "increase(openmodel_engine_generation_tokens_total"
+                f'{{namespace="{ns}",name="{REAL}"}}[5m])'
+            )
+            return bool(grown and float(grown[0]["value"][1]) > 0) or NotYet(grown)
+
+        wait_for(counted, 30, "Prometheus to see the answer's tokens counted")
+        assert prometheus.query("vllm:generation_tokens_total"), "the real vLLM, scraped"
+        empty = []
+        for query in dashboard.queries():
+            concrete = query.replace("$namespace", ns).replace("$__range", "5m")
+            if not prometheus.query(concrete):
+                empty.append(concrete)
+        assert not empty, f"dashboard queries without data: {empty}"
+    finally:
+        prometheus.stop()
+
+
 def add(total: dict[str, dict[str, float]], model: str, usage: dict[str, int]) -> None:
     counts = total.setdefault(model, {"prompt": 0.0, "completion": 0.0})
     counts["prompt"] += usage["prompt_tokens"]
@@ -199,10 +257,11 @@ def add(total: dict[str, dict[str, float]], model: str, usage: dict[str, int]) -
 
 def door_refuses_then_admits(
     api_client: client.ApiClient, cluster: Cluster, namespace: str
-) -> None:
+) -> dict[str, int]:
     """The real model and its adapter behind a gateway that enforces authentication: a
     caller of another namespace gets 401 without a token and 403 with its token, then 200
-    from the real engine (the adapter's own answer) once a RoleBinding grants `use`."""
+    from the real engine (the adapter's own answer) once a RoleBinding grants `use`.
+    Returns the `usage` the engine answered with, summed."""
     door = start_gateway(
         cluster.kubeconfig, cluster.workdir, name="gateway-real-door",
         auth={"mode": "enforce", "accessCacheSeconds": 1, "deniedCacheSeconds": 1},
@@ -240,8 +299,13 @@ def door_refuses_then_admits(
 
         answer = wait_for(adapter_answer, 30, "the RoleBinding to let the caller in")
         assert answer.model == ADAPTER and answer.usage.completion_tokens >= 1, answer
-        assert completion(token, SERVED).model == SERVED
+        base = completion(token, SERVED)
+        assert base.model == SERVED
         assert {SERVED, ADAPTER} <= {m.id for m in sdk(token).models.list()}
+        return {
+            "prompt": answer.usage.prompt_tokens + base.usage.prompt_tokens,
+            "completion": answer.usage.completion_tokens + base.usage.completion_tokens,
+        }
     finally:
         door.stop()
         delete_namespace(api_client, caller_ns)
@@ -318,7 +382,7 @@ def test_one_gateway_routes_every_model_and_a_real_vllm_scales_from_zero_and_bac
         after = sum(h.stats.succeeded for _, h in fleet.handles.values())
         assert after == before + 1, f"{name}: its own engine did not answer"
 
-    door_refuses_then_admits(api_client, cluster, ns)
+    through_the_door = door_refuses_then_admits(api_client, cluster, ns)
 
     # Usage: the counters equal the usage vLLM returned, streams included.
     returned: dict[str, dict[str, float]] = {}
@@ -348,6 +412,21 @@ def test_one_gateway_routes_every_model_and_a_real_vllm_scales_from_zero_and_bac
     counted = gateway_usage(gateway.metrics_url, ns)
     print(f"usage returned by vLLM {returned}; counted by the gateway {counted}")
     assert counted == returned
+    # The engine's own counters, as the operator's metering reads them, agree: what went
+    # through this gateway and through the door's.
+    served = {
+        "openmodel_engine_prompt_tokens_total": through_the_door["prompt"]
+        + sum(c["prompt"] for c in returned.values()),
+        "openmodel_engine_generation_tokens_total": through_the_door["completion"]
+        + sum(c["completion"] for c in returned.values()),
+    }
+
+    def metered() -> dict[str, float] | NotYet:
+        found = engine_tokens(operator.metrics_url, ns)
+        return found if found == served else NotYet((found, served))
+
+    wait_for(metered, 30, "the operator's metering to count what vLLM served")
+    dashboard_queries_answer(cluster, ns, operator, gateway, engine_pod.status.pod_ip)
 
     listed = {m["id"] for m in get_json(f"{gateway.url}/v1/models")["data"]}
     assert {SERVED, ADAPTER, *SIMULATED} <= listed

@@ -379,7 +379,10 @@ def test_scrape_and_decide_over_simulated_pods():
         finally:
             for h in handles:
                 await h.stop()
-        assert all(r == QueueReading(waiting=2.0, running=1.0) for r in results.values()), results
+        assert all(
+            isinstance(r, QueueReading) and (r.waiting, r.running) == (2.0, 1.0)
+            for r in results.values()
+        ), results
         observation = Observation.from_results(results, starting={"pod-new"})
         policy = ScalingPolicy(min_replicas=1, max_replicas=100, target_queue_depth=1)
         decision = decide(

@@ -7,6 +7,7 @@ README generated from values.yaml."""
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -34,8 +35,13 @@ from test_manifests import (
 
 import openmodel.config as config_module
 from openmodel.config import PlatformConfig, parse_config
+from openmodel.metering import dashboard
 
 helm = test_manifests.helm  # the fixture
+_spec = importlib.util.spec_from_file_location("dashboard_script", REPO / "hack" / "dashboard.py")
+assert _spec is not None and _spec.loader is not None
+dashboard_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(dashboard_script)
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 OTHER_NAMESPACE = "ai-platform"
@@ -212,6 +218,13 @@ accelerators:
     nodeLabelValues: [cpu-big]
     tolerations: [{key: pool, operator: Exists}]
 autoscaler: {pollSeconds: 5, tolerance: 0.1, scrapeTimeoutSeconds: 2}
+cost:
+  currency: EUR
+  gpuHourPrices: {nvidia-h100-80gb: 2.5, amd-mi300x: 3}
+  cpuCoreHourPrice: 0.02
+  memoryGiBHourPrice: 0.003
+  pollSeconds: 15
+  checkpointSeconds: 60
 adapters: {pollSeconds: 5}
 cache:
   accessMode: ReadWriteMany
@@ -636,3 +649,13 @@ def test_chart_readme_is_generated_from_the_current_values():
     for key in ("crds.enabled", "gateway.tolerations", "metrics.serviceMonitor.enabled",
                 "serviceAccount.create", "image.digest", "tests.enabled"):  # fmt: skip
         assert f"| `{key}` |" in readme, key
+
+
+def test_the_dashboard_is_optional_and_the_same_as_the_generated_one(helm):
+    assert not [k for k in template(helm) if k == ("ConfigMap", "openmodel-dashboard-cost")]
+    rendered = template(helm, "--set", "metrics.dashboard.enabled=true")
+    config_map = rendered[("ConfigMap", "openmodel-dashboard-cost")]
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    board = json.loads(config_map["data"]["openmodel-cost.json"])
+    assert board == dashboard.dashboard()
+    assert dashboard_script.main(["--check"]) == 0

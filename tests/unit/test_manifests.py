@@ -27,6 +27,7 @@ from openmodel.config import DEFAULT_ENGINE_IMAGES, PlatformConfig, parse_config
 from openmodel.engines import ENGINES
 from openmodel.kube import calls as kube
 from openmodel.kube import leader
+from openmodel.metering.loop import CHECKPOINT_NAME
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -239,16 +240,24 @@ def _lease_name() -> str:
     return found.group(1)
 
 
-def test_leader_election_is_a_namespaced_role_on_the_one_lease():
+def test_leader_election_is_a_namespaced_role_on_the_one_lease_and_the_checkpoint():
     assert _resource_of(leader.LEASES) == ("coordination.k8s.io", "leases")
     role = M[("Role", "openmodel-leader-election")]
     assert role["metadata"]["namespace"] == NAMESPACE
     assert grouped(rule_set(role)) == {
-        ("coordination.k8s.io", "leases"): {"get", "create", "update"}
+        ("coordination.k8s.io", "leases"): {"get", "create", "update"},
+        ("", "configmaps"): {"get", "create", "update"},
     }
-    # create cannot be limited by name; reading and renewing can.
-    by_names = {tuple(r.get("resourceNames", [])): sorted(r["verbs"]) for r in role["rules"]}
-    assert by_names == {(): ["create"], (_lease_name(),): ["get", "update"]}
+    # create cannot be limited by name; reading and renewing (saving) can.
+    by_names = {
+        (r["resources"][0], *r.get("resourceNames", [])): sorted(r["verbs"]) for r in role["rules"]
+    }
+    assert by_names == {
+        ("leases",): ["create"],
+        ("leases", _lease_name()): ["get", "update"],
+        ("configmaps",): ["create"],
+        ("configmaps", CHECKPOINT_NAME): ["get", "update"],
+    }
 
 
 def test_bindings_give_the_roles_to_the_operator_service_account():

@@ -51,6 +51,9 @@ inferenceExtension:      # InferencePool + HTTPRoute per model (config/inference
 privacy:                 # what may leave an engine pod, who may reach it (config/privacy.py)
   engineTelemetry: false # engines' own usage reporting stays off unless true
   networkPolicy: {enabled: true}  # a NetworkPolicy per ModelDeployment, its peers
+cost:                    # prices and metering: GPU-seconds, tokens, cost (config/cost.py)
+  currency: USD
+  gpuHourPrices: {nvidia-h100-80gb: 2.5}
 ```
 """
 
@@ -66,6 +69,7 @@ import yaml
 
 from openmodel.accelerators import AcceleratorCatalog, AcceleratorConfigError
 from openmodel.config.cache import CacheConfig, parse_cache
+from openmodel.config.cost import CostConfig, parse_cost
 from openmodel.config.errors import (
     ConfigError as ConfigError,  # re-exported: the error of every key
 )
@@ -163,6 +167,7 @@ class PlatformConfig:
     operator: OperatorConfig = field(default_factory=OperatorConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
 
 
 def _number(raw: Mapping[str, Any], key: str, where: str, default: float) -> float:
@@ -282,6 +287,7 @@ def parse_config(raw: Mapping[str, Any]) -> PlatformConfig:
         operator=_parse_operator(raw.get("operator", {})),
         privacy=parse_privacy(raw.get("privacy")),
         cache=parse_cache(raw.get("cache")),
+        cost=parse_cost(raw.get("cost")),
     )
 
 

@@ -75,10 +75,13 @@ class FailureKind(StrEnum):
 @dataclass(frozen=True, slots=True)
 class QueueReading:
     """A usable sample: ``waiting`` is finite and >= 0 (summed over the gauge's series).
-    ``running`` is informational and None when absent or unusable."""
+    ``running`` and the cumulative token counters are informational and None when absent
+    or unusable."""
 
     waiting: float
     running: float | None = None
+    prompt_tokens: float | None = None
+    generation_tokens: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,13 +394,17 @@ def read_queue(body: str, names: MetricNames) -> MetricResult:
     waiting = _usable(names.queue, queue_values)
     if isinstance(waiting, MetricFailure):
         return waiting
-    running: float | None = None
-    if names.running is not None:
-        running_values = _collect(body, names.running, gauge=False)
-        if isinstance(running_values, MetricFailure):
+    informational: list[float | None] = []
+    for name in (names.running, names.prompt_tokens, names.generation_tokens):
+        if name is None:
+            informational.append(None)
+            continue
+        values = _collect(body, name, gauge=False)
+        if isinstance(values, MetricFailure):
             # Broken syntax anywhere in what we read makes the whole body suspect.
-            return running_values
-        usable_running = _usable(names.running, running_values)
-        # Informational only: a missing or odd running gauge must not block scaling.
-        running = usable_running if isinstance(usable_running, float) else None
-    return QueueReading(waiting=waiting, running=running)
+            return values
+        usable = _usable(name, values)
+        # Informational only: a missing or odd series must not block scaling.
+        informational.append(usable if isinstance(usable, float) else None)
+    running, prompt_tokens, generation_tokens = informational
+    return QueueReading(waiting, running, prompt_tokens, generation_tokens)

@@ -84,12 +84,15 @@ def adapter_claims(spec: ModelDeploymentSpec) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class MetricNames:
-    """The gauges one engine exports on its metrics path, read by the autoscaler and the
-    gateway: the queue (the scaling signal) and, for information only, the requests
-    currently being served."""
+    """The series one engine exports on its metrics path: the queue gauge (the
+    autoscaler's signal, read by the gateway too), and, for information, the requests
+    being served and the cumulative token counters the metering reads (a counter's
+    `_total` sample, or a histogram's `_sum` where the engine counts tokens so)."""
 
     queue: str
     running: str | None = None
+    prompt_tokens: str | None = None
+    generation_tokens: str | None = None
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,10 @@ MEMORY = MemoryKnobs(
 HF_FILE_FLAG = "--hf-file"
 # `requests_deferred`: tasks that found no free slot and wait in the server's queue.
 METRIC_NAMES = MetricNames(
-    queue="llamacpp:requests_deferred", running="llamacpp:requests_processing"
+    queue="llamacpp:requests_deferred",
+    running="llamacpp:requests_processing",
+    prompt_tokens="llamacpp:prompt_tokens_total",
+    generation_tokens="llamacpp:tokens_predicted_total",
 )
 
 

@@ -46,7 +46,12 @@ MEMORY = MemoryKnobs(
     context_flags=("--context-length",),
     preallocates_lora_slots=True,
 )
-METRIC_NAMES = MetricNames(queue="sglang:num_queue_reqs", running="sglang:num_running_reqs")
+METRIC_NAMES = MetricNames(
+    queue="sglang:num_queue_reqs",
+    running="sglang:num_running_reqs",
+    prompt_tokens="sglang:prompt_tokens_total",
+    generation_tokens="sglang:generation_tokens_total",
+)
 # Adapters are loaded at start from --lora-paths, which it cannot list.
 LORA_PATHS_FLAG = "--lora-paths"
 ADAPTERS = AdapterSupport(object_store_sources=False)

@@ -48,7 +48,13 @@ MEMORY = MemoryKnobs(
     fraction_scale=0.95,
     context_flags=("--max-total-tokens",),
 )
-METRIC_NAMES = MetricNames(queue="tgi_queue_size", running="tgi_batch_current_size")
+# TGI counts tokens per request in histograms: their sums are the totals.
+METRIC_NAMES = MetricNames(
+    queue="tgi_queue_size",
+    running="tgi_batch_current_size",
+    prompt_tokens="tgi_request_input_length_sum",
+    generation_tokens="tgi_request_generated_tokens_sum",
+)
 # The adapters a pod loads at start, `name=path,...` (see `env`). It exits if one fails
 # to load, and cannot list them.
 LORA_ADAPTERS_ENV = "LORA_ADAPTERS"

@@ -59,7 +59,12 @@ RUNTIME_ADAPTER_API = AdapterApi(
     path_field="lora_path",
 )
 # Gauges labelled `engine`, one series per engine core with data parallelism.
-METRIC_NAMES = MetricNames(queue="vllm:num_requests_waiting", running="vllm:num_requests_running")
+METRIC_NAMES = MetricNames(
+    queue="vllm:num_requests_waiting",
+    running="vllm:num_requests_running",
+    prompt_tokens="vllm:prompt_tokens_total",
+    generation_tokens="vllm:generation_tokens_total",
+)
 ADAPTERS = AdapterSupport(object_store_sources=True, runtime_api=RUNTIME_ADAPTER_API)
 # Memory: `--gpu-memory-utilization` (default 0.9) x the card for weights, activations
 # and the KV cache, allocated at start; every LoRA slot (--max-loras) is preallocated.

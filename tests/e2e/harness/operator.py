@@ -42,6 +42,8 @@ TEST_PLATFORM_CONFIG: dict[str, dict[str, Any]] = {
     # operator reads the gateway's held requests from its /demand URL (set at start; on
     # the gateway's metrics port).
     "gateway": {"queuePollSeconds": 0.5, "holdSeconds": 600},
+    # Metering reads every engine's token counters; a test waits for one poll.
+    "cost": {"pollSeconds": 1.0},
 }
 
 

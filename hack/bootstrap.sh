@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests need, on a fresh machine of this kind: a virtual
 # environment with the pinned Python dependencies, the Go-built control plane, Argo CD,
-# the kstatus check and kubeconform (cached, rebuilt only when missing), Debian's Lua 5.1
+# the kstatus check, Prometheus and kubeconform (cached, rebuilt only when missing), Debian's Lua 5.1
 # for the Argo CD health-check tests and redis for Argo CD, the vLLM CPU environment and
 # llama-server for the real-engine tests, and checkov. Safe to run again: each step skips
 # what is already there. The demo (hack/demo.sh) runs only the parts it uses.

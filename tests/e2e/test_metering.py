@@ -7,7 +7,10 @@ simulated engines on their IPs.
   the restart loses nothing for pods that kept running;
 - the engines' token counters, as the operator counts them, equal the sum of the
   answers' `usage`;
-- at zero replicas nothing more is counted, and the totals stay;
+- an engine restarted inside its pod (its counters from zero), and a scale to zero and
+  back, add what was served afterwards and count nothing twice;
+- at zero replicas nothing more is counted, the totals stay and the checkpoint is not
+  rewritten;
 - `openmodel cost` prints the cost per million tokens computed by hand from those.
 """
 
@@ -138,6 +141,15 @@ def test_gpu_seconds_tokens_and_cost_as_the_world_says(
 
         wait_for(counted_tokens, TIMEOUT, "the engines' tokens counted")
 
+        # An engine restarts inside its pod: its counters start again from zero; what it
+        # serves afterwards is added, nothing is counted twice.
+        engine_ip = urls[0].split("//", 1)[1].rsplit(":", 1)[0]
+        fleet.restart_engine(engine_ip)
+        after_restart = [complete(urls[0], "word " * 4, 2) for _ in range(3)]
+        prompt += sum(a["prompt_tokens"] for a in after_restart)
+        generated += sum(a["completion_tokens"] for a in after_restart)
+        wait_for(counted_tokens, TIMEOUT, "the restarted engine's tokens added once")
+
         def gpu_time_within_one_poll(operator: OperatorProcess) -> None:
             before = datetime.now().timestamp()
             found = series(operator, ns)
@@ -200,6 +212,21 @@ def test_gpu_seconds_tokens_and_cost_as_the_world_says(
         # Nothing counted, nothing saved: an idle model costs the API server no writes.
         again = core.read_namespaced_config_map(CHECKPOINT_NAME, ns).metadata.resource_version
         assert again == saved
+
+        # And back: new pods, new engines; their tokens are added to the totals.
+        client.CustomObjectsApi(api_client).patch_namespaced_custom_object(
+            GROUP, VERSION, ns, PLURAL, NAME, {"spec": {"replicas": 1}}
+        )
+
+        def one_engine() -> list[str] | NotYet:
+            urls = fleet.urls() if fleet else []
+            return urls if len(urls) == 1 else NotYet(urls)
+
+        (back,) = wait_for(one_engine, TIMEOUT, "one simulated engine on the new pod")
+        later = [complete(back, "word " * 6, 3) for _ in range(2)]
+        prompt += sum(a["prompt_tokens"] for a in later)
+        generated += sum(a["completion_tokens"] for a in later)
+        wait_for(counted_tokens, TIMEOUT, "the tokens of the model back from zero added")
     finally:
         if fleet is not None:
             fleet.stop()

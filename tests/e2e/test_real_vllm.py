@@ -51,7 +51,7 @@ from real_engine.cluster_objects import (
 )
 from real_engine.cpu import CPU_ARGS, CPU_ENV, START_TIMEOUT
 from real_engine.metrics_contract import compare_families, scrape
-from real_engine.openai_contract import compare_streams
+from real_engine.openai_contract import compare_acceptance, compare_streams
 
 pytestmark = [pytest.mark.cluster, pytest.mark.real_engine]
 
@@ -290,6 +290,11 @@ def test_simulator_metrics_match_the_real_vllm(served: Served) -> None:
 
 def test_simulator_streams_match_the_real_vllm(served: Served) -> None:
     problems = compare_streams(f"http://{served.pod.status.pod_ip}:8000")
+    assert not problems, "\n".join(problems)
+
+
+def test_simulator_accepts_and_refuses_the_requests_the_real_vllm_does(served: Served) -> None:
+    problems = compare_acceptance(f"http://{served.pod.status.pod_ip}:8000")
     assert not problems, "\n".join(problems)
 
 

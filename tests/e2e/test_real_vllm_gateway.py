@@ -209,6 +209,17 @@ def engine_tokens(metrics_url: str, namespace: str) -> dict[str, float]:
     return found
 
 
+def metered_series(metrics_url: str, namespace: str, name: str) -> float:
+    """One metering series of the real model, summed over its other labels."""
+    with urllib.request.urlopen(f"{metrics_url}/metrics", timeout=5) as response:
+        exposition = parse_exposition(response.read().decode())
+    return sum(
+        s.value
+        for s in exposition.samples
+        if s.name == name and s.label("namespace") == namespace and s.label("name") == REAL
+    )
+
+
 def dashboard_queries_answer(
     cluster: Cluster,
     ns: str,
@@ -426,6 +437,16 @@ def test_one_gateway_routes_every_model_and_a_real_vllm_scales_from_zero_and_bac
         return found if found == served else NotYet((found, served))
 
     wait_for(metered, 30, "the operator's metering to count what vLLM served")
+    # GPU time: the process-node pod's time since its start, times its one GPU, within
+    # one metering poll (1 s) and the start time's one-second resolution.
+    started = engine_pod.status.start_time.timestamp()
+    before = time.time()
+    gpu_seconds = metered_series(operator.metrics_url, ns, "openmodel_gpu_seconds_total")
+    after = time.time()
+    assert before - started - 4.0 <= gpu_seconds <= after - started + 2.0, (
+        before - started,
+        gpu_seconds,
+    )
     dashboard_queries_answer(cluster, ns, operator, gateway, engine_pod.status.pod_ip)
 
     listed = {m["id"] for m in get_json(f"{gateway.url}/v1/models")["data"]}

@@ -140,6 +140,27 @@ def test_chat_completion_response_shape():
     run(main)
 
 
+def test_chat_takes_openai_content_parts_and_counts_their_text():
+    async def main() -> None:
+        parts = [{"type": "text", "text": "hello there"}, {"type": "text", "text": "friend"}]
+        async with simulator("vllm") as (_, client):
+            status, body = await post(
+                client,
+                "/v1/chat/completions",
+                {"model": MODEL, "messages": [{"role": "user", "content": parts}], "max_tokens": 2},
+            )
+            image = [{"type": "image_url", "image_url": {"url": "http://x/cat.png"}}]
+            refused, answer = await post(
+                client,
+                "/v1/chat/completions",
+                {"model": MODEL, "messages": [{"role": "user", "content": image}]},
+            )
+        assert status == 200 and body["usage"] == usage(3, 2)
+        assert refused == 400 and "text content parts" in answer["error"]["message"]
+
+    run(main)
+
+
 def test_models_and_health():
     async def main() -> None:
         async with simulator("vllm") as (_, client):

@@ -219,6 +219,30 @@ def _include_usage(body: dict[str, Any]) -> bool:
     return bool(options.get("include_usage"))
 
 
+def _message_text(message: object) -> str:
+    """A chat message's text: its content as a string, or its text parts joined (OpenAI's
+    content parts, `[{"type": "text", "text": ...}]`, as clients such as `vllm bench serve`
+    send them). The simulator serves a text model: other kinds of parts are refused, as
+    vLLM refuses them for a model without that modality."""
+    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+        raise _BadRequest("each message needs a role and a content")
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if content is None and message["role"] == "assistant":
+        return ""  # an assistant turn that only called tools
+    if not isinstance(content, list):
+        raise _BadRequest("a message's content must be a string or a list of content parts")
+    texts = []
+    for part in content:
+        if not isinstance(part, dict) or part.get("type") != "text":
+            raise _BadRequest("only text content parts are supported by this model")
+        if not isinstance(part.get("text"), str):
+            raise _BadRequest("a text content part needs a string `text`")
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
 def _strings(value: object, key: str) -> list[str]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not items or not all(isinstance(p, str) for p in items):
@@ -395,11 +419,7 @@ class _Simulator:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise _BadRequest("messages must be a non-empty list")
-        contents = []
-        for message in messages:
-            if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-                raise _BadRequest("each message needs a role and a string content")
-            contents.append(message["content"])
+        contents = [_message_text(message) for message in messages]
         # OpenAI's newer name wins over the older one.
         max_tokens = _positive_int(body, "max_tokens", _DEFAULT_COMPLETION_TOKENS)
         max_tokens = _positive_int(body, "max_completion_tokens", max_tokens)

@@ -109,6 +109,25 @@ class EngineFleet:
                 self.handles[ip] = (pod, handle)
             await asyncio.sleep(0.2)
 
+    def restart_engine(self, ip: str) -> None:
+        """The engine on `ip` restarts inside its pod (a crash the kubelet restarts): a new
+        process on the same address, its counters from zero."""
+
+        async def restart() -> None:
+            pod, handle = self.handles[ip]
+            await handle.stop(drain_seconds=0)
+            fresh = await start_simulator(
+                self.engine,
+                ip,
+                self.port,
+                slots=self.slots,
+                service_time=self.service_time,
+                model=self.model,
+            )
+            self.handles[ip] = (pod, fresh)
+
+        self.run(restart())
+
     async def _retire(self, pod: str, handle: SimulatorHandle) -> None:
         try:
             await handle.stop(drain_seconds=self.drain_seconds)

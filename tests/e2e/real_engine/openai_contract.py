@@ -1,13 +1,17 @@
-"""The simulator's streams against a real vLLM's: the same streamed chat and completion
+"""The simulator against a real vLLM. Streams: the same streamed chat and completion
 requests to both, compared by structure — the keys at every level and their order, the
 `object` values, the order of the chunks (chat: role chunk, content chunks, the chunk
 with finish_reason, the usage chunk; then `data: [DONE]`), the SSE framing and the
-Content-Type — never the generated text, ids or timestamps."""
+Content-Type — never the generated text, ids or timestamps. Requests: the shapes clients
+send (content parts, `max_completion_tokens`, sampling parameters, ...) get the same
+answer status from both: what vLLM accepts, the simulator accepts, and what vLLM refuses
+with 400, the simulator refuses too."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +51,75 @@ def requests() -> dict[str, tuple[str, dict[str, Any]]]:
         "chat": ("/v1/chat/completions", chat),
         "chat+usage": ("/v1/chat/completions", {**chat, **usage}),
     }
+
+
+def request_shapes() -> dict[str, tuple[str, dict[str, Any]]]:
+    """Name -> (path, body): the request shapes a client may send, not streamed."""
+    chat: dict[str, Any] = {"model": MODEL, "max_tokens": 2}
+    user = {"role": "user", "content": "hello"}
+    parts = {"role": "user", "content": [{"type": "text", "text": "hello"},
+                                         {"type": "text", "text": "there"}]}  # fmt: skip
+    completion: dict[str, Any] = {"model": MODEL, "prompt": "the cat", "max_tokens": 2}
+    return {
+        "chat, string content": ("/v1/chat/completions", {**chat, "messages": [user]}),
+        "chat, content parts": ("/v1/chat/completions", {**chat, "messages": [parts]}),
+        "chat, system and assistant turns": ("/v1/chat/completions", {**chat, "messages": [
+            {"role": "system", "content": "be brief"}, user,
+            {"role": "assistant", "content": "hi"}, user]}),
+        "chat, max_completion_tokens": ("/v1/chat/completions", {
+            "model": MODEL, "messages": [user], "max_completion_tokens": 2}),
+        "chat, sampling and ignore_eos": ("/v1/chat/completions", {
+            **chat, "messages": [user], "temperature": 0.7, "top_p": 0.9, "seed": 7,
+            "stop": ["\n\n"], "ignore_eos": True, "user": "someone"}),
+        "chat, stream_options without stream": ("/v1/chat/completions", {
+            **chat, "messages": [user], "stream": False,
+            "stream_options": {"include_usage": True}}),
+        "chat, max_tokens null": ("/v1/chat/completions", {
+            "model": MODEL, "messages": [user], "max_tokens": None, "max_completion_tokens": 2}),
+        "completion, prompt list": ("/v1/completions", {**completion, "prompt": ["the cat"]}),
+        "completion, sampling and ignore_eos": ("/v1/completions", {
+            **completion, "temperature": 0, "seed": 1, "ignore_eos": True, "stop": "."}),
+        # Refused by both:
+        "chat, no messages": ("/v1/chat/completions", {**chat, "messages": []}),
+        "chat, content a number": ("/v1/chat/completions", {
+            **chat, "messages": [{"role": "user", "content": 5}]}),
+        "completion, max_tokens 0": ("/v1/completions", {**completion, "max_tokens": 0}),
+    }  # fmt: skip
+
+
+def answer_status(base: str, path: str, body: dict[str, Any]) -> int:
+    request = urllib.request.Request(
+        f"{base}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
+def compare_acceptance(real_base: str) -> list[str]:
+    """Request shapes the real engine and the simulator answer with different statuses."""
+
+    async def simulated() -> dict[str, int]:
+        handle = await start_simulator("vllm", "127.0.0.1", 0, service_time=0.01, model=MODEL)
+        try:
+            return {
+                name: await asyncio.to_thread(answer_status, handle.url, path, body)
+                for name, (path, body) in request_shapes().items()
+            }
+        finally:
+            await handle.stop()
+
+    sim = asyncio.run(simulated())
+    problems = []
+    for name, (path, body) in request_shapes().items():
+        real = answer_status(real_base, path, body)
+        if real != sim[name]:
+            problems.append(f"{name}: real vLLM {real}, simulator {sim[name]}: {body}")
+    return problems
 
 
 def _keys(value: Any) -> Any:

@@ -241,7 +241,8 @@ def test_completion_stream_is_vllms_format():
             body = {"model": MODEL, "prompt": "a b c", "max_tokens": 4, "stream": True,
                     "stream_options": {"include_usage": True}}  # fmt: skip
             content_type, chunks = await stream(client, "/v1/completions", body)
-            _, plain = await post(client, "/v1/completions", {**body, "stream": False})
+            unstreamed = {k: v for k, v in body.items() if k != "stream_options"}
+            _, plain = await post(client, "/v1/completions", {**unstreamed, "stream": False})
             assert handle.stats.generation_tokens == 8
         assert content_type == "text/event-stream; charset=utf-8"
         *tokens, last = chunks

@@ -340,6 +340,9 @@ class _Simulator:
         # vLLM refuses other model names; TGI serves one model whatever is asked.
         if self.engine == "vllm" and body.get("model") != self.model:
             raise _BadRequest(f"The model `{body.get('model')}` does not exist.", status=404)
+        if body.get("stream_options") is not None and not stream:
+            # As vLLM answers it (the real engine's contract, tests/e2e/real_engine).
+            raise _BadRequest("Stream options can only be defined when `stream=True`.")
         return stream
 
     def _head(self, request: web.Request, prefix: str, kind: str) -> bodies.Head:

@@ -1,6 +1,6 @@
 """Prefix affinity: requests that begin alike go to the same pod, where the engine's
-prefix cache (an engine's automatic prefix caching) already holds that beginning, unless that
-pod is loaded beyond a bound. Pure, no I/O.
+automatic prefix cache already holds that beginning, unless that pod is loaded beyond a
+bound. Pure, no I/O.
 
 The key of a request is a hash of its adapter (an adapter's cache is its own) and the
 first `prefix_characters` characters of its prompt: a completion's prompt, or a chat's

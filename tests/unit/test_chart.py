@@ -263,6 +263,7 @@ gateway:
     defaultMaxTokens: 512
     windowSeconds: 30
     replicas: auto
+  balancing: {policy: prefix, prefixCharacters: 1024, loadFactor: 1.5}
 startupBudgetSeconds: 1800
 clusterDomain: cluster.local
 operator: {workers: 16, apiQPS: 100, apiBurst: 200, cacheAuditSeconds: 3600}

@@ -31,6 +31,7 @@ gateway:                 # the OpenAI gateway (python -m openmodel.gateway)
   auth: {mode: enforce}  # off | audit | enforce, caches (config/gateway_auth.py)
   tls: {}                # {certFile, keyFile}: serve HTTPS (config/gateway_auth.py)
   limits: {}             # per identity / per namespace budgets (config/gateway_limits.py)
+  balancing: {policy: least-load, prefixCharacters: 512, loadFactor: 1.25}  # or policy: prefix
 startupBudgetSeconds: 1800
 clusterDomain: cluster.local
 operator:                # the operator process itself (docs/configuration.md)
@@ -136,6 +137,44 @@ class GatewayConfig:
     auth: GatewayAuthConfig = field(default_factory=GatewayAuthConfig)
     tls: GatewayTlsConfig = field(default_factory=GatewayTlsConfig)
     limits: GatewayLimitsConfig = field(default_factory=GatewayLimitsConfig)
+    balancing: BalancingConfig = field(default_factory=lambda: BalancingConfig())
+
+
+BALANCING_POLICIES: Final = ("least-load", "prefix")
+
+
+@dataclass(frozen=True)
+class BalancingConfig:
+    """How the gateway picks a pod (gateway/balancer.py, gateway/affinity.py)."""
+
+    policy: str = "least-load"
+    # The prompt's leading characters that make its key: about a system prompt's length.
+    prefix_characters: int = 512
+    # A pod may take a request while its load stays within factor x the mean load.
+    load_factor: float = 1.25
+
+
+def _parse_balancing(raw: Any) -> BalancingConfig:
+    raw = checked_mapping(
+        {} if raw is None else raw,
+        "gateway.balancing",
+        ("policy", "prefixCharacters", "loadFactor"),
+    )
+    d = BalancingConfig()
+    policy = raw.get("policy", d.policy)
+    if policy not in BALANCING_POLICIES:
+        raise ConfigError(
+            f"gateway.balancing.policy must be one of {', '.join(BALANCING_POLICIES)}, "
+            f"got {policy!r}"
+        )
+    factor = raw.get("loadFactor", d.load_factor)
+    if isinstance(factor, bool) or not isinstance(factor, int | float) or not factor >= 1:
+        raise ConfigError(f"gateway.balancing.loadFactor must be a number >= 1, got {factor!r}")
+    return BalancingConfig(
+        policy=policy,
+        prefix_characters=_whole(raw, "prefixCharacters", "gateway.balancing", d.prefix_characters),
+        load_factor=float(factor),
+    )
 
 
 @dataclass(frozen=True)
@@ -201,7 +240,7 @@ def _text(raw: Mapping[str, Any], key: str, where: str, default: str) -> str:
 def _parse_gateway(raw: Any) -> GatewayConfig:
     known = (
         "namespaces", "holdSeconds", "holdQueueLength", "maxBodyBytes", "queuePollSeconds",
-        "demandSelector", "demandNamespace", "demandUrls", "auth", "tls", "limits",
+        "demandSelector", "demandNamespace", "demandUrls", "auth", "tls", "limits", "balancing",
     )  # fmt: skip
     raw = checked_mapping(raw, "gateway", known)
     d = GatewayConfig()
@@ -217,6 +256,7 @@ def _parse_gateway(raw: Any) -> GatewayConfig:
         auth=parse_gateway_auth(raw.get("auth")),
         tls=parse_gateway_tls(raw.get("tls")),
         limits=parse_gateway_limits(raw.get("limits")),
+        balancing=_parse_balancing(raw.get("balancing")),
     )
 
 

@@ -1,8 +1,12 @@
-"""Which pod gets the next request: least outstanding work. Pure bookkeeping, no I/O.
+"""Which pod gets the next request. Pure bookkeeping, no I/O.
 
 Outstanding work on a pod = the gateway's own requests in flight to it + the queue the
 engine reported at its last scrape (requests from other gateways, or sent straight to
-the pod, that the gateway did not count itself). Ties rotate, so equal pods share.
+the pod, that the gateway did not count itself). Two policies (`gateway.balancing`):
+- `least-load`: the pod with the least outstanding work; ties rotate, so equal pods share;
+- `prefix`: requests that begin alike go to one pod (its prefix cache holds their
+  beginning) while its load stays within a bound of the mean (affinity.py); requests
+  without a prompt to key on fall back to least-load.
 An adapter request only goes to pods whose engine lists that adapter as loaded.
 """
 
@@ -12,6 +16,7 @@ import itertools
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
+from openmodel.gateway.affinity import RingCache, bounded_pick
 from openmodel.gateway.routes import Endpoint, ObjectKey
 
 PodKey = tuple[ObjectKey, str]
@@ -22,7 +27,14 @@ class Balancer:
     in_flight: dict[PodKey, int] = field(default_factory=dict)
     engine_waiting: dict[PodKey, float] = field(default_factory=dict)
     loaded_adapters: dict[PodKey, frozenset[str]] = field(default_factory=dict)
+    policy: str = "least-load"
+    load_factor: float = 1.25
     _turn: itertools.count[int] = field(default_factory=itertools.count)
+    _rings: RingCache = field(default_factory=RingCache.empty)
+
+    def load(self, key: ObjectKey, pod: str) -> float:
+        pk = (key, pod)
+        return self.in_flight.get(pk, 0) + self.engine_waiting.get(pk, 0.0)
 
     def eligible(
         self, key: ObjectKey, endpoints: Sequence[Endpoint], adapter: str | None
@@ -37,17 +49,28 @@ class Balancer:
         endpoints: Sequence[Endpoint],
         adapter: str | None = None,
         exclude: Collection[str] = (),
+        affinity: int | None = None,
     ) -> Endpoint | None:
+        """`affinity`: the request's prefix key (affinity.affinity_key), used by the
+        `prefix` policy."""
         choices = [e for e in self.eligible(key, endpoints, adapter) if e.pod not in exclude]
         if not choices:
             return None
+        if self.policy == "prefix" and affinity is not None and len(choices) > 1:
+            return bounded_pick(
+                affinity,
+                choices,
+                lambda e: e.pod,
+                lambda e: self.load(key, e.pod),
+                self.load_factor,
+                self._rings,
+            )
         turn = next(self._turn)
         n = len(choices)
 
         def score(item: tuple[int, Endpoint]) -> tuple[float, int]:
             i, e = item
-            pk = (key, e.pod)
-            return (self.in_flight.get(pk, 0) + self.engine_waiting.get(pk, 0.0), (i - turn) % n)
+            return (self.load(key, e.pod), (i - turn) % n)
 
         return min(enumerate(choices), key=score)[1]
 

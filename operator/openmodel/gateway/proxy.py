@@ -46,6 +46,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from openmodel.config import GatewayConfig
 from openmodel.engines import engine_for
+from openmodel.gateway.affinity import affinity_key
 from openmodel.gateway.auth.access_control import AccessControl
 from openmodel.gateway.balancer import Balancer
 from openmodel.gateway.caller import caller_of
@@ -107,6 +108,8 @@ class Gateway:
     _session: aiohttp.ClientSession | None = None
 
     def __post_init__(self) -> None:
+        self.balancer.policy = self.config.balancing.policy
+        self.balancer.load_factor = self.config.balancing.load_factor
         self.limiter = Limiter(self.config.limits, replicas=lambda: self.replicas.current)
         self.metrics.limit_replicas.set_function(lambda: self.replicas.current)
 
@@ -299,9 +302,15 @@ class Gateway:
             )
         plan = UsagePlan.of(request.path, body)
         exchange = Exchange(plan.reader(), prompt)
+        balancing = self.config.balancing
+        affinity = (
+            affinity_key(body, route.adapter, balancing.prefix_characters)
+            if balancing.policy == "prefix"
+            else None
+        )
         try:
             return await self._route(
-                request, plan.forwarded_body(raw, body), model, route, received, exchange
+                request, plan.forwarded_body(raw, body), model, route, received, exchange, affinity
             )
         finally:
             self._settle(admitted, exchange, (*labels, model, *who))
@@ -338,6 +347,7 @@ class Gateway:
         route: Route,
         received: float,
         exchange: Exchange,
+        affinity: int | None = None,
     ) -> web.StreamResponse:
         """Pick a pod (holding while there is none) and forward, until one answers."""
         key = route.backend.key
@@ -349,7 +359,7 @@ class Gateway:
         tried: set[str] = set()
         while True:
             endpoint = self.balancer.pick(
-                key, self.table.endpoints(key), route.adapter, exclude=tried
+                key, self.table.endpoints(key), route.adapter, exclude=tried, affinity=affinity
             )
             if endpoint is None:
                 # No pod (or every pod refused the connection once): wait for a change.

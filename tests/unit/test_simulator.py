@@ -18,6 +18,7 @@ from openmodel.engine_metrics.exposition import QueueReading, parse_exposition, 
 from openmodel.engines import ENGINES
 from openmodel.simulator import SimulatorHandle, start_simulator
 from openmodel.simulator.exposition import Histogram, go_float, rust_float
+from openmodel.simulator.prefix_cache import PrefixCache
 from openmodel.simulator.server import PREFILL_FRACTION
 
 VLLM_METRICS = ENGINES["vllm"].metric_names
@@ -707,3 +708,54 @@ def test_cli_rejects_bad_arguments():
         return await asyncio.wait_for(process.wait(), 60)
 
     assert run(main) == 2
+
+
+def test_the_prefix_cache_holds_leading_blocks_after_the_same_beginning() -> None:
+    cache = PrefixCache(block_tokens=4, capacity_blocks=4)
+    prompt = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]  # two full blocks and a partial one
+    assert cache.cached_tokens(prompt) == 0
+    assert cache.cached_tokens(prompt) == 8
+    # Same second block after another beginning: nothing (blocks chain from the start).
+    assert cache.cached_tokens(["x", "y", "z", "w", "e", "f", "g", "h"]) == 0
+    # Shared first block only.
+    assert cache.cached_tokens(["a", "b", "c", "d", "q", "q", "q", "q"]) == 4
+    # Capacity 4 blocks: storing "q q q q" evicted the least recently used, "e f g h"
+    # after "a b c d"; "a b c d", just used, is still there.
+    assert cache.cached_tokens(prompt) == 4
+
+
+def test_a_repeated_prefix_is_counted_as_vllm_does_and_prefills_faster() -> None:
+    system = "you answer questions about the payroll policy of the company " * 8
+
+    async def main() -> None:
+        handle = await start_simulator(
+            "vllm", "127.0.0.1", 0, 2, 0.0, MODEL, prefill_seconds_per_token=0.002
+        )
+        try:
+            async with aiohttp.ClientSession(base_url=handle.url) as client:
+                timings = []
+                for question in ("what is my salary", "when is payday"):
+                    body = {
+                        "model": MODEL,
+                        "max_tokens": 1,
+                        "messages": [
+                            {"role": "system", "content": system},
+                            {"role": "user", "content": question},
+                        ],
+                    }
+                    started = time.perf_counter()
+                    status, _ = await post(client, "/v1/chat/completions", body)
+                    timings.append(time.perf_counter() - started)
+                    assert status == 200
+                _, text = await get_text(client, "/metrics")
+        finally:
+            await handle.stop()
+        exposition = parse_exposition(text)
+        queries = sum(exposition.values("vllm:prefix_cache_queries_total"))
+        hits = sum(exposition.values("vllm:prefix_cache_hits_total"))
+        assert queries == 2 * 80 + 4 + 3  # two system prompts of 80 words, two questions
+        assert hits == 80  # the second request's system prompt: five 16-token blocks
+        # 80 cached tokens at 2 ms each: the second prefill is 160 ms shorter.
+        assert timings[0] - timings[1] > 0.1, timings
+
+    run(main)

@@ -77,6 +77,9 @@ class EngineStats:
     running: int = 0
     prompt_tokens: int = 0
     generation_tokens: int = 0
+    # The prefix cache (prefix_cache.py), in tokens as vLLM counts them.
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
     requests: int = 0
     succeeded: int = 0
     # Finished requests by vLLM's finished_reason ("length", "stop").
@@ -188,6 +191,18 @@ def render_vllm(stats: EngineStats, model: str) -> str:
         "counter",
         "Number of generation tokens processed.",
         stats.generation_tokens,
+    )
+    family(
+        "vllm:prefix_cache_queries_total",
+        "counter",
+        "Prefix cache queries, in terms of number of queried tokens.",
+        stats.prefix_cache_queries,
+    )
+    family(
+        "vllm:prefix_cache_hits_total",
+        "counter",
+        "Prefix cache hits, in terms of number of cached tokens.",
+        stats.prefix_cache_hits,
     )
     success = "vllm:request_success_total"
     lines.append(f"# HELP {success} Count of successfully processed requests.")

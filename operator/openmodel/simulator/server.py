@@ -53,6 +53,7 @@ from openmodel.simulator.exposition import (
     render_tgi,
     render_vllm,
 )
+from openmodel.simulator.prefix_cache import PrefixCache
 
 __all__ = ["ENGINES", "PREFILL_FRACTION", "SimulatorHandle", "build_app", "start_simulator"]
 
@@ -81,6 +82,14 @@ class _BadRequest(Exception):
 
 
 @dataclass(frozen=True)
+class _Prompt:
+    """A prompt's tokens, and how many of the leading ones the prefix cache held."""
+
+    tokens: int
+    cached: int = 0
+
+
+@dataclass(frozen=True)
 class _Admission:
     """A request that got its slot: when it arrived and when it started (loop time)."""
 
@@ -91,9 +100,13 @@ class _Admission:
 class _Engine:
     """The queue and the slots."""
 
-    def __init__(self, slots: int, service_time: float) -> None:
+    def __init__(
+        self, slots: int, service_time: float, prefill_seconds_per_token: float = 0.0
+    ) -> None:
         self.stats = EngineStats(slots=slots)
         self.service_time = service_time
+        self.prefill_seconds_per_token = prefill_seconds_per_token
+        self.prefix_cache = PrefixCache()
         self._slots = asyncio.Semaphore(slots)
         # Set by a stop that cuts what is in flight: an abort from then on is the stop's.
         self.cutting = False
@@ -104,8 +117,17 @@ class _Engine:
         else:
             self.stats.disconnected += 1
 
+    def prompt(self, text: str) -> _Prompt:
+        """A prompt's token count and the part of it the prefix cache holds."""
+        words = text.split()
+        return _Prompt(max(1, len(words)), self.prefix_cache.cached_tokens(words))
+
+    def prefill_delay(self, prompt: _Prompt) -> float:
+        """The prefill of the tokens the prefix cache did not hold."""
+        return self.prefill_seconds_per_token * (prompt.tokens - prompt.cached)
+
     @contextlib.asynccontextmanager
-    async def slot(self, prompt_tokens: int) -> AsyncIterator[_Admission]:
+    async def slot(self, prompt_tokens: int, cached: int = 0) -> AsyncIterator[_Admission]:
         """Wait in the queue for a slot and hold it; an abort (client gone, or a stop)
         is counted on the way out."""
         loop = asyncio.get_running_loop()
@@ -127,6 +149,8 @@ class _Engine:
         stats.tgi_queue_duration.observe(queued)
         stats.running += 1
         stats.prompt_tokens += prompt_tokens
+        stats.prefix_cache_queries += prompt_tokens
+        stats.prefix_cache_hits += cached
         try:
             yield _Admission(arrived, started)
         except (asyncio.CancelledError, ConnectionResetError):
@@ -144,23 +168,24 @@ class _Engine:
         stats.e2e.observe(elapsed)
         stats.tgi_duration.observe(elapsed)
 
-    async def serve(
-        self, prompt_tokens: int, completion_tokens: int, reason: str = "length"
-    ) -> None:
-        """One request not streamed: the slot for service_time, tokens counted at the end."""
-        async with self.slot(prompt_tokens) as admission:
-            await asyncio.sleep(self.service_time)  # the simulated GPU work
+    async def serve(self, prompt: _Prompt, completion_tokens: int, reason: str = "length") -> None:
+        """One request not streamed: the slot for service_time (and the prefill of what
+        the prefix cache did not hold), tokens counted at the end."""
+        async with self.slot(prompt.tokens, prompt.cached) as admission:
+            await asyncio.sleep(self.service_time + self.prefill_delay(prompt))
         self.stats.generation_tokens += completion_tokens
         self.finished(admission, reason)
 
-    def token_times(self, admission: _Admission, tokens: int) -> list[float]:
+    def token_times(self, admission: _Admission, tokens: int, extra: float = 0.0) -> list[float]:
         """Loop times at which a stream's tokens leave: the first after the prefill, the
-        last at service_time after the request got its slot."""
+        last at service_time after the request got its slot; `extra` (the prefill of
+        uncached prompt tokens) delays them all."""
+        start = admission.started + extra
         if tokens == 1:
-            return [admission.started + self.service_time]
+            return [start + self.service_time]
         prefill = self.service_time * PREFILL_FRACTION
         step = (self.service_time - prefill) / (tokens - 1)
-        return [admission.started + prefill + i * step for i in range(tokens)]
+        return [start + prefill + i * step for i in range(tokens)]
 
 
 async def _sleep_until(when: float) -> None:
@@ -363,16 +388,18 @@ class _Simulator:
         self,
         request: web.Request,
         head: bodies.Head,
-        prompt_tokens: int,
+        prompt: _Prompt,
         tokens: int,
         include_usage: bool,
         chunk: Callable[[int, bool], dict[str, Any]],
         role_chunk: dict[str, Any] | None,
     ) -> web.StreamResponse:
         """One streamed request: `chunk(i, last)` is token i's event."""
+        prompt_tokens = prompt.tokens
         response = await self._open_stream(request)
-        async with self.core.slot(prompt_tokens) as admission:
-            for i, when in enumerate(self.core.token_times(admission, tokens)):
+        async with self.core.slot(prompt_tokens, prompt.cached) as admission:
+            extra = self.core.prefill_delay(prompt)
+            for i, when in enumerate(self.core.token_times(admission, tokens, extra)):
                 await _sleep_until(when)
                 self.core.stats.generation_tokens += 1
                 event = bodies.sse_event(chunk(i, i == tokens - 1))
@@ -394,7 +421,8 @@ class _Simulator:
         stream = self._check_request(body)
         prompts = _strings(body.get("prompt"), "prompt")
         max_tokens = _positive_int(body, "max_tokens", _DEFAULT_COMPLETION_TOKENS)
-        prompt_tokens = [_count_tokens(p) for p in prompts]
+        parsed = [self.core.prompt(p) for p in prompts]
+        prompt_tokens = [p.tokens for p in parsed]
         head = self._head(request, "cmpl", bodies.COMPLETION_OBJECT)
         if stream:
             if len(prompts) > 1:
@@ -407,10 +435,10 @@ class _Simulator:
                 return bodies.completion_chunk(head, 0, _token(i), reason, fingerprint)
 
             return await self._stream(
-                request, head, prompt_tokens[0], max_tokens, include_usage, chunk, None
+                request, head, parsed[0], max_tokens, include_usage, chunk, None
             )
         # A list of prompts is one request per prompt inside the engine.
-        await asyncio.gather(*(self.core.serve(n, max_tokens) for n in prompt_tokens))
+        await asyncio.gather(*(self.core.serve(p, max_tokens) for p in parsed))
         texts = [_text(max_tokens)] * len(prompts)
         return web.json_response(
             bodies.completion_response(head, texts, sum(prompt_tokens), max_tokens * len(prompts))
@@ -427,6 +455,12 @@ class _Simulator:
         max_tokens = _positive_int(body, "max_tokens", _DEFAULT_COMPLETION_TOKENS)
         max_tokens = _positive_int(body, "max_completion_tokens", max_tokens)
         prompt_tokens = sum(_count_tokens(c) for c in contents)
+        # The prefix cache sees the messages in order, role first, as a chat template
+        # lays them out; the count stays the one the simulator has always answered with.
+        laid_out = " ".join(
+            f"{m.get('role')} {text}" for m, text in zip(messages, contents, strict=True)
+        )
+        prompt = _Prompt(prompt_tokens, min(prompt_tokens, self.core.prompt(laid_out).cached))
         if stream:
             include_usage = _include_usage(body)
             head = self._head(request, "chatcmpl", bodies.CHAT_CHUNK_OBJECT)
@@ -437,11 +471,9 @@ class _Simulator:
                 return bodies.chat_content_chunk(head, _token(i), reason, fingerprint)
 
             role = bodies.chat_role_chunk(head)
-            return await self._stream(
-                request, head, prompt_tokens, max_tokens, include_usage, chunk, role
-            )
+            return await self._stream(request, head, prompt, max_tokens, include_usage, chunk, role)
         head = self._head(request, "chatcmpl", bodies.CHAT_OBJECT)
-        await self.core.serve(prompt_tokens, max_tokens)
+        await self.core.serve(prompt, max_tokens)
         return web.json_response(
             bodies.chat_response(head, _text(max_tokens), prompt_tokens, max_tokens)
         )
@@ -451,7 +483,9 @@ class _Simulator:
         self._check_request(body)
         inputs = _strings(body.get("input"), "input")
         prompt_tokens = [_count_tokens(text) for text in inputs]
-        await asyncio.gather(*(self.core.serve(n, 0, reason="stop") for n in prompt_tokens))
+        await asyncio.gather(
+            *(self.core.serve(_Prompt(n), 0, reason="stop") for n in prompt_tokens)
+        )
         head = self._head(request, "embd", "list")
         vectors = [_embedding(text) for text in inputs]
         return web.json_response(bodies.embedding_response(head, vectors, sum(prompt_tokens)))
@@ -522,7 +556,7 @@ class _Simulator:
         if not isinstance(parameters, dict):
             raise _BadRequest("`parameters` must be an object")
         max_new_tokens = _positive_int(parameters, "max_new_tokens", 20)
-        await self.core.serve(_count_tokens(inputs), max_new_tokens)
+        await self.core.serve(_Prompt(_count_tokens(inputs)), max_new_tokens)
         return web.json_response({"generated_text": _text(max_new_tokens)})
 
     def routes(self) -> list[web.RouteDef]:
@@ -547,12 +581,14 @@ class _Simulator:
         return [web.route(method, path, handler) for method, path, handler in table]
 
 
-def _simulator(engine: str, model: str, slots: int, service_time: float) -> _Simulator:
+def _simulator(
+    engine: str, model: str, slots: int, service_time: float, prefill_seconds_per_token: float
+) -> _Simulator:
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
-    if slots < 1 or service_time < 0:
-        raise ValueError("slots must be >= 1 and service_time >= 0")
-    return _Simulator(engine, model, _Engine(slots, service_time))
+    if slots < 1 or service_time < 0 or prefill_seconds_per_token < 0:
+        raise ValueError("slots must be >= 1, service_time and the prefill time >= 0")
+    return _Simulator(engine, model, _Engine(slots, service_time, prefill_seconds_per_token))
 
 
 def _application(simulator: _Simulator) -> web.Application:
@@ -562,10 +598,10 @@ def _application(simulator: _Simulator) -> web.Application:
 
 
 def build_app(
-    engine: str, model: str, slots: int, service_time: float
+    engine: str, model: str, slots: int, service_time: float, prefill_seconds_per_token: float = 0.0
 ) -> tuple[web.Application, EngineStats]:
     """The aiohttp application of one simulated engine, and its live counters."""
-    simulator = _simulator(engine, model, slots, service_time)
+    simulator = _simulator(engine, model, slots, service_time, prefill_seconds_per_token)
     return _application(simulator), simulator.core.stats
 
 
@@ -634,9 +670,12 @@ async def start_simulator(
     slots: int = 4,
     service_time: float = 0.5,
     model: str = "simulated/model",
+    prefill_seconds_per_token: float = 0.0,
 ) -> SimulatorHandle:
-    """Serve one simulated engine on host:port (port 0 picks a free one, see ``.port``)."""
-    simulator = _simulator(engine, model, slots, service_time)
+    """Serve one simulated engine on host:port (port 0 picks a free one, see ``.port``);
+    `prefill_seconds_per_token`: the prefill of each prompt token the prefix cache does
+    not hold (prefix_cache.py), on top of `service_time`."""
+    simulator = _simulator(engine, model, slots, service_time, prefill_seconds_per_token)
     runner = web.AppRunner(
         _application(simulator),
         access_log=None,

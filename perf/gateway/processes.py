@@ -141,10 +141,13 @@ def wait_until(
         time.sleep(0.1)
 
 
-def engine_argv(host: str, port: int, slots: int, service_time: float) -> list[str]:
+def engine_argv(
+    host: str, port: int, slots: int, service_time: float, prefill_per_token: float = 0.0
+) -> list[str]:
     return [
         *(sys.executable, "-m", "openmodel.simulator", "--host", host, "--port", str(port)),
         *("--slots", str(slots), "--service-time", str(service_time), "--model", MODEL),
+        *("--prefill-seconds-per-token", str(prefill_per_token)),
     ]
 
 
@@ -153,13 +156,22 @@ def all_listening(engines: Sequence[Child]) -> bool:
 
 
 def start_engines(
-    procs: Processes, count: int, slots: int, service_time: float, cpus: set[int] | None
+    procs: Processes,
+    count: int,
+    slots: int,
+    service_time: float,
+    cpus: set[int] | None,
+    prefill_per_token: float = 0.0,
 ) -> list[Child]:
     hosts = [f"127.0.0.{ENGINE_HOST_BASE + i}" for i in range(count)]
     for _ in range(3):  # the port can be taken between the probe and the engines' bind
         port = common_free_port(hosts)
         engines = [
-            procs.start(f"engine-{i}", engine_argv(host, port, slots, service_time), cpus)
+            procs.start(
+                f"engine-{i}",
+                engine_argv(host, port, slots, service_time, prefill_per_token),
+                cpus,
+            )
             for i, host in enumerate(hosts)
         ]
         try:
@@ -195,7 +207,10 @@ def http_get(url: str, timeout_s: float = 5.0) -> tuple[int, str]:
 
 
 def start_gateway(
-    procs: Processes, targets: Sequence[tuple[str, int]], cpus: set[int] | None
+    procs: Processes,
+    targets: Sequence[tuple[str, int]],
+    cpus: set[int] | None,
+    gateway_config: Mapping[str, object] | None = None,
 ) -> tuple[Child, str, str]:
     """The gateway process, its API's base URL and its metrics port's (/metrics)."""
     routes = procs.workdir / "routes.yaml"
@@ -219,7 +234,7 @@ def start_gateway(
     # Static routes, no cluster to ask who a caller is: the door is off, said explicitly
     # (perf/bench_gateway_auth.py measures the door's own cost).
     config = procs.workdir / "gateway-config.yaml"
-    config.write_text(json.dumps({"gateway": {"auth": {"mode": "off"}}}))
+    config.write_text(json.dumps({"gateway": {"auth": {"mode": "off"}, **(gateway_config or {})}}))
     port, metrics_port = _bindable(GATEWAY_HOST, 0), _bindable(GATEWAY_HOST, 0)
     if port is None or metrics_port is None:
         raise BenchError(f"cannot bind {GATEWAY_HOST}")

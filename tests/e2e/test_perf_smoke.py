@@ -108,6 +108,11 @@ def scripts(cluster: Cluster, crd: None) -> Iterator[dict[str, Script]]:
             *("--concurrency", "2", "--duration", "1", "--warmup", "0.5", "--engines", "1"),
             *("--clients", "1", "--tokens", "4", "--service-time", "0.05"),
         ),
+        "bench_prefix_routing": start(
+            "bench_prefix_routing",
+            *("--engines", "2", "--conversations", "4", "--turns", "2", "--system-prompts", "2"),
+            *("--system-words", "40", "--concurrency", "2", "--prefill-ms-per-token", "0.1"),
+        ),
     }
     yield started
     for script in started.values():
@@ -125,6 +130,7 @@ def scripts(cluster: Cluster, crd: None) -> Iterator[dict[str, Script]]:
         ("bench_autoscale_latency", "spike -> spec.replicas changed"),
         ("bench_autoscaler", "micro-benchmarks:"),
         ("bench_gateway", "Added by the gateway"),
+        ("bench_prefix_routing", "prefix vs least-load: hit rate"),
     ],
 )
 def test_script_runs_to_its_report(

@@ -28,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", default="simulated/model", help="the served model name")
     parser.add_argument(
+        "--prefill-seconds-per-token",
+        type=float,
+        default=0.0,
+        help="prefill time of each prompt token the prefix cache does not hold",
+    )
+    parser.add_argument(
         "--shutdown-timeout",
         type=float,
         default=0.0,
@@ -38,7 +44,13 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _run(args: argparse.Namespace) -> None:
     handle = await start_simulator(
-        args.engine, args.host, args.port, args.slots, args.service_time, args.model
+        args.engine,
+        args.host,
+        args.port,
+        args.slots,
+        args.service_time,
+        args.model,
+        prefill_seconds_per_token=args.prefill_seconds_per_token,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -53,8 +65,17 @@ async def _run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.slots < 1 or args.service_time < 0 or args.shutdown_timeout < 0:
-        print("--slots must be >= 1, --service-time and --shutdown-timeout >= 0", file=sys.stderr)
+    if (
+        args.slots < 1
+        or args.service_time < 0
+        or args.shutdown_timeout < 0
+        or args.prefill_seconds_per_token < 0
+    ):
+        print(
+            "--slots must be >= 1; --service-time, --shutdown-timeout and "
+            "--prefill-seconds-per-token >= 0",
+            file=sys.stderr,
+        )
         return 2
     asyncio.run(_run(args))
     return 0

@@ -12,9 +12,9 @@ conversations at once. Reported per policy: the engines' prefix-cache hit rate
 latency, and requests per engine (the spread; the load bound itself is the balancer's
 invariant, tests/unit/test_gateway_affinity.py).
 
-    .venv/bin/python -m perf.bench_prefix_routing [--engines 4] [--conversations 48]
-        [--turns 4] [--system-prompts 6] [--concurrency 12] [--prefill-ms-per-token 0.5]
-        [--keep]
+    .venv/bin/python -m perf.bench_prefix_routing [--engines 4] [--conversations 96]
+        [--turns 4] [--system-prompts 16] [--concurrency 12] [--prefill-ms-per-token 0.5]
+        [--cache-blocks 200] [--keep]
 
 Exit status 0 (a benchmark reports), 2 on an error.
 """
@@ -130,7 +130,7 @@ def one_policy(policy: str, args: argparse.Namespace, workdir: Path) -> Outcome:
     try:
         engines = start_engines(
             procs, args.engines, args.slots, args.service_time, None,
-            prefill_per_token=args.prefill_ms_per_token / 1000,
+            prefill_per_token=args.prefill_ms_per_token / 1000, cache_blocks=args.cache_blocks,
         )  # fmt: skip
         targets = engine_targets(engines)
         balancing = {"policy": policy, "loadFactor": LOAD_FACTOR}
@@ -155,14 +155,17 @@ def one_policy(policy: str, args: argparse.Namespace, workdir: Path) -> Outcome:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m perf.bench_prefix_routing")
     parser.add_argument("--engines", type=int, default=4)
-    parser.add_argument("--conversations", type=int, default=48)
+    parser.add_argument("--conversations", type=int, default=96)
     parser.add_argument("--turns", type=int, default=4)
-    parser.add_argument("--system-prompts", type=int, default=6)
+    parser.add_argument("--system-prompts", type=int, default=16)
     parser.add_argument("--system-words", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=12)
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--service-time", type=float, default=0.02)
     parser.add_argument("--prefill-ms-per-token", type=float, default=0.5)
+    # Each engine's prefix cache, in 16-token blocks: half of what the system prompts
+    # need (16 x 400 words = 400 blocks), as a KV cache shared by many tenants is.
+    parser.add_argument("--cache-blocks", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep", action="store_true")
     return parser.parse_args(argv)
@@ -185,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.engines} engines, {args.conversations} conversations x {args.turns} turns "
         f"({requests} requests), {args.system_prompts} system prompts of "
         f"{args.system_words} words, {args.concurrency} at once, prefill "
-        f"{args.prefill_ms_per_token} ms per uncached token, loadFactor {LOAD_FACTOR}"
+        f"{args.prefill_ms_per_token} ms per uncached token, a prefix cache of "
+        f"{args.cache_blocks} blocks of 16 tokens per engine, loadFactor {LOAD_FACTOR}"
     )
     print(f"{'policy':<11} {'hit rate':>8} {'p50 ms':>8} {'p99 ms':>8} {'wall s':>7}  per engine")
     for o in outcomes:

@@ -142,12 +142,18 @@ def wait_until(
 
 
 def engine_argv(
-    host: str, port: int, slots: int, service_time: float, prefill_per_token: float = 0.0
+    host: str,
+    port: int,
+    slots: int,
+    service_time: float,
+    prefill_per_token: float = 0.0,
+    cache_blocks: int = 4096,
 ) -> list[str]:
     return [
         *(sys.executable, "-m", "openmodel.simulator", "--host", host, "--port", str(port)),
         *("--slots", str(slots), "--service-time", str(service_time), "--model", MODEL),
         *("--prefill-seconds-per-token", str(prefill_per_token)),
+        *("--cache-blocks", str(cache_blocks)),
     ]
 
 
@@ -162,6 +168,7 @@ def start_engines(
     service_time: float,
     cpus: set[int] | None,
     prefill_per_token: float = 0.0,
+    cache_blocks: int = 4096,
 ) -> list[Child]:
     hosts = [f"127.0.0.{ENGINE_HOST_BASE + i}" for i in range(count)]
     for _ in range(3):  # the port can be taken between the probe and the engines' bind
@@ -169,7 +176,7 @@ def start_engines(
         engines = [
             procs.start(
                 f"engine-{i}",
-                engine_argv(host, port, slots, service_time, prefill_per_token),
+                engine_argv(host, port, slots, service_time, prefill_per_token, cache_blocks),
                 cpus,
             )
             for i, host in enumerate(hosts)

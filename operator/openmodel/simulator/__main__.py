@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
         help="prefill time of each prompt token the prefix cache does not hold",
     )
     parser.add_argument(
+        "--cache-blocks",
+        type=int,
+        default=4096,
+        help="the prefix cache's size in 16-token blocks (the KV cache it stands for)",
+    )
+    parser.add_argument(
         "--shutdown-timeout",
         type=float,
         default=0.0,
@@ -51,6 +57,7 @@ async def _run(args: argparse.Namespace) -> None:
         args.service_time,
         args.model,
         prefill_seconds_per_token=args.prefill_seconds_per_token,
+        cache_blocks=args.cache_blocks,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -70,10 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         or args.service_time < 0
         or args.shutdown_timeout < 0
         or args.prefill_seconds_per_token < 0
+        or args.cache_blocks < 1
     ):
         print(
-            "--slots must be >= 1; --service-time, --shutdown-timeout and "
-            "--prefill-seconds-per-token >= 0",
+            "--slots and --cache-blocks must be >= 1; --service-time, --shutdown-timeout "
+            "and --prefill-seconds-per-token >= 0",
             file=sys.stderr,
         )
         return 2

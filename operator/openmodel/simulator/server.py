@@ -53,7 +53,7 @@ from openmodel.simulator.exposition import (
     render_tgi,
     render_vllm,
 )
-from openmodel.simulator.prefix_cache import PrefixCache
+from openmodel.simulator.prefix_cache import CAPACITY_BLOCKS, PrefixCache
 
 __all__ = ["ENGINES", "PREFILL_FRACTION", "SimulatorHandle", "build_app", "start_simulator"]
 
@@ -101,12 +101,16 @@ class _Engine:
     """The queue and the slots."""
 
     def __init__(
-        self, slots: int, service_time: float, prefill_seconds_per_token: float = 0.0
+        self,
+        slots: int,
+        service_time: float,
+        prefill_seconds_per_token: float = 0.0,
+        cache_blocks: int = CAPACITY_BLOCKS,
     ) -> None:
         self.stats = EngineStats(slots=slots)
         self.service_time = service_time
         self.prefill_seconds_per_token = prefill_seconds_per_token
-        self.prefix_cache = PrefixCache()
+        self.prefix_cache = PrefixCache(capacity_blocks=cache_blocks)
         self._slots = asyncio.Semaphore(slots)
         # Set by a stop that cuts what is in flight: an abort from then on is the stop's.
         self.cutting = False
@@ -582,13 +586,19 @@ class _Simulator:
 
 
 def _simulator(
-    engine: str, model: str, slots: int, service_time: float, prefill_seconds_per_token: float
+    engine: str,
+    model: str,
+    slots: int,
+    service_time: float,
+    prefill_seconds_per_token: float,
+    cache_blocks: int = CAPACITY_BLOCKS,
 ) -> _Simulator:
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
-    if slots < 1 or service_time < 0 or prefill_seconds_per_token < 0:
-        raise ValueError("slots must be >= 1, service_time and the prefill time >= 0")
-    return _Simulator(engine, model, _Engine(slots, service_time, prefill_seconds_per_token))
+    if slots < 1 or service_time < 0 or prefill_seconds_per_token < 0 or cache_blocks < 1:
+        raise ValueError("slots and cache blocks must be >= 1, the times >= 0")
+    core = _Engine(slots, service_time, prefill_seconds_per_token, cache_blocks)
+    return _Simulator(engine, model, core)
 
 
 def _application(simulator: _Simulator) -> web.Application:
@@ -671,11 +681,14 @@ async def start_simulator(
     service_time: float = 0.5,
     model: str = "simulated/model",
     prefill_seconds_per_token: float = 0.0,
+    cache_blocks: int = CAPACITY_BLOCKS,
 ) -> SimulatorHandle:
     """Serve one simulated engine on host:port (port 0 picks a free one, see ``.port``);
     `prefill_seconds_per_token`: the prefill of each prompt token the prefix cache does
-    not hold (prefix_cache.py), on top of `service_time`."""
-    simulator = _simulator(engine, model, slots, service_time, prefill_seconds_per_token)
+    not hold, `cache_blocks` its size in 16-token blocks (prefix_cache.py)."""
+    simulator = _simulator(
+        engine, model, slots, service_time, prefill_seconds_per_token, cache_blocks
+    )
     runner = web.AppRunner(
         _application(simulator),
         access_log=None,

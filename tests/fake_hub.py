@@ -17,10 +17,11 @@ real operator, control plane and Hub client. Repos:
   repo without the token it wants, `GatedRepo` (401) on file downloads (its listing
   stays public, as on the Hub).
 Knobs: `bandwidth` (bytes per second for file bodies), `drop_after` (bytes after which
-the first GET of each named file is cut off mid-body, to exercise resume).
+the first GET of each file is cut off mid-body, to exercise resume; per repo too).
 Started in a thread with its own event loop (`FakeHub.start()`), so a test can use it
 from synchronous code; `requests` records the paths asked for, `log` every request with
-its method, Range and the body bytes sent.
+its method, Range, the body bytes sent and the client's address. `start(host)` listens
+on that address (the e2e tests give it one a pod's network namespace reaches).
 """
 
 from __future__ import annotations
@@ -60,6 +61,12 @@ LFS_THRESHOLD = 10 * 1024
 CHUNK = 64 * 1024
 
 
+def _etag(data: bytes) -> str:
+    if len(data) >= LFS_THRESHOLD:
+        return hashlib.sha256(data).hexdigest()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
 @dataclass(frozen=True)
 class RepoFiles:
     """A file repo at one commit."""
@@ -67,12 +74,14 @@ class RepoFiles:
     files: dict[str, bytes]
     sha: str
     token: str | None = None  # gated: downloads need `Authorization: Bearer <token>`
+    drop_after: int | None = None  # this repo's own `drop_after` (else the Hub's)
+    # Hashed once: a checkpoint of a GiB takes seconds to hash.
+    etags: dict[str, str] = field(default_factory=dict)
 
     def etag(self, name: str) -> str:
-        data = self.files[name]
-        if len(data) >= LFS_THRESHOLD:
-            return hashlib.sha256(data).hexdigest()
-        return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        if name not in self.etags:
+            self.etags[name] = _etag(self.files[name])
+        return self.etags[name]
 
     def entry(self, name: str) -> dict[str, Any]:
         data = self.files[name]
@@ -91,6 +100,7 @@ class Logged:
     range: str | None
     status: int
     body_bytes: int = 0
+    remote: str | None = None  # the client's address (a pod's, the operator's)
 
 
 @dataclass
@@ -131,11 +141,18 @@ class FakeHub:
         if repo not in self.configs:
             raise web.HTTPNotFound(text="Repository not found")
 
-    def add_repo(self, repo: str, files: dict[str, bytes], token: str | None = None) -> RepoFiles:
-        """Serve `files` as `repo` at one commit; with `token`, a gated repo."""
-        contents = b"".join(name.encode() + files[name] for name in sorted(files))
-        digest = hashlib.sha1(repo.encode() + contents).hexdigest()
-        self.repos[repo] = RepoFiles(dict(files), digest, token)
+    def add_repo(
+        self,
+        repo: str,
+        files: dict[str, bytes],
+        token: str | None = None,
+        drop_after: int | None = None,
+    ) -> RepoFiles:
+        """Serve `files` as `repo` at one commit; with `token`, a gated repo; with
+        `drop_after`, the first GET of each of its files is cut off after that many bytes."""
+        etags = {name: _etag(files[name]) for name in sorted(files)}
+        digest = hashlib.sha1(repo.encode() + json.dumps(etags).encode()).hexdigest()
+        self.repos[repo] = RepoFiles(dict(files), digest, token, drop_after, etags)
         return self.repos[repo]
 
     def downloads(self, name: str) -> list[Logged]:
@@ -147,7 +164,7 @@ class FakeHub:
 
     def _record(self, request: web.Request, status: int, sent: int = 0) -> None:
         self.log.append(Logged(request.method, request.path, request.headers.get("Range"),
-                               status, sent))  # fmt: skip
+                               status, sent, request.remote))  # fmt: skip
 
     def _files_repo(self, request: web.Request) -> RepoFiles | None:
         return self.repos.get(f"{request.match_info['org']}/{request.match_info['name']}")
@@ -249,14 +266,16 @@ class FakeHub:
         await response.prepare(request)
         sent = 0
         body = data[start:]
-        cut = self._drops.after if name not in self._drops.done else None
+        dropped = f"{request.match_info['org']}/{request.match_info['name']}/{name}"
+        after = repo.drop_after if repo.drop_after is not None else self._drops.after
+        cut = after if dropped not in self._drops.done else None
         while sent < len(body):
             chunk = body[sent : sent + CHUNK]
             if cut is not None and sent + len(chunk) > cut:
                 chunk = chunk[: max(0, cut - sent)]
                 await response.write(chunk)
                 sent += len(chunk)
-                self._drops.done.add(name)
+                self._drops.done.add(dropped)
                 self._record(request, status, sent)
                 # The connection goes mid-body: the client sees fewer bytes than announced.
                 assert request.transport is not None

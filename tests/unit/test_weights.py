@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,47 @@ def test_claims_per_access_mode_and_platform_defaults() -> None:
     assert children.deployment["spec"]["strategy"] == {"type": "Recreate"}
     stated = render(md_with(cache={"size": "1Ti", "storageClassName": "efs"}), config)
     assert stated.pvc["spec"]["storageClassName"] == "efs"
+
+
+def test_the_download_pod_goes_where_the_platform_places_it() -> None:
+    default = render(md_with()).download_job["spec"]["template"]["spec"]
+    # By default on any untainted node: the download needs no GPU.
+    assert "nodeSelector" not in default and "tolerations" not in default
+    config = parse_config({"cache": {
+        "downloadNodeSelector": {"pool": "download", "zone": "a"},
+        "downloadTolerations": [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+            {"key": "pool", "operator": "Equal", "value": "download"},
+        ],
+    }})  # fmt: skip
+    pod = render(md_with(), config).download_job["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "download", "zone": "a"}
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "pool", "operator": "Equal", "value": "download"},
+    ]
+    # A Job's pod template cannot change: another placement is another Job.
+    assert render(md_with(), config).cache.job_name != render(md_with()).cache.job_name
+
+
+@pytest.mark.parametrize(
+    ("cache", "names"),
+    [
+        ({"downloadNodeSelector": ["pool"]}, "cache.downloadNodeSelector"),
+        ({"downloadNodeSelector": {"pool": 1}}, "cache.downloadNodeSelector"),
+        ({"downloadTolerations": {"key": "x"}}, "cache.downloadTolerations must be a list"),
+        ({"downloadTolerations": [{"operator": "Exists"}]}, "downloadTolerations[0].key"),
+        ({"downloadTolerations": [{"key": "x", "operator": "In"}]}, "[0].operator"),
+        ({"downloadTolerations": [{"key": "x", "value": "y"}]}, "[0].value"),
+        ({"downloadTolerations": [{"key": "x", "effect": "Never"}]}, "[0].effect"),
+        ({"downloadTolerations": [{"key": "x", "seconds": 1}]}, "unknown key(s) seconds"),
+    ],
+)
+def test_a_malformed_download_placement_is_refused_naming_the_key(
+    cache: dict[str, Any], names: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(names)):
+        parse_config({"cache": cache})
 
 
 def test_a_named_claim_is_used_never_made() -> None:

@@ -230,6 +230,23 @@ def completion(pod: client.V1Pod) -> dict[str, Any]:
     return answer
 
 
+def ready_cache(api: client.ApiClient, namespace: str, name: str) -> Callable[[], Any]:
+    """status.cache once Ready; an engine Deployment seen before is an error unless its
+    download Job had completed (read after the Deployments: a Job's completion stays)."""
+    apps, batch = client.AppsV1Api(api), client.BatchV1Api(api)
+
+    def check() -> dict[str, Any] | NotYet:
+        engines = apps.list_namespaced_deployment(namespace).items
+        jobs = batch.list_namespaced_job(namespace).items
+        if engines:
+            assert jobs and all(j.status.succeeded for j in jobs), "an engine before its weights"
+        cache = cache_status(api, namespace, name)
+        assert cache.get("phase") != "Failed", cache
+        return cache if cache.get("phase") == "Ready" else NotYet(cache)
+
+    return check
+
+
 def test_downloaded_once_then_two_vllm_replicas_start_offline_from_the_cache(
     api_client: client.ApiClient,
     weights_operator: OperatorProcess,
@@ -240,7 +257,6 @@ def test_downloaded_once_then_two_vllm_replicas_start_offline_from_the_cache(
 ) -> None:
     core = client.CoreV1Api(api_client)
     batch = client.BatchV1Api(api_client)
-    apps = client.AppsV1Api(api_client)
     name = "tiny"
     cache_volume(name, tmp_path / "cache")
 
@@ -250,14 +266,7 @@ def test_downloaded_once_then_two_vllm_replicas_start_offline_from_the_cache(
     create_md(api_client, cached_md(ns, name, TINY_REPO, "nvidia-a10g", servedModelName=SERVED,
                                     args=CPU_ARGS, env=CPU_ENV, replicas=1))  # fmt: skip
 
-    def ready_cache() -> dict[str, Any] | NotYet:
-        cache = cache_status(api_client, ns, name)
-        assert cache.get("phase") != "Failed", cache
-        if apps.list_namespaced_deployment(ns).items:
-            assert cache.get("phase") == "Ready", f"an engine before its weights: {cache}"
-        return cache if cache.get("phase") == "Ready" else NotYet(cache)
-
-    cache = wait_for(ready_cache, DOWNLOAD_TIMEOUT, explain)
+    cache = wait_for(ready_cache(api_client, ns, name), DOWNLOAD_TIMEOUT, explain)
     repo = hub.repos[TINY_REPO]
     assert cache["revision"] == repo.sha, cache
     assert cache["bytesTotal"] == sum(len(data) for data in repo.files.values()), cache
@@ -384,14 +393,7 @@ def test_a_connection_dropped_mid_file_is_resumed_then_the_engine_starts(
 
     create_md(api_client, cached_md(ns, name, FLAKY_REPO, "nvidia-l4"))
 
-    def ready_cache() -> dict[str, Any] | NotYet:
-        cache = cache_status(api_client, ns, name)
-        assert cache.get("phase") != "Failed", cache
-        if apps.list_namespaced_deployment(ns).items:
-            assert cache.get("phase") == "Ready", f"an engine before its weights: {cache}"
-        return cache if cache.get("phase") == "Ready" else NotYet(cache)
-
-    cache = wait_for(ready_cache, DOWNLOAD_TIMEOUT, explain)
+    cache = wait_for(ready_cache(api_client, ns, name), DOWNLOAD_TIMEOUT, explain)
     fetched = pod_downloads(hub, FLAKY_REPO, "model.safetensors")
     # The first GET cut off mid-body, then the rest from the last whole 10 MiB piece.
     assert [(e.range, e.status) for e in fetched] == [

@@ -7,12 +7,12 @@ real operator, control plane and Hub client. Repos:
 - every `org--name.json` file there as `org/name`, plus `acme/house-model-72b` (a
   fine-tune no catalogue knows: Qwen2.5-72B-Instruct-AWQ's config);
 - `acme/private` answers 401, `acme/absent` 404, `acme/slow` after SLOW_SECONDS;
-- file repos (`add_repo`): `GET /api/models/{repo}/revision/{rev}` (sha, siblings),
+- file repos (`add_repo`): `GET /api/models/{repo}[/revision/{rev}]` (sha, siblings),
   `GET /api/models/{repo}/tree/{rev}[/{path}]` (the recursive listing `snapshot_download`
   reads: type, path, size, oid, lfs), and `HEAD`/`GET /{repo}/resolve/{rev}/{file}` with
   the headers `hf_hub_download` checks (`X-Repo-Commit`, `ETag`: the sha256 of an LFS
   file, the git blob sha1 of another; `Content-Length`; `Accept-Ranges`) and `Range:
-  bytes=N-` answered 206 (its resume). Errors carry the Hub's `X-Error-Code`:
+  bytes=N-` (its resume) or `bytes=N-M` answered 206. Errors carry the Hub's `X-Error-Code`:
   `RepoNotFound` (404), `RevisionNotFound` (404), `EntryNotFound` (404) and, for a gated
   repo without the token it wants, `GatedRepo` (401) on file downloads (its listing
   stays public, as on the Hub).
@@ -109,13 +109,16 @@ class _Drops:
     done: set[str] = field(default_factory=set)
 
 
-def _range_start(header: str | None) -> int | None:
-    """The start of `bytes=N-` (the only form hf_hub_download sends to resume)."""
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(first, last) byte of `bytes=N-` (hf_hub_download's resume) or `bytes=N-M` (a
+    reader of the safetensors header); None: the whole file."""
     if not header or not header.startswith("bytes="):
         return None
     first = header.removeprefix("bytes=").split(",")[0]
-    start, _, _end = first.partition("-")
-    return int(start) if start else None
+    start, _, end = first.partition("-")
+    if not start:
+        return None
+    return int(start), min(int(end), size - 1) if end else size - 1
 
 
 class FakeHub:
@@ -178,7 +181,8 @@ class FakeHub:
         return web.Response(status=status, text=text, headers=headers)
 
     def _revision_error(self, request: web.Request, repo: RepoFiles) -> web.Response | None:
-        if request.match_info["rev"] not in ("main", repo.sha):
+        # No revision in the path (`GET /api/models/{repo}`): the default branch.
+        if request.match_info.get("rev", "main") not in ("main", repo.sha):
             return self._error(request, 404, "RevisionNotFound", "Invalid rev id")
         return None
 
@@ -253,19 +257,21 @@ class FakeHub:
             "Accept-Ranges": "bytes",
             "Content-Type": "application/octet-stream",
         }
-        start = _range_start(request.headers.get("Range"))
-        status = 200 if start is None else 206
-        start = start or 0
-        if start:
-            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-        headers["Content-Length"] = str(len(data) - start)
+        asked = _byte_range(request.headers.get("Range"), len(data))
+        status = 200 if asked is None else 206
+        start, last = asked or (0, len(data) - 1)
+        if asked is not None:
+            headers["Content-Range"] = f"bytes {start}-{last}/{len(data)}"
+        headers["Content-Length"] = str(last + 1 - start)
         if request.method == "HEAD":
             self._record(request, status)
             return web.Response(status=status, headers=headers)
         response = web.StreamResponse(status=status, headers=headers)
         await response.prepare(request)
         sent = 0
-        body = data[start:]
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        body = data[start : last + 1]
         dropped = f"{request.match_info['org']}/{request.match_info['name']}/{name}"
         after = repo.drop_after if repo.drop_after is not None else self._drops.after
         cut = after if dropped not in self._drops.done else None
@@ -284,7 +290,10 @@ class FakeHub:
             await response.write(chunk)
             sent += len(chunk)
             if self.bandwidth:
-                await asyncio.sleep(len(chunk) / self.bandwidth)
+                # Paced against the body's start, so the rate is the stated one (not less
+                # by the time each write takes) whenever the client keeps up.
+                due = began + sent / self.bandwidth
+                await asyncio.sleep(max(0.0, due - loop.time()))
         await response.write_eof()
         self._record(request, status, sent)
         return response
@@ -303,6 +312,7 @@ class FakeHub:
     def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/api/models/{org}/{name}/revision/{rev}", self.model_info)
+        app.router.add_get("/api/models/{org}/{name}", self.model_info)
         app.router.add_get("/api/models/{org}/{name}/tree/{rev}", self.tree)
         app.router.add_get("/api/models/{org}/{name}/tree/{rev}/{path:.+}", self.tree)
         # add_get also answers HEAD (hf_hub_download's metadata request).

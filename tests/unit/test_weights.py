@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from fake_api_server import FakeApiServer
+from kubernetes.client.exceptions import ApiException
 
 from openmodel.api import SpecError
 from openmodel.config import PlatformConfig, parse_config
@@ -446,6 +447,28 @@ def test_the_engine_starts_only_once_the_download_completes(
         "revision": "c" * 40,
     }
     assert any(e["reason"] == "DownloadComplete" for e in api.events)
+
+
+def test_a_progress_line_the_api_server_cannot_give_leaves_the_bytes_unknown(
+    api: FakeApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pods/log goes through the kubelet: one the API server cannot reach (or a missing
+    right) must not fail the pass, only hide the bytes."""
+    pods: list[Any] = [pod("Running")]
+    monkeypatch.setattr(kube, "list_objects", lambda *a, **k: pods)
+
+    def unreachable(*a: Any, **k: Any) -> str:
+        raise ApiException(status=500, reason="dial tcp 127.63.0.12:10250: connection refused")
+
+    monkeypatch.setattr(kube, "log_tail", unreachable)
+    r = reconciler()
+    r.reconcile_by_name("team-a", "m")
+    job_moves(r, api, active=1)
+    r.reconcile_by_name("team-a", "m")
+    cache = status(api)["cache"]
+    assert cache["phase"] == "Downloading" and "bytesDone" not in cache, cache
+    assert cache["progress"] == "Downloading"
+    assert conditions(api)["Degraded"] == ("False", "AsExpected")
 
 
 def test_a_failed_download_is_degraded_and_starts_no_engine(

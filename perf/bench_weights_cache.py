@@ -97,7 +97,7 @@ class Download:
 @dataclass(frozen=True)
 class Wake:
     first_answer: float  # request sent -> answer received
-    pod_created: float  # request sent -> engine pod created (the autoscaler's reaction)
+    pod_seen: float  # request sent -> engine pod first listed (the autoscaler's reaction)
     engine_start: float  # pod created -> Ready
     hub_bytes: int  # what the engine pod fetched from the Hub
     text: str
@@ -313,11 +313,11 @@ def report(args: argparse.Namespace, size: int, download: Download, cached: Wake
           f"poll {POLL_SECONDS:.0f} s; one process node (1 core) per engine")  # fmt: skip
     print(f"download Job (once): {download.seconds:.1f} s, "
           f"{download.bytes / download.seconds / 1e6:.1f} MB/s")  # fmt: skip
-    print("| scale from zero | first answer | pod created after | engine start | "
+    print("| scale from zero | first answer | pod seen after | engine start | "
           "fetched by the engine |")  # fmt: skip
     print("| --- | --- | --- | --- | --- |")
     for label, w in (("with the cache", cached), ("without", uncached)):
-        print(f"| {label} | {w.first_answer:.1f} s | {w.pod_created:.1f} s | "
+        print(f"| {label} | {w.first_answer:.1f} s | {w.pod_seen:.1f} s | "
               f"{w.engine_start:.1f} s | {w.hub_bytes / 1e6:.0f} MB |")  # fmt: skip
 
 

@@ -6,7 +6,8 @@ Benchmarks: `bench_reconcile` (the operator against plain-client floors on a fre
 audited control plane; its parts in `perf.reconcile`), `bench_gateway` (what the
 gateway adds to streamed completions; its parts in `perf.gateway`), `bench_autoscaler`
 (one scrape-and-decide cycle over many pods), `bench_autoscale_latency` (load spike to
-new replicas), `bench_control_plane` (the local cluster's start time and memory).
+new replicas), `bench_control_plane` (the local cluster's start time and memory),
+`bench_weights_cache` (scale from zero with a weights cache and without, real vLLM).
 Chaos and soak: `chaos_operator_kill`, `chaos_api_restart`, `chaos_leader_failover`,
 `soak`. For manual use: `cluster` (the e2e cluster in the background) and
 `demo_engines` (simulated engines for the demo's pods).

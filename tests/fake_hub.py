@@ -7,20 +7,21 @@ real operator, control plane and Hub client. Repos:
 - every `org--name.json` file there as `org/name`, plus `acme/house-model-72b` (a
   fine-tune no catalogue knows: Qwen2.5-72B-Instruct-AWQ's config);
 - `acme/private` answers 401, `acme/absent` 404, `acme/slow` after SLOW_SECONDS;
-- file repos (`add_repo`): `GET /api/models/{repo}/revision/{rev}` (sha, siblings),
+- file repos (`add_repo`): `GET /api/models/{repo}[/revision/{rev}]` (sha, siblings),
   `GET /api/models/{repo}/tree/{rev}[/{path}]` (the recursive listing `snapshot_download`
   reads: type, path, size, oid, lfs), and `HEAD`/`GET /{repo}/resolve/{rev}/{file}` with
   the headers `hf_hub_download` checks (`X-Repo-Commit`, `ETag`: the sha256 of an LFS
   file, the git blob sha1 of another; `Content-Length`; `Accept-Ranges`) and `Range:
-  bytes=N-` answered 206 (its resume). Errors carry the Hub's `X-Error-Code`:
+  bytes=N-` (its resume) or `bytes=N-M` answered 206. Errors carry the Hub's `X-Error-Code`:
   `RepoNotFound` (404), `RevisionNotFound` (404), `EntryNotFound` (404) and, for a gated
   repo without the token it wants, `GatedRepo` (401) on file downloads (its listing
   stays public, as on the Hub).
 Knobs: `bandwidth` (bytes per second for file bodies), `drop_after` (bytes after which
-the first GET of each named file is cut off mid-body, to exercise resume).
+the first GET of each file is cut off mid-body, to exercise resume; per repo too).
 Started in a thread with its own event loop (`FakeHub.start()`), so a test can use it
 from synchronous code; `requests` records the paths asked for, `log` every request with
-its method, Range and the body bytes sent.
+its method, Range, the body bytes sent and the client's address. `start(host)` listens
+on that address (the e2e tests give it one a pod's network namespace reaches).
 """
 
 from __future__ import annotations
@@ -60,6 +61,12 @@ LFS_THRESHOLD = 10 * 1024
 CHUNK = 64 * 1024
 
 
+def _etag(data: bytes) -> str:
+    if len(data) >= LFS_THRESHOLD:
+        return hashlib.sha256(data).hexdigest()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
 @dataclass(frozen=True)
 class RepoFiles:
     """A file repo at one commit."""
@@ -67,12 +74,14 @@ class RepoFiles:
     files: dict[str, bytes]
     sha: str
     token: str | None = None  # gated: downloads need `Authorization: Bearer <token>`
+    drop_after: int | None = None  # this repo's own `drop_after` (else the Hub's)
+    # Hashed once: a checkpoint of a GiB takes seconds to hash.
+    etags: dict[str, str] = field(default_factory=dict)
 
     def etag(self, name: str) -> str:
-        data = self.files[name]
-        if len(data) >= LFS_THRESHOLD:
-            return hashlib.sha256(data).hexdigest()
-        return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        if name not in self.etags:
+            self.etags[name] = _etag(self.files[name])
+        return self.etags[name]
 
     def entry(self, name: str) -> dict[str, Any]:
         data = self.files[name]
@@ -91,6 +100,7 @@ class Logged:
     range: str | None
     status: int
     body_bytes: int = 0
+    remote: str | None = None  # the client's address (a pod's, the operator's)
 
 
 @dataclass
@@ -99,13 +109,16 @@ class _Drops:
     done: set[str] = field(default_factory=set)
 
 
-def _range_start(header: str | None) -> int | None:
-    """The start of `bytes=N-` (the only form hf_hub_download sends to resume)."""
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(first, last) byte of `bytes=N-` (hf_hub_download's resume) or `bytes=N-M` (a
+    reader of the safetensors header); None: the whole file."""
     if not header or not header.startswith("bytes="):
         return None
     first = header.removeprefix("bytes=").split(",")[0]
-    start, _, _end = first.partition("-")
-    return int(start) if start else None
+    start, _, end = first.partition("-")
+    if not start:
+        return None
+    return int(start), min(int(end), size - 1) if end else size - 1
 
 
 class FakeHub:
@@ -131,11 +144,18 @@ class FakeHub:
         if repo not in self.configs:
             raise web.HTTPNotFound(text="Repository not found")
 
-    def add_repo(self, repo: str, files: dict[str, bytes], token: str | None = None) -> RepoFiles:
-        """Serve `files` as `repo` at one commit; with `token`, a gated repo."""
-        contents = b"".join(name.encode() + files[name] for name in sorted(files))
-        digest = hashlib.sha1(repo.encode() + contents).hexdigest()
-        self.repos[repo] = RepoFiles(dict(files), digest, token)
+    def add_repo(
+        self,
+        repo: str,
+        files: dict[str, bytes],
+        token: str | None = None,
+        drop_after: int | None = None,
+    ) -> RepoFiles:
+        """Serve `files` as `repo` at one commit; with `token`, a gated repo; with
+        `drop_after`, the first GET of each of its files is cut off after that many bytes."""
+        etags = {name: _etag(files[name]) for name in sorted(files)}
+        digest = hashlib.sha1(repo.encode() + json.dumps(etags).encode()).hexdigest()
+        self.repos[repo] = RepoFiles(dict(files), digest, token, drop_after, etags)
         return self.repos[repo]
 
     def downloads(self, name: str) -> list[Logged]:
@@ -147,7 +167,7 @@ class FakeHub:
 
     def _record(self, request: web.Request, status: int, sent: int = 0) -> None:
         self.log.append(Logged(request.method, request.path, request.headers.get("Range"),
-                               status, sent))  # fmt: skip
+                               status, sent, request.remote))  # fmt: skip
 
     def _files_repo(self, request: web.Request) -> RepoFiles | None:
         return self.repos.get(f"{request.match_info['org']}/{request.match_info['name']}")
@@ -161,7 +181,8 @@ class FakeHub:
         return web.Response(status=status, text=text, headers=headers)
 
     def _revision_error(self, request: web.Request, repo: RepoFiles) -> web.Response | None:
-        if request.match_info["rev"] not in ("main", repo.sha):
+        # No revision in the path (`GET /api/models/{repo}`): the default branch.
+        if request.match_info.get("rev", "main") not in ("main", repo.sha):
             return self._error(request, 404, "RevisionNotFound", "Invalid rev id")
         return None
 
@@ -236,27 +257,31 @@ class FakeHub:
             "Accept-Ranges": "bytes",
             "Content-Type": "application/octet-stream",
         }
-        start = _range_start(request.headers.get("Range"))
-        status = 200 if start is None else 206
-        start = start or 0
-        if start:
-            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-        headers["Content-Length"] = str(len(data) - start)
+        asked = _byte_range(request.headers.get("Range"), len(data))
+        status = 200 if asked is None else 206
+        start, last = asked or (0, len(data) - 1)
+        if asked is not None:
+            headers["Content-Range"] = f"bytes {start}-{last}/{len(data)}"
+        headers["Content-Length"] = str(last + 1 - start)
         if request.method == "HEAD":
             self._record(request, status)
             return web.Response(status=status, headers=headers)
         response = web.StreamResponse(status=status, headers=headers)
         await response.prepare(request)
         sent = 0
-        body = data[start:]
-        cut = self._drops.after if name not in self._drops.done else None
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        body = data[start : last + 1]
+        dropped = f"{request.match_info['org']}/{request.match_info['name']}/{name}"
+        after = repo.drop_after if repo.drop_after is not None else self._drops.after
+        cut = after if dropped not in self._drops.done else None
         while sent < len(body):
             chunk = body[sent : sent + CHUNK]
             if cut is not None and sent + len(chunk) > cut:
                 chunk = chunk[: max(0, cut - sent)]
                 await response.write(chunk)
                 sent += len(chunk)
-                self._drops.done.add(name)
+                self._drops.done.add(dropped)
                 self._record(request, status, sent)
                 # The connection goes mid-body: the client sees fewer bytes than announced.
                 assert request.transport is not None
@@ -265,7 +290,10 @@ class FakeHub:
             await response.write(chunk)
             sent += len(chunk)
             if self.bandwidth:
-                await asyncio.sleep(len(chunk) / self.bandwidth)
+                # Paced against the body's start, so the rate is the stated one (not less
+                # by the time each write takes) whenever the client keeps up.
+                due = began + sent / self.bandwidth
+                await asyncio.sleep(max(0.0, due - loop.time()))
         await response.write_eof()
         self._record(request, status, sent)
         return response
@@ -284,6 +312,7 @@ class FakeHub:
     def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/api/models/{org}/{name}/revision/{rev}", self.model_info)
+        app.router.add_get("/api/models/{org}/{name}", self.model_info)
         app.router.add_get("/api/models/{org}/{name}/tree/{rev}", self.tree)
         app.router.add_get("/api/models/{org}/{name}/tree/{rev}/{path:.+}", self.tree)
         # add_get also answers HEAD (hf_hub_download's metadata request).

@@ -60,6 +60,7 @@ __all__ = [
     "SLOW_API_NAMESPACE_PREFIX",
     "SMALL_MODEL_SPEC",
     "VERSION",
+    "WEIGHTS_NAMESPACE_PREFIX",
     "ChildProcess",
     "GatewayProcess",
     "OperatorProcess",
@@ -83,7 +84,7 @@ __all__ = [
 
 SESSION_SCOPE = (
     "!e2e-rbac-*,!e2e-gwie-*,!e2e-hub-*,!e2e-slow-*,!e2e-cache-*,!e2e-perf-*,!e2e-helmmd-*,"
-    "!e2e-cost-*"
+    "!e2e-cost-*,!e2e-weights-*"
 )
 RESTRICTED_NAMESPACE_PREFIX = "e2e-rbac"
 # test_inference_pool_and_route.py runs its own operator (feature on) in e2e-gwie-* namespaces.
@@ -98,6 +99,8 @@ SLOW_API_NAMESPACE_PREFIX = "e2e-slow"
 PERF_NAMESPACE_PREFIX = "e2e-perf"
 # test_helm_release.py: the chart's operator (a pod) serves e2e-helmmd-* namespaces.
 HELM_RELEASE_NAMESPACE_PREFIX = "e2e-helmmd"
+# test_weights_real.py runs its own operator (downloads from a local Hub stand-in) in e2e-weights-*.
+WEIGHTS_NAMESPACE_PREFIX = "e2e-weights"
 
 
 @pytest.fixture(scope="session")

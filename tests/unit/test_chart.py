@@ -233,6 +233,8 @@ cache:
   downloadTimeoutSeconds: 3600
   downloadBackoffLimit: 2
   hubEndpoint: https://hub.example
+  downloadNodeSelector: {pool: download}
+  downloadTolerations: [{key: pool, operator: Equal, value: download, effect: NoSchedule}]
 gateway:
   namespaces: [team-a]
   holdSeconds: 300

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fake_api_server import FakeApiServer
+from kubernetes.client.exceptions import ApiException
 
 from openmodel.api import SpecError
 from openmodel.config import PlatformConfig, parse_config
@@ -158,6 +160,47 @@ def test_claims_per_access_mode_and_platform_defaults() -> None:
     assert children.deployment["spec"]["strategy"] == {"type": "Recreate"}
     stated = render(md_with(cache={"size": "1Ti", "storageClassName": "efs"}), config)
     assert stated.pvc["spec"]["storageClassName"] == "efs"
+
+
+def test_the_download_pod_goes_where_the_platform_places_it() -> None:
+    default = render(md_with()).download_job["spec"]["template"]["spec"]
+    # By default on any untainted node: the download needs no GPU.
+    assert "nodeSelector" not in default and "tolerations" not in default
+    config = parse_config({"cache": {
+        "downloadNodeSelector": {"pool": "download", "zone": "a"},
+        "downloadTolerations": [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+            {"key": "pool", "operator": "Equal", "value": "download"},
+        ],
+    }})  # fmt: skip
+    pod = render(md_with(), config).download_job["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "download", "zone": "a"}
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "pool", "operator": "Equal", "value": "download"},
+    ]
+    # A Job's pod template cannot change: another placement is another Job.
+    assert render(md_with(), config).cache.job_name != render(md_with()).cache.job_name
+
+
+@pytest.mark.parametrize(
+    ("cache", "names"),
+    [
+        ({"downloadNodeSelector": ["pool"]}, "cache.downloadNodeSelector"),
+        ({"downloadNodeSelector": {"pool": 1}}, "cache.downloadNodeSelector"),
+        ({"downloadTolerations": {"key": "x"}}, "cache.downloadTolerations must be a list"),
+        ({"downloadTolerations": [{"operator": "Exists"}]}, "downloadTolerations[0].key"),
+        ({"downloadTolerations": [{"key": "x", "operator": "In"}]}, "[0].operator"),
+        ({"downloadTolerations": [{"key": "x", "value": "y"}]}, "[0].value"),
+        ({"downloadTolerations": [{"key": "x", "effect": "Never"}]}, "[0].effect"),
+        ({"downloadTolerations": [{"key": "x", "seconds": 1}]}, "unknown key(s) seconds"),
+    ],
+)
+def test_a_malformed_download_placement_is_refused_naming_the_key(
+    cache: dict[str, Any], names: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(names)):
+        parse_config({"cache": cache})
 
 
 def test_a_named_claim_is_used_never_made() -> None:
@@ -404,6 +447,28 @@ def test_the_engine_starts_only_once_the_download_completes(
         "revision": "c" * 40,
     }
     assert any(e["reason"] == "DownloadComplete" for e in api.events)
+
+
+def test_a_progress_line_the_api_server_cannot_give_leaves_the_bytes_unknown(
+    api: FakeApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pods/log goes through the kubelet: one the API server cannot reach (or a missing
+    right) must not fail the pass, only hide the bytes."""
+    pods: list[Any] = [pod("Running")]
+    monkeypatch.setattr(kube, "list_objects", lambda *a, **k: pods)
+
+    def unreachable(*a: Any, **k: Any) -> str:
+        raise ApiException(status=500, reason="dial tcp 127.63.0.12:10250: connection refused")
+
+    monkeypatch.setattr(kube, "log_tail", unreachable)
+    r = reconciler()
+    r.reconcile_by_name("team-a", "m")
+    job_moves(r, api, active=1)
+    r.reconcile_by_name("team-a", "m")
+    cache = status(api)["cache"]
+    assert cache["phase"] == "Downloading" and "bytesDone" not in cache, cache
+    assert cache["progress"] == "Downloading"
+    assert conditions(api)["Degraded"] == ("False", "AsExpected")
 
 
 def test_a_failed_download_is_degraded_and_starts_no_engine(

@@ -398,7 +398,9 @@ def log_tail(
         "GET",
         path,
         query_params=[("container", container), ("tailLines", str(lines))],
-        header_params={"Accept": "text/plain"},
+        # The log is plain text, but the API server negotiates the subresource as an API
+        # object: `Accept: text/plain` alone is refused (406). kubectl's header.
+        header_params={"Accept": "application/json, */*"},
         auth_settings=["BearerToken"],
     )
     response = api.call_api(method, url, header_params=headers, _request_timeout=10.0)

@@ -519,8 +519,21 @@ class Reconciler:
             )
             pod = weights_state.running_pod(pods)
             if pod is not None and weights_state.job_condition(job or {}, "Complete") is None:
-                line = kube.log_tail(self.api, namespace, pod, DOWNLOAD_CONTAINER, 1)
+                line = self._progress_line(namespace, pod)
         return weights_state.observe(plan, job, pods, line, previous), pods
+
+    def _progress_line(self, namespace: str, pod: str) -> str | None:
+        """The running download's newest log line; None when the API server cannot give
+        it (a kubelet it cannot reach, no `pods/log` right): the progress is only shown,
+        so its absence leaves the bytes unknown and never fails the pass."""
+        try:
+            return kube.log_tail(self.api, namespace, pod, DOWNLOAD_CONTAINER, 1)
+        except ApiException as e:
+            log.warning(
+                "%s/%s: no progress line from the download pod's log: %s %s",
+                namespace, pod, e.status, e.reason,
+            )  # fmt: skip
+            return None
 
     def _tidy_weights(
         self,

@@ -211,6 +211,11 @@ def download_job_spec(
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
     }
+    placement: dict[str, Any] = {}
+    if config.cache.download_node_selector:
+        placement["nodeSelector"] = dict(config.cache.download_node_selector)
+    if config.cache.download_tolerations:
+        placement["tolerations"] = [t.to_k8s() for t in config.cache.download_tolerations]
     return {
         "backoffLimit": config.cache.download_backoff_limit,
         "activeDeadlineSeconds": config.cache.download_timeout_seconds,
@@ -235,6 +240,7 @@ def download_job_spec(
                 "restartPolicy": "Never",
                 "automountServiceAccountToken": False,
                 "containers": [container],
+                **placement,
                 "volumes": [
                     {
                         "name": "cache",

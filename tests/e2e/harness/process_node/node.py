@@ -334,14 +334,18 @@ def kill_stale_containers(node: str) -> list[int]:
 
 
 def remove_mount_points(root: Path) -> None:
-    """Remove the empty mount points containers made on the host (e.g. /models/<claim>),
-    innermost first, once no container of this node runs."""
+    """Remove the empty mount points containers made on the host (e.g. /models/<claim>, or
+    the file /dev/termination-log), innermost first, once no container of this node runs."""
     made: set[str] = set()
     for record in root.glob("pods/*/logs/*/*.created"):
         made.update(line for line in record.read_text().splitlines() if line)
     for path in sorted(made, key=lambda p: p.count("/"), reverse=True):
+        point = Path(path)
         with contextlib.suppress(OSError):  # not empty, or used by someone else
-            Path(path).rmdir()
+            if point.is_dir():
+                point.rmdir()
+            elif point.stat().st_size == 0:
+                point.unlink()
 
 
 def datetime_micro() -> str:

@@ -7,7 +7,8 @@ rendered (via ``container_init``), runs the startup, readiness and liveness prob
 the spec, restarts containers that exit or fail liveness (restartPolicy, with the
 kubelet's back-off: 10 s doubling to 300 s), and reports pod status as the kubelet does:
 Ready only while readiness passes, container states with exit codes, restartCount, and
-``lastState.terminated.message`` from the log tail under ``terminationMessagePolicy:
+the terminated state's ``message``: what the container wrote to the file bound at its
+``terminationMessagePath``, else the log tail under ``terminationMessagePolicy:
 FallbackToLogsOnError``. On deletion it runs the preStop hook (``lifecycle``), sends
 SIGTERM, waits the rest of the grace period, SIGKILLs, and removes the pod from the API.
 """
@@ -62,6 +63,9 @@ BACKOFF_MAX = 300.0
 BACKOFF_RESET_AFTER = 600.0
 TERMINATION_LOG_LINES = 80
 TERMINATION_LOG_BYTES = 2048
+# The kubelet's default terminationMessagePath, and how much of that file it reads.
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+TERMINATION_MESSAGE_BYTES = 4096
 NODE_ENV_MARKER = "OPENMODEL_PROCESS_NODE"
 HARNESS_DIR = Path(__file__).resolve().parents[2]  # tests/e2e, for `-m harness...`
 # The checkout the operator's image stands for (process_nodes.operator_venv): its venv
@@ -152,6 +156,18 @@ def log_tail(path: Path) -> str:
     return text.encode()[-TERMINATION_LOG_BYTES:].decode(errors="replace")
 
 
+def termination_message(path: Path | None) -> str:
+    """What the container wrote to its terminationMessagePath (the kubelet reads at most
+    4 KiB); FallbackToLogsOnError takes the log tail only when this is empty."""
+    if path is None:
+        return ""
+    try:
+        with path.open("rb") as handle:
+            return handle.read(TERMINATION_MESSAGE_BYTES).decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
 def exit_code(returncode: int) -> int:
     """As a container runtime reports it: 128 + signal for a signalled process."""
     return 128 - returncode if returncode < 0 else returncode
@@ -176,6 +192,8 @@ class ContainerRun:
     restart_at: float = 0.0
     probes: dict[str, ProbeState] = field(default_factory=dict)
     log_path: Path | None = None
+    # The file bound at the container's terminationMessagePath, read when it exits.
+    termination_path: Path | None = None
     image_id: str = ""
 
     @property
@@ -364,6 +382,11 @@ class PodWorker(threading.Thread):
         log_dir = self.pod_dir / "logs" / run.name
         log_dir.mkdir(parents=True, exist_ok=True)
         run.log_path = log_dir / f"{run.restart_count}.log"
+        # As the kubelet does: a file of the container's own at its terminationMessagePath.
+        run.termination_path = log_dir / f"{run.restart_count}.termination"
+        run.termination_path.write_bytes(b"")
+        target = spec.get("terminationMessagePath") or TERMINATION_MESSAGE_PATH
+        mounts.append(Mount(str(run.termination_path), target, False))
         spec_file = log_dir / f"{run.restart_count}.spec.json"
         spec_file.write_text(
             json.dumps(
@@ -504,8 +527,13 @@ class PodWorker(threading.Thread):
 
     def _exited(self, run: ContainerRun, code: int, now: float) -> None:
         policy = run.spec.get("terminationMessagePolicy", "File")
-        message = ""
-        if policy == "FallbackToLogsOnError" and code != 0 and run.log_path is not None:
+        message = termination_message(run.termination_path)
+        if (
+            not message
+            and policy == "FallbackToLogsOnError"
+            and code != 0
+            and run.log_path is not None
+        ):
             message = log_tail(run.log_path)
         terminated: dict[str, Any] = {
             "exitCode": code,

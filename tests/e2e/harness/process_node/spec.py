@@ -173,6 +173,14 @@ class Mount:
     read_only: bool
 
 
+def host_path(path: str, kind: str | None) -> str:
+    """A hostPath volume's directory; made first when its type is DirectoryOrCreate, as
+    the kubelet does."""
+    if kind == "DirectoryOrCreate":
+        Path(path).mkdir(mode=0o755, parents=True, exist_ok=True)
+    return path
+
+
 def _pvc_path(api: client.ApiClient, namespace: str, claim: str) -> str:
     core = client.CoreV1Api(api)
     try:
@@ -189,7 +197,7 @@ def _pvc_path(api: client.ApiClient, namespace: str, claim: str) -> str:
         raise VolumeNotReady(f'persistentvolumeclaim "{claim}" is not bound')
     pv = core.read_persistent_volume(volume, _request_timeout=API_TIMEOUT)
     if pv.spec is not None and pv.spec.host_path is not None:
-        return str(pv.spec.host_path.path)
+        return host_path(pv.spec.host_path.path, pv.spec.host_path.type)
     if pv.spec is not None and pv.spec.local is not None:
         return str(pv.spec.local.path)
     raise VolumeNotReady(
@@ -215,7 +223,10 @@ def volume_sources(
             ref = volume["persistentVolumeClaim"]
             out[name] = (_pvc_path(api, namespace, ref["claimName"]), bool(ref.get("readOnly")))
         elif "hostPath" in volume:
-            out[name] = (volume["hostPath"]["path"], False)
+            out[name] = (
+                host_path(volume["hostPath"]["path"], volume["hostPath"].get("type")),
+                False,
+            )
         elif any(kind in volume for kind in ("configMap", "secret", "projected")):
             continue  # files the node writes: volumes.write_file_volumes
         else:

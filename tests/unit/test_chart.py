@@ -280,6 +280,7 @@ inferenceExtension:
   gateway: {name: inference-gateway, namespace: gateway-system, sectionName: http}
   endpointPickerRef: {name: "{name}-epp", port: 9002, kind: Service, group: "",
                       failureMode: FailOpen}
+  modelNameHeader: X-Gateway-Base-Model-Name
 privacy:
   engineTelemetry: false
   networkPolicy:

@@ -12,6 +12,7 @@ from fake_api_server import FakeApiServer
 from kubernetes.client.exceptions import ApiException
 
 from openmodel.config import ConfigError, PlatformConfig, parse_config
+from openmodel.config.inference_extension import DEFAULT_MODEL_NAME_HEADER as MODEL_NAME_HEADER
 from openmodel.config.inference_extension import (
     EndpointPickerRef,
     GatewayRef,
@@ -21,7 +22,7 @@ from openmodel.config.inference_extension import (
 from openmodel.engines import parse_model_deployment
 from openmodel.inference_extension.discovery import CrdDiscovery
 from openmodel.inference_extension.gate import UNAVAILABLE_REASON, InferenceExtensionGate
-from openmodel.inference_extension.render import MODEL_NAME_HEADER
+from openmodel.inference_extension.render import render_http_route
 from openmodel.reconcile.reconciler import Reconciler
 from openmodel.reconcile.render import render_children
 
@@ -133,6 +134,7 @@ def test_inference_pool_selects_the_engine_pods_on_the_engine_port() -> None:
     assert pool["spec"] == {
         "selector": {"matchLabels": children.service["spec"]["selector"]},
         "targetPorts": [{"number": 8000}],
+        "appProtocol": "http",
         "endpointPickerRef": {
             "group": "",
             "kind": "Service",
@@ -358,3 +360,16 @@ def test_crds_removed_between_discoveries_do_not_fail_the_pass(fake: FakeApiServ
     assert result.applied == ["Service/m"]
     r.reconcile_by_name("team-a", "m")
     assert len(warnings(fake)) == 1
+
+
+def test_the_route_matches_the_header_the_platforms_router_sets() -> None:
+    config = parse_inference_extension(
+        {"enabled": True, "gateway": {"name": "g"}, "modelNameHeader": "X-Gateway-Base-Model-Name"}
+    )
+    route = render_http_route({"name": "m", "namespace": "n"}, "m", ["llama"], config)
+    (match,) = route["spec"]["rules"][0]["matches"]
+    assert match["headers"] == [
+        {"type": "Exact", "name": "X-Gateway-Base-Model-Name", "value": "llama"}
+    ]
+    with pytest.raises(ConfigError, match="modelNameHeader must be an HTTP header name"):
+        parse_inference_extension({"gateway": {"name": "g"}, "modelNameHeader": "bad header"})

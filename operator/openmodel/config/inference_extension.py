@@ -6,6 +6,7 @@ inferenceExtension:
   enabled: true
   gateway: {name: inference-gateway, namespace: gateway-system, sectionName: http}
   endpointPickerRef: {name: "{name}-epp", port: 9002, failureMode: FailClose}
+  modelNameHeader: X-Gateway-Model-Name   # the header the model-name router sets
 ```
 
 `endpointPickerRef.name` may hold `{name}`, replaced by the ModelDeployment's name: an
@@ -16,6 +17,7 @@ accept a pool without one; whether the gateway does is the implementation's choi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -25,6 +27,10 @@ from openmodel.config.errors import ConfigError, checked_mapping
 KEY = "inferenceExtension"
 FAILURE_MODES = ("FailClose", "FailOpen")
 DEFAULT_PICKER_PORT = 9002
+# The header the Inference Extension's body-based router sets from a request's `model`;
+# llm-d's Inference Payload Processor sets X-Gateway-Base-Model-Name (the base model of an
+# adapter) by default: the platform names the one its router sets.
+DEFAULT_MODEL_NAME_HEADER = "X-Gateway-Model-Name"
 NAME_PLACEHOLDER = "{name}"
 
 
@@ -57,6 +63,7 @@ class InferenceExtensionConfig:
     enabled: bool = False
     gateway: GatewayRef | None = None
     endpoint_picker: EndpointPickerRef | None = None
+    model_name_header: str = DEFAULT_MODEL_NAME_HEADER
 
 
 def _fail(message: str) -> NoReturn:
@@ -111,7 +118,9 @@ def parse_inference_extension(raw: Any) -> InferenceExtensionConfig:
     openmodel.config.ConfigError naming the key."""
     if raw is None:
         return InferenceExtensionConfig()
-    section = checked_mapping(raw, KEY, ("enabled", "gateway", "endpointPickerRef"))
+    section = checked_mapping(
+        raw, KEY, ("enabled", "gateway", "endpointPickerRef", "modelNameHeader")
+    )
     enabled = section.get("enabled", False)
     if not isinstance(enabled, bool):
         _fail(f"{KEY}.enabled must be true or false, got {enabled!r}")
@@ -120,4 +129,9 @@ def parse_inference_extension(raw: Any) -> InferenceExtensionConfig:
         _fail(f"{KEY}.gateway is required when {KEY}.enabled is true (the routes' Gateway)")
     picker_raw = section.get("endpointPickerRef")
     picker = None if picker_raw is None else _endpoint_picker(picker_raw)
-    return InferenceExtensionConfig(enabled=enabled, gateway=gateway, endpoint_picker=picker)
+    header = section.get("modelNameHeader", DEFAULT_MODEL_NAME_HEADER)
+    if not isinstance(header, str) or not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", header):
+        _fail(f"{KEY}.modelNameHeader must be an HTTP header name, got {header!r}")
+    return InferenceExtensionConfig(
+        enabled=enabled, gateway=gateway, endpoint_picker=picker, model_name_header=header
+    )

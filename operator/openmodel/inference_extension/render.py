@@ -25,7 +25,6 @@ POOL_KIND = "InferencePool"
 ROUTE_GROUP = "gateway.networking.k8s.io"
 ROUTE_API_VERSION = f"{ROUTE_GROUP}/v1"
 ROUTE_KIND = "HTTPRoute"
-MODEL_NAME_HEADER = "X-Gateway-Model-Name"
 KINDS = frozenset({(POOL_API_VERSION, POOL_KIND), (ROUTE_API_VERSION, ROUTE_KIND)})
 
 
@@ -42,6 +41,8 @@ def render_inference_pool(
     spec: dict[str, Any] = {
         "selector": {"matchLabels": dict(selector)},
         "targetPorts": [{"number": target_port}],
+        # Every engine serves HTTP/1.1 (the v1 default, stated so a diff never shows it).
+        "appProtocol": "http",
     }
     picker = config.endpoint_picker
     if picker is not None:
@@ -85,7 +86,7 @@ def render_http_route(
     matches = [
         {
             "path": {"type": "PathPrefix", "value": "/"},
-            "headers": [{"type": "Exact", "name": MODEL_NAME_HEADER, "value": name}],
+            "headers": [{"type": "Exact", "name": config.model_name_header, "value": name}],
         }
         for name in names
     ]

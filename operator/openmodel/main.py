@@ -77,6 +77,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     leadership.when_elected(autoscaler.start_afresh)
     leadership.when_elected(operator.sweep)
     metering = MeteringLoop(api, config, leadership=leadership, cache=cache)
+    operator.memory.register("metering", metering.forget)
     others = {"metering": metering.run_forever()}
     if leadership.elector is not None:
         others["leadership"] = leadership.run_forever()

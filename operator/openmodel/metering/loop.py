@@ -155,6 +155,12 @@ class MeteringLoop:
                     log.exception("metering cycle failed; retrying next poll")
                 await asyncio.sleep(max(0.0, cost.poll_seconds - (time.monotonic() - started)))
 
+    def forget(self, key: ModelKey) -> None:
+        """The ModelDeployment was deleted: its series go now (the ledger's entry goes at
+        the next poll, which no longer sees it), as every other per-object series does."""
+        accelerator = self.ledger.accelerators.get(key, "")
+        self.metrics.forget(key, accelerator, self.config.cost.currency)
+
     def stand_down(self) -> None:
         """Another replica counts now: show none of the series, keep nothing."""
         currency = self.config.cost.currency
@@ -241,16 +247,16 @@ class MeteringLoop:
         )
 
     def _restore(self) -> None:
-        core = client.CoreV1Api(self.api)
+        path = f"/api/v1/namespaces/{self.checkpoint_namespace}/configmaps/{CHECKPOINT_NAME}"
         try:
-            found = core.read_namespaced_config_map(CHECKPOINT_NAME, self.checkpoint_namespace)
+            found = kube.call(self.api, "GET", path)
         except ApiException as e:
             if e.status != 404:
                 raise
             log.info("metering: no checkpoint yet; counting pods from their start")
             return
         try:
-            ledger = Ledger.restored(json.loads((found.data or {})[CHECKPOINT_KEY]))
+            ledger = Ledger.restored(json.loads((found.get("data") or {})[CHECKPOINT_KEY]))
         except (KeyError, ValueError, TypeError) as e:
             # Not ours, or damaged: counting from the pods' start is the better guess.
             log.warning(
@@ -270,25 +276,30 @@ class MeteringLoop:
 
     def _save(self, now: float) -> None:
         self.leadership.check()
-        body = client.V1ConfigMap(
-            metadata=client.V1ObjectMeta(
-                name=CHECKPOINT_NAME,
-                namespace=self.checkpoint_namespace,
-                labels={
+        namespace = self.checkpoint_namespace
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": CHECKPOINT_NAME,
+                "namespace": namespace,
+                "labels": {
                     "app.kubernetes.io/name": "openmodel",
                     "app.kubernetes.io/component": "metering",
                 },
-            ),
-            data={CHECKPOINT_KEY: json.dumps(self.ledger.checkpoint(), separators=(",", ":"))},
-        )
-        core = client.CoreV1Api(self.api)
+            },
+            "data": {CHECKPOINT_KEY: json.dumps(self.ledger.checkpoint(), separators=(",", ":"))},
+        }
+        collection = f"/api/v1/namespaces/{namespace}/configmaps"
+        # Through kube.call as every other write: rate-limited, and guarded by the
+        # leadership's write window (the API client's guard caps its timeout).
         try:
-            core.replace_namespaced_config_map(CHECKPOINT_NAME, self.checkpoint_namespace, body)
+            kube.call(self.api, "PUT", f"{collection}/{CHECKPOINT_NAME}", body=body)
         except ApiException as e:
             if e.status != 404:
                 raise
             try:
-                core.create_namespaced_config_map(self.checkpoint_namespace, body)
+                kube.call(self.api, "POST", collection, body=body)
             except ApiException as missing:
                 if missing.status != 404:
                     raise

@@ -94,6 +94,8 @@ def test_the_leader_worker_set_group() -> None:
     spec = lws["spec"]
     assert spec["replicas"] == 1
     assert spec["startupPolicy"] == "LeaderCreated"
+    # Not LWS's shared headless Service, which would take the engine Service's name.
+    assert spec["networkConfig"] == {"subdomainPolicy": "UniquePerReplica"}
     group = spec["leaderWorkerTemplate"]
     assert group["size"] == 2
     assert group["restartPolicy"] == "RecreateGroupOnPodRestart"

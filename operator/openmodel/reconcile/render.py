@@ -413,6 +413,9 @@ def render_leader_worker_set(
         "spec": {
             "replicas": replicas,
             "startupPolicy": "LeaderCreated",
+            # A headless Service per group, named like its leader pod (`<name>-<index>`):
+            # LWS's default, one named like the set, would be the engine Service's name.
+            "networkConfig": {"subdomainPolicy": "UniquePerReplica"},
             "leaderWorkerTemplate": {
                 "size": nodes,
                 "restartPolicy": "RecreateGroupOnPodRestart",

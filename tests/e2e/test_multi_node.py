@@ -10,20 +10,24 @@ count the pool's nodes, are untouched.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
 import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from harness import Cluster, NotYet, describe_namespace, wait_for
+from harness.engine_fleet import EngineFleet
 from harness.lws import LwsController, start_lws
 from harness.nodepool import apply_node_pool, wait_nodes_ready
-from openmodel_fixtures import OperatorProcess, condition, create_md, get_md
+from openmodel_fixtures import GatewayProcess, OperatorProcess, condition, create_md, get_md
 
 pytestmark = pytest.mark.cluster
 
@@ -255,6 +259,101 @@ def test_deleting_a_worker_recreates_the_group(
     again = wait_for(recreated, 90, lambda: describe_namespace(api_client, namespace))
     assert len({p.spec.node_name for p in again}) == 2
     ready_md(api_client, namespace, lws, 1)
+
+
+def group_replicas(api: client.ApiClient, namespace: str) -> int:
+    group = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        *LWS[:2], namespace, LWS[2], NAME
+    )
+    return int(group["spec"]["replicas"])
+
+
+async def complete(url: str, model: str, count: int) -> list[int]:
+    """`count` completions at once through the gateway; their HTTP statuses."""
+    timeout = aiohttp.ClientTimeout(total=240)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+
+        async def one() -> int:
+            body = {"model": model, "prompt": "hello", "max_tokens": 4}
+            async with session.post(f"{url}/v1/completions", json=body) as answer:
+                await answer.read()
+                return answer.status
+
+        return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+def test_groups_scale_1_2_0_1_through_the_autoscaler_and_the_gateway(
+    api_client: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    gateway: GatewayProcess,
+    lws: LwsController,
+) -> None:
+    served = f"ds-{namespace}"  # the session's one gateway routes every namespace
+    create_md(
+        api_client,
+        md(
+            namespace,
+            servedModelName=served,
+            autoscaling={
+                "minReplicas": 0,
+                "maxReplicas": 2,
+                "targetQueueDepth": 1,
+                "scaleDownStabilizationSeconds": 3,
+                "scaleToZeroAfterSeconds": 30,
+            },
+        ),
+    )
+    fleet = EngineFleet(
+        api_client, namespace, NAME, served_model=served, slots=1, service_time=6.0
+    ).start()
+    describe = lambda: describe_namespace(api_client, namespace) + "\n" + lws.log_tail(20)  # noqa: E731
+    try:
+        # Autoscaled from zero: nothing runs until a request comes.
+        wait_for(
+            lambda: condition(get_md(api_client, namespace, NAME), "Ready").get("reason")
+            == "ScaledToZero" or NotYet(condition(get_md(api_client, namespace, NAME), "Ready")),
+            60,
+            describe,
+        )  # fmt: skip
+        assert group_replicas(api_client, namespace) == 0 and pods_of(api_client, namespace) == []
+        # 0 -> 1: a request held by the gateway wakes one group, and is answered by it.
+        assert asyncio.run(complete(gateway.url, served, 1)) == [200]
+        assert group_replicas(api_client, namespace) == 1
+        # 1 -> 2: eight at once on one slot queue up far past the target of 1; both
+        # groups run and are ready while they are served.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            burst = pool.submit(asyncio.run, complete(gateway.url, served, 8))
+            wait_for(
+                lambda: (
+                    group_replicas(api_client, namespace) == 2
+                    or NotYet(group_replicas(api_client, namespace))
+                ),
+                30,
+                describe,
+            )
+            group_pods(api_client, namespace, 2, 2, lws)
+            ready_md(api_client, namespace, lws, 2)
+            statuses = burst.result(timeout=240)
+        assert statuses == [200] * 8, statuses
+
+        # 2 -> 0: idle past scaleToZeroAfterSeconds; no pod of a group is left behind.
+        def at_zero() -> bool | NotYet:
+            left = (group_replicas(api_client, namespace), len(pods_of(api_client, namespace)))
+            return left == (0, 0) or NotYet(left)
+
+        wait_for(at_zero, 120, describe)
+        # 0 -> 1 again.
+        assert asyncio.run(complete(gateway.url, served, 1)) == [200]
+        assert group_replicas(api_client, namespace) == 1
+        # Every request went to a leader: no worker's engine saw one.
+        handles = [*fleet.retired, *fleet.handles.values()]
+        workers = [(pod, h.stats.requests) for pod, h in handles if pod.count("-") == 2]
+        leaders = [(pod, h.stats.requests) for pod, h in handles if pod.count("-") == 1]
+        assert workers and all(n == 0 for _, n in workers), workers
+        assert sum(n for _, n in leaders) == 10, leaders
+    finally:
+        fleet.stop()
 
 
 def test_without_leader_worker_set_a_replica_across_nodes_is_degraded(

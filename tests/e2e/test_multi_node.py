@@ -261,6 +261,55 @@ def test_deleting_a_worker_recreates_the_group(
     ready_md(api_client, namespace, lws, 1)
 
 
+def test_a_layout_edit_switches_deployment_and_group_as_a_rollout(
+    api_client: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    lws: LwsController,
+) -> None:
+    """405B in fp8 fits one node (a Deployment); in bf16 it spans two (a group). The
+    group comes up beside the running Deployment, which goes once the group is ready."""
+    create_md(
+        api_client,
+        md(namespace, model="meta-llama/Llama-3.1-405B-Instruct", quantization="fp8"),
+    )
+    ready_md(api_client, namespace, lws, 1)
+    apps = client.AppsV1Api(api_client)
+    assert apps.read_namespaced_deployment(NAME, namespace).spec.replicas == 1
+    client.CustomObjectsApi(api_client).patch_namespaced_custom_object(
+        "openmodel.dev", "v1alpha1", namespace, "modeldeployments", NAME,
+        {"spec": {"quantization": "none"}},
+    )  # fmt: skip
+    seen_both = []
+
+    def switched() -> bool | NotYet:
+        lws.check_alive()
+        try:
+            apps.read_namespaced_deployment(NAME, namespace)
+            deployment = True
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            deployment = False
+        try:
+            group_replicas(api_client, namespace)
+            group = True
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            group = False
+        if deployment and group:
+            seen_both.append(True)
+        return (group and not deployment) or NotYet((deployment, group))
+
+    wait_for(switched, 90, lambda: describe_namespace(api_client, namespace))
+    # The group came up while the Deployment still served, not after it was gone.
+    assert seen_both, "the Deployment was gone before the group existed"
+    body = ready_md(api_client, namespace, lws, 1)
+    assert body["status"]["gpu"] == "2 nodes x 8x nvidia-h100-80gb"
+    group_pods(api_client, namespace, 1, 2, lws)
+
+
 def group_replicas(api: client.ApiClient, namespace: str) -> int:
     group = client.CustomObjectsApi(api).get_namespaced_custom_object(
         *LWS[:2], namespace, LWS[2], NAME

@@ -21,6 +21,9 @@ bash hack/install-debian-packages.sh lua5.1:lua5.1 redis-server:redis-server nft
 bash hack/build-control-plane.sh >&2
 bash hack/build-kstatus.sh >&2  # the kstatus library Flux uses, for tests/e2e/test_kstatus.py (shares the Go caches)
 bash hack/build-prometheus.sh >&2  # the real Prometheus the dashboard queries are checked against (shares the Go caches)
+# The LeaderWorkerSet controller (sigs.k8s.io/lws) for the multi-node e2e tests
+# (tests/e2e/test_multi_node.py); shares the Go caches.
+bash hack/build-lws.sh >&2
 bash hack/build-argocd.sh >&2  # Argo CD for the GitOps e2e tests (tests/e2e/test_argocd_*.py)
 bash hack/fetch-gateway-crds.sh >/dev/null  # Gateway API + Inference Extension CRDs for the e2e tests
 # The real vLLM engine (CPU build) for the real-engine tests, in its own cached venv.

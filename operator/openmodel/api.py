@@ -23,6 +23,16 @@ KIND = "ModelDeployment"
 PLURAL = "modeldeployments"
 API_VERSION = f"{GROUP}/{VERSION}"
 OWNER_LABEL = "openmodel.dev/model-deployment"
+# On the pods of a replica that spans nodes (a LeaderWorkerSet group): `leader` (serves
+# HTTP) or `worker` (model shards only). Whatever sends requests or scrapes metrics
+# selects SERVING_POD_SELECTOR, never a worker.
+ROLE_LABEL = "openmodel.dev/role"
+LEADER_ROLE = "leader"
+WORKER_ROLE = "worker"
+SERVING_POD_SELECTOR = f"{OWNER_LABEL},{ROLE_LABEL}!={WORKER_ROLE}"
+# A replica that spans nodes is a LeaderWorkerSet group (sigs.k8s.io/lws).
+LWS_API_VERSION = "leaderworkerset.x-k8s.io/v1"
+LWS_KIND = "LeaderWorkerSet"
 # A namespace labelled `openmodel.dev/data: private` holds data that must never leave the
 # cluster: engine telemetry stays off there whatever the platform chose, its
 # ModelDeployments get no egress exception to addresses outside the cluster, and nothing
@@ -36,6 +46,8 @@ DEFAULT_ENGINE = "vllm"
 # `gpu.type: cpu`: the engine pod runs on CPU-only nodes (engines that can, only).
 CPU_ACCELERATOR = "cpu"
 QUANTIZATIONS = ("none", "awq", "gptq", "fp8", "bitsandbytes", "gguf", "compressed-tensors")
+# spec.gpu.nodes' maximum (the CRD's): the most pods one replica may span.
+MAX_NODES = 16
 DEFAULT_SCALE_UP_SECONDS = 0
 DEFAULT_SCALE_DOWN_SECONDS = 300
 DEFAULT_SCALE_TO_ZERO_SECONDS = 600
@@ -84,8 +96,13 @@ class EngineRules(Protocol):
 
 @dataclass(frozen=True)
 class GpuSpec:
+    """`count`: the GPUs of one pod, on one node (the scheduler's limit; tensor parallel).
+    `nodes`: the pods, each on its own node, one replica spans (pipeline parallel), so a
+    replica holds count x nodes GPUs. None: sized from the model."""
+
     type: str
     count: int | None
+    nodes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -238,7 +255,15 @@ def _parse_gpu(raw: Any) -> GpuSpec:
     gpu_type = _get(raw, "type", "spec.gpu", str)
     if not gpu_type:
         raise SpecError("spec.gpu.type", "is required, e.g. nvidia-h100-80gb")
-    return GpuSpec(type=gpu_type, count=_positive_int(raw, "count", "spec.gpu", 1))
+    nodes = _positive_int(raw, "nodes", "spec.gpu", 1)
+    if nodes is not None and nodes > MAX_NODES:
+        raise SpecError("spec.gpu.nodes", f"must be <= {MAX_NODES}, got {nodes}")
+    if nodes is not None and nodes > 1 and gpu_type == CPU_ACCELERATOR:
+        raise SpecError(
+            "spec.gpu.nodes",
+            "must be omitted (or 1) with gpu.type 'cpu': a CPU replica is one process",
+        )
+    return GpuSpec(type=gpu_type, count=_positive_int(raw, "count", "spec.gpu", 1), nodes=nodes)
 
 
 def _parse_autoscaling(raw: Any) -> AutoscalingSpec | None:
@@ -432,9 +457,21 @@ def most_replicas(spec: ModelDeploymentSpec) -> int:
     return max(spec.replicas, auto_max)
 
 
-def check_cache_access_mode(spec: ModelDeploymentSpec, mode: str, field: str) -> None:
-    """ReadWriteOnce attaches to one node: refused when a second replica is possible.
-    `mode` is the spec's or the platform default's (`field` names where it came from)."""
+def check_cache_access_mode(
+    spec: ModelDeploymentSpec, mode: str, field: str, nodes: int | None = None
+) -> None:
+    """ReadWriteOnce attaches to one node: refused when a second replica, or a replica
+    of several pods (`nodes`, as sized; else spec.gpu.nodes), is possible. `mode` is the
+    spec's or the platform default's (`field` names where it came from)."""
+    pods = nodes if nodes is not None else (spec.gpu.nodes or 1)
+    if mode == READ_WRITE_ONCE and pods > 1:
+        raise SpecError(
+            field,
+            f"ReadWriteOnce cannot be mounted by the {pods} pods of a replica, each on its "
+            "own node: use ReadWriteMany (NFS, EFS, Filestore, CephFS) or ReadOnlyMany (a "
+            "claim filled beforehand, with spec.cache.claimName)",
+            reason="CacheAccessMode",
+        )
     if mode == READ_WRITE_ONCE and most_replicas(spec) > 1:
         raise SpecError(
             field,

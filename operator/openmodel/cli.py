@@ -138,7 +138,13 @@ def cmd_validate(args: argparse.Namespace, config: PlatformConfig, out: TextIO) 
             continue
         else:
             note = f"fits: {sizing['totalGiBPerGPU']} of {sizing['budgetGiBPerGPU']} GiB per GPU"
-        print(f"{where}: {name}: valid ({plan.gpu.count} GPU(s) per replica; {note})", file=out)
+        per_replica = (
+            f"{plan.gpu.count} GPU(s) per replica"
+            if plan.gpu.nodes == 1
+            else f"{plan.gpu.nodes} pods x {plan.gpu.count} GPU(s) per replica, each pod on "
+            "its own node"
+        )
+        print(f"{where}: {name}: valid ({per_replica}; {note})", file=out)
     return status
 
 

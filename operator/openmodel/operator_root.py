@@ -24,7 +24,7 @@ from typing import Any
 
 from openmodel import telemetry
 from openmodel.adapters.loop import AdapterLoop
-from openmodel.api import GROUP, KIND, OWNER_LABEL
+from openmodel.api import GROUP, KIND, LWS_KIND, OWNER_LABEL
 from openmodel.autoscaler.loop import AutoscalerLoop
 from openmodel.config import PlatformConfig
 from openmodel.controller.memory import ObjectMemory
@@ -149,6 +149,9 @@ def build_operator(
     memory.register("queue", queue.forget)
     memory.register("reconciler.own_writes", lambda key: reconciler.own_writes.forget(KIND, *key))
     memory.register("telemetry", lambda key: telemetry.forget(*key))
+    # LeaderWorkerSets are kept from our own writes only (not watched): none is left
+    # behind by a deleted ModelDeployment (the group is named like it).
+    memory.register("cache.leaderworkersets", lambda key: cache.drop(LWS_KIND, *key))
     store = reconciler.model_configs
     if store is not None:
         memory.register("model_configs.waiters", store.forget_waiter)

@@ -192,7 +192,13 @@ def test_inference_pool_and_route_are_accepted_follow_the_spec_and_are_collected
         assert ("openmodel", "Apply") in managers
     # As stored, with the CRD's defaults filled in (group, kind, appProtocol).
     assert pool["spec"] == {
-        "selector": {"matchLabels": {"openmodel.dev/model-deployment": NAME}},
+        # The serving pods, as the Service selects them (never a group's workers).
+        "selector": {
+            "matchLabels": {
+                "openmodel.dev/model-deployment": NAME,
+                "app.kubernetes.io/name": "openmodel-engine",
+            }
+        },
         "targetPorts": [{"number": 8000}],
         "appProtocol": "http",
         "endpointPickerRef": {

@@ -116,7 +116,8 @@ def test_model_that_does_not_fit_gets_a_condition_with_numbers(
         namespace,
         model="meta-llama/Llama-3.1-405B-Instruct",
         quantization="none",
-        gpu={"type": "nvidia-h100-80gb", "count": 8},
+        # One node: without gpu.nodes the replica would span two (test_multi_node.py).
+        gpu={"type": "nvidia-h100-80gb", "count": 8, "nodes": 1},
         maxModelLen=8192,
     )
     create_md(api_client, body)
@@ -127,6 +128,7 @@ def test_model_that_does_not_fit_gets_a_condition_with_numbers(
 
     c = wait_for(degraded, 30, lambda: describe_namespace(api_client, namespace))
     assert "GiB" in c["message"] and "fp8" in c["message"]
+    assert "gpu.nodes 2 with gpu.count 8" in c["message"]
     with pytest.raises(ApiException) as err:
         client.AppsV1Api(api_client).read_namespaced_deployment("llama70b-awq", namespace)
     assert err.value.status == 404

@@ -180,18 +180,52 @@ def write_md(tmp_path: Path, model: str, quantization: str, gpu: dict[str, objec
 
 
 def test_validate_never_prints_a_bare_valid(tmp_path: Path) -> None:
-    # DeepSeek-V3 in fp8 does not fit 8 x H100 80GB (issue 14: it used to print "valid").
+    # DeepSeek-V3 in fp8 does not fit one node of 8 x H100 80GB (issue 14: it used to
+    # print "valid"); with gpu.nodes 1 that is refused, with what would fit.
     path = write_md(
-        tmp_path, "deepseek-ai/DeepSeek-V3", "fp8", {"type": "nvidia-h100-80gb", "count": 8}
+        tmp_path,
+        "deepseek-ai/DeepSeek-V3",
+        "fp8",
+        {"type": "nvidia-h100-80gb", "count": 8, "nodes": 1},
     )
     out = io.StringIO()
     assert main(["validate", "-f", path], out=out) == 1
     assert "(InsufficientGPUMemory)" in out.getvalue() and "nvidia-h200" in out.getvalue()
+    assert "gpu.nodes 2 with gpu.count 8" in out.getvalue()
+    # gpu.nodes omitted: the replica spans the fewest nodes that hold it.
+    path = write_md(
+        tmp_path, "deepseek-ai/DeepSeek-V3", "fp8", {"type": "nvidia-h100-80gb", "count": 8}
+    )
+    out = io.StringIO()
+    assert main(["validate", "-f", path], out=out) == 0
+    assert "valid (2 pods x 8 GPU(s) per replica, each pod on its own node; fits: " in (
+        out.getvalue()
+    )
     # A model nothing knows: valid as far as the operator can judge, and it says so.
     path = write_md(tmp_path, "acme/house-model", "none", {"type": "nvidia-h100-80gb", "count": 2})
     out = io.StringIO()
     assert main(["validate", "-f", path], out=out) == 0
     assert "NOT sized" in out.getvalue() and "memory was not checked" in out.getvalue()
+
+
+def test_size_shows_the_layout_across_nodes_when_no_node_holds_the_model() -> None:
+    argv = ["size", "deepseek-ai/DeepSeek-V3", "--gpu", "nvidia-h100-80gb", "--offline"]
+    code, text = run([*argv, "--quantization", "fp8"])
+    assert code == 0
+    assert "No valid count fits on one node." in text
+    assert "Across nodes" in text
+    assert "Smallest layout that fits: gpu.nodes 2 x gpu.count 8 (16 GPUs per replica)" in text
+    # An engine that runs a replica in one pod: no layout across nodes is offered.
+    code, text = run([*argv, "--quantization", "fp8", "--engine", "tgi"])
+    assert code == 0 and "Across nodes" not in text
+
+
+def test_render_spans_nodes_as_a_leader_worker_set(tmp_path: Path) -> None:
+    path = write_md(tmp_path, "deepseek-ai/DeepSeek-V3", "fp8", {"type": "nvidia-h100-80gb"})
+    code, text = run(["render", "-f", path])
+    assert code == 0
+    kinds = [d["kind"] for d in yaml.safe_load_all(text)]
+    assert "LeaderWorkerSet" in kinds and "Deployment" not in kinds
 
 
 def test_size_reads_a_local_config_json() -> None:

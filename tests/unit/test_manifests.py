@@ -131,7 +131,9 @@ def test_every_namespaced_object_lives_in_the_operator_namespace():
 EXPECTED_OPERATOR_RULES = {
     ("openmodel.dev", "modeldeployments"): {"get", "list", "watch"},
     ("openmodel.dev", "modeldeployments/status"): {"patch"},
-    ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
+    ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("leaderworkerset.x-k8s.io", "leaderworkersets"): {"get", "create", "patch", "delete"},
+    ("leaderworkerset.x-k8s.io", "leaderworkersets/scale"): {"patch"},
     ("", "services"): {"get", "list", "watch", "create", "patch"},
     ("", "persistentvolumeclaims"): {"get", "list", "watch", "create", "patch"},
     ("inference.networking.k8s.io", "inferencepools"): {"get", "create", "patch"},
@@ -163,9 +165,12 @@ def test_operator_cluster_role_has_no_secrets_wildcards_or_escalation():
         assert "*" not in (group, resource, verb)
         assert resource != "secrets"
         assert verb not in ("escalate", "bind", "impersonate", "deletecollection")
-        # One delete: the engine pods' own NetworkPolicy when the platform turns policies
-        # off (patch could already open it; delete gives no power beyond that).
-        assert verb != "delete" or resource == "networkpolicies"
+        # Deletes: the engine pods' own NetworkPolicy when the platform turns policies
+        # off (patch could already open it; delete gives no power beyond that), and the
+        # engine workload of one kind once its replacement of the other kind serves.
+        assert verb != "delete" or resource in (
+            "networkpolicies", "deployments", "leaderworkersets",
+        )  # fmt: skip
         # The operator never writes a ModelDeployment's spec.
         assert not (resource == "modeldeployments" and verb in ("update", "patch", "create"))
 
@@ -227,6 +232,7 @@ def test_no_rule_for_a_resource_nobody_uses():
     used |= {
         ("openmodel.dev", "modeldeployments/status"),  # kube.apply(subresource="status")
         ("apiextensions.k8s.io", "customresourcedefinitions"),  # kopf's resource scanning
+        ("leaderworkerset.x-k8s.io", "leaderworkersets/scale"),  # kube.scale (autoscaler)
         ("", "pods/log"),  # kube.log_tail: a weights download's progress line
     }
     assert set(grouped(rule_set(role))) <= used

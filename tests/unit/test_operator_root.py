@@ -69,6 +69,7 @@ def test_a_deleted_model_deployment_is_forgotten_everywhere_by_one_call() -> Non
     store = ModelConfigStore(ModelResolverConfig())
     operator = new_operator(model_configs=store)
     assert operator.memory.names() == [
+        "cache.leaderworkersets",
         "model_configs.waiters",
         "queue",
         "reconciler.own_writes",
@@ -81,6 +82,11 @@ def test_a_deleted_model_deployment_is_forgotten_everywhere_by_one_call() -> Non
     assert isinstance(store.lookup(ref, KEY), Pending)
     telemetry.observe_queue(*KEY, 2.0, 1)
     telemetry.record_scaling(*KEY, "up")
+    # A LeaderWorkerSet the reconciler wrote (the kind is not watched).
+    group = {"kind": "LeaderWorkerSet", "metadata": {"namespace": KEY[0], "name": KEY[1],
+             "uid": "g-1", "resourceVersion": "5"}}  # fmt: skip
+    operator.cache.wrote("LeaderWorkerSet", group)
+    assert operator.cache.get("LeaderWorkerSet", *KEY) is not None
 
     async def fail_once() -> None:
         operator.queue.add(KEY)
@@ -92,6 +98,7 @@ def test_a_deleted_model_deployment_is_forgotten_everywhere_by_one_call() -> Non
 
     handle(operator, "DELETED", MD)
 
+    assert operator.cache.get("LeaderWorkerSet", *KEY) is None
     assert entries(operator.queue) == 0
     assert entries(operator.reconciler.own_writes) == 0
     assert store.record(ref, Failed(ref, "ModelConfigTimeout", "slow"), now=0) == set()

@@ -291,7 +291,11 @@ def test_service_and_labels_and_owner() -> None:
     assert svc["spec"]["ports"] == [
         {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}
     ]
-    assert svc["spec"]["selector"] == {"openmodel.dev/model-deployment": "m"}
+    # The serving pods: a Deployment's, or a group's leaders (never its workers).
+    assert svc["spec"]["selector"] == {
+        "openmodel.dev/model-deployment": "m",
+        "app.kubernetes.io/name": "openmodel-engine",
+    }
     for obj in children.all():
         meta = obj["metadata"]
         assert meta["labels"]["openmodel.dev/model-deployment"] == "m"

@@ -34,6 +34,7 @@ PUBLISHED = {
     "deepseek-ai/DeepSeek-R1": 671.0,
     "deepseek-ai/DeepSeek-V2.5": 236.0,
     "meta-llama/Llama-3.1-70B-Instruct": 70.6,
+    "meta-llama/Llama-3.1-405B-Instruct": 405.9,
     "Qwen/Qwen3-8B": 8.2,
     "Qwen/Qwen2.5-VL-3B-Instruct": 3.75,
     "Qwen/Qwen2.5-72B-Instruct-AWQ": 72.7,
@@ -69,6 +70,7 @@ def test_parameter_count_within_2_percent_of_published(repo: str) -> None:
 KV_FORMULA = {
     # GQA: 2 (K, V) x layers x kv_heads x head_dim x 2 bytes
     "meta-llama/Llama-3.1-70B-Instruct": 2 * 80 * 8 * 128 * 2,
+    "meta-llama/Llama-3.1-405B-Instruct": 2 * 126 * 8 * 128 * 2,
     "mistralai/Mistral-Large-Instruct-2411": 2 * 88 * 8 * 128 * 2,
     "Qwen/Qwen3-8B": 2 * 36 * 8 * 128 * 2,
     "Qwen/Qwen2.5-72B-Instruct-AWQ": 2 * 80 * 8 * 128 * 2,  # sliding_window off
@@ -164,7 +166,9 @@ def test_quantization_mismatch_says_which_and_what_to_write() -> None:
     assert message is not None and "write quantization: none" in message
 
 
-def spec(model: str, gpu: str, count: int | None, quantization: str = "none") -> Any:
+def spec(
+    model: str, gpu: str, count: int | None, quantization: str = "none", nodes: int | None = None
+) -> Any:
     body = {
         "apiVersion": "openmodel.dev/v1alpha1",
         "kind": "ModelDeployment",
@@ -173,11 +177,14 @@ def spec(model: str, gpu: str, count: int | None, quantization: str = "none") ->
     }
     if count is not None:
         body["spec"]["gpu"]["count"] = count
+    if nodes is not None:
+        body["spec"]["gpu"]["nodes"] = nodes
     return parse_model_deployment(body).spec
 
 
 def verdict(repo: str, gpu: str, count: int, quantization: str, ck: Checkpoint | None) -> bool:
-    s = spec(repo, gpu, count, quantization)
+    """Whether `count` GPUs of one node hold the model (gpu.nodes 1: no spanning)."""
+    s = spec(repo, gpu, count, quantization, nodes=1)
     try:
         resolve_gpu_count(s, CATALOG.get(gpu), CATALOG, ck, memory=ENGINES[s.engine].memory)  # type: ignore[arg-type]
     except SpecError as e:
@@ -199,6 +206,117 @@ def test_verdicts_that_must_hold(from_config: bool) -> None:
     assert verdict("openai/gpt-oss-120b", "nvidia-h100-80gb", 1, "none", oss)  # mxfp4 as shipped
 
 
+LAYOUTS = [
+    # repo, quantization, GPU -> nodes x GPUs per node, from config.json and the catalogue
+    ("meta-llama/Llama-3.1-405B-Instruct", "none", "nvidia-h100-80gb", (2, 8)),
+    ("meta-llama/Llama-3.1-405B-Instruct", "none", "nvidia-a100-80gb", (2, 8)),
+    ("meta-llama/Llama-3.1-405B-Instruct", "none", "nvidia-h200", (1, 8)),
+    ("meta-llama/Llama-3.1-405B-Instruct", "fp8", "nvidia-h100-80gb", (1, 8)),
+    ("deepseek-ai/DeepSeek-V3", "fp8", "nvidia-h100-80gb", (2, 8)),
+    ("deepseek-ai/DeepSeek-R1", "none", "nvidia-a100-80gb", (2, 8)),
+    ("deepseek-ai/DeepSeek-V3", "fp8", "nvidia-h200", (1, 8)),
+    ("Qwen/Qwen3-235B-A22B", "none", "nvidia-h100-80gb", (1, 8)),
+    ("mistralai/Mistral-Large-Instruct-2411", "none", "nvidia-h100-80gb", (1, 4)),
+]
+
+
+@pytest.mark.parametrize("from_config", [True, False], ids=["config.json", "catalogue"])
+@pytest.mark.parametrize(("repo", "quantization", "gpu", "layout"), LAYOUTS)
+def test_the_smallest_layout_across_nodes(
+    repo: str, quantization: str, gpu: str, layout: tuple[int, int], from_config: bool
+) -> None:
+    s = spec(repo, gpu, None, quantization)
+    ck = checkpoint(repo) if from_config else None
+    result = resolve_gpu_count(
+        s, CATALOG.get(gpu), CATALOG, ck, memory=ENGINES["vllm"].memory, max_nodes=16
+    )  # type: ignore[arg-type]
+    assert (result.nodes, result.gpu_count) == layout
+    assert result.estimate is not None and result.estimate.fits
+    assert result.nodes_chosen == (layout[0] > 1)
+
+
+def test_a_stated_count_that_no_node_holds_is_spread_over_the_fewest_nodes() -> None:
+    ds = checkpoint("deepseek-ai/DeepSeek-V3")
+    s = spec("deepseek-ai/DeepSeek-V3", "nvidia-h100-80gb", 8, "fp8")
+    h100 = CATALOG.get("nvidia-h100-80gb")
+    result = resolve_gpu_count(s, h100, CATALOG, ds, memory=ENGINES["vllm"].memory, max_nodes=16)  # type: ignore[arg-type]
+    assert (result.nodes, result.gpu_count, result.auto_sized) == (2, 8, False)
+    assert "on each of 2 nodes (chosen; 16 GPUs per replica)" in result.summary()
+    # An engine with one pod per replica: refused as before, naming the count.
+    with pytest.raises(SpecError) as err:
+        resolve_gpu_count(s, h100, CATALOG, ds, memory=ENGINES["vllm"].memory, max_nodes=1)  # type: ignore[arg-type]
+    assert (err.value.reason, err.value.field) == ("InsufficientGPUMemory", "spec.gpu.count")
+    assert "needs about 81.6 GiB per GPU on 8 x nvidia-h100-80gb" in err.value.message
+
+
+def test_gpu_nodes_1_refuses_with_the_layout_that_would_fit() -> None:
+    s = spec("deepseek-ai/DeepSeek-V3", "nvidia-h100-80gb", None, "fp8", nodes=1)
+    with pytest.raises(SpecError) as err:
+        resolve_gpu_count(
+            s, CATALOG.get("nvidia-h100-80gb"), CATALOG, memory=ENGINES["vllm"].memory,
+            max_nodes=16,
+        )  # type: ignore[arg-type]  # fmt: skip
+    assert (err.value.reason, err.value.field) == ("InsufficientGPUMemory", "spec.gpu.nodes")
+    assert "gpu.nodes 2 with gpu.count 8" in err.value.message
+
+
+def test_stated_nodes_are_checked_not_changed() -> None:
+    h100 = CATALOG.get("nvidia-h100-80gb")
+    knobs = ENGINES["vllm"].memory
+    ok = spec("meta-llama/Llama-3.1-405B-Instruct", "nvidia-h100-80gb", 8, nodes=3)
+    result = resolve_gpu_count(ok, h100, CATALOG, memory=knobs, max_nodes=16)  # type: ignore[arg-type]
+    assert (result.nodes, result.gpu_count, result.nodes_chosen) == (3, 8, False)
+    # Count omitted with nodes stated: the smallest count that fits on that many nodes.
+    auto = spec("meta-llama/Llama-3.1-405B-Instruct", "nvidia-h100-80gb", None, nodes=4)
+    result = resolve_gpu_count(auto, h100, CATALOG, memory=knobs, max_nodes=16)  # type: ignore[arg-type]
+    assert (result.nodes, result.gpu_count) == (4, 4)
+    # Too few nodes for a stated count: refused naming gpu.nodes, with what fits.
+    short = spec("meta-llama/Llama-3.1-405B-Instruct", "nvidia-h100-80gb", 4, nodes=2)
+    with pytest.raises(SpecError) as err:
+        resolve_gpu_count(short, h100, CATALOG, memory=knobs, max_nodes=16)  # type: ignore[arg-type]
+    assert (err.value.reason, err.value.field) == ("InsufficientGPUMemory", "spec.gpu.nodes")
+    assert "on 2 x 4 x nvidia-h100-80gb" in err.value.message
+    assert "gpu.nodes 3 with gpu.count 4" in err.value.message
+
+
+def test_a_count_above_a_node_is_refused_saying_what_count_and_nodes_mean() -> None:
+    s = spec("meta-llama/Llama-3.1-405B-Instruct", "nvidia-h100-80gb", 16)
+    with pytest.raises(SpecError) as err:
+        resolve_gpu_count(
+            s, CATALOG.get("nvidia-h100-80gb"), CATALOG, memory=ENGINES["vllm"].memory,
+            max_nodes=16,
+        )  # type: ignore[arg-type]  # fmt: skip
+    assert (err.value.reason, err.value.field) == ("InvalidTensorParallelSize", "spec.gpu.count")
+    assert "gpu.count is the GPUs of one pod, on one node" in err.value.message
+    assert "gpu.nodes pods of gpu.count GPUs each" in err.value.message
+
+
+def test_more_nodes_than_layers_is_refused() -> None:
+    info = {"parametersBillions": 2000, "layers": 4, "attentionHeads": 64, "kvHeads": 8,
+            "headDim": 128}  # fmt: skip
+    body = {
+        "apiVersion": "openmodel.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "m", "namespace": "ns"},
+        "spec": {"model": "acme/huge", "modelInfo": info,
+                 "gpu": {"type": "nvidia-h100-80gb", "count": 8, "nodes": 5}},
+    }  # fmt: skip
+    s = parse_model_deployment(body).spec
+    with pytest.raises(SpecError) as err:
+        resolve_gpu_count(
+            s, CATALOG.get("nvidia-h100-80gb"), CATALOG, memory=ENGINES["vllm"].memory,
+            max_nodes=16,
+        )  # type: ignore[arg-type]  # fmt: skip
+    assert (err.value.reason, err.value.field) == ("InvalidPipelineParallelSize", "spec.gpu.nodes")
+    assert "at least 5 layers; it has 4" in err.value.message
+
+
+def test_pipeline_stages_split_weights_and_kv_cache() -> None:
+    arch = checkpoint("meta-llama/Llama-3.1-405B-Instruct").architecture
+    assert kv_bytes_per_token(arch, 8, 2, pipeline=2) == 63 * 2 * 1 * 128 * 2
+    assert kv_bytes_per_token(arch, 8, 2, pipeline=4) == 32 * 2 * 1 * 128 * 2  # 126/4 -> 32
+
+
 def test_an_uncatalogued_repo_is_sized_from_its_config() -> None:
     ck = checkpoint("Qwen/Qwen2.5-72B-Instruct-AWQ")
     s = spec("acme/house-model-72b", "nvidia-h100-80gb", None)
@@ -218,6 +336,7 @@ def test_an_uncatalogued_repo_is_sized_from_its_config() -> None:
 def test_catalogue_entries_agree_with_their_config_json() -> None:
     pairs = {
         "deepseek-ai/DeepSeek-V3": c.DEEPSEEK_V3,
+        "meta-llama/Llama-3.1-405B-Instruct": c.LLAMA_31_405B,
         "Qwen/Qwen3-8B": c.QWEN3_8B,
         "Qwen/Qwen3-235B-A22B": c.QWEN3_235B_A22B,
         "meta-llama/Llama-4-Scout-17B-16E-Instruct": c.LLAMA4_SCOUT,

@@ -29,7 +29,7 @@ from kubernetes.client.exceptions import ApiException
 from openmodel.adapters.engine_api import load_adapter, loaded_adapters, unload_adapter
 from openmodel.adapters.plan import FailureLog, pod_actions
 from openmodel.adapters.status import PodReport, adapters_status
-from openmodel.api import KIND, OWNER_LABEL, SpecError
+from openmodel.api import KIND, OWNER_LABEL, SERVING_POD_SELECTOR, SpecError
 from openmodel.config import PlatformConfig
 from openmodel.engines import engine_for, parse_model_deployment
 from openmodel.engines.base import AdapterApi, adapter_path
@@ -37,7 +37,7 @@ from openmodel.kube import calls as kube
 from openmodel.kube.cache import ObjectCache
 from openmodel.kube.events import post_event
 from openmodel.kube.leadership import Leadership, NotLeader
-from openmodel.kube.pods import classify_pods
+from openmodel.kube.pods import classify_pods, serving
 from openmodel.kube.status_writer import apply_loop_status, loop_status_changed
 from openmodel.namespaces import matches, patterns_from_env
 
@@ -95,10 +95,13 @@ class AdapterLoop:
         self._forget_except({_key(b) for b in wanted})
         if not wanted:
             return
+        # A group's workers serve no API: adapters are loaded into its leader.
         pods: Sequence[Mapping[str, Any]] = (
-            self.cache.all_of("Pod")
+            serving(self.cache.all_of("Pod"))
             if self.cache is not None
-            else await asyncio.to_thread(kube.list_cluster_wide, self.api, "pods", OWNER_LABEL)
+            else await asyncio.to_thread(
+                kube.list_cluster_wide, self.api, "pods", SERVING_POD_SELECTOR
+            )
         )
         by_owner: dict[ObjectKey, list[Mapping[str, Any]]] = defaultdict(list)
         for p in pods:

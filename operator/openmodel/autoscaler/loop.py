@@ -23,7 +23,14 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from openmodel import telemetry
-from openmodel.api import KIND, OWNER_LABEL, SpecError
+from openmodel.api import (
+    KIND,
+    LWS_API_VERSION,
+    LWS_KIND,
+    OWNER_LABEL,
+    SERVING_POD_SELECTOR,
+    SpecError,
+)
 from openmodel.autoscaler import (
     Decision,
     DecisionReason,
@@ -42,7 +49,7 @@ from openmodel.kube import calls as kube
 from openmodel.kube.cache import ObjectCache
 from openmodel.kube.events import post_event
 from openmodel.kube.leadership import Leadership, NotLeader
-from openmodel.kube.pods import classify_pods
+from openmodel.kube.pods import classify_pods, serving
 from openmodel.kube.status_writer import apply_loop_status, loop_status_changed
 from openmodel.namespaces import matches, patterns_from_env
 
@@ -138,12 +145,15 @@ class AutoscalerLoop:
         return await asyncio.to_thread(kube.list_all_model_deployments, self.api)
 
     async def _owned(self) -> tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]]:
-        """Every owned Deployment and Pod: from the cache, or two cluster-wide lists."""
+        """Every owned engine workload (Deployments, and the LeaderWorkerSets the
+        reconciler wrote) and serving Pod (no group's workers): from the cache, or two
+        cluster-wide lists (Deployments only)."""
         if self.cache is not None:
-            return self.cache.all_of("Deployment"), self.cache.all_of("Pod")
+            workloads = [*self.cache.all_of("Deployment"), *self.cache.all_of(LWS_KIND)]
+            return workloads, serving(self.cache.all_of("Pod"))
         deployments, pods = await asyncio.gather(
             asyncio.to_thread(kube.list_cluster_wide, self.api, "deployments", OWNER_LABEL),
-            asyncio.to_thread(kube.list_cluster_wide, self.api, "pods", OWNER_LABEL),
+            asyncio.to_thread(kube.list_cluster_wide, self.api, "pods", SERVING_POD_SELECTOR),
         )
         return deployments, pods
 
@@ -160,7 +170,8 @@ class AutoscalerLoop:
         else:
             deployments, pods = await self._owned()
         by_owner: dict[ObjectKey, Mapping[str, Any]] = {}
-        for d in deployments:
+        # During a switch between the two kinds both exist: the newer one is scaled.
+        for d in sorted(deployments, key=lambda w: str(w["metadata"].get("creationTimestamp"))):
             meta = d["metadata"]
             by_owner[(meta["namespace"], meta["labels"][OWNER_LABEL])] = d
         pods_by_owner: dict[ObjectKey, list[Mapping[str, Any]]] = defaultdict(list)
@@ -297,7 +308,7 @@ class AutoscalerLoop:
             woken = from_zero(current, demand, history, now, policy.horizon_s)
             assert woken is not None
             self.last_active[key] = now
-            await self._act(body, key, current, woken)
+            await self._act(body, key, current, woken, deployment.get("kind", "Deployment"))
             return
         engine = engine_for(engine_name)
         sets = classify_pods(pods)
@@ -331,7 +342,7 @@ class AutoscalerLoop:
                 idle_for_s=now - self._last_active(key, observation, demand, now),
                 after_s=zero_after,
             )
-        await self._act(body, key, current, decision)
+        await self._act(body, key, current, decision, deployment.get("kind", "Deployment"))
 
     def _last_active(
         self, key: ObjectKey, observation: Observation, demand: Demand, now: float
@@ -353,7 +364,12 @@ class AutoscalerLoop:
         return last
 
     async def _act(
-        self, body: Mapping[str, Any], key: ObjectKey, current: int, decision: Decision
+        self,
+        body: Mapping[str, Any],
+        key: ObjectKey,
+        current: int,
+        decision: Decision,
+        workload_kind: str = "Deployment",
     ) -> None:
         meta = body["metadata"]
         self.histories[key] = decision.history
@@ -361,7 +377,8 @@ class AutoscalerLoop:
         scaled_at: str | None = None
         if decision.desired_replicas != current:
             direction = "up" if decision.desired_replicas > current else "down"
-            await asyncio.to_thread(self._write_replicas, key, decision.desired_replicas)
+            write = self._scale_group if workload_kind == LWS_KIND else self._write_replicas
+            await asyncio.to_thread(write, key, decision.desired_replicas)
             scaled_at = utc_now()
             telemetry.record_scaling(*key, direction)
             message = f"{current} -> {decision.desired_replicas} replicas: {decision.message}"
@@ -391,6 +408,28 @@ class AutoscalerLoop:
         )
         if self.cache is not None:
             self.cache.wrote("Deployment", result)
+
+    def _scale_group(self, key: ObjectKey, replicas: int) -> None:
+        """A LeaderWorkerSet's groups, through its scale subresource. The kind is not
+        watched: the cached copy takes the new count and version, or the reconciler
+        would apply the old count back."""
+        scaled = kube.scale(
+            self.api, LWS_API_VERSION, LWS_KIND, key[0], key[1], replicas,
+            kube.AUTOSCALER_FIELD_MANAGER,
+        )  # fmt: skip
+        if self.cache is None:
+            return
+        held = self.cache.get(LWS_KIND, *key)
+        if held is not None:
+            version = (scaled.get("metadata") or {}).get("resourceVersion")
+            self.cache.wrote(
+                LWS_KIND,
+                {
+                    **held,
+                    "metadata": {**held["metadata"], "resourceVersion": version},
+                    "spec": {**held["spec"], "replicas": replicas},
+                },
+            )
 
     def _write_status(
         self, key: ObjectKey, status: dict[str, Any], observed: Mapping[str, Any] | None

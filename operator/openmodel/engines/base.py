@@ -144,6 +144,20 @@ SNAPSHOT_FILES = WeightFiles(
 )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class NodeGroup:
+    """One pod's place in a replica that spans `nodes` pods, each on its own node
+    (tensor parallel within a pod, pipeline parallel across pods). `rank` and
+    `leader_address` are what the engine's flags get: literal values, or `$(VAR)`
+    references the kubelet expands from the pod's environment (the group controller
+    sets them per pod)."""
+
+    nodes: int
+    leader: bool  # rank 0: the pod that serves HTTP; the others run model shards only
+    rank: str
+    leader_address: str
+
+
 class Engine(Protocol):
     @property
     def name(self) -> str:
@@ -234,9 +248,18 @@ class Engine(Protocol):
     def suggested(self) -> bool:
         """Whether refusals suggest this engine instead of one that cannot serve a spec."""
 
+    @property
+    def spans_nodes(self) -> bool:
+        """Whether one replica can run as several pods on several nodes (the engine's own
+        multi-node launch, `args` with a `NodeGroup`)."""
+
     def command(self) -> list[str]: ...
 
-    def args(self, spec: ModelDeploymentSpec, gpu_count: int) -> list[str]: ...
+    def args(
+        self, spec: ModelDeploymentSpec, gpu_count: int, group: NodeGroup | None = None
+    ) -> list[str]:
+        """The container's args for `gpu_count` GPUs in the pod; with `group`, for that
+        pod of a replica spanning nodes (only engines that `spans_nodes`)."""
 
     def env(self, spec: ModelDeploymentSpec) -> list[dict[str, str]]:
         """Engine-specific environment (before the user's spec.env, which can override)."""

@@ -10,6 +10,7 @@ from openmodel.api import ModelDeploymentSpec
 from openmodel.engines.base import (
     AdapterSupport,
     MetricNames,
+    NodeGroup,
     WeightFiles,
     model_source,
     quantization_flag,
@@ -84,11 +85,15 @@ class LlamaCpp:
     adapters: AdapterSupport | None = None
     memory: MemoryKnobs = MEMORY
     suggested: bool = True
+    # One pod per replica: no multi-node launch.
+    spans_nodes: bool = False
 
     def command(self) -> list[str]:
         return ["llama-server"]
 
-    def args(self, spec: ModelDeploymentSpec, gpu_count: int) -> list[str]:
+    def args(
+        self, spec: ModelDeploymentSpec, gpu_count: int, group: NodeGroup | None = None
+    ) -> list[str]:
         """`gpu_count` 0 is a CPU-only replica (gpu.type cpu)."""
         quantization_flag(self, spec)  # refuses what llama.cpp cannot load
         source = model_source(spec.model)

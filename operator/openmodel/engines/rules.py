@@ -56,6 +56,14 @@ class RegistryRules:
                 "spec.gpu.count",
                 "must be omitted (or 1) with gpu.type 'cpu': one process per replica",
             )
+        if (spec.gpu.nodes or 1) > 1 and not engine.spans_nodes:
+            others = self._suggested(lambda e: e.spans_nodes)
+            raise SpecError(
+                "spec.gpu.nodes",
+                f"engine {spec.engine!r} runs each replica in one pod on one node: omit "
+                f"gpu.nodes (or set 1), or use engine {' or '.join(repr(n) for n in others)}",
+                reason="UnsupportedMultiNode",
+            )
         # Before sizing, so an unsized s3:// model is not refused for its size instead.
         if spec.model.startswith(OBJECT_STORE_SCHEMES) and not engine.streams_from_object_store:
             others = self._suggested(lambda e: e.streams_from_object_store)

@@ -11,6 +11,7 @@ from openmodel.engines.base import (
     SNAPSHOT_FILES,
     AdapterSupport,
     MetricNames,
+    NodeGroup,
     WeightFiles,
     adapter_path,
     model_source,
@@ -57,6 +58,29 @@ LORA_PATHS_FLAG = "--lora-paths"
 ADAPTERS = AdapterSupport(object_store_sources=False)
 
 
+# The port of the leader's torch.distributed rendezvous (`--dist-init-addr host:port`).
+DIST_INIT_PORT = 5000
+
+
+def multi_node_args(group: NodeGroup) -> list[str]:
+    """SGLang's multi-node launch (server_args.py: `--nnodes`, `--node-rank`,
+    `--dist-init-addr`): every node runs the same command with its rank, and rank 0
+    serves HTTP. `--tp-size` stays the GPUs of one node and `--pp-size` the nodes, the
+    layout the sizing checked (tensor parallel within a node, pipeline parallel across);
+    SGLang's DeepSeek recipes use `--tp-size 16` across two nodes instead, which
+    spec.args can ask for (its last value wins)."""
+    return [
+        "--pp-size",
+        str(group.nodes),
+        "--nnodes",
+        str(group.nodes),
+        "--node-rank",
+        group.rank,
+        "--dist-init-addr",
+        f"{group.leader_address}:{DIST_INIT_PORT}",
+    ]
+
+
 @dataclass(frozen=True)
 class SGLang:
     name: str = "sglang"
@@ -91,11 +115,14 @@ class SGLang:
     adapters: AdapterSupport | None = ADAPTERS
     memory: MemoryKnobs = MEMORY
     suggested: bool = True
+    spans_nodes: bool = True
 
     def command(self) -> list[str]:
         return ["python3", "-m", "sglang.launch_server"]
 
-    def args(self, spec: ModelDeploymentSpec, gpu_count: int) -> list[str]:
+    def args(
+        self, spec: ModelDeploymentSpec, gpu_count: int, group: NodeGroup | None = None
+    ) -> list[str]:
         source = model_source(spec.model)
         # Primary flag names (`--tp-size`, not the `--tp` of the docs' examples, which
         # argparse accepts only as an abbreviation).
@@ -113,6 +140,8 @@ class SGLang:
             # Without it /metrics is not served and the autoscaler has no queue.
             "--enable-metrics",
         ]
+        if group is not None:
+            out += multi_node_args(group)
         quantization = quantization_flag(self, spec)
         if quantization is not None:
             out += ["--quantization", quantization]

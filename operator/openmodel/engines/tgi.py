@@ -12,6 +12,7 @@ from openmodel.engines.base import (
     SNAPSHOT_FILES,
     AdapterSupport,
     MetricNames,
+    NodeGroup,
     WeightFiles,
     adapter_path,
     model_source,
@@ -92,11 +93,15 @@ class TGI:
     adapters: AdapterSupport | None = ADAPTERS
     memory: MemoryKnobs = MEMORY
     suggested: bool = False
+    # One pod per replica: no multi-node launch.
+    spans_nodes: bool = False
 
     def command(self) -> list[str]:
         return ["text-generation-launcher"]
 
-    def args(self, spec: ModelDeploymentSpec, gpu_count: int) -> list[str]:
+    def args(
+        self, spec: ModelDeploymentSpec, gpu_count: int, group: NodeGroup | None = None
+    ) -> list[str]:
         source = model_source(spec.model)
         if source.object_store:
             raise SpecError(

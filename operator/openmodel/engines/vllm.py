@@ -17,6 +17,7 @@ from openmodel.engines.base import (
     AdapterApi,
     AdapterSupport,
     MetricNames,
+    NodeGroup,
     WeightFiles,
     model_source,
     quantization_flag,
@@ -83,6 +84,27 @@ MEMORY = MemoryKnobs(
 DRAIN_SECONDS = 50
 
 
+def multi_node_args(group: NodeGroup) -> list[str]:
+    """vLLM 0.32's multi-node launch with its multiprocessing executor (`vllm serve
+    --help=ParallelConfig`; checked in `EngineArgs.create_engine_config`): every node runs
+    the same command with its `--node-rank`; `--nnodes` must divide the world size
+    (tensor x pipeline parallel), and rank 0 is the node with the API server, which the
+    others join at `--master-addr`. The others are `--headless` (no API server, their
+    GPUs' workers only). Pipeline parallel across nodes, as vLLM's distributed-serving
+    guide recommends: one stage per node, tensor parallel within it."""
+    out = [
+        "--pipeline-parallel-size",
+        str(group.nodes),
+        "--nnodes",
+        str(group.nodes),
+        "--node-rank",
+        group.rank,
+        "--master-addr",
+        group.leader_address,
+    ]
+    return out if group.leader else [*out, "--headless"]
+
+
 @dataclass(frozen=True)
 class VLLM:
     name: str = "vllm"
@@ -120,6 +142,9 @@ class VLLM:
     adapters: AdapterSupport | None = ADAPTERS
     memory: MemoryKnobs = MEMORY
     suggested: bool = True
+    # Multi-node with its multiprocessing backend, no Ray (0.32, `vllm/config/parallel.py`:
+    # "To use mp you must also set nnodes"; the default backend on CUDA with nnodes > 1).
+    spans_nodes: bool = True
 
     def command(self) -> list[str]:
         # Explicit, so the Deployment does not depend on the image's entrypoint.
@@ -127,7 +152,9 @@ class VLLM:
         # vLLM 0.29 deprecated.
         return ["vllm", "serve"]
 
-    def args(self, spec: ModelDeploymentSpec, gpu_count: int) -> list[str]:
+    def args(
+        self, spec: ModelDeploymentSpec, gpu_count: int, group: NodeGroup | None = None
+    ) -> list[str]:
         source = model_source(spec.model)
         # The model is `vllm serve`'s positional argument: newer vLLM refuses `--model`
         # next to it.
@@ -144,6 +171,8 @@ class VLLM:
             "--shutdown-timeout",
             str(DRAIN_SECONDS),
         ]
+        if group is not None:
+            out += multi_node_args(group)
         quantization = quantization_flag(self, spec)
         if quantization is not None:
             out += ["--quantization", quantization]

@@ -20,7 +20,7 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from openmodel.api import GROUP, OWNER_LABEL, PLURAL, VERSION
+from openmodel.api import GROUP, PLURAL, SERVING_POD_SELECTOR, VERSION
 from openmodel.gateway.routes import RouteTable
 from openmodel.namespaces import matches
 
@@ -61,7 +61,8 @@ class ClusterRoutes:
                 "group": GROUP, "version": VERSION, "plural": PLURAL,
             }  # fmt: skip
         core = client.CoreV1Api(self.api)
-        return core.list_pod_for_all_namespaces, {"label_selector": OWNER_LABEL}
+        # Serving pods only: a group's workers never receive requests.
+        return core.list_pod_for_all_namespaces, {"label_selector": SERVING_POD_SELECTOR}
 
     def _plain(self, obj: Any) -> dict[str, Any]:
         if isinstance(obj, dict):

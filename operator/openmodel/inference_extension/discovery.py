@@ -61,13 +61,17 @@ class CrdDiscovery:
         clock: Callable[[], float] = time.monotonic,
         ttl: float = 60.0,
         retry: float = 5.0,
+        required: Sequence[tuple[str, str]] = REQUIRED,
     ) -> None:
+        """`required`: the (group/version, plural) resources asked for; the Inference
+        Extension's by default (the reconciler asks the same way for LeaderWorkerSets)."""
+        self._required = tuple(required)
         self._probe = probe
         self._clock = clock
         self._ttl = ttl
         self._retry = retry
         self._lock = threading.Lock()
-        self._missing: tuple[str, ...] = tuple(describe(gv, p) for gv, p in REQUIRED)
+        self._missing: tuple[str, ...] = tuple(describe(gv, p) for gv, p in self._required)
         self._next_check: float | None = None
 
     def missing(self) -> tuple[str, ...]:
@@ -86,15 +90,16 @@ class CrdDiscovery:
     def _refresh(self, now: float) -> None:
         try:
             missing = []
-            for group_version, plural in REQUIRED:
+            for group_version, plural in self._required:
                 served = self._probe(group_version)
                 if served is None or plural not in served:
                     missing.append(describe(group_version, plural))
         except (ApiException, urllib3.exceptions.HTTPError) as e:
-            log.warning("API discovery for the Inference Extension failed: %s", e)
+            log.warning("API discovery of %s failed: %s", ", ".join(self._missing), e)
             self._next_check = now + self._retry
             return
         if tuple(missing) != self._missing:
-            log.info("Inference Extension resources not served: %s", ", ".join(missing) or "none")
+            wanted = ", ".join(describe(gv, p) for gv, p in self._required)
+            log.info("of %s, not served: %s", wanted, ", ".join(missing) or "none")
         self._missing = tuple(missing)
         self._next_check = now + self._ttl

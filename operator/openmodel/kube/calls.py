@@ -38,6 +38,10 @@ _COLLECTIONS: Mapping[tuple[str, str], str] = {
     ("networking.k8s.io/v1", "NetworkPolicy"): (
         "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies"
     ),
+    # A replica that spans nodes (reconcile/render.py), when the LWS CRD is served.
+    ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"): (
+        "/apis/leaderworkerset.x-k8s.io/v1/namespaces/{ns}/leaderworkersets"
+    ),
     # Gateway API Inference Extension children (inference_extension/).
     ("inference.networking.k8s.io/v1", "InferencePool"): (
         "/apis/inference.networking.k8s.io/v1/namespaces/{ns}/inferencepools"
@@ -425,6 +429,28 @@ def list_all_model_deployments(api: client.ApiClient) -> list[dict[str, Any]]:
 
 
 _CLUSTER_WIDE = {"deployments": "/apis/apps/v1/deployments", "pods": "/api/v1/pods"}
+
+
+def scale(
+    api: client.ApiClient,
+    api_version: str,
+    kind: str,
+    namespace: str,
+    name: str,
+    replicas: int,
+    field_manager: str,
+) -> dict[str, Any]:
+    """Set `replicas` through the object's scale subresource (what `kubectl scale` and
+    the HPA write; a LeaderWorkerSet's counts groups). Returns the Scale object; its
+    resourceVersion is the scaled object's."""
+    return call(
+        api,
+        "PATCH",
+        f"{object_path(api_version, kind, namespace, name)}/scale",
+        body={"spec": {"replicas": replicas}},
+        content_type="application/merge-patch+json",
+        query=[("fieldManager", field_manager)],
+    )
 
 
 def list_cluster_wide(api: client.ApiClient, resource: str, label_key: str) -> list[dict[str, Any]]:

@@ -61,10 +61,14 @@ def render_network_policy(
     port: int,
     egress: EgressPlan,
     config: PlatformConfig,
+    spans_nodes: bool = False,
 ) -> dict[str, Any]:
     """Ingress on the engine port from the gateway, the operator and the peers the platform
     adds; egress as `egress` plans it (none at all when closed). Traffic from the pods'
-    own node is allowed by NetworkPolicy itself (kubelet probes)."""
+    own node is allowed by NetworkPolicy itself (kubelet probes). `spans_nodes`: the
+    selected pods are the ranks of one engine on several nodes and reach each other on
+    every port, both ways, and resolve the leader's name through the cluster's DNS (the
+    platform's `dnsEgress`), which closed egress would otherwise cut."""
     policy = config.privacy.network_policy
     operator = {
         "namespaceSelector": _namespace(policy.operator_namespace),
@@ -72,7 +76,13 @@ def render_network_policy(
     }
     peers = [_gateway_peer(config), operator, *rule_dicts(policy.engine_ingress_from)]
     ingress = [{"from": peers, "ports": [{"protocol": "TCP", "port": port}]}]
-    return _network_policy(metadata, pod_labels, ingress, rule_dicts(egress.rules))
+    egress_rules = rule_dicts(egress.rules)
+    if spans_nodes:
+        group = {"podSelector": {"matchLabels": dict(pod_labels)}}
+        ingress.append({"from": [group]})
+        dns = [rule for rule in rule_dicts(policy.dns_egress) if rule not in egress_rules]
+        egress_rules = [*egress_rules, *dns, {"to": [group]}]
+    return _network_policy(metadata, pod_labels, ingress, egress_rules)
 
 
 def render_download_network_policy(

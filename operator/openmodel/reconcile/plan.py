@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from openmodel.api import ModelDeployment, SpecError
+from openmodel.api import ModelDeployment, SpecError, check_cache_access_mode
 from openmodel.config import PlatformConfig
 from openmodel.engines import engine_for
 from openmodel.engines.base import quantization_flag
@@ -23,7 +23,7 @@ from openmodel.reconcile.render import (
     resolve_accelerator,
 )
 from openmodel.reconcile.sizing_bridge import GpuChoice, choose_gpu_count
-from openmodel.weights.render import check_cache_size
+from openmodel.weights.render import access_mode, check_cache_size
 
 SKIP_FIT_CHECK_ANNOTATION = "openmodel.dev/skip-fit-check"
 ANNOTATION_BOOLEANS = {"true": True, "false": False}
@@ -94,6 +94,10 @@ def make_plan(
     gpu = choose_gpu_count(
         md.spec, accelerator, config, skip_fit_check=skip, model_config=model_config
     )
+    if gpu.nodes > 1 and md.spec.cache is not None:
+        # The sized layout: the platform's default mode may be one node's only.
+        mode, field = access_mode(md, config)
+        check_cache_access_mode(md.spec, mode, field, gpu.nodes)
     replicas = desired_replicas(md, current_replicas)
     if md.spec.max_model_len is None and gpu.max_model_len is not None:
         # Without it the engine takes the model's full context, which may not fit.
@@ -107,6 +111,7 @@ def make_plan(
         replicas,
         commit=None if resolved is None else resolved.sha,
         private=private,
+        nodes=gpu.nodes,
     )
     if resolved is not None:
         checkpoint = resolved.checkpoint

@@ -12,11 +12,13 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from openmodel.api import ROLE_LABEL
 from openmodel.problems import Problem
 
 
 def unschedulable_message(pods: Sequence[Mapping[str, Any]]) -> str | None:
-    """The scheduler's own words for the first Pending pod it could not place."""
+    """The scheduler's own words for the first Pending pod it could not place; for a pod
+    of a group (a replica across nodes), which one it is."""
     stuck = []
     for pod in pods:
         if (pod.get("status") or {}).get("phase") != "Pending":
@@ -27,7 +29,10 @@ def unschedulable_message(pods: Sequence[Mapping[str, Any]]) -> str | None:
                 and cond.get("status") == "False"
                 and cond.get("reason") == "Unschedulable"
             ):
-                stuck.append(cond.get("message") or "no message from the scheduler")
+                said = cond.get("message") or "no message from the scheduler"
+                meta = pod.get("metadata") or {}
+                role = (meta.get("labels") or {}).get(ROLE_LABEL)
+                stuck.append(said if role is None else f"{role} pod {meta.get('name')}: {said}")
     if not stuck:
         return None
     return f"{len(stuck)} pod(s) cannot be scheduled: {stuck[0]}"

@@ -27,6 +27,8 @@ from openmodel.api import (
     DATA_LABEL,
     DATA_PRIVATE,
     KIND,
+    LWS_API_VERSION,
+    LWS_KIND,
     ModelDeploymentSpec,
     SpecError,
 )
@@ -47,6 +49,19 @@ from openmodel.reconcile.plan import make_plan
 from openmodel.reconcile.pod_failures import engine_failure, unschedulable_message
 from openmodel.reconcile.render import endpoint, label_selector
 from openmodel.reconcile.status import DEGRADED, READY, Observation, build_status, needs_write
+from openmodel.reconcile.workload import (
+    API_VERSIONS,
+    DEPLOYMENT_KIND,
+    ENGINE_KINDS,
+    LWS_UNAVAILABLE,
+    can_retire,
+    group_counts,
+    group_discovery,
+    may_have_group,
+    other_kind,
+    pod_templates,
+    replicas,
+)
 from openmodel.weights import state as weights_state
 from openmodel.weights.render import DOWNLOAD_CONTAINER, CachePlan, own_claim_names
 
@@ -130,6 +145,8 @@ class Reconciler:
         self.model_configs = model_configs
         self.own_writes = OwnWrites()
         self.inference_extension = InferenceExtensionGate(api)
+        # Whether LeaderWorkerSets are served: asked only for a replica that spans nodes.
+        self.groups = group_discovery(api)
         self.cache = cache if cache is not None else ObjectCache()
         # With leader election: only the Lease holder writes; a standby keeps its cache
         # warm (the watches run) and reconciles everything when it takes over. Asked at
@@ -195,6 +212,16 @@ class Reconciler:
         if deployment is not None and uid not in owner_uids(deployment):
             foreign.append(f"Deployment/{name} already exists and {owner_text(deployment)}")
             deployment = None
+        # The engine's workload of each kind that exists (workload.py).
+        workloads: dict[str, Mapping[str, Any] | None] = {DEPLOYMENT_KIND: deployment}
+        pods = self.reader.pods(namespace, name)
+        nodes_stated = ((body.get("spec") or {}).get("gpu") or {}).get("nodes")
+        if may_have_group(
+            body.get("status"), pods, nodes_stated if isinstance(nodes_stated, int) else None
+        ):
+            workloads[LWS_KIND] = self._group(namespace, name, uid, foreign)
+        wanted_kind = DEPLOYMENT_KIND
+        group_missing = False
         problem: Problem | None = None
         created: list[str] = []
         updated: list[str] = []
@@ -210,14 +237,13 @@ class Reconciler:
         try:
             md = parse_model_deployment(body)
             md_endpoint = endpoint(md, self.config)
-            current = (deployment or {}).get("spec", {}).get("replicas")
+            # The replicas in place (the autoscaler's), of a group if there is one.
+            current = replicas(workloads.get(LWS_KIND)) or replicas(deployment)
             annotations = meta.get("annotations")
             model_config = self._model_config(md.spec, annotations, (namespace, name))
             private = self._private_namespace(namespace, md.spec)
             plan = make_plan(md, self.config, current, annotations, model_config, private)
-            # gpu.type cpu has no GPU count.
-            count = plan.gpu.count
-            gpu_text = f"{count}x {md.spec.gpu.type}" if count else md.spec.gpu.type
+            gpu_text = plan.gpu.text(md.spec.gpu.type)
             sizing = plan.gpu.estimate
             desired_replicas = plan.replicas
             cache_plan = plan.children.cache
@@ -226,12 +252,16 @@ class Reconciler:
             # The engine starts (or changes) only on a complete cache: a Deployment that
             # runs already is left as it is while a new download runs.
             hold_engine = cache is not None and cache.phase != weights_state.READY
+            wanted_kind = plan.children.deployment["kind"]
+            if wanted_kind == LWS_KIND and LWS_KIND not in workloads:
+                workloads[LWS_KIND] = self._group(namespace, name, uid, foreign)
+            group_missing = wanted_kind == LWS_KIND and bool(self.groups.missing())
             work: list[tuple[dict[str, Any], Mapping[str, Any] | None]] = []
             for obj in self.inference_extension.applicable(plan.children.all(), body):
-                if obj["kind"] == "Deployment" and hold_engine:
+                if obj["kind"] in ENGINE_KINDS and (hold_engine or group_missing):
                     continue
-                if obj["kind"] == "Deployment":
-                    observed = deployment
+                if obj["kind"] in ENGINE_KINDS:
+                    observed = workloads.get(obj["kind"])
                 else:
                     observed = self.reader.child(
                         obj["apiVersion"], obj["kind"], namespace, _name(obj), uid
@@ -242,13 +272,13 @@ class Reconciler:
                         )
                         continue
                 work.append((obj, observed))
-            # The engine Deployment last: no GPU is taken while a name it needs is
+            # The engine workload last: no GPU is taken while a name it needs is
             # someone else's (a create finds that out only by trying).
-            work.sort(key=lambda item: item[0]["kind"] == "Deployment")
+            work.sort(key=lambda item: item[0]["kind"] in ENGINE_KINDS)
             for obj, observed in work:
                 if object_holds(obj, observed):
                     continue
-                if foreign and obj["kind"] == "Deployment":
+                if foreign and obj["kind"] in ENGINE_KINDS:
                     continue
                 try:
                     result = self._apply_child(obj, observed, uid)
@@ -260,11 +290,24 @@ class Reconciler:
                 if result is None:
                     continue
                 (updated if observed is not None else created).append(f"{obj['kind']}/{_name(obj)}")
-                if obj["kind"] == "Deployment":
-                    deployment = result
+                if obj["kind"] in ENGINE_KINDS:
+                    workloads[obj["kind"]] = result
             if not self.config.privacy.network_policy.enabled:
                 self._withdraw_network_policy(namespace, name, uid)
             egress = plan.egress
+            if not foreign and not hold_engine and not group_missing:
+                self._retire_other_kind(body, workloads, wanted_kind)
+            if group_missing:
+                raise SpecError(
+                    "spec.gpu",
+                    f"a replica spans {plan.gpu.nodes} nodes ({plan.gpu.text(md.spec.gpu.type)}: "
+                    f"{plan.gpu.count * plan.gpu.nodes} GPUs, more than one node holds) and runs "
+                    "as a LeaderWorkerSet group, but the API server does not serve "
+                    "leaderworkersets.leaderworkerset.x-k8s.io/v1: install LeaderWorkerSet "
+                    "(sigs.k8s.io/lws), or choose a layout of one node (a larger gpu.type, "
+                    "spec.quantization); nothing else was changed",
+                    reason=LWS_UNAVAILABLE,
+                )
             if foreign:
                 # Someone else's object of the same name: never taken over silently.
                 raise SpecError(
@@ -280,7 +323,9 @@ class Reconciler:
         applied = created + updated
         if problem is None and cache is not None:
             problem = _cache_problem(cache, download_pods)
-        superseded = self._tidy_weights(cache_plan, cache, namespace, name, uid, deployment)
+        # The workload status reads: the wanted kind's, else (not applied yet) the other's.
+        workload = workloads.get(wanted_kind) or workloads.get(other_kind(wanted_kind))
+        superseded = self._tidy_weights(cache_plan, cache, namespace, name, uid, workload)
 
         pods = self.reader.pods(namespace, name)
         obs = Observation(
@@ -289,8 +334,13 @@ class Reconciler:
             label_selector=label_selector(name),
             endpoint=md_endpoint,
             desired_replicas=desired_replicas,
-            deployment=deployment,
+            deployment=workload,
             pods=pods,
+            groups=(
+                group_counts(workload, pods)
+                if workload is not None and workload.get("kind") == LWS_KIND
+                else None
+            ),
             problem=problem,
             gpu=gpu_text,
             sizing=sizing,
@@ -330,6 +380,40 @@ class Reconciler:
                 post_event(self.api, body, t.reason, t.message)  # Ready, or ScaledToZero
         return ReconcileResult(applied=applied, status_written=written, problem=problem)
 
+    def _group(
+        self, namespace: str, name: str, uid: str, foreign: list[str]
+    ) -> Mapping[str, Any] | None:
+        """The ModelDeployment's LeaderWorkerSet (None: none, or the kind is not served);
+        someone else's of that name is reported in `foreign`."""
+        if self.groups.missing():
+            return None
+        group = self.reader.child(LWS_API_VERSION, LWS_KIND, namespace, name, uid)
+        if group is not None and uid not in owner_uids(group):
+            foreign.append(f"{LWS_KIND}/{name} already exists and {owner_text(group)}")
+            return None
+        return group
+
+    def _retire_other_kind(
+        self,
+        body: Mapping[str, Any],
+        workloads: dict[str, Mapping[str, Any] | None],
+        wanted_kind: str,
+    ) -> None:
+        """After a switch between a Deployment and a LeaderWorkerSet: delete the old kind
+        once the new one serves (workload.py)."""
+        old_kind = other_kind(wanted_kind)
+        old = workloads.get(old_kind)
+        pods = self.reader.pods(body["metadata"]["namespace"], body["metadata"]["name"])
+        if old is None or not can_retire(old, workloads.get(wanted_kind), pods):
+            return
+        meta = old["metadata"]
+        kube.delete(self.api, API_VERSIONS[old_kind], old_kind, meta["namespace"], meta["name"])
+        self.cache.drop(old_kind, meta["namespace"], meta["name"])
+        workloads[old_kind] = None
+        message = f"{old_kind}/{meta['name']} deleted: the {wanted_kind} of the new layout serves"
+        log.info("%s/%s: %s", meta["namespace"], body["metadata"]["name"], message)
+        post_event(self.api, body, "WorkloadReplaced", message)
+
     def _private_namespace(self, namespace: str, spec: ModelDeploymentSpec) -> bool:
         """Whether the namespace is labelled openmodel.dev/data=private. Asked only when
         the answer can change what is rendered (an egress exception, or engine telemetry
@@ -368,6 +452,16 @@ class Reconciler:
         except ApiException as e:
             if self.inference_extension.gone(obj, e):
                 return None
+            if e.status == 404 and obj["kind"] == LWS_KIND:
+                # The CRD was removed since the last discovery: ask again next pass.
+                self.groups.invalidate()
+                raise SpecError(
+                    "spec.gpu",
+                    "a replica spans nodes and runs as a LeaderWorkerSet group, but the API "
+                    "server no longer serves leaderworkersets.leaderworkerset.x-k8s.io/v1: "
+                    "install LeaderWorkerSet (sigs.k8s.io/lws), or choose a layout of one node",
+                    reason=LWS_UNAVAILABLE,
+                ) from None
             if e.status == 409 and observed is not None:
                 raise StaleChild(obj) from None
             if e.status in (400, 422):
@@ -665,11 +759,11 @@ def _rolled_out(deployment: Mapping[str, Any]) -> bool:
                 and st.get("replicas", 0) == st.get("updatedReplicas", 0))  # fmt: skip
 
 
-def _mounted_claims(deployment: Mapping[str, Any]) -> set[str]:
-    volumes = ((deployment.get("spec") or {}).get("template") or {}).get("spec", {}).get("volumes")
+def _mounted_claims(workload: Mapping[str, Any]) -> set[str]:
     return {
         str(v["persistentVolumeClaim"].get("claimName"))
-        for v in volumes or []
+        for template in pod_templates(workload)
+        for v in (template.get("spec") or {}).get("volumes") or []
         if isinstance(v, Mapping) and isinstance(v.get("persistentVolumeClaim"), Mapping)
     }
 

@@ -7,6 +7,7 @@ so `openmodel render` prints exactly what the operator applies.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,9 +15,14 @@ from openmodel.accelerators import Accelerator
 from openmodel.api import (
     API_VERSION,
     KIND,
+    LEADER_ROLE,
+    LWS_API_VERSION,
+    LWS_KIND,
     OWNER_LABEL,
     READ_ONLY_MANY,
     READ_WRITE_ONCE,
+    ROLE_LABEL,
+    WORKER_ROLE,
     ModelDeployment,
     SpecError,
 )
@@ -25,6 +31,7 @@ from openmodel.engines import engine_for
 from openmodel.engines.base import (
     MODEL_MOUNT_ROOT,
     Engine,
+    NodeGroup,
     adapter_claims,
     model_source,
     served_model_name,
@@ -50,10 +57,24 @@ from openmodel.weights.render import (
 SERVICE_PORT = 8000
 CONTAINER_NAME = "engine"
 MANAGED_BY = "openmodel"
+ENGINE_APP = "openmodel-engine"
+APP_LABEL = "app.kubernetes.io/name"
+# A replica that spans nodes is a LeaderWorkerSet group (api.LWS_KIND: the Kubernetes SIG
+# project for one leader pod and its workers, created, placed, restarted and scaled as one).
+# Set by the LWS controller's pod webhook on every pod of a group: the leader's address
+# (a DNS name through the group's headless Service) and the pod's index in its group.
+LWS_LEADER_ADDRESS_ENV = "LWS_LEADER_ADDRESS"
+LWS_WORKER_INDEX_ENV = "LWS_WORKER_INDEX"
+# On a LeaderWorkerSet's pod templates: a hash of both, so status can tell the groups of
+# the applied templates from those of an earlier one (the kind is not watched).
+TEMPLATE_HASH_ANNOTATION = "openmodel.dev/template-hash"
+# The label LWS gives every pod of one group (the same value on each).
+LWS_GROUP_KEY_LABEL = "leaderworkerset.sigs.k8s.io/group-key"
 
 
 @dataclass(frozen=True)
 class Children:
+    # The engine's workload: a Deployment, or a LeaderWorkerSet when a replica spans nodes.
     deployment: dict[str, Any]
     service: dict[str, Any]
     pvc: dict[str, Any] | None
@@ -88,8 +109,20 @@ def child_labels(md: ModelDeployment) -> dict[str, str]:
     # and children must not look like members of an Argo CD application.
     return {
         OWNER_LABEL: md.name,
-        "app.kubernetes.io/name": "openmodel-engine",
+        APP_LABEL: ENGINE_APP,
         "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+
+
+def worker_labels(md: ModelDeployment) -> dict[str, str]:
+    """A group's worker pods: the owner label (status, the cache and the NetworkPolicy see
+    them) and ROLE_LABEL worker, but not the engine's app name, so no Service, pool or
+    gateway ever sends them a request (they serve no HTTP)."""
+    return {
+        OWNER_LABEL: md.name,
+        APP_LABEL: f"{ENGINE_APP}-worker",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        ROLE_LABEL: WORKER_ROLE,
     }
 
 
@@ -97,6 +130,13 @@ def selector_labels(name: str) -> dict[str, str]:
     """The labels that select a ModelDeployment's pods; only its name is needed, so
     status can report them even for a spec that does not parse."""
     return {OWNER_LABEL: name}
+
+
+def serving_labels(name: str) -> dict[str, str]:
+    """The pods that answer requests: a Deployment's pods and a group's leaders, never
+    its workers. The Service and the InferencePool select these (during a switch
+    between the two kinds, both kinds' serving pods at once)."""
+    return {OWNER_LABEL: name, APP_LABEL: ENGINE_APP}
 
 
 def label_selector(name: str) -> str:
@@ -245,6 +285,69 @@ def _tolerations(accelerator: Accelerator) -> dict[str, Any]:
     return {"tolerations": tolerations} if tolerations else {}
 
 
+def _pod_spec(
+    md: ModelDeployment,
+    config: PlatformConfig,
+    accelerator: Accelerator,
+    gpu_count: int,
+    cache: CachePlan | None,
+    private: bool,
+    group: NodeGroup | None = None,
+) -> dict[str, Any]:
+    """The engine pod's spec; with `group`, that pod of a replica spanning nodes: the
+    engine's multi-node flags, and probes on the leader only (workers serve no HTTP;
+    the group is restarted whole when one of its pods fails)."""
+    engine = engine_for(md.spec.engine)
+    volumes, mounts = _volumes(md, engine, cache)
+    probes = _probes(engine, config) if group is None or group.leader else {}
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": image_for(md, config, accelerator),
+        "command": engine.command(),
+        "args": engine.args(md.spec, gpu_count, group) + list(md.spec.args),
+        "ports": [{"name": "http", "containerPort": engine.port, "protocol": "TCP"}],
+        "env": _env(md, engine, config, cache, private),
+        "resources": _resources(md, accelerator, gpu_count),
+        "volumeMounts": mounts,
+        # An engine that dies while loading writes its reason only to its log; with
+        # this the kubelet copies the log's tail into lastState.terminated.message,
+        # where status can quote it (pod_failures.engine_failure_message).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        **probes,
+    }
+    affinity = placement.node_affinity(accelerator)
+    if group is not None:
+        affinity = {**affinity, "podAntiAffinity": _one_pod_of_a_group_per_node(md)}
+    return {
+        "affinity": affinity,
+        **_tolerations(accelerator),
+        "containers": [container],
+        "volumes": volumes,
+        # Engines never call the API server: no token in the pod.
+        "automountServiceAccountToken": False,
+        # Engines shut down slowly while draining in-flight requests.
+        "terminationGracePeriodSeconds": 60,
+    }
+
+
+def _one_pod_of_a_group_per_node(md: ModelDeployment) -> dict[str, Any]:
+    """No two pods of one group on one node (a pod per node is what the layout sized,
+    also when a pod takes fewer GPUs than a node has); pods of other groups may share."""
+    return {
+        "requiredDuringSchedulingIgnoredDuringExecution": [
+            {
+                "labelSelector": {"matchLabels": selector_labels(md.name)},
+                "matchLabelKeys": [LWS_GROUP_KEY_LABEL],
+                "topologyKey": "kubernetes.io/hostname",
+            }
+        ]
+    }
+
+
+def _template_annotations(engine: Engine) -> dict[str, str]:
+    return {"openmodel.dev/engine": engine.name}
+
+
 def render_deployment(
     md: ModelDeployment,
     config: PlatformConfig,
@@ -255,22 +358,6 @@ def render_deployment(
     private: bool = False,
 ) -> dict[str, Any]:
     engine = engine_for(md.spec.engine)
-    volumes, mounts = _volumes(md, engine, cache)
-    container: dict[str, Any] = {
-        "name": CONTAINER_NAME,
-        "image": image_for(md, config, accelerator),
-        "command": engine.command(),
-        "args": engine.args(md.spec, gpu_count) + list(md.spec.args),
-        "ports": [{"name": "http", "containerPort": engine.port, "protocol": "TCP"}],
-        "env": _env(md, engine, config, cache, private),
-        "resources": _resources(md, accelerator, gpu_count),
-        "volumeMounts": mounts,
-        # An engine that dies while loading writes its reason only to its log; with
-        # this the kubelet copies the log's tail into lastState.terminated.message,
-        # where status can quote it (pod_failures.engine_failure_message).
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        **_probes(engine, config),
-    }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -282,17 +369,63 @@ def render_deployment(
             "template": {
                 "metadata": {
                     "labels": child_labels(md),
-                    "annotations": {"openmodel.dev/engine": engine.name},
+                    "annotations": _template_annotations(engine),
                 },
-                "spec": {
-                    "affinity": placement.node_affinity(accelerator),
-                    **_tolerations(accelerator),
-                    "containers": [container],
-                    "volumes": volumes,
-                    # Engines never call the API server: no token in the pod.
-                    "automountServiceAccountToken": False,
-                    # Engines shut down slowly while draining in-flight requests.
-                    "terminationGracePeriodSeconds": 60,
+                "spec": _pod_spec(md, config, accelerator, gpu_count, cache, private),
+            },
+        },
+    }
+
+
+def render_leader_worker_set(
+    md: ModelDeployment,
+    config: PlatformConfig,
+    accelerator: Accelerator,
+    gpu_count: int,
+    nodes: int,
+    replicas: int,
+    cache: CachePlan | None = None,
+    private: bool = False,
+) -> dict[str, Any]:
+    """One group per replica: a leader (rank 0, serves HTTP) and nodes - 1 workers, each
+    pod with `gpu_count` GPUs on its own node. A failed pod restarts its whole group
+    (RecreateGroupOnPodRestart): the engine's ranks cannot rejoin one by one. Workers
+    start with the leader (LeaderCreated): the leader becomes ready only once they joined."""
+    engine = engine_for(md.spec.engine)
+    address = f"$({LWS_LEADER_ADDRESS_ENV})"
+    leader = NodeGroup(nodes=nodes, leader=True, rank="0", leader_address=address)
+    worker = NodeGroup(
+        nodes=nodes, leader=False, rank=f"$({LWS_WORKER_INDEX_ENV})", leader_address=address
+    )
+    leader_spec = _pod_spec(md, config, accelerator, gpu_count, cache, private, leader)
+    worker_spec = _pod_spec(md, config, accelerator, gpu_count, cache, private, worker)
+    leader_labels = {**child_labels(md), ROLE_LABEL: LEADER_ROLE}
+    digest = hashlib.sha256(
+        json.dumps(
+            [leader_labels, leader_spec, worker_labels(md), worker_spec], sort_keys=True
+        ).encode()
+    ).hexdigest()[:16]
+    annotations = {**_template_annotations(engine), TEMPLATE_HASH_ANNOTATION: digest}
+    return {
+        "apiVersion": LWS_API_VERSION,
+        "kind": LWS_KIND,
+        "metadata": _metadata(md, md.name),
+        "spec": {
+            "replicas": replicas,
+            "startupPolicy": "LeaderCreated",
+            # A headless Service per group, named like its leader pod (`<name>-<index>`):
+            # LWS's default, one named like the set, would be the engine Service's name.
+            "networkConfig": {"subdomainPolicy": "UniquePerReplica"},
+            "leaderWorkerTemplate": {
+                "size": nodes,
+                "restartPolicy": "RecreateGroupOnPodRestart",
+                "leaderTemplate": {
+                    "metadata": {"labels": leader_labels, "annotations": annotations},
+                    "spec": leader_spec,
+                },
+                "workerTemplate": {
+                    "metadata": {"labels": worker_labels(md), "annotations": dict(annotations)},
+                    "spec": worker_spec,
                 },
             },
         },
@@ -314,7 +447,7 @@ def render_service(md: ModelDeployment) -> dict[str, Any]:
         "metadata": _metadata(md, md.name),
         "spec": {
             "type": "ClusterIP",
-            "selector": selector_labels(md.name),
+            "selector": serving_labels(md.name),
             "ports": [
                 {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
             ],
@@ -342,17 +475,26 @@ def render_children(
     replicas: int,
     commit: str | None = None,
     private: bool = False,
+    nodes: int = 1,
 ) -> Children:
     """Everything the operator applies for `md`; raises SpecError for what it cannot serve.
     `commit`: the one the model resolver pinned, which the weights download fetches;
-    `private`: its namespace is labelled openmodel.dev/data=private."""
+    `private`: its namespace is labelled openmodel.dev/data=private; `nodes`: the pods
+    (one per node) of each replica, a LeaderWorkerSet above 1."""
     accelerator = resolve_accelerator(md, config)
     extension = config.inference_extension.enabled
     cache = cache_plan(md, config, commit)
     egress = plan_egress(md, config, private, cache)
     policies = config.privacy.network_policy.enabled
+    workload = (
+        render_deployment(md, config, accelerator, gpu_count, replicas, cache, private)
+        if nodes == 1
+        else render_leader_worker_set(
+            md, config, accelerator, gpu_count, nodes, replicas, cache, private
+        )
+    )
     return Children(
-        deployment=render_deployment(md, config, accelerator, gpu_count, replicas, cache, private),
+        deployment=workload,
         service=render_service(md),
         pvc=None if cache is None else render_claim(md, cache, config, _metadata(md, md.name)),
         inference_pool=render_pool(md, config) if extension else None,
@@ -363,7 +505,7 @@ def render_children(
             else render_download_job(md, cache, config, _metadata(md, md.name))
         ),
         cache=cache,
-        network_policy=render_policy(md, config, egress) if policies else None,
+        network_policy=render_policy(md, config, egress, nodes > 1) if policies else None,
         download_policy=(
             render_download_policy(md, config, cache) if policies and cache is not None else None
         ),
@@ -384,12 +526,13 @@ def plan_egress(
 
 
 def render_policy(
-    md: ModelDeployment, config: PlatformConfig, egress: EgressPlan
+    md: ModelDeployment, config: PlatformConfig, egress: EgressPlan, spans_nodes: bool = False
 ) -> dict[str, Any]:
-    """The engine pods' NetworkPolicy, named like the ModelDeployment."""
+    """The engine pods' NetworkPolicy, named like the ModelDeployment; `spans_nodes`: the
+    pods of a group reach each other on every port (the engine's ranks)."""
     port = engine_for(md.spec.engine).port
     return render_network_policy(
-        _metadata(md, md.name), selector_labels(md.name), port, egress, config
+        _metadata(md, md.name), selector_labels(md.name), port, egress, config, spans_nodes
     )
 
 
@@ -397,7 +540,7 @@ def render_pool(md: ModelDeployment, config: PlatformConfig) -> dict[str, Any]:
     """The InferencePool: the pods the Service selects, on the engine's port."""
     port = engine_for(md.spec.engine).port
     return render_inference_pool(
-        _metadata(md, md.name), selector_labels(md.name), port, config.inference_extension
+        _metadata(md, md.name), serving_labels(md.name), port, config.inference_extension
     )
 
 

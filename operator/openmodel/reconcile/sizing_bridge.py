@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from openmodel.accelerators import Accelerator
-from openmodel.api import DEFAULT_ENGINE, ModelDeploymentSpec, SpecError
+from openmodel.api import DEFAULT_ENGINE, MAX_NODES, ModelDeploymentSpec, SpecError
 from openmodel.config import PlatformConfig
 from openmodel.engines import engine_for
 from openmodel.model_resolver.state import SIZING_PENDING, Failed, ModelConfigState, Pending
@@ -20,11 +20,21 @@ from openmodel.sizing.cpu import estimate_cpu
 
 @dataclass(frozen=True)
 class GpuChoice:
-    count: int
+    count: int  # GPUs of one pod
     # What status.sizing shows, when the model is known.
     estimate: dict[str, Any] | None = None
     # The context the engine should be given when the spec sets none (None: engine default).
     max_model_len: int | None = None
+    # Pods (one per node) per replica: above 1 the replica is a LeaderWorkerSet group.
+    nodes: int = 1
+
+    def text(self, gpu_type: str) -> str:
+        """status.gpu: `8x nvidia-h100-80gb`, `2 nodes x 8x nvidia-h100-80gb`, or the
+        type alone for gpu.type cpu."""
+        if not self.count:
+            return gpu_type
+        per_pod = f"{self.count}x {gpu_type}"
+        return per_pod if self.nodes == 1 else f"{self.nodes} nodes x {per_pod}"
 
 
 def cpu_choice(spec: ModelDeploymentSpec) -> GpuChoice:
@@ -48,7 +58,7 @@ def choose_gpu_count(
     if accelerator.cpu_only:
         return cpu_choice(spec)
     if skip_fit_check and spec.gpu.count is not None:
-        return GpuChoice(count=spec.gpu.count)
+        return GpuChoice(count=spec.gpu.count, nodes=spec.gpu.nodes or 1)
     checkpoint: Checkpoint | None = None
     notes: tuple[str, ...] = ()
     if isinstance(model_config, Pending):
@@ -64,6 +74,7 @@ def choose_gpu_count(
         )
     elif model_config is not None:
         checkpoint = model_config.checkpoint
+    engine = engine_for(spec.engine)
     try:
         result = resolve_gpu_count(
             spec,
@@ -71,7 +82,8 @@ def choose_gpu_count(
             config.accelerators,
             checkpoint=checkpoint,
             extra_notes=notes,
-            memory=engine_for(spec.engine).memory,
+            memory=engine.memory,
+            max_nodes=MAX_NODES if engine.spans_nodes else 1,
         )
     except SpecError as e:
         if isinstance(model_config, Failed) and e.reason == "UnknownModelSize":
@@ -80,7 +92,12 @@ def choose_gpu_count(
     estimate = result.to_status()
     if estimate is not None:
         estimate["summary"] = result.summary()
-    return GpuChoice(count=result.gpu_count, estimate=estimate, max_model_len=result.max_model_len)
+    return GpuChoice(
+        count=result.gpu_count,
+        estimate=estimate,
+        max_model_len=result.max_model_len,
+        nodes=result.nodes,
+    )
 
 
 def size_report_text(
@@ -92,13 +109,15 @@ def size_report_text(
     engine: str = DEFAULT_ENGINE,
     checkpoint: Checkpoint | None = None,
 ) -> str:
+    chosen = engine_for(engine)
     report = size_report(
         model,
         accelerator_name,
         quantization,
         config.accelerators,
-        memory=engine_for(engine).memory,
+        memory=chosen.memory,
         max_model_len=max_model_len,
         checkpoint=checkpoint,
+        max_nodes=MAX_NODES if chosen.spans_nodes else 1,
     )
     return format_size_report(report)

@@ -27,6 +27,7 @@ from openmodel.api import status_conditions
 from openmodel.privacy.egress import Egress, EgressPlan
 from openmodel.problems import Problem
 from openmodel.reconcile.pod_failures import engine_failure, unschedulable_message
+from openmodel.reconcile.workload import GroupCounts
 from openmodel.weights.state import DOWNLOADING_WEIGHTS
 
 READY = "Ready"
@@ -63,6 +64,9 @@ class Observation:
     # None when the spec was not applied this pass: the egress in place stays reported.
     egress: EgressPlan | None = None
     cache: Mapping[str, Any] | None = None  # status.cache (weights/state.py)
+    # A LeaderWorkerSet's groups, counted from its pods (reconcile/workload.py); None:
+    # the workload is a Deployment, whose own status counts its replicas.
+    groups: GroupCounts | None = None
 
 
 @dataclass(frozen=True)
@@ -106,9 +110,18 @@ def _deployment_counts(deployment: Mapping[str, Any] | None) -> tuple[int, int, 
     )
 
 
+def _counts(obs: Observation) -> tuple[int, int, int, int, bool]:
+    """(spec replicas, replicas, ready, updated, caught up) of the Deployment, or of the
+    LeaderWorkerSet's groups (ready: leader ready and every worker running)."""
+    if obs.groups is None:
+        return _deployment_counts(obs.deployment)
+    g = obs.groups
+    return g.want, g.present, g.ready, g.updated, True
+
+
 def desired_conditions(obs: Observation) -> list[dict[str, Any]]:
     g = obs.generation
-    want, _, ready, updated, caught_up = _deployment_counts(obs.deployment)
+    want, _, ready, updated, caught_up = _counts(obs)
     if obs.desired_replicas is not None:
         want = obs.desired_replicas
     # Sizing waits for the model's config.json: not a fault, and nothing is applied yet.
@@ -242,7 +255,7 @@ def build_status(obs: Observation, observed_status: Any, now: str) -> StatusUpda
                 Transition(cond["type"], cond["status"], cond["reason"], cond["message"])
             )
         conditions.append(cond)
-    _, replicas, ready, _, _ = _deployment_counts(obs.deployment)
+    _, replicas, ready, _, _ = _counts(obs)
     status: dict[str, Any] = {
         "observedGeneration": obs.generation,
         "replicas": replicas,

@@ -1,14 +1,22 @@
-"""The fit check: the GPU count for a ModelDeployment, chosen or checked, with reasons.
+"""The fit check: the layout of a ModelDeployment's replica, chosen or checked, with reasons.
 
-`resolve_gpu_count(spec, accelerator, catalog)` is what the operator and the CLI call:
+A replica is `gpu.nodes` pods (one per node) of `gpu.count` GPUs each: tensor parallel
+within a pod, pipeline parallel across pods, so it holds count x nodes GPUs.
+`resolve_gpu_count(spec, accelerator, catalog, max_nodes=...)` is what the operator and
+the CLI call; `max_nodes` is 1 for an engine that runs a replica in one pod:
 - gpu.count omitted, model known (catalogue or spec.modelInfo): the smallest valid
-  tensor-parallel count that fits; none fits → SpecError `InsufficientGPUMemory`;
+  tensor-parallel count that fits one node; when none does (and gpu.nodes is not 1),
+  every GPU of a node (the largest valid count) on the fewest nodes that fit; none fits
+  → SpecError `InsufficientGPUMemory`;
 - gpu.count omitted, model unknown → SpecError `UnknownModelSize`;
-- gpu.count given, model unknown → accepted as is, no estimate;
+- gpu.count given, model unknown → accepted as is (gpu.nodes or 1), no estimate;
 - gpu.count given, model known: refused with `InvalidTensorParallelSize` when it
-  cannot shard the model, `InsufficientGPUMemory` when it does not fit; the message
-  carries the numbers and what would fit (another count, GPU type, quantization or a
-  shorter maxModelLen).
+  cannot shard the model or exceeds a node, `InsufficientGPUMemory` when it does not
+  fit on gpu.nodes nodes (when gpu.nodes is omitted: on one node, else on the fewest
+  nodes that fit); the message carries the numbers and what would fit (another count,
+  more nodes, GPU type, quantization or a shorter maxModelLen);
+- gpu.nodes given: checked (`InvalidPipelineParallelSize` when the model has fewer
+  layers than stages; refused for an engine that cannot span nodes).
 
 Context: with spec.maxModelLen (or --max-model-len / --max-total-tokens in spec.args)
 that is what must fit. Without it the check requires min(model max, 8192) tokens, and
@@ -47,7 +55,13 @@ from openmodel.sizing.memory import (
     engine_settings,
     estimate_memory,
 )
-from openmodel.sizing.parallelism import candidate_counts, tp_violations, valid_tp_sizes
+from openmodel.sizing.parallelism import (
+    candidate_counts,
+    full_node_count,
+    pp_violations,
+    tp_violations,
+    valid_tp_sizes,
+)
 
 # A shorter maxModelLen is only worth suggesting if it leaves a usable context.
 MIN_USEFUL_CONTEXT = 2048
@@ -70,13 +84,23 @@ class SizingResult:
     # the engine's default, because the KV cache could not be estimated).
     max_model_len: int | None
     notes: tuple[str, ...] = ()
+    # Pods (one per node) per replica, and whether that number was chosen here.
+    nodes: int = 1
+    nodes_chosen: bool = False
 
     def summary(self) -> str:
         how = "chosen" if self.auto_sized else "as requested"
+        head = f"{self.gpu_count} GPU(s) {how}"
+        if self.nodes > 1:
+            nodes_how = "chosen" if self.nodes_chosen else "as requested"
+            head += (
+                f" on each of {self.nodes} nodes ({nodes_how}; "
+                f"{self.gpu_count * self.nodes} GPUs per replica)"
+            )
         if self.estimate is None:
-            head = f"{self.gpu_count} GPU(s) {how}; model size unknown, memory not checked"
+            head += "; model size unknown, memory not checked"
         else:
-            head = f"{self.gpu_count} GPU(s) {how}. {self.estimate.summary()}"
+            head += f". {self.estimate.summary()}"
         return " ".join((head, *self.notes))
 
     def to_status(self) -> dict[str, Any] | None:
@@ -97,12 +121,31 @@ class _Problem:
     settings: EngineSettings
     context: int  # tokens one sequence must be able to hold
 
-    def estimate(self, fmt: WeightFormat, accelerator: Accelerator, count: int) -> Estimate:
-        return estimate_memory(self.arch, fmt, accelerator, count, self.context, self.settings)
+    def estimate(
+        self, fmt: WeightFormat, accelerator: Accelerator, count: int, nodes: int = 1
+    ) -> Estimate:
+        return estimate_memory(
+            self.arch, fmt, accelerator, count, self.context, self.settings, nodes
+        )
 
     def smallest_fit(self, fmt: WeightFormat, accelerator: Accelerator) -> Estimate | None:
         for count in candidate_counts(self.arch, fmt, accelerator.max_per_node):
             est = self.estimate(fmt, accelerator, count)
+            if est.fits:
+                return est
+        return None
+
+    def node_counts(self, max_nodes: int) -> tuple[int, ...]:
+        """The node counts above 1 a replica may span: at most `max_nodes`, one layer
+        per pipeline stage at least."""
+        return tuple(n for n in range(2, max_nodes + 1) if not pp_violations(self.arch, n))
+
+    def fewest_nodes(
+        self, fmt: WeightFormat, accelerator: Accelerator, count: int, max_nodes: int
+    ) -> Estimate | None:
+        """The smallest layout of `count` GPUs per node on 2..max_nodes nodes that fits."""
+        for nodes in self.node_counts(max_nodes):
+            est = self.estimate(fmt, accelerator, count, nodes)
             if est.fits:
                 return est
         return None
@@ -136,6 +179,10 @@ def _per_gpu(est: Estimate) -> str:
     return f"{est.total_gib:.1f} of {est.budget_gib:.1f} GiB per GPU"
 
 
+def _nodes_text(est: Estimate) -> str:
+    return f"gpu.nodes {est.nodes} with gpu.count {est.gpu_count} ({_per_gpu(est)})"
+
+
 def _shortfall(model: str, est: Estimate) -> str:
     kv = (
         f"KV cache {est.kv_cache_gib:.1f} for {est.context_tokens} tokens"
@@ -145,7 +192,7 @@ def _shortfall(model: str, est: Estimate) -> str:
     lora = f" + LoRA {est.lora_gib:.2f}" if est.lora_gib > 0 else ""
     return (
         f"{model} ({est.model}, {est.quantization}) needs about {est.total_gib:.1f} GiB per GPU "
-        f"on {est.gpu_count} x {est.accelerator} (weights {est.weights_gib:.1f} + {kv} + "
+        f"on {est.layout} (weights {est.weights_gib:.1f} + {kv} + "
         f"overhead {est.overhead_gib:.1f}{lora}), more than the {est.budget_gib:.1f} GiB budget "
         f"({est.fraction_text} x {est.memory_gib:g} GiB)"
     )
@@ -157,10 +204,17 @@ def _suggestions(
     accelerator: Accelerator,
     catalog: AcceleratorCatalog | None,
     given_count: int | None,
+    spanning_nodes: int = 1,
 ) -> list[str]:
-    """What would fit instead, most local change first."""
+    """What would fit instead, most local change first. `spanning_nodes`: the most nodes
+    a replica may span that the spec did not already try (1: none)."""
     out: list[str] = []
     counts = candidate_counts(problem.arch, fmt, accelerator.max_per_node)
+    full = given_count or full_node_count(problem.arch, fmt, accelerator.max_per_node)
+    if spanning_nodes > 1 and full is not None:
+        across = problem.fewest_nodes(fmt, accelerator, full, spanning_nodes)
+        if across is not None:
+            out.append(_nodes_text(across))
     # Another count of the same GPU.
     if given_count is not None:
         fitting = [e for n in counts if (e := problem.estimate(fmt, accelerator, n)).fits]
@@ -217,8 +271,9 @@ def _does_not_fit(
     accelerator: Accelerator,
     catalog: AcceleratorCatalog | None,
     given_count: int | None,
+    spanning_nodes: int = 1,
 ) -> SpecError:
-    options = _suggestions(problem, fmt, accelerator, catalog, given_count)
+    options = _suggestions(problem, fmt, accelerator, catalog, given_count, spanning_nodes)
     tail = (
         "Would fit: " + "; ".join(options) + "."
         if options
@@ -309,21 +364,31 @@ def resolve_gpu_count(
     extra_notes: tuple[str, ...] = (),
     *,
     memory: MemoryKnobs,
+    max_nodes: int = 1,
 ) -> SizingResult:
-    """Choose or check spec.gpu.count on `accelerator`, for the engine whose knobs are
-    `memory` (`Engine.memory`).
+    """Choose or check spec.gpu.count and spec.gpu.nodes on `accelerator`, for the engine
+    whose knobs are `memory` (`Engine.memory`) and which can span up to `max_nodes`
+    nodes per replica (1: one pod per replica).
 
     `catalog`, when given, lets an InsufficientGPUMemory message suggest other GPU
     types. `checkpoint` is the model's own config.json when it could be read
     (`openmodel.model_resolver`); `extra_notes` say why it could not. Raises SpecError
     with reason UnknownModelSize, QuantizationMismatch, InvalidTensorParallelSize,
-    InsufficientGPUMemory or InvalidEngineArgs.
+    InvalidPipelineParallelSize, InsufficientGPUMemory or InvalidEngineArgs.
     """
     settings = engine_settings(memory, spec.args, lora_settings(spec))
     requested = settings.max_model_len_arg or spec.max_model_len
     model, fmt = model_and_format(spec, checkpoint, memory)
     notes = extra_notes + _notes(spec, model, fmt, requested)
     count = spec.gpu.count
+    nodes = spec.gpu.nodes
+    if nodes is not None and nodes > max_nodes:
+        raise SpecError(
+            "spec.gpu.nodes",
+            f"is {nodes}, but engine {spec.engine!r} runs each replica in one pod on one "
+            "node: omit gpu.nodes (or set 1), or use an engine that spans nodes",
+            "InvalidPipelineParallelSize",
+        )
 
     if model is None:
         if count is None:
@@ -336,31 +401,39 @@ def resolve_gpu_count(
                 "tensor-parallel check)",
                 "UnknownModelSize",
             )
-        return SizingResult(count, False, None, fmt, None, requested, notes)
+        return SizingResult(count, False, None, fmt, None, requested, notes, nodes=nodes or 1)
 
     arch = model.architecture
     problem = _Problem(arch, settings, required_context(arch, requested))
+    if nodes is not None and nodes > 1:
+        broken = pp_violations(arch, nodes)
+        if broken:
+            raise SpecError(
+                "spec.gpu.nodes",
+                f"{nodes} nodes cannot run {arch.name} with pipeline parallelism: {broken[0]}",
+                "InvalidPipelineParallelSize",
+            )
+    # Nodes the sizing may choose: none beyond the spec's, when it states them.
+    spanning = max_nodes if nodes is None else 1
+
+    def result(est: Estimate, auto: bool) -> SizingResult:
+        context = _engine_context(problem, requested, est)
+        return SizingResult(
+            est.gpu_count, auto, model, fmt, est, context, notes, est.nodes,
+            nodes_chosen=nodes is None and est.nodes > 1,
+        )  # fmt: skip
 
     if count is None:
-        for n in candidate_counts(arch, fmt, accelerator.max_per_node):
-            est = problem.estimate(fmt, accelerator, n)
-            if est.fits:
-                context = _engine_context(problem, requested, est)
-                return SizingResult(n, True, model, fmt, est, context, notes)
-        tried = candidate_counts(arch, fmt, accelerator.max_per_node)
-        largest = max(tried, default=1)
-        head = (
-            f"no valid GPU count of {accelerator.name} fits (tried {_counts(tried)}); at "
-            f"{largest}: " + _shortfall(spec.model, problem.estimate(fmt, accelerator, largest))
-        )
-        raise _does_not_fit("spec.gpu.type", head, problem, fmt, accelerator, catalog, None)
+        chosen = _choose_layout(spec, problem, fmt, accelerator, catalog, nodes, max_nodes)
+        return result(chosen, True)
 
     valid = valid_tp_sizes(arch, fmt, accelerator.max_per_node)
     if count not in valid:
         if count > accelerator.max_per_node:
             why = (
-                f"a replica is one pod on one node and a {accelerator.name} node has at most "
-                f"{accelerator.max_per_node} GPUs (platform config maxPerNode)"
+                f"gpu.count is the GPUs of one pod, on one node, and a {accelerator.name} node "
+                f"has at most {accelerator.max_per_node} GPUs (platform config maxPerNode); a "
+                f"replica larger than a node is gpu.nodes pods of gpu.count GPUs each"
             )
         else:
             why = "; ".join(tp_violations(arch, count, fmt))
@@ -372,11 +445,62 @@ def resolve_gpu_count(
             f"{_counts(fitting)}",
             "InvalidTensorParallelSize",
         )
-    est = problem.estimate(fmt, accelerator, count)
-    if not est.fits:
-        raise _does_not_fit(
-            "spec.gpu.count", _shortfall(spec.model, est), problem, fmt, accelerator, catalog, count
-        )
-    return SizingResult(
-        count, False, model, fmt, est, _engine_context(problem, requested, est), notes
+    est = problem.estimate(fmt, accelerator, count, nodes or 1)
+    if est.fits:
+        return result(est, False)
+    across = problem.fewest_nodes(fmt, accelerator, count, spanning) if spanning > 1 else None
+    if across is not None:
+        return result(across, False)
+    field = "spec.gpu.nodes" if nodes is not None and nodes > 1 else "spec.gpu.count"
+    if spanning > 1:
+        est = problem.estimate(fmt, accelerator, count, problem.node_counts(spanning)[-1])
+    raise _does_not_fit(
+        field, _shortfall(spec.model, est), problem, fmt, accelerator, catalog, count,
+        max_nodes if nodes is not None else 1,
+    )  # fmt: skip
+
+
+def _choose_layout(
+    spec: ModelDeploymentSpec,
+    problem: _Problem,
+    fmt: WeightFormat,
+    accelerator: Accelerator,
+    catalog: AcceleratorCatalog | None,
+    nodes: int | None,
+    max_nodes: int,
+) -> Estimate:
+    """gpu.count omitted: the smallest count on one node (unless gpu.nodes says more),
+    else every GPU of a node on the fewest nodes that fit."""
+    arch = problem.arch
+    spanning = max_nodes if nodes is None else 1
+    tried = candidate_counts(arch, fmt, accelerator.max_per_node)
+    if nodes is None or nodes == 1:
+        for n in tried:
+            est = problem.estimate(fmt, accelerator, n)
+            if est.fits:
+                return est
+    full = full_node_count(arch, fmt, accelerator.max_per_node)
+    if full is not None and nodes is not None and nodes > 1:
+        # Stated nodes: the smallest count that fits on that many.
+        for n in tried:
+            est = problem.estimate(fmt, accelerator, n, nodes)
+            if est.fits:
+                return est
+    elif full is not None and spanning > 1:
+        across = problem.fewest_nodes(fmt, accelerator, full, spanning)
+        if across is not None:
+            return across
+    largest = max(tried, default=1)
+    widest = nodes or (problem.node_counts(spanning) or (1,))[-1]
+    where = f"{largest}" if widest == 1 else f"{widest} x {largest}"
+    span = "" if widest == 1 else f" on up to {widest} nodes"
+    head = (
+        f"no valid GPU count of {accelerator.name} fits (tried {_counts(tried)}{span}); at "
+        f"{where}: " + _shortfall(spec.model, problem.estimate(fmt, accelerator, largest, widest))
     )
+    # Suggest spanning nodes only when the spec ruled it out (gpu.nodes 1).
+    suggest_nodes = max_nodes if nodes == 1 else 1
+    raise _does_not_fit(
+        "spec.gpu.nodes" if nodes is not None else "spec.gpu.type",
+        head, problem, fmt, accelerator, catalog, None, suggest_nodes,
+    )  # fmt: skip

@@ -28,6 +28,12 @@ divided by tensor parallelism (pessimistic: engines shard only part of it). 0 wh
 width or depth is not known, and for engines that allocate per loaded adapter rather
 than per slot.
 
+Across nodes (`pipeline` > 1, a replica of several pods): tensor parallel within a
+node, pipeline parallel across nodes, as the engines' multi-node guides recommend. Each GPU holds
+1/(tp x pp) of the weights, and the KV cache of its stage's layers only: ceil(layers /
+pp) of them (the fullest stage), split over tp as on one node. The overhead is a
+node's: the activation peak of its tensor-parallel width, the fixed terms per GPU.
+
 Budget: the engine's share of GPU memory x memory. Each engine module states its share,
 the flag in spec.args that moves it and its other knobs (`MemoryKnobs`, passed in: the
 sizing does not know engines); `engine_settings` reads spec.args with them.
@@ -195,6 +201,14 @@ class Estimate:
     kv_capacity_tokens: int | None  # tokens the KV room holds (any number of sequences)
     max_fitting_context: int | None  # capacity capped at the model's max context
     lora_gib: float = 0.0  # the LoRA slots, per GPU
+    # Pods (nodes) per replica: pipeline-parallel stages of `gpu_count` GPUs each.
+    nodes: int = 1
+
+    @property
+    def layout(self) -> str:
+        """`8 x nvidia-h100-80gb`, or across nodes `2 x 8 x nvidia-h100-80gb`."""
+        per_node = f"{self.gpu_count} x {self.accelerator}"
+        return per_node if self.nodes == 1 else f"{self.nodes} x {per_node}"
 
     @property
     def total_gib(self) -> float:
@@ -218,7 +232,7 @@ class Estimate:
         lora = f" + LoRA {self.lora_gib:.2f}" if self.lora_gib > 0 else ""
         verdict = "fits" if self.fits else "does not fit"
         text = (
-            f"{self.model}, {self.quantization} on {self.gpu_count} x {self.accelerator}: "
+            f"{self.model}, {self.quantization} on {self.layout}: "
             f"{self.total_gib:.1f} GiB per GPU (weights {self.weights_gib:.1f} + {kv} + "
             f"overhead {self.overhead_gib:.1f}{lora}) against a {self.budget_gib:.1f} GiB budget "
             f"({self.fraction_text} x {self.memory_gib:g} GiB): {verdict}"
@@ -233,6 +247,8 @@ class Estimate:
             "model": self.model,
             "quantization": self.quantization,
             "gpuCount": self.gpu_count,
+            # Only across nodes, so a single-node status reads as it always did.
+            **({"nodes": self.nodes, "layout": self.layout} if self.nodes > 1 else {}),
             "contextTokens": self.context_tokens,
             "weightsGiBPerGPU": round(self.weights_gib, 1),
             "kvCacheGiBPerGPU": round(self.kv_cache_gib, 1),
@@ -281,24 +297,34 @@ def _kv_bytes_per_layer_token(arch: Architecture, tp: int, kv_cache_bytes: int) 
     return 2 * heads * arch.head_dim * kv_cache_bytes
 
 
-def kv_bytes_per_token(arch: Architecture, tp: int, kv_cache_bytes: int) -> int | None:
+def _stage(layers: int, pipeline: int) -> int:
+    """Layers of the fullest of `pipeline` stages."""
+    return -(-layers // pipeline)
+
+
+def kv_bytes_per_token(
+    arch: Architecture, tp: int, kv_cache_bytes: int, pipeline: int = 1
+) -> int | None:
     """Per-GPU KV bytes per token of the layers that keep every token: K and V x
     (layers - sliding-window layers) x heads on this rank x head_dim x dtype; for MLA
-    (kv_lora_rank + qk_rope_head_dim) x layers x dtype on every rank."""
+    (kv_lora_rank + qk_rope_head_dim) x layers x dtype on every rank. With `pipeline`
+    stages, the fullest stage's share of those layers."""
     per_layer = _kv_bytes_per_layer_token(arch, tp, kv_cache_bytes)
     if per_layer is None or arch.layers is None:
         return None
-    return (arch.layers - arch.sliding_layers) * per_layer
+    return _stage(arch.layers - arch.sliding_layers, pipeline) * per_layer
 
 
-def kv_window_bytes(arch: Architecture, tp: int, kv_cache_bytes: int, context: int) -> int:
+def kv_window_bytes(
+    arch: Architecture, tp: int, kv_cache_bytes: int, context: int, pipeline: int = 1
+) -> int:
     """Per-GPU bytes the sliding-window layers hold for one sequence of `context`
     tokens: at most the window, however long the sequence (a hybrid KV cache manager
     frees the blocks that fell out of the window)."""
     per_layer = _kv_bytes_per_layer_token(arch, tp, kv_cache_bytes)
     if per_layer is None or not arch.sliding_layers or arch.sliding_window is None:
         return 0
-    return arch.sliding_layers * per_layer * min(context, arch.sliding_window)
+    return _stage(arch.sliding_layers, pipeline) * per_layer * min(context, arch.sliding_window)
 
 
 def activation_gib(arch: Architecture, tp: int) -> float:
@@ -338,21 +364,23 @@ def estimate_memory(
     gpu_count: int,
     context_tokens: int,
     settings: EngineSettings,
+    nodes: int = 1,
 ) -> Estimate:
-    """The per-GPU estimate for `gpu_count` tensor-parallel ranks and one sequence of
-    `context_tokens` (what the engine requires of `max_model_len`)."""
-    weights = weight_bytes(arch, fmt) / gpu_count / GIB
+    """The per-GPU estimate for `gpu_count` tensor-parallel ranks on each of `nodes`
+    pipeline stages, and one sequence of `context_tokens` (what the engine requires of
+    `max_model_len`)."""
+    weights = weight_bytes(arch, fmt) / (gpu_count * nodes) / GIB
     overhead = overhead_gib(arch, gpu_count)
     lora = lora_overhead_bytes(arch, settings.lora) / GIB
     budget = accelerator.memory_gib * settings.memory_fraction
-    per_token = kv_bytes_per_token(arch, gpu_count, settings.kv_cache_bytes)
+    per_token = kv_bytes_per_token(arch, gpu_count, settings.kv_cache_bytes, nodes)
     room = budget - weights - overhead - lora
     if per_token is None:
         kv = budget * UNKNOWN_KV_RESERVE
         capacity = None
         max_context = None
     else:
-        window = kv_window_bytes(arch, gpu_count, settings.kv_cache_bytes, context_tokens)
+        window = kv_window_bytes(arch, gpu_count, settings.kv_cache_bytes, context_tokens, nodes)
         kv = (context_tokens * per_token + window) / GIB
         if per_token == 0:
             # Every layer is windowed: the KV cache does not grow past the window.
@@ -381,4 +409,5 @@ def estimate_memory(
         kv_capacity_tokens=capacity,
         max_fitting_context=max_context,
         lora_gib=lora,
+        nodes=nodes,
     )

@@ -6,8 +6,9 @@ since they shard the same tensors the same way:
 - KV heads % tp == 0 when kv_heads >= tp, else tp % kv_heads == 0 (heads replicated);
 - group-wise quantized weights (AWQ, GPTQ, compressed-tensors 4-bit): the row-parallel
   down projection's input, intermediate_size / tp, must be a whole number of groups.
-A replica is one pod on one node, so the count is also capped by the accelerator's
-`max_per_node`.
+The count is the GPUs of one pod, on one node, so it is also capped by the accelerator's
+`max_per_node`. A replica too large for one node spans several pods (`gpu.nodes`), one
+pipeline-parallel stage each: every stage needs at least one layer.
 
 A rule whose numbers are unknown (a spec.modelInfo without heads) is not checked: a
 count the user asked for is then taken on trust, while automatic choice sticks to
@@ -57,3 +58,22 @@ def candidate_counts(arch: Architecture, fmt: WeightFormat, max_per_node: int) -
     if arch.attention_heads is None:
         return tuple(n for n in valid if n & (n - 1) == 0)
     return valid
+
+
+# The most pods (nodes) one replica may span: the CRD's maximum of spec.gpu.nodes.
+MAX_NODES = 16
+
+
+def pp_violations(arch: Architecture, nodes: int) -> tuple[str, ...]:
+    """Why `nodes` pipeline stages cannot split this model (empty when they can)."""
+    if arch.layers is not None and nodes > arch.layers:
+        return (f"{nodes} pipeline stages need at least {nodes} layers; it has {arch.layers}",)
+    return ()
+
+
+def full_node_count(arch: Architecture, fmt: WeightFormat, max_per_node: int) -> int | None:
+    """The GPUs per pod of a replica that spans nodes: the largest count automatic sizing
+    would try on one node (every GPU of it: tensor parallel within the node, where the
+    links are fast), None when no count can shard the model."""
+    counts = candidate_counts(arch, fmt, max_per_node)
+    return max(counts) if counts else None

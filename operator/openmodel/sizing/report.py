@@ -17,7 +17,12 @@ from openmodel.sizing.checkpoint import Checkpoint, quantization_conflict
 from openmodel.sizing.fit import required_context
 from openmodel.sizing.formats import WeightFormat, weight_format
 from openmodel.sizing.memory import Estimate, MemoryKnobs, engine_settings, estimate_memory
-from openmodel.sizing.parallelism import tp_violations, valid_tp_sizes
+from openmodel.sizing.parallelism import (
+    full_node_count,
+    pp_violations,
+    tp_violations,
+    valid_tp_sizes,
+)
 
 
 @dataclass(frozen=True)
@@ -30,10 +35,19 @@ class SizeReport:
     context_source: str  # "maxModelLen" or "default"
     rows: tuple[Estimate, ...]  # one per valid count, ascending
     invalid: tuple[tuple[int, str], ...]  # count, why it cannot shard the model
+    # When no count fits one node: every GPU of a node on 2, 3, ... nodes, up to the
+    # first layout that fits (empty when one node suffices or the engine cannot span).
+    across_nodes: tuple[Estimate, ...] = ()
 
     @property
     def smallest_fit(self) -> int | None:
         return next((row.gpu_count for row in self.rows if row.fits), None)
+
+    @property
+    def smallest_layout(self) -> Estimate | None:
+        """The smallest layout that fits: on one node, else across the fewest nodes."""
+        rows = (*self.rows, *self.across_nodes)
+        return next((row for row in rows if row.fits), None)
 
 
 def size_report(
@@ -47,9 +61,11 @@ def size_report(
     model_info: ModelInfo | None = None,
     args: Sequence[str] = (),
     checkpoint: Checkpoint | None = None,
+    max_nodes: int = 1,
 ) -> SizeReport:
-    """Estimates for `model` at every valid count of `accelerator_name`; from
-    `checkpoint` (its own config.json) when given, else the catalogue.
+    """Estimates for `model` at every valid count of `accelerator_name`, and when none
+    fits one node, across up to `max_nodes` nodes; from `checkpoint` (its own
+    config.json) when given, else the catalogue.
 
     Raises SpecError `UnknownAccelerator`, `UnknownModelSize` or `QuantizationMismatch`.
     """
@@ -86,6 +102,15 @@ def size_report(
         if n not in valid
     )
     rows = tuple(estimate_memory(arch, fmt, accelerator, n, context, settings) for n in valid)
+    across: list[Estimate] = []
+    full = full_node_count(arch, fmt, accelerator.max_per_node)
+    if full is not None and not any(row.fits for row in rows):
+        for nodes in range(2, max_nodes + 1):
+            if pp_violations(arch, nodes):
+                break
+            across.append(estimate_memory(arch, fmt, accelerator, full, context, settings, nodes))
+            if across[-1].fits:
+                break
     return SizeReport(
         model=model,
         resolved=resolved,
@@ -95,6 +120,7 @@ def size_report(
         context_source="maxModelLen" if requested is not None else "default",
         rows=rows,
         invalid=invalid,
+        across_nodes=tuple(across),
     )
 
 
@@ -134,6 +160,26 @@ def format_size_report(report: SizeReport) -> str:
         if smallest is not None
         else "No valid count fits on one node."
     )
+    if report.across_nodes:
+        lines.append("")
+        lines.append(
+            "Across nodes (gpu.nodes pods of gpu.count GPUs: tensor parallel within a node, "
+            "pipeline parallel across):"
+        )
+        lines.append("nodes x GPUs  weights  KV cache  overhead   total  budget  fits")
+        for row in report.across_nodes:
+            lines.append(
+                f"{row.nodes:5d} x {row.gpu_count:4d}  {row.weights_gib:7.1f}  "
+                f"{row.kv_cache_gib:8.1f}  {row.overhead_gib:8.1f}  {row.total_gib:6.1f}  "
+                f"{row.budget_gib:6.1f}  {'yes' if row.fits else 'no':>4}"
+            )
+        layout = report.smallest_layout
+        lines.append(
+            f"Smallest layout that fits: gpu.nodes {layout.nodes} x gpu.count {layout.gpu_count} "
+            f"({layout.nodes * layout.gpu_count} GPUs per replica)"
+            if layout is not None
+            else f"No layout of up to {report.across_nodes[-1].nodes} nodes fits."
+        )
     if report.invalid:
         lines.append("Not valid:")
         lines.extend(f"  {n}: {why}" for n, why in report.invalid)

@@ -194,3 +194,15 @@ def create_pki(directory: Path) -> Pki:
         service_account_public=sa_public,
         service_account_private=sa_private,
     )
+
+
+def create_loopback_serving_pair(directory: Path, stem: str) -> tuple[Path, KeyPair]:
+    """A CA of its own and a serving certificate it signs for ``localhost`` and
+    127.0.0.1: for a webhook the API server calls on the loopback (a ``url:`` client
+    config, its ``caBundle`` that CA). Returns the CA certificate's path and the pair."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_dir = directory / f"{stem}-ca"
+    ca_dir.mkdir(exist_ok=True)
+    ca, ca_cert, ca_key = _make_ca(ca_dir)
+    pair = _issue(directory, stem, _name(stem), ca_cert, ca_key, server=True)
+    return ca.cert, pair

@@ -125,7 +125,7 @@ def build_tokenizer(rng: random.Random) -> Tokenizer:
     return tok
 
 
-def write_model(out: Path) -> None:
+def write_model(out: Path, layers: int = LAYERS) -> None:
     import torch
     from transformers import (
         GenerationConfig,
@@ -158,7 +158,7 @@ def write_model(out: Path) -> None:
         vocab_size=raw.get_vocab_size(with_added_tokens=True),
         hidden_size=HIDDEN,
         intermediate_size=INTERMEDIATE,
-        num_hidden_layers=LAYERS,
+        num_hidden_layers=layers,
         num_attention_heads=NUM_HEADS,
         num_key_value_heads=NUM_KV_HEADS,
         head_dim=HEAD_DIM,
@@ -198,11 +198,15 @@ def portable_tokenizer_config(path: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print(f"usage: {argv[0]} OUT_DIR", file=sys.stderr)
+    # --layers N: a deeper variant, for pipeline parallelism (a stage needs a layer).
+    layers = LAYERS
+    if len(argv) == 4 and argv[2] == "--layers" and argv[3].isdigit():
+        layers = int(argv[3])
+    elif len(argv) != 2:
+        print(f"usage: {argv[0]} OUT_DIR [--layers N]", file=sys.stderr)
         return 2
     out = Path(argv[1]).resolve()
-    write_model(out)
+    write_model(out, layers)
     print(out)
     return 0
 

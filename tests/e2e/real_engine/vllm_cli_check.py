@@ -27,8 +27,9 @@ a repo id would otherwise be looked up on the Hugging Face Hub).
 
 Prints one JSON object on stdout (vLLM's logs go to stderr):
 {"parsed", "error", "model", "served_model_name", "max_model_len", "quantization",
- "tensor_parallel_size", "model_config_ok", "model_config_error", "known_quantizations",
- "shape", "resolved"}. `served_model_name` is vLLM's parsed value, a list (the flag takes
+ "tensor_parallel_size", "pipeline_parallel_size", "nnodes", "node_rank", "master_addr",
+ "headless", "model_config_ok", "model_config_error", "known_quantizations", "shape",
+ "resolved"}. `served_model_name` is vLLM's parsed value, a list (the flag takes
 one or more names). Exit 0 whenever it could report, including for a refused list;
 exit 2 when the input file itself is unusable.
 """
@@ -136,6 +137,12 @@ def check(container: dict[str, Any], parse_only: bool = False) -> dict[str, Any]
         "max_model_len": None,
         "quantization": None,
         "tensor_parallel_size": None,
+        # The multi-node launch (a LeaderWorkerSet group's pods).
+        "pipeline_parallel_size": None,
+        "nnodes": None,
+        "node_rank": None,
+        "master_addr": None,
+        "headless": None,
         "model_config_ok": False,
         "model_config_error": None,
         "known_quantizations": [],
@@ -167,6 +174,11 @@ def check(container: dict[str, Any], parse_only: bool = False) -> dict[str, Any]
         max_model_len=ns.max_model_len,
         quantization=ns.quantization,
         tensor_parallel_size=ns.tensor_parallel_size,
+        pipeline_parallel_size=getattr(ns, "pipeline_parallel_size", None),
+        nnodes=getattr(ns, "nnodes", None),
+        node_rank=getattr(ns, "node_rank", None),
+        master_addr=getattr(ns, "master_addr", None),
+        headless=getattr(ns, "headless", None),
     )
     if parse_only:
         report["model_config_error"] = "not checked (--parse-only)"

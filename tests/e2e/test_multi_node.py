@@ -1,0 +1,444 @@
+"""Replicas across nodes on the real LeaderWorkerSet controller: sigs.k8s.io/lws built from
+its Go module (hack/build-lws.sh) and run as a host process whose admission webhooks the
+API server reaches by url (harness/lws.py), the operator process, the real scheduler and
+KWOK H100 nodes.
+
+The pool has two 8 x H100 nodes; the module adds two more of the same type (and removes
+them after), so two groups of 2 x 8 fit while other tests' scheduler messages, which
+count the pool's nodes, are untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import ipaddress
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from harness import Cluster, NotYet, describe_namespace, wait_for
+from harness.engine_fleet import EngineFleet
+from harness.lws import LwsController, start_lws
+from harness.nodepool import apply_node_pool, wait_nodes_ready
+from openmodel_fixtures import GatewayProcess, OperatorProcess, condition, create_md, get_md
+
+pytestmark = pytest.mark.cluster
+
+NAME = "ds"
+LWS = ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets")
+H100_PRODUCT = "NVIDIA-H100-80GB-HBM3"
+EXTRA_H100_NODES = 2
+
+
+def md(namespace: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "openmodel.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": NAME, "namespace": namespace},
+        "spec": {
+            "model": "deepseek-ai/DeepSeek-V3",
+            "quantization": "fp8",
+            "gpu": {"type": "nvidia-h100-80gb"},
+        },
+    }
+    body["spec"].update(spec)
+    return body
+
+
+@pytest.fixture(scope="module")
+def extra_h100_nodes(cluster: Cluster, api_client: client.ApiClient) -> Iterator[list[str]]:
+    """Two more KWOK 8 x H100 nodes, their pod CIDRs from the end of the pool's network."""
+    (h100,) = [g for g in cluster.pool.groups if g.name == "h100"]
+    subnets = list(cluster.pool.pod_network.subnets(new_prefix=20))
+    extra = dataclasses.replace(
+        cluster.pool,
+        name_prefix="kwok-lws-",
+        groups=(dataclasses.replace(h100, count=EXTRA_H100_NODES),),
+        pod_network=subnets[-1],
+        node_network=ipaddress.IPv4Network("127.63.0.192/26"),
+    )
+    names = apply_node_pool(api_client, extra)
+    wait_nodes_ready(api_client, names)
+    yield names
+    core = client.CoreV1Api(api_client)
+    for name in names:
+        try:
+            core.delete_node(name)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+
+@pytest.fixture(scope="module")
+def lws(
+    cluster: Cluster,
+    api_client: client.ApiClient,
+    tmp_path_factory: pytest.TempPathFactory,
+    extra_h100_nodes: list[str],
+) -> Iterator[LwsController]:
+    workdir: Path = tmp_path_factory.mktemp("lws")
+    controller = start_lws(api_client, cluster.kubeconfig, workdir, keep_crds=False)
+    yield controller
+    controller.stop()
+
+
+def pods_of(api: client.ApiClient, namespace: str) -> list[client.V1Pod]:
+    return list(
+        client.CoreV1Api(api)
+        .list_namespaced_pod(namespace, label_selector=f"openmodel.dev/model-deployment={NAME}")
+        .items
+    )
+
+
+def ready_md(api: client.ApiClient, namespace: str, lws: LwsController, replicas: int) -> Any:
+    def check() -> dict[str, Any] | NotYet:
+        lws.check_alive()
+        body = get_md(api, namespace, NAME)
+        ready = condition(body, "Ready")
+        status = body.get("status") or {}
+        if ready.get("status") != "True" or status.get("readyReplicas") != replicas:
+            return NotYet((ready, status.get("readyReplicas"), condition(body, "Degraded")))
+        return body
+
+    return wait_for(check, 90, lambda: describe_namespace(api, namespace) + "\n" + lws.log_tail(30))
+
+
+def group_pods(
+    api: client.ApiClient, namespace: str, groups: int, size: int, lws: LwsController
+) -> list[client.V1Pod]:
+    """Wait for `groups` groups of `size` running pods, and return them."""
+
+    def check() -> list[client.V1Pod] | NotYet:
+        lws.check_alive()
+        pods = [p for p in pods_of(api, namespace) if not p.metadata.deletion_timestamp]
+        running = [p for p in pods if p.status.phase == "Running" and p.spec.node_name]
+        if len(running) != groups * size or len(pods) != groups * size:
+            return NotYet([(p.metadata.name, p.status.phase, p.spec.node_name) for p in pods])
+        return running
+
+    return wait_for(check, 90, lambda: describe_namespace(api, namespace) + "\n" + lws.log_tail(30))
+
+
+def node_products(api: client.ApiClient, pods: list[client.V1Pod]) -> dict[str, str]:
+    core = client.CoreV1Api(api)
+    return {
+        p.metadata.name: core.read_node(p.spec.node_name).metadata.labels["nvidia.com/gpu.product"]
+        for p in pods
+    }
+
+
+@pytest.mark.parametrize(
+    ("model", "quantization"),
+    [("deepseek-ai/DeepSeek-V3", "fp8"), ("meta-llama/Llama-3.1-405B-Instruct", "none")],
+    ids=["deepseek-v3-fp8", "llama-405b-bf16"],
+)
+def test_a_replica_lands_as_two_pods_on_two_distinct_h100_nodes(
+    api_client: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    lws: LwsController,
+    model: str,
+    quantization: str,
+) -> None:
+    create_md(api_client, md(namespace, model=model, quantization=quantization))
+    body = ready_md(api_client, namespace, lws, 1)
+    status = body["status"]
+    assert status["gpu"] == "2 nodes x 8x nvidia-h100-80gb"
+    assert (status["sizing"]["nodes"], status["sizing"]["gpuCount"]) == (2, 8)
+    assert status["sizing"]["layout"] == "2 x 8 x nvidia-h100-80gb"
+    # No Deployment: the LeaderWorkerSet the real controller turned into a group.
+    apps = client.AppsV1Api(api_client)
+    with pytest.raises(ApiException) as missing:
+        apps.read_namespaced_deployment(NAME, namespace)
+    assert missing.value.status == 404
+    group = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
+        *LWS[:2], namespace, LWS[2], NAME
+    )
+    assert group["spec"]["leaderWorkerTemplate"]["size"] == 2
+    pods = group_pods(api_client, namespace, 1, 2, lws)
+    nodes = {p.spec.node_name for p in pods}
+    assert len(nodes) == 2, [(p.metadata.name, p.spec.node_name) for p in pods]
+    assert set(node_products(api_client, pods).values()) == {H100_PRODUCT}
+    for p in pods:
+        limits = p.spec.containers[0].resources.limits
+        assert limits["nvidia.com/gpu"] == "8"
+    leader = next(p for p in pods if p.metadata.labels["openmodel.dev/role"] == "leader")
+    worker = next(p for p in pods if p.metadata.labels["openmodel.dev/role"] == "worker")
+    # The LWS webhook's own variables reach the pods, and the engine's flags use them.
+    env = {e.name for e in worker.spec.containers[0].env}
+    assert {"LWS_LEADER_ADDRESS", "LWS_WORKER_INDEX"} <= env
+    args = worker.spec.containers[0].args
+    assert args[args.index("--node-rank") + 1] == "$(LWS_WORKER_INDEX)" and "--headless" in args
+    # The Service sends requests to the leader only. (Its EndpointSlices stay empty here:
+    # KWOK pods have loopback addresses, which an EndpointSlice may not hold.)
+    service = client.CoreV1Api(api_client).read_namespaced_service(NAME, namespace)
+    selector = service.spec.selector
+    assert selector.items() <= leader.metadata.labels.items(), (selector, leader.metadata.labels)
+    assert not selector.items() <= worker.metadata.labels.items(), worker.metadata.labels
+    assert service.spec.cluster_ip != "None"
+    # The group's own headless Service (by LWS), which the leader's address resolves through.
+    leader_address = next(
+        e.value for e in worker.spec.containers[0].env if e.name == "LWS_LEADER_ADDRESS"
+    )
+    assert leader_address == f"{NAME}-0.{NAME}-0.{namespace}"
+    headless = wait_for(
+        lambda: _service(api_client, namespace, f"{NAME}-0") or NotYet("no Service ds-0"),
+        30,
+        lambda: lws.log_tail(30),
+    )
+    assert headless.spec.cluster_ip == "None"
+
+
+def _service(api: client.ApiClient, namespace: str, name: str) -> client.V1Service | None:
+    try:
+        return client.CoreV1Api(api).read_namespaced_service(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def test_a_layout_that_cannot_be_placed_is_degraded_naming_the_pod(
+    api_client: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    lws: LwsController,
+) -> None:
+    # Three 8 x A100 pods per replica; the pool has two A100 nodes.
+    create_md(
+        api_client,
+        md(
+            namespace,
+            model="meta-llama/Llama-3.1-405B-Instruct",
+            quantization="none",
+            gpu={"type": "nvidia-a100-80gb", "count": 8, "nodes": 3},
+        ),
+    )
+
+    def degraded() -> dict[str, Any] | NotYet:
+        lws.check_alive()
+        c = condition(get_md(api_client, namespace, NAME), "Degraded")
+        if c.get("status") != "True" or c.get("reason") != "Unschedulable":
+            return NotYet(c)
+        return c
+
+    c = wait_for(degraded, 90, lambda: describe_namespace(api_client, namespace))
+    assert "pod ds-0" in c["message"], c
+    assert "Insufficient nvidia.com/gpu" in c["message"] or "didn't match" in c["message"], c
+
+
+def test_deleting_a_worker_recreates_the_group(
+    api_client: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    lws: LwsController,
+) -> None:
+    create_md(api_client, md(namespace))
+    ready_md(api_client, namespace, lws, 1)
+    pods = group_pods(api_client, namespace, 1, 2, lws)
+    leader = next(p for p in pods if p.metadata.labels["openmodel.dev/role"] == "leader")
+    worker = next(p for p in pods if p.metadata.labels["openmodel.dev/role"] == "worker")
+    core = client.CoreV1Api(api_client)
+    core.delete_namespaced_pod(worker.metadata.name, namespace, grace_period_seconds=0)
+
+    # RecreateGroupOnPodRestart: the leader goes too, and the group comes back whole.
+    def recreated() -> list[client.V1Pod] | NotYet:
+        now = group_pods(api_client, namespace, 1, 2, lws)
+        uids = {p.metadata.uid for p in now}
+        if leader.metadata.uid in uids or worker.metadata.uid in uids:
+            return NotYet([(p.metadata.name, p.metadata.uid) for p in now])
+        return now
+
+    again = wait_for(recreated, 90, lambda: describe_namespace(api_client, namespace))
+    assert len({p.spec.node_name for p in again}) == 2
+    ready_md(api_client, namespace, lws, 1)
+
+
+def test_a_layout_edit_switches_deployment_and_group_as_a_rollout(
+    api_client: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    lws: LwsController,
+) -> None:
+    """405B in fp8 fits one node (a Deployment); in bf16 it spans two (a group). The
+    group comes up beside the running Deployment, which goes once the group is ready."""
+    create_md(
+        api_client,
+        md(namespace, model="meta-llama/Llama-3.1-405B-Instruct", quantization="fp8"),
+    )
+    ready_md(api_client, namespace, lws, 1)
+    apps = client.AppsV1Api(api_client)
+    assert apps.read_namespaced_deployment(NAME, namespace).spec.replicas == 1
+    client.CustomObjectsApi(api_client).patch_namespaced_custom_object(
+        "openmodel.dev", "v1alpha1", namespace, "modeldeployments", NAME,
+        {"spec": {"quantization": "none"}},
+    )  # fmt: skip
+    seen_both = []
+
+    def switched() -> bool | NotYet:
+        lws.check_alive()
+        try:
+            apps.read_namespaced_deployment(NAME, namespace)
+            deployment = True
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            deployment = False
+        try:
+            group_replicas(api_client, namespace)
+            group = True
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            group = False
+        if deployment and group:
+            seen_both.append(True)
+        return (group and not deployment) or NotYet((deployment, group))
+
+    wait_for(switched, 90, lambda: describe_namespace(api_client, namespace))
+    # The group came up while the Deployment still served, not after it was gone.
+    assert seen_both, "the Deployment was gone before the group existed"
+    body = ready_md(api_client, namespace, lws, 1)
+    assert body["status"]["gpu"] == "2 nodes x 8x nvidia-h100-80gb"
+    group_pods(api_client, namespace, 1, 2, lws)
+
+
+def group_replicas(api: client.ApiClient, namespace: str) -> int:
+    group = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        *LWS[:2], namespace, LWS[2], NAME
+    )
+    return int(group["spec"]["replicas"])
+
+
+async def complete(url: str, model: str, count: int) -> list[int]:
+    """`count` completions at once through the gateway; their HTTP statuses."""
+    timeout = aiohttp.ClientTimeout(total=240)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+
+        async def one() -> int:
+            body = {"model": model, "prompt": "hello", "max_tokens": 4}
+            async with session.post(f"{url}/v1/completions", json=body) as answer:
+                await answer.read()
+                return answer.status
+
+        return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+def test_groups_scale_1_2_0_1_through_the_autoscaler_and_the_gateway(
+    api_client: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    gateway: GatewayProcess,
+    lws: LwsController,
+) -> None:
+    served = f"ds-{namespace}"  # the session's one gateway routes every namespace
+    create_md(
+        api_client,
+        md(
+            namespace,
+            servedModelName=served,
+            autoscaling={
+                "minReplicas": 0,
+                "maxReplicas": 2,
+                "targetQueueDepth": 1,
+                "scaleDownStabilizationSeconds": 3,
+                "scaleToZeroAfterSeconds": 30,
+            },
+        ),
+    )
+    fleet = EngineFleet(
+        api_client, namespace, NAME, served_model=served, slots=1, service_time=6.0
+    ).start()
+    describe = lambda: describe_namespace(api_client, namespace) + "\n" + lws.log_tail(20)  # noqa: E731
+    try:
+        # Autoscaled from zero: nothing runs until a request comes.
+        wait_for(
+            lambda: condition(get_md(api_client, namespace, NAME), "Ready").get("reason")
+            == "ScaledToZero" or NotYet(condition(get_md(api_client, namespace, NAME), "Ready")),
+            60,
+            describe,
+        )  # fmt: skip
+        assert group_replicas(api_client, namespace) == 0 and pods_of(api_client, namespace) == []
+        # 0 -> 1: a request held by the gateway wakes one group, and is answered by it.
+        assert asyncio.run(complete(gateway.url, served, 1)) == [200]
+        assert group_replicas(api_client, namespace) == 1
+        # 1 -> 2: eight at once on one slot queue up far past the target of 1; both
+        # groups run and are ready while they are served.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            burst = pool.submit(asyncio.run, complete(gateway.url, served, 8))
+            wait_for(
+                lambda: (
+                    group_replicas(api_client, namespace) == 2
+                    or NotYet(group_replicas(api_client, namespace))
+                ),
+                30,
+                describe,
+            )
+            group_pods(api_client, namespace, 2, 2, lws)
+            ready_md(api_client, namespace, lws, 2)
+            statuses = burst.result(timeout=240)
+        assert statuses == [200] * 8, statuses
+
+        # 2 -> 0: idle past scaleToZeroAfterSeconds; no pod of a group is left behind.
+        def at_zero() -> bool | NotYet:
+            left = (group_replicas(api_client, namespace), len(pods_of(api_client, namespace)))
+            return left == (0, 0) or NotYet(left)
+
+        wait_for(at_zero, 120, describe)
+        # 0 -> 1 again.
+        assert asyncio.run(complete(gateway.url, served, 1)) == [200]
+        assert group_replicas(api_client, namespace) == 1
+        # Every request went to a leader: no worker's engine saw one.
+        handles = [*fleet.retired, *fleet.handles.values()]
+        workers = [(pod, h.stats.requests) for pod, h in handles if pod.count("-") == 2]
+        leaders = [(pod, h.stats.requests) for pod, h in handles if pod.count("-") == 1]
+        assert workers and all(n == 0 for _, n in workers), workers
+        assert sum(n for _, n in leaders) == 10, leaders
+    finally:
+        fleet.stop()
+
+
+def test_without_leader_worker_set_a_replica_across_nodes_is_degraded(
+    api_client: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    lws: LwsController,
+) -> None:
+    """Last in the module: the controller and its CRDs are removed first."""
+    lws.stop()
+    create_md(api_client, md(namespace))
+
+    def degraded() -> dict[str, Any] | NotYet:
+        c = condition(get_md(api_client, namespace, NAME), "Degraded")
+        if c.get("status") != "True" or c.get("reason") != "LeaderWorkerSetUnavailable":
+            return NotYet(c)
+        return c
+
+    c = wait_for(degraded, 60, lambda: describe_namespace(api_client, namespace))
+    assert "leaderworkersets.leaderworkerset.x-k8s.io/v1" in c["message"]
+    assert "2 nodes" in c["message"] or "spans nodes" in c["message"]
+    # Nothing else changed: no engine was started in its place.
+    apps = client.AppsV1Api(api_client)
+    with pytest.raises(ApiException) as missing:
+        apps.read_namespaced_deployment(NAME, namespace)
+    assert missing.value.status == 404
+    assert pods_of(api_client, namespace) == []
+    # A model of one node is served as before.
+    single = md(namespace, model="meta-llama/Llama-3.1-8B-Instruct", quantization="none")
+    single["metadata"]["name"] = "small"
+    create_md(api_client, single)
+    wait_for(
+        lambda: (
+            condition(get_md(api_client, namespace, "small"), "Ready").get("status") == "True"
+            or NotYet(condition(get_md(api_client, namespace, "small"), "Ready"))
+        ),
+        60,
+        lambda: describe_namespace(api_client, namespace),
+    )

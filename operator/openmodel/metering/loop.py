@@ -156,8 +156,8 @@ class MeteringLoop:
                 await asyncio.sleep(max(0.0, cost.poll_seconds - (time.monotonic() - started)))
 
     def forget(self, key: ModelKey) -> None:
-        """The ModelDeployment was deleted: its series go now (the ledger's entry goes at
-        the next poll, which no longer sees it), as every other per-object series does."""
+        """The ModelDeployment was deleted: its series go now, as every other per-object
+        series does (the ledger's entry goes at the next poll, which no longer sees it)."""
         accelerator = self.ledger.accelerators.get(key, "")
         self.metrics.forget(key, accelerator, self.config.cost.currency)
 
@@ -247,16 +247,16 @@ class MeteringLoop:
         )
 
     def _restore(self) -> None:
-        path = f"/api/v1/namespaces/{self.checkpoint_namespace}/configmaps/{CHECKPOINT_NAME}"
+        core = client.CoreV1Api(self.api)
         try:
-            found = kube.call(self.api, "GET", path)
+            found = core.read_namespaced_config_map(CHECKPOINT_NAME, self.checkpoint_namespace)
         except ApiException as e:
             if e.status != 404:
                 raise
             log.info("metering: no checkpoint yet; counting pods from their start")
             return
         try:
-            ledger = Ledger.restored(json.loads((found.get("data") or {})[CHECKPOINT_KEY]))
+            ledger = Ledger.restored(json.loads((found.data or {})[CHECKPOINT_KEY]))
         except (KeyError, ValueError, TypeError) as e:
             # Not ours, or damaged: counting from the pods' start is the better guess.
             log.warning(
@@ -276,30 +276,25 @@ class MeteringLoop:
 
     def _save(self, now: float) -> None:
         self.leadership.check()
-        namespace = self.checkpoint_namespace
-        body = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {
-                "name": CHECKPOINT_NAME,
-                "namespace": namespace,
-                "labels": {
+        body = client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(
+                name=CHECKPOINT_NAME,
+                namespace=self.checkpoint_namespace,
+                labels={
                     "app.kubernetes.io/name": "openmodel",
                     "app.kubernetes.io/component": "metering",
                 },
-            },
-            "data": {CHECKPOINT_KEY: json.dumps(self.ledger.checkpoint(), separators=(",", ":"))},
-        }
-        collection = f"/api/v1/namespaces/{namespace}/configmaps"
-        # Through kube.call as every other write: rate-limited, and guarded by the
-        # leadership's write window (the API client's guard caps its timeout).
+            ),
+            data={CHECKPOINT_KEY: json.dumps(self.ledger.checkpoint(), separators=(",", ":"))},
+        )
+        core = client.CoreV1Api(self.api)
         try:
-            kube.call(self.api, "PUT", f"{collection}/{CHECKPOINT_NAME}", body=body)
+            core.replace_namespaced_config_map(CHECKPOINT_NAME, self.checkpoint_namespace, body)
         except ApiException as e:
             if e.status != 404:
                 raise
             try:
-                kube.call(self.api, "POST", collection, body=body)
+                core.create_namespaced_config_map(self.checkpoint_namespace, body)
             except ApiException as missing:
                 if missing.status != 404:
                     raise

@@ -252,7 +252,7 @@ def test_leader_election_is_a_namespaced_role_on_the_one_lease_and_the_checkpoin
     assert role["metadata"]["namespace"] == NAMESPACE
     assert grouped(rule_set(role)) == {
         ("coordination.k8s.io", "leases"): {"get", "create", "update"},
-        ("", "configmaps"): {"get", "create", "update"},
+        ("", "configmaps"): {"get", "create", "patch"},
     }
     # create cannot be limited by name; reading and renewing (saving) can.
     by_names = {
@@ -262,7 +262,7 @@ def test_leader_election_is_a_namespaced_role_on_the_one_lease_and_the_checkpoin
         ("leases",): ["create"],
         ("leases", _lease_name()): ["get", "update"],
         ("configmaps",): ["create"],
-        ("configmaps", CHECKPOINT_NAME): ["get", "update"],
+        ("configmaps", CHECKPOINT_NAME): ["get", "patch"],
     }
 
 

@@ -276,39 +276,46 @@ class MeteringLoop:
 
     def _save(self, now: float) -> None:
         self.leadership.check()
-        body = client.V1ConfigMap(
-            metadata=client.V1ObjectMeta(
-                name=CHECKPOINT_NAME,
-                namespace=self.checkpoint_namespace,
-                labels={
+        namespace = self.checkpoint_namespace
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": CHECKPOINT_NAME,
+                "namespace": namespace,
+                "labels": {
                     "app.kubernetes.io/name": "openmodel",
                     "app.kubernetes.io/component": "metering",
                 },
-            ),
-            data={CHECKPOINT_KEY: json.dumps(self.ledger.checkpoint(), separators=(",", ":"))},
-        )
-        core = client.CoreV1Api(self.api)
+            },
+            "data": {CHECKPOINT_KEY: json.dumps(self.ledger.checkpoint(), separators=(",", ":"))},
+        }
+        # Server-side apply (create or update in one PATCH), as every other write: a PUT
+        # is one urllib3 retries after a timeout, unguarded, so a write cut off at the
+        # Lease's expiry could still reach the API server later (test_leader_stall.py).
         try:
-            core.replace_namespaced_config_map(CHECKPOINT_NAME, self.checkpoint_namespace, body)
-        except ApiException as e:
-            if e.status != 404:
+            kube.call(
+                self.api,
+                "PATCH",
+                f"/api/v1/namespaces/{namespace}/configmaps/{CHECKPOINT_NAME}",
+                body=body,
+                content_type="application/apply-patch+yaml",
+                query=[("fieldManager", kube.FIELD_MANAGER), ("force", "true")],
+            )
+        except ApiException as missing:
+            if missing.status != 404:
                 raise
-            try:
-                core.create_namespaced_config_map(self.checkpoint_namespace, body)
-            except ApiException as missing:
-                if missing.status != 404:
-                    raise
-                # No such namespace (OPENMODEL_POD_NAMESPACE): counting goes on; a restart
-                # would start from the pods' start times. Said once, tried again later.
-                if not self._warned_no_namespace:
-                    log.warning(
-                        "metering: cannot save the checkpoint: namespace %s not found; "
-                        "set OPENMODEL_POD_NAMESPACE to the operator's namespace",
-                        self.checkpoint_namespace,
-                    )
-                    self._warned_no_namespace = True
-                self._saved_at = now
-                return
+            # No such namespace (OPENMODEL_POD_NAMESPACE): counting goes on; a restart
+            # would start from the pods' start times. Said once, tried again later.
+            if not self._warned_no_namespace:
+                log.warning(
+                    "metering: cannot save the checkpoint: namespace %s not found; "
+                    "set OPENMODEL_POD_NAMESPACE to the operator's namespace",
+                    namespace,
+                )
+                self._warned_no_namespace = True
+            self._saved_at = now
+            return
         self._saved_at = now
         self._unsaved = False
 

@@ -35,6 +35,7 @@ from openmodel.kube.leader import leader_elector
 from openmodel.kube.leadership import Leadership
 from openmodel.metering.loop import MeteringLoop
 from openmodel.model_resolver.store import ModelConfigStore
+from openmodel.namespaces import patterns_from_env
 from openmodel.operator_root import Operator, build_operator
 from openmodel.reconcile.reconciler import Reconciler
 
@@ -148,3 +149,16 @@ def _child_handler(kind: str) -> Callable[..., Any]:
 # the cache must forget it and its ModelDeployment put the label back.
 for _group, _version, _plural, _kind in CHILD_KINDS:
     kopf.on.event(_group, _version, _plural, id=_plural)(_child_handler(_kind))
+
+
+# Watching by namespace patterns, kopf stops a namespace's watch as soon as the namespace
+# is marked for deletion, so the DELETED events of what it held never come (kopf #900):
+# the namespace's own event is the last word on them. Cluster-wide, the events come.
+if patterns_from_env():
+
+    @kopf.on.event("", "v1", "namespaces")
+    async def namespace_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        if type == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
+            operator: Operator | None = getattr(memo, "operator", None)
+            if operator is not None:
+                operator.namespace_gone(str(body["metadata"]["name"]))

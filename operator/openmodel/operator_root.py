@@ -70,6 +70,12 @@ class Operator:
         # The index put this body in the cache; the pass reads the newest one from there.
         self.queue.add(key, Line.SPEC)
 
+    def namespace_gone(self, namespace: str) -> None:
+        """The namespace is being deleted: what the cache holds of it goes with it, and
+        every ModelDeployment in it is forgotten as if its DELETED event had come."""
+        for key in self.cache.drop_namespace(namespace):
+            self.memory.forget(key)
+
     def child_event(self, kind: str, event_type: str | None, body: Body) -> None:
         """A child changed: queue the ModelDeployment named by its owner label."""
         namespace, name = _key(body)

@@ -603,3 +603,21 @@ def test_cache_size_as_an_integer_quantity_and_garbage_adapter_status() -> None:
     assert parse_model_deployment(md).spec.cache.size == "200"  # type: ignore[union-attr]
     assert not _has_adapter_status({"status": "garbage"})
     assert _has_adapter_status({"status": {"adapters": [{"name": "a"}]}})
+
+
+def test_a_namespace_that_goes_takes_its_objects_and_names_its_model_deployments() -> None:
+    cache = ObjectCache()
+
+    def obj(kind: str, namespace: str, name: str, **labels: str) -> dict[str, Any]:
+        meta = {"namespace": namespace, "name": name, "uid": f"{namespace}-{name}"}
+        return {"kind": kind, "metadata": {**meta, "labels": labels, "resourceVersion": "1"}}
+
+    cache.observe("ModelDeployment", obj("ModelDeployment", "gone", "llama"))
+    cache.observe("Deployment", obj("Deployment", "gone", "llama"))
+    cache.observe(
+        "Pod", obj("Pod", "gone", "llama-0", **{"openmodel.dev/model-deployment": "llama"})
+    )
+    cache.observe("ModelDeployment", obj("ModelDeployment", "stays", "qwen"))
+    assert cache.drop_namespace("gone") == [("gone", "llama")]
+    assert [m["metadata"]["name"] for m in cache.model_deployments()] == ["qwen"]
+    assert cache.all_of("Deployment") == [] and cache.all_of("Pod") == []

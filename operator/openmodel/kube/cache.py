@@ -147,6 +147,20 @@ class ObjectCache:
         if not pods:
             self._pods.pop((namespace, owner), None)
 
+    def drop_namespace(self, namespace: str) -> list[tuple[str, str]]:
+        """Forget every object of `namespace` (it is being deleted); returns the
+        (namespace, name) of the ModelDeployments that were held."""
+        with self._lock:
+            keys = [k for k in self._objects if k[1] == namespace]
+            dropped = [(ns, name) for kind, ns, name in keys if kind == KIND]
+            for key in keys:
+                del self._objects[key]
+            for owner_key in [k for k in self._pods if k[0] == namespace]:
+                for name in list(self._pods[owner_key]):
+                    self._pod_owner.pop((namespace, name), None)
+                del self._pods[owner_key]
+        return dropped
+
     def drop(self, kind: str, namespace: str, name: str) -> None:
         """Forget what we remember (an apply answered 404/409: the next read asks)."""
         with self._lock:

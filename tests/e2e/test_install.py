@@ -231,6 +231,8 @@ ALLOWED = [
     ("list", "apiextensions.k8s.io", "customresourcedefinitions", None, None),
     ("watch", "apiextensions.k8s.io", "customresourcedefinitions", None, None),
     ("create", "coordination.k8s.io", "leases", None, SYSTEM),
+    # A replica that comes to span nodes: the Deployment goes once its group serves.
+    ("delete", "apps", "deployments", None, "team-a"),
 ]
 
 DENIED = [
@@ -242,7 +244,6 @@ DENIED = [
     ("create", GROUP, PLURAL, None, "team-a"),
     ("delete", GROUP, PLURAL, None, "team-a"),
     ("update", GROUP, PLURAL, "scale", "team-a"),
-    ("delete", "apps", "deployments", None, "team-a"),
     ("update", "apps", "deployments", None, "team-a"),
     ("update", "apps", "deployments", "scale", "team-a"),
     ("create", "", "pods", None, "team-a"),

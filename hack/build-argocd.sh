@@ -22,40 +22,12 @@ KUSTOMIZE_VERSION=v5.8.3
 GO_TOOLCHAIN=go1.27.3 # Argo CD v3.6 asks for go >= 1.27.0
 
 here=$(cd "$(dirname "$0")" && pwd)
-cache=${OPENMODEL_CACHE:-$HOME/.cache/openmodel}
-bin="$cache/bin/argocd-$ARGOCD_VERSION-kustomize-$KUSTOMIZE_VERSION"
-export GOMODCACHE="$cache/go/mod"
-export GOCACHE="$cache/go/build"
-export GOFLAGS=-mod=mod
+# shellcheck source=lib/go-env.sh
+source "$here/lib/go-env.sh"
 export GOTOOLCHAIN=$GO_TOOLCHAIN
-export CGO_ENABLED=0
-
-log() { echo "[build-argocd] $*" >&2; }
-
-fail() {
-  # $1 = step, $2 = how to retry
-  log "FAILED at step: $1"
-  log "retry with: $2"
-  exit 1
-}
-
-command -v go >/dev/null 2>&1 || fail "find the Go toolchain (go is not on PATH)" \
-  "install Go >= 1.21 (it fetches $GO_TOOLCHAIN itself), then: bash hack/build-argocd.sh"
-
-mkdir -p "$bin" "$GOMODCACHE" "$GOCACHE"
-
-build_step() {
-  # $1 = step name, $2 = module dir, rest = go build args
-  local step=$1 dir=$2
-  shift 2
-  local start=$SECONDS
-  log "$step ..."
-  (cd "$dir" && go mod download) \
-    || fail "$step: download Go modules (network or module proxy)" "bash hack/build-argocd.sh  # downloads resume from $GOMODCACHE"
-  (cd "$dir" && go build -trimpath "$@") \
-    || fail "$step: go build" "bash hack/build-argocd.sh  # compiled packages are cached in $GOCACHE"
-  log "$step done in $((SECONDS - start)) s"
-}
+GO_MIN_HINT=">= 1.21 (it fetches $GO_TOOLCHAIN itself)" go_env argocd
+bin="$cache/bin/argocd-$ARGOCD_VERSION-kustomize-$KUSTOMIZE_VERSION"
+mkdir -p "$bin"
 
 if [ ! -x "$bin/argocd" ]; then
   pkg=github.com/argoproj/argo-cd/v3/common
@@ -63,7 +35,7 @@ if [ ! -x "$bin/argocd" ]; then
   ld="-s -w -X $pkg.version=${ARGOCD_VERSION#v} -X $pkg.gitTag=$ARGOCD_VERSION -X $pkg.gitTreeState=clean"
   ld="$ld -X $pkg.buildDate=1970-01-01T00:00:00Z"
   # Write to a temporary name so an interrupted build never leaves a half binary behind.
-  build_step "argo-cd $ARGOCD_VERSION ($GO_TOOLCHAIN)" "$here/argocd" \
+  go_build_step "argo-cd $ARGOCD_VERSION ($GO_TOOLCHAIN)" "$here/argocd" \
     -ldflags "$ld" -o "$bin/argocd.tmp" github.com/argoproj/argo-cd/v3/cmd
   mv "$bin/argocd.tmp" "$bin/argocd"
 fi
@@ -72,7 +44,7 @@ for name in argocd-application-controller argocd-repo-server argocd-server; do
 done
 
 if [ ! -x "$bin/kustomize" ]; then
-  build_step "kustomize $KUSTOMIZE_VERSION" "$here/argocd/kustomize" \
+  go_build_step "kustomize $KUSTOMIZE_VERSION" "$here/argocd/kustomize" \
     -ldflags "-s -w -X sigs.k8s.io/kustomize/api/provenance.version=kustomize/$KUSTOMIZE_VERSION" \
     -o "$bin/kustomize" sigs.k8s.io/kustomize/kustomize/v5
 fi

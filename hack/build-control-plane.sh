@@ -16,38 +16,15 @@ KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
 
 here=$(cd "$(dirname "$0")" && pwd)
-cache=${OPENMODEL_CACHE:-$HOME/.cache/openmodel}
+# shellcheck source=lib/go-env.sh
+source "$here/lib/go-env.sh"
+go_env control-plane
 bin="$cache/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION"
-export GOMODCACHE="$cache/go/mod"
-export GOCACHE="$cache/go/build"
-export GOFLAGS=-mod=mod
-export CGO_ENABLED=0
-
-log() { echo "[build-control-plane] $*" >&2; }
-
-fail() {
-  # $1 = step, $2 = how to retry
-  log "FAILED at step: $1"
-  log "retry with: $2"
-  exit 1
-}
-
-command -v go >/dev/null 2>&1 || fail "find the Go toolchain (go is not on PATH)" \
-  "install Go >= 1.26 (e.g. apt-get install golang-go or your distribution's Go), then: bash hack/build-control-plane.sh"
-
-mkdir -p "$bin" "$GOMODCACHE" "$GOCACHE"
+mkdir -p "$bin"
 
 build_step() {
-  # $1 = step name, $2 = module dir, rest = go build args
-  local step=$1 dir=$2
-  shift 2
-  local start=$SECONDS
-  log "$step ..."
-  (cd "$here/controlplane/$dir" && go mod download) \
-    || fail "$step: download Go modules (network or module proxy)" "bash hack/build-control-plane.sh  # downloads resume from $GOMODCACHE"
-  (cd "$here/controlplane/$dir" && go build -trimpath "$@") \
-    || fail "$step: go build" "bash hack/build-control-plane.sh  # compiled packages are cached in $GOCACHE"
-  log "$step done in $((SECONDS - start)) s"
+  # $1 = step name, $2 = module dir under hack/controlplane/, rest = go build args
+  go_build_step "$1" "$here/controlplane/$2" "${@:3}"
 }
 
 kube_missing=0

@@ -16,24 +16,12 @@ set -euo pipefail
 
 LWS_VERSION=v0.9.0 # the module proxy serves this exact version (it lists none)
 
-cache=${OPENMODEL_CACHE:-$HOME/.cache/openmodel}
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=lib/go-env.sh
+source "$here/lib/go-env.sh"
+# -mod=readonly: it builds inside the module's own tree (see below).
+go_env lws -mod=readonly
 bin="$cache/bin/lws-$LWS_VERSION"
-export GOMODCACHE="$cache/go/mod"
-export GOCACHE="$cache/go/build"
-export GOFLAGS=-mod=readonly
-export CGO_ENABLED=0
-
-log() { echo "[build-lws] $*" >&2; }
-
-fail() {
-  # $1 = step, $2 = how to retry
-  log "FAILED at step: $1"
-  log "retry with: $2"
-  exit 1
-}
-
-command -v go >/dev/null 2>&1 || fail "find the Go toolchain (go is not on PATH)" \
-  "install Go >= 1.26, then: bash hack/build-lws.sh"
 
 manifests=(
   leaderworkerset.x-k8s.io_leaderworkersets.yaml
@@ -48,7 +36,7 @@ have_manifests() {
 }
 
 if [ ! -x "$bin/lws-controller" ] || ! have_manifests; then
-  mkdir -p "$bin" "$GOMODCACHE" "$GOCACHE"
+  mkdir -p "$bin"
   start=$SECONDS
   log "LeaderWorkerSet controller (sigs.k8s.io/lws $LWS_VERSION) ..."
   src=$(go mod download -json "sigs.k8s.io/lws@$LWS_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')

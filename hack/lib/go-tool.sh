@@ -10,11 +10,14 @@
 # it is there, checks that go.mod requires MODULE at VERSION, and prints that directory.
 # Environment: OPENMODEL_CACHE (default ~/.cache/openmodel).
 
+# shellcheck source=go-env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/go-env.sh"
+
 go_tool() {
   local name=$1 dir=$2 pin=$3 package=$4
   shift 4
   local version=${pin##* }
-  local cache=${OPENMODEL_CACHE:-$HOME/.cache/openmodel}
+  go_env "$name"
   local sources=("$dir"/go.mod "$dir"/go.sum)
   local file
   for file in "$dir"/*.go; do
@@ -22,33 +25,14 @@ go_tool() {
   done
   local bin
   bin="$cache/bin/$name-$version-$(cat "${sources[@]}" | sha256sum | cut -c1-12)"
-  export GOMODCACHE="$cache/go/mod"
-  export GOCACHE="$cache/go/build"
-  export GOFLAGS=-mod=mod
-  export CGO_ENABLED=0
-  local script="hack/build-$name.sh"
-
-  _go_tool_fail() {
-    echo "[build-$name] FAILED at step: $1" >&2
-    echo "[build-$name] retry with: $2" >&2
-    exit 1
-  }
-
-  command -v go >/dev/null 2>&1 || _go_tool_fail "find the Go toolchain (go is not on PATH)" \
-    "install Go >= 1.26, then: bash $script"
   grep -Eq "(^|[[:space:]])$pin([[:space:]]|\$)" "$dir/go.mod" \
-    || _go_tool_fail "check $dir/go.mod requires $pin" "set the same version in $script and $dir/go.mod"
+    || fail "check $dir/go.mod requires $pin" "set the same version in $script and $dir/go.mod"
 
   if [ ! -x "$bin/$name" ]; then
-    mkdir -p "$bin" "$GOMODCACHE" "$GOCACHE"
-    local start=$SECONDS
-    echo "[build-$name] $name $version ..." >&2
-    (cd "$dir" && go mod download) \
-      || _go_tool_fail "download Go modules (network or module proxy)" "bash $script  # downloads resume from $GOMODCACHE"
-    (cd "$dir" && go build -trimpath -ldflags "-s -w" "$@" -o "$bin/$name.tmp" "$package") \
-      || _go_tool_fail "go build" "bash $script  # compiled packages are cached in $GOCACHE"
+    mkdir -p "$bin"
+    # A temporary name, so an interrupted build never leaves a half binary behind.
+    go_build_step "$name $version" "$dir" -ldflags "-s -w" "$@" -o "$bin/$name.tmp" "$package"
     mv "$bin/$name.tmp" "$bin/$name"
-    echo "[build-$name] $name done in $((SECONDS - start)) s" >&2
   fi
   echo "$bin"
 }

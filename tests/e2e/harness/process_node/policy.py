@@ -17,6 +17,7 @@ import logging
 import subprocess
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client, watch
@@ -38,6 +39,31 @@ _AUDIT = f"""table inet {AUDIT_TABLE} {{
 """
 
 Lister = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class _Store:
+    """Where the enforcer keeps one watched kind: the map, its key and its value."""
+
+    items: dict[Any, Any]
+    key: Callable[[dict[str, Any]], Any]
+    value: Callable[[dict[str, Any]], Any]
+
+
+def _namespaced_name(obj: dict[str, Any]) -> tuple[str, str]:
+    return obj["metadata"]["namespace"], obj["metadata"]["name"]
+
+
+def _name(obj: dict[str, Any]) -> str:
+    return str(obj["metadata"]["name"])
+
+
+def _uid(obj: dict[str, Any]) -> str:
+    return str(obj["metadata"]["uid"])
+
+
+def _labels(obj: dict[str, Any]) -> dict[str, str]:
+    return dict(obj["metadata"].get("labels") or {})
 
 
 class PolicyEnforcer:
@@ -103,15 +129,20 @@ class PolicyEnforcer:
     def run(self) -> None:
         core = client.CoreV1Api(client.ApiClient(self.api.configuration))
         networking = client.NetworkingV1Api(client.ApiClient(self.api.configuration))
-        watches: list[tuple[str, Lister, Callable[[str, dict[str, Any]], None]]] = [
-            ("policies", networking.list_network_policy_for_all_namespaces, self._policy),
-            ("namespaces", core.list_namespace, self._namespace),
-            ("pods", core.list_pod_for_all_namespaces, self._pod),
+        # Each kind: where it is kept, under which key, and what of it.
+        kinds: list[tuple[str, Lister, _Store]] = [
+            (
+                "policies",
+                networking.list_network_policy_for_all_namespaces,
+                _Store(self.policies, _namespaced_name, lambda obj: obj),
+            ),
+            ("namespaces", core.list_namespace, _Store(self.namespaces, _name, _labels)),
+            ("pods", core.list_pod_for_all_namespaces, _Store(self.pods, _uid, pod_info)),
         ]
-        for kind, lister, handle in watches:
+        for kind, lister, store in kinds:
             threading.Thread(
                 target=self._follow,
-                args=(kind, lister, handle),
+                args=(kind, lister, store),
                 name=f"netpol-{kind}",
                 daemon=True,
             ).start()
@@ -124,15 +155,13 @@ class PolicyEnforcer:
             for uid in uids:
                 self._enforce(uid)
 
-    def _follow(
-        self, kind: str, lister: Lister, handle: Callable[[str, dict[str, Any]], None]
-    ) -> None:
+    def _follow(self, kind: str, lister: Lister, store: _Store) -> None:
         api = client.ApiClient(self.api.configuration)
         while not self.stop.is_set():
             try:
                 listed = api.sanitize_for_serialization(lister(_request_timeout=(5, 30)))
                 for item in listed["items"]:
-                    handle("ADDED", item)
+                    self._record(store, "ADDED", item)
                 self.synced[kind].set()
                 self.changed.set()
                 stream = watch.Watch()
@@ -145,7 +174,7 @@ class PolicyEnforcer:
                     ):
                         if self.stop.is_set() or event["type"] == "ERROR":
                             break
-                        handle(event["type"], event["raw_object"])
+                        self._record(store, event["type"], event["raw_object"])
                         self.changed.set()
                 finally:
                     stream.stop()
@@ -157,29 +186,13 @@ class PolicyEnforcer:
                 log.exception("network policy: watching %s failed; again", kind)
                 self.stop.wait(1.0)
 
-    def _policy(self, event: str, obj: dict[str, Any]) -> None:
-        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+    def _record(self, store: _Store, event: str, obj: dict[str, Any]) -> None:
+        key = store.key(obj)
         with self.lock:
             if event == "DELETED":
-                self.policies.pop(key, None)
+                store.items.pop(key, None)
             else:
-                self.policies[key] = obj
-
-    def _namespace(self, event: str, obj: dict[str, Any]) -> None:
-        name = obj["metadata"]["name"]
-        with self.lock:
-            if event == "DELETED":
-                self.namespaces.pop(name, None)
-            else:
-                self.namespaces[name] = dict(obj["metadata"].get("labels") or {})
-
-    def _pod(self, event: str, obj: dict[str, Any]) -> None:
-        uid = obj["metadata"]["uid"]
-        with self.lock:
-            if event == "DELETED":
-                self.pods.pop(uid, None)
-            else:
-                self.pods[uid] = pod_info(obj)
+                store.items[key] = store.value(obj)
 
 
 def outbound_connections(netns: str) -> tuple[int, list[str]]:

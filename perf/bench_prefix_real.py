@@ -24,12 +24,13 @@ Reported per policy: the prefix-cache hit rate (vllm:prefix_cache_hits_total /
 vllm:prefix_cache_queries_total, in tokens, both engines, over the policy's turn), time to
 first token through the gateway (p50, p90, mean), the requests each engine served, and the
 most requests an engine held at once (vllm:num_requests_running + waiting, sampled every
-0.25 s) against the load bound: with `loadFactor` f and at most c requests in flight, no
-pod takes a request that would leave it above ceil(f x c / 2) (gateway/affinity.py).
+0.25 s) against the load bound: with `loadFactor` f (``--load-factor``) and at most c
+requests in flight, no pod takes a request that would leave it above ceil(f x c / 2)
+(gateway/affinity.py).
 
     PYTHONPATH=operator:tests/e2e:. .venv/bin/python -m perf.bench_prefix_real \\
         [--system-prompts 6] [--system-tokens 1000] [--conversations 24] [--turns 3] \\
-        [--concurrency 4] [--cache-blocks N] [--rounds 1] [--keep-workdir]
+        [--concurrency 4] [--cache-blocks N] [--load-factor 1.25] [--rounds 1] [--keep-workdir]
 
 ``--cache-blocks N`` gives each engine a KV cache of N blocks of 128 tokens
 (--num-gpu-blocks-override) instead of 1 GiB (131,072 tokens): a cache shared by many
@@ -84,7 +85,6 @@ NAMESPACE_PREFIX = "bench-prefix"
 NAME = "prefix-bench"
 SERVED = "prefix-bench"
 POLICIES = ("least-load", "prefix")
-LOAD_FACTOR = 1.25
 ENGINE_PORT = 8000  # vLLM's, as the operator renders it (engines/vllm.py)
 SAMPLE_SECONDS = 0.25
 REQUEST_TIMEOUT = 600.0
@@ -319,7 +319,7 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Outcome]:
         install_crd(api)
         gateways = {
             policy: start_gateway(cluster.kubeconfig, workdir, name=f"gateway-{policy}",
-                                  balancing={"policy": policy, "loadFactor": LOAD_FACTOR})
+                                  balancing={"policy": policy, "loadFactor": args.load_factor})
             for policy in POLICIES
         }  # fmt: skip
         only_bench = {"OPENMODEL_NAMESPACES": f"{NAMESPACE_PREFIX}-*"}
@@ -350,7 +350,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def print_outcome(o: Outcome, args: argparse.Namespace) -> None:
-    bound = math.ceil(LOAD_FACTOR * args.concurrency / 2)
+    bound = math.ceil(args.load_factor * args.concurrency / 2)
     print(
         f"| {o.policy} | {o.hit_rate:.1%} | {percentile(o.ttft, 0.5) * 1000:.0f} ms | "
         f"{percentile(o.ttft, 0.9) * 1000:.0f} ms | {statistics.fmean(o.ttft) * 1000:.0f} ms | "
@@ -370,6 +370,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--answer-tokens", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--cache-blocks", type=int, default=None)
+    parser.add_argument("--load-factor", type=float, default=1.25)  # the platform default
     parser.add_argument("--min-bytes", type=int, default=150_000_000)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--seed", type=int, default=7)
@@ -384,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.conversations} conversations x {args.turns} turns, {args.system_prompts} system "
         f"prompts of {args.system_tokens} tokens, questions of {args.question_tokens}, answers "
         f"of {args.answer_tokens}, {args.concurrency} at once, 2 engines, loadFactor "
-        f"{LOAD_FACTOR}, KV cache {args.cache_blocks or 'default'} blocks",
+        f"{args.load_factor}, KV cache {args.cache_blocks or 'default'} blocks",
         flush=True,
     )
     print("| policy | hit rate (tokens) | TTFT p50 | p90 | mean | wall | served per engine "

@@ -69,6 +69,7 @@ from typing import Any, Final
 import yaml
 
 from openmodel.accelerators import AcceleratorCatalog, AcceleratorConfigError
+from openmodel.api import BALANCING_POLICIES
 from openmodel.config.cache import CacheConfig, parse_cache
 from openmodel.config.cost import CostConfig, parse_cost
 from openmodel.config.errors import (
@@ -138,9 +139,6 @@ class GatewayConfig:
     tls: GatewayTlsConfig = field(default_factory=GatewayTlsConfig)
     limits: GatewayLimitsConfig = field(default_factory=GatewayLimitsConfig)
     balancing: BalancingConfig = field(default_factory=lambda: BalancingConfig())
-
-
-BALANCING_POLICIES: Final = ("least-load", "prefix")
 
 
 @dataclass(frozen=True)

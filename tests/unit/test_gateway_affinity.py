@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 from test_gateway import pod, run, running_gateway
 
-from openmodel.config import ConfigError, GatewayConfig, parse_config
+from openmodel.config import ConfigError, parse_config
 from openmodel.gateway.affinity import affinity_key, load_bound, prompt_prefix
 from openmodel.gateway.balancer import Balancer
 from openmodel.gateway.routes import Backend, Endpoint, RouteTable, backend_from
@@ -121,7 +121,7 @@ def test_the_balancing_config() -> None:
     assert config.gateway.balancing.policy == "prefix"
     assert config.gateway.balancing.load_factor == 1.5
     assert config.gateway.balancing.prefix_characters == 512
-    assert parse_config({}).gateway.balancing.policy == "least-load"
+    assert parse_config({}).gateway.balancing.policy == "prefix"  # the default
     for raw, message in [
         ({"policy": "random"}, "policy must be one of least-load, prefix"),
         ({"loadFactor": 0.9}, "loadFactor must be a number >= 1"),
@@ -174,6 +174,8 @@ def test_the_gateway_routes_each_model_by_its_own_policy() -> None:
     """A least-load platform; `sticky` chooses `prefix`, `spread` says nothing. The same
     prompt, one request at a time: sticky's all reach one engine, spread's take turns."""
 
+    least_load_platform = parse_config({"gateway": {"balancing": {"policy": "least-load"}}}).gateway
+
     async def scenario() -> dict[str, list[int]]:
         first = await start_simulator("vllm", "127.0.0.31", 0, service_time=0, model="sticky")
         sims = [first]
@@ -190,7 +192,7 @@ def test_the_gateway_routes_each_model_by_its_own_policy() -> None:
                     port=first.port, balancing_policy=policy,
                 )  # fmt: skip
                 table.put_backend(served, [pod(f"{name}-{i}", s.host) for i, s in enumerate(pair)])
-            async with running_gateway(GatewayConfig(), table) as gw:
+            async with running_gateway(least_load_platform, table) as gw:
                 for name in ("sticky", "spread"):
                     for _ in range(6):
                         status, body, _ = await gw.post(

@@ -31,7 +31,7 @@ gateway:                 # the OpenAI gateway (python -m openmodel.gateway)
   auth: {mode: enforce}  # off | audit | enforce, caches (config/gateway_auth.py)
   tls: {}                # {certFile, keyFile}: serve HTTPS (config/gateway_auth.py)
   limits: {}             # per identity / per namespace budgets (config/gateway_limits.py)
-  balancing: {policy: least-load, prefixCharacters: 512, loadFactor: 1.25}  # or policy: prefix
+  balancing: {policy: prefix, prefixCharacters: 512, loadFactor: 1.25}  # or policy: least-load
 startupBudgetSeconds: 1800
 clusterDomain: cluster.local
 operator:                # the operator process itself (docs/configuration.md)
@@ -145,7 +145,7 @@ class GatewayConfig:
 class BalancingConfig:
     """How the gateway picks a pod (gateway/balancer.py, gateway/affinity.py)."""
 
-    policy: str = "least-load"
+    policy: str = "prefix"
     # The prompt's leading characters that make its key: about a system prompt's length.
     prefix_characters: int = 512
     # A pod may take a request while its load stays within factor x the mean load.

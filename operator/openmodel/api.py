@@ -56,6 +56,9 @@ DEFAULT_LORA_MAX_ADAPTERS = 4
 # spec.lora.maxRank's enum: the --max-lora-rank values engines accept; anything else
 # stops an engine at start.
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+# How the gateway picks a pod (spec.gateway.balancing.policy, the platform's
+# gateway.balancing.policy): docs/gateway.md, "Choosing a pod".
+BALANCING_POLICIES = ("least-load", "prefix")
 ADAPTER_NAME_MAX = 63
 _ADAPTER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # The same shapes the CRD accepts (spec.model's pattern, but pvc:// needs a path).
@@ -191,6 +194,9 @@ class ModelDeploymentSpec:
     # Names of the platform's egress allowlist entries the engine pods may reach
     # (spec.network.egress), beyond what fetching weights needs.
     egress_exceptions: tuple[str, ...] = ()
+    # spec.gateway.balancing.policy: how the gateway picks a pod for this model; None
+    # follows the platform's gateway.balancing.policy.
+    balancing_policy: str | None = None
 
 
 def lora_settings(spec: ModelDeploymentSpec) -> LoraSpec | None:
@@ -334,6 +340,24 @@ def _parse_lora(raw: Any) -> LoraSpec | None:
         max_rank=DEFAULT_LORA_MAX_RANK if rank is None else rank,
         max_adapters=DEFAULT_LORA_MAX_ADAPTERS if adapters is None else adapters,
     )
+
+
+def _parse_gateway(raw: Any) -> str | None:
+    """spec.gateway -> the balancing policy it sets, or None."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise SpecError("spec.gateway", "must be an object: {balancing: {policy}}")
+    balancing = _get(raw, "balancing", "spec.gateway", Mapping)
+    if balancing is None:
+        return None
+    policy: str | None = _get(balancing, "policy", "spec.gateway.balancing", str)
+    if policy is not None and policy not in BALANCING_POLICIES:
+        raise SpecError(
+            "spec.gateway.balancing.policy",
+            f"must be one of {', '.join(BALANCING_POLICIES)}, got {policy!r}",
+        )
+    return policy
 
 
 def _check_adapter_source(source: str, path: str, engine: str, rules: EngineRules) -> None:
@@ -563,6 +587,7 @@ def parse_spec(raw: Mapping[str, Any], rules: EngineRules) -> ModelDeploymentSpe
         lora=lora,
         gguf_file=_parse_gguf_file(raw),
         egress_exceptions=_parse_network(raw.get("network")),
+        balancing_policy=_parse_gateway(raw.get("gateway")),
     )
     if cache is not None and cache.access_mode is not None:
         check_cache_access_mode(spec, cache.access_mode, "spec.cache.accessMode")

@@ -18,6 +18,15 @@ def test_defaults() -> None:
     assert spec.quantization == "none"
     assert spec.replicas == 1
     assert spec.autoscaling is None
+    assert spec.balancing_policy is None  # the platform's gateway.balancing.policy
+
+
+def test_a_model_deployment_chooses_its_balancing_policy() -> None:
+    for policy in ("prefix", "least-load"):
+        spec = parse_spec({**GOOD, "gateway": {"balancing": {"policy": policy}}})
+        assert spec.balancing_policy == policy
+    assert parse_spec({**GOOD, "gateway": {"balancing": {}}}).balancing_policy is None
+    assert parse_spec({**GOOD, "gateway": {}}).balancing_policy is None
 
 
 @pytest.mark.parametrize(
@@ -36,6 +45,9 @@ def test_defaults() -> None:
         ({"gpu": None}, "spec.gpu"),
         ({"replicas": True}, "spec.replicas"),
         ({"env": [{"value": "x"}]}, "spec.env[0].name"),
+        ({"gateway": {"balancing": {"policy": "random"}}}, "spec.gateway.balancing.policy"),
+        ({"gateway": {"balancing": "prefix"}}, "spec.gateway.balancing"),
+        ({"gateway": []}, "spec.gateway"),
     ],
 )
 def test_bad_values_name_their_field(patch: dict[str, Any], field: str) -> None:

@@ -7,11 +7,13 @@ import random
 from collections import Counter
 
 import pytest
+from test_gateway import pod, run, running_gateway
 
 from openmodel.config import ConfigError, parse_config
 from openmodel.gateway.affinity import affinity_key, load_bound, prompt_prefix
 from openmodel.gateway.balancer import Balancer
-from openmodel.gateway.routes import Endpoint
+from openmodel.gateway.routes import Backend, Endpoint, RouteTable, backend_from
+from openmodel.simulator.server import start_simulator
 
 KEY = ("team-a", "llama")
 SYSTEM = "You are a careful assistant for the payroll team. " * 4
@@ -119,7 +121,7 @@ def test_the_balancing_config() -> None:
     assert config.gateway.balancing.policy == "prefix"
     assert config.gateway.balancing.load_factor == 1.5
     assert config.gateway.balancing.prefix_characters == 512
-    assert parse_config({}).gateway.balancing.policy == "least-load"
+    assert parse_config({}).gateway.balancing.policy == "prefix"  # the default
     for raw, message in [
         ({"policy": "random"}, "policy must be one of least-load, prefix"),
         ({"loadFactor": 0.9}, "loadFactor must be a number >= 1"),
@@ -128,3 +130,84 @@ def test_the_balancing_config() -> None:
     ]:
         with pytest.raises(ConfigError, match=message):
             parse_config({"gateway": {"balancing": raw}})
+
+
+def test_a_model_deployments_policy_overrides_the_platforms() -> None:
+    pods = endpoints(2)
+    key = affinity_key(chat("hello"), None, 512)
+    # Under a least-load platform, equal pods take turns; a ModelDeployment on `prefix`
+    # keeps its prefix's pod.
+    platform_least = Balancer()
+    turns = [platform_least.pick(KEY, pods, affinity=key) for _ in range(4)]
+    assert len({e.pod for e in turns if e is not None}) == 2
+    sticky = [platform_least.pick(KEY, pods, affinity=key, policy="prefix") for _ in range(4)]
+    assert len({e.pod for e in sticky if e is not None}) == 1
+    # Under a prefix platform, with the prefix's pod busy but within the bound
+    # (ceil(1.25 x 2 / 2) = 2), the prefix stays; a ModelDeployment on `least-load`
+    # goes to the idle pod.
+    platform_prefix = prefix_balancer()
+    home = platform_prefix.pick(KEY, pods, affinity=key)
+    assert home is not None
+    platform_prefix.started(KEY, home.pod)
+    assert platform_prefix.pick(KEY, pods, affinity=key) == home
+    idle = platform_prefix.pick(KEY, pods, affinity=key, policy="least-load")
+    assert idle is not None and idle != home
+
+
+def test_the_route_carries_the_model_deployments_policy() -> None:
+    def body(**spec: object) -> dict[str, object]:
+        return {
+            "apiVersion": "openmodel.dev/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "llama", "namespace": "team-a"},
+            "spec": {"model": "org/llama", "gpu": {"type": "nvidia-l4"}, **spec},
+        }
+
+    chosen = backend_from(body(gateway={"balancing": {"policy": "prefix"}}))
+    assert chosen is not None and chosen.balancing_policy == "prefix"
+    unset = backend_from(body())
+    assert unset is not None and unset.balancing_policy is None
+    assert backend_from(body(gateway={"balancing": {"policy": "random"}})) is None  # refused
+
+
+def test_the_gateway_routes_each_model_by_its_own_policy() -> None:
+    """A least-load platform; `sticky` chooses `prefix`, `spread` says nothing. The same
+    prompt, one request at a time: sticky's all reach one engine, spread's take turns."""
+
+    least_load_platform = parse_config({"gateway": {"balancing": {"policy": "least-load"}}}).gateway
+
+    async def scenario() -> dict[str, list[int]]:
+        first = await start_simulator("vllm", "127.0.0.31", 0, service_time=0, model="sticky")
+        sims = [first]
+        try:
+            for host, model in (("127.0.0.32", "sticky"), ("127.0.0.33", "spread"),
+                                ("127.0.0.34", "spread")):  # fmt: skip
+                sims.append(
+                    await start_simulator("vllm", host, first.port, service_time=0, model=model)
+                )
+            table = RouteTable()
+            for name, policy, pair in (("sticky", "prefix", sims[:2]), ("spread", None, sims[2:])):
+                served = Backend(
+                    key=("team-a", name), served_name=name, adapters=frozenset(), engine="vllm",
+                    port=first.port, balancing_policy=policy,
+                )  # fmt: skip
+                table.put_backend(served, [pod(f"{name}-{i}", s.host) for i, s in enumerate(pair)])
+            async with running_gateway(least_load_platform, table) as gw:
+                for name in ("sticky", "spread"):
+                    for _ in range(6):
+                        status, body, _ = await gw.post(
+                            "/v1/chat/completions",
+                            {**chat("the same question"), "model": name, "max_tokens": 1},
+                        )
+                        assert status == 200, body
+            return {
+                "sticky": [s.stats.succeeded for s in sims[:2]],
+                "spread": [s.stats.succeeded for s in sims[2:]],
+            }
+        finally:
+            for sim in sims:
+                await sim.stop()
+
+    served = run(scenario)
+    assert sorted(served["sticky"]) == [0, 6], served
+    assert served["spread"] == [3, 3], served

@@ -31,7 +31,7 @@ gateway:                 # the OpenAI gateway (python -m openmodel.gateway)
   auth: {mode: enforce}  # off | audit | enforce, caches (config/gateway_auth.py)
   tls: {}                # {certFile, keyFile}: serve HTTPS (config/gateway_auth.py)
   limits: {}             # per identity / per namespace budgets (config/gateway_limits.py)
-  balancing: {policy: least-load, prefixCharacters: 512, loadFactor: 1.25}  # or policy: prefix
+  balancing: {policy: prefix, prefixCharacters: 512, loadFactor: 1.25}  # or policy: least-load
 startupBudgetSeconds: 1800
 clusterDomain: cluster.local
 operator:                # the operator process itself (docs/configuration.md)
@@ -69,6 +69,7 @@ from typing import Any, Final
 import yaml
 
 from openmodel.accelerators import AcceleratorCatalog, AcceleratorConfigError
+from openmodel.api import BALANCING_POLICIES
 from openmodel.config.cache import CacheConfig, parse_cache
 from openmodel.config.cost import CostConfig, parse_cost
 from openmodel.config.errors import (
@@ -140,14 +141,11 @@ class GatewayConfig:
     balancing: BalancingConfig = field(default_factory=lambda: BalancingConfig())
 
 
-BALANCING_POLICIES: Final = ("least-load", "prefix")
-
-
 @dataclass(frozen=True)
 class BalancingConfig:
     """How the gateway picks a pod (gateway/balancer.py, gateway/affinity.py)."""
 
-    policy: str = "least-load"
+    policy: str = "prefix"
     # The prompt's leading characters that make its key: about a system prompt's length.
     prefix_characters: int = 512
     # A pod may take a request while its load stays within factor x the mean load.

@@ -2,7 +2,9 @@
 
 Outstanding work on a pod = the gateway's own requests in flight to it + the queue the
 engine reported at its last scrape (requests from other gateways, or sent straight to
-the pod, that the gateway did not count itself). Two policies (`gateway.balancing`):
+the pod, that the gateway did not count itself). Two policies (the platform's
+`gateway.balancing.policy`, which a ModelDeployment's `spec.gateway.balancing.policy`
+overrides for its own requests):
 - `least-load`: the pod with the least outstanding work; ties rotate, so equal pods share;
 - `prefix`: requests that begin alike go to one pod (its prefix cache holds their
   beginning) while its load stays within a bound of the mean (affinity.py); requests
@@ -50,13 +52,14 @@ class Balancer:
         adapter: str | None = None,
         exclude: Collection[str] = (),
         affinity: int | None = None,
+        policy: str | None = None,
     ) -> Endpoint | None:
         """`affinity`: the request's prefix key (affinity.affinity_key), used by the
-        `prefix` policy."""
+        `prefix` policy; `policy`: its ModelDeployment's, None for the platform's."""
         choices = [e for e in self.eligible(key, endpoints, adapter) if e.pod not in exclude]
         if not choices:
             return None
-        if self.policy == "prefix" and affinity is not None and len(choices) > 1:
+        if (policy or self.policy) == "prefix" and affinity is not None and len(choices) > 1:
             return bounded_pick(
                 affinity,
                 choices,

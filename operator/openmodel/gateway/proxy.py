@@ -305,7 +305,7 @@ class Gateway:
         balancing = self.config.balancing
         affinity = (
             affinity_key(body, route.adapter, balancing.prefix_characters)
-            if balancing.policy == "prefix"
+            if (route.backend.balancing_policy or balancing.policy) == "prefix"
             else None
         )
         try:
@@ -359,8 +359,9 @@ class Gateway:
         tried: set[str] = set()
         while True:
             endpoint = self.balancer.pick(
-                key, self.table.endpoints(key), route.adapter, exclude=tried, affinity=affinity
-            )
+                key, self.table.endpoints(key), route.adapter, exclude=tried, affinity=affinity,
+                policy=route.backend.balancing_policy,
+            )  # fmt: skip
             if endpoint is None:
                 # No pod (or every pod refused the connection once): wait for a change.
                 response, waited = await self._hold(key, route, deadline)

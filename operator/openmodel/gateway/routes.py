@@ -45,6 +45,8 @@ class Backend:
     engine: str
     port: int
     created: str = ""
+    # spec.gateway.balancing.policy; None: the platform's gateway.balancing.policy.
+    balancing_policy: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,7 @@ def backend_from(body: Mapping[str, Any]) -> Backend | None:
         engine=md.spec.engine,
         port=engine.port,
         created=str(meta.get("creationTimestamp") or ""),
+        balancing_policy=md.spec.balancing_policy,
     )
 
 

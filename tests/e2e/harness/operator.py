@@ -250,11 +250,13 @@ def start_gateway(
     auth: dict[str, Any] | None = None,
     tls: dict[str, str] | None = None,
     limits: dict[str, Any] | None = None,
+    balancing: dict[str, Any] | None = None,
 ) -> GatewayProcess:
     """`python -m openmodel.gateway` on 127.0.0.1, routing every namespace of the cluster
     (pods' IPs are reachable from the host: loopback for KWOK pods, the process nodes'
     veths for real engines). `auth`: the platform config's gateway.auth (default: off);
-    `tls`: gateway.tls (serves https://); `limits`: gateway.limits (default: none)."""
+    `tls`: gateway.tls (serves https://); `limits`: gateway.limits (default: none);
+    `balancing`: gateway.balancing (default: the platform's)."""
     port, metrics_port = free_port(), free_port()
     log_path = workdir / f"{name}.log"
     config_path = workdir / f"{name}-config.yaml"
@@ -264,6 +266,8 @@ def start_gateway(
         config["gateway"]["tls"] = tls
     if limits is not None:
         config["gateway"]["limits"] = limits
+    if balancing is not None:
+        config["gateway"]["balancing"] = balancing
     config_path.write_text(yaml.safe_dump(config))
     env = {
         **os.environ,

@@ -19,6 +19,7 @@ from typing import Any
 from openmodel.api import OWNER_LABEL, SpecError
 from openmodel.engines import engine_for, parse_model_deployment
 from openmodel.engines.base import served_model_name
+from openmodel.gateway.tasks import GENERATE, task_of
 
 ObjectKey = tuple[str, str]
 
@@ -45,6 +46,7 @@ class Backend:
     engine: str
     port: int
     created: str = ""
+    task: str = GENERATE  # gateway/tasks.py: which paths it serves
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,7 @@ def backend_from(body: Mapping[str, Any]) -> Backend | None:
         engine=md.spec.engine,
         port=engine.port,
         created=str(meta.get("creationTimestamp") or ""),
+        task=task_of(body),
     )
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
+import base64
 import contextlib
 import json
 import signal
@@ -443,9 +445,15 @@ def test_embeddings_in_vllms_shape():
                 client, "/v1/embeddings", {"model": MODEL, "input": ["hello world", "hi"]}
             )
             _, again = await post(client, "/v1/embeddings", {"model": MODEL, "input": "hi"})
+            # What the official OpenAI SDK asks for unless told otherwise.
+            _, packed = await post(
+                client,
+                "/v1/embeddings",
+                {"model": MODEL, "input": "hi", "encoding_format": "base64"},
+            )
             assert handle.stats.generation_tokens == 0
             # Each input is one request inside the engine, finished as `stop`.
-            assert handle.stats.finished == {"stop": 3}
+            assert handle.stats.finished == {"stop": 4}
         assert status == 200
         assert list(body) == ["id", "object", "created", "model", "data", "usage"]
         assert body["id"].startswith("embd-") and body["object"] == "list"
@@ -454,6 +462,8 @@ def test_embeddings_in_vllms_shape():
         ]  # fmt: skip
         vector = body["data"][1]["embedding"]
         assert vector == again["data"][0]["embedding"]  # the same text, the same vector
+        decoded = array.array("f", base64.b64decode(packed["data"][0]["embedding"])).tolist()
+        assert decoded == pytest.approx(vector, abs=1e-7)
         assert sum(x * x for x in vector) == pytest.approx(1.0)
         assert body["usage"] == usage(3, 0)
 

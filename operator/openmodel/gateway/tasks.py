@@ -21,8 +21,8 @@ GENERATE: Final = "generate"
 EMBED: Final = "embed"
 RERANK: Final = "rerank"
 
-# vLLM 0.32 serves rerank at /rerank, /v1/rerank (Jina's shape) and /v2/rerank (Cohere's
-# v2 path), and scores at /score and /v1/score; /v1/rerank is also llama-server's.
+# Rerank in Jina's shape at /v1/rerank (and the unversioned and Cohere's v2 paths beside
+# it), scores at /v1/score and /score: the paths the engines serve them at (docs/gateway.md).
 TASK_PATHS: Final[Mapping[str, tuple[str, ...]]] = {
     GENERATE: ("/v1/chat/completions", "/v1/completions"),
     EMBED: ("/v1/embeddings",),

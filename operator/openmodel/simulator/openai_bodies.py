@@ -191,7 +191,7 @@ def chat_response(head: Head, text: str, prompt: int, completion: int) -> JSON:
     return _tail(body, full_usage(prompt, completion), extra)
 
 
-def embedding_response(head: Head, vectors: list[list[float]], prompt: int) -> JSON:
+def embedding_response(head: Head, vectors: list[list[float] | str], prompt: int) -> JSON:
     """vLLM's EmbeddingResponse.model_dump(): usage keeps completion_tokens 0 and the
     two null details (a real vLLM's answer for a tiny BERT embedding model)."""
     body = head.fields()

@@ -18,8 +18,10 @@ BERT encoders (tests/e2e/test_pooling_contract.py compares them on every real ru
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
+import struct
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -44,6 +46,16 @@ def embedding(text: str) -> list[float]:
     raw = [b / 127.5 - 1.0 for b in digest[:EMBEDDING_DIM]]
     norm = math.sqrt(sum(x * x for x in raw)) or 1.0
     return [x / norm for x in raw]
+
+
+def encoded(vector: list[float], encoding_format: Any) -> list[float] | str:
+    """As `encoding_format` asks: the floats, or base64 of little-endian float32s (what
+    the official OpenAI SDK asks for unless told otherwise, and decodes)."""
+    if encoding_format in (None, "float"):
+        return vector
+    if encoding_format == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    raise PoolingError(f"encoding_format must be float or base64, not {encoding_format!r}")
 
 
 def score(task: str, query: str, document: str) -> float:

@@ -498,12 +498,15 @@ class _Simulator:
         body = await self._pooling_body(request)
         try:
             inputs = pooling.texts(body.get("input"), pooling.EMPTY_INPUT, "input")
+            vectors = [
+                pooling.encoded(pooling.embedding(text), body.get("encoding_format"))
+                for text in inputs
+            ]
         except pooling.PoolingError as e:
             raise _BadRequest(str(e)) from None
         prompt_tokens = [_count_tokens(text) for text in inputs]
         await self._pool(prompt_tokens)
         head = self._head(request, "embd", "list")
-        vectors = [pooling.embedding(text) for text in inputs]
         return web.json_response(bodies.embedding_response(head, vectors, sum(prompt_tokens)))
 
     async def rerank(self, request: web.Request) -> web.StreamResponse:

@@ -8,7 +8,7 @@ completion: `max_completion_tokens`, else `max_tokens`, else the platform's
 bytes of the JSON of `messages` / `prompt` / `input` divided by 4, rounded up (about four
 bytes a token for English with today's BPE tokenizers; the JSON punctuation and role
 names stand in for the chat template's tokens); for rerank and score, of the query and
-every document (vLLM's and Cohere's or Jina's field names) together, although a
+every document (the field names of rerank and score requests) together, although a
 cross-encoder reads the query once per document. The settlement against the engine's
 usage corrects both.
 """

@@ -105,7 +105,7 @@ def test_an_embedding_model_scales_1_2_1_on_the_queue_of_a_batch_load(
 
         wait_for(scaled_up, 30, lambda: describe_namespace(api_client, namespace))
         wait_for(lambda: len(fleet.urls()) == 2 or NotYet(fleet.urls()), 30, "a second engine")
-        assert peak[0] >= SLOTS, peak  # the batch queued on one engine
+        assert peak[0] > 0, peak  # the batch queued on one engine
         served_before = load.sent
         wait_for(
             lambda: load.sent > served_before + 10 or NotYet(load.sent), 20, "load on two pods"
@@ -115,7 +115,8 @@ def test_an_embedding_model_scales_1_2_1_on_the_queue_of_a_batch_load(
     assert load.failed == 0, f"{load.failed} of {load.sent} embeddings requests failed"
     every = [*fleet.handles.values(), *((p, h) for p, h in fleet.retired)]
     assert sum(h.stats.generation_tokens for _, h in every) == 0  # nothing generated
-    assert sum(h.stats.finished.get("stop", 0) for _, h in every) >= BATCH * load.sent // 2
+    # Each answered request was BATCH requests inside the engines.
+    assert sum(h.stats.finished.get("stop", 0) for _, h in every) >= BATCH * load.sent
 
     def at_one() -> bool | NotYet:
         r = replicas(api_client, namespace)
@@ -128,6 +129,8 @@ def test_an_embedding_model_scales_1_2_1_on_the_queue_of_a_batch_load(
         .items
     )
     assert {"ScaleUp", "ScaleDown"} <= {e.reason for e in events}
+    up = next(e for e in events if e.reason == "ScaleUp")
+    assert "queue" in up.message, up.message
 
 
 @pytest.fixture
@@ -163,7 +166,7 @@ def test_an_embedding_model_scales_from_zero_for_the_openai_sdk_and_back(
             return NotYet(md.get("status"))
         return md
 
-    wait_for(at_zero, 60, "the embedding model to settle at zero replicas")
+    wait_for(at_zero, TO_ZERO_AFTER + 60, "the embedding model to settle at zero replicas")
 
     # A chat to an embedding model: refused at once, naming the task; it wakes nothing.
     with pytest.raises(openai.BadRequestError) as refused:

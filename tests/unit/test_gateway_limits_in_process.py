@@ -539,12 +539,14 @@ def test_usage_counts_every_kind_of_answer_and_the_stream_looks_as_asked() -> No
             status, text, _ = await gw.post("/v1/completions", asked)
             events = [json.loads(e[6:]) for e in text.split("\n\n") if e.startswith("data: {")]
             assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] == 4
+            # A generative model serves no embeddings: refused before the engine, not
+            # counted (embeddings' usage: test_gateway_tasks.py).
             status, _, _ = await gw.post("/v1/embeddings", {"model": "m", "input": "a b"})
-            assert status == 200
+            assert status == 400
             anonymous = {"identity": "anonymous", "caller_namespace": "", "namespace": "models"}
-            assert await gw.metric("openmodel_gateway_usage_requests_total", **anonymous) == 4
+            assert await gw.metric("openmodel_gateway_usage_requests_total", **anonymous) == 3
             assert await gw.metric("openmodel_gateway_usage_prompt_tokens_total",
-                                   **anonymous) == 2 + 3 + 3 + 2  # fmt: skip
+                                   **anonymous) == 2 + 3 + 3  # fmt: skip
             assert await gw.metric("openmodel_gateway_usage_completion_tokens_total",
                                    **anonymous) == 3 + 4 + 4  # fmt: skip
 

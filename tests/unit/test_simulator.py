@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
+import base64
 import contextlib
 import json
 import signal
@@ -424,14 +426,34 @@ def test_stop_aborts_what_is_in_flight_without_a_drain_or_past_its_budget(drain_
     run(main)
 
 
+@contextlib.asynccontextmanager
+async def pooling_simulator(
+    task: str, slots: int = 4, service_time: float = 0.0
+) -> AsyncIterator[tuple[SimulatorHandle, aiohttp.ClientSession]]:
+    handle = await start_simulator("vllm", "127.0.0.1", 0, slots, service_time, MODEL, task=task)
+    try:
+        async with aiohttp.ClientSession(base_url=handle.url) as client:
+            yield handle, client
+    finally:
+        await handle.stop()
+
+
 def test_embeddings_in_vllms_shape():
     async def main() -> None:
-        async with simulator("vllm") as (handle, client):
+        async with pooling_simulator("embed") as (handle, client):
             status, body = await post(
                 client, "/v1/embeddings", {"model": MODEL, "input": ["hello world", "hi"]}
             )
             _, again = await post(client, "/v1/embeddings", {"model": MODEL, "input": "hi"})
+            # What the official OpenAI SDK asks for unless told otherwise.
+            _, packed = await post(
+                client,
+                "/v1/embeddings",
+                {"model": MODEL, "input": "hi", "encoding_format": "base64"},
+            )
             assert handle.stats.generation_tokens == 0
+            # Each input is one request inside the engine, finished as `stop`.
+            assert handle.stats.finished == {"stop": 4}
         assert status == 200
         assert list(body) == ["id", "object", "created", "model", "data", "usage"]
         assert body["id"].startswith("embd-") and body["object"] == "list"
@@ -440,8 +462,123 @@ def test_embeddings_in_vllms_shape():
         ]  # fmt: skip
         vector = body["data"][1]["embedding"]
         assert vector == again["data"][0]["embedding"]  # the same text, the same vector
+        decoded = array.array("f", base64.b64decode(packed["data"][0]["embedding"])).tolist()
+        assert decoded == pytest.approx(vector, abs=1e-7)
         assert sum(x * x for x in vector) == pytest.approx(1.0)
         assert body["usage"] == usage(3, 0)
+
+    run(main)
+
+
+def test_rerank_and_score_in_vllms_shape():
+    async def main() -> None:
+        async with pooling_simulator("rerank") as (handle, client):
+            docs = ["a dog", "the cat sat", "blue sky"]
+            rerank = {"model": MODEL, "query": "the cat", "documents": docs}
+            status, ranked = await post(client, "/v1/rerank", rerank)
+            assert status == 200, ranked
+            _, top = await post(client, "/rerank", {**rerank, "top_n": 2})
+            _, cohere = await post(client, "/v2/rerank", rerank)
+            score = {"model": MODEL, "text_1": "the cat", "text_2": docs[:2]}
+            status, scored = await post(client, "/v1/score", score)
+            assert status == 200, scored
+            _, queries = await post(
+                client, "/score", {"model": MODEL, "queries": "the cat", "documents": docs[:2]}
+            )
+            assert handle.stats.finished == {"stop": 3 + 3 + 3 + 2 + 2}
+        assert list(ranked) == ["id", "model", "usage", "results"]
+        assert ranked["id"].startswith("score-")
+        assert ranked["usage"] == {"prompt_tokens": 2 * 3 + 2 + 3 + 2, "total_tokens": 13}
+        results = ranked["results"]
+        assert sorted(r["index"] for r in results) == [0, 1, 2]
+        relevance = [r["relevance_score"] for r in results]
+        assert relevance == sorted(relevance, reverse=True) and all(0 < s < 1 for s in relevance)
+        assert [list(r) for r in results] == [["index", "document", "relevance_score"]] * 3
+        assert results[0]["document"] == {"text": docs[results[0]["index"]], "multi_modal": None}
+        assert top["results"] == results[:2] and cohere["results"] == results
+        assert list(scored) == ["id", "object", "created", "model", "data", "usage"]
+        assert scored["usage"] == usage(2 + 2 + 2 + 3, 0)
+        by_index = {r["index"]: r["relevance_score"] for r in results}
+        assert scored["data"] == [
+            {"index": i, "object": "score", "score": by_index[i]} for i in (0, 1)
+        ]
+        assert queries["data"] == scored["data"]
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    ("task", "path", "body", "message"),
+    [
+        ("embed", "/v1/embeddings", {"input": []}, "You must pass at least one prompt"),
+        ("rerank", "/v1/rerank", {"query": "q", "documents": []},
+         "At least one text_pair element must be given"),
+        ("rerank", "/v1/score", {"text_1": "q", "text_2": []},
+         "At least one text_pair element must be given"),
+    ],
+)  # fmt: skip
+def test_pooling_refusals_are_vllms_400(
+    task: str, path: str, body: dict[str, Any], message: str
+) -> None:
+    async def main() -> None:
+        async with pooling_simulator(task) as (handle, client):
+            status, answer = await post(client, path, {"model": MODEL, **body})
+            assert handle.stats.requests == 0
+        assert status == 400
+        assert answer == {
+            "error": {"message": message, "type": "BadRequestError", "param": None, "code": 400}
+        }
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    ("task", "served", "absent"),
+    [
+        ("generate", ["/v1/completions", "/v1/chat/completions"],
+         ["/v1/embeddings", "/v1/rerank", "/v1/score"]),
+        ("embed", ["/v1/embeddings", "/rerank", "/v1/rerank", "/v2/rerank", "/score",
+                   "/v1/score"], ["/v1/completions", "/v1/chat/completions"]),
+        ("rerank", ["/rerank", "/v1/rerank", "/v2/rerank", "/score", "/v1/score"],
+         ["/v1/embeddings", "/v1/completions", "/v1/chat/completions"]),
+    ],
+)  # fmt: skip
+def test_each_task_serves_the_paths_vllm_registers_for_it(
+    task: str, served: list[str], absent: list[str]
+) -> None:
+    async def main() -> None:
+        start = start_simulator("vllm", "127.0.0.1", 0, model=MODEL, task=task)
+        handle = await start
+        try:
+            async with aiohttp.ClientSession(base_url=handle.url) as client:
+                for path in served + absent:
+                    async with client.post(path, json={"model": MODEL}) as r:
+                        assert (r.status == 404) == (path in absent), (path, r.status)
+        finally:
+            await handle.stop()
+
+    run(main)
+
+
+def test_pooling_is_simulated_for_vllm_only():
+    with pytest.raises(ValueError, match="vllm engine only"):
+        run(lambda: start_simulator("tgi", "127.0.0.1", 0, task="embed"))
+
+
+def test_a_pooling_batch_queues_one_request_per_input():
+    async def main() -> None:
+        async with pooling_simulator("embed", slots=2, service_time=0.5) as (handle, client):
+            inputs = [f"text {i}" for i in range(6)]
+            task = asyncio.create_task(
+                post(client, "/v1/embeddings", {"model": MODEL, "input": inputs})
+            )
+            stats = handle.stats
+            await until(lambda: stats.running == 2 and stats.waiting == 4, lambda: stats)
+            async with client.get("/metrics") as r:
+                reading = read_queue(await r.text(), VLLM_METRICS)
+            assert _queue(reading) == (4.0, 2.0)
+            status, body = await task
+        assert status == 200 and len(body["data"]) == 6
 
     run(main)
 

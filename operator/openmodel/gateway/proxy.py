@@ -9,7 +9,9 @@ forward, and stream the answer back chunk by chunk.
 Request path, in order: the caller authenticated before the body is read (401, or 503
 when the API server cannot answer; gateway/auth/), body within `maxBodyBytes` (else
 413), valid JSON object (400), a string `model` (400), a known model (404), of the
-ModelDeployments claiming it the first the caller may use (403), the caller's limits
+ModelDeployments claiming it the first the caller may use (403), a path the model's
+task serves (400 naming the task: a chat to an embedding model; gateway/tasks.py), the
+caller's limits
 (429 with Retry-After; gateway/limits/), then a pod: the least loaded routable one, or,
 with none, hold (at most `holdQueueLength` per ModelDeployment, else 503 at once) until
 one is ready or `holdSeconds` pass (503 with Retry-After). Connecting to a pod that just
@@ -56,11 +58,11 @@ from openmodel.gateway.limits.replicas import ReplicaCount
 from openmodel.gateway.limits.reservation import completion_reservation, prompt_estimate
 from openmodel.gateway.metrics import GatewayMetrics
 from openmodel.gateway.routes import Backend, Endpoint, ObjectKey, Route, RouteTable
+from openmodel.gateway.tasks import ROUTED_PATHS, TASK_PATHS, wrong_task_message
 from openmodel.gateway.usage import StreamUsageReader, UsagePlan, UsageReader
 
 log = logging.getLogger(__name__)
 
-ROUTED_PATHS: Final = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 # Not forwarded either way (RFC 9110 hop-by-hop, plus what aiohttp sets itself).
 _HOP_BY_HOP: Final = frozenset(
     h.lower()
@@ -265,6 +267,12 @@ class Gateway:
         if isinstance(route, web.Response):
             self.metrics.errors.labels(model, f"auth_{route.status}").inc()
             return route
+        task = route.backend.task
+        if request.path not in TASK_PATHS.get(task, ()):
+            self.metrics.errors.labels(model, "wrong_task").inc()
+            return error_response(
+                400, wrong_task_message(model, task, request.path), "wrong_task", param="model"
+            )
         return await self._serve(request, raw, body, model, route, received)
 
     async def _serve(

@@ -19,6 +19,7 @@ from typing import Any
 from openmodel.api import OWNER_LABEL, SpecError
 from openmodel.engines import engine_for, parse_model_deployment
 from openmodel.engines.base import served_model_name
+from openmodel.gateway.tasks import GENERATE, task_of
 
 ObjectKey = tuple[str, str]
 
@@ -47,6 +48,7 @@ class Backend:
     created: str = ""
     # spec.gateway.balancing.policy; None: the platform's gateway.balancing.policy.
     balancing_policy: str | None = None
+    task: str = GENERATE  # gateway/tasks.py: which paths it serves
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,7 @@ def backend_from(body: Mapping[str, Any]) -> Backend | None:
         port=engine.port,
         created=str(meta.get("creationTimestamp") or ""),
         balancing_policy=md.spec.balancing_policy,
+        task=task_of(body),
     )
 
 

@@ -9,6 +9,7 @@ models:
     port: 8000
     hosts: [127.0.0.1, 127.0.0.2]
     adapters: [sql-lora]     # optional
+    task: generate           # optional: generate (default), embed or rerank
 ```
 """
 
@@ -23,6 +24,7 @@ import yaml
 from openmodel.api import DEFAULT_ENGINE
 from openmodel.engines import engine_for
 from openmodel.gateway.routes import Backend, RouteTable
+from openmodel.gateway.tasks import GENERATE, TASK_PATHS
 
 
 class RoutesFileError(ValueError):
@@ -60,6 +62,9 @@ def load_static_routes(path: Path, table: RouteTable) -> None:
         hosts = m.get("hosts") or []
         if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
             raise RoutesFileError(f"{where}: `hosts` must be a list of addresses")
+        task = m.get("task", GENERATE)
+        if task not in TASK_PATHS:
+            raise RoutesFileError(f"{where}: `task` must be one of {', '.join(TASK_PATHS)}")
         key = (str(m.get("namespace", "default")), str(m.get("modelDeployment", m["name"])))
         backend = Backend(
             key=key,
@@ -67,5 +72,6 @@ def load_static_routes(path: Path, table: RouteTable) -> None:
             adapters=frozenset(str(a) for a in m.get("adapters") or []),
             engine=engine,
             port=int(m.get("port", default_port)),
+            task=task,
         )
         table.put_backend(backend, [_pod(f"{key[1]}-{j}", h) for j, h in enumerate(hosts)])

@@ -13,6 +13,9 @@ Command line::
     python -m openmodel.simulator --engine vllm --host 127.0.0.1 --port 8000 \\
         --slots 4 --service-time 0.5 --model meta-llama/Llama-3.1-8B-Instruct --shutdown-timeout 30
 
+``--task embed`` or ``--task rerank`` (``task=`` in the library) makes it a pooling
+model: an embedding model or a cross-encoder, as vLLM serves them (``pooling``).
+
 See ``server`` for the endpoints, the queueing model, streams and the drain,
 ``openai_bodies`` for the response bodies (vLLM 0.32 exactly), ``exposition`` for the
 /metrics formats.

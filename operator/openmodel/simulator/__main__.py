@@ -12,7 +12,7 @@ import asyncio
 import signal
 import sys
 
-from openmodel.simulator.server import ENGINES, start_simulator
+from openmodel.simulator.server import ENGINES, TASKS, start_simulator
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,6 +20,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m openmodel.simulator", description="A simulated vLLM or TGI engine."
     )
     parser.add_argument("--engine", choices=ENGINES, default="vllm")
+    parser.add_argument(
+        "--task", choices=TASKS, default="generate",
+        help="a generative model, or a pooling one: embed (embeddings and scores) or rerank "
+        "(a cross-encoder's rerank and score); pooling with the vllm engine only",
+    )  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument("--slots", type=int, default=4, help="requests served at once")
@@ -58,6 +63,7 @@ async def _run(args: argparse.Namespace) -> None:
         args.model,
         prefill_seconds_per_token=args.prefill_seconds_per_token,
         cache_blocks=args.cache_blocks,
+        task=args.task,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -78,10 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         or args.shutdown_timeout < 0
         or args.prefill_seconds_per_token < 0
         or args.cache_blocks < 1
+        or (args.task != "generate" and args.engine != "vllm")
     ):
         print(
             "--slots and --cache-blocks must be >= 1; --service-time, --shutdown-timeout "
-            "and --prefill-seconds-per-token >= 0",
+            "and --prefill-seconds-per-token >= 0; --task embed or rerank needs --engine vllm",
             file=sys.stderr,
         )
         return 2

@@ -191,12 +191,47 @@ def chat_response(head: Head, text: str, prompt: int, completion: int) -> JSON:
     return _tail(body, full_usage(prompt, completion), extra)
 
 
-def embedding_response(head: Head, vectors: list[list[float]], prompt: int) -> JSON:
+def embedding_response(head: Head, vectors: list[list[float] | str], prompt: int) -> JSON:
     """vLLM's EmbeddingResponse.model_dump(): usage keeps completion_tokens 0 and the
-    two null details (from vLLM's source; the tiny test model serves no embeddings)."""
+    two null details (a real vLLM's answer for a tiny BERT embedding model)."""
     body = head.fields()
     body["data"] = [
         {"index": i, "object": "embedding", "embedding": vector} for i, vector in enumerate(vectors)
     ]
     body["usage"] = full_usage(prompt, 0)
     return body
+
+
+def score_response(head: Head, scores: list[float], prompt: int) -> JSON:
+    """vLLM's ScoreResponse: `data` of `{index, object: "score", score}` in the order of
+    the pairs, the full usage (completion_tokens 0, null details); the id is `score-…`."""
+    body = head.fields()
+    body["data"] = [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)]
+    body["usage"] = full_usage(prompt, 0)
+    return body
+
+
+def rerank_response(
+    head: Head, documents: list[str], scores: list[float], top_n: int, prompt: int
+) -> JSON:
+    """vLLM's RerankResponse (Jina's shape): `id, model, usage, results` and no `object`
+    nor `created`; usage is `{prompt_tokens, total_tokens}` alone; results by relevance,
+    highest first, the first `top_n` (0: all), each `{index, document: {text,
+    multi_modal}, relevance_score}` (the document comes back whatever
+    `return_documents` says)."""
+    ranked = sorted(range(len(documents)), key=lambda i: scores[i], reverse=True)
+    if 0 < top_n < len(ranked):
+        ranked = ranked[:top_n]
+    return {
+        "id": head.id,
+        "model": head.model,
+        "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+        "results": [
+            {
+                "index": i,
+                "document": {"text": documents[i], "multi_modal": None},
+                "relevance_score": scores[i],
+            }
+            for i in ranked
+        ],
+    }

@@ -14,6 +14,12 @@ Streams (``stream: true``, vllm engine) are vLLM 0.32's server-sent events
 its first token comes after ``PREFILL_FRACTION * service_time`` and the others are spaced
 evenly so that the last one leaves at ``service_time``.
 
+A pooling model (``task="embed"`` or ``"rerank"``, vllm engine only) serves what vLLM
+0.32 serves for one (``pooling``): an embedding model /v1/embeddings and the scores,
+a cross-encoder the scores (/rerank, /v1/rerank, /v2/rerank, /score, /v1/score), neither
+the generation endpoints. Each input, or query-document pair, holds a slot as one
+request, as in the real engine's queue gauges.
+
 ``stop(drain_seconds)`` is vLLM's SIGTERM: without a drain (``--shutdown-timeout 0``)
 requests in flight are cut at once; with one, requests in flight (streams included) run
 on for up to ``drain_seconds`` while the socket still accepts connections, ``/health``
@@ -34,9 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
-import math
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -46,6 +50,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from openmodel.simulator import openai_bodies as bodies
+from openmodel.simulator import pooling
 from openmodel.simulator.exposition import (
     EngineStats,
     render_llamacpp,
@@ -55,13 +60,15 @@ from openmodel.simulator.exposition import (
 )
 from openmodel.simulator.prefix_cache import CAPACITY_BLOCKS, PrefixCache
 
-__all__ = ["ENGINES", "PREFILL_FRACTION", "SimulatorHandle", "build_app", "start_simulator"]
+__all__ = [
+    "ENGINES", "PREFILL_FRACTION", "TASKS", "SimulatorHandle", "build_app", "start_simulator",
+]  # fmt: skip
 
 ENGINES: Final = ("vllm", "tgi", "sglang", "llamacpp")
+TASKS: Final = pooling.TASKS
 PREFILL_FRACTION: Final = 0.1
 _MAX_MODEL_LEN: Final = 4096
 _DEFAULT_COMPLETION_TOKENS: Final = 16
-_EMBEDDING_DIM: Final = 64
 _WORDS: Final = ("the", "model", "is", "simulated", "and", "answers", "in", "time")
 # What a real vLLM 0.32 answered (500) to a new request while it drained.
 _DRAINING_MESSAGE: Final = "cannot schedule new futures after shutdown"
@@ -210,16 +217,6 @@ def _text(tokens: int) -> str:
     return "".join(_token(i) for i in range(tokens))
 
 
-def _embedding(text: str) -> list[float]:
-    """A unit vector that depends only on the text (vLLM normalizes embeddings)."""
-    digest = b""
-    while len(digest) < _EMBEDDING_DIM:
-        digest += hashlib.sha256(digest + text.encode()).digest()
-    raw = [b / 127.5 - 1.0 for b in digest[:_EMBEDDING_DIM]]
-    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
-    return [x / norm for x in raw]
-
-
 async def _json_object(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
@@ -282,10 +279,11 @@ def _strings(value: object, key: str) -> list[str]:
 class _Simulator:
     """The HTTP face of one engine."""
 
-    def __init__(self, engine: str, model: str, core: _Engine) -> None:
+    def __init__(self, engine: str, model: str, core: _Engine, task: str = "generate") -> None:
         self.engine = engine
         self.model = model
         self.core = core
+        self.task = task
         self.started = int(time.time())
         # Set by a stop with a drain: new generation requests are refused from then on.
         self.draining = False
@@ -482,17 +480,63 @@ class _Simulator:
             bodies.chat_response(head, _text(max_tokens), prompt_tokens, max_tokens)
         )
 
-    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+    # --- a pooling model's API ---
+
+    async def _pooling_body(self, request: web.Request) -> dict[str, Any]:
         body = await _json_object(request)
-        self._check_request(body)
-        inputs = _strings(body.get("input"), "input")
-        prompt_tokens = [_count_tokens(text) for text in inputs]
+        if body.get("model") is not None and body.get("model") != self.model:
+            raise _BadRequest(f"The model `{body.get('model')}` does not exist.", status=404)
+        return body
+
+    async def _pool(self, prompt_tokens: list[int]) -> None:
+        """Each input (or pair) is one request inside the engine, finished as `stop`."""
         await asyncio.gather(
             *(self.core.serve(_Prompt(n), 0, reason="stop") for n in prompt_tokens)
         )
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        body = await self._pooling_body(request)
+        try:
+            inputs = pooling.texts(body.get("input"), pooling.EMPTY_INPUT, "input")
+            vectors = [
+                pooling.encoded(pooling.embedding(text), body.get("encoding_format"))
+                for text in inputs
+            ]
+        except pooling.PoolingError as e:
+            raise _BadRequest(str(e)) from None
+        prompt_tokens = [_count_tokens(text) for text in inputs]
+        await self._pool(prompt_tokens)
         head = self._head(request, "embd", "list")
-        vectors = [_embedding(text) for text in inputs]
         return web.json_response(bodies.embedding_response(head, vectors, sum(prompt_tokens)))
+
+    async def rerank(self, request: web.Request) -> web.StreamResponse:
+        body = await self._pooling_body(request)
+        try:
+            query, documents = pooling.rerank_pairs(body)
+        except pooling.PoolingError as e:
+            raise _BadRequest(str(e)) from None
+        top_n = body.get("top_n", 0)
+        if not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 0:
+            raise _BadRequest("top_n must be an integer >= 0")
+        prompt_tokens = [_count_tokens(query) + _count_tokens(d) for d in documents]
+        await self._pool(prompt_tokens)
+        scores = [pooling.score(self.task, query, d) for d in documents]
+        head = self._head(request, "score", "list")
+        return web.json_response(
+            bodies.rerank_response(head, documents, scores, top_n, sum(prompt_tokens))
+        )
+
+    async def score(self, request: web.Request) -> web.StreamResponse:
+        body = await self._pooling_body(request)
+        try:
+            pairs = pooling.score_pairs(body)
+        except pooling.PoolingError as e:
+            raise _BadRequest(str(e)) from None
+        prompt_tokens = [_count_tokens(a) + _count_tokens(b) for a, b in pairs]
+        await self._pool(prompt_tokens)
+        head = self._head(request, "score", "list")
+        scores = [pooling.score(self.task, a, b) for a, b in pairs]
+        return web.json_response(bodies.score_response(head, scores, sum(prompt_tokens)))
 
     async def models(self, request: web.Request) -> web.StreamResponse:
         entry: dict[str, Any] = {
@@ -563,17 +607,28 @@ class _Simulator:
         await self.core.serve(_Prompt(_count_tokens(inputs)), max_new_tokens)
         return web.json_response({"generated_text": _text(max_new_tokens)})
 
-    def routes(self) -> list[web.RouteDef]:
+    def _served_paths(self) -> list[tuple[str, Handler]]:
+        """The POST endpoints of this engine and task (as vLLM 0.32 registers them)."""
+        scores: list[tuple[str, Handler]] = [
+            ("/rerank", self.rerank), ("/v1/rerank", self.rerank), ("/v2/rerank", self.rerank),
+            ("/score", self.score), ("/v1/score", self.score),
+        ]  # fmt: skip
+        if self.task == "embed":
+            return [("/v1/embeddings", self.embeddings), *scores]
+        if self.task == "rerank":
+            return scores
         generation: list[tuple[str, Handler]] = [
             ("/v1/completions", self.completions),
             ("/v1/chat/completions", self.chat_completions),
         ]
-        if self.engine == "vllm":
-            generation.append(("/v1/embeddings", self.embeddings))
-        elif self.engine == "tgi":
+        if self.engine == "tgi":
             generation.append(("/generate", self.generate))
+        return generation
+
+    def routes(self) -> list[web.RouteDef]:
         table: list[tuple[str, str, Handler]] = [
-            ("POST", path, self._generation(self._guarded(handler))) for path, handler in generation
+            ("POST", path, self._generation(self._guarded(handler)))
+            for path, handler in self._served_paths()
         ]
         table += [
             ("GET", "/v1/models", self._guarded(self.models)),
@@ -592,13 +647,18 @@ def _simulator(
     service_time: float,
     prefill_seconds_per_token: float,
     cache_blocks: int = CAPACITY_BLOCKS,
+    task: str = "generate",
 ) -> _Simulator:
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, not {task!r}")
+    if task != "generate" and engine != "vllm":
+        raise ValueError(f"a pooling model ({task}) is simulated for the vllm engine only")
     if slots < 1 or service_time < 0 or prefill_seconds_per_token < 0 or cache_blocks < 1:
         raise ValueError("slots and cache blocks must be >= 1, the times >= 0")
     core = _Engine(slots, service_time, prefill_seconds_per_token, cache_blocks)
-    return _Simulator(engine, model, core)
+    return _Simulator(engine, model, core, task)
 
 
 def _application(simulator: _Simulator) -> web.Application:
@@ -608,10 +668,15 @@ def _application(simulator: _Simulator) -> web.Application:
 
 
 def build_app(
-    engine: str, model: str, slots: int, service_time: float, prefill_seconds_per_token: float = 0.0
+    engine: str,
+    model: str,
+    slots: int,
+    service_time: float,
+    prefill_seconds_per_token: float = 0.0,
+    task: str = "generate",
 ) -> tuple[web.Application, EngineStats]:
     """The aiohttp application of one simulated engine, and its live counters."""
-    simulator = _simulator(engine, model, slots, service_time, prefill_seconds_per_token)
+    simulator = _simulator(engine, model, slots, service_time, prefill_seconds_per_token, task=task)
     return _application(simulator), simulator.core.stats
 
 
@@ -682,12 +747,14 @@ async def start_simulator(
     model: str = "simulated/model",
     prefill_seconds_per_token: float = 0.0,
     cache_blocks: int = CAPACITY_BLOCKS,
+    task: str = "generate",
 ) -> SimulatorHandle:
     """Serve one simulated engine on host:port (port 0 picks a free one, see ``.port``);
     `prefill_seconds_per_token`: the prefill of each prompt token the prefix cache does
-    not hold, `cache_blocks` its size in 16-token blocks (prefix_cache.py)."""
+    not hold, `cache_blocks` its size in 16-token blocks (prefix_cache.py); `task`: a
+    generative model, or a pooling one (embed, rerank; vllm only: pooling.py)."""
     simulator = _simulator(
-        engine, model, slots, service_time, prefill_seconds_per_token, cache_blocks
+        engine, model, slots, service_time, prefill_seconds_per_token, cache_blocks, task
     )
     runner = web.AppRunner(
         _application(simulator),

@@ -7,8 +7,9 @@ timestamp set, not Ready, or gone) has its simulator stopped the way SIGTERM sto
 started with `--shutdown-timeout drain_seconds`, in a background task: requests in
 flight (streams too) finish, new ones get vLLM's drain-time 500; a new pod on the same
 IP gets its simulator once the old one has let go of the port. `LoadGenerator` keeps a fixed
-number of clients busy with OpenAI completions spread round-robin over the served pods;
-every loop is bounded in time and stops by itself.
+number of clients busy with OpenAI completions (embeddings or reranks of `batch` inputs
+for a pooling model's fleet) spread round-robin over the served pods; every loop is
+bounded in time and stops by itself.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class EngineFleet:
     namespace: str
     name: str
     engine: str = "vllm"
+    # The model's task: generate, or a pooling model's embed or rerank (simulator/pooling.py).
+    task: str = "generate"
     port: int = 8000
     slots: int = 2
     service_time: float = 0.3
@@ -102,6 +105,7 @@ class EngineFleet:
                         slots=self.slots,
                         service_time=self.service_time,
                         model=self.model,
+                        task=self.task,
                     )
                 except OSError as e:
                     self.errors.append(f"{pod} {ip}: {e}")
@@ -123,6 +127,7 @@ class EngineFleet:
                 slots=self.slots,
                 service_time=self.service_time,
                 model=self.model,
+                task=self.task,
             )
             self.handles[ip] = (pod, fresh)
 
@@ -173,6 +178,8 @@ class LoadGenerator:
     fleet: EngineFleet
     clients: int
     max_seconds: float = 120.0
+    # Inputs per embeddings request (documents per rerank): one engine request each.
+    batch: int = 1
     sent: int = 0
     failed: int = 0
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -191,7 +198,7 @@ class LoadGenerator:
     async def _client(self) -> None:
         assert self._stop is not None
         deadline = time.monotonic() + self.max_seconds
-        body = {"model": self.fleet.model, "prompt": "hello", "max_tokens": 8}
+        path, body = self._request()
         while not self._stop.is_set() and time.monotonic() < deadline:
             urls = self.fleet.urls()
             if not urls:
@@ -199,7 +206,7 @@ class LoadGenerator:
                 continue
             url = urls[next(self._counter) % len(urls)]
             try:
-                async with self._session.post(f"{url}/v1/completions", json=body) as r:
+                async with self._session.post(f"{url}{path}", json=body) as r:
                     await r.read()
                     self.sent += 1
                     if r.status != 200:
@@ -207,6 +214,14 @@ class LoadGenerator:
             except (TimeoutError, aiohttp.ClientError):
                 # A pod scaled away mid-request: that client moves on to another pod.
                 self.failed += 1
+
+    def _request(self) -> tuple[str, dict[str, Any]]:
+        model, texts = self.fleet.model, [f"hello world {i}" for i in range(self.batch)]
+        if self.fleet.task == "embed":
+            return "/v1/embeddings", {"model": model, "input": texts}
+        if self.fleet.task == "rerank":
+            return "/v1/rerank", {"model": model, "query": "hello", "documents": texts}
+        return "/v1/completions", {"model": model, "prompt": "hello", "max_tokens": 8}
 
     def stop(self) -> None:
         async def halt() -> None:

@@ -38,9 +38,9 @@ def families(text: str) -> dict[str, Family]:
     return out
 
 
-def simulator_metrics(engine: str) -> str:
+def simulator_metrics(engine: str, task: str = "generate") -> str:
     async def run() -> str:
-        handle = await start_simulator(engine, "127.0.0.1", 0, model="tiny")
+        handle = await start_simulator(engine, "127.0.0.1", 0, model="tiny", task=task)
         try:
             return await asyncio.to_thread(scrape, f"{handle.url}/metrics")
         finally:
@@ -49,13 +49,14 @@ def simulator_metrics(engine: str) -> str:
     return asyncio.run(run())
 
 
-def compare_families(real_text: str, engine: str) -> list[str]:
+def compare_families(real_text: str, engine: str, task: str = "generate") -> list[str]:
     """Differences between the real engine's and the simulator's families for what the
     operator reads ([] when they agree); both bodies must also parse with the
-    operator's own reader."""
+    operator's own reader. `task`: the model's (a pooling model's engine, simulated as
+    one)."""
     names = METRIC_NAMES[engine]
     wanted = [n for n in (names.queue, names.running) if n is not None]
-    sim_text = simulator_metrics(engine)
+    sim_text = simulator_metrics(engine, task)
     real, sim = families(real_text), families(sim_text)
     problems = []
     for name in wanted:

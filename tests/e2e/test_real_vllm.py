@@ -10,9 +10,10 @@ platform engineer would check on a real cluster: readiness from the engine's own
 
 vLLM starts in this module: 1 (served) + 1 (rollout) + 1 (the autoscaler's second
 replica) full starts of ~30 s and ~3 GiB each, at most two at a time; the crash tests
-stop at argument parsing or config loading. The served ModelDeployment is the one every
-serving test uses, the autoscaling test included (it turns autoscaling on and off again):
-each test takes the pod that serves when it runs, and leaves one Ready pod behind.
+stop at argument parsing or config loading (the bad flag's crash loop runs on the other
+process node while the served engine loads). The served ModelDeployment is the one
+every serving test uses, the autoscaling test included (it turns autoscaling on and off
+again): each test takes the pod that serves when it runs, and leaves one Ready pod.
 """
 
 from __future__ import annotations
@@ -143,19 +144,35 @@ class Served:
 MAX_NUM_SEQS = ["--max-num-seqs", "2"]
 
 
+@dataclass
+class BadFlag:
+    """The bad-flag ModelDeployment as seen once its engine had crashed and restarted
+    twice, and its Deployment's generation then."""
+
+    md: dict[str, Any]
+    deployment_generation: int
+
+
+BAD_FLAG = "tiny-badflag"
+
+
 @pytest.fixture(scope="module")
-def served(
+def started(
     api_client: client.ApiClient,
     real_namespace: str,
     tiny_claim: str,
     operator: OperatorProcess,
-) -> Served:
-    """One real vLLM serving the tiny model from a PVC, Ready; the loading recorded."""
+) -> tuple[Served, BadFlag]:
+    """One real vLLM serving the tiny model from a PVC, Ready, the loading recorded; and,
+    on the other process node meanwhile, an engine given a flag vLLM refuses, watched
+    until it crash-looped (its back-offs wait out the same seconds as the loading). The
+    bad-flag ModelDeployment is deleted before any test runs: its node is free again."""
+    core = client.CoreV1Api(api_client)
+    create_md(api_client, real_md(real_namespace, BAD_FLAG, args=["--no-such-flag"]))
     name = "tiny-chat"
     create_md(api_client, real_md(real_namespace, name, args=MAX_NUM_SEQS))
     timeline = Timeline()
     started = time.monotonic()
-    core = client.CoreV1Api(api_client)
 
     def ready() -> client.V1Pod | NotYet:
         md = get_md(api_client, real_namespace, name)
@@ -177,7 +194,31 @@ def served(
     pod = wait_for(
         ready, START_TIMEOUT, lambda: describe_namespace(api_client, real_namespace), interval=1
     )
-    return Served(real_namespace, name, timeline, pod)
+    crashed = _crash_loop(api_client, real_namespace, BAD_FLAG, restarts=2)
+    deployment = client.AppsV1Api(api_client).read_namespaced_deployment(BAD_FLAG, real_namespace)
+    bad_flag = BadFlag(crashed, deployment.metadata.generation)
+    client.CustomObjectsApi(api_client).delete_namespaced_custom_object(
+        GROUP, VERSION, real_namespace, PLURAL, BAD_FLAG
+    )
+
+    def bad_flag_gone() -> bool | NotYet:
+        pods = core.list_namespaced_pod(
+            real_namespace, label_selector=f"openmodel.dev/model-deployment={BAD_FLAG}"
+        ).items
+        return not pods or NotYet([p.metadata.name for p in pods])
+
+    wait_for(bad_flag_gone, 60, lambda: describe_namespace(api_client, real_namespace))
+    return Served(real_namespace, name, timeline, pod), bad_flag
+
+
+@pytest.fixture(scope="module")
+def served(started: tuple[Served, BadFlag]) -> Served:
+    return started[0]
+
+
+@pytest.fixture(scope="module")
+def bad_flag(started: tuple[Served, BadFlag]) -> BadFlag:
+    return started[1]
 
 
 def serving_pod(api_client: client.ApiClient, served: Served) -> client.V1Pod:
@@ -382,24 +423,15 @@ def _crash_loop(
     return wait_for(crashing, 180, lambda: describe_namespace(api_client, namespace), interval=1)
 
 
-def test_bad_flag_makes_vllm_exit_and_the_condition_says_why(
-    api_client: client.ApiClient, real_namespace: str, tiny_claim: str, operator: OperatorProcess
-) -> None:
-    name = "tiny-badflag"
-    create_md(api_client, real_md(real_namespace, name, args=["--no-such-flag"]))
-    md = _crash_loop(api_client, real_namespace, name, restarts=2)
+def test_bad_flag_makes_vllm_exit_and_the_condition_says_why(bad_flag: BadFlag) -> None:
+    md = bad_flag.md
     degraded = condition(md, "Degraded")
     assert degraded["status"] == "True"
     assert "exited with code 2" in degraded["message"], degraded
     assert "--no-such-flag" in degraded["message"], degraded
     assert md["status"]["reason"] == "EngineCrashLoop"
     # Nothing else is touched: the operator wrote the Deployment once and leaves it.
-    apps = client.AppsV1Api(api_client)
-    deployment = apps.read_namespaced_deployment(name, real_namespace)
-    assert deployment.metadata.generation == 1
-    client.CustomObjectsApi(api_client).delete_namespaced_custom_object(
-        GROUP, VERSION, real_namespace, PLURAL, name
-    )
+    assert bad_flag.deployment_generation == 1
 
 
 def test_directory_that_is_not_a_model_reaches_a_condition_without_a_loop(

@@ -8,14 +8,16 @@ PVC the ModelDeployment names (``pvc://tiny/model``). What is asserted is what a
 platform engineer would check on a real cluster: readiness from the engine's own
 /health, the OpenAI API, rollouts, crash reporting, and autoscaling on its queue.
 
-vLLM starts in this module: 1 (served) + 1 (rollout) + 2 (autoscaling) full starts of
-~30 s and ~3 GiB each, at most two at a time; the crash tests stop at argument parsing
-or config loading.
+vLLM starts in this module: 1 (served) + 1 (rollout) + 1 (the autoscaler's second
+replica) full starts of ~30 s and ~3 GiB each, at most two at a time; the crash tests
+stop at argument parsing or config loading (the bad flag's crash loop runs on the other
+process node while the served engine loads). The served ModelDeployment is the one
+every serving test uses, the autoscaling test included (it turns autoscaling on and off
+again): each test takes the pod that serves when it runs, and leaves one Ready pod.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import os
@@ -30,7 +32,6 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from harness import (
     Cluster,
@@ -129,25 +130,49 @@ class Timeline:
 
 @dataclass
 class Served:
+    """The served ModelDeployment; `pod` is the first one, whose loading `timeline` saw
+    (a rollout or a scale-down may have replaced it since: `serving_pod` is the one now)."""
+
     namespace: str
     name: str
     timeline: Timeline
     pod: client.V1Pod
 
 
+# 2 slots per engine: the autoscaling test's 4 clients make a queue on one engine. The
+# other tests send one request at a time.
+MAX_NUM_SEQS = ["--max-num-seqs", "2"]
+
+
+@dataclass
+class BadFlag:
+    """The bad-flag ModelDeployment as seen once its engine had crashed and restarted
+    twice, and its Deployment's generation then."""
+
+    md: dict[str, Any]
+    deployment_generation: int
+
+
+BAD_FLAG = "tiny-badflag"
+
+
 @pytest.fixture(scope="module")
-def served(
+def started(
     api_client: client.ApiClient,
     real_namespace: str,
     tiny_claim: str,
     operator: OperatorProcess,
-) -> Served:
-    """One real vLLM serving the tiny model from a PVC, Ready; the loading recorded."""
+) -> tuple[Served, BadFlag]:
+    """One real vLLM serving the tiny model from a PVC, Ready, the loading recorded; and,
+    on the other process node meanwhile, an engine given a flag vLLM refuses, watched
+    until it crash-looped (its back-offs wait out the same seconds as the loading). The
+    bad-flag ModelDeployment is deleted before any test runs: its node is free again."""
+    core = client.CoreV1Api(api_client)
+    create_md(api_client, real_md(real_namespace, BAD_FLAG, args=["--no-such-flag"]))
     name = "tiny-chat"
-    create_md(api_client, real_md(real_namespace, name))
+    create_md(api_client, real_md(real_namespace, name, args=MAX_NUM_SEQS))
     timeline = Timeline()
     started = time.monotonic()
-    core = client.CoreV1Api(api_client)
 
     def ready() -> client.V1Pod | NotYet:
         md = get_md(api_client, real_namespace, name)
@@ -169,7 +194,42 @@ def served(
     pod = wait_for(
         ready, START_TIMEOUT, lambda: describe_namespace(api_client, real_namespace), interval=1
     )
-    return Served(real_namespace, name, timeline, pod)
+    crashed = _crash_loop(api_client, real_namespace, BAD_FLAG, restarts=2)
+    deployment = client.AppsV1Api(api_client).read_namespaced_deployment(BAD_FLAG, real_namespace)
+    bad_flag = BadFlag(crashed, deployment.metadata.generation)
+    client.CustomObjectsApi(api_client).delete_namespaced_custom_object(
+        GROUP, VERSION, real_namespace, PLURAL, BAD_FLAG
+    )
+
+    def bad_flag_gone() -> bool | NotYet:
+        pods = core.list_namespaced_pod(
+            real_namespace, label_selector=f"openmodel.dev/model-deployment={BAD_FLAG}"
+        ).items
+        return not pods or NotYet([p.metadata.name for p in pods])
+
+    wait_for(bad_flag_gone, 60, lambda: describe_namespace(api_client, real_namespace))
+    return Served(real_namespace, name, timeline, pod), bad_flag
+
+
+@pytest.fixture(scope="module")
+def served(started: tuple[Served, BadFlag]) -> Served:
+    return started[0]
+
+
+@pytest.fixture(scope="module")
+def bad_flag(started: tuple[Served, BadFlag]) -> BadFlag:
+    return started[1]
+
+
+def serving_pod(api_client: client.ApiClient, served: Served) -> client.V1Pod:
+    """The served ModelDeployment's one Ready pod, as it is when the test runs."""
+    core = client.CoreV1Api(api_client)
+
+    def one() -> client.V1Pod | NotYet:
+        pods = ready_pods(core, served.namespace, served.name)
+        return pods[0] if len(pods) == 1 else NotYet([p.metadata.name for p in pods])
+
+    return wait_for(one, START_TIMEOUT, lambda: describe_namespace(api_client, served.namespace))
 
 
 def test_not_ready_while_vllm_loads_then_ready(
@@ -195,13 +255,13 @@ def test_not_ready_while_vllm_loads_then_ready(
     assert status["readyReplicas"] == 1
     assert status["reason"] == "Ready"
     # The process runs the rendered command: `vllm serve <model> ...` from the image.
-    argv = process_cmdline(served.pod)
+    argv = process_cmdline(serving_pod(api_client, served))
     assert argv[argv.index("serve") + 1] == "/models/tiny/model", argv
     assert "--served-model-name" in argv and SERVED in argv
 
 
-def test_openai_api_answers_on_the_pod(served: Served) -> None:
-    base = f"http://{served.pod.status.pod_ip}:8000"
+def test_openai_api_answers_on_the_pod(api_client: client.ApiClient, served: Served) -> None:
+    base = f"http://{serving_pod(api_client, served).status.pod_ip}:8000"
     models = http_json(f"{base}/v1/models")
     assert [m["id"] for m in models["data"]] == [SERVED]
     chat = http_json(
@@ -236,6 +296,7 @@ def test_the_engine_pod_is_confined_and_opened_no_connection(
     connection beyond its own pod while it started and served the requests above (its
     telemetry off, offline), and a connection it tries now to an address outside is
     refused, while an unconfined namespace reaches that address."""
+    pod = serving_pod(api_client, served)
     md = get_md(api_client, served.namespace, served.name)
     assert md["status"]["egress"] == "Closed"
     assert condition(md, "EgressOpen")["reason"] == "NodeOnly"
@@ -245,10 +306,7 @@ def test_the_engine_pod_is_confined_and_opened_no_connection(
     assert policy.spec.policy_types == ["Ingress", "Egress"] and not policy.spec.egress
     environ = dict(
         item.split("=", 1)
-        for item in Path(f"/proc/{engine_pid(served.pod)}/environ")
-        .read_bytes()
-        .decode()
-        .split("\0")
+        for item in Path(f"/proc/{engine_pid(pod)}/environ").read_bytes().decode().split("\0")
         if "=" in item
     )
     for switch in (
@@ -259,7 +317,7 @@ def test_the_engine_pod_is_confined_and_opened_no_connection(
     ):
         assert environ.get(switch) == "1", switch
 
-    netns = Sandbox(ipaddress.IPv4Address(served.pod.status.pod_ip)).netns
+    netns = Sandbox(ipaddress.IPv4Address(pod.status.pod_ip)).netns
     opened, where = outbound_connections(netns)
     print(f"\nengine pod: {opened} outbound connection(s) since its sandbox was made {where}")
     assert (opened, where) == (0, [])
@@ -282,25 +340,31 @@ def test_the_engine_pod_is_confined_and_opened_no_connection(
         bystander.destroy()
 
 
-def test_simulator_metrics_match_the_real_vllm(served: Served) -> None:
-    real = scrape(f"http://{served.pod.status.pod_ip}:8000/metrics")
+def test_simulator_metrics_match_the_real_vllm(
+    api_client: client.ApiClient, served: Served
+) -> None:
+    real = scrape(f"http://{serving_pod(api_client, served).status.pod_ip}:8000/metrics")
     problems = compare_families(real, engine="vllm")
     assert not problems, "\n".join(problems)
 
 
-def test_simulator_streams_match_the_real_vllm(served: Served) -> None:
-    problems = compare_streams(f"http://{served.pod.status.pod_ip}:8000")
+def test_simulator_streams_match_the_real_vllm(
+    api_client: client.ApiClient, served: Served
+) -> None:
+    problems = compare_streams(f"http://{serving_pod(api_client, served).status.pod_ip}:8000")
     assert not problems, "\n".join(problems)
 
 
-def test_simulator_accepts_and_refuses_the_requests_the_real_vllm_does(served: Served) -> None:
-    problems = compare_acceptance(f"http://{served.pod.status.pod_ip}:8000")
+def test_simulator_accepts_and_refuses_the_requests_the_real_vllm_does(
+    api_client: client.ApiClient, served: Served
+) -> None:
+    problems = compare_acceptance(f"http://{serving_pod(api_client, served).status.pod_ip}:8000")
     assert not problems, "\n".join(problems)
 
 
 def test_edit_rolls_out_a_new_engine_process(api_client: client.ApiClient, served: Served) -> None:
     core = client.CoreV1Api(api_client)
-    old_pod = served.pod
+    old_pod = serving_pod(api_client, served)
     old_pid = engine_pid(old_pod)
     assert "--max-model-len" in process_cmdline(old_pod)
     client.CustomObjectsApi(api_client).patch_namespaced_custom_object(
@@ -359,24 +423,15 @@ def _crash_loop(
     return wait_for(crashing, 180, lambda: describe_namespace(api_client, namespace), interval=1)
 
 
-def test_bad_flag_makes_vllm_exit_and_the_condition_says_why(
-    api_client: client.ApiClient, real_namespace: str, tiny_claim: str, operator: OperatorProcess
-) -> None:
-    name = "tiny-badflag"
-    create_md(api_client, real_md(real_namespace, name, args=["--no-such-flag"]))
-    md = _crash_loop(api_client, real_namespace, name, restarts=2)
+def test_bad_flag_makes_vllm_exit_and_the_condition_says_why(bad_flag: BadFlag) -> None:
+    md = bad_flag.md
     degraded = condition(md, "Degraded")
     assert degraded["status"] == "True"
     assert "exited with code 2" in degraded["message"], degraded
     assert "--no-such-flag" in degraded["message"], degraded
     assert md["status"]["reason"] == "EngineCrashLoop"
     # Nothing else is touched: the operator wrote the Deployment once and leaves it.
-    apps = client.AppsV1Api(api_client)
-    deployment = apps.read_namespaced_deployment(name, real_namespace)
-    assert deployment.metadata.generation == 1
-    client.CustomObjectsApi(api_client).delete_namespaced_custom_object(
-        GROUP, VERSION, real_namespace, PLURAL, name
-    )
+    assert bad_flag.deployment_generation == 1
 
 
 def test_directory_that_is_not_a_model_reaches_a_condition_without_a_loop(
@@ -476,81 +531,74 @@ class RealLoad:
             t.join(70)
 
 
-@pytest.mark.timeout(900)  # two engine starts on a busy machine, then the window
+@pytest.mark.timeout(900)  # an engine start on a busy machine, then the windows
 def test_autoscaling_on_the_real_queue_scales_out_without_cascade_and_back(
-    api_client: client.ApiClient,
-    real_namespace: str,
-    tiny_claim: str,
-    operator: OperatorProcess,
+    api_client: client.ApiClient, served: Served
 ) -> None:
-    """2 slots per engine (--max-num-seqs 2) and 4 clients: one engine has 2 waiting
-    (target 1 per replica -> 2 replicas); two engines hold all 4 in flight. maxReplicas
-    3 leaves room for the cascade peers suffer while the new pod loads."""
-    name = "tiny-autoscaled"
+    """2 slots per engine (--max-num-seqs 2, the served engine's) and 4 clients: one
+    engine has 2 waiting (target 1 per replica -> 2 replicas); two engines hold all 4 in
+    flight. maxReplicas 3 leaves room for the cascade peers suffer while the new pod
+    loads. Autoscaling is turned on for the served ModelDeployment, on its running
+    engine, and off again at the end (spec.replicas, 1, from then on)."""
+    namespace, name = served.namespace, served.name
     apps = client.AppsV1Api(api_client)
     core = client.CoreV1Api(api_client)
-    # The served fixture's ModelDeployment holds a node; this one needs both.
-    with contextlib.suppress(ApiException):
-        client.CustomObjectsApi(api_client).delete_namespaced_custom_object(
-            GROUP, VERSION, real_namespace, PLURAL, "tiny-chat"
-        )
-    create_md(
-        api_client,
-        real_md(
-            real_namespace,
-            name,
-            args=["--max-num-seqs", "2"],
-            autoscaling={
-                "minReplicas": 1,
-                "maxReplicas": 3,
-                "targetQueueDepth": 1,
-                # Long enough to ride over a dip in what a CPU-starved engine admits
-                # while its peer loads; short enough for the suite.
-                "scaleDownStabilizationSeconds": 30,
-            },
-        ),
-    )
+    custom = client.CustomObjectsApi(api_client)
 
     def replicas() -> int:
-        return int(apps.read_namespaced_deployment(name, real_namespace).spec.replicas)
+        return int(apps.read_namespaced_deployment(name, namespace).spec.replicas)
 
-    wait_for(
-        lambda: len(ready_pods(core, real_namespace, name)) == 1 or NotYet("no ready engine"),
-        START_TIMEOUT,
-        lambda: describe_namespace(api_client, real_namespace),
-        interval=1,
+    serving_pod(api_client, served)
+    autoscaling = {
+        "minReplicas": 1,
+        "maxReplicas": 3,
+        "targetQueueDepth": 1,
+        # Long enough to ride over a dip in what a CPU-starved engine admits while its
+        # peer loads; short enough for the suite.
+        "scaleDownStabilizationSeconds": 30,
+    }
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name, {"spec": {"autoscaling": autoscaling}}
     )
-    assert replicas() == 1
-    load = RealLoad(core, real_namespace, name, clients=4, max_seconds=300).start()
-    peak = [1]
     try:
+        assert replicas() == 1
+        load = RealLoad(core, namespace, name, clients=4, max_seconds=300).start()
+        peak = [1]
+        try:
 
-        def two_ready() -> bool | NotYet:
-            peak[0] = max(peak[0], replicas())
-            ready = ready_pods(core, real_namespace, name)
-            return len(ready) == 2 or NotYet({"replicas": replicas(), "ready": len(ready)})
+            def two_ready() -> bool | NotYet:
+                peak[0] = max(peak[0], replicas())
+                ready = ready_pods(core, namespace, name)
+                return len(ready) == 2 or NotYet({"replicas": replicas(), "ready": len(ready)})
 
-        wait_for(two_ready, START_TIMEOUT, lambda: describe_namespace(api_client, real_namespace))
-        # With both engines serving, the load stays carried by two for a while.
-        settle = time.monotonic() + 15
-        while time.monotonic() < settle:
-            peak[0] = max(peak[0], replicas())
-            time.sleep(0.5)  # sampling the replica count, not waiting for a state
-        assert peak[0] == 2, f"scaled to {peak[0]}: the loading pod was not counted"
-        assert load.sent > 0
+            wait_for(two_ready, START_TIMEOUT, lambda: describe_namespace(api_client, namespace))
+            # With both engines serving, the load stays carried by two for a while.
+            settle = time.monotonic() + 15
+            while time.monotonic() < settle:
+                peak[0] = max(peak[0], replicas())
+                time.sleep(0.5)  # sampling the replica count, not waiting for a state
+            assert peak[0] == 2, f"scaled to {peak[0]}: the loading pod was not counted"
+            assert load.sent > 0
+        finally:
+            load.stop()
+
+        wait_for(
+            lambda: replicas() == 1 or NotYet(replicas()),
+            120,
+            lambda: describe_namespace(api_client, namespace),
+        )
+
+        # The autoscaler writes replicas, posts its Event, then writes its status: the
+        # status follows the Deployment by a request or two.
+        def status_says_one() -> bool | NotYet:
+            auto = get_md(api_client, namespace, name)["status"].get("autoscaler") or {}
+            return auto.get("desiredReplicas") == 1 or NotYet(auto)
+
+        wait_for(status_says_one, 30, "status.autoscaler.desiredReplicas 1")
     finally:
-        load.stop()
-
-    wait_for(
-        lambda: replicas() == 1 or NotYet(replicas()),
-        120,
-        lambda: describe_namespace(api_client, real_namespace),
-    )
-
-    # The autoscaler writes replicas, posts its Event, then writes its status: the status
-    # follows the Deployment by a request or two.
-    def status_says_one() -> bool | NotYet:
-        auto = get_md(api_client, real_namespace, name)["status"].get("autoscaler") or {}
-        return auto.get("desiredReplicas") == 1 or NotYet(auto)
-
-    wait_for(status_says_one, 30, "status.autoscaler.desiredReplicas 1")
+        # The served ModelDeployment as the other tests expect it: one replica, no
+        # autoscaler (a merge patch's null removes the field).
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, {"spec": {"autoscaling": None}}
+        )
+    serving_pod(api_client, served)

@@ -5,14 +5,14 @@ uses, and the engine container's command and args go to
 real_engine/vllm_cli_check.py, run by the vLLM CPU environment's python. That script
 parses them with vLLM's `vllm serve` parser and, for a local model, builds vLLM's model
 config (quantization name, max model length, the model's config.json), so a flag vLLM
-dropped or renamed fails here instead of in a crash-looping pod.
+dropped or renamed fails here instead of in a crash-looping pod. One check server for
+the session (real_engine/cli_checker.py) imports vLLM once; each check is a child of it.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,7 @@ from openmodel.config import load_config
 from openmodel.engines.vllm import VLLM_QUANTIZATIONS
 
 from openmodel_fixtures import EXAMPLES
-from real_engine.env import CLI_CHECK_SCRIPT
-from real_engine.fixtures import engine_env
+from real_engine.cli_checker import shared_checker
 
 pytestmark = pytest.mark.real_engine
 
@@ -69,26 +68,13 @@ def engine_container(body: dict[str, Any]) -> dict[str, Any]:
 def cli_check(
     vllm_python: Path, container: dict[str, Any], tmp_path: Path, *, parse_only: bool = False
 ) -> dict[str, Any]:
-    """vllm_cli_check.py's report on one container's command line."""
-    spec = tmp_path / "container.json"
-    spec.write_text(json.dumps(container))
-    cmd = [str(vllm_python), str(CLI_CHECK_SCRIPT)]
-    if parse_only:
-        cmd.append("--parse-only")
-    done = subprocess.run(
-        [*cmd, str(spec)],
-        capture_output=True,
-        text=True,
-        timeout=CHECK_TIMEOUT_SECONDS,
-        env=engine_env(),
-        cwd=tmp_path,
-        check=False,
-    )
-    where = f"container {container}\nstderr tail:\n{done.stderr[-4000:]}"
-    assert done.returncode == 0, f"vllm_cli_check.py exited {done.returncode}: {where}"
-    lines = done.stdout.strip().splitlines()
-    assert lines, f"vllm_cli_check.py printed no report: {where}"
-    report: dict[str, Any] = json.loads(lines[-1])
+    """vllm_cli_check.py's report on one container's command line (checked by the
+    session's check server, in a child of its own)."""
+    run = shared_checker(vllm_python).check(container, tmp_path, parse_only, CHECK_TIMEOUT_SECONDS)
+    where = f"container {container}\nstderr tail:\n{run.stderr[-4000:]}"
+    assert run.exit_code == 0, f"vllm_cli_check.py exited {run.exit_code}: {where}"
+    assert run.report, f"vllm_cli_check.py wrote no report: {where}"
+    report: dict[str, Any] = json.loads(run.report)
     report["_where"] = where
     return report
 

@@ -18,7 +18,8 @@ the download pods to the process nodes (`cache.downloadNodeSelector` and
 `cache.downloadTolerations`: they carry the GPU taint) and the downloads to the
 stand-in (`cache.hubEndpoint`). The failure cases' engines ask for KWOK GPUs: only their
 downloader is real. vLLM starts twice in this module (one ModelDeployment, scaled from 1
-to 2 replicas), ~30 s and ~3 GiB each.
+to 2 replicas once its cache is Ready, so both engines load at once), ~30 s and ~3 GiB
+each.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from harness import (
     describe_namespace,
     wait_for,
 )
-from harness.k8s import bind_cache_volume, name_of, pod_ip
+from harness.k8s import bind_cache_volume, pod_ip
 from harness.netpol import host_addresses
 from harness.nodepool import RUNTIME_LABEL
 from openmodel_fixtures import (
@@ -284,18 +285,17 @@ def test_downloaded_once_then_two_vllm_replicas_start_offline_from_the_cache(
 
         return check
 
-    (first,) = wait_for(ready(1), START_TIMEOUT, explain)
-    env = {e.name: e.value for e in first.spec.containers[0].env}
-    assert env["HF_HUB_OFFLINE"] == "1"
-    assert completion(first)["choices"][0]["text"]
-
+    # The scale-out, a spec edit once the cache is Ready, asks for no second download;
+    # made now, while the first replica loads, both engines load at once.
     client.CustomObjectsApi(api_client).patch_namespaced_custom_object(
         GROUP, VERSION, ns, PLURAL, name, {"spec": {"replicas": 2}}
     )
-    pods = wait_for(ready(2), START_TIMEOUT, explain)
-    (second,) = [p for p in pods if name_of(p) != name_of(first)]
+    first, second = wait_for(ready(2), START_TIMEOUT, explain)
     assert {first.spec.node_name, second.spec.node_name} == {"process-a10g-0", "process-a10g-1"}
-    assert completion(second)["choices"][0]["text"]
+    for pod in (first, second):
+        env = {e.name: e.value for e in pod.spec.containers[0].env}
+        assert env["HF_HUB_OFFLINE"] == "1"
+        assert completion(pod)["choices"][0]["text"]
 
     # One download of each file, by the download pod; nothing asked by the engines.
     for file in repo.files:

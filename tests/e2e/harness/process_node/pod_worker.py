@@ -5,7 +5,8 @@ inside it (``service_proxy``), resolves env and volumes (configMap, secret and p
 ones written as files: ``volumes``), starts every container's command exactly as
 rendered (via ``container_init``), runs the startup, readiness and liveness probes from
 the spec, restarts containers that exit or fail liveness (restartPolicy, with the
-kubelet's back-off: 10 s doubling to 300 s), and reports pod status as the kubelet does:
+kubelet's back-off: at once after the first exit, then 10 s doubling to 300 s), and
+reports pod status as the kubelet does:
 Ready only while readiness passes, container states with exit codes, restartCount, and
 the terminated state's ``message``: what the container wrote to the file bound at its
 ``terminationMessagePath``, else the log tail under ``terminationMessagePolicy:
@@ -567,10 +568,15 @@ class PodWorker(threading.Thread):
         run.last_state = {"terminated": terminated}
         run.restart_count += 1
         if ran_for >= BACKOFF_RESET_AFTER or run.backoff == 0:
+            # The kubelet's doBackOff: a container without a back-off entry (its first
+            # exit, or a run longer than the entry lives) starts again at once, and the
+            # entry it makes holds the back-off the next exit waits.
             run.backoff = self.ctx.backoff_initial
-        else:
-            run.backoff = min(BACKOFF_MAX, run.backoff * 2)
-        run.restart_at = now + run.backoff
+            self._start(run, now)
+            return
+        delay = run.backoff
+        run.backoff = min(BACKOFF_MAX, run.backoff * 2)
+        run.restart_at = now + delay
         self._event(
             "BackOff", f"Back-off restarting failed container {run.name} in pod {self.pod_name}"
         )
@@ -578,7 +584,7 @@ class PodWorker(threading.Thread):
         run.state = {
             "waiting": {
                 "reason": "CrashLoopBackOff",
-                "message": f"back-off {int(run.backoff)}s restarting failed container="
+                "message": f"back-off {int(delay)}s restarting failed container="
                 f"{run.name} pod={meta['name']}_{meta['namespace']}({meta['uid']})",
             }
         }

@@ -17,7 +17,7 @@ import dataclasses
 import ipaddress
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -163,30 +163,64 @@ def verdicts(judge: Judge, obj: dict[str, Any], workdir: Path) -> tuple[str, str
     return kstatus["status"], kstatus.get("flux", ""), argocd_health(path)[0]
 
 
+Change = tuple[str, str, dict[str, Any]]  # kind, watch event type, the object
+
+
 @contextlib.contextmanager
-def md_versions(api: client.ApiClient, namespace: str) -> Iterator[list[dict[str, Any]]]:
-    """Every version of the ModelDeployment the API server holds from now on, in order (a
-    watch): statuses that last too short for a poll to catch (a group coming up on
-    KWOK) are among them."""
+def recorded(api: client.ApiClient, namespace: str) -> Iterator[list[Change]]:
+    """Every change the API server makes from now on to the ModelDeployment, its
+    Deployment and its LeaderWorkerSet, as watches deliver them, in arrival order: states
+    that last too short for a poll to see (a group or a pod coming up on KWOK) are
+    there, and a change caused by another (the operator's reaction to a status) arrives
+    after it."""
+    # A client of their own: stop() shuts a stream's socket, which must not go back to
+    # the test's connection pool.
+    api = client.ApiClient(api.configuration)
     custom = client.CustomObjectsApi(api)
-    listed = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
-    seen: list[dict[str, Any]] = []
-    stream = watch.Watch()
+    apps = client.AppsV1Api(api)
+    lists: dict[str, Callable[..., Any]] = {
+        "ModelDeployment": lambda **kw: custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, **kw
+        ),
+        "Deployment": lambda **kw: apps.list_namespaced_deployment(namespace, **kw),
+        "LeaderWorkerSet": lambda **kw: custom.list_namespaced_custom_object(
+            *LWS[:2], namespace, LWS[2], **kw
+        ),
+    }
+    # Each watch from its list's version: nothing after this line is missed.
+    versions = {kind: as_dict(api, listing())["metadata"]["resourceVersion"]
+                for kind, listing in lists.items()}  # fmt: skip
+    changes: list[Change] = []
+    failures: list[BaseException] = []
+    stopping = threading.Event()
+    streams = {kind: watch.Watch() for kind in lists}
 
-    def record() -> None:
-        for event in stream.stream(
-            custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL,
-            resource_version=listed["metadata"]["resourceVersion"], timeout_seconds=240,
-        ):  # fmt: skip
-            if event["object"]["metadata"]["name"] == NAME:
-                seen.append(event["object"])
+    def record(kind: str) -> None:
+        try:
+            for event in streams[kind].stream(
+                lists[kind], resource_version=versions[kind], timeout_seconds=300
+            ):
+                obj = as_dict(api, event["object"])
+                if obj["metadata"]["name"] == NAME:
+                    changes.append((kind, event["type"], obj))
+        except Exception as error:  # stop() cuts the stream's socket
+            if not stopping.is_set():
+                failures.append(error)
 
-    recorder = threading.Thread(target=record, daemon=True)
-    recorder.start()
+    for kind in lists:
+        threading.Thread(target=record, args=(kind,), daemon=True).start()
     try:
-        yield seen
+        yield changes
     finally:
-        stream.stop()  # takes effect at the next event, or the watch's timeout
+        stopping.set()
+        for stream in streams.values():
+            stream.stop()
+    assert not failures, failures
+
+
+def as_dict(api: client.ApiClient, obj: Any) -> dict[str, Any]:
+    """An object as the API server serves it (typed client models turned back into JSON)."""
+    return obj if isinstance(obj, dict) else api.sanitize_for_serialization(obj)  # type: ignore[no-any-return]
 
 
 def node_products(api: client.ApiClient, pods: list[client.V1Pod]) -> dict[str, str]:
@@ -312,13 +346,13 @@ def test_deleting_a_worker_recreates_the_group(
     """The group comes up, loses a worker, comes back whole; kstatus, Flux and Argo CD
     read it as the conditions say: in progress while a group is incomplete, current
     (healthy) once every group is ready."""
-    with md_versions(api_client, namespace) as versions:
+    with recorded(api_client, namespace) as changes:
         create_md(api_client, md(namespace))
         ready_md(api_client, namespace, lws, 1)
-        assert_group_verdicts(api_client, namespace, kstatus_judge, tmp_path, versions)
+        assert_group_verdicts(api_client, namespace, kstatus_judge, tmp_path, changes)
         recreate_the_group(api_client, namespace, lws)
         ready_md(api_client, namespace, lws, 1)
-        assert_group_verdicts(api_client, namespace, kstatus_judge, tmp_path, versions)
+        assert_group_verdicts(api_client, namespace, kstatus_judge, tmp_path, changes)
 
 
 def assert_group_verdicts(
@@ -326,8 +360,9 @@ def assert_group_verdicts(
     namespace: str,
     judge: Judge,
     workdir: Path,
-    versions: list[dict[str, Any]],
+    changes: list[Change],
 ) -> None:
+    versions = [obj for kind, _, obj in changes if kind == "ModelDeployment"]
     live = get_md(api, namespace, NAME)
     assert verdicts(judge, live, workdir) == ("Current", "Current", "Healthy"), live["status"]
     # The statuses written before, of this layout, not ready: the last of them.
@@ -370,7 +405,7 @@ def test_a_layout_edit_switches_deployment_and_group_as_a_rollout(
 ) -> None:
     """405B in fp8 fits one node (a Deployment); in bf16 it spans two (a group). Each
     edit brings the new kind up beside the serving old one, which goes once the new one
-    is ready (Event WorkloadReplaced): there and back."""
+    is ready (Event WorkloadReplaced both ways): there and back."""
     create_md(
         api_client,
         md(namespace, model="meta-llama/Llama-3.1-405B-Instruct", quantization="fp8"),
@@ -378,33 +413,44 @@ def test_a_layout_edit_switches_deployment_and_group_as_a_rollout(
     ready_md(api_client, namespace, lws, 1)
     apps = client.AppsV1Api(api_client)
     assert apps.read_namespaced_deployment(NAME, namespace).spec.replicas == 1
-    switch_layout(api_client, namespace, lws, "none", to_group=True)
-    body = ready_md(api_client, namespace, lws, 1)
-    assert body["status"]["gpu"] == "2 nodes x 8x nvidia-h100-80gb"
-    group_pods(api_client, namespace, 1, 2, lws)
-
-    # Back to one node: the Deployment serves before the group is deleted.
-    switch_layout(api_client, namespace, lws, "fp8", to_group=False)
-    body = ready_md(api_client, namespace, lws, 1)
-    assert body["status"]["gpu"] == "8x nvidia-h100-80gb"
-    (pod,) = [
-        p for p in pods_of(api_client, namespace) if "openmodel.dev/role" not in p.metadata.labels
-    ]  # the Deployment's; the group's may still be going
-    ready_at = next(c.last_transition_time for c in pod.status.conditions if c.type == "Ready")
+    with recorded(api_client, namespace) as changes:
+        switch_layout(api_client, namespace, lws, "none")
+        body = ready_md(api_client, namespace, lws, 1)
+        assert body["status"]["gpu"] == "2 nodes x 8x nvidia-h100-80gb"
+        group_pods(api_client, namespace, 1, 2, lws)
+        forth = len(changes)
+        # Back to one node.
+        switch_layout(api_client, namespace, lws, "fp8")
+        body = ready_md(api_client, namespace, lws, 1)
+        assert body["status"]["gpu"] == "8x nvidia-h100-80gb"
+    # The group was created while the Deployment still served (KWOK pods are ready at
+    # once; readiness of a group is counted from its pods, so its creation is what
+    # the watch shows), and the Deployment went only after.
+    there, back = changes[:forth], changes[forth:]
+    steps = [(kind, kind_event) for kind, kind_event, _ in there]
+    assert steps.index(("LeaderWorkerSet", "ADDED")) < steps.index(("Deployment", "DELETED"))
+    # Back: the new Deployment was created, then ready (as its status says), and only
+    # then was the group deleted.
+    timeline = [
+        (kind, kind_event, (obj.get("status") or {}).get("readyReplicas", 0))
+        for kind, kind_event, obj in back
+        if kind != "ModelDeployment"
+    ]
+    created = timeline.index(("Deployment", "ADDED", 0))
+    ready = next(i for i, (kind, _, n) in enumerate(timeline) if kind == "Deployment" and n)
+    group_deleted = [step[:2] for step in timeline].index(("LeaderWorkerSet", "DELETED"))
+    assert created < ready < group_deleted, timeline
     replaced = {
-        e.message: e.first_timestamp
+        e.message
         for e in client.CoreV1Api(api_client)
         .list_namespaced_event(namespace, field_selector=f"involvedObject.name={NAME}")
         .items
         if e.reason == "WorkloadReplaced"
     }
-    back = f"LeaderWorkerSet/{NAME} deleted: the Deployment of the new layout serves"
-    assert set(replaced) == {
+    assert replaced == {
         f"Deployment/{NAME} deleted: the LeaderWorkerSet of the new layout serves",
-        back,
+        f"LeaderWorkerSet/{NAME} deleted: the Deployment of the new layout serves",
     }, replaced
-    # Both to the second: the pod was ready no later than the group's deletion.
-    assert ready_at <= replaced[back], (ready_at, replaced[back])
 
 
 def workloads(api: client.ApiClient, namespace: str) -> tuple[bool, bool]:
@@ -425,24 +471,21 @@ def workloads(api: client.ApiClient, namespace: str) -> tuple[bool, bool]:
 
 
 def switch_layout(
-    api: client.ApiClient, namespace: str, lws: LwsController, quantization: str, to_group: bool
+    api: client.ApiClient, namespace: str, lws: LwsController, quantization: str
 ) -> None:
-    """Edit spec.quantization and wait until only the new kind is left, having seen both
-    at once (the new one came up while the old one still served)."""
+    """Edit spec.quantization (fp8: one node, else two) and wait until only the new
+    kind is left."""
     client.CustomObjectsApi(api).patch_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, NAME, {"spec": {"quantization": quantization}}
     )
-    seen_both = []
+    to_group = quantization != "fp8"
 
     def switched() -> bool | NotYet:
         lws.check_alive()
         deployment, group = workloads(api, namespace)
-        if deployment and group:
-            seen_both.append(True)
         return (group, deployment) == (to_group, not to_group) or NotYet((deployment, group))
 
     wait_for(switched, 90, lambda: describe_namespace(api, namespace))
-    assert seen_both, "the old kind was gone before the new one existed"
 
 
 def group_replicas(api: client.ApiClient, namespace: str) -> int:

@@ -12,24 +12,52 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import ipaddress
-from collections.abc import Iterator
+import json
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from kubernetes import client
+import test_kstatus
+from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
+from test_argocd_health_vm import argocd_health
+from test_engine_network_policy import ENGINE_PORT, process_pod
+from test_kstatus import Judge
+
+from openmodel.api import OWNER_LABEL
+from openmodel.cli import plan_document
+from openmodel.config import parse_config
 
 from harness import Cluster, NotYet, describe_namespace, wait_for
 from harness.engine_fleet import EngineFleet
 from harness.lws import LwsController, start_lws
+from harness.netpol import connects, connects_from
 from harness.nodepool import apply_node_pool, wait_nodes_ready
-from openmodel_fixtures import GatewayProcess, OperatorProcess, condition, create_md, get_md
+from harness.process_node.sandbox import Sandbox
+from openmodel_fixtures import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    GatewayProcess,
+    OperatorProcess,
+    condition,
+    create_md,
+    get_md,
+)
 
 pytestmark = pytest.mark.cluster
+
+# test_kstatus.py's fixtures: the kstatus program, with the Flux expressions docs/gitops.md
+# shows.
+kstatus_bin = test_kstatus.kstatus_bin
+kustomization = test_kstatus.kustomization
+kstatus_judge = test_kstatus.judge
 
 NAME = "ds"
 LWS = ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets")
@@ -126,6 +154,75 @@ def group_pods(
     return wait_for(check, 90, lambda: describe_namespace(api, namespace) + "\n" + lws.log_tail(30))
 
 
+def verdicts(judge: Judge, obj: dict[str, Any], workdir: Path) -> tuple[str, str, str]:
+    """kstatus's status, Flux's (the documented expressions) and Argo CD's health (the
+    shipped check, in Argo CD's own Lua VM) of one ModelDeployment object."""
+    path = workdir / f"{NAME}-{obj['metadata']['resourceVersion']}.json"
+    path.write_text(json.dumps(obj))
+    kstatus = judge.of(obj)
+    return kstatus["status"], kstatus.get("flux", ""), argocd_health(path)[0]
+
+
+Change = tuple[str, str, dict[str, Any]]  # kind, watch event type, the object
+
+
+@contextlib.contextmanager
+def recorded(api: client.ApiClient, namespace: str) -> Iterator[list[Change]]:
+    """Every change the API server makes from now on to the ModelDeployment, its
+    Deployment and its LeaderWorkerSet, as watches deliver them, in arrival order: states
+    that last too short for a poll to see (a group or a pod coming up on KWOK) are
+    there, and a change caused by another (the operator's reaction to a status) arrives
+    after it."""
+    # A client of their own: stop() shuts a stream's socket, which must not go back to
+    # the test's connection pool.
+    api = client.ApiClient(api.configuration)
+    custom = client.CustomObjectsApi(api)
+    apps = client.AppsV1Api(api)
+    lists: dict[str, Callable[..., Any]] = {
+        "ModelDeployment": lambda **kw: custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, **kw
+        ),
+        "Deployment": lambda **kw: apps.list_namespaced_deployment(namespace, **kw),
+        "LeaderWorkerSet": lambda **kw: custom.list_namespaced_custom_object(
+            *LWS[:2], namespace, LWS[2], **kw
+        ),
+    }
+    # Each watch from its list's version: nothing after this line is missed.
+    versions = {kind: as_dict(api, listing())["metadata"]["resourceVersion"]
+                for kind, listing in lists.items()}  # fmt: skip
+    changes: list[Change] = []
+    failures: list[BaseException] = []
+    stopping = threading.Event()
+    streams = {kind: watch.Watch() for kind in lists}
+
+    def record(kind: str) -> None:
+        try:
+            for event in streams[kind].stream(
+                lists[kind], resource_version=versions[kind], timeout_seconds=300
+            ):
+                obj = as_dict(api, event["object"])
+                if obj["metadata"]["name"] == NAME:
+                    changes.append((kind, event["type"], obj))
+        except Exception as error:  # stop() cuts the stream's socket
+            if not stopping.is_set():
+                failures.append(error)
+
+    for kind in lists:
+        threading.Thread(target=record, args=(kind,), daemon=True).start()
+    try:
+        yield changes
+    finally:
+        stopping.set()
+        for stream in streams.values():
+            stream.stop()
+    assert not failures, failures
+
+
+def as_dict(api: client.ApiClient, obj: Any) -> dict[str, Any]:
+    """An object as the API server serves it (typed client models turned back into JSON)."""
+    return obj if isinstance(obj, dict) else api.sanitize_for_serialization(obj)  # type: ignore[no-any-return]
+
+
 def node_products(api: client.ApiClient, pods: list[client.V1Pod]) -> dict[str, str]:
     core = client.CoreV1Api(api)
     return {
@@ -210,6 +307,8 @@ def test_a_layout_that_cannot_be_placed_is_degraded_naming_the_pod(
     namespace: str,
     operator: OperatorProcess,
     lws: LwsController,
+    kstatus_judge: Judge,
+    tmp_path: Path,
 ) -> None:
     # Three 8 x A100 pods per replica; the pool has two A100 nodes.
     create_md(
@@ -232,6 +331,8 @@ def test_a_layout_that_cannot_be_placed_is_degraded_naming_the_pod(
     c = wait_for(degraded, 90, lambda: describe_namespace(api_client, namespace))
     assert "pod ds-0" in c["message"], c
     assert "Insufficient nvidia.com/gpu" in c["message"] or "didn't match" in c["message"], c
+    live = get_md(api_client, namespace, NAME)
+    assert verdicts(kstatus_judge, live, tmp_path) == ("Failed", "Failed", "Degraded"), live
 
 
 def test_deleting_a_worker_recreates_the_group(
@@ -239,9 +340,45 @@ def test_deleting_a_worker_recreates_the_group(
     namespace: str,
     operator: OperatorProcess,
     lws: LwsController,
+    kstatus_judge: Judge,
+    tmp_path: Path,
 ) -> None:
-    create_md(api_client, md(namespace))
-    ready_md(api_client, namespace, lws, 1)
+    """The group comes up, loses a worker, comes back whole; kstatus, Flux and Argo CD
+    read it as the conditions say: in progress while a group is incomplete, current
+    (healthy) once every group is ready."""
+    with recorded(api_client, namespace) as changes:
+        create_md(api_client, md(namespace))
+        ready_md(api_client, namespace, lws, 1)
+        assert_group_verdicts(api_client, namespace, kstatus_judge, tmp_path, changes)
+        recreate_the_group(api_client, namespace, lws)
+        ready_md(api_client, namespace, lws, 1)
+        assert_group_verdicts(api_client, namespace, kstatus_judge, tmp_path, changes)
+
+
+def assert_group_verdicts(
+    api: client.ApiClient,
+    namespace: str,
+    judge: Judge,
+    workdir: Path,
+    changes: list[Change],
+) -> None:
+    versions = [obj for kind, _, obj in changes if kind == "ModelDeployment"]
+    live = get_md(api, namespace, NAME)
+    assert verdicts(judge, live, workdir) == ("Current", "Current", "Healthy"), live["status"]
+    # The statuses written before, of this layout, not ready: the last of them.
+    coming = [
+        v for v in versions
+        if "nodes" in (v.get("status") or {}).get("gpu", "")
+        and condition(v, "Ready").get("status") == "False"
+        and condition(v, "Degraded").get("status") != "True"
+    ]  # fmt: skip
+    assert coming, [v.get("status") for v in versions]
+    last = coming[-1]
+    print("incomplete group:", last["status"].get("readyReplicas"), condition(last, "Ready"))
+    assert verdicts(judge, last, workdir) == ("InProgress", "InProgress", "Progressing"), last
+
+
+def recreate_the_group(api_client: client.ApiClient, namespace: str, lws: LwsController) -> None:
     pods = group_pods(api_client, namespace, 1, 2, lws)
     leader = next(p for p in pods if p.metadata.labels["openmodel.dev/role"] == "leader")
     worker = next(p for p in pods if p.metadata.labels["openmodel.dev/role"] == "worker")
@@ -258,7 +395,6 @@ def test_deleting_a_worker_recreates_the_group(
 
     again = wait_for(recreated, 90, lambda: describe_namespace(api_client, namespace))
     assert len({p.spec.node_name for p in again}) == 2
-    ready_md(api_client, namespace, lws, 1)
 
 
 def test_a_layout_edit_switches_deployment_and_group_as_a_rollout(
@@ -267,8 +403,9 @@ def test_a_layout_edit_switches_deployment_and_group_as_a_rollout(
     operator: OperatorProcess,
     lws: LwsController,
 ) -> None:
-    """405B in fp8 fits one node (a Deployment); in bf16 it spans two (a group). The
-    group comes up beside the running Deployment, which goes once the group is ready."""
+    """405B in fp8 fits one node (a Deployment); in bf16 it spans two (a group). Each
+    edit brings the new kind up beside the serving old one, which goes once the new one
+    is ready (Event WorkloadReplaced both ways): there and back."""
     create_md(
         api_client,
         md(namespace, model="meta-llama/Llama-3.1-405B-Instruct", quantization="fp8"),
@@ -276,38 +413,79 @@ def test_a_layout_edit_switches_deployment_and_group_as_a_rollout(
     ready_md(api_client, namespace, lws, 1)
     apps = client.AppsV1Api(api_client)
     assert apps.read_namespaced_deployment(NAME, namespace).spec.replicas == 1
-    client.CustomObjectsApi(api_client).patch_namespaced_custom_object(
-        "openmodel.dev", "v1alpha1", namespace, "modeldeployments", NAME,
-        {"spec": {"quantization": "none"}},
-    )  # fmt: skip
-    seen_both = []
+    with recorded(api_client, namespace) as changes:
+        switch_layout(api_client, namespace, lws, "none")
+        body = ready_md(api_client, namespace, lws, 1)
+        assert body["status"]["gpu"] == "2 nodes x 8x nvidia-h100-80gb"
+        group_pods(api_client, namespace, 1, 2, lws)
+        forth = len(changes)
+        # Back to one node.
+        switch_layout(api_client, namespace, lws, "fp8")
+        body = ready_md(api_client, namespace, lws, 1)
+        assert body["status"]["gpu"] == "8x nvidia-h100-80gb"
+    # The group was created while the Deployment still served (KWOK pods are ready at
+    # once; readiness of a group is counted from its pods, so its creation is what
+    # the watch shows), and the Deployment went only after.
+    there, back = changes[:forth], changes[forth:]
+    steps = [(kind, kind_event) for kind, kind_event, _ in there]
+    assert steps.index(("LeaderWorkerSet", "ADDED")) < steps.index(("Deployment", "DELETED"))
+    # Back: the new Deployment was created, then ready (as its status says), and only
+    # then was the group deleted.
+    timeline = [
+        (kind, kind_event, (obj.get("status") or {}).get("readyReplicas", 0))
+        for kind, kind_event, obj in back
+        if kind != "ModelDeployment"
+    ]
+    created = timeline.index(("Deployment", "ADDED", 0))
+    ready = next(i for i, (kind, _, n) in enumerate(timeline) if kind == "Deployment" and n)
+    group_deleted = [step[:2] for step in timeline].index(("LeaderWorkerSet", "DELETED"))
+    assert created < ready < group_deleted, timeline
+    replaced = {
+        e.message
+        for e in client.CoreV1Api(api_client)
+        .list_namespaced_event(namespace, field_selector=f"involvedObject.name={NAME}")
+        .items
+        if e.reason == "WorkloadReplaced"
+    }
+    assert replaced == {
+        f"Deployment/{NAME} deleted: the LeaderWorkerSet of the new layout serves",
+        f"LeaderWorkerSet/{NAME} deleted: the Deployment of the new layout serves",
+    }, replaced
+
+
+def workloads(api: client.ApiClient, namespace: str) -> tuple[bool, bool]:
+    """Whether the ModelDeployment's Deployment, and its LeaderWorkerSet, exist."""
+    found = []
+    for read in (
+        lambda: client.AppsV1Api(api).read_namespaced_deployment(NAME, namespace),
+        lambda: group_replicas(api, namespace),
+    ):
+        try:
+            read()
+            found.append(True)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            found.append(False)
+    return found[0], found[1]
+
+
+def switch_layout(
+    api: client.ApiClient, namespace: str, lws: LwsController, quantization: str
+) -> None:
+    """Edit spec.quantization (fp8: one node, else two) and wait until only the new
+    kind is left."""
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, NAME, {"spec": {"quantization": quantization}}
+    )
+    to_group = quantization != "fp8"
 
     def switched() -> bool | NotYet:
         lws.check_alive()
-        try:
-            apps.read_namespaced_deployment(NAME, namespace)
-            deployment = True
-        except ApiException as error:
-            if error.status != 404:
-                raise
-            deployment = False
-        try:
-            group_replicas(api_client, namespace)
-            group = True
-        except ApiException as error:
-            if error.status != 404:
-                raise
-            group = False
-        if deployment and group:
-            seen_both.append(True)
-        return (group and not deployment) or NotYet((deployment, group))
+        deployment, group = workloads(api, namespace)
+        return (group, deployment) == (to_group, not to_group) or NotYet((deployment, group))
 
-    wait_for(switched, 90, lambda: describe_namespace(api_client, namespace))
-    # The group came up while the Deployment still served, not after it was gone.
-    assert seen_both, "the Deployment was gone before the group existed"
-    body = ready_md(api_client, namespace, lws, 1)
-    assert body["status"]["gpu"] == "2 nodes x 8x nvidia-h100-80gb"
-    group_pods(api_client, namespace, 1, 2, lws)
+    wait_for(switched, 90, lambda: describe_namespace(api, namespace))
 
 
 def group_replicas(api: client.ApiClient, namespace: str) -> int:
@@ -442,3 +620,58 @@ def test_without_leader_worker_set_a_replica_across_nodes_is_degraded(
         60,
         lambda: describe_namespace(api_client, namespace),
     )
+
+
+RENDEZVOUS_PORT = 29500  # torch.distributed's default: the group rule names no port
+
+
+def test_a_groups_pods_reach_each_other_and_no_other_model_deployments_pod(
+    api_client: client.ApiClient, cluster: Cluster, namespace: str
+) -> None:
+    """The group's NetworkPolicy as `openmodel render` prints it, enforced on the process
+    nodes (harness/netpol.py): a leader and a worker (pods labelled as the rendered
+    templates label them, listening on the engine port and a rendezvous port) reach each
+    other on both; a pod of another ModelDeployment of the namespace (under no policy)
+    reaches neither, and the worker does not reach it."""
+    cluster.require_process_nodes()
+    body = md(namespace, model="pvc://weights/ds", gpu={"type": "nvidia-h100-80gb", "count": 8,
+                                                         "nodes": 2})  # fmt: skip
+    config = parse_config({"privacy": {"networkPolicy": {"enabled": True}}})
+    objects = {o["kind"]: o for o in plan_document(body, config, online=False).children.all()}
+    policy = objects["NetworkPolicy"]
+    policy["metadata"].pop("ownerReferences", None)  # no ModelDeployment here
+    client.NetworkingV1Api(api_client).create_namespaced_network_policy(namespace, policy)
+    templates = objects["LeaderWorkerSet"]["spec"]["leaderWorkerTemplate"]
+    serve = ["sh", "-c", f"python3 -m http.server {ENGINE_PORT} & "
+             f"exec python3 -m http.server {RENDEZVOUS_PORT}"]  # fmt: skip
+    labels = {
+        "leader": templates["leaderTemplate"]["metadata"]["labels"],
+        "worker": templates["workerTemplate"]["metadata"]["labels"],
+        "other": {OWNER_LABEL: "other"},
+    }
+    core = client.CoreV1Api(api_client)
+    for name, pod_labels in labels.items():
+        core.create_namespaced_pod(namespace, process_pod(name, pod_labels, serve))
+
+    def addresses() -> dict[str, str] | NotYet:
+        found = {}
+        for name in labels:
+            status = core.read_namespaced_pod(name, namespace).status
+            if status.phase != "Running" or not status.pod_ip:
+                return NotYet(f"{name}: {status.phase}")
+            found[name] = status.pod_ip
+        up = all(connects(ip, port, greeting=False) for ip in found.values()
+                 for port in (ENGINE_PORT, RENDEZVOUS_PORT))  # fmt: skip
+        return found if up else NotYet("not every pod listens yet")
+
+    ips = wait_for(addresses, 60, lambda: describe_namespace(api_client, namespace))
+
+    def reaches(source: str, target: str, port: int) -> bool:
+        netns = Sandbox(ipaddress.IPv4Address(ips[source])).netns
+        return connects_from(netns, ips[target], port, greeting=False)
+
+    paths = [(s, t, p) for s, t in (("leader", "worker"), ("worker", "leader"), ("other", "leader"),
+                                    ("other", "worker"), ("worker", "other"))
+             for p in (ENGINE_PORT, RENDEZVOUS_PORT)]  # fmt: skip
+    reached = {f"{s}->{t}:{p}": reaches(s, t, p) for s, t, p in paths}
+    assert reached == {f"{s}->{t}:{p}": "other" not in (s, t) for s, t, p in paths}, reached

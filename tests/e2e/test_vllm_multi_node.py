@@ -5,21 +5,29 @@ LWS variables expanded as the kubelet would (`$(LWS_LEADER_ADDRESS)` the leader'
 started as two processes on this machine standing for two nodes: the leader (rank 0,
 the API server) and the `--headless` worker (rank 1), joined through vLLM's
 multiprocessing executor at `--master-addr`, no Ray. A completion through the leader is
-computed by both ranks.
+computed by both ranks, in both layouts:
 
-The layout is tensor parallel across the two processes (`--tensor-parallel-size 2
---pipeline-parallel-size 1` in spec.args, which argparse takes over the rendered
-values): the rendered pipeline parallel
-layout (`--pipeline-parallel-size 2`) starts on the CPU build too, both ranks loaded, but
-its first request fails inside vLLM (the scheduler's batch queue: `KeyError` on the
-request id in `update_from_output`, 0.32 CPU), and the tiny model has one layer.
+- pipeline parallel across the two processes, as rendered (`--pipeline-parallel-size 2`),
+  on a 2-layer tiny model (a stage needs a layer);
+- tensor parallel across them (`--tensor-parallel-size 2 --pipeline-parallel-size 1` in
+  spec.args, which argparse takes over the rendered values), on the 1-layer tiny model.
+
+CPU flags, through spec.args as a user on CPU nodes would pass them (docs/vllm-measured.md):
+`--dtype float32` (bf16 picks the AMX attention kernel, which dies of SIGILL here), and
+the pipeline layout without `--enforce-eager`: with it (and an explicit KV cache size)
+the CPU worker skips its warm-up, the one pass that allocates a later stage's buffer for
+the tensors it receives, and the first request fails on that stage.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import shutil
+import subprocess
+import tempfile
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +40,7 @@ from openmodel.config import load_config
 from harness import NotYet, wait_for
 from harness.ports import free_port
 from harness.process import Component, read_tail
+from real_engine.env import TINY_MODEL_SCRIPT
 from real_engine.fixtures import engine_env
 
 pytestmark = pytest.mark.real_engine
@@ -48,9 +57,19 @@ GROUP_MD: dict[str, Any] = {
         "gpu": {"type": "nvidia-l4", "count": 1, "nodes": 2},
         "servedModelName": "tiny",
         "maxModelLen": 1024,
-        "args": ["--enforce-eager"],
+        "args": ["--dtype", "float32"],
     },
 }
+
+# Per layout: the model's layers, and what spec.args adds (see the module docstring).
+LAYOUTS: dict[str, tuple[int, list[str]]] = {
+    "pipeline": (2, []),
+    "tensor": (1, ["--enforce-eager", "--tensor-parallel-size", "2",
+                   "--pipeline-parallel-size", "1"]),
+}  # fmt: skip
+# How vLLM logs the worker's place in each layout.
+WORKER_RANKS = {"pipeline": "PP rank 1, PCP rank 0, TP rank 0",
+                "tensor": "PP rank 0, PCP rank 0, TP rank 1"}  # fmt: skip
 
 
 def group_containers(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -110,17 +129,34 @@ def _health(port: int) -> bool:
         return False
 
 
+@pytest.fixture(scope="module")
+def two_layer_model(vllm_python: Path) -> Iterator[Path]:
+    """The tiny model with two decoder layers: one per pipeline stage."""
+    root = Path(tempfile.mkdtemp(prefix="openmodel-tiny2-model-"))
+    out = root / "models" / "model"
+    result = subprocess.run(
+        [str(vllm_python), str(TINY_MODEL_SCRIPT), str(out), "--layers", "2"],
+        capture_output=True, text=True, timeout=300, env=engine_env(), check=False,
+    )  # fmt: skip
+    if result.returncode != 0 or not (out / "config.json").is_file():
+        pytest.fail(f"tiny_model.py --layers 2 failed ({result.returncode}):\n{result.stderr}")
+    yield out
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_leader_and_headless_worker_serve_a_completion_together(
-    vllm_python: Path, tiny_model: Path, tmp_path: Path
+    layout: str,
+    vllm_python: Path,
+    tiny_model: Path,
+    two_layer_model: Path,
+    tmp_path: Path,
 ) -> None:
+    layers, layout_args = LAYOUTS[layout]
+    model = two_layer_model if layers == 2 else tiny_model
     body = copy.deepcopy(GROUP_MD)
-    master_port = free_port()
-    # Tensor parallel over the two processes (see the module docstring), and a free
-    # rendezvous port: both through spec.args, as a user would.
-    body["spec"]["args"] += [
-        "--tensor-parallel-size", "2", "--pipeline-parallel-size", "1",
-        "--master-port", str(master_port),
-    ]  # fmt: skip
+    # A free rendezvous port, through spec.args as a user would.
+    body["spec"]["args"] += [*layout_args, "--master-port", str(free_port())]
     leader, worker = group_containers(body)
     port = free_port()
     bin_dir = vllm_python.parent
@@ -129,7 +165,7 @@ def test_leader_and_headless_worker_serve_a_completion_together(
         ("worker", worker, 1, None),
         ("leader", leader, 0, port),
     ):
-        local = as_the_kubelet_runs_it(container, tiny_model, index, own_port)
+        local = as_the_kubelet_runs_it(container, model, index, own_port)
         argv = [str(bin_dir / local["command"][0]), *local["command"][1:], *local["args"]]
         process = Component(f"vllm-{name}", argv, tmp_path / f"{name}.log", stop_timeout=20)
         process.start(env=engine_env())
@@ -156,7 +192,9 @@ def test_leader_and_headless_worker_serve_a_completion_together(
         assert reply["usage"]["completion_tokens"] == 4, reply
         worker_log = worker_process.log_since_start()
         assert "headless multiproc executor" in worker_log, logs()
-        assert "rank 1 in world size 2" in worker_log and "TP rank 1" in worker_log, logs()
+        assert f"rank 1 in world size 2 is assigned as DP rank 0, {WORKER_RANKS[layout]}" in (
+            worker_log
+        ), logs()
         assert "rank 0 in world size 2" in leader_process.log_since_start(), logs()
     finally:
         for p in reversed(processes):

@@ -4,26 +4,38 @@ status reads, and the switch between a Deployment and a LeaderWorkerSet."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from typing import Any
 
 import pytest
+from fake_api_server import FakeApiServer
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
-from openmodel.api import SERVING_POD_SELECTOR, SpecError
+from openmodel.api import LWS_API_VERSION, OWNER_LABEL, SERVING_POD_SELECTOR, SpecError
+from openmodel.autoscaler import loop as loop_module
+from openmodel.autoscaler.loop import AutoscalerLoop
 from openmodel.config import PlatformConfig, parse_config
 from openmodel.engines import ENGINES, parse_model_deployment
 from openmodel.engines.base import NodeGroup
+from openmodel.inference_extension.discovery import CrdDiscovery
 from openmodel.kube.pods import serving
 from openmodel.reconcile.plan import make_plan
+from openmodel.reconcile.reconciler import Reconciler, ReconcileResult
 from openmodel.reconcile.render import TEMPLATE_HASH_ANNOTATION, render_children
 from openmodel.reconcile.status import Observation, build_status
 from openmodel.reconcile.workload import (
+    LWS_PLURAL,
     can_retire,
     group_counts,
+    group_index,
     may_have_group,
     pod_templates,
     rolled_out,
 )
+
+LWS_REQUIRED = ((LWS_API_VERSION, LWS_PLURAL),)
 
 BASE: dict[str, Any] = {
     "apiVersion": "openmodel.dev/v1alpha1",
@@ -317,3 +329,129 @@ def test_when_a_group_may_exist() -> None:
     assert may_have_group({}, [], 2)
     assert not may_have_group({"gpu": "8x nvidia-h100-80gb"}, [], None)
     assert may_have_group(None, [pod(0, 0, "x")], None)
+
+
+@pytest.mark.parametrize("served", [True, False])
+def test_the_autoscaler_without_a_cache_lists_groups_too(
+    monkeypatch: pytest.MonkeyPatch, served: bool
+) -> None:
+    lws = lws_with(1)
+    listed = copy.deepcopy(lws)
+    del listed["kind"]  # a list's items may come without their kind
+    deployment = {"metadata": {"name": "other", "namespace": "team-a"}}
+    asked: list[tuple[str, str]] = []
+
+    def list_cluster_wide(api: Any, resource: str, label_key: str) -> list[dict[str, Any]]:
+        asked.append((resource, label_key))
+        if resource == "leaderworkersets":
+            if not served:
+                raise ApiException(status=404, reason="Not Found")
+            return [listed]
+        return [deployment] if resource == "deployments" else []
+
+    monkeypatch.setattr(loop_module.kube, "list_cluster_wide", list_cluster_wide)
+    loop = AutoscalerLoop(api=client.ApiClient(), config=PlatformConfig())
+    workloads, _ = asyncio.run(loop._owned())
+    assert sorted(resource for resource, _ in asked) == ["deployments", "leaderworkersets", "pods"]
+    assert dict(asked)["leaderworkersets"] == OWNER_LABEL
+    if served:
+        assert workloads == [deployment, {**listed, "kind": "LeaderWorkerSet"}]
+    else:
+        assert workloads == [deployment]
+
+
+# -- group names: LWS calls group i `<name>-<i>` (its leader pod, headless Service, workers'
+# StatefulSet), which another ModelDeployment may be called -------------------------------
+
+
+def test_group_index_reads_names_as_lws_makes_them() -> None:
+    assert [group_index(n, "ds") for n in ("ds-0", "ds-12", "ds-1")] == [0, 12, 1]
+    for other in ("ds", "ds-", "ds-01", "ds-x", "ds-0-1", "dsa-0", "ds-+1", "ds-\u0661"):
+        assert group_index(other, "ds") is None, other
+
+
+def neighbour(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "openmodel.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": "team-a", "uid": f"u-{name}", "generation": 1},
+        "spec": {
+            "model": "meta-llama/Llama-3.1-8B-Instruct",
+            "gpu": {"type": "nvidia-h100-80gb"},
+            **spec,
+        },
+    }
+
+
+def pass_over(
+    monkeypatch: pytest.MonkeyPatch, name: str, mds: list[dict[str, Any]], *found: dict[str, Any]
+) -> tuple[FakeApiServer, ReconcileResult]:
+    """One reconcile pass of `name` beside `mds` (LeaderWorkerSets served), with `found`
+    already in the namespace."""
+    fake = FakeApiServer().install(monkeypatch)
+    r = Reconciler(object(), PlatformConfig(), clock=lambda: "2026-12-05T00:00:00Z")  # type: ignore[arg-type]
+    r.groups = CrdDiscovery(lambda gv: ["leaderworkersets"], required=LWS_REQUIRED)
+    for md in mds:
+        fake.objects[("ModelDeployment", "team-a", md["metadata"]["name"])] = md
+        r.cache.observe("ModelDeployment", copy.deepcopy(md))
+    for obj in found:
+        fake.objects[(obj["kind"], "team-a", obj["metadata"]["name"])] = obj
+    result = r.reconcile_by_name("team-a", name)
+    assert result is not None
+    return fake, result
+
+
+def test_a_group_yields_its_names_to_another_model_deployment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ds = copy.deepcopy(BASE)
+    fake, result = pass_over(monkeypatch, "ds", [ds, neighbour("ds-3"), neighbour("ds-0")])
+    assert result.problem is not None and result.problem.reason == "GroupNameTaken"
+    message = result.problem.message
+    assert message.startswith("metadata.name: ") and "LeaderWorkerSet ds" in message
+    assert "ModelDeployment ds-0 (group 0), ds-3 (group 3)" in message
+    assert "LeaderWorkerSet" not in fake.applied and "Service" in fake.applied
+    status = fake.objects[("ModelDeployment", "team-a", "ds")]["status"]
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "GroupNameTaken" and "ds-0" in degraded["message"]
+
+
+def test_names_that_are_no_group_of_it_leave_the_group_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mds = [copy.deepcopy(BASE), *(neighbour(n) for n in ("ds-01", "ds-x", "ds-0-1", "dsa-0"))]
+    fake, result = pass_over(monkeypatch, "ds", mds)
+    assert result.problem is None, result.problem
+    assert "LeaderWorkerSet" in fake.applied
+
+
+def test_one_node_model_deployments_are_not_groups_and_yield_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake, result = pass_over(monkeypatch, "m", [neighbour("m"), neighbour("m-0")])
+    assert result.problem is None, result.problem
+    assert "Deployment" in fake.applied
+
+
+def test_a_service_the_group_made_first_is_reported_as_the_groups(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    headless = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "ds-0",
+            "namespace": "team-a",
+            "uid": "svc-1",
+            "resourceVersion": "5",
+            "labels": {"leaderworkerset.sigs.k8s.io/name": "ds"},
+            "ownerReferences": [{"kind": "Pod", "name": "ds-0", "uid": "pod-ds-0-uid"}],
+        },
+        "spec": {"clusterIP": "None"},
+    }
+    fake, result = pass_over(monkeypatch, "ds-0", [neighbour("ds-0")], headless)
+    assert result.problem is not None and result.problem.reason == "ChildNotOwned"
+    assert "Service/ds-0 already exists and is owned by Pod/ds-0" in result.problem.message
+    assert "LeaderWorkerSet ds made it for its group 0" in result.problem.message
+    assert "ModelDeployment ds spans nodes" in result.problem.message
+    assert "Deployment" not in fake.applied

@@ -1,9 +1,11 @@
 """The autoscaler loop: every poll, scrape each autoscaled ModelDeployment's ready pods,
 decide, and write the Deployment's replicas and the ModelDeployment's autoscaler status.
 
-It writes the Deployment's `spec.replicas` only, under its own field manager, and never
-the ModelDeployment's spec. Three cluster-wide list calls per cycle, whatever the number
-of ModelDeployments. With leader election on, only the Lease holder runs cycles, and each
+It writes the Deployment's `spec.replicas` (a LeaderWorkerSet's through its scale
+subresource) only, under its own field manager, and never the ModelDeployment's spec.
+It reads the operator's cache; without one, four cluster-wide list calls per cycle
+(ModelDeployments, Deployments, LeaderWorkerSets, Pods), whatever the number of
+ModelDeployments. With leader election on, only the Lease holder runs cycles, and each
 write asks again (`kube/leadership.py`): a cycle that outlives the hold stops, quietly.
 """
 
@@ -146,16 +148,28 @@ class AutoscalerLoop:
 
     async def _owned(self) -> tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]]:
         """Every owned engine workload (Deployments, and the LeaderWorkerSets the
-        reconciler wrote) and serving Pod (no group's workers): from the cache, or two
-        cluster-wide lists (Deployments only)."""
+        reconciler wrote) and serving Pod (no group's workers): from the cache, or three
+        cluster-wide lists."""
         if self.cache is not None:
             workloads = [*self.cache.all_of("Deployment"), *self.cache.all_of(LWS_KIND)]
             return workloads, serving(self.cache.all_of("Pod"))
-        deployments, pods = await asyncio.gather(
+        deployments, groups, pods = await asyncio.gather(
             asyncio.to_thread(kube.list_cluster_wide, self.api, "deployments", OWNER_LABEL),
+            asyncio.to_thread(self._list_groups),
             asyncio.to_thread(kube.list_cluster_wide, self.api, "pods", SERVING_POD_SELECTOR),
         )
-        return deployments, pods
+        return [*deployments, *groups], pods
+
+    def _list_groups(self) -> list[dict[str, Any]]:
+        """The owned LeaderWorkerSets, none when their CRD is not served. Each carries
+        its kind, which tells the scale write where to go."""
+        try:
+            groups = kube.list_cluster_wide(self.api, "leaderworkersets", OWNER_LABEL)
+        except ApiException as e:
+            if e.status == 404:
+                return []
+            raise
+        return [{**g, "kind": LWS_KIND} for g in groups]
 
     async def cycle(self, scraper: Scraper) -> None:
         mds = await self._model_deployments()

@@ -428,7 +428,12 @@ def list_all_model_deployments(api: client.ApiClient) -> list[dict[str, Any]]:
     return items
 
 
-_CLUSTER_WIDE = {"deployments": "/apis/apps/v1/deployments", "pods": "/api/v1/pods"}
+_CLUSTER_WIDE = {
+    "deployments": "/apis/apps/v1/deployments",
+    "pods": "/api/v1/pods",
+    # 404 when the LeaderWorkerSet CRD is not served.
+    "leaderworkersets": "/apis/leaderworkerset.x-k8s.io/v1/leaderworkersets",
+}
 
 
 def scale(

@@ -53,14 +53,17 @@ from openmodel.reconcile.workload import (
     API_VERSIONS,
     DEPLOYMENT_KIND,
     ENGINE_KINDS,
+    GROUP_NAME_TAKEN,
     LWS_UNAVAILABLE,
     can_retire,
     group_counts,
     group_discovery,
+    group_name_takers,
     may_have_group,
     other_kind,
     pod_templates,
     replicas,
+    taken_by,
 )
 from openmodel.weights import state as weights_state
 from openmodel.weights.render import DOWNLOAD_CONTAINER, CachePlan, own_claim_names
@@ -256,9 +259,15 @@ class Reconciler:
             if wanted_kind == LWS_KIND and LWS_KIND not in workloads:
                 workloads[LWS_KIND] = self._group(namespace, name, uid, foreign)
             group_missing = wanted_kind == LWS_KIND and bool(self.groups.missing())
+            takers = (
+                group_name_takers(name, self._neighbours(namespace, name))
+                if wanted_kind == LWS_KIND
+                else []
+            )
+            name_taken = bool(takers)
             work: list[tuple[dict[str, Any], Mapping[str, Any] | None]] = []
             for obj in self.inference_extension.applicable(plan.children.all(), body):
-                if obj["kind"] in ENGINE_KINDS and (hold_engine or group_missing):
+                if obj["kind"] in ENGINE_KINDS and (hold_engine or group_missing or name_taken):
                     continue
                 if obj["kind"] in ENGINE_KINDS:
                     observed = workloads.get(obj["kind"])
@@ -268,7 +277,7 @@ class Reconciler:
                     )
                     if observed is not None and uid not in owner_uids(observed):
                         foreign.append(
-                            f"{obj['kind']}/{_name(obj)} already exists and {owner_text(observed)}"
+                            f"{obj['kind']}/{_name(obj)} already exists and {taken_by(observed)}"
                         )
                         continue
                 work.append((obj, observed))
@@ -284,7 +293,7 @@ class Reconciler:
                     result = self._apply_child(obj, observed, uid)
                 except ForeignChild as taken:
                     foreign.append(
-                        f"{obj['kind']}/{_name(obj)} already exists and {owner_text(taken.found)}"
+                        f"{obj['kind']}/{_name(obj)} already exists and {taken_by(taken.found)}"
                     )
                     continue
                 if result is None:
@@ -295,7 +304,7 @@ class Reconciler:
             if not self.config.privacy.network_policy.enabled:
                 self._withdraw_network_policy(namespace, name, uid)
             egress = plan.egress
-            if not foreign and not hold_engine and not group_missing:
+            if not foreign and not hold_engine and not group_missing and not name_taken:
                 self._retire_other_kind(body, workloads, wanted_kind)
             if group_missing:
                 raise SpecError(
@@ -307,6 +316,19 @@ class Reconciler:
                     "(sigs.k8s.io/lws), or choose a layout of one node (a larger gpu.type, "
                     "spec.quantization); nothing else was changed",
                     reason=LWS_UNAVAILABLE,
+                )
+            if name_taken:
+                named = ", ".join(f"{taker} (group {index})" for taker, index in takers)
+                raise SpecError(
+                    "metadata.name",
+                    f"a replica spans {plan.gpu.nodes} nodes and runs as a group of "
+                    f"LeaderWorkerSet {name}, which names group i's leader pod, headless "
+                    f"Service and workers' StatefulSet {name}-<i>; ModelDeployment {named} "
+                    "in this namespace has such a name, and its engine Service would be "
+                    "the group's (whose workers could not reach their leader): the "
+                    "LeaderWorkerSet is not created or changed until one of the two "
+                    "ModelDeployments is renamed or this one's layout fits one node",
+                    reason=GROUP_NAME_TAKEN,
                 )
             if foreign:
                 # Someone else's object of the same name: never taken over silently.
@@ -379,6 +401,14 @@ class Reconciler:
             elif t.condition == READY and t.status == "True":
                 post_event(self.api, body, t.reason, t.message)  # Ready, or ScaledToZero
         return ReconcileResult(applied=applied, status_written=written, problem=problem)
+
+    def _neighbours(self, namespace: str, name: str) -> list[str]:
+        """The names of the namespace's other ModelDeployments (from the cache)."""
+        return [
+            b["metadata"]["name"]
+            for b in self.cache.model_deployments()
+            if b["metadata"]["namespace"] == namespace and b["metadata"]["name"] != name
+        ]
 
     def _group(
         self, namespace: str, name: str, uid: str, foreign: list[str]

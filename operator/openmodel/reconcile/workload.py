@@ -10,11 +10,20 @@ LeaderWorkerSets are not watched (the CRD may not be installed): the reconciler 
 one when it may exist (`may_have_group`) and keeps it from its own writes, and learns
 whether the API server serves the kind from API discovery (`group_discovery`), at most
 once a minute. Their pods are watched like every engine pod (the owner label).
+
+LWS names group i's leader pod, its headless Service and its workers' StatefulSet
+`<name>-<i>` (subdomainPolicy UniquePerReplica, render.py), which another ModelDeployment
+of the namespace may be called: its engine Service would be that group's headless
+Service, and the group could not start (its workers find the leader through it). The
+group yields: its ModelDeployment reports `GroupNameTaken` naming the other, and its
+LeaderWorkerSet is not created or changed (`group_name_takers`); the other one, if the
+group's Service came first, reports that Service as LeaderWorkerSet `<name>`'s
+(`taken_by`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +31,7 @@ from kubernetes import client
 
 from openmodel.api import LWS_API_VERSION, LWS_KIND, ROLE_LABEL, WORKER_ROLE
 from openmodel.inference_extension.discovery import CrdDiscovery, api_resources
+from openmodel.kube.cache import owner_text
 from openmodel.reconcile.render import TEMPLATE_HASH_ANNOTATION
 
 DEPLOYMENT_API_VERSION, DEPLOYMENT_KIND = "apps/v1", "Deployment"
@@ -33,6 +43,7 @@ LWS_PLURAL = "leaderworkersets"
 LWS_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
 LWS_GROUP_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/group-index"
 LWS_UNAVAILABLE = "LeaderWorkerSetUnavailable"
+GROUP_NAME_TAKEN = "GroupNameTaken"
 # status.gpu of a replica that spans nodes (GpuChoice.text).
 _GROUP_TEXT = " nodes x "
 
@@ -44,6 +55,42 @@ def group_discovery(api: client.ApiClient) -> CrdDiscovery:
 
 def other_kind(kind: str) -> str:
     return LWS_KIND if kind == DEPLOYMENT_KIND else DEPLOYMENT_KIND
+
+
+def group_index(name: str, group: str) -> int | None:
+    """i when `name` is what LWS calls group i of the LeaderWorkerSet `group`
+    (`<group>-<i>`, i written as a StatefulSet ordinal: no sign, no leading zero)."""
+    prefix = f"{group}-"
+    if not name.startswith(prefix):
+        return None
+    index = name[len(prefix) :]
+    if not (index.isascii() and index.isdigit()) or (index != "0" and index.startswith("0")):
+        return None
+    return int(index)
+
+
+def group_name_takers(group: str, neighbours: Iterable[str]) -> list[tuple[str, int]]:
+    """The names among `neighbours` (the namespace's other ModelDeployments) that are
+    group names of `group`, with the group's index, sorted by index: any index, since
+    the autoscaler may add groups."""
+    found = [(n, i) for n in neighbours if (i := group_index(n, group)) is not None]
+    return sorted(found, key=lambda taker: taker[1])
+
+
+def taken_by(found: Mapping[str, Any]) -> str:
+    """Who holds a name, for a message: its owners, and the LeaderWorkerSet group an
+    object LWS made belongs to."""
+    text = owner_text(found)
+    meta = found.get("metadata") or {}
+    group = (meta.get("labels") or {}).get(LWS_NAME_LABEL)
+    index = group_index(str(meta.get("name")), group) if isinstance(group, str) else None
+    if index is None:
+        return text
+    return (
+        f"{text}: LeaderWorkerSet {group} made it for its group {index} (ModelDeployment "
+        f"{group} spans nodes, and LWS names group {index}'s leader pod, its headless "
+        f"Service and its workers' StatefulSet {group}-{index})"
+    )
 
 
 def may_have_group(

@@ -76,8 +76,8 @@ def run_vllm_bench(
     with log.open("wb") as out:
         done = subprocess.run(
             argv, stdout=out, stderr=subprocess.STDOUT, timeout=RUN_DEADLINE_S, check=False,
-            env={"NO_PROXY": "*", "no_proxy": "*", "PATH": str(vllm_env / "bin") + ":/usr/bin:/bin",
-                 "HOME": str(Path.home())},
+            env={"NO_PROXY": "*", "no_proxy": "*", "HF_HUB_OFFLINE": "1",
+                 "PATH": f"{vllm_env / 'bin'}:/usr/bin:/bin", "HOME": str(Path.home())},
         )  # fmt: skip
     result_file = workdir / (name + ".json")
     if done.returncode != 0 or not result_file.is_file():

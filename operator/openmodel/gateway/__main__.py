@@ -36,6 +36,13 @@ def main(argv: list[str] | None = None) -> int:
         "--loop", choices=("uvloop", "asyncio"), default="uvloop",
         help="event loop: libuv's (uvloop, default) or Python's own",
     )  # fmt: skip
+    parser.add_argument(
+        "--reuse-port", action="store_true",
+        help="bind --port with SO_REUSEPORT so that several gateway processes share it; "
+        "each keeps its own state (in-flight counts, holds, limits) and serves its own "
+        "/demand on its own --metrics-port: for measurements, not for a pod the "
+        "autoscaler reads",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
     try:
@@ -44,9 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         # (docs/benchmarks.md, "Gateway"); the proxy is event-loop bound.
         loop_factory = uvloop.new_event_loop if args.loop == "uvloop" else None
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(
-                serve(config, args.host, args.port, args.routes, metrics_port=args.metrics_port)
-            )
+            served = serve(
+                config, args.host, args.port, args.routes,
+                metrics_port=args.metrics_port, reuse_port=args.reuse_port,
+            )  # fmt: skip
+            runner.run(served)
     except (ConfigError, RoutesFileError) as e:
         print(f"openmodel gateway: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
 """python -m openmodel.gateway [--host H] [--port P] [--metrics-port M] [--routes FILE]
+    [--loop uvloop|asyncio] [--reuse-port]
 
 The OpenAI API on --port (8080); /metrics and /demand on --metrics-port (9090, plain
 HTTP; 0: not served).

@@ -22,7 +22,14 @@ p99 added <= 5 ms (time to first token; total time shown too), throughput >= 90 
 
     .venv/bin/python -m perf.bench_gateway [--quick] [--concurrency 1,64,512]
         [--duration 10] [--warmup 2] [--engines 4] [--clients 2] [--tokens 16]
-        [--service-time 0.1] [--pin-gateway] [--keep]
+        [--service-time 0.1] [--pin-gateway] [--keep] [--rounds 1] [--loop uvloop]
+        [--vllm-bench [VLLM_ENV]] [--vllm-concurrency 1,64] [--vllm-prompts 400]
+
+``--rounds N`` alternates direct and gateway N times at each concurrency (each pair
+reported on its own). ``--vllm-bench`` then runs vLLM's own ``vllm bench serve`` (from
+the vLLM CPU environment, found as the e2e tests find it when no directory is given)
+against one engine straight and through a second gateway routed to that engine only,
+alternated ``--rounds`` times (perf/gateway/vllm_bench.py).
 
 ``--pin-gateway`` gives the gateway the last CPU to itself and runs the engines and the
 clients on the others, in both paths: the gateway as on a node of its own, so that its
@@ -56,7 +63,10 @@ from perf.gateway.processes import (
     start_gateway,
 )
 from perf.gateway.report import ms, print_conditions, report
+from perf.gateway.vllm_bench import print_vllm_bench, run_vllm_bench, tokenizer_dir
 from perf.runs import remove_or_keep
+
+from harness.process_nodes import vllm_env_dir
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,6 +88,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the gateway alone on the last CPU, engines and clients on the others",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument("--rounds", type=int, default=1, help="direct/gateway pairs per level")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
+                        help="the gateway's event loop")  # fmt: skip
+    parser.add_argument(
+        "--vllm-bench", nargs="?", const="", default=None, metavar="VLLM_ENV",
+        help="also run `vllm bench serve` (VLLM_ENV: the vLLM CPU environment)",
+    )  # fmt: skip
+    parser.add_argument("--vllm-concurrency", default="1,64")
+    parser.add_argument("--vllm-prompts", type=int, default=400)
     parser.add_argument("--client", help=argparse.SUPPRESS)  # internal: one client process
     args = parser.parse_args(argv)
     if args.quick:
@@ -93,6 +112,38 @@ def cpu_split(pin: bool) -> tuple[set[int] | None, set[int] | None]:
         return None, None
     last = max(cpus)
     return {last}, cpus - {last}
+
+
+def run_vllm_benches(
+    args: argparse.Namespace,
+    procs: Processes,
+    targets: list[tuple[str, int]],
+    gateway_cpus: set[int] | None,
+    loop_args: list[str],
+) -> None:
+    """`vllm bench serve` against engine 0, straight and through a gateway routed to it
+    alone, alternated `--rounds` times per concurrency."""
+    env = Path(args.vllm_bench) if args.vllm_bench else vllm_env_dir()
+    tokenizer = tokenizer_dir(env, procs.workdir)
+    _, one_url, _ = start_gateway(
+        procs, targets[:1], gateway_cpus, extra_args=loop_args, name="gateway-one-engine"
+    )
+    direct_url = f"http://{targets[0][0]}:{targets[0][1]}"
+    results = []
+    for concurrency in [int(c) for c in args.vllm_concurrency.split(",") if c.strip()]:
+        for _ in range(args.rounds):
+            for path, url in (("direct", direct_url), ("gateway", one_url)):
+                result = run_vllm_bench(
+                    env, tokenizer, url, path, concurrency, args.vllm_prompts, args.tokens,
+                    procs.workdir,
+                )  # fmt: skip
+                results.append(result)
+                print(
+                    f"  vllm bench {path:>7} x{concurrency:<4} {result.rps:8.1f} req/s  "
+                    f"TTFT p50 {result.ttft_p50_ms:.2f} p99 {result.ttft_p99_ms:.2f} ms",
+                    flush=True,
+                )
+    print_vllm_bench(results)
 
 
 def _raise_on_sigterm(signum: int, _: FrameType | None) -> None:
@@ -115,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         gateway_cpus, load_cpus = cpu_split(args.pin_gateway)
         engines = start_engines(procs, args.engines, args.slots, args.service_time, load_cpus)
         targets = engine_targets(engines)
-        gateway, url, metrics_url = start_gateway(procs, targets, gateway_cpus)
+        loop_args = ["--loop", args.loop]
+        gateway, url, metrics_url = start_gateway(
+            procs, targets, gateway_cpus, extra_args=loop_args
+        )
         print(f"  gateway: pid {gateway.pid} at {url}; engines at port {targets[0][1]}")
         if gateway_cpus and load_cpus:
             print(
@@ -125,17 +179,21 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(args, procs, engines, targets, gateway, url, metrics_url, load_cpus)
         phases: list[Phase] = []
         for concurrency in concurrencies:
-            for path in ("direct", "gateway"):
-                phase = bench.run_phase(path, concurrency, len(phases))
-                phases.append(phase)
-                print(
-                    f"  {path:>7} x{concurrency:<4} {phase.rps:8.1f} req/s  "
-                    f"TTFT p50 {ms(phase.ttft_p50)} p99 {ms(phase.ttft_p99)} ms  "
-                    f"errors {phase.errors}",
-                    flush=True,
-                )
-                time.sleep(1.0)  # let the last streams' connections close
+            for round_no in range(args.rounds):
+                for path in ("direct", "gateway"):
+                    phase = bench.run_phase(path, concurrency, len(phases))
+                    phase.round = round_no
+                    phases.append(phase)
+                    print(
+                        f"  {path:>7} x{concurrency:<4} {phase.rps:8.1f} req/s  "
+                        f"TTFT p50 {ms(phase.ttft_p50)} p99 {ms(phase.ttft_p99)} ms  "
+                        f"gateway {phase.gateway_cores:.2f} cores  errors {phase.errors}",
+                        flush=True,
+                    )
+                    time.sleep(1.0)  # let the last streams' connections close
         report(phases, cores)
+        if args.vllm_bench is not None:
+            run_vllm_benches(args, procs, targets, gateway_cpus, loop_args)
         load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
         print(f"\n  load average at the end: {load}")
         return 0

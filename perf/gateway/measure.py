@@ -91,6 +91,7 @@ class Phase:
     hist_p50: float | None = None
     hist_p99: float | None = None
     hist_count: float = 0.0
+    round: int = 0  # which direct/gateway pair of its concurrency (bench --rounds)
 
     @property
     def rps(self) -> float:

@@ -218,8 +218,11 @@ def start_gateway(
     targets: Sequence[tuple[str, int]],
     cpus: set[int] | None,
     gateway_config: Mapping[str, object] | None = None,
+    extra_args: Sequence[str] = (),
+    name: str = "gateway",
 ) -> tuple[Child, str, str]:
-    """The gateway process, its API's base URL and its metrics port's (/metrics)."""
+    """The gateway process, its API's base URL and its metrics port's (/metrics);
+    `extra_args` go to `python -m openmodel.gateway` (e.g. `--loop asyncio`)."""
     routes = procs.workdir / "routes.yaml"
     routes.write_text(
         json.dumps(  # JSON is YAML
@@ -246,10 +249,10 @@ def start_gateway(
     if port is None or metrics_port is None:
         raise BenchError(f"cannot bind {GATEWAY_HOST}")
     gateway = procs.start(
-        "gateway",
+        name,
         [sys.executable, "-m", "openmodel.gateway", "--host", GATEWAY_HOST,
          "--port", str(port), "--metrics-port", str(metrics_port), "--routes", str(routes),
-         "--log-level", "WARNING"],
+         "--log-level", "WARNING", *extra_args],
         cpus,
         env={"OPENMODEL_CONFIG": str(config)},
     )  # fmt: skip

@@ -86,9 +86,9 @@ def report(phases: list[Phase], cores: int) -> None:
         f"throughput >= {THROUGHPUT_MIN:.0%} of direct:"
     )
     rows = []
-    by = {(p.concurrency, p.path): p for p in phases}
-    for c in sorted({p.concurrency for p in phases}):
-        d, g = by.get((c, "direct")), by.get((c, "gateway"))
+    by = {(p.concurrency, p.round, p.path): p for p in phases}
+    for c, r in sorted({(p.concurrency, p.round) for p in phases}):
+        d, g = by.get((c, r, "direct")), by.get((c, r, "gateway"))
         if d is None or g is None:
             continue
         a50, a99 = g.ttft_p50 - d.ttft_p50, g.ttft_p99 - d.ttft_p99

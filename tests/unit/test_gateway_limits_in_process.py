@@ -389,6 +389,36 @@ def test_the_usage_chunk_is_read_and_dropped_only_when_the_client_did_not_ask(
     assert out == expected
 
 
+def test_the_usage_request_is_added_without_re_encoding_the_body() -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "é"}], "stream": True}
+    raw = json.dumps(body, ensure_ascii=True).encode() + b" \n"
+    sent = UsagePlan.of("/v1/chat/completions", body).forwarded_body(raw, body)
+    assert json.loads(sent) == {**body, "stream_options": {"include_usage": True}}
+    assert sent.startswith(raw.rstrip()[:-1])  # the client's bytes, as they came
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        [b"data: a\n\n", b": ping\n\n", b"data: b\ndata: c\n\n", b"\n\n", b"data: [DONE]\n\n"],
+        [b"event: x\ndata: a\n\n", b"data:\n\n", b"data:  [DONE] \n\n", b"data: tail"],
+    ],
+)
+def test_any_cut_of_a_stream_is_forwarded_and_counted_as_one_event_at_a_time(
+    events: list[bytes],
+) -> None:
+    stream = b"".join(events)
+    one_by_one = StreamUsageReader(strip=True)
+    expected = b"".join(one_by_one.feed(e) for e in events) + one_by_one.end()
+    assert expected == stream
+    for cut in range(1, len(stream)):
+        for piece in (cut, len(stream) - cut):
+            reader = StreamUsageReader(strip=True)
+            out = b"".join(reader.feed(stream[i : i + piece]) for i in range(0, len(stream), piece))
+            assert out + reader.end() == stream
+            assert reader.events == one_by_one.events, (piece, reader.events)
+
+
 def test_crlf_events_and_a_cut_stream_pass_through() -> None:
     reader = StreamUsageReader(strip=True)
     crlf = CONTENT[0].replace(b"\n\n", b"\r\n\r\n")

@@ -13,16 +13,31 @@ cannot grow the label sets with made-up values.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 _LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
 _HOLD_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+M = TypeVar("M", bound=MetricWrapperBase)
 
 
 @dataclass
 class GatewayMetrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    # (metric, label values) -> its child: `labels()` validates and locks on every
+    # call, several times per request on the proxy's path. Bounded as the metric is
+    # (nothing here removes a label set).
+    _children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
+
+    def child(self, metric: M, *values: str) -> M:
+        """`metric.labels(*values)`, looked up once."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def __post_init__(self) -> None:
         r = self.registry

@@ -331,11 +331,12 @@ class Gateway:
         if exchange.status is None:
             admitted.finish(0)
             return
-        self.metrics.usage_requests.labels(*labels).inc()
+        metrics = self.metrics
+        metrics.child(metrics.usage_requests, *labels).inc()
         usage = exchange.reader.usage
         if usage is not None:
-            self.metrics.usage_prompt_tokens.labels(*labels).inc(usage.prompt_tokens)
-            self.metrics.usage_completion_tokens.labels(*labels).inc(usage.completion_tokens)
+            metrics.child(metrics.usage_prompt_tokens, *labels).inc(usage.prompt_tokens)
+            metrics.child(metrics.usage_completion_tokens, *labels).inc(usage.completion_tokens)
             admitted.finish(usage.total)
         elif exchange.status >= 300:
             admitted.finish(0)
@@ -382,7 +383,7 @@ class Gateway:
                 request, raw, route, endpoint, received, held_for, exchange
             )
             if result is not None:
-                self.metrics.requests.labels(*labels, model, str(result.status)).inc()
+                self.metrics.child(self.metrics.requests, *labels, model, str(result.status)).inc()
                 activity.last_request = time.monotonic()
                 return result
             tried.add(endpoint.pod)
@@ -462,7 +463,8 @@ class Gateway:
         key = route.backend.key
         url = endpoint.base_url + request.path
         self.balancer.started(key, endpoint.pod)
-        self.metrics.in_flight.labels(*key).inc()
+        in_flight = self.metrics.child(self.metrics.in_flight, *key)
+        in_flight.inc()
         upstream: aiohttp.ClientResponse | None = None
         try:
             sent = time.perf_counter()
@@ -494,7 +496,7 @@ class Gateway:
             await response.prepare(request)
             exchange.status = upstream.status
             added = (time.perf_counter() - received) - held_for - engine_headers
-            self.metrics.added_latency.labels(*key).observe(max(0.0, added))
+            self.metrics.child(self.metrics.added_latency, *key).observe(max(0.0, added))
             if prefetched is not None:
                 await response.write(prefetched)
             elif reader is None:
@@ -526,4 +528,4 @@ class Gateway:
             if upstream is not None:
                 upstream.close()  # not read to the end: the engine aborts the request
             self.balancer.finished(key, endpoint.pod)
-            self.metrics.in_flight.labels(*key).dec()
+            in_flight.dec()

@@ -106,6 +106,9 @@ class RouteTable:
     claims: dict[str, list[Route]] = field(default_factory=dict)
     conflicts: dict[str, list[ObjectKey]] = field(default_factory=dict)
     version: int = 0  # bumped on every change that can affect routing
+    # endpoints(key) as of `_endpoints_version`: asked on every request, changed rarely.
+    _endpoints: dict[ObjectKey, list[Endpoint]] = field(default_factory=dict)
+    _endpoints_version: int = -1
 
     # --- updates ---
 
@@ -188,6 +191,17 @@ class RouteTable:
         return self.claims.get(model, [])
 
     def endpoints(self, key: ObjectKey) -> list[Endpoint]:
+        """The routable pods of `key`, by name. Shared until the table changes: callers
+        must not modify the list."""
+        if self._endpoints_version != self.version:
+            self._endpoints = {}
+            self._endpoints_version = self.version
+        found = self._endpoints.get(key)
+        if found is None:
+            found = self._endpoints[key] = self._routable(key)
+        return found
+
+    def _routable(self, key: ObjectKey) -> list[Endpoint]:
         backend = self.backends.get(key)
         if backend is None:
             return []

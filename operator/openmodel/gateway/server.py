@@ -101,8 +101,11 @@ async def serve(
     routes_file: Path | None = None,
     stop: asyncio.Event | None = None,
     metrics_port: int = GATEWAY_METRICS_PORT,
+    reuse_port: bool = False,
 ) -> None:
-    """Serve until SIGTERM/SIGINT or `stop`; `metrics_port` 0: no /metrics, /demand."""
+    """Serve until SIGTERM/SIGINT or `stop`; `metrics_port` 0: no /metrics, /demand.
+    `reuse_port`: the API port is bound with SO_REUSEPORT, so that several gateway
+    processes can share it (each with its own state and metrics port)."""
     loop = asyncio.get_running_loop()
     table = RouteTable()
     metrics = GatewayMetrics()
@@ -145,7 +148,9 @@ async def serve(
     )
     await runner.setup()
     tls = tls_context(config.gateway)
-    site = web.TCPSite(runner, host, port, backlog=2048, ssl_context=tls)
+    site = web.TCPSite(
+        runner, host, port, backlog=2048, ssl_context=tls, reuse_port=reuse_port or None
+    )
     await site.start()
     log.info("gateway listening on %s://%s:%s", "https" if tls else "http", host, port)
     stop = stop or asyncio.Event()

@@ -28,6 +28,7 @@ _STREAMED_PATHS: Final = ("/v1/chat/completions", "/v1/completions")
 MAX_KEPT_BYTES: Final = 16 * 1024 * 1024
 _USAGE_KEY: Final = b'"usage"'
 _DONE: Final = b"[DONE]"
+_ASK_USAGE: Final = b',"stream_options":{"include_usage":true}'
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,15 @@ class UsagePlan:
         return self.streamed and not self.client_asked_usage
 
     def forwarded_body(self, raw: bytes, body: Mapping[str, Any]) -> bytes:
-        """`raw` unchanged, or re-encoded with the usage chunk asked for."""
+        """`raw` unchanged, or with the usage chunk asked for: `stream_options` added
+        before the object's closing brace when the body has none (no re-encoding), else
+        the body re-encoded with it merged."""
         if not self.injects:
             return raw
+        if "stream_options" not in body and body:
+            end = len(raw.rstrip())
+            if raw[end - 1 : end] == b"}":
+                return raw[: end - 1] + _ASK_USAGE + raw[end - 1 :]
         options = body.get("stream_options")
         merged = {**(options if isinstance(options, Mapping) else {}), "include_usage": True}
         return json.dumps({**body, "stream_options": merged}, ensure_ascii=False).encode()
@@ -131,6 +138,8 @@ class StreamUsageReader:
         self._pending = b""
 
     def feed(self, chunk: bytes) -> bytes:
+        if not self._pending and _USAGE_KEY not in chunk and b"\r" not in chunk:
+            return self._feed_plain(chunk)
         data = self._pending + chunk
         out: list[bytes] = []
         start = 0
@@ -144,6 +153,19 @@ class StreamUsageReader:
             start = end + sep
         self._pending = data[start:]
         return b"".join(out)
+
+    def _feed_plain(self, chunk: bytes) -> bytes:
+        """`feed` for the common chunk (LF-separated events, none with a usage, nothing
+        pending): nothing to drop, so the complete events pass as one slice; only counted."""
+        events = chunk.split(b"\n\n")
+        self._pending = events.pop()
+        for event in events:
+            if event.startswith(b"data:") and b"\n" not in event:
+                if event[5:].strip() != _DONE:
+                    self.events += 1
+            else:
+                self._keep(event + b"\n\n")  # counts it, when it has data
+        return chunk[: len(chunk) - len(self._pending)] if self._pending else chunk
 
     def end(self) -> bytes:
         rest, self._pending = self._pending, b""

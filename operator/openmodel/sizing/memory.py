@@ -41,7 +41,7 @@ keeps no KV cache at all, and reads each input in one step (no chunked prefill),
 batch is at least the context: weights + overhead + activations of max(8192, context)
 tokens. A decoder used for embeddings (Qwen3-Embedding) keeps the KV cache of one
 sequence, as its engine requires at start, no more. BGE-large on an L4 is 0.6 GiB of
-weights and 2.2 GiB all told, so the check never asks for a GPU's worth of KV cache.
+weights and 2.3 GiB all told, so the check never asks for a GPU's worth of KV cache.
 
 Budget: the engine's share of GPU memory x memory. Each engine module states its share,
 the flag in spec.args that moves it and its other knobs (`MemoryKnobs`, passed in: the

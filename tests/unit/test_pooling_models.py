@@ -185,7 +185,7 @@ def test_status_task_is_written_and_the_plan_renders_for_it() -> None:
         generation=1, name="m", label_selector="x", endpoint=None, desired_replicas=1,
         deployment=None, task=plan.task,
     )  # fmt: skip
-    assert build_status(obs, None, None).status["task"] == "embed"  # type: ignore[arg-type]
+    assert build_status(obs, None, "2026-12-05T00:00:00Z").status["task"] == "embed"
 
 
 def test_a_checkpoint_task_the_engine_cannot_serve_is_a_condition_naming_spec_task() -> None:
@@ -255,7 +255,7 @@ def test_sglang_serves_a_pooling_model_with_is_embedding(task: str) -> None:
 def test_llamacpp_switches_and_a_batch_as_long_as_the_context(task: str, switch: str) -> None:
     args = engine_args(
         model="pvc://models/m.gguf", engine="llamacpp", task=task, maxModelLen=2048,
-        gpu={"type": "cpu"},
+        quantization="gguf",
     )  # fmt: skip
     assert args.count(switch) == 1
     assert args[args.index("--ubatch-size") + 1] == "2048"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 GROUP = "openmodel.dev"
@@ -46,6 +46,14 @@ DEFAULT_ENGINE = "vllm"
 # `gpu.type: cpu`: the engine pod runs on CPU-only nodes (engines that can, only).
 CPU_ACCELERATOR = "cpu"
 QUANTIZATIONS = ("none", "awq", "gptq", "fp8", "bitsandbytes", "gguf", "compressed-tensors")
+# spec.task's enum (the CRD's): what the model serves. `generate`: completions and chat;
+# `embed`: /v1/embeddings (an embedding model); `rerank`: /v1/rerank and /v1/score (a
+# cross-encoder). Omitted: read from the checkpoint (status.task), else generate.
+TASK_GENERATE = "generate"
+TASK_EMBED = "embed"
+TASK_RERANK = "rerank"
+TASKS = (TASK_GENERATE, TASK_EMBED, TASK_RERANK)
+POOLING_TASKS = (TASK_EMBED, TASK_RERANK)
 # spec.gpu.nodes' maximum (the CRD's): the most pods one replica may span.
 MAX_NODES = 16
 DEFAULT_SCALE_UP_SECONDS = 0
@@ -197,6 +205,20 @@ class ModelDeploymentSpec:
     # spec.gateway.balancing.policy: how the gateway picks a pod for this model; None
     # follows the platform's gateway.balancing.policy.
     balancing_policy: str | None = None
+    # spec.task; None when omitted (the operator reads it from the checkpoint). The
+    # reconciler renders with the effective task put here (`with_task`).
+    task: str | None = None
+
+
+def with_task(spec: ModelDeploymentSpec, task: str) -> ModelDeploymentSpec:
+    """The spec with the task the operator decided (status.task), for the renderers."""
+    return spec if spec.task == task else replace(spec, task=task)
+
+
+def spec_task(spec: ModelDeploymentSpec) -> str:
+    """The task the engine is rendered for: spec.task (or the decided one put there by
+    `with_task`), else generate."""
+    return spec.task or TASK_GENERATE
 
 
 def lora_settings(spec: ModelDeploymentSpec) -> LoraSpec | None:
@@ -529,6 +551,9 @@ def parse_spec(raw: Mapping[str, Any], rules: EngineRules) -> ModelDeploymentSpe
             "spec.quantization", f"must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}"
         )
     replicas = _positive_int(raw, "replicas", "spec", 0)
+    task = _get(raw, "task", "spec", str)
+    if task is not None and task not in TASKS:
+        raise SpecError("spec.task", f"must be one of {', '.join(TASKS)}, got {task!r}")
     args = _get(raw, "args", "spec", list) or []
     if not all(isinstance(a, str) for a in args):
         raise SpecError("spec.args", "must be a list of strings")
@@ -588,6 +613,7 @@ def parse_spec(raw: Mapping[str, Any], rules: EngineRules) -> ModelDeploymentSpe
         gguf_file=_parse_gguf_file(raw),
         egress_exceptions=_parse_network(raw.get("network")),
         balancing_policy=_parse_gateway(raw.get("gateway")),
+        task=task,
     )
     if cache is not None and cache.access_mode is not None:
         check_cache_access_mode(spec, cache.access_mode, "spec.cache.accessMode")

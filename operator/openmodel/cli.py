@@ -26,7 +26,7 @@ from typing import Any, TextIO
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from openmodel.api import DEFAULT_ENGINE, SpecError, check_type_meta
+from openmodel.api import DEFAULT_ENGINE, TASK_GENERATE, TASKS, SpecError, check_type_meta
 from openmodel.api_schema import SchemaProblem, check_object
 from openmodel.config import ConfigError, PlatformConfig, load_config
 from openmodel.engines import ENGINES, engine_for, parse_model_deployment, parse_spec
@@ -144,7 +144,8 @@ def cmd_validate(args: argparse.Namespace, config: PlatformConfig, out: TextIO) 
             else f"{plan.gpu.nodes} pods x {plan.gpu.count} GPU(s) per replica, each pod on "
             "its own node"
         )
-        print(f"{where}: {name}: valid ({per_replica}; {note})", file=out)
+        task = "" if plan.task == TASK_GENERATE else f"task {plan.task}; "
+        print(f"{where}: {name}: valid ({task}{per_replica}; {note})", file=out)
     return status
 
 
@@ -191,6 +192,7 @@ def cmd_size(args: argparse.Namespace, config: PlatformConfig, out: TextIO) -> i
                 max_model_len=args.max_model_len,
                 engine=args.engine,
                 checkpoint=checkpoint,
+                task=args.task,
             )
         )
     except SpecError as e:
@@ -309,6 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--quantization", default="none")
     size.add_argument("--max-model-len", type=int, default=None)
     size.add_argument("--engine", default=DEFAULT_ENGINE, choices=list(ENGINES))
+    size.add_argument(
+        "--task",
+        default=None,
+        choices=list(TASKS),
+        help="as spec.task (default: the checkpoint's, else generate); embed and rerank "
+        "are sized as pooling models",
+    )
     apikey = sub.add_parser("apikey", help="API keys for the gateway")
     apikey_sub = apikey.add_subparsers(dest="apikey_command", required=True)
     create = apikey_sub.add_parser("create", help="create an API key and print it once")

@@ -95,15 +95,12 @@ def shape(value: Any) -> Any:
 @pytest.fixture(scope="module")
 def encoders(vllm_python: Path) -> Iterator[dict[str, Path]]:
     root = Path(tempfile.mkdtemp(prefix="openmodel-tiny-encoders-"))
-    made = {}
-    for task in ("embed", "rerank"):
-        out = root / task
-        done = subprocess.run(
-            [str(vllm_python), str(ENCODER_SCRIPT), str(out), task],
-            capture_output=True, text=True, timeout=300, env=engine_env(), check=False,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr[-3000:]
-        made[task] = out
+    done = subprocess.run(
+        [str(vllm_python), str(ENCODER_SCRIPT), str(root)],
+        capture_output=True, text=True, timeout=300, env=engine_env(), check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    made = {"embed": root / "embedder", "rerank": root / "reranker"}
     yield made
     subprocess.run(["rm", "-rf", str(root)], check=False)
 

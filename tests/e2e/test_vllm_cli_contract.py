@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from openmodel.engines.vllm import VLLM_QUANTIZATIONS
 
 from openmodel_fixtures import EXAMPLES
 from real_engine.cli_checker import shared_checker
+from real_engine.env import HERE
+from real_engine.fixtures import engine_env
 
 pytestmark = pytest.mark.real_engine
 
@@ -172,3 +175,36 @@ def flag_value(args: list[str], flag: str) -> str:
 
 def test_examples_include_vllm() -> None:
     assert vllm_examples(), f"no example in {EXAMPLES} uses engine vllm"
+
+
+@pytest.fixture(scope="module")
+def tiny_encoders(vllm_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """real_engine/tiny_encoder.py's embedder and reranker (`<tmp>/models/...`)."""
+    out = tmp_path_factory.mktemp("encoders") / "models"
+    done = subprocess.run(
+        [str(vllm_python), str(HERE / "tiny_encoder.py"), str(out)],
+        capture_output=True, text=True, timeout=300, env=engine_env(), check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("task", "model_dir", "convert"),
+    [("embed", "embedder", "embed"), ("rerank", "reranker", "classify")],
+)
+def test_rendered_pooling_deployment_builds_vllms_pooling_model_config(
+    vllm_python: Path, tiny_encoders: Path, tmp_path: Path, task: str, model_dir: str, convert: str
+) -> None:
+    body = copy.deepcopy(TINY_MD)
+    body["spec"]["task"] = task
+    del body["spec"]["maxModelLen"]  # BERT's 512 positions: the engine's own context
+    container = with_local_model(engine_container(body), tiny_encoders / model_dir)
+    report = cli_check(vllm_python, container, tmp_path)
+    where = report["_where"]
+    assert report["parsed"], f"{report['error']}\n{where}"
+    assert (report["runner"], report["convert"]) == ("pooling", convert), where
+    assert report["model_config_ok"], f"{report['model_config_error']}\n{where}"
+    resolved = report["resolved"]
+    assert (resolved["runner_type"], resolved["convert_type"]) == ("pooling", convert), resolved
+    assert resolved["max_model_len"] == 512, resolved

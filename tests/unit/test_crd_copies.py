@@ -94,3 +94,23 @@ def test_sync_creates_missing_copies(scratch):
     assert run_sync(scratch, "--check").returncode == 1
     assert run_sync(scratch).returncode == 0
     assert run_sync(scratch, "--check").returncode == 0
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key written twice in one mapping (PyYAML, and the API
+    server's own reader, silently keep the last one)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    keys = [key.value for key, _ in node.value]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    assert not twice, f"line {node.start_mark.line + 1}: {twice} written twice in one mapping"
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
+def test_no_key_is_written_twice(source):
+    assert yaml.load(source.read_text(), Loader=_UniqueKeyLoader)

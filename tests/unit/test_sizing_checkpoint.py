@@ -17,6 +17,7 @@ from openmodel.engines import ENGINES, parse_model_deployment
 from openmodel.model_resolver.local import read_local
 from openmodel.sizing import catalogue as c
 from openmodel.sizing.checkpoint import (
+    SENTENCE_TRANSFORMERS_FILES,
     Checkpoint,
     parse_quantization,
     quantization_conflict,
@@ -43,7 +44,14 @@ PUBLISHED = {
     "openai/gpt-oss-120b": 116.8,
     "google/gemma-3-27b-it": 27.4,
     "mistralai/Mistral-Large-Instruct-2411": 123.0,
+    # Pooling models (test_pooling_models.py): encoders, and a decoder without lm_head.
+    "BAAI/bge-large-en-v1.5": 0.335,
+    "BAAI/bge-reranker-v2-m3": 0.568,
+    "Qwen/Qwen3-Embedding-8B": 7.57,
 }
+# The repos that ship the sentence-transformers files (modules.json and
+# config_sentence_transformers.json) beside config.json: embedding models.
+SENTENCE_TRANSFORMERS_REPOS = frozenset({"BAAI/bge-large-en-v1.5", "Qwen/Qwen3-Embedding-8B"})
 
 
 def config(repo: str) -> dict[str, Any]:
@@ -51,7 +59,8 @@ def config(repo: str) -> dict[str, Any]:
 
 
 def checkpoint(repo: str) -> Checkpoint:
-    return read_checkpoint(config(repo), repo)
+    files = SENTENCE_TRANSFORMERS_FILES if repo in SENTENCE_TRANSFORMERS_REPOS else frozenset()
+    return read_checkpoint(config(repo), repo, files=files)
 
 
 def test_every_stored_config_has_a_published_count() -> None:

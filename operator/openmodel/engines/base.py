@@ -3,7 +3,8 @@
 An engine is one module implementing `Engine`: how its pod runs (image, command, args,
 port, probes), what the autoscaler and the gateway read from it (metric names, the body
 by which it refuses requests while draining), which specs it can serve (quantizations,
-model and adapter sources, GGUF files, CPU-only nodes), how the sizing budgets its
+model and adapter sources, GGUF files, CPU-only nodes, tasks: generation, embeddings,
+reranking), how the sizing budgets its
 memory (`MemoryKnobs`) and how its LoRA adapters are loaded and listed. Adding one
 means that module, one line in `openmodel.engines.ENGINES` and its name in the API's
 enum (api.py, the CRD).
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from openmodel.api import ModelDeploymentSpec, SpecError, served_name
+from openmodel.api import TASKS, ModelDeploymentSpec, SpecError, served_name
 from openmodel.sizing.memory import MemoryKnobs
 
 
@@ -249,6 +250,16 @@ class Engine(Protocol):
         """Whether refusals suggest this engine instead of one that cannot serve a spec."""
 
     @property
+    def tasks(self) -> frozenset[str]:
+        """The spec.task values it serves (`api.TASKS`): generate, and the pooling tasks
+        (embed, rerank) it renders with its own switches."""
+
+    @property
+    def task_hint(self) -> str | None:
+        """For an engine that serves no pooling task: one sentence saying where such
+        models are served instead, appended to the refusal; None: nothing to add."""
+
+    @property
     def spans_nodes(self) -> bool:
         """Whether one replica can run as several pods on several nodes (the engine's own
         multi-node launch, `args` with a `NodeGroup`)."""
@@ -285,6 +296,20 @@ def quantization_value(engine: Engine, quantization: str) -> str | None:
             reason="UnsupportedQuantization",
         )
     return engine.quantizations[quantization]
+
+
+def check_task(engine: Engine, task: str, field: str, how: str = "") -> None:
+    """SpecError `UnsupportedTask` naming `field` when `engine` cannot serve `task`;
+    `how` says where the task came from, for a task the operator read itself."""
+    if task in engine.tasks:
+        return
+    served = ", ".join(t for t in TASKS if t in engine.tasks)
+    hint = f" {engine.task_hint}." if engine.task_hint else ""
+    raise SpecError(
+        field,
+        f"task {task!r}{how} cannot run on engine {engine.name!r} (it serves: {served}).{hint}",
+        reason="UnsupportedTask",
+    )
 
 
 def quantization_flag(engine: Engine, spec: ModelDeploymentSpec) -> str | None:

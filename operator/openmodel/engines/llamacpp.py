@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from openmodel.api import ModelDeploymentSpec
+from openmodel.api import TASK_EMBED, TASK_RERANK, TASKS, ModelDeploymentSpec, spec_task
 from openmodel.engines.base import (
     AdapterSupport,
     MetricNames,
@@ -87,6 +87,8 @@ class LlamaCpp:
     suggested: bool = True
     # One pod per replica: no multi-node launch.
     spans_nodes: bool = False
+    tasks: frozenset[str] = frozenset(TASKS)
+    task_hint: str | None = None
 
     def command(self) -> list[str]:
         return ["llama-server"]
@@ -121,9 +123,26 @@ class LlamaCpp:
         ]
         if spec.max_model_len is not None:
             out += ["-c", str(spec.max_model_len)]
+        out += self._task_args(spec)
         if gpu_count == 0:
             # Else llama.cpp starts a thread per core of the node, not of the request.
             out += ["--threads", str(estimate_cpu(spec).cpu)]
+        return out
+
+    def _task_args(self, spec: ModelDeploymentSpec) -> list[str]:
+        """`--embeddings` (/v1/embeddings, the model's own pooling unless spec.args
+        gives `--pooling`) or `--reranking` (/v1/rerank, rank pooling over a
+        classification head). A pooling model reads each input in one physical batch
+        (an encoder's attention is not causal): with a known context, the logical and
+        physical batches (`-b`, `-ub`, 2048 and 512 by default) are made that long, so
+        an input up to maxModelLen is not refused as too large."""
+        task = spec_task(spec)
+        if task not in (TASK_EMBED, TASK_RERANK):
+            return []
+        out = ["--embeddings"] if task == TASK_EMBED else ["--reranking"]
+        if spec.max_model_len is not None:
+            out += ["--batch-size", str(spec.max_model_len),
+                    "--ubatch-size", str(spec.max_model_len)]  # fmt: skip
         return out
 
     def env(self, spec: ModelDeploymentSpec) -> list[dict[str, str]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from openmodel.api import CPU_ACCELERATOR, ModelDeploymentSpec, SpecError
-from openmodel.engines.base import Engine
+from openmodel.engines.base import Engine, check_task
 
 OBJECT_STORE_SCHEMES = ("s3://", "gs://")
 
@@ -41,6 +41,16 @@ class RegistryRules:
 
     def check_spec(self, spec: ModelDeploymentSpec) -> None:
         engine = self.registry[spec.engine]
+        if spec.task is not None:
+            # Only a task the user wrote: one read from the checkpoint is checked by the
+            # reconcile pass, which reports it in a condition.
+            others = self._suggested(lambda e: spec.task in e.tasks)
+            try:
+                check_task(engine, spec.task, "spec.task")
+            except SpecError as e:
+                raise SpecError(
+                    e.field, f"{e.message} Use engine {' or '.join(others)}", e.reason
+                ) from None
         self._check_gguf_file(spec, engine)
         if spec.gpu.type == CPU_ACCELERATOR and not engine.runs_on_cpu:
             cpu_engines = " or ".join(repr(n) for n in self._suggested(lambda e: e.runs_on_cpu))

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from openmodel.api import ModelDeploymentSpec, lora_settings
+from openmodel.api import POOLING_TASKS, TASKS, ModelDeploymentSpec, lora_settings, spec_task
 from openmodel.engines.base import (
     SNAPSHOT_FILES,
     AdapterSupport,
@@ -116,6 +116,8 @@ class SGLang:
     memory: MemoryKnobs = MEMORY
     suggested: bool = True
     spans_nodes: bool = True
+    tasks: frozenset[str] = frozenset(TASKS)
+    task_hint: str | None = None
 
     def command(self) -> list[str]:
         return ["python3", "-m", "sglang.launch_server"]
@@ -142,6 +144,10 @@ class SGLang:
         ]
         if group is not None:
             out += multi_node_args(group)
+        if spec_task(spec) in POOLING_TASKS:
+            # server_args.py: `--is-embedding` serves a pooling model, an embedding model
+            # (/v1/embeddings) or a cross-encoder (/v1/rerank), instead of generation.
+            out += ["--is-embedding"]
         quantization = quantization_flag(self, spec)
         if quantization is not None:
             out += ["--quantization", quantization]

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from openmodel.api import ModelDeploymentSpec, SpecError
+from openmodel.api import TASK_GENERATE, ModelDeploymentSpec, SpecError
 from openmodel.engines.base import (
     SNAPSHOT_FILES,
     AdapterSupport,
@@ -95,6 +95,13 @@ class TGI:
     suggested: bool = False
     # One pod per replica: no multi-node launch.
     spans_nodes: bool = False
+    # TGI generates only; Hugging Face serves embedding models and rerankers with
+    # another server, text-embeddings-inference, which openmodel does not run.
+    tasks: frozenset[str] = frozenset({TASK_GENERATE})
+    task_hint: str | None = (
+        "TGI generates text only: Hugging Face serves embedding models and rerankers with "
+        "text-embeddings-inference (TEI), a different server"
+    )
 
     def command(self) -> list[str]:
         return ["text-generation-launcher"]

@@ -11,7 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from openmodel.api import ModelDeploymentSpec, lora_settings
+from openmodel.api import (
+    TASK_EMBED,
+    TASK_RERANK,
+    TASKS,
+    ModelDeploymentSpec,
+    lora_settings,
+    spec_task,
+)
 from openmodel.engines.base import (
     SNAPSHOT_FILES,
     AdapterApi,
@@ -77,6 +84,20 @@ MEMORY = MemoryKnobs(
     context_flags=("--max-model-len",),
     preallocates_lora_slots=True,
 )
+
+# A pooling model (spec.task embed or rerank): vLLM 0.32 picks its runner and the
+# conversion of the checkpoint's architecture with `--runner` and `--convert`
+# (vllm/config/model.py: RunnerOption, ConvertOption; `auto` guesses from the
+# architecture's name suffix, so a `*ForCausalLM` embedding model such as
+# Qwen3-Embedding would start as a generator). `--convert` adapts a generative
+# architecture (embed: a pooler over the hidden states; classify: a score head) and
+# leaves a native pooling model (BertModel, *ForSequenceClassification) as it is
+# (models/adapters.py: as_embedding_model, as_seq_cls_model). The pooling runner serves
+# /v1/embeddings (embed), /v1/score and /v1/rerank (classify: a cross-encoder), and not
+# /v1/completions or /v1/chat/completions. It turns chunked prefill and prefix caching
+# off by itself where the model's attention is bidirectional; the operator renders
+# neither.
+POOLING_CONVERT = {TASK_EMBED: "embed", TASK_RERANK: "classify"}
 
 # On SIGTERM (a rollout, a scale-down) vLLM's default `--shutdown-timeout 0` aborts every
 # request in flight; with N > 0 it drains them for up to N seconds first. Below the pod's
@@ -145,6 +166,8 @@ class VLLM:
     # Multi-node with its multiprocessing backend, no Ray (0.32, `vllm/config/parallel.py`:
     # "To use mp you must also set nnodes"; the default backend on CUDA with nnodes > 1).
     spans_nodes: bool = True
+    tasks: frozenset[str] = frozenset(TASKS)
+    task_hint: str | None = None
 
     def command(self) -> list[str]:
         # Explicit, so the Deployment does not depend on the image's entrypoint.
@@ -173,6 +196,9 @@ class VLLM:
         ]
         if group is not None:
             out += multi_node_args(group)
+        convert = POOLING_CONVERT.get(spec_task(spec))
+        if convert is not None:
+            out += ["--runner", "pooling", "--convert", convert]
         quantization = quantization_flag(self, spec)
         if quantization is not None:
             out += ["--quantization", quantization]

@@ -39,9 +39,10 @@ def checkpoint_for_cli(
             files = read_local(model)
             path = Path(model)
             name = path.parent.name if path.name == "config.json" else path.stem or path.name
-            return read_checkpoint(files.config, name, files.index, files.headers), (
-                f"Read:    {model} (local config.json)"
+            checkpoint = read_checkpoint(
+                files.config, name, files.index, files.headers, files.files
             )
+            return checkpoint, (f"Read:    {model} (local config.json)")
         except (ResolveError, CheckpointError) as e:
             raise SpecError(
                 "model", str(e), getattr(e, "reason", "ModelConfigUnsupported")

@@ -7,6 +7,8 @@ Routes used (the same the Hub's own clients use):
 - `GET {endpoint}/{repo}/resolve/{sha}/model.safetensors.index.json` when listed;
 - for a single `model.safetensors`: its header only, by two ranged GETs (the 8-byte
   length, then the JSON header), never the weights.
+The file list itself says whether the repo is a sentence-transformers one (an embedding
+model): `CheckpointFiles.files` keeps the names, nothing more is fetched for it.
 401/403 -> ModelConfigUnauthorized, 404 -> ModelConfigNotFound, a request slower than
 the timeout -> ModelConfigTimeout, anything else -> ModelConfigUnavailable.
 """
@@ -51,6 +53,9 @@ class CheckpointFiles:
     config: dict[str, Any]
     index: dict[str, Any] | None = None
     headers: tuple[dict[str, Any], ...] = ()
+    # The names of the files in the repo (or the directory): what the task is read from
+    # beside config.json (sizing.checkpoint.checkpoint_task).
+    files: frozenset[str] = frozenset()
 
 
 def read_token(settings: ModelResolverConfig) -> str | None:
@@ -128,7 +133,9 @@ class HubClient:
                 )
             elif "model.safetensors" in files:
                 headers = (await self._header(session, f"{base}/model.safetensors"),)
-            return CheckpointFiles(sha=sha, config=config, index=index, headers=headers)
+            return CheckpointFiles(
+                sha=sha, config=config, index=index, headers=headers, files=frozenset(files)
+            )
 
     async def _header(self, session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
         raw = await self._get(session, url, "safetensors header length", "0-7")

@@ -60,4 +60,5 @@ def read_local(model: str, pvc_root: str | None = None) -> CheckpointFiles:
     index_path = directory / "model.safetensors.index.json"
     index = _json_file(index_path) if index_path.exists() else None
     headers = tuple(safetensors_header(p) for p in sorted(directory.glob("*.safetensors")))
-    return CheckpointFiles(sha="local", config=config, index=index, headers=headers)
+    files = frozenset(p.name for p in directory.iterdir()) if directory.is_dir() else frozenset()
+    return CheckpointFiles(sha="local", config=config, index=index, headers=headers, files=files)

@@ -26,7 +26,9 @@ IDLE_SECONDS = 60.0
 async def resolve_once(client: HubClient, ref: ModelRef, attempts: int) -> ModelConfigState:
     try:
         files = await fetch_with_timeout(client, ref)
-        checkpoint = read_checkpoint(files.config, ref.repo, files.index, files.headers)
+        checkpoint = read_checkpoint(
+            files.config, ref.repo, files.index, files.headers, files.files
+        )
     except ResolveError as e:
         return Failed(ref, e.reason, e.message, attempts + 1)
     except CheckpointError as e:

@@ -10,10 +10,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from openmodel.api import ModelDeployment, SpecError, check_cache_access_mode
+from openmodel.api import (
+    TASK_GENERATE,
+    TASKS,
+    ModelDeployment,
+    ModelDeploymentSpec,
+    SpecError,
+    check_cache_access_mode,
+    with_task,
+)
 from openmodel.config import PlatformConfig
 from openmodel.engines import engine_for
-from openmodel.engines.base import quantization_flag
+from openmodel.engines.base import check_task, quantization_flag
 from openmodel.model_resolver.state import ModelConfigState, Resolved
 from openmodel.privacy.egress import EgressPlan
 from openmodel.reconcile.render import (
@@ -35,6 +43,23 @@ class Plan:
     replicas: int
     gpu: GpuChoice
     egress: EgressPlan
+    task: str = TASK_GENERATE  # status.task: what the engine was rendered to serve
+
+
+def decided_task(
+    spec: ModelDeploymentSpec, model_config: ModelConfigState | None, previous: Any = None
+) -> str:
+    """status.task: spec.task; else what the checkpoint's files say (the resolver read
+    them); else, while they are being read (or could not be), the task decided before
+    (`previous`, the stored status.task), so a pending read does not switch a running
+    engine; else generate."""
+    if spec.task is not None:
+        return spec.task
+    if isinstance(model_config, Resolved):
+        return model_config.checkpoint.task or TASK_GENERATE
+    if model_config is not None and isinstance(previous, str) and previous in TASKS:
+        return previous
+    return TASK_GENERATE
 
 
 def desired_replicas(md: ModelDeployment, current: int | None) -> int:
@@ -76,6 +101,7 @@ def make_plan(
     annotations: Mapping[str, Any] | None = None,
     model_config: ModelConfigState | None = None,
     private: bool = False,
+    task: str | None = None,
 ) -> Plan:
     """Raises SpecError (with a CamelCase reason) for a spec that cannot be served.
 
@@ -84,9 +110,19 @@ def make_plan(
     catalogue does not know, the scheduler judges the count and its Unschedulable
     reason is reported as is. `model_config` is where reading the model's own
     config.json stands (None: not read, the catalogue sizes it). `private`: the
-    namespace is labelled openmodel.dev/data=private.
+    namespace is labelled openmodel.dev/data=private. `task`: status.task as the caller
+    decided it (`decided_task`; None: decided here without a stored status). A task read
+    from the checkpoint that the engine cannot serve is refused here (`UnsupportedTask`);
+    one written in spec.task was refused by the parse already.
     """
     skip = skip_fit_check(annotations)
+    if task is None:
+        task = decided_task(md.spec, model_config)
+    if md.spec.task is None:
+        how = " (read from the checkpoint: set spec.task to override)"
+        check_task(engine_for(md.spec.engine), task, "spec.task", how)
+    # The engine is rendered and sized for the decided task.
+    md = replace(md, spec=with_task(md.spec, task))
     accelerator = resolve_accelerator(md, config)
     # Before sizing: a format the engine cannot load is refused with what to do instead,
     # not with a memory estimate for weights that would never start.
@@ -123,4 +159,5 @@ def make_plan(
         replicas=replicas,
         gpu=gpu,
         egress=plan_egress(md, config, private, children.cache),
+        task=task,
     )

@@ -29,6 +29,8 @@ from openmodel.api import (
     KIND,
     LWS_API_VERSION,
     LWS_KIND,
+    TASK_GENERATE,
+    TASKS,
     ModelDeploymentSpec,
     SpecError,
 )
@@ -45,7 +47,7 @@ from openmodel.model_resolver.store import ModelConfigStore, model_ref_for
 from openmodel.privacy.egress import EgressPlan
 from openmodel.problems import Problem
 from openmodel.reconcile.drift import object_holds
-from openmodel.reconcile.plan import make_plan
+from openmodel.reconcile.plan import decided_task, make_plan
 from openmodel.reconcile.pod_failures import engine_failure, unschedulable_message
 from openmodel.reconcile.render import endpoint, label_selector
 from openmodel.reconcile.status import DEGRADED, READY, Observation, build_status, needs_write
@@ -234,6 +236,7 @@ class Reconciler:
         md_endpoint: str | None = None
         egress: EgressPlan | None = None
         cache: weights_state.CacheState | None = None
+        task: str | None = None
         cache_plan: CachePlan | None = None
         download_pods: list[dict[str, Any]] = []
         previous_cache = (body.get("status") or {}).get("cache")
@@ -244,8 +247,11 @@ class Reconciler:
             current = replicas(workloads.get(LWS_KIND)) or replicas(deployment)
             annotations = meta.get("annotations")
             model_config = self._model_config(md.spec, annotations, (namespace, name))
+            task = decided_task(md.spec, model_config, (body.get("status") or {}).get("task"))
             private = self._private_namespace(namespace, md.spec)
-            plan = make_plan(md, self.config, current, annotations, model_config, private)
+            plan = make_plan(
+                md, self.config, current, annotations, model_config, private, task=task
+            )
             gpu_text = plan.gpu.text(md.spec.gpu.type)
             sizing = plan.gpu.estimate
             desired_replicas = plan.replicas
@@ -368,6 +374,7 @@ class Reconciler:
             sizing=sizing,
             egress=egress if problem is None else None,
             cache=None if cache is None else _cache_status(cache, superseded),
+            task=task or _unparsed_task(body),
         )
         update = build_status(obs, body.get("status"), self.clock())
         written = False
@@ -777,6 +784,18 @@ def _cache_status(cache: weights_state.CacheState, superseded: list[str]) -> dic
     if superseded:
         out["supersededClaims"] = superseded
     return out
+
+
+def _unparsed_task(body: Mapping[str, Any]) -> str:
+    """status.task when the spec could not be parsed: spec.task if it is one, else the
+    task decided before, else generate."""
+    for value in (
+        (body.get("spec") or {}).get("task"),
+        (body.get("status") or {}).get("task"),
+    ):
+        if isinstance(value, str) and value in TASKS:
+            return value
+    return TASK_GENERATE
 
 
 def _rolled_out(deployment: Mapping[str, Any]) -> bool:

@@ -108,6 +108,7 @@ def size_report_text(
     max_model_len: int | None = None,
     engine: str = DEFAULT_ENGINE,
     checkpoint: Checkpoint | None = None,
+    task: str | None = None,
 ) -> str:
     chosen = engine_for(engine)
     report = size_report(
@@ -119,5 +120,6 @@ def size_report_text(
         max_model_len=max_model_len,
         checkpoint=checkpoint,
         max_nodes=MAX_NODES if chosen.spans_nodes else 1,
+        task=task,
     )
     return format_size_report(report)

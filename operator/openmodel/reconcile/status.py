@@ -67,6 +67,8 @@ class Observation:
     # A LeaderWorkerSet's groups, counted from its pods (reconcile/workload.py); None:
     # the workload is a Deployment, whose own status counts its replicas.
     groups: GroupCounts | None = None
+    # status.task: the task the engine serves (reconcile/plan.decided_task).
+    task: str | None = None
 
 
 @dataclass(frozen=True)
@@ -276,6 +278,8 @@ def build_status(obs: Observation, observed_status: Any, now: str) -> StatusUpda
         status["egress"] = observed_status["egress"]
     if obs.cache is not None:
         status["cache"] = dict(obs.cache)
+    if obs.task is not None:
+        status["task"] = obs.task
     return StatusUpdate(status=status, transitions=transitions)
 
 

@@ -54,6 +54,9 @@ class Architecture:
     # weights take in that format (safetensors index total_size, or counted).
     checkpoint_format: str | None = None
     checkpoint_weight_bytes: float | None = None
+    # A BERT-style encoder (bidirectional attention): no KV cache, and an input is read
+    # in one batch, so the engine's batch is at least the context.
+    encoder_only: bool = False
 
     @property
     def embedding_parameters(self) -> int | None:

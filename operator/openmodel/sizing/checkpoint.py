@@ -15,6 +15,20 @@ tower when there is one. DeepSeek's multi-token-prediction layers
 decoding. With safetensors headers of an unquantized checkpoint the count is exact
 (the sum of the tensors' elements).
 
+Encoders (BERT, RoBERTa, XLM-RoBERTa and their kin: `ENCODER_MODEL_TYPES`) are counted as
+BERT builds them: word, position and token-type embeddings, per layer attention with
+biases, a two-matrix MLP and two LayerNorms, and the pooler or classification head. They
+keep no KV cache (bidirectional attention over one input at a time).
+
+The task (`checkpoint_task`): what the checkpoint is for, from its architecture and the
+files beside config.json: `*ForSequenceClassification` with one label is a cross-encoder
+(rerank); a bare `*Model`, or a sentence-transformers repo (`modules.json`,
+`config_sentence_transformers.json`), an embedding model (embed); a `*ForCausalLM`
+without those files a generator. Qwen3-Embedding and Qwen3-Reranker declare
+`Qwen3ForCausalLM`: the first ships the sentence-transformers files, the second needs
+spec.task. A pooling model's untied lm_head is not counted when the size is counted from
+config.json: pooling engines never load it.
+
 KV cache: layers x KV heads x head_dim, except MLA (kv_lora_rank + qk_rope_head_dim per
 layer and token) and sliding-window layers (Gemma 2/3, gpt-oss, Llama 4's chunked
 layers), which hold at most their window.
@@ -24,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from openmodel.sizing.catalogue import Architecture, normalised_name
@@ -62,6 +76,18 @@ _DEFAULTS: Mapping[str, Mapping[str, Any]] = {
     "llama4_text": {"no_rope_layer_interval": 4},
 }
 GATED_ACTIVATIONS = frozenset({"silu", "swiglu", "swish"})
+# config.json model_type of encoders with BERT's layout (bidirectional attention, no KV
+# cache): counted by `_encoder_counts`.
+ENCODER_MODEL_TYPES = frozenset(
+    {"bert", "roberta", "xlm-roberta", "camembert", "electra", "mpnet", "distilbert"}
+)
+# Files a sentence-transformers repo has beside config.json: an embedding model however
+# its architecture is named.
+SENTENCE_TRANSFORMERS_FILES = frozenset({"modules.json", "config_sentence_transformers.json"})
+# Architecture name suffixes of embedding models (an engine's own guess of a
+# model's runner reads the same suffixes); a bare `*Model` is matched last.
+_EMBEDDING_SUFFIXES = ("ForTextEncoding", "EmbeddingModel")
+_GENERATIVE_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel", "ChatModel")
 
 
 class CheckpointError(ValueError):
@@ -102,6 +128,9 @@ class Checkpoint:
     weight_bytes_source: str
     torch_dtype: str
     notes: tuple[str, ...] = ()
+    # What the checkpoint serves, as its files tell (`checkpoint_task`); None: they do
+    # not tell, so generate unless spec.task says otherwise.
+    task: str | None = None
 
     def weight_format(self) -> WeightFormat:
         """The format the engine loads when spec.quantization is none (auto-detect)."""
@@ -342,7 +371,61 @@ def _vision_parameters(config: Mapping[str, Any], text_hidden: int) -> int:
     return layers * per_layer + embed + projector
 
 
+def is_encoder(t: Mapping[str, Any]) -> bool:
+    """A BERT-style encoder: bidirectional attention, no KV cache."""
+    return str(t.get("model_type") or "") in ENCODER_MODEL_TYPES and not t.get("is_decoder")
+
+
+def _labels(config: Mapping[str, Any]) -> int:
+    labels = config.get("id2label")
+    count = _int(config, "num_labels")
+    if count is None:
+        count = len(labels) if isinstance(labels, Mapping) and labels else 2
+    return count
+
+
+def _encoder_counts(config: Mapping[str, Any], t: Mapping[str, Any]) -> _Counts:
+    hidden = _need(t, "hidden_size")
+    layers = _need(t, "num_hidden_layers")
+    vocab = _need(t, "vocab_size")
+    inter = _int(t, "intermediate_size") or 4 * hidden
+    positions = _int(t, "max_position_embeddings", default=512) or 512
+    types = _int(t, "type_vocab_size", default=2) or 0
+    embeddings = (vocab + positions + types) * hidden
+    attention = layers * 4 * (hidden * hidden + hidden)
+    mlp = layers * (2 * hidden * inter + inter + hidden)
+    norms = (2 * layers + 1) * 2 * hidden  # LayerNorm: weight and bias
+    architectures = [str(a) for a in config.get("architectures") or []]
+    head = 0
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        # A dense layer (BERT's pooler, RoBERTa's head) and the projection to the labels.
+        head = hidden * hidden + hidden + (hidden + 1) * _labels(config)
+    elif str(t.get("model_type")) == "bert":
+        head = hidden * hidden + hidden  # BertModel's pooler
+    return _Counts(embeddings, attention, mlp + head, norms, 0)
+
+
+def checkpoint_task(config: Mapping[str, Any], files: frozenset[str] = frozenset()) -> str | None:
+    """embed, rerank, generate or None (the files do not tell) for a checkpoint's
+    config.json and the names of the files beside it (the module docstring says how)."""
+    architectures = [str(a) for a in config.get("architectures") or []]
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        # One score per (query, document) pair: a cross-encoder. More labels: a
+        # classifier, which no task here serves.
+        return "rerank" if _labels(config) == 1 else None
+    if files & SENTENCE_TRANSFORMERS_FILES:
+        return "embed"
+    for arch in architectures:
+        if arch.endswith(_GENERATIVE_SUFFIXES):
+            return "generate"
+        if arch.endswith(_EMBEDDING_SUFFIXES) or arch.endswith("Model"):
+            return "embed"
+    return None
+
+
 def _count(config: Mapping[str, Any], t: Mapping[str, Any]) -> _Counts:
+    if is_encoder(t):
+        return _encoder_counts(config, t)
     hidden = _need(t, "hidden_size", "d_model", "n_embd")
     layers = _need(t, "num_hidden_layers", "n_layer", "num_layers")
     heads = _need(t, "num_attention_heads", "n_head")
@@ -436,11 +519,21 @@ def read_checkpoint(
     name: str,
     index: Mapping[str, Any] | None = None,
     headers: Sequence[Mapping[str, Any]] = (),
+    files: frozenset[str] = frozenset(),
 ) -> Checkpoint:
-    """The architecture and weight size of a checkpoint from its config.json (and, when
-    given, its safetensors index and headers). Raises CheckpointError."""
+    """The architecture, weight size and task of a checkpoint from its config.json (and,
+    when given, its safetensors index and headers, and the names of the files in its
+    repo or directory). Raises CheckpointError."""
     t = text_config(config)
+    task = checkpoint_task(config, files)
+    encoder = is_encoder(t)
     counts = _count(config, t)
+    tied = bool(t.get("tie_word_embeddings", DEFAULT_TIE_WORD_EMBEDDINGS))
+    if task in ("embed", "rerank") and not tied and not encoder:
+        # A pooling model's engine loads no lm_head (the embedding repos of decoder
+        # models ship none): one embedding matrix, not two.
+        counts = replace(counts, embeddings=counts.embeddings // 2)
+        tied = True
     quant = parse_quantization(config.get("quantization_config") or t.get("quantization_config"))
     dtype = str(t.get("torch_dtype") or config.get("torch_dtype") or t.get("dtype") or "bfloat16")
     dtype_bytes = _DTYPE_BYTES.get(dtype, 2)
@@ -448,14 +541,24 @@ def read_checkpoint(
     parameters, parameters_source = counts.total, "config.json"
     weight_bytes: float = _counted_bytes(counts, quant, dtype_bytes)
     weight_source = "counted from config.json"
+    # What the engine holds on the GPU: a float32 checkpoint is loaded at 16 bits (the
+    # engines' `auto` dtype takes float16 for float32 weights).
+    loaded_bytes: float | None = None
+    if quant is None and dtype_bytes == 4:
+        loaded_bytes = _counted_bytes(counts, None, 2)
+        notes.append("float32 weights, loaded at 16 bits (the engines' default dtype)")
     if headers:
         elements, size, _ = header_totals(headers)
         weight_bytes, weight_source = float(size), "safetensors headers"
         if quant is None:
             parameters, parameters_source = elements, "safetensors headers"
+            if loaded_bytes is not None:
+                loaded_bytes = elements * 2.0
     total = index_total_size(index)
     if total is not None:
         weight_bytes, weight_source = float(total), "safetensors index total_size"
+        if loaded_bytes is not None:
+            loaded_bytes = total / 2
     if _int(t, "num_nextn_predict_layers"):
         notes.append(
             "multi-token-prediction layers are in the files but not counted as parameters "
@@ -484,7 +587,7 @@ def read_checkpoint(
         max_context_length=_int(t, "max_position_embeddings", "max_sequence_length", "n_positions"),
         hidden_size=hidden,
         vocab_size=_int(t, "vocab_size"),
-        tied_embeddings=bool(t.get("tie_word_embeddings", DEFAULT_TIE_WORD_EMBEDDINGS)),
+        tied_embeddings=tied,
         experts=experts,
         experts_per_token=_int(t, "num_experts_per_tok", "experts_per_token", default=1) or 1,
         mla_kv_dim=(int(mla) + (_int(t, "qk_rope_head_dim") or 0)) if mla else None,
@@ -493,7 +596,8 @@ def read_checkpoint(
         checkpoint_format=(quant.spec_value if quant.spec_value != "none" else quant.method)
         if quant
         else "none",
-        checkpoint_weight_bytes=weight_bytes,
+        checkpoint_weight_bytes=weight_bytes if loaded_bytes is None else loaded_bytes,
+        encoder_only=encoder,
     )
     return Checkpoint(
         architecture=arch,
@@ -505,6 +609,7 @@ def read_checkpoint(
         weight_bytes_source=weight_source,
         torch_dtype=dtype,
         notes=tuple(notes),
+        task=task,
     )
 
 

@@ -28,6 +28,11 @@ such sequence.
 
 What differs between engines (their memory share, context and KV flags, LoRA slots,
 GGUF-only loading) comes in as `MemoryKnobs`, from the engine module.
+
+A pooling model (spec.task embed or rerank, as the reconciler decided it) is sized
+without a sampler, and an encoder without a KV cache (memory.py); an encoder's engine
+is left to choose its own context (its sentence-transformers `max_seq_length`, else the
+model's positions) unless the spec sets one.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from openmodel.accelerators import Accelerator, AcceleratorCatalog
-from openmodel.api import ModelDeploymentSpec, SpecError, lora_settings
+from openmodel.api import POOLING_TASKS, ModelDeploymentSpec, SpecError, lora_settings, spec_task
 from openmodel.sizing.catalogue import Architecture, ResolvedModel, resolve_model
 from openmodel.sizing.checkpoint import Checkpoint, quantization_conflict
 from openmodel.sizing.formats import (
@@ -120,13 +125,15 @@ class _Problem:
     arch: Architecture
     settings: EngineSettings
     context: int  # tokens one sequence must be able to hold
+    pooling: bool = False  # served for embed or rerank
 
     def estimate(
         self, fmt: WeightFormat, accelerator: Accelerator, count: int, nodes: int = 1
     ) -> Estimate:
         return estimate_memory(
-            self.arch, fmt, accelerator, count, self.context, self.settings, nodes
-        )
+            self.arch, fmt, accelerator, count, self.context, self.settings, nodes,
+            self.pooling,
+        )  # fmt: skip
 
     def smallest_fit(self, fmt: WeightFormat, accelerator: Accelerator) -> Estimate | None:
         for count in candidate_counts(self.arch, fmt, accelerator.max_per_node):
@@ -163,7 +170,7 @@ def required_context(arch: Architecture, requested: int | None) -> int:
 def _engine_context(problem: _Problem, requested: int | None, est: Estimate) -> int | None:
     if requested is not None:
         return requested
-    if not est.kv_known:
+    if not est.kv_known or problem.arch.encoder_only:
         return None
     full = problem.arch.max_context_length
     if full is not None and est.max_fitting_context is not None and est.max_fitting_context >= full:
@@ -404,7 +411,8 @@ def resolve_gpu_count(
         return SizingResult(count, False, None, fmt, None, requested, notes, nodes=nodes or 1)
 
     arch = model.architecture
-    problem = _Problem(arch, settings, required_context(arch, requested))
+    pooling = spec_task(spec) in POOLING_TASKS
+    problem = _Problem(arch, settings, required_context(arch, requested), pooling)
     if nodes is not None and nodes > 1:
         broken = pp_violations(arch, nodes)
         if broken:

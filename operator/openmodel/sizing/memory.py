@@ -34,6 +34,15 @@ node, pipeline parallel across nodes, as the engines' multi-node guides recommen
 pp) of them (the fullest stage), split over tp as on one node. The overhead is a
 node's: the activation peak of its tensor-parallel width, the fixed terms per GPU.
 
+Pooling models (spec.task embed or rerank: embeddings, cross-encoders) generate nothing,
+so their profile batch has no sampler (no logits over the vocabulary: the pooler returns
+a vector or a score per input). An encoder (BERT, XLM-RoBERTa: `Architecture.encoder_only`)
+keeps no KV cache at all, and reads each input in one step (no chunked prefill), so its
+batch is at least the context: weights + overhead + activations of max(8192, context)
+tokens. A decoder used for embeddings (Qwen3-Embedding) keeps the KV cache of one
+sequence, as its engine requires at start, no more. BGE-large on an L4 is 0.6 GiB of
+weights and 2.3 GiB all told, so the check never asks for a GPU's worth of KV cache.
+
 Budget: the engine's share of GPU memory x memory. Each engine module states its share,
 the flag in spec.args that moves it and its other knobs (`MemoryKnobs`, passed in: the
 sizing does not know engines); `engine_settings` reads spec.args with them.
@@ -203,6 +212,9 @@ class Estimate:
     lora_gib: float = 0.0  # the LoRA slots, per GPU
     # Pods (nodes) per replica: pipeline-parallel stages of `gpu_count` GPUs each.
     nodes: int = 1
+    # Sized as a pooling model (embed, rerank), and as an encoder with no KV cache.
+    pooling: bool = False
+    encoder_only: bool = False
 
     @property
     def layout(self) -> str:
@@ -229,6 +241,8 @@ class Estimate:
             if self.kv_known
             else f"KV cache reserve {self.kv_cache_gib:.1f} (architecture not known)"
         )
+        if self.encoder_only:
+            kv = f"no KV cache (an encoder, inputs up to {self.context_tokens} tokens)"
         lora = f" + LoRA {self.lora_gib:.2f}" if self.lora_gib > 0 else ""
         verdict = "fits" if self.fits else "does not fit"
         text = (
@@ -279,6 +293,17 @@ def weight_bytes(arch: Architecture, fmt: WeightFormat) -> float:
     return (params - embeddings) * fmt.body_bytes_per_param + embeddings * 2.0
 
 
+def pooling_unloaded_bytes(arch: Architecture, pooling: bool) -> float:
+    """The untied lm_head a pooling engine does not load (16-bit), for a decoder served
+    for embed or rerank; 0 otherwise (checkpoint.py leaves it out already when the
+    checkpoint's own files say it is a pooling model)."""
+    if not pooling or arch.tied_embeddings or arch.encoder_only:
+        return 0.0
+    if arch.vocab_size is None or arch.hidden_size is None:
+        return 0.0
+    return float(arch.vocab_size * arch.hidden_size * 2)
+
+
 def kv_heads_per_rank(arch: Architecture, tp: int) -> int | None:
     """KV heads each rank holds; heads are replicated when tp exceeds them."""
     heads = arch.kv_heads if arch.kv_heads is not None else arch.attention_heads
@@ -309,6 +334,8 @@ def kv_bytes_per_token(
     (layers - sliding-window layers) x heads on this rank x head_dim x dtype; for MLA
     (kv_lora_rank + qk_rope_head_dim) x layers x dtype on every rank. With `pipeline`
     stages, the fullest stage's share of those layers."""
+    if arch.encoder_only:
+        return 0  # bidirectional attention over one input: nothing is cached
     per_layer = _kv_bytes_per_layer_token(arch, tp, kv_cache_bytes)
     if per_layer is None or arch.layers is None:
         return None
@@ -327,19 +354,27 @@ def kv_window_bytes(
     return _stage(arch.sliding_layers, pipeline) * per_layer * min(context, arch.sliding_window)
 
 
-def activation_gib(arch: Architecture, tp: int) -> float:
-    """The profile batch's activation peak plus the sampler's logits, per GPU."""
+def activation_gib(
+    arch: Architecture, tp: int, pooling: bool = False, context_tokens: int = 0
+) -> float:
+    """The profile batch's activation peak plus the sampler's logits, per GPU; a pooling
+    model has no sampler, and an encoder's batch holds a whole input of the context."""
     if arch.hidden_size is None or arch.intermediate_size is None or arch.vocab_size is None:
         return ACTIVATION_FALLBACK_GIB
     width = 4 * arch.hidden_size + 2 * arch.experts_per_token * arch.intermediate_size / tp
-    layer_peak = PROFILE_BATCH_TOKENS * width * 2
-    sampler = MAX_NUM_SEQS * arch.vocab_size * 4 * 2
+    batch = PROFILE_BATCH_TOKENS
+    if arch.encoder_only:
+        batch = max(PROFILE_BATCH_TOKENS, context_tokens)
+    layer_peak = batch * width * 2
+    sampler = 0 if pooling else MAX_NUM_SEQS * arch.vocab_size * 4 * 2
     return (layer_peak + sampler) / GIB
 
 
-def overhead_gib(arch: Architecture, tp: int) -> float:
+def overhead_gib(
+    arch: Architecture, tp: int, pooling: bool = False, context_tokens: int = 0
+) -> float:
     comms = TENSOR_PARALLEL_OVERHEAD_GIB if tp > 1 else 0.0
-    return BASE_OVERHEAD_GIB + comms + activation_gib(arch, tp)
+    return BASE_OVERHEAD_GIB + comms + activation_gib(arch, tp, pooling, context_tokens)
 
 
 def lora_overhead_bytes(arch: Architecture, lora: LoraSpec | None) -> int:
@@ -365,12 +400,17 @@ def estimate_memory(
     context_tokens: int,
     settings: EngineSettings,
     nodes: int = 1,
+    pooling: bool = False,
 ) -> Estimate:
     """The per-GPU estimate for `gpu_count` tensor-parallel ranks on each of `nodes`
     pipeline stages, and one sequence of `context_tokens` (what the engine requires of
-    `max_model_len`)."""
-    weights = weight_bytes(arch, fmt) / (gpu_count * nodes) / GIB
-    overhead = overhead_gib(arch, gpu_count)
+    `max_model_len`); `pooling`: a model served for embed or rerank."""
+    weights = (
+        (weight_bytes(arch, fmt) - pooling_unloaded_bytes(arch, pooling))
+        / (gpu_count * nodes)
+        / GIB
+    )
+    overhead = overhead_gib(arch, gpu_count, pooling, context_tokens)
     lora = lora_overhead_bytes(arch, settings.lora) / GIB
     budget = accelerator.memory_gib * settings.memory_fraction
     per_token = kv_bytes_per_token(arch, gpu_count, settings.kv_cache_bytes, nodes)
@@ -410,4 +450,6 @@ def estimate_memory(
         max_fitting_context=max_context,
         lora_gib=lora,
         nodes=nodes,
+        pooling=pooling,
+        encoder_only=arch.encoder_only,
     )

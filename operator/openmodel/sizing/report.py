@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from openmodel.accelerators import AcceleratorCatalog
-from openmodel.api import ModelInfo, SpecError
+from openmodel.api import POOLING_TASKS, TASK_GENERATE, ModelInfo, SpecError
 from openmodel.sizing.catalogue import ResolvedModel, resolve_model
 from openmodel.sizing.checkpoint import Checkpoint, quantization_conflict
 from openmodel.sizing.fit import required_context
@@ -38,6 +38,9 @@ class SizeReport:
     # When no count fits one node: every GPU of a node on 2, 3, ... nodes, up to the
     # first layout that fits (empty when one node suffices or the engine cannot span).
     across_nodes: tuple[Estimate, ...] = ()
+    # The task sized for (generate, embed, rerank) and where it came from.
+    task: str = "generate"
+    task_source: str = "default"
 
     @property
     def smallest_fit(self) -> int | None:
@@ -62,10 +65,12 @@ def size_report(
     args: Sequence[str] = (),
     checkpoint: Checkpoint | None = None,
     max_nodes: int = 1,
+    task: str | None = None,
 ) -> SizeReport:
     """Estimates for `model` at every valid count of `accelerator_name`, and when none
     fits one node, across up to `max_nodes` nodes; from `checkpoint` (its own
-    config.json) when given, else the catalogue.
+    config.json) when given, else the catalogue. `task`: as spec.task (None: the
+    checkpoint's, else generate); embed and rerank are sized as pooling models.
 
     Raises SpecError `UnknownAccelerator`, `UnknownModelSize` or `QuantizationMismatch`.
     """
@@ -95,20 +100,30 @@ def size_report(
     settings = engine_settings(memory, args)
     requested = settings.max_model_len_arg or max_model_len
     context = required_context(arch, requested)
+    task_source = "stated"
+    if task is None and checkpoint is not None and checkpoint.task is not None:
+        task, task_source = checkpoint.task, "checkpoint"
+    if task is None:
+        task, task_source = TASK_GENERATE, "default"
+    pooling = task in POOLING_TASKS
     valid = valid_tp_sizes(arch, fmt, accelerator.max_per_node)
     invalid = tuple(
         (n, "; ".join(tp_violations(arch, n, fmt)))
         for n in range(1, accelerator.max_per_node + 1)
         if n not in valid
     )
-    rows = tuple(estimate_memory(arch, fmt, accelerator, n, context, settings) for n in valid)
+    rows = tuple(
+        estimate_memory(arch, fmt, accelerator, n, context, settings, 1, pooling) for n in valid
+    )
     across: list[Estimate] = []
     full = full_node_count(arch, fmt, accelerator.max_per_node)
     if full is not None and not any(row.fits for row in rows):
         for nodes in range(2, max_nodes + 1):
             if pp_violations(arch, nodes):
                 break
-            across.append(estimate_memory(arch, fmt, accelerator, full, context, settings, nodes))
+            across.append(
+                estimate_memory(arch, fmt, accelerator, full, context, settings, nodes, pooling)
+            )
             if across[-1].fits:
                 break
     return SizeReport(
@@ -121,6 +136,8 @@ def size_report(
         rows=rows,
         invalid=invalid,
         across_nodes=tuple(across),
+        task=task,
+        task_source=task_source,
     )
 
 
@@ -132,6 +149,14 @@ def format_size_report(report: SizeReport) -> str:
         f"Model:   {report.model} -> {arch.name} ({report.resolved.source}), "
         f"{arch.parameters_billions:.4g}B parameters",
         f"Weights: {fmt.label} (from {fmt.source})",
+        f"Task:    {report.task} ({report.task_source})"
+        + (
+            "; an encoder: no KV cache"
+            if arch.encoder_only
+            else "; pooling: no sampler"
+            if report.task in POOLING_TASKS
+            else ""
+        ),
         f"Context: {report.context_tokens} tokens ({report.context_source}; "
         f"model max {arch.max_context_length or 'unknown'})",
     ]

@@ -36,10 +36,10 @@ answers with the line {"exit": <the child's exit code>}. EOF on stdin ends it.
 Prints one JSON object on stdout (vLLM's logs go to stderr):
 {"parsed", "error", "model", "served_model_name", "max_model_len", "quantization",
  "tensor_parallel_size", "pipeline_parallel_size", "nnodes", "node_rank", "master_addr",
- "headless", "model_config_ok", "model_config_error", "known_quantizations", "shape",
- "resolved"}. `served_model_name` is vLLM's parsed value, a list (the flag takes
-one or more names). Exit 0 whenever it could report, including for a refused list;
-exit 2 when the input file itself is unusable.
+ "headless", "runner", "convert", "model_config_ok", "model_config_error",
+ "known_quantizations", "shape", "resolved"}. `served_model_name` is vLLM's parsed
+value, a list (the flag takes one or more names). Exit 0 whenever it could report,
+including for a refused list; exit 2 when the input file itself is unusable.
 """
 
 from __future__ import annotations
@@ -151,6 +151,9 @@ def check(container: dict[str, Any], parse_only: bool = False) -> dict[str, Any]
         "node_rank": None,
         "master_addr": None,
         "headless": None,
+        # A pooling model (spec.task embed, rerank): --runner and --convert as parsed.
+        "runner": None,
+        "convert": None,
         "model_config_ok": False,
         "model_config_error": None,
         "known_quantizations": [],
@@ -187,6 +190,8 @@ def check(container: dict[str, Any], parse_only: bool = False) -> dict[str, Any]
         node_rank=getattr(ns, "node_rank", None),
         master_addr=getattr(ns, "master_addr", None),
         headless=getattr(ns, "headless", None),
+        runner=getattr(ns, "runner", None),
+        convert=getattr(ns, "convert", None),
     )
     if parse_only:
         report["model_config_error"] = "not checked (--parse-only)"
@@ -206,6 +211,8 @@ def check(container: dict[str, Any], parse_only: bool = False) -> dict[str, Any]
         "quantization": model_config.quantization,
         "dtype": str(model_config.dtype),
         "architectures": list(model_config.architectures or []),
+        "runner_type": getattr(model_config, "runner_type", None),
+        "convert_type": getattr(model_config, "convert_type", None),
     }
     return report
 

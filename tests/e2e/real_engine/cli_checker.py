@@ -76,8 +76,10 @@ class CliChecker:
         )
 
     def close(self) -> None:
+        """Stop the server and remove its log (a failed check has already quoted it)."""
         with self._lock:
             self._stop()
+            self.log_path.unlink(missing_ok=True)
 
     def _running(self) -> subprocess.Popen[str]:
         if self._process is None or self._process.poll() is not None:

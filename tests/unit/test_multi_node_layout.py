@@ -15,12 +15,14 @@ from kubernetes.client.exceptions import ApiException
 
 from openmodel.api import LWS_API_VERSION, OWNER_LABEL, SERVING_POD_SELECTOR, SpecError
 from openmodel.autoscaler import loop as loop_module
+from openmodel.autoscaler.demand import DemandReport
 from openmodel.autoscaler.loop import AutoscalerLoop
 from openmodel.config import PlatformConfig, parse_config
 from openmodel.engines import ENGINES, parse_model_deployment
 from openmodel.engines.base import NodeGroup
 from openmodel.inference_extension.discovery import CrdDiscovery
 from openmodel.kube.pods import serving
+from openmodel.problems import GROUP_NAME_TAKEN
 from openmodel.reconcile.plan import make_plan
 from openmodel.reconcile.reconciler import Reconciler, ReconcileResult
 from openmodel.reconcile.render import TEMPLATE_HASH_ANNOTATION, render_children
@@ -358,6 +360,40 @@ def test_the_autoscaler_without_a_cache_lists_groups_too(
         assert workloads == [deployment, {**listed, "kind": "LeaderWorkerSet"}]
     else:
         assert workloads == [deployment]
+
+
+@pytest.mark.parametrize("taken", [True, False])
+def test_the_autoscaler_holds_a_group_that_yielded_its_names(
+    monkeypatch: pytest.MonkeyPatch, taken: bool
+) -> None:
+    body = copy.deepcopy(BASE)
+    body["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 3}
+    if taken:
+        degraded = {"type": "Degraded", "status": "True", "reason": GROUP_NAME_TAKEN}
+        body["status"] = {"conditions": [degraded]}
+    lws = lws_with(1)
+    lws["metadata"]["labels"] = {OWNER_LABEL: "ds"}
+    scaled: list[str] = []
+    loop = AutoscalerLoop(api=client.ApiClient(), config=PlatformConfig())
+
+    async def model_deployments() -> list[dict[str, Any]]:
+        return [body]
+
+    async def owned() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        return [lws], []
+
+    async def demand(mds: Any) -> DemandReport:
+        return DemandReport(by_model={}, complete=True)
+
+    async def scale_one(scraper: Any, md: dict[str, Any], *rest: Any, **kw: Any) -> None:
+        scaled.append(md["metadata"]["name"])
+
+    monkeypatch.setattr(loop, "_model_deployments", model_deployments)
+    monkeypatch.setattr(loop, "_owned", owned)
+    monkeypatch.setattr(loop, "_demand", demand)
+    monkeypatch.setattr(loop, "scale_one", scale_one)
+    asyncio.run(loop.cycle(scraper=None))  # type: ignore[arg-type]
+    assert scaled == ([] if taken else ["ds"])
 
 
 # -- group names: LWS calls group i `<name>-<i>` (its leader pod, headless Service, workers'

@@ -54,6 +54,7 @@ from openmodel.kube.leadership import Leadership, NotLeader
 from openmodel.kube.pods import classify_pods, serving
 from openmodel.kube.status_writer import apply_loop_status, loop_status_changed
 from openmodel.namespaces import matches, patterns_from_env
+from openmodel.problems import GROUP_NAME_TAKEN, degraded_by
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,9 @@ class AutoscalerLoop:
                 continue
             deployment = by_owner.get(key)
             if deployment is None or body["metadata"].get("deletionTimestamp"):
+                continue
+            if deployment.get("kind") == "LeaderWorkerSet" and degraded_by(body, GROUP_NAME_TAKEN):
+                # A new group would take another ModelDeployment's names: hold it as it is.
                 continue
             try:
                 md = parse_model_deployment(body)

@@ -45,7 +45,7 @@ from openmodel.kube.leadership import NotLeader
 from openmodel.model_resolver.state import ModelConfigState
 from openmodel.model_resolver.store import ModelConfigStore, model_ref_for
 from openmodel.privacy.egress import EgressPlan
-from openmodel.problems import Problem
+from openmodel.problems import GROUP_NAME_TAKEN, Problem
 from openmodel.reconcile.drift import object_holds
 from openmodel.reconcile.plan import decided_task, make_plan
 from openmodel.reconcile.pod_failures import engine_failure, unschedulable_message
@@ -55,7 +55,6 @@ from openmodel.reconcile.workload import (
     API_VERSIONS,
     DEPLOYMENT_KIND,
     ENGINE_KINDS,
-    GROUP_NAME_TAKEN,
     LWS_UNAVAILABLE,
     can_retire,
     group_counts,

@@ -43,7 +43,6 @@ LWS_PLURAL = "leaderworkersets"
 LWS_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
 LWS_GROUP_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/group-index"
 LWS_UNAVAILABLE = "LeaderWorkerSetUnavailable"
-GROUP_NAME_TAKEN = "GroupNameTaken"
 # status.gpu of a replica that spans nodes (GpuChoice.text).
 _GROUP_TEXT = " nodes x "
 

@@ -98,20 +98,24 @@ class EngineFleet:
                 if ip in self.handles or (stopping is not None and not stopping.done()):
                     continue  # served, or the old pod's engine still drains on this IP
                 try:
-                    handle = await start_simulator(
-                        self.engine,
-                        ip,
-                        self.port,
-                        slots=self.slots,
-                        service_time=self.service_time,
-                        model=self.model,
-                        task=self.task,
-                    )
+                    handle = await self._start(ip)
                 except OSError as e:
                     self.errors.append(f"{pod} {ip}: {e}")
                     continue
                 self.handles[ip] = (pod, handle)
             await asyncio.sleep(0.2)
+
+    async def _start(self, ip: str) -> SimulatorHandle:
+        """A simulated engine of this fleet's kind on `ip`."""
+        return await start_simulator(
+            self.engine,
+            ip,
+            self.port,
+            slots=self.slots,
+            service_time=self.service_time,
+            model=self.model,
+            task=self.task,
+        )
 
     def restart_engine(self, ip: str) -> None:
         """The engine on `ip` restarts inside its pod (a crash the kubelet restarts): a new
@@ -120,15 +124,7 @@ class EngineFleet:
         async def restart() -> None:
             pod, handle = self.handles[ip]
             await handle.stop(drain_seconds=0)
-            fresh = await start_simulator(
-                self.engine,
-                ip,
-                self.port,
-                slots=self.slots,
-                service_time=self.service_time,
-                model=self.model,
-                task=self.task,
-            )
+            fresh = await self._start(ip)
             self.handles[ip] = (pod, fresh)
 
         self.run(restart())

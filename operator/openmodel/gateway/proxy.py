@@ -37,13 +37,11 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from aiohttp.http_writer import StreamWriter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from openmodel.config import GatewayConfig
@@ -57,6 +55,15 @@ from openmodel.gateway.limits.limiter import Admission, Limiter, Refusal
 from openmodel.gateway.limits.replicas import ReplicaCount
 from openmodel.gateway.limits.reservation import completion_reservation, prompt_estimate
 from openmodel.gateway.metrics import GatewayMetrics
+from openmodel.gateway.relay import (
+    ClientGone,
+    ClientSide,
+    Unreachable,
+    Upstream,
+    UpstreamCut,
+    UpstreamPool,
+    request_head,
+)
 from openmodel.gateway.routes import Backend, Endpoint, ObjectKey, Route, RouteTable
 from openmodel.gateway.tasks import ROUTED_PATHS, TASK_PATHS, wrong_task_message
 from openmodel.gateway.usage import StreamUsageReader, UsagePlan, UsageReader
@@ -72,10 +79,6 @@ _HOP_BY_HOP: Final = frozenset(
     )
 )  # fmt: skip
 _SMALL_ERROR_BYTES: Final = 4096
-
-
-def _forwardable(headers: Mapping[str, str]) -> CIMultiDict[str]:
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in _HOP_BY_HOP)
 
 
 @dataclass
@@ -107,7 +110,11 @@ class Gateway:
     replicas: ReplicaCount = field(default_factory=ReplicaCount)
     limiter: Limiter = field(init=False)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
-    _session: aiohttp.ClientSession | None = None
+    # Idle connections closed after 3 s: below the shortest idle timeout of an engine's
+    # HTTP server (uvicorn's 5 s), so the gateway never sends on one the engine closes.
+    _pool: UpstreamPool = field(
+        default_factory=lambda: UpstreamPool(_HOP_BY_HOP, idle_seconds=3.0, connect_seconds=5.0)
+    )
 
     def __post_init__(self) -> None:
         self.balancer.policy = self.config.balancing.policy
@@ -132,7 +139,6 @@ class Gateway:
         app.router.add_get("/v1/models", self.handle_models)
         app.router.add_get("/healthz", self.handle_healthz)
         app.router.add_get("/readyz", self.handle_readyz)
-        app.on_startup.append(self._open)
         app.on_cleanup.append(self._close)
         return app
 
@@ -146,23 +152,8 @@ class Gateway:
         app.router.add_get("/metrics", self.handle_metrics)
         return app
 
-    async def _open(self, _: web.Application) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=0,
-            # Below the shortest idle timeout of an engine's HTTP server (uvicorn's 5 s),
-            # so the gateway never reuses a connection the engine is closing.
-            keepalive_timeout=3.0,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,  # bytes pass through as the engine sent them
-            trust_env=False,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0),
-        )
-
     async def _close(self, _: web.Application) -> None:
-        if self._session is not None:
-            await self._session.close()
+        self._pool.close()
 
     def _activity(self, key: ObjectKey) -> ModelActivity:
         return self.activity.setdefault(key, ModelActivity())
@@ -456,69 +447,63 @@ class Gateway:
         held_for: float,
         exchange: Exchange,
     ) -> web.StreamResponse | None:
-        """Send to one pod and stream its answer back. None: could not connect (retry).
-        A 200 answer passes through `exchange.reader` (usage read, usage chunk dropped
-        when the client did not ask for it); others pass unchanged."""
-        assert self._session is not None
+        """Send to one pod and stream its answer back (gateway/relay.py). None: could not
+        connect, or the engine closed before answering, or refused the request unrun
+        (retry). A 200 answer passes through `exchange.reader` (usage read, usage chunk
+        dropped when the client did not ask for it); others pass unchanged."""
         key = route.backend.key
-        url = endpoint.base_url + request.path
         self.balancer.started(key, endpoint.pod)
         in_flight = self.metrics.child(self.metrics.in_flight, *key)
         in_flight.inc()
-        upstream: aiohttp.ClientResponse | None = None
+        upstream: Upstream | None = None
         try:
             sent = time.perf_counter()
             try:
-                upstream = await self._session.post(
-                    url, data=raw, headers=_forwardable(request.headers)
+                upstream = await self._pool.send(
+                    endpoint.host, endpoint.port, _upstream_request(request, endpoint, raw)
                 )
-            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as e:
+                head = await upstream.head()
+            except Unreachable as e:
                 log.info("gateway: %s unreachable (%s); trying another pod", endpoint.pod, e)
                 return None
             engine_headers = time.perf_counter() - sent
             prefetched: bytes | None = None
-            size = upstream.content_length
-            if upstream.status >= 500 and size is not None and size <= _SMALL_ERROR_BYTES:
-                prefetched = await upstream.read()
+            size = head.content_length
+            if head.status >= 500 and size is not None and size <= _SMALL_ERROR_BYTES:
+                prefetched = await upstream.body()
                 if self._refused_unrun(route.backend, endpoint, prefetched):
                     log.info("gateway: %s is shutting down; trying another pod", endpoint.pod)
-                    upstream.release()
+                    self._pool.release(upstream)
                     upstream = None
                     return None
             response = web.StreamResponse(
-                status=upstream.status,
-                reason=upstream.reason,
-                headers=_forwardable(upstream.headers),
+                status=head.status, reason=head.reason, headers=head.headers
             )
-            reader = exchange.reader if upstream.status == 200 else None
-            if upstream.content_length is not None and not isinstance(reader, StreamUsageReader):
-                response.content_length = upstream.content_length
-            await response.prepare(request)
-            exchange.status = upstream.status
+            reader = exchange.reader if head.status == 200 else None
+            if size is not None and not isinstance(reader, StreamUsageReader):
+                response.content_length = size
+            writer = await response.prepare(request)
+            exchange.status = head.status
             added = (time.perf_counter() - received) - held_for - engine_headers
             self.metrics.child(self.metrics.added_latency, *key).observe(max(0.0, added))
             if prefetched is not None:
                 await response.write(prefetched)
-            elif reader is None:
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
             else:
-                async for chunk in upstream.content.iter_any():
-                    passed = reader.feed(chunk)
-                    if passed:
-                        await response.write(passed)
-                tail = reader.end()
-                if tail:
-                    await response.write(tail)
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    raise ClientGone("the client closed its connection")
+                chunked = isinstance(writer, StreamWriter) and writer.chunked
+                client = ClientSide(transport, request.protocol, chunked, request.writer.drain)
+                await upstream.relay(client, reader)
             await response.write_eof()
-            upstream.release()
+            self._pool.release(upstream)
             upstream = None
             return response
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ClientGone):
             self.metrics.errors.labels(route.adapter or route.backend.served_name,
                                        "client_disconnected").inc()  # fmt: skip
             raise
-        except (aiohttp.ClientError, ConnectionResetError) as e:
+        except (UpstreamCut, ConnectionResetError) as e:
             # The engine went away mid-answer (its pod was killed, not drained): the
             # headers are out, so the client sees a cut stream; say so in the log.
             self.metrics.errors.labels(route.backend.served_name, "upstream_cut").inc()
@@ -529,3 +514,11 @@ class Gateway:
                 upstream.close()  # not read to the end: the engine aborts the request
             self.balancer.finished(key, endpoint.pod)
             in_flight.dec()
+
+
+def _upstream_request(request: web.Request, endpoint: Endpoint, raw: bytes) -> bytes:
+    """The POST to the engine: the client's headers but the hop-by-hop ones, and `raw`
+    as its body, in one buffer."""
+    host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
+    return request_head(request.path, f"{host}:{endpoint.port}", headers, len(raw)) + raw

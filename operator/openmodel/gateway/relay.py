@@ -30,7 +30,6 @@ is closing). Nothing here logs: requests and answers carry secrets and prompts.
 from __future__ import annotations
 
 import asyncio
-import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol, cast
@@ -84,17 +83,17 @@ class ResponseHead:
     content_length: int | None  # None: chunked, or read until the engine closes
 
 
-class _State(enum.Enum):
-    IDLE = 0  # nothing sent, or the last answer read to the end
-    HEAD = 1
-    CHUNK_SIZE = 2
-    CHUNK_DATA = 3
-    CHUNK_END = 4  # the CRLF after a chunk's data
-    TRAILERS = 5
-    LENGTH = 6
-    UNTIL_CLOSE = 7
-    DONE = 8
-    BROKEN = 9
+# Where the parser is in an answer (plain ints: compared on every read).
+_IDLE: Final = 0  # nothing sent, or the last answer read to the end
+_HEAD: Final = 1
+_CHUNK_SIZE: Final = 2
+_CHUNK_DATA: Final = 3
+_CHUNK_END: Final = 4  # the CRLF after a chunk's data
+_TRAILERS: Final = 5
+_LENGTH: Final = 6
+_UNTIL_CLOSE: Final = 7
+_DONE: Final = 8
+_BROKEN: Final = 9
 
 
 def request_head(path: str, host: str, headers: list[tuple[str, str]], body_length: int) -> bytes:
@@ -118,7 +117,7 @@ class Upstream(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
-        self._state = _State.IDLE
+        self._state = _IDLE
         self._buffer = b""
         self._received_any = False
         self._keep_alive = True
@@ -141,18 +140,18 @@ class Upstream(asyncio.Protocol):
         self.transport = None
         self._keep_alive = False
         state = self._state
-        if state is _State.UNTIL_CLOSE:
-            self._state = _State.DONE
-        elif state is _State.HEAD and not self._received_any:
+        if state == _UNTIL_CLOSE:
+            self._state = _DONE
+        elif state == _HEAD and not self._received_any:
             self._fail(Unreachable(f"the engine closed the connection ({exc or 'no error'})"))
-        elif state not in (_State.IDLE, _State.DONE, _State.BROKEN):
+        elif state not in (_IDLE, _DONE, _BROKEN):
             self._fail(UpstreamCut(f"the engine closed the connection mid-answer ({exc})"))
         self._pool.forget(self)
         self._wake()
 
     def data_received(self, data: bytes) -> None:
         state = self._state
-        if state is _State.IDLE or state is _State.DONE or state is _State.BROKEN:
+        if state in (_IDLE, _DONE, _BROKEN):
             # Bytes nobody asked for: the connection cannot be trusted with another request.
             self._keep_alive = False
             self.close()
@@ -161,7 +160,7 @@ class Upstream(asyncio.Protocol):
         buffer = self._buffer + data if self._buffer else data
         self._buffer = b""
         position = 0
-        if state is _State.HEAD:
+        if state == _HEAD:
             position = self._parse_head(buffer)
             if position < 0:
                 return
@@ -175,7 +174,7 @@ class Upstream(asyncio.Protocol):
             return
         if position < len(buffer):
             rest = buffer[position:]
-            if self._state is _State.DONE:
+            if self._state == _DONE:
                 # More than one answer: not a connection to send on again.
                 self._keep_alive = False
             else:
@@ -185,7 +184,7 @@ class Upstream(asyncio.Protocol):
                 self._early.extend(parts)
             else:
                 self._forward(parts[0] if len(parts) == 1 else b"".join(parts))
-        if self._state is _State.DONE:
+        if self._state == _DONE:
             self._wake()
 
     # --- parsing ---
@@ -245,13 +244,13 @@ class Upstream(asyncio.Protocol):
                 headers.add(name, value)
         self._keep_alive = self._keep_alive and keep_alive
         if status in (204, 304):
-            self._state, length = _State.DONE, 0
+            self._state, length = _DONE, 0
         elif chunked:
-            self._state, length = _State.CHUNK_SIZE, None
+            self._state, length = _CHUNK_SIZE, None
         elif length is not None:
-            self._state, self._left = (_State.LENGTH, length) if length else (_State.DONE, 0)
+            self._state, self._left = (_LENGTH, length) if length else (_DONE, 0)
         else:
-            self._state, self._keep_alive = _State.UNTIL_CLOSE, False
+            self._state, self._keep_alive = _UNTIL_CLOSE, False
         return ResponseHead(status, reason, headers, length)
 
     def _parse_body(self, buffer: bytes, position: int, parts: list[bytes]) -> int:
@@ -260,14 +259,14 @@ class Upstream(asyncio.Protocol):
         size = len(buffer)
         while position < size:
             state = self._state
-            if state is _State.CHUNK_DATA or state is _State.LENGTH:
+            if state in (_CHUNK_DATA, _LENGTH):
                 take = min(self._left, size - position)
                 parts.append(buffer[position : position + take])
                 position += take
                 self._left -= take
                 if not self._left:
-                    self._state = _State.CHUNK_END if state is _State.CHUNK_DATA else _State.DONE
-            elif state is _State.CHUNK_SIZE:
+                    self._state = _CHUNK_END if state == _CHUNK_DATA else _DONE
+            elif state == _CHUNK_SIZE:
                 line_end = buffer.find(b"\r\n", position)
                 if line_end < 0:
                     if size - position > _MAX_CHUNK_LINE_BYTES:
@@ -278,27 +277,27 @@ class Upstream(asyncio.Protocol):
                     raise ValueError("negative chunk size")
                 position = line_end + 2
                 if chunk:
-                    self._state, self._left = _State.CHUNK_DATA, chunk
+                    self._state, self._left = _CHUNK_DATA, chunk
                 else:
-                    self._state = _State.TRAILERS
-            elif state is _State.CHUNK_END:
+                    self._state = _TRAILERS
+            elif state == _CHUNK_END:
                 if size - position < 2:
                     break
                 if buffer[position : position + 2] != b"\r\n":
                     raise ValueError("chunk not followed by CRLF")
                 position += 2
-                self._state = _State.CHUNK_SIZE
-            elif state is _State.TRAILERS:
+                self._state = _CHUNK_SIZE
+            elif state == _TRAILERS:
                 if buffer.startswith(b"\r\n", position):
                     position += 2
-                    self._state = _State.DONE
+                    self._state = _DONE
                     continue
                 end = buffer.find(_HEAD_END, position)
                 if end < 0:
                     break
                 position = end + 4
-                self._state = _State.DONE
-            elif state is _State.UNTIL_CLOSE:
+                self._state = _DONE
+            elif state == _UNTIL_CLOSE:
                 parts.append(buffer[position:] if position else buffer)
                 position = size
             else:  # DONE: what follows is not this answer's
@@ -341,7 +340,7 @@ class Upstream(asyncio.Protocol):
             head.exception()  # retrieved here too: whoever awaits it re-raises it
 
     def _broken(self, why: str) -> None:
-        self._state = _State.BROKEN
+        self._state = _BROKEN
         self._fail(UpstreamCut(why))
         self.close()
 
@@ -355,8 +354,8 @@ class Upstream(asyncio.Protocol):
     # --- what the gateway calls ---
 
     def send(self, request: bytes) -> None:
-        assert self.transport is not None and self._state is _State.IDLE
-        self._state = _State.HEAD
+        assert self.transport is not None and self._state == _IDLE
+        self._state = _HEAD
         self._received_any = False
         self._error = None
         self._early = []
@@ -374,11 +373,11 @@ class Upstream(asyncio.Protocol):
 
     @property
     def complete(self) -> bool:
-        return self._state is _State.DONE
+        return self._state == _DONE
 
     async def body(self) -> bytes:
         """The rest of the answer, kept (for small ones only: the draining engine's refusal)."""
-        while self._state is not _State.DONE:
+        while self._state != _DONE:
             if self._error is not None:
                 raise self._error
             await self._wait()
@@ -393,7 +392,7 @@ class Upstream(asyncio.Protocol):
         if self._early:
             early, self._early = self._early, []
             self._forward(b"".join(early))
-        while self._state is not _State.DONE or self._paused:
+        while self._state != _DONE or self._paused:
             if self._error is not None:
                 raise self._error
             if self._paused:
@@ -412,7 +411,7 @@ class Upstream(asyncio.Protocol):
 
     def reusable(self) -> bool:
         return (
-            self._state is _State.DONE
+            self._state == _DONE
             and self._keep_alive
             and self.transport is not None
             and not self.transport.is_closing()
@@ -421,7 +420,7 @@ class Upstream(asyncio.Protocol):
 
     def idle(self) -> None:
         """Back in the pool: ready for the next request."""
-        self._state = _State.IDLE
+        self._state = _IDLE
         self._client = None
         self._reader = None
         self._head = None

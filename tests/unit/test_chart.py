@@ -112,7 +112,7 @@ def test_crds_are_templates_rendered_from_the_source_and_kept_on_uninstall(helm)
         for p in sorted((REPO / "crds").glob("*.yaml"))
     }
     assert set(rendered) == set(sources) == {
-        "modeldeployments.openmodel.dev", "apikeys.openmodel.dev"
+        "modeldeployments.openmodel.dev", "apikeys.openmodel.dev", "externalmodels.openmodel.dev"
     }  # fmt: skip
     for name, crd in rendered.items():
         meta = crd["metadata"]

@@ -20,6 +20,7 @@ from harness.operator import (
     AUTOSCALER_POLL_SECONDS,
     CRD_FILE,
     EXAMPLES,
+    EXTERNAL_MODEL_CRD_FILE,
     GROUP,
     PLURAL,
     REPO,
@@ -48,6 +49,7 @@ __all__ = [
     "CACHE_TEST_NAMESPACE_PREFIX",
     "CRD_FILE",
     "EXAMPLES",
+    "EXTERNAL_MODEL_CRD_FILE",
     "GROUP",
     "HELM_RELEASE_NAMESPACE_PREFIX",
     "INFERENCE_EXTENSION_NAMESPACE_PREFIX",
@@ -69,6 +71,7 @@ __all__ = [
     "condition",
     "crd",
     "create_md",
+    "external_model_crd",
     "gateway",
     "get_md",
     "grant_use",
@@ -112,6 +115,12 @@ def crd(api_client: client.ApiClient) -> None:
 def api_key_crd(api_client: client.ApiClient) -> None:
     """The APIKey CRD, which a gateway with authentication on watches."""
     install_crd(api_client, API_KEY_CRD_FILE)
+
+
+@pytest.fixture(scope="session")
+def external_model_crd(api_client: client.ApiClient) -> None:
+    """The ExternalModel CRD, which the gateway and the operator watch."""
+    install_crd(api_client, EXTERNAL_MODEL_CRD_FILE)
 
 
 @pytest.fixture(scope="session")

@@ -132,7 +132,7 @@ EXPECTED_OPERATOR_RULES = {
     ("openmodel.dev", "modeldeployments"): {"get", "list", "watch"},
     ("openmodel.dev", "modeldeployments/status"): {"patch"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("leaderworkerset.x-k8s.io", "leaderworkersets"): {"get", "create", "patch", "delete"},
+    ("leaderworkerset.x-k8s.io", "leaderworkersets"): {"get", "list", "create", "patch", "delete"},
     ("leaderworkerset.x-k8s.io", "leaderworkersets/scale"): {"patch"},
     ("", "services"): {"get", "list", "watch", "create", "patch"},
     ("", "persistentvolumeclaims"): {"get", "list", "watch", "create", "patch"},

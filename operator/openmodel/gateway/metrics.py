@@ -112,6 +112,21 @@ class GatewayMetrics:
             "Gateway replicas this one believes share the limits (each enforces limit / N).",
             registry=r,
         )
+        self.overflow_requests = Counter(
+            "openmodel_gateway_overflow_requests",
+            "Requests of a ModelDeployment sent to its overflow ExternalModel instead of "
+            "held, by reason (starting: no ready replica; queue_depth: queue above "
+            "spec.gateway.overflow.queueDepthAbove per replica).",
+            [*route, "external_model", "reason"],
+            registry=r,
+        )
+        self.external_cost = Counter(
+            "openmodel_gateway_external_cost",
+            "What external models' answers cost, from their usage and spec.price (in the "
+            "currency the prices are given in), by ExternalModel.",
+            ["namespace", "external_model"],
+            registry=r,
+        )
         self.added_latency = Histogram(
             "openmodel_gateway_added_latency_seconds",
             "Handler start to response headers sent, minus hold time and minus the wait "

@@ -37,6 +37,8 @@ from openmodel.gateway.auth.api_key_watch import ApiKeyWatch
 from openmodel.gateway.auth.api_keys import ApiKeyIndex
 from openmodel.gateway.auth.kube_reviews import KubeReviews
 from openmodel.gateway.auth.token_review import TokenReviewer
+from openmodel.gateway.external.forward import ExternalForwarder
+from openmodel.gateway.external.keys import ExternalKeys, ReadSecret
 from openmodel.gateway.limits.replicas import ReplicaCount
 from openmodel.gateway.metrics import GatewayMetrics
 from openmodel.gateway.poller import EnginePoller
@@ -128,6 +130,10 @@ async def serve(
         watcher = ClusterRoutes(
             kube.make_api_client(), table, loop, gateway.notify, patterns, on_synced=synced
         )
+        gateway.privacy = watcher.privacy
+        gateway.external = ExternalForwarder(
+            ExternalKeys(_secret_reader(kube.make_api_client())), metrics
+        )
         watcher.start()
         if limits.enabled and limits.replicas is None:
             follow = gateway.replicas.follow(_gateway_pods(config, kube.make_api_client()))
@@ -185,6 +191,17 @@ async def _serve_monitoring(gateway: Gateway, host: str, port: int) -> web.AppRu
     await web.TCPSite(runner, host, port).start()
     log.info("gateway metrics (/metrics, /demand) on http://%s:%s", host, port)
     return runner
+
+
+def _secret_reader(api: client.ApiClient) -> ReadSecret:
+    """One Secret's data, by namespace and name (an ExternalModel's key: gateway/external/)."""
+    core = client.CoreV1Api(api)
+
+    def read(namespace: str, name: str) -> dict[str, str]:
+        secret = core.read_namespaced_secret(name, namespace)
+        return {k: str(v) for k, v in (secret.data or {}).items()}
+
+    return read
 
 
 def _gateway_pods(

@@ -124,7 +124,7 @@ def external_model_crd(api_client: client.ApiClient) -> None:
 
 
 @pytest.fixture(scope="session")
-def gateway(cluster: Cluster, crd: None) -> Iterator[GatewayProcess]:
+def gateway(cluster: Cluster, crd: None, external_model_crd: None) -> Iterator[GatewayProcess]:
     gw = start_gateway(cluster.kubeconfig, cluster.workdir)
     yield gw
     gw.stop()

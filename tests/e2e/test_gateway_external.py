@@ -159,7 +159,7 @@ def fault_upstream() -> Iterator[FaultUpstream]:
     seen: list[str] = []
     loop = asyncio.new_event_loop()
     port = free_port()
-    runner = web.AppRunner(_fault_app(seen))
+    runner = web.AppRunner(_fault_app(seen), handler_cancellation=True, shutdown_timeout=1.0)
     loop.run_until_complete(runner.setup())
     loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
     thread = threading.Thread(target=loop.run_forever, name="fault-upstream", daemon=True)
@@ -408,7 +408,10 @@ def test_overflow_then_both_models_through_one_base_url_and_the_key_never_shows(
         )
         return "x-openmodel-overflow" not in raw.headers or NotYet("still overflowing")
 
+    woke_s = time.monotonic() - started
     wait_for(answered_in_cluster, 30, "requests to move to the ready replica", interval=0.5)
+    moved_s = time.monotonic() - started
+    print(f"pod Ready {woke_s:.1f}s after the first request; served in cluster at {moved_s:.1f}s")
 
     # One base URL, both models, plain and streamed, each with the name the client sent.
     for model, route in ((SELF_HOSTED, None), (EXTERNAL, "external")):

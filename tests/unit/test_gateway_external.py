@@ -36,7 +36,8 @@ from openmodel.gateway.external.rewrite import (
 )
 from openmodel.gateway.metrics import GatewayMetrics
 from openmodel.gateway.proxy import Gateway
-from openmodel.gateway.routes import RouteTable, allowed_overflow, backend_from
+from openmodel.gateway.routes import Backend, RouteTable, allowed_overflow, backend_from
+from openmodel.simulator.server import start_simulator
 
 T = TypeVar("T")
 KEY = "sk-unit-0123456789abcdef"
@@ -49,8 +50,13 @@ def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(bounded())
 
 
-def xm_body(name: str, base_url: str = "https://api.example.test/v1", ns: str = "platform",
-            created: str = "2026-01-01T00:00:00Z", **spec: Any) -> dict[str, Any]:  # fmt: skip
+def xm_body(
+    name: str,
+    base_url: str = "https://api.example.test/v1",
+    ns: str = "platform",
+    created: str = "2026-01-01T00:00:00Z",
+    **spec: Any,
+) -> dict[str, Any]:
     return {
         "apiVersion": "openmodel.dev/v1alpha1",
         "kind": "ExternalModel",
@@ -64,11 +70,19 @@ def xm_body(name: str, base_url: str = "https://api.example.test/v1", ns: str = 
     }
 
 
-def md_body(name: str, ns: str = "team-a", created: str = "2026-02-01T00:00:00Z",
-            overflow: dict[str, Any] | None = None, verdict: str | None = None,
-            verdict_generation: int = 3) -> dict[str, Any]:  # fmt: skip
-    spec: dict[str, Any] = {"model": "Qwen/Qwen2.5-7B-Instruct", "gpu": {"type": "nvidia-l4"},
-                            "servedModelName": name}  # fmt: skip
+def md_body(
+    name: str,
+    ns: str = "team-a",
+    created: str = "2026-02-01T00:00:00Z",
+    overflow: dict[str, Any] | None = None,
+    verdict: str | None = None,
+    verdict_generation: int = 3,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "model": "Qwen/Qwen2.5-7B-Instruct",
+        "gpu": {"type": "nvidia-l4"},
+        "servedModelName": name,
+    }
     if overflow is not None:
         spec["gateway"] = {"overflow": overflow}
     body: dict[str, Any] = {
@@ -83,8 +97,11 @@ def md_body(name: str, ns: str = "team-a", created: str = "2026-02-01T00:00:00Z"
         "spec": spec,
     }
     if verdict is not None:
-        body["status"] = {"conditions": [{"type": "Overflow", "status": verdict,
-                                          "observedGeneration": verdict_generation}]}  # fmt: skip
+        body["status"] = {
+            "conditions": [
+                {"type": "Overflow", "status": verdict, "observedGeneration": verdict_generation}
+            ]
+        }
     return body
 
 
@@ -167,8 +184,9 @@ def test_a_name_goes_to_the_oldest_claimant_whatever_its_kind() -> None:
     oldest = table.route("shared")
     assert oldest is not None and oldest.external is not None and oldest.external.name == "old"
     assert [r.backend.key for r in table.external_routes("shared")] == [
-        ("platform", "old"), ("platform", "ext"),
-    ]  # fmt: skip
+        ("platform", "old"),
+        ("platform", "ext"),
+    ]
     table.put_external_model(xm_body("bad", baseURL="ftp://nope"))  # invalid: not routed
     assert table.route("bad") is None
     table.delete_external_model("platform", "old")
@@ -201,15 +219,23 @@ async def upstream_app(seen: list[dict[str, Any]]) -> web.Application:
         if shape == "slow":
             await asyncio.sleep(10)
         if shape == "denied":
-            return web.json_response({"error": {"message": f"Incorrect API key {KEY[:8]}"}},
-                                     status=401)  # fmt: skip
+            return web.json_response(
+                {"error": {"message": f"Incorrect API key {KEY[:8]}"}}, status=401
+            )
         if shape == "limited":
-            return web.json_response({"error": {"message": "slow down"}}, status=429,
-                                     headers={"Retry-After": "7"})  # fmt: skip
+            return web.json_response(
+                {"error": {"message": "slow down"}}, status=429, headers={"Retry-After": "7"}
+            )
         usage = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
         if not body.get("stream"):
-            return web.json_response({"id": "c1", "model": shape, "usage": usage,
-                                      "choices": [{"message": {"content": "hi"}}]})  # fmt: skip
+            return web.json_response(
+                {
+                    "id": "c1",
+                    "model": shape,
+                    "usage": usage,
+                    "choices": [{"message": {"content": "hi"}}],
+                }
+            )
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         for word in ("a", "b"):
@@ -264,17 +290,25 @@ async def running(private: set[str] | None = None, **md: Any) -> AsyncIterator[R
     table = RouteTable()
     for shape in ("ok", "slow", "denied", "limited", "cut"):
         table.put_external_model(
-            xm_body(shape, f"{up_url}/v1", upstreamModel=shape, timeoutSeconds=1,
-                    price={"promptPerMillionTokens": 1e6, "completionPerMillionTokens": 2e6})
-        )  # fmt: skip
+            xm_body(
+                shape,
+                f"{up_url}/v1",
+                upstreamModel=shape,
+                timeoutSeconds=1,
+                price={"promptPerMillionTokens": 1e6, "completionPerMillionTokens": 2e6},
+            )
+        )
     if md:
         table.put_model_deployment(md_body(**md))
     metrics = GatewayMetrics()
     gateway = Gateway(
-        table, GatewayConfig(hold_seconds=2.0), AccessControl.off(CollectorRegistry()), metrics,
+        table,
+        GatewayConfig(hold_seconds=2.0),
+        AccessControl.off(CollectorRegistry()),
+        metrics,
         external=ExternalForwarder(ExternalKeys(read_key), metrics),
         privacy=PrivateNamespaces(names=private or set(), synced=True),
-    )  # fmt: skip
+    )
     gateway.ready = True
     runner = web.AppRunner(gateway.application(), handler_cancellation=True)
     url = await listening(runner)
@@ -304,12 +338,22 @@ def test_an_external_model_answers_with_the_clients_name_marked_and_priced() -> 
             assert text.endswith("data: [DONE]\n\n")
             assert gw.upstream.seen[-1]["body"]["stream_options"] == {"include_usage": True}
             # 5 prompt tokens at 1 per token and 2 completion tokens at 2, twice.
-            cost = metric(gw.gateway, "openmodel_gateway_external_cost_total",
-                          namespace="platform", external_model="ok")  # fmt: skip
+            cost = metric(
+                gw.gateway,
+                "openmodel_gateway_external_cost_total",
+                namespace="platform",
+                external_model="ok",
+            )
             assert cost == pytest.approx(18.0)
-            usage = metric(gw.gateway, "openmodel_gateway_usage_prompt_tokens_total",
-                           namespace="platform", model_deployment="ok", model="ok",
-                           caller_namespace="", identity="anonymous")  # fmt: skip
+            usage = metric(
+                gw.gateway,
+                "openmodel_gateway_usage_prompt_tokens_total",
+                namespace="platform",
+                model_deployment="ok",
+                model="ok",
+                caller_namespace="",
+                identity="anonymous",
+            )
             assert usage == 10
 
     run(scenario)
@@ -333,10 +377,15 @@ def test_faults_timeout_refused_key_rate_limit_and_a_cut_stream() -> None:
                 await gw.chat("cut", stream=True)
             await asyncio.sleep(0)
             for reason in ("upstream_timeout", "external_auth_failed", "upstream_cut"):
-                model = {"upstream_timeout": "slow", "external_auth_failed": "denied",
-                         "upstream_cut": "cut"}[reason]  # fmt: skip
-                assert metric(gw.gateway, "openmodel_gateway_errors_total",
-                              model=model, reason=reason) == 1, reason  # fmt: skip
+                model = {
+                    "upstream_timeout": "slow",
+                    "external_auth_failed": "denied",
+                    "upstream_cut": "cut",
+                }[reason]
+                assert (
+                    metric(gw.gateway, "openmodel_gateway_errors_total", model=model, reason=reason)
+                    == 1
+                ), reason
 
     run(scenario)
 
@@ -362,9 +411,18 @@ def test_a_model_at_zero_overflows_counts_as_demand_and_is_marked() -> None:
             demand = gw.gateway.demand()["models"]
             entry = next(m for m in demand if m["name"] == "qwen")
             assert entry["held"] == 1
-            assert metric(gw.gateway, "openmodel_gateway_overflow_requests_total",
-                          namespace="team-a", model_deployment="qwen", model="qwen",
-                          external_model="ok", reason="starting") == 1  # fmt: skip
+            assert (
+                metric(
+                    gw.gateway,
+                    "openmodel_gateway_overflow_requests_total",
+                    namespace="team-a",
+                    model_deployment="qwen",
+                    model="qwen",
+                    external_model="ok",
+                    reason="starting",
+                )
+                == 1
+            )
 
     run(scenario)
 
@@ -378,5 +436,55 @@ def test_without_the_operators_verdict_or_in_a_private_namespace_the_request_is_
                 status, text, _ = await gw.chat("qwen")
                 assert status == 503 and json.loads(text)["error"]["code"] == "model_starting"
                 assert gw.upstream.seen == []
+
+    run(scenario)
+
+
+def test_a_deep_queue_overflows_and_a_short_one_stays_on_the_replica() -> None:
+    async def scenario() -> None:
+        engine = await start_simulator("vllm", "127.0.0.5", 0, service_time=0, model="deep")
+        try:
+            async with running() as gw:
+                key = ("team-a", "deep")
+                policy = Overflow(model="ok", when_starting=False, queue_depth_above=2)
+                backend = Backend(
+                    key=key,
+                    served_name="deep",
+                    adapters=frozenset(),
+                    engine="vllm",
+                    port=engine.port,
+                    overflow=policy,
+                )
+                ready = {
+                    "metadata": {"name": "deep-0"},
+                    "status": {
+                        "phase": "Running",
+                        "podIP": engine.host,
+                        "conditions": [{"type": "Ready", "status": "True"}],
+                    },
+                }
+                gw.gateway.table.put_backend(backend, [ready])
+                gw.gateway.balancer.engine_waiting[(key, "deep-0")] = 3.0
+                status, text, headers = await gw.chat("deep")
+                assert status == 200 and headers["x-openmodel-overflow"] == "ok"
+                assert json.loads(text)["model"] == "deep"
+                assert (
+                    metric(
+                        gw.gateway,
+                        "openmodel_gateway_overflow_requests_total",
+                        namespace="team-a",
+                        model_deployment="deep",
+                        model="deep",
+                        external_model="ok",
+                        reason="queue_depth",
+                    )
+                    == 1
+                )
+                gw.gateway.balancer.engine_waiting[(key, "deep-0")] = 2.0
+                status, text, headers = await gw.chat("deep")
+                assert status == 200 and "x-openmodel-overflow" not in headers
+                assert len(gw.upstream.seen) == 1
+        finally:
+            await engine.stop()
 
     run(scenario)

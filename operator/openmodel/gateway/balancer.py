@@ -31,6 +31,9 @@ class Balancer:
     in_flight: dict[PodKey, int] = field(default_factory=dict)
     # Work on the pod the gateway did not send itself, as of the last scrape.
     others_outstanding: dict[PodKey, float] = field(default_factory=dict)
+    # The engine's own queue (requests waiting, not running), as of the last scrape:
+    # what an overflow's queueDepthAbove is about (gateway/external/overflow.py).
+    engine_waiting: dict[PodKey, float] = field(default_factory=dict)
     loaded_adapters: dict[PodKey, frozenset[str]] = field(default_factory=dict)
     policy: str = "least-load"
     load_factor: float = 1.25
@@ -100,6 +103,6 @@ class Balancer:
 
     def keep_only(self, live: Collection[PodKey]) -> None:
         """Drop scraped state of pods that are gone (in-flight counts end by themselves)."""
-        for table in (self.others_outstanding, self.loaded_adapters):
+        for table in (self.others_outstanding, self.engine_waiting, self.loaded_adapters):
             for pk in [pk for pk in table if pk not in live]:
                 del table[pk]

@@ -100,6 +100,8 @@ class EnginePoller:
                 else 0.0
             )
             self.balancer.engine_reported(key, pod, outstanding)
+            waiting = result.waiting if isinstance(result, QueueReading) else 0.0
+            self.balancer.engine_waiting[(key, pod)] = waiting
 
     async def _adapters(
         self, session: aiohttp.ClientSession, key: tuple[str, str], endpoint: Endpoint

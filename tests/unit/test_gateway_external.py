@@ -24,7 +24,7 @@ from openmodel.config import GatewayConfig
 from openmodel.external_model import parse_external_model
 from openmodel.gateway.auth.access_control import AccessControl
 from openmodel.gateway.external.forward import ExternalForwarder
-from openmodel.gateway.external.keys import ExternalKeys
+from openmodel.gateway.external.keys import ExternalKeys, KeyUnavailable
 from openmodel.gateway.external.overflow import QUEUE_DEPTH, STARTING, overflow_reason
 from openmodel.gateway.external.privacy import PrivateNamespaces
 from openmodel.gateway.external.rewrite import (
@@ -486,5 +486,49 @@ def test_a_deep_queue_overflows_and_a_short_one_stays_on_the_replica() -> None:
                 assert len(gw.upstream.seen) == 1
         finally:
             await engine.stop()
+
+    run(scenario)
+
+
+def test_the_key_is_read_once_kept_a_minute_and_read_again_after_a_refusal() -> None:
+    async def scenario() -> None:
+        reads: list[tuple[str, str]] = []
+        now = [0.0]
+
+        def read(namespace: str, name: str) -> dict[str, str]:
+            reads.append((namespace, name))
+            return read_key(namespace, name)
+
+        keys = ExternalKeys(read, clock=lambda: now[0])
+        external = parse_external_model(xm_body("a"))
+        got = await asyncio.gather(*(keys.key(external) for _ in range(5)))
+        assert got == [KEY] * 5 and len(reads) == 1  # concurrent requests share one read
+        now[0] = 59.0
+        await keys.key(external)
+        assert len(reads) == 1
+        keys.forget(external)  # the upstream refused it: maybe rotated
+        await keys.key(external)
+        assert len(reads) == 2
+        now[0] = 59.0 + 61.0
+        await keys.key(external)
+        assert len(reads) == 3
+
+    run(scenario)
+
+
+def test_an_unreadable_key_fails_closed_naming_the_secret_never_a_value() -> None:
+    async def scenario() -> None:
+        def forbidden(namespace: str, name: str) -> dict[str, str]:
+            raise PermissionError("forbidden")
+
+        def wrong_key(namespace: str, name: str) -> dict[str, str]:
+            return {"other": base64.b64encode(KEY.encode()).decode()}
+
+        external = parse_external_model(xm_body("a"))
+        for reader in (forbidden, wrong_key):
+            with pytest.raises(KeyUnavailable) as raised:
+                await ExternalKeys(reader).key(external)
+            message = str(raised.value)
+            assert "platform/a" in message and "xm-key" in message and KEY not in message
 
     run(scenario)

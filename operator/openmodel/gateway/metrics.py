@@ -1,7 +1,9 @@
 """The gateway's Prometheus metrics, on a registry of its own (served at /metrics).
 
-Labels: `namespace` and `model_deployment` name where the request was routed, `model`
-as the client asked (errors before routing have `model=""` when none was readable).
+Labels: `namespace` and `model_deployment` name where the request was routed (for a
+request to an external model by its own name, the ExternalModel's namespace and name;
+an overflowed request counts under its ModelDeployment), `model` as the client asked
+(errors before routing have `model=""` when none was readable).
 
 Usage and limit counters add who asked: `identity` (`Caller.identity`) and
 `caller_namespace` (the caller's namespace, "" for users and `anonymous`). Their values

@@ -52,12 +52,11 @@ def test_the_gateway_reads_secrets_in_its_own_namespace_only(helm: Any) -> None:
         secret_rules = {
             (kind, name): rule_set(obj)
             for (kind, name), obj in objs.items()
-            if kind in ("Role", "ClusterRole")
-            and any(r[1] == "secrets" for r in rule_set(obj))
+            if kind in ("Role", "ClusterRole") and any(r[1] == "secrets" for r in rule_set(obj))
         }
-        assert secret_rules == {
-            ("Role", f"{NAME}-external-keys"): {("", "secrets", "get")}
-        }, secret_rules
+        assert secret_rules == {("Role", f"{NAME}-external-keys"): {("", "secrets", "get")}}, (
+            secret_rules
+        )
         role = objs[("Role", f"{NAME}-external-keys")]
         assert role["metadata"]["namespace"] == namespace
         binding = objs[("RoleBinding", f"{NAME}-external-keys")]

@@ -67,7 +67,8 @@ def model_deployment_names(body: Mapping[str, Any]) -> set[str]:
     served = model_deployment_served_name(body)
     if served is not None:
         names.add(served)
-    adapters = (body.get("spec") or {}).get("adapters")
+    spec = body.get("spec")
+    adapters = spec.get("adapters") if isinstance(spec, Mapping) else None
     for adapter in adapters if isinstance(adapters, list) else []:
         if isinstance(adapter, Mapping) and isinstance(adapter.get("name"), str):
             names.add(adapter["name"])

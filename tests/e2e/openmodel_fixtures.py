@@ -50,6 +50,7 @@ __all__ = [
     "CRD_FILE",
     "EXAMPLES",
     "EXTERNAL_MODEL_CRD_FILE",
+    "EXTERNAL_MODEL_NAMESPACE_PREFIX",
     "GROUP",
     "HELM_RELEASE_NAMESPACE_PREFIX",
     "INFERENCE_EXTENSION_NAMESPACE_PREFIX",
@@ -87,7 +88,7 @@ __all__ = [
 
 SESSION_SCOPE = (
     "!e2e-rbac-*,!e2e-gwie-*,!e2e-hub-*,!e2e-slow-*,!e2e-cache-*,!e2e-perf-*,!e2e-helmmd-*,"
-    "!e2e-cost-*,!e2e-weights-*"
+    "!e2e-cost-*,!e2e-weights-*,!e2e-xm-*"
 )
 RESTRICTED_NAMESPACE_PREFIX = "e2e-rbac"
 # test_inference_pool_and_route.py runs its own operator (feature on) in e2e-gwie-* namespaces.
@@ -104,6 +105,8 @@ PERF_NAMESPACE_PREFIX = "e2e-perf"
 HELM_RELEASE_NAMESPACE_PREFIX = "e2e-helmmd"
 # test_weights_real.py runs its own operator (downloads from a local Hub stand-in) in e2e-weights-*.
 WEIGHTS_NAMESPACE_PREFIX = "e2e-weights"
+# test_external_models.py runs its own operator (its own gateway namespace) in e2e-xm-*.
+EXTERNAL_MODEL_NAMESPACE_PREFIX = "e2e-xm"
 
 
 @pytest.fixture(scope="session")

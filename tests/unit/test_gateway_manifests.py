@@ -264,3 +264,41 @@ def test_gateway_affinity_replaces_the_default_and_spread_constraints_pass_throu
     assert spec["topologySpreadConstraints"] == wanted["topologySpreadConstraints"]
     assert ("PodDisruptionBudget", NAME) in chosen  # the budget does not depend on it
     assert "topologySpreadConstraints" not in gateway_pod(template(helm))["spec"]
+
+
+def _egress_of(objs: dict[tuple[str, str], Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    spec = objs[("NetworkPolicy", NAME)]["spec"]
+    return spec["policyTypes"], spec["egress"]
+
+
+def test_the_gateways_base_policy_states_its_egress_dns_api_server_engines(helm: Any) -> None:
+    """The operator's policy for the ExternalModels' upstreams only adds to this one: so
+    this one must state egress, or the gateway could reach everything (and the
+    operator's policy, once applied, would cut it off from DNS and the API server)."""
+    for objs in (M, template(helm)):
+        types, egress = _egress_of(objs)
+        assert "Egress" in types
+        dns, api_server, engines = egress
+        assert {p["port"] for p in dns["ports"]} == {53}
+        assert dns["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+        assert {p["port"] for p in api_server["ports"]} == {443, 6443}
+        # Engines: every pod of every namespace (a namespaceSelector matches no address
+        # outside the cluster).
+        assert engines == {"to": [{"namespaceSelector": {}}]}
+        # No rule without ports and without `to` (that would be everything).
+        assert all(rule.get("to") or rule.get("ports") for rule in egress)
+
+
+def test_the_chart_narrows_the_api_server_rule_to_the_stated_addresses(
+    helm: Any, tmp_path: Any
+) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        "gateway: {networkPolicy: {egress: {apiServer: [{ipBlock: {cidr: 10.0.0.1/32}}],"
+        " apiServerPorts: [6443]}}}"
+    )
+    _, egress = _egress_of(template(helm, "-f", str(values)))
+    assert egress[1] == {
+        "ports": [{"port": 6443, "protocol": "TCP"}],
+        "to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}],
+    }

@@ -135,7 +135,9 @@ def gateway(cluster: Cluster, crd: None) -> Iterator[GatewayProcess]:
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: Cluster, crd: None, gateway: GatewayProcess) -> Iterator[OperatorProcess]:
+def operator(
+    cluster: Cluster, crd: None, external_model_crd: None, gateway: GatewayProcess
+) -> Iterator[OperatorProcess]:
     # Namespaces named e2e-rbac-* belong to tests that run their own operator under a
     # restricted identity; the session's operator must not do their work for them.
     op = start_operator(

@@ -9,6 +9,7 @@ key itself is never read here, only where it lives.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -190,4 +191,17 @@ def _egress(raw: Any) -> tuple[str, ...]:
     cidrs = raw.get("cidrs") or []
     if not isinstance(cidrs, list) or not all(isinstance(c, str) and c for c in cidrs):
         raise SpecError("spec.egress.cidrs", "must be a list of CIDRs (strings)")
+    for i, cidr in enumerate(cidrs):
+        try:
+            ipaddress.ip_network(cidr, strict=True)
+        except ValueError as e:
+            raise SpecError(f"spec.egress.cidrs[{i}]", f"is not an address range: {e}") from e
     return tuple(cidrs)
+
+
+def inside_ranges(model: ExternalModel) -> tuple[str, ...]:
+    """The model's egress ranges that are not public addresses: private, loopback,
+    link-local (the cloud metadata endpoint), shared or reserved space. Opening those
+    lets the gateway reach what is inside the cluster's network: only an ExternalModel
+    the platform declares (in the gateway's namespace) may."""
+    return tuple(c for c in model.egress_cidrs if not ipaddress.ip_network(c).is_global)

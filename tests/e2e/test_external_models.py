@@ -367,22 +367,31 @@ def test_the_gateways_egress_policy_follows_the_declared_ranges(
 
     external_model(
         api_client, ns, "ranged", servedModelName="e2e-ranged",
-        egress={"cidrs": ["203.0.113.0/24"]},
+        egress={"cidrs": ["1.1.1.0/24"]},
     )  # fmt: skip
     https = {
         "ports": [{"port": 443, "protocol": "TCP"}],
-        "to": [{"ipBlock": {"cidr": "203.0.113.0/24"}}],
+        "to": [{"ipBlock": {"cidr": "1.1.1.0/24"}}],
     }
     wait_for(lambda: egress_is([https]), WATCHED_SECONDS, "the policy for one ExternalModel")
     external_model(
-        api_client, ns, "local", servedModelName="e2e-local", baseURL="http://198.51.100.9:8080/v1",
-        egress={"cidrs": ["198.51.100.9/32"]},
+        api_client, ns, "local", servedModelName="e2e-local", baseURL="http://9.9.9.9:8080/v1",
+        egress={"cidrs": ["9.9.9.9/32"]},
     )  # fmt: skip
     local = {
         "ports": [{"port": 8080, "protocol": "TCP"}],
-        "to": [{"ipBlock": {"cidr": "198.51.100.9/32"}}],
+        "to": [{"ipBlock": {"cidr": "9.9.9.9/32"}}],
     }
     wait_for(lambda: egress_is([https, local]), WATCHED_SECONDS, "the policy for both")
+    # A team may not open the inside: a private range is refused and opens nothing.
+    external_model(
+        api_client, ns, "inside", servedModelName="e2e-inside", baseURL="http://10.9.0.5:8000/v1",
+        egress={"cidrs": ["10.9.0.0/16"]},
+    )  # fmt: skip
+    refused = wait_verdict(api_client, ns, "inside", "False", "EgressNotAllowed", WATCHED_SECONDS)
+    assert "10.9.0.0/16" in ready_of(refused)["message"]
+    assert policy_egress(api_client, gateway_namespace) == [https, local]
+    delete_xm(api_client, ns, "inside")
     delete_xm(api_client, ns, "ranged")
     wait_for(lambda: egress_is([local]), WATCHED_SECONDS, "the policy without the deleted one")
     delete_xm(api_client, ns, "local")

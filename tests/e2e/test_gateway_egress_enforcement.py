@@ -48,7 +48,9 @@ def base_policy(api_server: str | None) -> dict[str, Any]:
 def external(name: str, url: str, cidr: str) -> Any:
     return parse_external_model(
         {
-            "metadata": {"name": name, "namespace": "team-a"},
+            # The platform's own (the gateway's namespace): the sandbox's upstream is a
+            # private address, which a team's ExternalModel may not open.
+            "metadata": {"name": name, "namespace": SYSTEM},
             "spec": {"baseURL": url, "upstreamModel": "m", "egress": {"cidrs": [cidr]}},
         }
     )

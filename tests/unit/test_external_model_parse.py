@@ -76,6 +76,8 @@ def test_every_field() -> None:
         ({"headers": {"X-A": "a"}}, "spec.headers"),
         ({"price": {"promptPerMillionTokens": -1}}, "spec.price.promptPerMillionTokens"),
         ({"egress": {"cidrs": "10.0.0.0/8"}}, "spec.egress.cidrs"),
+        ({"egress": {"cidrs": ["10.0.0.1/8"]}}, "spec.egress.cidrs[0]"),  # host bits set
+        ({"egress": {"cidrs": ["api.example.com"]}}, "spec.egress.cidrs[0]"),
     ],
 )
 def test_bad_values_name_their_field(patch: dict[str, Any], field: str) -> None:

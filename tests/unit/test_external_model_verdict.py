@@ -8,6 +8,7 @@ from typing import Any
 from openmodel.api import SecretKeyRef, SpecError
 from openmodel.external_model import ExternalModel, parse_external_model
 from openmodel.external_models.verdict import (
+    EGRESS_NOT_ALLOWED,
     INVALID_SPEC,
     KEY_NOT_GRANTED,
     NAME_TAKEN,
@@ -152,3 +153,15 @@ def test_status_carries_generation_reason_and_keeps_the_transition_time() -> Non
     flipped = desired_status(refused, 4, status, "T3")
     assert flipped["conditions"][0]["lastTransitionTime"] == "T3"
     assert transition(refused, status) and status_changed(flipped, status)
+
+
+def test_a_team_may_not_open_the_inside_the_platform_may() -> None:
+    team = xm()
+    team["spec"]["egress"] = {"cidrs": ["1.1.1.0/24", "169.254.169.254/32"]}
+    verdict, asked = verdict_of(team)
+    assert (verdict.ready, verdict.reason) == (False, EGRESS_NOT_ALLOWED)
+    assert "169.254.169.254/32" in verdict.message and "1.1.1.0/24" not in verdict.message
+    assert asked == []  # refused before any review
+    platform = xm(namespace=GATEWAY[0])
+    platform["spec"]["egress"] = {"cidrs": ["10.0.0.0/8"]}
+    assert verdict_of(platform)[0].ready

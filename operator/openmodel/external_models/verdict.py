@@ -4,7 +4,9 @@
 API server's schema could not catch), `NameTaken` (an older ModelDeployment or
 ExternalModel serves the same name: the gateway routes the name to the oldest, as for
 ModelDeployments), `KeyNotGranted` (a SubjectAccessReview says the gateway's
-ServiceAccount may not `get` the key Secret). The gateway checks for itself and does not
+ServiceAccount may not `get` the key Secret), `EgressNotAllowed` (spec.egress.cidrs names
+a range that is not public, which only an ExternalModel in the gateway's own namespace,
+the platform's, may). The gateway checks for itself and does not
 route by this status; it tells the team what to fix. No message names more of the key
 than its Secret's name.
 """
@@ -16,12 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from openmodel.api import SecretKeyRef, SpecError, served_name, status_conditions
-from openmodel.external_model import KIND, ExternalModel, parse_external_model
+from openmodel.external_model import KIND, ExternalModel, inside_ranges, parse_external_model
 
 READY = "Ready"
 INVALID_SPEC = "InvalidSpec"
 NAME_TAKEN = "NameTaken"
 KEY_NOT_GRANTED = "KeyNotGranted"
+EGRESS_NOT_ALLOWED = "EgressNotAllowed"
 MODEL_DEPLOYMENT = "ModelDeployment"
 
 
@@ -122,11 +125,20 @@ def judge(
             f"{first.text} already serves the name {model.served_name!r} and is older: the "
             "gateway routes the name there (rename spec.servedModelName, or that object)",
         )
+    sa_namespace, sa_name = gateway_account
+    inside = inside_ranges(model)
+    if inside and model.namespace != sa_namespace:
+        return Verdict(
+            False,
+            EGRESS_NOT_ALLOWED,
+            f"spec.egress.cidrs names {', '.join(inside)}, not public addresses: the "
+            "gateway's egress opens only public ranges for an ExternalModel outside its own "
+            f"namespace {sa_namespace} (the platform declares internal upstreams there)",
+        )
     secret = model.api_key_secret
     if secret is None:
         return Verdict(True, READY, f"served as {model.served_name!r}; no key is sent upstream")
     if not gateway_may_read(model, secret):
-        sa_namespace, sa_name = gateway_account
         return Verdict(
             False,
             KEY_NOT_GRANTED,

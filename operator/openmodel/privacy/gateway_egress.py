@@ -4,9 +4,12 @@ each ExternalModel's declared address ranges (spec.egress.cidrs) on its base URL
 port, and nothing else. Pure: the operator's ExternalModel loop renders and applies it.
 
 An ExternalModel without spec.egress.cidrs opens nothing: the platform lists the
-upstream's ranges, or its egress proxy's. The policy only adds to what the gateway's
-base policy (charts, manifests) allows (DNS, the API server, the engines), which
-states egress itself, so this one never opens the rest of the world."""
+upstream's ranges, or its egress proxy's. Ranges that are not public (private, loopback,
+link-local such as the cloud metadata endpoint) open only for an ExternalModel in the
+gateway's own namespace, which the platform controls; a team's opens nothing at all.
+The policy only adds to what the gateway's base policy (charts, manifests) allows (DNS,
+the API server, the engines), which states egress itself, so this one never opens the
+rest of the world."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from openmodel.config import PlatformConfig
-from openmodel.external_model import ExternalModel
+from openmodel.external_model import ExternalModel, inside_ranges
 from openmodel.privacy.render import match_labels
 
 GATEWAY_EGRESS_POLICY = "openmodel-gateway-external-egress"
@@ -42,6 +45,8 @@ def render_gateway_egress(
     its ranges sorted, so the same set of ExternalModels always renders the same object."""
     ranges_by_port: dict[int, set[str]] = {}
     for model in models:
+        if inside_ranges(model) and model.namespace != config.gateway.demand_namespace:
+            continue  # refused (EgressNotAllowed): a team may not open the inside
         if model.egress_cidrs:
             port = upstream_port(model.base_url)
             ranges_by_port.setdefault(port, set()).update(model.egress_cidrs)

@@ -139,6 +139,8 @@ class GatewayConfig:
     tls: GatewayTlsConfig = field(default_factory=GatewayTlsConfig)
     limits: GatewayLimitsConfig = field(default_factory=GatewayLimitsConfig)
     balancing: BalancingConfig = field(default_factory=lambda: BalancingConfig())
+    # Gateway processes per pod sharing the API port (gateway/workers/); 1: one process.
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,7 @@ def _parse_gateway(raw: Any) -> GatewayConfig:
     known = (
         "namespaces", "holdSeconds", "holdQueueLength", "maxBodyBytes", "queuePollSeconds",
         "demandSelector", "demandNamespace", "demandUrls", "auth", "tls", "limits", "balancing",
+        "workers",
     )  # fmt: skip
     raw = checked_mapping(raw, "gateway", known)
     d = GatewayConfig()
@@ -255,6 +258,7 @@ def _parse_gateway(raw: Any) -> GatewayConfig:
         tls=parse_gateway_tls(raw.get("tls")),
         limits=parse_gateway_limits(raw.get("limits")),
         balancing=_parse_balancing(raw.get("balancing")),
+        workers=_whole(raw, "workers", "gateway", d.workers),
     )
 
 

@@ -162,13 +162,13 @@ SOCKET = Path("/nonexistent/worker.sock")
 
 def test_a_worker_holds_its_share_of_the_pods_hold_queue() -> None:
     config = GatewayConfig(hold_queue_length=256)
-    assert WorkerRole(0, 1, socket=SOCKET).share(config) == config
-    assert WorkerRole(1, 2, socket=SOCKET).share(config).hold_queue_length == 128
+    assert WorkerRole(0, 1, socket=SOCKET, started=0.0).share(config) == config
+    assert WorkerRole(1, 2, socket=SOCKET, started=0.0).share(config).hold_queue_length == 128
     # Rounded up: the pod holds at least what is configured.
-    assert WorkerRole(0, 3, socket=SOCKET).share(config).hold_queue_length == 86
-    assert WorkerRole(0, 4, socket=SOCKET).share(GatewayConfig(hold_queue_length=1)) == (
+    assert WorkerRole(0, 3, socket=SOCKET, started=0.0).share(config).hold_queue_length == 86
+    assert WorkerRole(0, 4, socket=SOCKET, started=0.0).share(
         GatewayConfig(hold_queue_length=1)
-    )
+    ) == (GatewayConfig(hold_queue_length=1))
 
 
 def admit_all(lim: Limiter, n: int) -> int:
@@ -223,12 +223,13 @@ def test_workers_default_to_one_and_must_be_a_whole_number_of_at_least_one() -> 
 
 
 def test_the_worker_flags_come_together_and_name_a_worker_of_the_pod() -> None:
-    args = parse_args(["--worker", "1/2", "--worker-socket", "/tmp/w.sock", "--parent-fd", "3"])
+    args = parse_args(["--worker", "1/2", "--worker-socket", "/tmp/w.sock", "--parent-fd", "3",
+                       "--started", "1700000000.5"])  # fmt: skip
     assert args.worker == (1, 2)
     assert parse_args([]).worker is None
-    for bad in (["--worker", "2/2", "--worker-socket", "s", "--parent-fd", "3"],
-                ["--worker", "x", "--worker-socket", "s", "--parent-fd", "3"],
-                ["--worker", "0/2"]):  # fmt: skip
+    rest = ["--worker-socket", "s", "--parent-fd", "3", "--started", "1.0"]
+    for bad in (["--worker", "2/2", *rest], ["--worker", "x", *rest], ["--worker", "0/2"],
+                ["--worker", "0/2", *rest[:4]]):  # fmt: skip
         with pytest.raises(SystemExit):
             parse_args(bad)
 
@@ -251,3 +252,11 @@ def test_restarts_beyond_the_limit_in_the_window_or_a_config_error_stop_the_pod(
     calm._restarts.extend([time.monotonic() - 3600] * 10)
     calm._count_restart(1)
     assert len(calm._restarts) == 1
+
+
+def test_every_worker_dates_itself_from_the_pods_start() -> None:
+    role = WorkerRole(1, 2, socket=SOCKET, started=1000.0)
+    # A worker restarted 30 s after the pod started: its monotonic start is 30 s back.
+    assert role.started_monotonic(now_wall=1030.0, now_monotonic=500.0) == 470.0
+    # A wall clock set back never dates the start after now.
+    assert role.started_monotonic(now_wall=990.0, now_monotonic=500.0) == 500.0

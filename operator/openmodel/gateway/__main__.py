@@ -64,9 +64,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--worker", type=_worker_of, help=argparse.SUPPRESS)
     parser.add_argument("--worker-socket", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--parent-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--started", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker is not None and (args.worker_socket is None or args.parent_fd is None):
-        parser.error("--worker needs --worker-socket and --parent-fd")
+    given = (args.worker_socket, args.parent_fd, args.started)
+    if args.worker is not None and None in given:
+        parser.error("--worker needs --worker-socket, --parent-fd and --started")
     return args
 
 
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         loop_factory = uvloop.new_event_loop if args.loop == "uvloop" else None
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             if worker is not None:
-                role = WorkerRole(worker[0], worker[1], args.worker_socket)
+                role = WorkerRole(worker[0], worker[1], args.worker_socket, args.started)
                 runner.run(_serve_worker(config, args, role))
             elif config.gateway.workers > 1:
                 supervisor = Supervisor(

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import signal
 import ssl
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,8 @@ async def serve(
     limits = gateway_config.limits
     replicas = ReplicaCount.of(limits.replicas or 1, 1 if worker is None else worker.count)
     gateway = Gateway(table, gateway_config, access, metrics, replicas=replicas)
+    if worker is not None:
+        gateway.started = worker.started_monotonic(time.time(), time.monotonic())
     routes_loaded = asyncio.Event()
     watcher: ClusterRoutes | None = None
     background: list[asyncio.Task[None]] = []

@@ -1,6 +1,6 @@
 """What a worker process of a gateway pod is told, and the share of the pod it takes.
 
-    role = WorkerRole(index=0, count=2, socket=Path("/tmp/gw/worker-0.sock"))
+    role = WorkerRole(index=0, count=2, socket=Path("/tmp/gw/worker-0.sock"), started=t)
     config = role.share(platform.gateway)   # its hold queue: 1/count of the pod's
 
 A worker takes 1/count of what a gateway replica holds: the hold queue per
@@ -32,6 +32,13 @@ class WorkerRole:
     # Where the worker serves its /demand, /metrics and /readyz to the supervisor only
     # (a Unix socket in a directory only the pod's user can enter).
     socket: Path
+    # The pod's start (the supervisor's, wall clock): every worker, a restarted one too,
+    # dates /v1/models' `created` and idleness-since-start from it, so they answer alike.
+    started: float
+
+    def started_monotonic(self, now_wall: float, now_monotonic: float) -> float:
+        """`started` on this process's monotonic clock."""
+        return now_monotonic - max(0.0, now_wall - self.started)
 
     def share(self, config: GatewayConfig) -> GatewayConfig:
         """`config` with this worker's share of the pod's hold queue."""

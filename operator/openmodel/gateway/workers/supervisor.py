@@ -4,7 +4,7 @@ keeps them running, and serves the pod's monitoring port itself.
     code = await Supervisor(count=2, worker_argv=[...], host="0.0.0.0", metrics_port=9090).run()
 
 Workers: `python -m openmodel.gateway ... --worker I/N --worker-socket DIR/worker-I.sock
---parent-fd FD`, each a whole gateway on its own event loop (its own watches, route
+--parent-fd FD --started T`, each a whole gateway on its own event loop (its own watches, route
 table, balancer, holds and limits' share), sharing the API port with SO_REUSEPORT: the
 kernel spreads new connections over the workers' sockets. A worker binds the API port
 only once its routes are loaded (gateway/server.py), so every worker that takes
@@ -108,6 +108,7 @@ class Supervisor:
     _restarts: deque[float] = field(default_factory=deque)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _gave_up: WorkerGaveUp | None = None
+    started: float = field(default_factory=time.time)  # the pod's start, wall clock
 
     def __post_init__(self) -> None:
         self.restarts = Counter(
@@ -204,7 +205,7 @@ class Supervisor:
         argv = [
             sys.executable, "-m", "openmodel.gateway", *self.worker_argv,
             "--worker", f"{worker.index}/{self.count}", "--worker-socket", str(worker.socket),
-            "--parent-fd", str(parent_read),
+            "--parent-fd", str(parent_read), "--started", repr(self.started),
         ]  # fmt: skip
         worker.process = await asyncio.create_subprocess_exec(*argv, pass_fds=(parent_read,))
         worker.started = time.monotonic()

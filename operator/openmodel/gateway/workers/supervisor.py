@@ -13,7 +13,9 @@ read end `--parent-fd` names reaches its end, and stops then (no orphans).
 
 Monitoring port (plain HTTP, as a single gateway's):
 - /demand: the workers' /demand merged (merge.py); 503 when a running worker does not
-  answer, so the autoscaler counts the pod's demand incomplete rather than too low;
+  answer in time or answers garbage, so the autoscaler counts the pod's demand
+  incomplete rather than too low (a worker that exited, whose socket refuses, held
+  nothing any more: its clients' connections went with it);
 - /metrics: the workers' with a `worker` label, then the supervisor's own (workers
   ready, restarts); a worker that does not answer is left out of that scrape;
 - /readyz: 200 when every worker is ready; /healthz: the supervisor answers.
@@ -289,7 +291,13 @@ class Supervisor:
                 return await response.text()
 
         answers = await asyncio.gather(*(ask(w) for w in asked), return_exceptions=True)
-        return list(zip(asked, answers, strict=True))
+        # A socket that refuses (or is gone): the worker has just exited, with whatever it
+        # held; not yet reaped, it is left out as one between processes is.
+        return [
+            (w, a)
+            for w, a in zip(asked, answers, strict=True)
+            if not isinstance(a, aiohttp.ClientConnectorError)
+        ]
 
     async def handle_demand(self, _: web.Request) -> web.StreamResponse:
         answers = await self._ask_all("/demand")

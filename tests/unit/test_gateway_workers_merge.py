@@ -20,7 +20,7 @@ from openmodel.gateway.caller import ANONYMOUS
 from openmodel.gateway.limits.limiter import Admission, Limiter, Refusal
 from openmodel.gateway.limits.replicas import ReplicaCount
 from openmodel.gateway.workers.merge import DemandMerger, MergeError, merge_metrics
-from openmodel.gateway.workers.role import WorkerRole
+from openmodel.gateway.workers.role import SupervisorContact, WorkerRole
 from openmodel.gateway.workers.supervisor import MAX_RESTARTS, Supervisor, WorkerGaveUp
 
 
@@ -260,3 +260,22 @@ def test_every_worker_dates_itself_from_the_pods_start() -> None:
     assert role.started_monotonic(now_wall=1030.0, now_monotonic=500.0) == 470.0
     # A wall clock set back never dates the start after now.
     assert role.started_monotonic(now_wall=990.0, now_monotonic=500.0) == 500.0
+
+
+def test_a_worker_stops_once_its_supervisor_has_gone_silent() -> None:
+    contact = SupervisorContact()
+    assert not contact.silent(now=1000.0, silence_s=60)  # never asked: nothing to miss yet
+    contact.asked(now=1000.0)
+    assert not contact.silent(now=1060.0, silence_s=60)
+    assert contact.silent(now=1060.5, silence_s=60)
+
+    async def scenario() -> bool:
+        stop = asyncio.Event()
+        watch = SupervisorContact()
+        watch.asked()
+        watchdog = asyncio.create_task(watch.stop_when_silent(stop, silence_s=0.05))
+        await asyncio.wait_for(stop.wait(), 5)
+        await watchdog
+        return stop.is_set()
+
+    assert asyncio.run(scenario())

@@ -52,7 +52,12 @@ from openmodel.gateway.proxy import Gateway
 from openmodel.gateway.routes import RouteTable
 from openmodel.gateway.static import load_static_routes
 from openmodel.gateway.watch import ClusterRoutes
-from openmodel.gateway.workers.role import WORKER_HEADER, WorkerRole
+from openmodel.gateway.workers.role import (
+    SUPERVISOR_SILENCE_SECONDS,
+    WORKER_HEADER,
+    SupervisorContact,
+    WorkerRole,
+)
 from openmodel.kube import calls as kube
 from openmodel.namespaces import ENV, patterns_from_env
 
@@ -150,10 +155,14 @@ async def serve(
     )
     background.append(asyncio.create_task(poller.run_forever(), name="engine-poller"))
     # First, so that an API port that answers (the readiness probe) implies this one does.
+    stop = stop or asyncio.Event()
     if worker is None:
         monitoring = await _serve_monitoring(gateway, host, metrics_port)
     else:
-        monitoring = await _serve_to_supervisor(gateway, worker)
+        contact = SupervisorContact()
+        monitoring = await _serve_to_supervisor(gateway, worker, contact)
+        watchdog = contact.stop_when_silent(stop, SUPERVISOR_SILENCE_SECONDS)
+        background.append(asyncio.create_task(watchdog, name="supervisor-watchdog"))
     application = gateway.application()
     if worker is not None:
         application.on_response_prepare.append(_worker_header(str(worker.index)))
@@ -167,7 +176,6 @@ async def serve(
     )
     await runner.setup()
     tls = tls_context(config.gateway)
-    stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         # Not possible off the main thread (tests run the gateway in a thread).
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -213,10 +221,18 @@ async def _serve_monitoring(gateway: Gateway, host: str, port: int) -> web.AppRu
     return runner
 
 
-async def _serve_to_supervisor(gateway: Gateway, worker: WorkerRole) -> web.AppRunner:
-    """/demand, /metrics and /readyz on the worker's Unix socket, for its supervisor."""
+async def _serve_to_supervisor(
+    gateway: Gateway, worker: WorkerRole, contact: SupervisorContact
+) -> web.AppRunner:
+    """/demand, /metrics and /readyz on the worker's Unix socket, for its supervisor;
+    each of its requests counts as a sign of life (`contact`)."""
+
+    async def readyz(request: web.Request) -> web.StreamResponse:
+        contact.asked()
+        return await gateway.handle_readyz(request)
+
     app = gateway.monitoring_application()
-    app.router.add_get("/readyz", gateway.handle_readyz)
+    app.router.add_get("/readyz", readyz)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.UnixSite(runner, str(worker.socket)).start()

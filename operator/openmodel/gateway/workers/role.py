@@ -12,17 +12,25 @@ route table; they watch the same objects, so they route alike.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from openmodel.config import GatewayConfig
 
+log = logging.getLogger(__name__)
+
 # The response header naming the worker that answered (0 .. count-1): tells which
 # process of the pod served a request, for whoever debugs a pod; no other information.
 WORKER_HEADER: Final = "X-OpenModel-Gateway-Worker"
+# The supervisor asks every worker's /readyz every 2 s (supervisor.CHECK_SECONDS); a
+# worker not asked for this long has a supervisor that is stuck, and stops (below).
+SUPERVISOR_SILENCE_SECONDS: Final = 60.0
 
 
 @dataclass(frozen=True)
@@ -44,3 +52,29 @@ class WorkerRole:
         """`config` with this worker's share of the pod's hold queue."""
         held = math.ceil(config.hold_queue_length / self.count)
         return dataclasses.replace(config, hold_queue_length=held)
+
+
+@dataclass
+class SupervisorContact:
+    """When the supervisor last asked this worker something.
+
+    A supervisor that hangs (alive, its loop blocked) would leave the pod without
+    /demand and its workers unwatched while the kubelet, probing the workers on the API
+    port, sees a live pod. So a worker not asked for `silence_s` stops: once every
+    worker has, nothing answers on the API port, the liveness probe fails and the
+    kubelet restarts the container."""
+
+    last: float | None = None  # monotonic; None: not asked yet
+
+    def asked(self, now: float | None = None) -> None:
+        self.last = time.monotonic() if now is None else now
+
+    def silent(self, now: float, silence_s: float) -> bool:
+        """Asked once, and not since `silence_s`."""
+        return self.last is not None and now - self.last > silence_s
+
+    async def stop_when_silent(self, stop: asyncio.Event, silence_s: float) -> None:
+        while not self.silent(time.monotonic(), silence_s):
+            await asyncio.sleep(silence_s / 6)
+        log.error("gateway: no word from the supervisor for %gs; stopping", silence_s)
+        stop.set()

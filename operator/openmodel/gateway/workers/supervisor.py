@@ -9,7 +9,9 @@ table, balancer, holds and limits' share), sharing the API port with SO_REUSEPOR
 kernel spreads new connections over the workers' sockets. A worker binds the API port
 only once its routes are loaded (gateway/server.py), so every worker that takes
 connections routes as the others do. A worker sees its supervisor go when the pipe whose
-read end `--parent-fd` names reaches its end, and stops then (no orphans).
+read end `--parent-fd` names reaches its end, and stops then (no orphans); it also stops
+when the supervisor has not asked it anything for a minute (a stuck supervisor;
+role.SupervisorContact), so that the API port's liveness probe fails for the pod.
 
 Monitoring port (plain HTTP, as a single gateway's):
 - /demand: the workers' /demand merged (merge.py); 503 when a running worker does not

@@ -138,7 +138,10 @@ class Supervisor:
         for index in range(self.count):
             socket = runtime / f"worker-{index}.sock"
             session = aiohttp.ClientSession(
-                connector=aiohttp.UnixConnector(path=str(socket)), trust_env=False
+                # A connection per question: one kept alive to a worker that was
+                # replaced would fail the first question after.
+                connector=aiohttp.UnixConnector(path=str(socket), force_close=True),
+                trust_env=False,
             )
             self.workers.append(_Worker(index, socket, session))
         monitoring = await self._serve_monitoring()
@@ -293,12 +296,16 @@ class Supervisor:
                 return await response.text()
 
         answers = await asyncio.gather(*(ask(w) for w in asked), return_exceptions=True)
-        # A socket that refuses (or is gone): the worker has just exited, with whatever it
-        # held; not yet reaped, it is left out as one between processes is.
+        # A socket that refuses or resets a fresh connection (or is gone): the worker
+        # exited, with whatever it held (its clients' connections went with it); not yet
+        # reaped, it is left out as one between processes is. A live worker accepts
+        # even when stuck, and then times out: that one counts as failed.
         return [
             (w, a)
             for w, a in zip(asked, answers, strict=True)
-            if not isinstance(a, aiohttp.ClientConnectorError)
+            if not (
+                isinstance(a, aiohttp.ClientConnectionError) and not isinstance(a, TimeoutError)
+            )
         ]
 
     async def handle_demand(self, _: web.Request) -> web.StreamResponse:

@@ -45,6 +45,8 @@ from openmodel.gateway.auth.api_key_watch import ApiKeyWatch
 from openmodel.gateway.auth.api_keys import ApiKeyIndex
 from openmodel.gateway.auth.kube_reviews import KubeReviews
 from openmodel.gateway.auth.token_review import TokenReviewer
+from openmodel.gateway.external.forward import ExternalForwarder
+from openmodel.gateway.external.keys import ExternalKeys, ReadSecret
 from openmodel.gateway.limits.replicas import ReplicaCount
 from openmodel.gateway.metrics import GatewayMetrics
 from openmodel.gateway.poller import EnginePoller
@@ -145,6 +147,10 @@ async def serve(
 
         watcher = ClusterRoutes(
             kube.make_api_client(), table, loop, gateway.notify, patterns, on_synced=synced
+        )
+        gateway.privacy = watcher.privacy
+        gateway.external = ExternalForwarder(
+            ExternalKeys(_secret_reader(kube.make_api_client())), metrics
         )
         watcher.start()
         if limits.enabled and limits.replicas is None:
@@ -256,6 +262,17 @@ async def _first(*events: asyncio.Event) -> None:
     finally:
         for w in waits:
             w.cancel()
+
+
+def _secret_reader(api: client.ApiClient) -> ReadSecret:
+    """One Secret's data, by namespace and name (an ExternalModel's key: gateway/external/)."""
+    core = client.CoreV1Api(api)
+
+    def read(namespace: str, name: str) -> dict[str, str]:
+        secret = core.read_namespaced_secret(name, namespace)
+        return {k: str(v) for k, v in (secret.data or {}).items()}
+
+    return read
 
 
 def _gateway_pods(

@@ -31,6 +31,7 @@ from .wait import NotYet, WaitTimeout, wait_for
 REPO = Path(__file__).resolve().parents[3]
 CRD_FILE = REPO / "crds" / "modeldeployment.yaml"
 API_KEY_CRD_FILE = REPO / "crds" / "apikey.yaml"
+EXTERNAL_MODEL_CRD_FILE = REPO / "crds" / "externalmodel.yaml"
 EXAMPLES = REPO / "examples"
 GROUP, VERSION, PLURAL = "openmodel.dev", "v1alpha1", "modeldeployments"
 # The tests' platform config: a fast autoscaler poll, so the closed loop runs in seconds.

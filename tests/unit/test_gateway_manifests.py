@@ -6,7 +6,7 @@ from typing import Any
 
 import test_manifests
 import yaml
-from test_manifests import M, rule_set, template
+from test_manifests import M, helm_refusal, rule_set, template
 
 from openmodel.config import (
     GATEWAY_METRICS_PORT,
@@ -302,3 +302,34 @@ def test_the_chart_narrows_the_api_server_rule_to_the_stated_addresses(
         "ports": [{"port": 6443, "protocol": "TCP"}],
         "to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}],
     }
+
+
+# --- several worker processes per pod (config.gateway.workers) -----------------------------
+
+
+def test_the_default_resources_grow_with_the_gateway_workers(helm: Any) -> None:
+    def resources(*args: str) -> dict[str, Any]:
+        (container,) = gateway_pod(template(helm, *args))["spec"]["containers"]
+        return container["resources"]  # type: ignore[no-any-return]
+
+    (shipped,) = gateway_pod(M)["spec"]["containers"]
+    assert (
+        resources()
+        == shipped["resources"]
+        == {
+            "requests": {"cpu": "250m", "memory": "128Mi"},
+            "limits": {"memory": "512Mi"},
+        }
+    )
+    assert resources("--set", "config.gateway.workers=3") == {
+        "requests": {"cpu": "750m", "memory": "384Mi"},
+        "limits": {"memory": "1536Mi"},
+    }
+    given = resources(
+        "--set", "config.gateway.workers=3", "--set", "gateway.resources.requests.cpu=2"
+    )
+    assert given == {"requests": {"cpu": 2}}
+    rendered = template(helm, "--set", "config.gateway.workers=3")
+    config = yaml.safe_load(rendered[("ConfigMap", "openmodel-config")]["data"]["config.yaml"])
+    assert parse_config(config).gateway.workers == 3
+    assert "minimum" in helm_refusal(helm, "config.gateway.workers=0")

@@ -143,6 +143,8 @@ class GatewayConfig:
     tls: GatewayTlsConfig = field(default_factory=GatewayTlsConfig)
     limits: GatewayLimitsConfig = field(default_factory=GatewayLimitsConfig)
     balancing: BalancingConfig = field(default_factory=lambda: BalancingConfig())
+    # Gateway processes per pod sharing the API port (gateway/workers/); 1: one process.
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -243,7 +245,7 @@ def _parse_gateway(raw: Any) -> GatewayConfig:
     known = (
         "namespaces", "holdSeconds", "holdQueueLength", "maxBodyBytes", "queuePollSeconds",
         "demandSelector", "demandNamespace", "demandUrls", "auth", "tls", "limits", "balancing",
-        "serviceAccountName",
+        "serviceAccountName", "workers",
     )  # fmt: skip
     raw = checked_mapping(raw, "gateway", known)
     d = GatewayConfig()
@@ -261,6 +263,7 @@ def _parse_gateway(raw: Any) -> GatewayConfig:
         tls=parse_gateway_tls(raw.get("tls")),
         limits=parse_gateway_limits(raw.get("limits")),
         balancing=_parse_balancing(raw.get("balancing")),
+        workers=_whole(raw, "workers", "gateway", d.workers),
     )
 
 

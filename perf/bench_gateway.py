@@ -22,7 +22,7 @@ p99 added <= 5 ms (time to first token; total time shown too), throughput >= 90 
 
     .venv/bin/python -m perf.bench_gateway [--quick] [--concurrency 1,64,512]
         [--duration 10] [--warmup 2] [--engines 4] [--clients 2] [--tokens 16]
-        [--service-time 0.1] [--pin-gateway] [--keep] [--rounds 1] [--loop uvloop]
+        [--service-time 0.1] [--pin-gateway] [--keep] [--rounds 1] [--loop uvloop] [--workers 1]
         [--vllm-bench [VLLM_ENV]] [--vllm-concurrency 1,64] [--vllm-prompts 400]
 
 ``--rounds N`` alternates direct and gateway N times at each concurrency (each pair
@@ -89,6 +89,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument("--rounds", type=int, default=1, help="direct/gateway pairs per level")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="the gateway's gateway.workers (processes sharing its port)",
+    )
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
                         help="the gateway's event loop")  # fmt: skip
     parser.add_argument(
@@ -126,7 +132,12 @@ def run_vllm_benches(
     env = Path(args.vllm_bench) if args.vllm_bench else vllm_env_dir()
     tokenizer = tokenizer_dir(env, procs.workdir)
     _, one_url, _ = start_gateway(
-        procs, targets[:1], gateway_cpus, extra_args=loop_args, name="gateway-one-engine"
+        procs,
+        targets[:1],
+        gateway_cpus,
+        {"workers": args.workers},
+        loop_args,
+        name="gateway-one-engine",
     )
     direct_url = f"http://{targets[0][0]}:{targets[0][1]}"
     results = []
@@ -168,9 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         targets = engine_targets(engines)
         loop_args = ["--loop", args.loop]
         gateway, url, metrics_url = start_gateway(
-            procs, targets, gateway_cpus, extra_args=loop_args
+            procs, targets, gateway_cpus, {"workers": args.workers}, loop_args
         )
-        print(f"  gateway: pid {gateway.pid} at {url}; engines at port {targets[0][1]}")
+        print(f"  gateway: pid {gateway.pid} at {url} ({args.workers} worker(s)); "
+              f"engines at port {targets[0][1]}")  # fmt: skip
         if gateway_cpus and load_cpus:
             print(
                 f"  pinned: gateway on CPU {sorted(gateway_cpus)}, engines and clients on "

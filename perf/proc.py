@@ -20,6 +20,30 @@ def cpu_seconds(pid: int, missing: float = float("nan")) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a gateway's supervisor and its workers), from /proc."""
+    tree, i = [pid], 0
+    while i < len(tree):
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{tree[i]}/task").iterdir():
+                tree += [int(c) for c in (task / "children").read_text().split()]
+        i += 1
+    return tree
+
+
+def tree_cpu_seconds(pid: int, missing: float = float("nan")) -> float:
+    """`cpu_seconds` of `pid` and its descendants now (exited ones no longer count)."""
+    if not Path(f"/proc/{pid}").exists():
+        return missing
+    return sum(cpu_seconds(p, missing=0.0) for p in process_tree(pid))
+
+
+def tree_memory_bytes(pid: int) -> tuple[int, int]:
+    """`memory_bytes` summed over `pid` and its descendants."""
+    both = [memory_bytes(p) for p in process_tree(pid)]
+    return sum(rss for rss, _ in both), sum(hwm for _, hwm in both)
+
+
 def memory_bytes(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM): resident set size now and at its peak; (0, 0) once gone."""
     values = {"VmRSS": 0, "VmHWM": 0}

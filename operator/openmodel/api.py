@@ -208,6 +208,9 @@ class ModelDeploymentSpec:
     # spec.task; None when omitted (the operator reads it from the checkpoint). The
     # reconciler renders with the effective task put here (`with_task`).
     task: str | None = None
+    # spec.gateway.overflow: where the gateway sends requests while no replica can take
+    # them; None (the default): they are held, never sent out of the cluster.
+    overflow: Overflow | None = None
 
 
 def with_task(spec: ModelDeploymentSpec, task: str) -> ModelDeploymentSpec:
@@ -249,6 +252,19 @@ def served_name(model: str, served_model_name: str | None) -> str:
     if "://" in model:
         return model.rstrip("/").rsplit("/", 1)[-1]
     return model
+
+
+@dataclass(frozen=True)
+class Overflow:
+    """spec.gateway.overflow: send requests to an external model (an ExternalModel's
+    served name, docs/api.md) instead of holding them, while the model has no ready
+    replica (`when_starting`) or its queue is deeper than `queue_depth_above`. The
+    client's `model` is unchanged; the gateway marks and counts every such request.
+    Refused in a namespace labelled `openmodel.dev/data: private`."""
+
+    model: str
+    when_starting: bool = True
+    queue_depth_above: int | None = None
 
 
 @dataclass(frozen=True)
@@ -369,7 +385,7 @@ def _parse_gateway(raw: Any) -> str | None:
     if raw is None:
         return None
     if not isinstance(raw, Mapping):
-        raise SpecError("spec.gateway", "must be an object: {balancing: {policy}}")
+        raise SpecError("spec.gateway", "must be an object: {balancing, overflow}")
     balancing = _get(raw, "balancing", "spec.gateway", Mapping)
     if balancing is None:
         return None
@@ -380,6 +396,31 @@ def _parse_gateway(raw: Any) -> str | None:
             f"must be one of {', '.join(BALANCING_POLICIES)}, got {policy!r}",
         )
     return policy
+
+
+def _parse_overflow(raw: Any) -> Overflow | None:
+    """spec.gateway.overflow -> Overflow, or None (off). `_parse_gateway` checked that
+    spec.gateway is an object."""
+    if raw is None:
+        return None
+    path = "spec.gateway.overflow"
+    overflow = _get(raw, "overflow", "spec.gateway", Mapping)
+    if overflow is None:
+        return None
+    model = _get(overflow, "model", path, str)
+    if not model:
+        raise SpecError(f"{path}.model", "is required: the served name of an ExternalModel")
+    when_starting = _get(overflow, "whenStarting", path, bool)
+    depth = _positive_int(overflow, "queueDepthAbove", path, 1)
+    if when_starting is False and depth is None:
+        raise SpecError(
+            path, "overflows nothing: set whenStarting: true or queueDepthAbove (or remove it)"
+        )
+    return Overflow(
+        model=model,
+        when_starting=True if when_starting is None else when_starting,
+        queue_depth_above=depth,
+    )
 
 
 def _check_adapter_source(source: str, path: str, engine: str, rules: EngineRules) -> None:
@@ -613,6 +654,7 @@ def parse_spec(raw: Mapping[str, Any], rules: EngineRules) -> ModelDeploymentSpe
         gguf_file=_parse_gguf_file(raw),
         egress_exceptions=_parse_network(raw.get("network")),
         balancing_policy=_parse_gateway(raw.get("gateway")),
+        overflow=_parse_overflow(raw.get("gateway")),
         task=task,
     )
     if cache is not None and cache.access_mode is not None:

@@ -27,6 +27,9 @@ from openmodel.adapters.loop import AdapterLoop
 from openmodel.api import GROUP, KIND, OWNER_LABEL, PLURAL, VERSION
 from openmodel.autoscaler.loop import AutoscalerLoop
 from openmodel.config import load_config
+from openmodel.external_model import KIND as EXTERNAL_MODEL_KIND
+from openmodel.external_model import PLURAL as EXTERNAL_MODEL_PLURAL
+from openmodel.external_models.loop import ExternalModelLoop
 from openmodel.kube import calls as kube
 from openmodel.kube import diagnostics
 from openmodel.kube.cache import CHILD_KINDS, ObjectCache
@@ -38,6 +41,7 @@ from openmodel.model_resolver.store import ModelConfigStore
 from openmodel.namespaces import patterns_from_env
 from openmodel.operator_root import Operator, build_operator
 from openmodel.reconcile.reconciler import Reconciler
+from openmodel.reconcile.resync import resync_seconds
 
 
 @kopf.on.startup()
@@ -74,6 +78,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     adapters = AdapterLoop(api, config, leadership=leadership, cache=cache)
     operator = build_operator(config, cache, reconciler, autoscaler, adapters)
+    operator.external_models = ExternalModelLoop(
+        api, config, cache, leadership=leadership, recheck_seconds=resync_seconds()
+    )
+    leadership.when_elected(operator.external_models.kick)
     # Elected: another replica decided until now.
     leadership.when_elected(autoscaler.start_afresh)
     leadership.when_elected(operator.sweep)
@@ -123,6 +131,9 @@ def _feed(kind: str) -> Callable[..., Any]:
 
 
 kopf.index(GROUP, VERSION, PLURAL, id="cache-modeldeployments")(_feed(KIND))
+kopf.index(GROUP, VERSION, EXTERNAL_MODEL_PLURAL, id="cache-externalmodels")(
+    _feed(EXTERNAL_MODEL_KIND)
+)
 for _group, _version, _plural, _kind in CHILD_KINDS:
     kopf.index(
         _group, _version, _plural, labels={OWNER_LABEL: kopf.PRESENT}, id=f"cache-{_plural}"
@@ -134,6 +145,13 @@ async def model_deployment_event(
     type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
     _operator(memo).model_deployment_event(type, body)
+
+
+@kopf.on.event(GROUP, VERSION, EXTERNAL_MODEL_PLURAL)
+async def external_model_event(
+    type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    _operator(memo).external_model_event(type, body)
 
 
 def _child_handler(kind: str) -> Callable[..., Any]:

@@ -30,6 +30,8 @@ from openmodel.config import PlatformConfig
 from openmodel.controller.memory import ObjectMemory
 from openmodel.controller.queue import Asker, Key, Line, PassQueue
 from openmodel.controller.workers import work_forever
+from openmodel.external_model import KIND as EXTERNAL_MODEL_KIND
+from openmodel.external_models.loop import ExternalModelLoop
 from openmodel.kube.cache import ObjectCache
 from openmodel.map_sizes import track_operator_maps
 from openmodel.model_resolver.hub import HubClient
@@ -50,7 +52,11 @@ class Operator:
     queue: PassQueue
     memory: ObjectMemory
     resolver: ResolverLoop | None = None
+    external_models: ExternalModelLoop | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # The ExternalModels the watch has shown: while there are none, a ModelDeployment's
+    # event wakes no ExternalModel cycle.
+    _external_keys: set[Key] = field(default_factory=set)
 
     # -- what kopf's handlers call (on its event loop, as the queue wants) ---------------
 
@@ -69,12 +75,41 @@ class Operator:
             return
         # The index put this body in the cache; the pass reads the newest one from there.
         self.queue.add(key, Line.SPEC)
+        if self._external_keys and self.external_models is not None:
+            self.external_models.kick()  # its served name may clash with one of theirs
+
+    def external_model_event(self, event_type: str | None, body: Body) -> None:
+        """An ExternalModel changed: its verdict and the gateway's egress policy are
+        decided again, and every ModelDeployment with overflow is passed (the name it
+        overflows to may have appeared, gone or moved)."""
+        key = _key(body)
+        loop = self.external_models
+        if event_type == "DELETED":
+            self.cache.forget(EXTERNAL_MODEL_KIND, body)
+            self._external_keys.discard(key)
+            if loop is not None:
+                loop.forget(key)
+        else:
+            self._external_keys.add(key)
+            if loop is not None and loop.is_echo(body):
+                return  # our own status write
+        if loop is not None:
+            loop.kick()
+        for md in self.cache.model_deployments():
+            gateway = (md.get("spec") or {}).get("gateway")
+            if isinstance(gateway, Mapping) and gateway.get("overflow") is not None:
+                self.queue.add(_key(md), Line.SPEC)
 
     def namespace_gone(self, namespace: str) -> None:
         """The namespace is being deleted: what the cache holds of it goes with it, and
         every ModelDeployment in it is forgotten as if its DELETED event had come."""
         for key in self.cache.drop_namespace(namespace):
             self.memory.forget(key)
+        gone = {key for key in self._external_keys if key[0] == namespace}
+        if gone:
+            self._external_keys -= gone
+            if self.external_models is not None:
+                self.external_models.kick()
 
     def child_event(self, kind: str, event_type: str | None, body: Body) -> None:
         """A child changed: queue the ModelDeployment named by its owner label."""
@@ -133,6 +168,8 @@ class Operator:
             loops["cache-audit"] = audit_forever(self.reconciler, self.queue, audit_seconds)
         if self.resolver is not None:
             loops["model-resolver"] = self.resolver.run_forever()
+        if self.external_models is not None:
+            loops["external-models"] = self.external_models.run_forever()
         self.tasks = [asyncio.create_task(run, name=name) for name, run in loops.items()]
 
     def stop(self) -> None:

@@ -16,7 +16,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
-from perf.proc import MachineCpu, all_processes_cpu, cpu_seconds, machine_cpu, memory_bytes
+from perf.proc import (
+    MachineCpu,
+    all_processes_cpu,
+    cpu_seconds,
+    machine_cpu,
+    process_tree,
+    tree_cpu_seconds,
+    tree_memory_bytes,
+)
 
 from .client import ClientResult, ClientSpec
 from .processes import BenchError, Child, Processes, http_get
@@ -105,13 +113,15 @@ class Sample:
     machine: MachineCpu
     buckets: dict[float, float]
     everyone: dict[int, tuple[str, float]]
+    # The gateway's worker processes (counted in its entry of `ours`, not as others).
+    gateway_workers: frozenset[int] = frozenset()
 
 
 def top_others(s0: Sample, s1: Sample, window: float, n: int = 3) -> list[tuple[str, float]]:
     """The other processes' CPU in the window, grouped by command name, busiest first."""
     by_name: dict[str, float] = {}
     for pid, (name, cpu) in s1.everyone.items():
-        if pid in s1.ours:
+        if pid in s1.ours or pid in s1.gateway_workers:
             continue
         used = cpu - s0.everyone.get(pid, (name, 0.0))[1]
         if used > 0:
@@ -167,8 +177,13 @@ class Bench:
         def sample() -> Sample:
             buckets = added_buckets(http_get(self.gateway_metrics_url + "/metrics")[1])
             cpu = {c.pid: cpu_seconds(c.pid, missing=0.0) for c in watched}
+            # With gateway.workers > 1 the gateway is a supervisor and its workers.
+            cpu[self.gateway.pid] = tree_cpu_seconds(self.gateway.pid, missing=0.0)
             cpu[os.getpid()] = cpu_seconds(os.getpid(), missing=0.0)
-            return Sample(time.monotonic(), cpu, machine_cpu(), buckets, all_processes_cpu())
+            workers = frozenset(process_tree(self.gateway.pid)[1:])
+            return Sample(
+                time.monotonic(), cpu, machine_cpu(), buckets, all_processes_cpu(), workers
+            )
 
         sleep_until(start_at)
         s0 = sample()
@@ -178,7 +193,7 @@ class Bench:
         t1, cpu1, hist1 = s1.at, s1.ours, s1.buckets
         busy0, steal0, irq0 = s0.machine.busy, s0.machine.steal, s0.machine.irq
         busy1, steal1, irq1 = s1.machine.busy, s1.machine.steal, s1.machine.irq
-        rss, hwm = (value / 2**20 for value in memory_bytes(self.gateway.pid))
+        rss, hwm = (value / 2**20 for value in tree_memory_bytes(self.gateway.pid))
         for child, _ in clients:
             try:
                 child.popen.wait(30.0 + args.service_time * 10)

@@ -260,4 +260,11 @@ def start_gateway(
     wait_until(
         "the gateway", lambda: http_get(base + "/readyz")[0] == 200, [gateway], START_DEADLINE_S
     )
-    return gateway, base, f"http://{GATEWAY_HOST}:{metrics_port}"
+    metrics = f"http://{GATEWAY_HOST}:{metrics_port}"
+    if int(str((gateway_config or {}).get("workers", 1))) > 1:
+        # The API port answers once one worker is; the supervisor's /readyz, all.
+        def all_ready() -> bool:
+            return http_get(metrics + "/readyz")[0] == 200
+
+        wait_until("the gateway's workers", all_ready, [gateway], START_DEADLINE_S)
+    return gateway, base, metrics

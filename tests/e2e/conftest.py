@@ -19,6 +19,7 @@ from harness import Cluster, create_namespace, delete_namespace, provide_cluster
 from openmodel_fixtures import (  # noqa: F401  (fixtures for the operator tests)
     api_key_crd,
     crd,
+    external_model_crd,
     gateway,
     operator,
     operator_dumps,

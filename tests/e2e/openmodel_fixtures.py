@@ -20,6 +20,7 @@ from harness.operator import (
     AUTOSCALER_POLL_SECONDS,
     CRD_FILE,
     EXAMPLES,
+    EXTERNAL_MODEL_CRD_FILE,
     GROUP,
     PLURAL,
     REPO,
@@ -48,6 +49,8 @@ __all__ = [
     "CACHE_TEST_NAMESPACE_PREFIX",
     "CRD_FILE",
     "EXAMPLES",
+    "EXTERNAL_MODEL_CRD_FILE",
+    "EXTERNAL_MODEL_NAMESPACE_PREFIX",
     "GROUP",
     "HELM_RELEASE_NAMESPACE_PREFIX",
     "INFERENCE_EXTENSION_NAMESPACE_PREFIX",
@@ -69,6 +72,7 @@ __all__ = [
     "condition",
     "crd",
     "create_md",
+    "external_model_crd",
     "gateway",
     "get_md",
     "grant_use",
@@ -84,7 +88,7 @@ __all__ = [
 
 SESSION_SCOPE = (
     "!e2e-rbac-*,!e2e-gwie-*,!e2e-hub-*,!e2e-slow-*,!e2e-cache-*,!e2e-perf-*,!e2e-helmmd-*,"
-    "!e2e-cost-*,!e2e-weights-*"
+    "!e2e-cost-*,!e2e-weights-*,!e2e-xm-*"
 )
 RESTRICTED_NAMESPACE_PREFIX = "e2e-rbac"
 # test_inference_pool_and_route.py runs its own operator (feature on) in e2e-gwie-* namespaces.
@@ -101,6 +105,8 @@ PERF_NAMESPACE_PREFIX = "e2e-perf"
 HELM_RELEASE_NAMESPACE_PREFIX = "e2e-helmmd"
 # test_weights_real.py runs its own operator (downloads from a local Hub stand-in) in e2e-weights-*.
 WEIGHTS_NAMESPACE_PREFIX = "e2e-weights"
+# test_external_models.py runs its own operator (its own gateway namespace) in e2e-xm-*.
+EXTERNAL_MODEL_NAMESPACE_PREFIX = "e2e-xm"
 
 
 @pytest.fixture(scope="session")
@@ -115,7 +121,13 @@ def api_key_crd(api_client: client.ApiClient) -> None:
 
 
 @pytest.fixture(scope="session")
-def gateway(cluster: Cluster, crd: None) -> Iterator[GatewayProcess]:
+def external_model_crd(api_client: client.ApiClient) -> None:
+    """The ExternalModel CRD, which the gateway and the operator watch."""
+    install_crd(api_client, EXTERNAL_MODEL_CRD_FILE)
+
+
+@pytest.fixture(scope="session")
+def gateway(cluster: Cluster, crd: None, external_model_crd: None) -> Iterator[GatewayProcess]:
     gw = start_gateway(cluster.kubeconfig, cluster.workdir)
     yield gw
     gw.stop()
@@ -123,7 +135,9 @@ def gateway(cluster: Cluster, crd: None) -> Iterator[GatewayProcess]:
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: Cluster, crd: None, gateway: GatewayProcess) -> Iterator[OperatorProcess]:
+def operator(
+    cluster: Cluster, crd: None, external_model_crd: None, gateway: GatewayProcess
+) -> Iterator[OperatorProcess]:
     # Namespaces named e2e-rbac-* belong to tests that run their own operator under a
     # restricted identity; the session's operator must not do their work for them.
     op = start_operator(

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from openmodel.api import SpecError
+from openmodel.api import Overflow, SpecError
 from openmodel.engines import parse_model_deployment, parse_spec
 
 GOOD: dict[str, Any] = {"model": "org/m", "gpu": {"type": "nvidia-l4", "count": 1}}
@@ -29,6 +29,17 @@ def test_a_model_deployment_chooses_its_balancing_policy() -> None:
     assert parse_spec({**GOOD, "gateway": {}}).balancing_policy is None
 
 
+def test_overflow_is_off_unless_asked_for() -> None:
+    assert parse_spec(GOOD).overflow is None
+    assert parse_spec({**GOOD, "gateway": {"balancing": {}}}).overflow is None
+    overflow = parse_spec({**GOOD, "gateway": {"overflow": {"model": "frontier"}}}).overflow
+    assert overflow == Overflow(model="frontier", when_starting=True, queue_depth_above=None)
+    deep = {"model": "frontier", "whenStarting": False, "queueDepthAbove": 8}
+    assert parse_spec({**GOOD, "gateway": {"overflow": deep}}).overflow == Overflow(
+        model="frontier", when_starting=False, queue_depth_above=8
+    )
+
+
 @pytest.mark.parametrize(
     ("patch", "field"),
     [
@@ -48,6 +59,13 @@ def test_a_model_deployment_chooses_its_balancing_policy() -> None:
         ({"gateway": {"balancing": {"policy": "random"}}}, "spec.gateway.balancing.policy"),
         ({"gateway": {"balancing": "prefix"}}, "spec.gateway.balancing"),
         ({"gateway": []}, "spec.gateway"),
+        ({"gateway": {"overflow": {}}}, "spec.gateway.overflow.model"),
+        ({"gateway": {"overflow": "frontier"}}, "spec.gateway.overflow"),
+        (
+            {"gateway": {"overflow": {"model": "x", "queueDepthAbove": 0}}},
+            "spec.gateway.overflow.queueDepthAbove",
+        ),
+        ({"gateway": {"overflow": {"model": "x", "whenStarting": False}}}, "spec.gateway.overflow"),
     ],
 )
 def test_bad_values_name_their_field(patch: dict[str, Any], field: str) -> None:

@@ -28,6 +28,7 @@ import yaml
 from openmodel.adapters.status import ADAPTERS_READY
 from openmodel.privacy.egress import Egress, EgressPlan
 from openmodel.problems import Problem
+from openmodel.reconcile.overflow import OVERFLOW
 from openmodel.reconcile.status import (
     DEGRADED,
     EGRESS_OPEN,
@@ -212,7 +213,9 @@ def test_testdata_covers_every_outcome():
         for cond in (load(case["inputPath"]).get("status") or {}).get("conditions", []):
             if cond["type"] == "Degraded" and cond["status"] == "True":
                 reasons.add(cond["reason"])
-    assert {"UnknownAccelerator", "Unschedulable", "EngineCrashLoop"} <= reasons
+    assert {"UnknownAccelerator", "Unschedulable", "EngineCrashLoop", "OverflowNotAllowed"} <= (
+        reasons
+    )
 
 
 def _operator_status_shape() -> tuple[set[str], set[str]]:
@@ -252,7 +255,7 @@ def test_testdata_statuses_have_the_operators_shape(case):
     types = [c["type"] for c in status["conditions"]]
     assert types[:3] == [READY, PROGRESSING, DEGRADED]
     # EgressOpen: written with the plan it describes (absent only before the first one).
-    assert set(types[3:]) <= {EGRESS_OPEN, ADAPTERS_READY, STALLED, RECONCILING}
+    assert set(types[3:]) <= {EGRESS_OPEN, OVERFLOW, ADAPTERS_READY, STALLED, RECONCILING}
     # kstatus's two, exactly as the operator derives them from the others.
     by_type = {c["type"]: c for c in status["conditions"]}
     derived = kstatus_conditions(

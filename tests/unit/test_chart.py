@@ -96,6 +96,19 @@ def test_namespaces_set_in_the_values_are_kept(helm, tmp_path):
     assert config.privacy.network_policy.operator_namespace == "operators"
 
 
+def test_the_operator_is_told_the_gateways_service_account(helm, tmp_path):
+    """Whose right to read an ExternalModel's key the operator checks: the gateway's own
+    ServiceAccount, as the chart names it, unless the values say otherwise."""
+    rendered = with_values(helm, tmp_path, "{}", "--namespace", OTHER_NAMESPACE)
+    config = parse_config(rendered_config(rendered))
+    accounts = [
+        name for (kind, name), obj in rendered.items()
+        if kind == "ServiceAccount" and obj["metadata"]["namespace"] == OTHER_NAMESPACE
+    ]  # fmt: skip
+    assert config.gateway.service_account_name in accounts
+    assert config.gateway.service_account_name.endswith("-gateway")
+
+
 # -- the CRDs ----------------------------------------------------------------------------
 
 
@@ -112,7 +125,7 @@ def test_crds_are_templates_rendered_from_the_source_and_kept_on_uninstall(helm)
         for p in sorted((REPO / "crds").glob("*.yaml"))
     }
     assert set(rendered) == set(sources) == {
-        "modeldeployments.openmodel.dev", "apikeys.openmodel.dev"
+        "modeldeployments.openmodel.dev", "apikeys.openmodel.dev", "externalmodels.openmodel.dev"
     }  # fmt: skip
     for name, crd in rendered.items():
         meta = crd["metadata"]
@@ -243,6 +256,7 @@ gateway:
   queuePollSeconds: 2
   demandSelector: app.kubernetes.io/name=openmodel,app.kubernetes.io/component=gateway
   demandNamespace: ai-platform
+  serviceAccountName: ai-gateway
   demandUrls: [http://127.0.0.1:9090/demand]
   auth:
     mode: audit

@@ -19,9 +19,17 @@ FIX = "run `bash hack/sync-crds.sh`"
 
 
 def test_there_is_a_crd_to_copy():
-    assert [p.name for p in SOURCES] == ["apikey.yaml", "modeldeployment.yaml"]
+    assert [p.name for p in SOURCES] == [
+        "apikey.yaml",
+        "externalmodel.yaml",
+        "modeldeployment.yaml",
+    ]
     names = [yaml.safe_load(p.read_text())["metadata"]["name"] for p in SOURCES]
-    assert names == ["apikeys.openmodel.dev", "modeldeployments.openmodel.dev"]
+    assert names == [
+        "apikeys.openmodel.dev",
+        "externalmodels.openmodel.dev",
+        "modeldeployments.openmodel.dev",
+    ]
 
 
 @pytest.mark.parametrize("copy_dir", COPY_DIRS)

@@ -110,11 +110,29 @@ def test_least_outstanding_work_wins_and_ties_rotate() -> None:
     b = Balancer()
     b.started(key, "p0")
     assert b.pick(key, eps) == eps[1]
-    b.engine_waiting[(key, "p1")] = 3.0
+    b.engine_reported(key, "p1", 3.0)  # three requests of others
     assert b.pick(key, eps) == eps[0]
     b.finished(key, "p0")
-    b.engine_waiting.clear()
+    b.others_outstanding.clear()
     assert {b.pick(key, eps).pod for _ in range(4)} == {"p0", "p1"}  # type: ignore[union-attr]
+
+
+def test_the_gateways_own_requests_are_not_counted_twice() -> None:
+    """The engine counts the gateway's requests too: what it reports beyond the
+    gateway's own in flight is the others' work."""
+    key = ("ns", "m")
+    eps = [Endpoint("p0", "10.0.0.1", 8000), Endpoint("p1", "10.0.0.2", 8000)]
+    b = Balancer()
+    for _ in range(3):
+        b.started(key, "p0")
+    b.engine_reported(key, "p0", 3.0)  # the gateway's own three, running or queued
+    b.started(key, "p1")
+    b.started(key, "p1")
+    b.engine_reported(key, "p1", 4.0)  # its own two and two of others
+    assert (b.load(key, "p0"), b.load(key, "p1")) == (3.0, 4.0)
+    assert b.pick(key, eps) == eps[0]
+    b.engine_reported(key, "p0", 1.0)  # a scrape that lags the gateway: never below zero
+    assert b.load(key, "p0") == 3.0
 
 
 def test_adapter_requests_go_only_to_pods_that_loaded_it() -> None:
@@ -361,7 +379,7 @@ def test_a_request_refused_by_a_draining_engine_is_retried_on_another_pod() -> N
                 stopping = asyncio.create_task(draining.stop(drain_seconds=10))
                 await wait_until(lambda: draining.draining)
                 # The balancer would pick the draining pod (the other looks busier).
-                gw.gateway.balancer.engine_waiting[(("team-a", "m"), "other")] = 50
+                gw.gateway.balancer.others_outstanding[(("team-a", "m"), "other")] = 50
                 status, body, _ = await gw.post("/v1/completions", {"model": "m", "prompt": "y"})
                 assert status == 200, body
                 assert other_sim.stats.succeeded == 1

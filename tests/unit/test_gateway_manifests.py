@@ -6,7 +6,7 @@ from typing import Any
 
 import test_manifests
 import yaml
-from test_manifests import M, rule_set, template
+from test_manifests import M, helm_refusal, rule_set, template
 
 from openmodel.config import (
     GATEWAY_METRICS_PORT,
@@ -32,6 +32,10 @@ def test_the_gateway_may_only_read_its_routes_and_keys_and_ask_reviews() -> None
         ("", "pods", "watch"),
         ("openmodel.dev", "apikeys", "list"),
         ("openmodel.dev", "apikeys", "watch"),
+        ("openmodel.dev", "externalmodels", "list"),
+        ("openmodel.dev", "externalmodels", "watch"),
+        ("", "namespaces", "list"),
+        ("", "namespaces", "watch"),
         ("authentication.k8s.io", "tokenreviews", "create"),
         ("authorization.k8s.io", "subjectaccessreviews", "create"),
     }
@@ -39,6 +43,27 @@ def test_the_gateway_may_only_read_its_routes_and_keys_and_ask_reviews() -> None
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": NAME, "namespace": "openmodel-system"}
     ]
+
+
+def test_the_gateway_reads_secrets_in_its_own_namespace_only(helm: Any) -> None:
+    """ExternalModel keys: `get` on Secrets by a Role in the gateway's namespace (the
+    platform's ExternalModels); never a ClusterRole naming Secrets, never list or watch."""
+    for objs, namespace in ((M, "openmodel-system"), (template(helm), "openmodel-system")):
+        secret_rules = {
+            (kind, name): rule_set(obj)
+            for (kind, name), obj in objs.items()
+            if kind in ("Role", "ClusterRole") and any(r[1] == "secrets" for r in rule_set(obj))
+        }
+        assert secret_rules == {("Role", f"{NAME}-external-keys"): {("", "secrets", "get")}}, (
+            secret_rules
+        )
+        role = objs[("Role", f"{NAME}-external-keys")]
+        assert role["metadata"]["namespace"] == namespace
+        binding = objs[("RoleBinding", f"{NAME}-external-keys")]
+        assert binding["roleRef"]["name"] == f"{NAME}-external-keys"
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": NAME, "namespace": namespace}
+        ]
 
 
 def test_the_autoscaler_finds_the_gateway_pods_by_the_default_selector() -> None:
@@ -110,8 +135,22 @@ def aggregated_to(role: dict[str, Any]) -> set[str]:
 
 def test_use_goes_to_admin_and_edit_and_minting_keys_to_admin_only() -> None:
     user = M[("ClusterRole", "openmodel-user")]
-    assert rule_set(user) == {("openmodel.dev", "modeldeployments", "use")}
+    assert rule_set(user) == {
+        ("openmodel.dev", "modeldeployments", "use"),
+        ("openmodel.dev", "externalmodels", "use"),
+    }
     assert aggregated_to(user) == {"admin", "edit"}
+    # Nobody else is given `use`: the same roles may use both kinds.
+    users = [
+        name
+        for (kind, name), role in M.items()
+        if kind == "ClusterRole" and any(verb == "use" for _, _, verb in rule_set(role))
+    ]
+    assert users == ["openmodel-user"]
+    assert aggregated_to(M[("ClusterRole", "openmodel-externalmodels-edit")]) == {"admin", "edit"}
+    view = M[("ClusterRole", "openmodel-externalmodels-view")]
+    assert aggregated_to(view) == {"view"}
+    assert {verb for _, _, verb in rule_set(view)} == {"get", "list", "watch"}
     minting = [
         role
         for (kind, _), role in M.items()
@@ -225,3 +264,72 @@ def test_gateway_affinity_replaces_the_default_and_spread_constraints_pass_throu
     assert spec["topologySpreadConstraints"] == wanted["topologySpreadConstraints"]
     assert ("PodDisruptionBudget", NAME) in chosen  # the budget does not depend on it
     assert "topologySpreadConstraints" not in gateway_pod(template(helm))["spec"]
+
+
+def _egress_of(objs: dict[tuple[str, str], Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    spec = objs[("NetworkPolicy", NAME)]["spec"]
+    return spec["policyTypes"], spec["egress"]
+
+
+def test_the_gateways_base_policy_states_its_egress_dns_api_server_engines(helm: Any) -> None:
+    """The operator's policy for the ExternalModels' upstreams only adds to this one: so
+    this one must state egress, or the gateway could reach everything (and the
+    operator's policy, once applied, would cut it off from DNS and the API server)."""
+    for objs in (M, template(helm)):
+        types, egress = _egress_of(objs)
+        assert "Egress" in types
+        dns, api_server, engines = egress
+        assert {p["port"] for p in dns["ports"]} == {53}
+        assert dns["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+        assert {p["port"] for p in api_server["ports"]} == {443, 6443}
+        # Engines: every pod of every namespace (a namespaceSelector matches no address
+        # outside the cluster).
+        assert engines == {"to": [{"namespaceSelector": {}}]}
+        # No rule without ports and without `to` (that would be everything).
+        assert all(rule.get("to") or rule.get("ports") for rule in egress)
+
+
+def test_the_chart_narrows_the_api_server_rule_to_the_stated_addresses(
+    helm: Any, tmp_path: Any
+) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        "gateway: {networkPolicy: {egress: {apiServer: [{ipBlock: {cidr: 10.0.0.1/32}}],"
+        " apiServerPorts: [6443]}}}"
+    )
+    _, egress = _egress_of(template(helm, "-f", str(values)))
+    assert egress[1] == {
+        "ports": [{"port": 6443, "protocol": "TCP"}],
+        "to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}],
+    }
+
+
+# --- several worker processes per pod (config.gateway.workers) -----------------------------
+
+
+def test_the_default_resources_grow_with_the_gateway_workers(helm: Any) -> None:
+    def resources(*args: str) -> dict[str, Any]:
+        (container,) = gateway_pod(template(helm, *args))["spec"]["containers"]
+        return container["resources"]  # type: ignore[no-any-return]
+
+    (shipped,) = gateway_pod(M)["spec"]["containers"]
+    assert (
+        resources()
+        == shipped["resources"]
+        == {
+            "requests": {"cpu": "250m", "memory": "128Mi"},
+            "limits": {"memory": "512Mi"},
+        }
+    )
+    assert resources("--set", "config.gateway.workers=3") == {
+        "requests": {"cpu": "750m", "memory": "384Mi"},
+        "limits": {"memory": "1536Mi"},
+    }
+    given = resources(
+        "--set", "config.gateway.workers=3", "--set", "gateway.resources.requests.cpu=2"
+    )
+    assert given == {"requests": {"cpu": 2}}
+    rendered = template(helm, "--set", "config.gateway.workers=3")
+    config = yaml.safe_load(rendered[("ConfigMap", "openmodel-config")]["data"]["config.yaml"])
+    assert parse_config(config).gateway.workers == 3
+    assert "minimum" in helm_refusal(helm, "config.gateway.workers=0")

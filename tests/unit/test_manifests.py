@@ -131,8 +131,11 @@ def test_every_namespaced_object_lives_in_the_operator_namespace():
 EXPECTED_OPERATOR_RULES = {
     ("openmodel.dev", "modeldeployments"): {"get", "list", "watch"},
     ("openmodel.dev", "modeldeployments/status"): {"patch"},
+    ("openmodel.dev", "externalmodels"): {"get", "list", "watch"},
+    ("openmodel.dev", "externalmodels/status"): {"patch"},
+    ("authorization.k8s.io", "subjectaccessreviews"): {"create"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("leaderworkerset.x-k8s.io", "leaderworkersets"): {"get", "create", "patch", "delete"},
+    ("leaderworkerset.x-k8s.io", "leaderworkersets"): {"get", "list", "create", "patch", "delete"},
     ("leaderworkerset.x-k8s.io", "leaderworkersets/scale"): {"patch"},
     ("", "services"): {"get", "list", "watch", "create", "patch"},
     ("", "persistentvolumeclaims"): {"get", "list", "watch", "create", "patch"},
@@ -231,6 +234,8 @@ def test_no_rule_for_a_resource_nobody_uses():
     used = {_resource_of(p) for p in _api_paths()} | _kopf_watched()
     used |= {
         ("openmodel.dev", "modeldeployments/status"),  # kube.apply(subresource="status")
+        ("openmodel.dev", "externalmodels/status"),  # the ExternalModel loop's verdict
+        _resource_of(kube.ACCESS_REVIEWS),  # kube.service_account_may (ExternalModel keys)
         ("apiextensions.k8s.io", "customresourcedefinitions"),  # kopf's resource scanning
         ("leaderworkerset.x-k8s.io", "leaderworkersets/scale"),  # kube.scale (autoscaler)
         ("", "pods/log"),  # kube.log_tail: a weights download's progress line

@@ -27,6 +27,9 @@ gateway:                 # the OpenAI gateway (python -m openmodel.gateway)
   # the gateway pods the autoscaler reads held requests from (GET :9090/demand):
   demandSelector: app.kubernetes.io/name=openmodel,app.kubernetes.io/component=gateway
   demandNamespace: openmodel-system
+  # the gateway's ServiceAccount (in demandNamespace): whose right to read each
+  # ExternalModel's key Secret the operator checks (docs/api.md, "ExternalModel")
+  serviceAccountName: openmodel-gateway
   demandUrls: []         # or fixed demand URLs (local runs)
   auth: {mode: enforce}  # off | audit | enforce, caches (config/gateway_auth.py)
   tls: {}                # {certFile, keyFile}: serve HTTPS (config/gateway_auth.py)
@@ -134,11 +137,14 @@ class GatewayConfig:
     queue_poll_seconds: float = 2.0
     demand_selector: str = "app.kubernetes.io/name=openmodel,app.kubernetes.io/component=gateway"
     demand_namespace: str = "openmodel-system"
+    service_account_name: str = "openmodel-gateway"
     demand_urls: tuple[str, ...] = ()
     auth: GatewayAuthConfig = field(default_factory=GatewayAuthConfig)
     tls: GatewayTlsConfig = field(default_factory=GatewayTlsConfig)
     limits: GatewayLimitsConfig = field(default_factory=GatewayLimitsConfig)
     balancing: BalancingConfig = field(default_factory=lambda: BalancingConfig())
+    # Gateway processes per pod sharing the API port (gateway/workers/); 1: one process.
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -239,6 +245,7 @@ def _parse_gateway(raw: Any) -> GatewayConfig:
     known = (
         "namespaces", "holdSeconds", "holdQueueLength", "maxBodyBytes", "queuePollSeconds",
         "demandSelector", "demandNamespace", "demandUrls", "auth", "tls", "limits", "balancing",
+        "serviceAccountName", "workers",
     )  # fmt: skip
     raw = checked_mapping(raw, "gateway", known)
     d = GatewayConfig()
@@ -251,10 +258,12 @@ def _parse_gateway(raw: Any) -> GatewayConfig:
         demand_selector=_text(raw, "demandSelector", "gateway", d.demand_selector),
         demand_namespace=_text(raw, "demandNamespace", "gateway", d.demand_namespace),
         demand_urls=_strings(raw, "demandUrls", "gateway"),
+        service_account_name=_text(raw, "serviceAccountName", "gateway", d.service_account_name),
         auth=parse_gateway_auth(raw.get("auth")),
         tls=parse_gateway_tls(raw.get("tls")),
         limits=parse_gateway_limits(raw.get("limits")),
         balancing=_parse_balancing(raw.get("balancing")),
+        workers=_whole(raw, "workers", "gateway", d.workers),
     )
 
 

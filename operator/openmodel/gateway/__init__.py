@@ -9,5 +9,7 @@
                   metrics port, /metrics and /demand.
 * ``limits``   -- per identity and per namespace budgets: admit, refuse (429), settle.
 * ``usage``    -- the engine's token count of each answer (and the streams' usage chunk).
+* ``external`` -- ExternalModels (APIs outside the cluster): their keys, forwarding,
+                  `model` rewriting, and the overflow of a ModelDeployment to one.
 * ``server``   -- runs it all (``python -m openmodel.gateway``).
 """

@@ -1,8 +1,10 @@
 """Which pod gets the next request. Pure bookkeeping, no I/O.
 
-Outstanding work on a pod = the gateway's own requests in flight to it + the queue the
-engine reported at its last scrape (requests from other gateways, or sent straight to
-the pod, that the gateway did not count itself). Two policies (the platform's
+Outstanding work on a pod = the gateway's own requests in flight to it + the others' work
+on it: what the engine reported at its last scrape (requests running and waiting) less
+the gateway's own in flight at that moment, so that its own requests, which the engine
+counts too, are not counted twice (the others: other gateways, other gateway processes,
+clients sent straight to the pod). Two policies (the platform's
 `gateway.balancing.policy`, which a ModelDeployment's `spec.gateway.balancing.policy`
 overrides for its own requests):
 - `least-load`: the pod with the least outstanding work; ties rotate, so equal pods share;
@@ -27,6 +29,10 @@ PodKey = tuple[ObjectKey, str]
 @dataclass
 class Balancer:
     in_flight: dict[PodKey, int] = field(default_factory=dict)
+    # Work on the pod the gateway did not send itself, as of the last scrape.
+    others_outstanding: dict[PodKey, float] = field(default_factory=dict)
+    # The engine's own queue (requests waiting, not running), as of the last scrape:
+    # what an overflow's queueDepthAbove is about (gateway/external/overflow.py).
     engine_waiting: dict[PodKey, float] = field(default_factory=dict)
     loaded_adapters: dict[PodKey, frozenset[str]] = field(default_factory=dict)
     policy: str = "least-load"
@@ -36,7 +42,12 @@ class Balancer:
 
     def load(self, key: ObjectKey, pod: str) -> float:
         pk = (key, pod)
-        return self.in_flight.get(pk, 0) + self.engine_waiting.get(pk, 0.0)
+        return self.in_flight.get(pk, 0) + self.others_outstanding.get(pk, 0.0)
+
+    def engine_reported(self, key: ObjectKey, pod: str, outstanding: float) -> None:
+        """The engine's own count of the requests it runs and queues, just scraped."""
+        pk = (key, pod)
+        self.others_outstanding[pk] = max(0.0, outstanding - self.in_flight.get(pk, 0))
 
     def eligible(
         self, key: ObjectKey, endpoints: Sequence[Endpoint], adapter: str | None
@@ -92,6 +103,6 @@ class Balancer:
 
     def keep_only(self, live: Collection[PodKey]) -> None:
         """Drop scraped state of pods that are gone (in-flight counts end by themselves)."""
-        for table in (self.engine_waiting, self.loaded_adapters):
+        for table in (self.others_outstanding, self.engine_waiting, self.loaded_adapters):
             for pk in [pk for pk in table if pk not in live]:
                 del table[pk]

@@ -1,7 +1,9 @@
 """The gateway's Prometheus metrics, on a registry of its own (served at /metrics).
 
-Labels: `namespace` and `model_deployment` name where the request was routed, `model`
-as the client asked (errors before routing have `model=""` when none was readable).
+Labels: `namespace` and `model_deployment` name where the request was routed (for a
+request to an external model by its own name, the ExternalModel's namespace and name;
+an overflowed request counts under its ModelDeployment), `model` as the client asked
+(errors before routing have `model=""` when none was readable).
 
 Usage and limit counters add who asked: `identity` (`Caller.identity`) and
 `caller_namespace` (the caller's namespace, "" for users and `anonymous`). Their values
@@ -110,6 +112,21 @@ class GatewayMetrics:
         self.limit_replicas = Gauge(
             "openmodel_gateway_limit_replicas",
             "Gateway replicas this one believes share the limits (each enforces limit / N).",
+            registry=r,
+        )
+        self.overflow_requests = Counter(
+            "openmodel_gateway_overflow_requests",
+            "Requests of a ModelDeployment sent to its overflow ExternalModel instead of "
+            "held, by reason (starting: no ready replica; queue_depth: queue above "
+            "spec.gateway.overflow.queueDepthAbove per replica).",
+            [*route, "external_model", "reason"],
+            registry=r,
+        )
+        self.external_cost = Counter(
+            "openmodel_gateway_external_cost",
+            "What external models' answers cost, from their usage and spec.price (in the "
+            "currency the prices are given in), by ExternalModel.",
+            ["namespace", "external_model"],
             registry=r,
         )
         self.added_latency = Histogram(

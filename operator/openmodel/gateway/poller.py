@@ -1,6 +1,7 @@
-"""Every `queuePollSeconds`: read each routable pod's queue gauge (the same scraper and
-metric names as the autoscaler) and, for ModelDeployments with adapters, which adapters
-each pod's engine has loaded (its `/v1/models`), for the balancer.
+"""Every `queuePollSeconds`: read each routable pod's queue gauges, running and waiting
+(the same scraper and metric names as the autoscaler) and, for ModelDeployments with
+adapters, which adapters each pod's engine has loaded (its `/v1/models`), for the
+balancer.
 
 A pod whose metrics cannot be read counts as an empty queue for balancing (the gateway's
 own in-flight count still applies); a pod whose model list cannot be read keeps the
@@ -93,6 +94,12 @@ class EnginePoller:
     ) -> None:
         results = await scraper.scrape(targets, metric_names)
         for pod, result in results.items():
+            outstanding = (
+                result.waiting + (result.running or 0.0)
+                if isinstance(result, QueueReading)
+                else 0.0
+            )
+            self.balancer.engine_reported(key, pod, outstanding)
             waiting = result.waiting if isinstance(result, QueueReading) else 0.0
             self.balancer.engine_waiting[(key, pod)] = waiting
 

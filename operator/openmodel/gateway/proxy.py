@@ -24,6 +24,16 @@ upstream connection is closed, which makes the engine abort the request.
 Nothing the operator does cuts a request in flight: a pod being deleted gets no new
 requests, and the ones it has finish on the connection they started on.
 
+External models (`external/`): a name an ExternalModel serves is answered by its
+upstream, through the same door, limits and usage accounting, unless the caller's
+namespace is private (403 `data_must_stay_in`); the answer is marked
+`x-openmodel-route: external`. A ModelDeployment whose overflow the operator allowed
+sends a request to its external model instead of holding it (no ready replica) or
+queueing it (queue deeper than stated): marked `x-openmodel-overflow: <name>`, counted
+by reason, and reported in /demand as held while the model has no ready replica (so it
+wakes), never for a private namespace's model or caller, or a caller without `use` on
+the external model (held as without overflow).
+
 Limits and usage (`limits/`, `usage.py`): once routed, a request is admitted against its
 caller's budgets before it is held or forwarded (else 429 with Retry-After), charged a
 reservation of the tokens it may use, and settled when its answer ends against the
@@ -37,6 +47,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -51,6 +62,13 @@ from openmodel.gateway.auth.access_control import AccessControl
 from openmodel.gateway.balancer import Balancer
 from openmodel.gateway.caller import caller_of
 from openmodel.gateway.errors import SERVICE_UNAVAILABLE, error_response
+from openmodel.gateway.external.forward import (
+    OVERFLOW_HEADER,
+    ROUTE_HEADER,
+    ExternalForwarder,
+)
+from openmodel.gateway.external.overflow import overflow_reason
+from openmodel.gateway.external.privacy import PrivateNamespaces
 from openmodel.gateway.limits.limiter import Admission, Limiter, Refusal
 from openmodel.gateway.limits.replicas import ReplicaCount
 from openmodel.gateway.limits.reservation import completion_reservation, prompt_estimate
@@ -85,6 +103,16 @@ _SMALL_ERROR_BYTES: Final = 4096
 class ModelActivity:
     held: int = 0
     last_request: float | None = None  # monotonic
+    # Requests sent to the overflow external model: in flight now, and when each of the
+    # last ones arrived (while the model has no ready replica, each counts in /demand as
+    # held for as long as it could have been: the model wakes as if it had been held).
+    overflowing: int = 0
+    overflowed: deque[float] = field(default_factory=deque)
+
+    def overflowed_as_held(self, now: float, window: float, ready: bool) -> int:
+        while self.overflowed and (ready or now - self.overflowed[0] > window):
+            self.overflowed.popleft()
+        return len(self.overflowed)
 
 
 @dataclass
@@ -109,6 +137,11 @@ class Gateway:
     ready: bool = False  # the first full list of the routes arrived
     replicas: ReplicaCount = field(default_factory=ReplicaCount)
     limiter: Limiter = field(init=False)
+    # External models (gateway/external/): their forwarder (None: none are served) and
+    # the private namespaces, fed by the watch (until listed, every namespace counts
+    # as private: nothing goes out).
+    external: ExternalForwarder | None = None
+    privacy: PrivateNamespaces = field(default_factory=PrivateNamespaces)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     # Idle connections closed after 3 s: below the shortest idle timeout of an engine's
     # HTTP server (uvicorn's 5 s), so the gateway never sends on one the engine closes.
@@ -139,6 +172,7 @@ class Gateway:
         app.router.add_get("/v1/models", self.handle_models)
         app.router.add_get("/healthz", self.handle_healthz)
         app.router.add_get("/readyz", self.handle_readyz)
+        app.on_startup.append(self._open)
         app.on_cleanup.append(self._close)
         return app
 
@@ -152,8 +186,14 @@ class Gateway:
         app.router.add_get("/metrics", self.handle_metrics)
         return app
 
+    async def _open(self, _: web.Application) -> None:
+        if self.external is not None:
+            await self.external.open()
+
     async def _close(self, _: web.Application) -> None:
         self._pool.close()
+        if self.external is not None:
+            await self.external.close()
 
     def _activity(self, key: ObjectKey) -> ModelActivity:
         return self.activity.setdefault(key, ModelActivity())
@@ -182,6 +222,12 @@ class Gateway:
             }
             if route.adapter is not None:
                 entry["parent"] = route.backend.served_name
+            if route.external is not None:
+                entry["openmodel"] = {
+                    "kind": "ExternalModel",
+                    "upstream_model": route.external.upstream_model,
+                    "external": True,
+                }
             data.append(entry)
         return web.json_response({"object": "list", "data": data})
 
@@ -206,12 +252,14 @@ class Gateway:
         for key in sorted(self.table.backends.keys() | self.activity.keys()):
             act = self.activity.get(key) or ModelActivity()
             last = act.last_request if act.last_request is not None else self.started
+            ready = bool(self.table.endpoints(key))
+            out = act.overflowed_as_held(now, self.config.hold_seconds, ready)
             models.append(
                 {
                     "namespace": key[0],
                     "name": key[1],
-                    "held": act.held,
-                    "inFlight": self.balancer.in_flight_for(key),
+                    "held": act.held + out,
+                    "inFlight": self.balancer.in_flight_for(key) + act.overflowing,
                     "idleSeconds": round(max(0.0, now - last), 3),
                 }
             )
@@ -264,6 +312,10 @@ class Gateway:
             return error_response(
                 400, wrong_task_message(model, task, request.path), "wrong_task", param="model"
             )
+        if route.external is not None:
+            refused = self._must_stay_in(request, model, route)
+            if refused is not None:
+                return refused
         return await self._serve(request, raw, body, model, route, received)
 
     async def _serve(
@@ -314,6 +366,32 @@ class Gateway:
         finally:
             self._settle(admitted, exchange, (*labels, model, *who))
 
+    def _must_stay_in(self, request: web.Request, model: str, route: Route) -> web.Response | None:
+        """The refusal of an external model to a caller whose data must stay in."""
+        namespace = caller_of(request).namespace
+        if not self.privacy.synced:
+            self.metrics.errors.labels(model, "privacy_unknown").inc()
+            return error_response(
+                503,
+                f"`{model}` is an external model, and the gateway has not listed yet which "
+                "namespaces are private (openmodel.dev/data=private); retry later",
+                "privacy_unknown",
+                kind=SERVICE_UNAVAILABLE,
+                retry_after_s=1,
+            )
+        if not self.privacy.is_private(namespace):
+            return None
+        self.metrics.errors.labels(model, "data_must_stay_in").inc()
+        ns, name = route.backend.key
+        return error_response(
+            403,
+            f"`{model}` is served outside the cluster (ExternalModel {ns}/{name}), and your "
+            f"namespace `{namespace}` is labelled openmodel.dev/data=private: its requests "
+            "never leave the cluster",
+            "data_must_stay_in",
+            param="model",
+        )
+
     def _settle(self, admitted: Admission, exchange: Exchange, labels: tuple[str, ...]) -> None:
         """The answer ended (or the client left): count the usage, settle the tokens.
         With no usage from the engine: nothing when no answer came or the engine refused
@@ -349,15 +427,24 @@ class Gateway:
         exchange: Exchange,
         affinity: int | None = None,
     ) -> web.StreamResponse:
-        """Pick a pod (holding while there is none) and forward, until one answers."""
+        """Pick a pod (holding while there is none) and forward, until one answers; or
+        overflow to the external model, or forward to it when it is one."""
         key = route.backend.key
         labels = (key[0], key[1])
+        if route.external is not None:
+            return await self._external_answer(
+                request, raw, model, route, exchange, {ROUTE_HEADER: "external"}, labels
+            )
         activity = self._activity(key)
         activity.last_request = time.monotonic()
         deadline = time.monotonic() + self.config.hold_seconds
         held_for = 0.0
         tried: set[str] = set()
         while True:
+            if route.backend.overflow is not None and route.adapter is None:
+                target = await self._overflow_target(request, route)
+                if target is not None:
+                    return await self._overflow(request, raw, model, route, exchange, *target)
             endpoint = self.balancer.pick(
                 key, self.table.endpoints(key), route.adapter, exclude=tried, affinity=affinity,
                 policy=route.backend.balancing_policy,
@@ -378,6 +465,84 @@ class Gateway:
                 activity.last_request = time.monotonic()
                 return result
             tried.add(endpoint.pod)
+
+    async def _overflow_target(
+        self, request: web.Request, route: Route
+    ) -> tuple[Route, str] | None:
+        """(the external route, why) when this request overflows; None to stay in."""
+        key = route.backend.key
+        endpoints = self.table.endpoints(key)
+        queued = self._activity(key).held + sum(
+            self.balancer.engine_waiting.get((key, e.pod), 0.0) for e in endpoints
+        )
+        reason = overflow_reason(route.backend.overflow, len(endpoints), queued)
+        if reason is None or self.external is None:
+            return None
+        # Private data never leaves: the model's namespace and the caller's (unknown
+        # until listed counts as private).
+        if self.privacy.is_private(key[0]) or self.privacy.is_private(caller_of(request).namespace):
+            return None
+        assert route.backend.overflow is not None
+        for target in self.table.external_routes(route.backend.overflow.model):
+            if target.backend.task == route.backend.task and await self.access.may_use(
+                request, target
+            ):
+                return target, reason
+        return None
+
+    async def _overflow(
+        self,
+        request: web.Request,
+        raw: bytes,
+        model: str,
+        route: Route,
+        exchange: Exchange,
+        target: Route,
+        reason: str,
+    ) -> web.StreamResponse:
+        key = route.backend.key
+        assert target.external is not None
+        served = target.external.served_name
+        self.metrics.child(self.metrics.overflow_requests, *key, model, served, reason).inc()
+        activity = self._activity(key)
+        activity.overflowed.append(time.monotonic())
+        activity.overflowing += 1
+        try:
+            return await self._external_answer(
+                request, raw, model, target, exchange, {OVERFLOW_HEADER: served}, key
+            )
+        finally:
+            activity.overflowing -= 1
+            activity.last_request = time.monotonic()
+
+    async def _external_answer(
+        self,
+        request: web.Request,
+        raw: bytes,
+        model: str,
+        target: Route,
+        exchange: Exchange,
+        marks: dict[str, str],
+        labels: ObjectKey,
+    ) -> web.StreamResponse:
+        """Forward to an external model; counted under `labels` (where it was routed)."""
+        assert target.external is not None
+        if self.external is None:
+            self.metrics.errors.labels(model, "external_unavailable").inc()
+            return error_response(
+                503, f"`{model}` is an external model and this gateway serves none",
+                "external_unavailable", kind=SERVICE_UNAVAILABLE,
+            )  # fmt: skip
+        in_flight = self.metrics.child(self.metrics.in_flight, *target.backend.key)
+        in_flight.inc()
+        try:
+            response = await self.external.forward(
+                request, raw, target.external, model, exchange, marks
+            )
+        finally:
+            in_flight.dec()
+        self.metrics.child(self.metrics.requests, *labels, model, str(response.status)).inc()
+        return response
 
     async def _hold(
         self, key: ObjectKey, route: Route, deadline: float

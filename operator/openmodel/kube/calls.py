@@ -20,6 +20,8 @@ from kubernetes.client import rest
 from kubernetes.client.exceptions import ApiException
 
 from openmodel.api import API_VERSION, KIND, PLURAL
+from openmodel.external_model import KIND as EXTERNAL_MODEL_KIND
+from openmodel.external_model import PLURAL as EXTERNAL_MODEL_PLURAL
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,9 @@ _COLLECTIONS: Mapping[tuple[str, str], str] = {
         "/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/httproutes"
     ),
     (API_VERSION, KIND): f"/apis/{API_VERSION}/namespaces/{{ns}}/{PLURAL}",
+    (API_VERSION, EXTERNAL_MODEL_KIND): (
+        f"/apis/{API_VERSION}/namespaces/{{ns}}/{EXTERNAL_MODEL_PLURAL}"
+    ),
 }
 # Cluster-scoped objects the operator reads by name.
 _CLUSTER_COLLECTIONS: Mapping[str, str] = {"Namespace": "/api/v1/namespaces"}
@@ -367,6 +372,43 @@ def namespace_labels(api: client.ApiClient, name: str) -> dict[str, str]:
             return {}
         raise
     return dict((found.get("metadata") or {}).get("labels") or {})
+
+
+ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+
+
+def service_account_may(
+    api: client.ApiClient,
+    account: tuple[str, str],
+    verb: str,
+    resource: str,
+    namespace: str,
+    name: str,
+) -> bool:
+    """Whether ServiceAccount `account` (namespace, name) may `verb` the `resource` object
+    `namespace/name`: one SubjectAccessReview, as the API server would decide for that
+    account's requests (its user and its groups)."""
+    sa_namespace, sa_name = account
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {
+            "user": f"system:serviceaccount:{sa_namespace}:{sa_name}",
+            "groups": [
+                "system:serviceaccounts",
+                f"system:serviceaccounts:{sa_namespace}",
+                "system:authenticated",
+            ],
+            "resourceAttributes": {
+                "namespace": namespace,
+                "verb": verb,
+                "resource": resource,
+                "name": name,
+            },
+        },
+    }
+    answer = call(api, "POST", ACCESS_REVIEWS, body=review)
+    return bool((answer.get("status") or {}).get("allowed"))
 
 
 def delete(api: client.ApiClient, api_version: str, kind: str, namespace: str, name: str) -> None:

@@ -31,7 +31,7 @@ def telemetry_env(engine: Engine, config: PlatformConfig, private: bool) -> list
     return [{"name": k, "value": v} for k, v in engine.telemetry_opt_out.items()]
 
 
-def _match_labels(selector: str) -> dict[str, str] | None:
+def match_labels(selector: str) -> dict[str, str] | None:
     """`k=v,k2=v2` as matchLabels; None for a selector with other operators."""
     labels = {}
     for term in filter(None, (t.strip() for t in selector.split(","))):
@@ -49,7 +49,7 @@ def _namespace(name: str) -> dict[str, Any]:
 def _gateway_peer(config: PlatformConfig) -> dict[str, Any]:
     gateway = config.gateway
     peer: dict[str, Any] = {"namespaceSelector": _namespace(gateway.demand_namespace)}
-    labels = _match_labels(gateway.demand_selector)
+    labels = match_labels(gateway.demand_selector)
     if labels:
         peer["podSelector"] = {"matchLabels": labels}
     return peer

@@ -37,6 +37,8 @@ from openmodel.api import (
 from openmodel.clock import utc_now
 from openmodel.config import PlatformConfig
 from openmodel.engines import parse_model_deployment
+from openmodel.external_model import KIND as EXTERNAL_MODEL_KIND
+from openmodel.external_model import parse_external_model
 from openmodel.inference_extension.gate import InferenceExtensionGate
 from openmodel.kube import calls as kube
 from openmodel.kube.cache import WATCHED, ObjectCache, Reader, owner_text, owner_uids
@@ -47,6 +49,12 @@ from openmodel.model_resolver.store import ModelConfigStore, model_ref_for
 from openmodel.privacy.egress import EgressPlan
 from openmodel.problems import GROUP_NAME_TAKEN, Problem
 from openmodel.reconcile.drift import object_holds
+from openmodel.reconcile.overflow import (
+    NOT_ALLOWED_IN_PRIVATE_NAMESPACE,
+    OVERFLOW,
+    OverflowVerdict,
+    overflow_verdict,
+)
 from openmodel.reconcile.plan import decided_task, make_plan
 from openmodel.reconcile.pod_failures import engine_failure, unschedulable_message
 from openmodel.reconcile.render import endpoint, label_selector
@@ -238,6 +246,7 @@ class Reconciler:
         task: str | None = None
         cache_plan: CachePlan | None = None
         download_pods: list[dict[str, Any]] = []
+        overflow: OverflowVerdict | None = None
         previous_cache = (body.get("status") or {}).get("cache")
         try:
             md = parse_model_deployment(body)
@@ -248,6 +257,7 @@ class Reconciler:
             model_config = self._model_config(md.spec, annotations, (namespace, name))
             task = decided_task(md.spec, model_config, (body.get("status") or {}).get("task"))
             private = self._private_namespace(namespace, md.spec)
+            overflow = overflow_verdict(md.spec.overflow, private, self._external_names())
             plan = make_plan(
                 md, self.config, current, annotations, model_config, private, task=task
             )
@@ -374,6 +384,7 @@ class Reconciler:
             egress=egress if problem is None else None,
             cache=None if cache is None else _cache_status(cache, superseded),
             task=task or _unparsed_task(body),
+            overflow=overflow,
         )
         update = build_status(obs, body.get("status"), self.clock())
         written = False
@@ -406,6 +417,10 @@ class Reconciler:
                 post_event(self.api, body, t.reason, t.message, "Warning")
             elif t.condition == READY and t.status == "True":
                 post_event(self.api, body, t.reason, t.message)  # Ready, or ScaledToZero
+            elif t.condition == OVERFLOW and t.reason != NOT_ALLOWED_IN_PRIVATE_NAMESPACE:
+                # (refused in a private namespace: the Degraded event says so)
+                kind = "Normal" if t.status == "True" else "Warning"
+                post_event(self.api, body, f"Overflow{t.reason}", t.message, kind)
         return ReconcileResult(applied=applied, status_written=written, problem=problem)
 
     def _neighbours(self, namespace: str, name: str) -> list[str]:
@@ -452,11 +467,23 @@ class Reconciler:
 
     def _private_namespace(self, namespace: str, spec: ModelDeploymentSpec) -> bool:
         """Whether the namespace is labelled openmodel.dev/data=private. Asked only when
-        the answer can change what is rendered (an egress exception, or engine telemetry
-        the platform turned on), so the common pass makes no request for it."""
-        if not (spec.egress_exceptions or self.config.privacy.engine_telemetry):
+        the answer can change what is rendered or reported (an egress exception, engine
+        telemetry the platform turned on, overflow to an external model), so the common
+        pass makes no request for it."""
+        if not (spec.egress_exceptions or self.config.privacy.engine_telemetry or spec.overflow):
             return False
         return kube.namespace_labels(self.api, namespace).get(DATA_LABEL) == DATA_PRIVATE
+
+    def _external_names(self) -> set[str]:
+        """The names the ExternalModels in the cache serve (one the API server holds but
+        that does not parse serves none)."""
+        names = set()
+        for body in self.cache.all_of(EXTERNAL_MODEL_KIND):
+            try:
+                names.add(parse_external_model(body).served_name)
+            except SpecError:
+                continue
+        return names
 
     def _withdraw_network_policy(self, namespace: str, name: str, uid: str) -> None:
         """The platform turned NetworkPolicies off: ours, from before, are deleted (the

@@ -56,8 +56,13 @@ def queue_all(reconciler: Reconciler, queue: PassQueue) -> int:
     return count
 
 
+def resync_seconds() -> float:
+    """The resync's interval (env OPENMODEL_RESYNC_SECONDS, default 60)."""
+    return float(os.environ.get("OPENMODEL_RESYNC_SECONDS", DEFAULT_INTERVAL_SECONDS))
+
+
 async def resync_forever(reconciler: Reconciler, queue: PassQueue) -> None:
-    interval = float(os.environ.get("OPENMODEL_RESYNC_SECONDS", DEFAULT_INTERVAL_SECONDS))
+    interval = resync_seconds()
     while True:
         await asyncio.sleep(interval)
         queue_all(reconciler, queue)

@@ -8,6 +8,9 @@ Conditions (metav1.Condition shape) owned by the reconciler:
   EngineCrashLoop, EngineStartFailed, ...).
 - `EgressOpen`: whether the engine pods may connect beyond their node, and to what
   (`status.egress` is its one-word form). Informational: neither healthy nor not.
+- `Overflow` (only when spec.gateway.overflow is set): whether the gateway may send
+  requests to the named external model (`reconcile/overflow.py`); refused in a private
+  namespace, which also makes the ModelDeployment Degraded (OverflowNotAllowed).
 - `Stalled` and `Reconciling`: the two conditions kstatus (Flux, cli-utils, kpt) reads,
   derived from the three above and the adapter loop's `AdaptersReady` (docs/gitops.md):
   Stalled whenever Degraded (or an adapter was refused), else Reconciling while not Ready
@@ -26,6 +29,7 @@ from typing import Any
 from openmodel.api import status_conditions
 from openmodel.privacy.egress import Egress, EgressPlan
 from openmodel.problems import Problem
+from openmodel.reconcile.overflow import OVERFLOW, OVERFLOW_NOT_ALLOWED, OverflowVerdict
 from openmodel.reconcile.pod_failures import engine_failure, unschedulable_message
 from openmodel.reconcile.workload import GroupCounts
 from openmodel.weights.state import DOWNLOADING_WEIGHTS
@@ -36,7 +40,9 @@ DEGRADED = "Degraded"
 EGRESS_OPEN = "EgressOpen"
 STALLED = "Stalled"
 RECONCILING = "Reconciling"
-RECONCILER_CONDITIONS = (READY, PROGRESSING, DEGRADED, EGRESS_OPEN, STALLED, RECONCILING)
+RECONCILER_CONDITIONS = (
+    READY, PROGRESSING, DEGRADED, EGRESS_OPEN, OVERFLOW, STALLED, RECONCILING
+)  # fmt: skip
 # Written by the adapter loop (openmodel.adapters.status), read here for kstatus's view.
 ADAPTERS_READY = "AdaptersReady"
 _EGRESS_REASONS = {
@@ -69,6 +75,8 @@ class Observation:
     groups: GroupCounts | None = None
     # status.task: the task the engine serves (reconcile/plan.decided_task).
     task: str | None = None
+    # The verdict on spec.gateway.overflow (None: unset, no Overflow condition).
+    overflow: OverflowVerdict | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +175,9 @@ def desired_conditions(obs: Observation) -> list[dict[str, Any]]:
 
     if problem is not None:
         degraded_c = _condition(DEGRADED, True, problem.reason, problem.message, g)
+    elif obs.overflow is not None and obs.overflow.degrades:
+        # Served all the same, without overflow: the gateway refuses it there too.
+        degraded_c = _condition(DEGRADED, True, OVERFLOW_NOT_ALLOWED, obs.overflow.message, g)
     else:
         degraded_c = _condition(DEGRADED, False, "AsExpected", "the spec can be served", g)
     conditions = [ready_c, progressing_c, degraded_c]
@@ -181,6 +192,9 @@ def desired_conditions(obs: Observation) -> list[dict[str, Any]]:
                 g,
             )
         )
+    if obs.overflow is not None:
+        verdict = obs.overflow
+        conditions.append(_condition(OVERFLOW, verdict.allowed, verdict.reason, verdict.message, g))
     return conditions
 
 
@@ -298,6 +312,8 @@ def needs_write(desired: Mapping[str, Any], observed: Any) -> bool:
         if observed.get(key) != value:
             return True
     have = status_conditions(observed)
+    if OVERFLOW in have and not any(c["type"] == OVERFLOW for c in desired.get("conditions", [])):
+        return True  # spec.gateway.overflow was removed: the applied status drops it
     for cond in desired.get("conditions", []):
         before = have.get(cond["type"])
         if before is None:

@@ -31,6 +31,7 @@ from .wait import NotYet, WaitTimeout, wait_for
 REPO = Path(__file__).resolve().parents[3]
 CRD_FILE = REPO / "crds" / "modeldeployment.yaml"
 API_KEY_CRD_FILE = REPO / "crds" / "apikey.yaml"
+EXTERNAL_MODEL_CRD_FILE = REPO / "crds" / "externalmodel.yaml"
 EXAMPLES = REPO / "examples"
 GROUP, VERSION, PLURAL = "openmodel.dev", "v1alpha1", "modeldeployments"
 # The tests' platform config: a fast autoscaler poll, so the closed loop runs in seconds.
@@ -251,12 +252,14 @@ def start_gateway(
     tls: dict[str, str] | None = None,
     limits: dict[str, Any] | None = None,
     balancing: dict[str, Any] | None = None,
+    workers: int | None = None,
 ) -> GatewayProcess:
     """`python -m openmodel.gateway` on 127.0.0.1, routing every namespace of the cluster
     (pods' IPs are reachable from the host: loopback for KWOK pods, the process nodes'
     veths for real engines). `auth`: the platform config's gateway.auth (default: off);
     `tls`: gateway.tls (serves https://); `limits`: gateway.limits (default: none);
-    `balancing`: gateway.balancing (default: the platform's)."""
+    `balancing`: gateway.balancing (default: the platform's); `workers`: gateway.workers
+    (default: one process)."""
     port, metrics_port = free_port(), free_port()
     log_path = workdir / f"{name}.log"
     config_path = workdir / f"{name}-config.yaml"
@@ -268,6 +271,8 @@ def start_gateway(
         config["gateway"]["limits"] = limits
     if balancing is not None:
         config["gateway"]["balancing"] = balancing
+    if workers is not None:
+        config["gateway"]["workers"] = workers
     config_path.write_text(yaml.safe_dump(config))
     env = {
         **os.environ,

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tiny_model import WORDS, portable_tokenizer_config, training_text
+from tiny_model import WORDS, portable_tokenizer_config, train_bpe
 
 SEED = 0
 HEAD_DIM = 32
@@ -36,27 +36,14 @@ HIDDEN = HEAD_DIM * NUM_HEADS
 INTERMEDIATE = 2 * HIDDEN
 LAYERS = 1
 MAX_POSITIONS = 512
-VOCAB_TARGET = 1024
 CLS, SEP, PAD, UNK, MASK = "[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]
 
 
 def build_tokenizer(rng: random.Random):  # type: ignore[no-untyped-def]
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import processors
 
-    tok = Tokenizer(models.BPE(unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    alphabet = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
-    alphabet += list(".,!?;:'\"()-\n")
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_TARGET,
-        min_frequency=1,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=alphabet,
-        show_progress=False,
-    )
-    tok.train_from_iterator(training_text(rng), trainer=trainer)
+    tok = train_bpe(rng, SPECIAL_TOKENS, UNK)
     cls_id, sep_id = tok.token_to_id(CLS), tok.token_to_id(SEP)
     tok.post_processor = processors.TemplateProcessing(
         single=f"{CLS} $A {SEP}",

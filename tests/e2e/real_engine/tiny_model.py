@@ -102,10 +102,13 @@ def training_text(rng: random.Random) -> list[str]:
     return lines
 
 
-def build_tokenizer(rng: random.Random) -> Tokenizer:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+def train_bpe(rng: random.Random, special_tokens: list[str], unk: str) -> Tokenizer:
+    """A byte-pair tokenizer trained on `training_text(rng)`, with Metaspace word
+    boundaries and `special_tokens` first in its vocabulary; the caller adds the template
+    its model reads (tiny_encoder.py trains its BERT tokenizer here too)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    tok = Tokenizer(models.BPE(unk_token=UNK))
+    tok = Tokenizer(models.BPE(unk_token=unk))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     alphabet = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
@@ -113,11 +116,18 @@ def build_tokenizer(rng: random.Random) -> Tokenizer:
     trainer = trainers.BpeTrainer(
         vocab_size=BPE_VOCAB_TARGET,
         min_frequency=1,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=alphabet,
         show_progress=False,
     )
     tok.train_from_iterator(training_text(rng), trainer=trainer)
+    return tok
+
+
+def build_tokenizer(rng: random.Random) -> Tokenizer:
+    from tokenizers import processors
+
+    tok = train_bpe(rng, SPECIAL_TOKENS, UNK)
     bos_id = tok.token_to_id(BOS)
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]

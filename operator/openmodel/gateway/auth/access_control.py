@@ -87,10 +87,10 @@ def unavailable(what: str) -> web.Response:
     )
 
 
-def forbidden(model: str) -> web.Response:
+def forbidden(model: str, kind: str = "ModelDeployment") -> web.Response:
     return error_response(
         403,
-        f"you may not use `{model}`: it needs the `use` verb on its ModelDeployment "
+        f"you may not use `{model}`: it needs the `use` verb on its {kind} "
         "(e.g. a RoleBinding to the openmodel-user ClusterRole in its namespace)",
         "permission_denied",
         param="model",
@@ -194,7 +194,7 @@ class AccessControl:
         for route in routes:
             namespace, name = route.backend.key
             try:
-                if await self.access.allowed(caller, namespace, name):
+                if await self.access.allowed(caller, namespace, name, route.resource):
                     self._count("authorize", "allowed")
                     return route
             except ReviewUnavailable:
@@ -202,7 +202,24 @@ class AccessControl:
         self._count("authorize", "unavailable" if failed else "denied")
         if self.mode is AuthMode.AUDIT:
             return routes[0]
-        return unavailable("review the caller's access") if failed else forbidden(model)
+        if failed:
+            return unavailable("review the caller's access")
+        return forbidden(model, "ExternalModel" if routes[0].external else "ModelDeployment")
+
+    async def may_use(self, request: web.Request, route: Route) -> bool:
+        """Whether the caller may use `route` (an overflow's target): False on doubt, and
+        for a refusal audit mode would only count (nothing goes out of the cluster on a
+        check that did not pass)."""
+        if self.mode is AuthMode.OFF:
+            return True
+        assert self.access is not None
+        namespace, name = route.backend.key
+        try:
+            allowed = await self.access.allowed(caller_of(request), namespace, name, route.resource)
+        except ReviewUnavailable:
+            allowed = False
+        self._count("authorize_overflow", "allowed" if allowed else "denied")
+        return allowed
 
     async def usable(
         self, request: web.Request, claims: Sequence[tuple[str, list[Route]]]

@@ -1,7 +1,8 @@
-"""May this caller use this ModelDeployment? The API server's SubjectAccessReview answers
-(verb `use` on `modeldeployments` of group `openmodel.dev`, the ModelDeployment's name,
-in its namespace); the answer, yes or no, is remembered for `accessCacheSeconds`, so a
-RoleBinding removed (or added) takes effect within that bound.
+"""May this caller use this ModelDeployment (or ExternalModel)? The API server's
+SubjectAccessReview answers (verb `use` on `modeldeployments`, or `externalmodels`, of
+group `openmodel.dev`, the object's name, in its namespace); the answer, yes or no, is
+remembered for `accessCacheSeconds`, so a RoleBinding removed (or added) takes effect
+within that bound.
 
 An adapter is used through its ModelDeployment: the right to use the one is the right to
 use the other. Concurrent requests asking the same question share one review; at most
@@ -30,7 +31,8 @@ class AccessQuestion:
     user: str
     groups: tuple[str, ...]
     namespace: str
-    name: str  # the ModelDeployment
+    name: str  # the ModelDeployment (or ExternalModel)
+    resource: str = PLURAL
 
     def body(self) -> dict[str, object]:
         """The SubjectAccessReview to create (authorization.k8s.io/v1)."""
@@ -42,7 +44,7 @@ class AccessQuestion:
                 "groups": list(self.groups),
                 "resourceAttributes": {
                     "group": GROUP,
-                    "resource": PLURAL,
+                    "resource": self.resource,
                     "verb": USE_VERB,
                     "namespace": self.namespace,
                     "name": self.name,
@@ -55,8 +57,8 @@ class AccessQuestion:
 ReviewAccess = Callable[[AccessQuestion], Awaitable[bool]]
 
 
-def question(caller: Caller, namespace: str, name: str) -> AccessQuestion:
-    return AccessQuestion(caller.identity, caller.groups, namespace, name)
+def question(caller: Caller, namespace: str, name: str, resource: str = PLURAL) -> AccessQuestion:
+    return AccessQuestion(caller.identity, caller.groups, namespace, name, resource)
 
 
 class AccessReviewer:
@@ -75,8 +77,10 @@ class AccessReviewer:
         self._in_flight: dict[AccessQuestion, asyncio.Task[bool]] = {}
         self.reviews_sent = 0
 
-    async def allowed(self, caller: Caller, namespace: str, name: str) -> bool:
-        asked = question(caller, namespace, name)
+    async def allowed(
+        self, caller: Caller, namespace: str, name: str, resource: str = PLURAL
+    ) -> bool:
+        asked = question(caller, namespace, name, resource)
         known = self.decisions.get(asked)
         if known is not None:
             return known

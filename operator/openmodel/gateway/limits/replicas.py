@@ -4,6 +4,9 @@ pods the autoscaler reads demand from) every `POLL_SECONDS`.
 
 A replica that cannot list keeps its last count (1 before the first list): after a scale
 up it over-admits until the next list, after a scale down it under-admits until then.
+
+With `gateway.workers` > 1 every process of a pod takes its own share: `current` counts
+processes, the replicas times the workers per pod (`ReplicaCount.of(replicas, workers)`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,12 @@ def ready_replicas(pods: Iterable[Mapping[str, Any]]) -> int:
 
 @dataclass
 class ReplicaCount:
-    current: int = 1
+    current: int = 1  # processes sharing the limits: replicas x workers
+    workers: int = 1  # gateway processes per pod
+
+    @classmethod
+    def of(cls, replicas: int, workers: int) -> ReplicaCount:
+        return cls(replicas * workers, workers)
 
     async def follow(
         self, list_pods: Callable[[], list[dict[str, Any]]], poll_seconds: float = POLL_SECONDS
@@ -46,8 +54,9 @@ class ReplicaCount:
                 log.warning("gateway: cannot count the gateway replicas (keeping %d): %s",
                             self.current, e)  # fmt: skip
             else:
-                counted = ready_replicas(pods)
+                counted = ready_replicas(pods) * self.workers
                 if counted != self.current:
-                    log.info("gateway: %d gateway replicas share the limits", counted)
+                    log.info("gateway: %d gateway processes share the limits (%d per pod)",
+                             counted, self.workers)  # fmt: skip
                 self.current = counted
             await asyncio.sleep(poll_seconds)

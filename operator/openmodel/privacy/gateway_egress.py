@@ -3,10 +3,11 @@ gateway's namespace (`openmodel-gateway-external-egress`) letting the gateway po
 each ExternalModel's declared address ranges (spec.egress.cidrs) on its base URL's
 port, and nothing else. Pure: the operator's ExternalModel loop renders and applies it.
 
-An ExternalModel without spec.egress.cidrs opens nothing: the platform lists the
-upstream's ranges, or its egress proxy's. Ranges that are not public (private, loopback,
-link-local such as the cloud metadata endpoint) open only for an ExternalModel in the
-gateway's own namespace, which the platform controls; a team's opens nothing at all.
+An ExternalModel without spec.egress.cidrs opens nothing: its author lists the
+upstream's ranges (the gateway connects directly, through no proxy). Ranges that are not
+public (private, loopback, link-local such as the cloud metadata endpoint) open only for
+an ExternalModel in the gateway's own namespace, which the platform controls; a team's
+opens nothing at all.
 The policy only adds to what the gateway's base policy (charts, manifests) allows (DNS,
 the API server, the engines), which states egress itself, so this one never opens the
 rest of the world."""

@@ -23,7 +23,7 @@ bash hack/install-debian-packages.sh lua5.1:lua5.1 redis-server:redis-server nft
 # cold machine that hides most of their minutes. Each logs to a file, printed if it fails.
 background_logs=$(mktemp -d)
 # A step that fails stops the script: its background installs stop with it.
-trap 'kill "${background[@]}" 2>/dev/null; rm -rf "$background_logs"' EXIT
+trap 'kill "${background[@]}" 2>/dev/null || true; rm -rf "$background_logs"' EXIT
 declare -A background=()  # name -> pid
 in_background() {
   local name=$1

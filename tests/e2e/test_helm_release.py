@@ -65,6 +65,7 @@ from harness.nodepool import RUNTIME_LABEL
 from openmodel_fixtures import (
     API_KEY_CRD_FILE,
     CRD_FILE,
+    EXTERNAL_MODEL_CRD_FILE,
     GROUP,
     HELM_RELEASE_NAMESPACE_PREFIX,
     PLURAL,
@@ -82,7 +83,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "openmodel"
 RELEASE = "om-rel"
 MODEL = "helm-zero"
-CRDS = (f"{PLURAL}.{GROUP}", f"apikeys.{GROUP}")
+CRDS = (f"{PLURAL}.{GROUP}", f"apikeys.{GROUP}", f"externalmodels.{GROUP}")
 OWNER_ANNOTATIONS = ("meta.helm.sh/release-name", "meta.helm.sh/release-namespace")
 # The field the "old" chart's CRD lacks (an allowlist entry name the platform config has).
 DROPPED = "network"
@@ -226,7 +227,7 @@ def ready_pods(api: client.ApiClient, namespace: str, component: str) -> list[cl
 @pytest.fixture(scope="module")
 def release(
     cluster: Cluster, api_client: client.ApiClient, crd: None, api_key_crd: None,
-    tmp_path_factory: pytest.TempPathFactory,
+    external_model_crd: None, tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Release]:  # fmt: skip
     cluster.require_process_nodes()
     helm_bin = binaries.require_bin_dir() / "helm"
@@ -273,6 +274,7 @@ def release(
         # The session's CRDs as they are in crds/ (the old chart's may still be stored).
         install_crd(api_client, CRD_FILE)
         install_crd(api_client, API_KEY_CRD_FILE)
+        install_crd(api_client, EXTERNAL_MODEL_CRD_FILE)
 
 
 def test_a_model_at_zero_wakes_on_a_request_held_by_the_charts_gateway_pods(

@@ -85,6 +85,37 @@ def ready_pods(core: client.CoreV1Api, namespace: str, name: str) -> list[client
     return [p for p in pods if pod_ip(p) and pod_ready(p)]
 
 
+# How long an earlier module's engine pods may take to leave the process nodes: a vLLM
+# drains for up to its grace period after SIGTERM.
+GPU_RELEASE_SECONDS = 120
+
+
+def wait_for_free_gpus(api: client.ApiClient, nodes: list[str]) -> None:
+    """Wait until no pod on the process nodes holds a GPU: an earlier module's engines,
+    whose namespace is being deleted, leave while they drain, and a new engine created
+    meanwhile would be reported Unschedulable."""
+    core = client.CoreV1Api(api)
+
+    def holders() -> list[str]:
+        found: list[str] = []
+        for node in nodes:
+            pods = core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items
+            for pod in pods:
+                if pod.status and pod.status.phase in ("Succeeded", "Failed"):
+                    continue
+                containers = pod.spec.containers if pod.spec else []
+                requests = [(c.resources.requests or {}) if c.resources else {} for c in containers]
+                if any(int(r.get("nvidia.com/gpu", 0)) for r in requests):
+                    found.append(f"{name_of(pod)} on {node}")
+        return found
+
+    wait_for(
+        lambda: not holders() or NotYet(holders()),
+        GPU_RELEASE_SECONDS,
+        "the process nodes' GPUs to be free of earlier modules' engines",
+    )
+
+
 @contextmanager
 def engine_namespace(
     api: client.ApiClient, cluster: Cluster, prefix: str, model_dir: Path | None = None
@@ -93,6 +124,7 @@ def engine_namespace(
     run here), with ``model_dir`` bound as claim ``tiny`` when given; deleted afterwards,
     with the model volumes."""
     cluster.require_process_nodes()
+    wait_for_free_gpus(api, [name for name, _ in cluster.pool.process_nodes()])
     namespace = create_namespace(api, prefix)
     if model_dir is not None:
         model_volume(api, namespace, model_dir)

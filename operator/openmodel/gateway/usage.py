@@ -140,19 +140,8 @@ class StreamUsageReader:
     def feed(self, chunk: bytes) -> bytes:
         if not self._pending and _USAGE_KEY not in chunk and b"\r" not in chunk:
             return self._feed_plain(chunk)
-        data = self._pending + chunk
-        out: list[bytes] = []
-        start = 0
-        while True:
-            end, sep = _next_boundary(data, start)
-            if end < 0:
-                break
-            event = data[start : end + sep]
-            if self._keep(event):
-                out.append(event)
-            start = end + sep
-        self._pending = data[start:]
-        return b"".join(out)
+        events, self._pending = split_events(self._pending + chunk)
+        return b"".join([event for event in events if self._keep(event)])
 
     def _feed_plain(self, chunk: bytes) -> bytes:
         """`feed` for the common chunk (LF-separated events, none with a usage, nothing
@@ -187,6 +176,19 @@ class StreamUsageReader:
                     return not self.strip
         self.events += 1
         return True
+
+
+def split_events(data: bytes) -> tuple[list[bytes], bytes]:
+    """The complete server-sent events `data` begins with (each with its terminating
+    blank line), and the partial event after them, kept until the next read."""
+    events: list[bytes] = []
+    start = 0
+    while True:
+        end, size = _next_boundary(data, start)
+        if end < 0:
+            return events, data[start:]
+        events.append(data[start : end + size])
+        start = end + size
 
 
 def _next_boundary(data: bytes, start: int) -> tuple[int, int]:

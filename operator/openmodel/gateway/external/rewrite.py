@@ -14,6 +14,7 @@ import json
 from typing import Any, Final
 
 from openmodel.external_model import DEFAULT_API_KEY_HEADER, ExternalModel
+from openmodel.gateway.usage import split_events
 
 _DATA: Final = b"data:"
 
@@ -77,27 +78,9 @@ class ModelRewriter:
         self._pending = b""
 
     def feed(self, chunk: bytes) -> bytes:
-        data = self._pending + chunk
-        out: list[bytes] = []
-        start = 0
-        while True:
-            end, size = _next_boundary(data, start)
-            if end < 0:
-                break
-            out.append(rewrite_event(data[start : end + size], self.model))
-            start = end + size
-        self._pending = data[start:]
-        return b"".join(out)
+        events, self._pending = split_events(self._pending + chunk)
+        return b"".join([rewrite_event(event, self.model) for event in events])
 
     def end(self) -> bytes:
         rest, self._pending = self._pending, b""
         return rewrite_event(rest, self.model) if rest.strip() else rest
-
-
-def _next_boundary(data: bytes, start: int) -> tuple[int, int]:
-    """(index, length) of the next blank line ending an event, or (-1, 0)."""
-    lf = data.find(b"\n\n", start)
-    crlf = data.find(b"\r\n\r\n", start)
-    if crlf >= 0 and (lf < 0 or crlf < lf):
-        return crlf, 4
-    return (lf, 2) if lf >= 0 else (-1, 0)
